@@ -1,0 +1,284 @@
+//! The `wasmgrid` command. Glue only: it parses arguments and calls the
+//! libraries (`wasmgrid-node` for running functions).
+
+mod units;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use wasmgrid_node::data::Format;
+use wasmgrid_node::local::{self, LocalJob, Progress};
+use wasmgrid_node::runtime::{CompileWorker, EngineSettings};
+use wasmgrid_node::{Limits, Runtime, RuntimeConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "wasmgrid",
+    version,
+    about = "Run WebAssembly data functions on a laptop or a grid"
+)]
+struct Cli {
+    /// Log more (-v: debug, -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Log only warnings and errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a function over local data, no grid needed.
+    Run(RunArgs),
+    /// Compile a component in a limited worker process (internal).
+    #[command(name = "__compile", hide = true)]
+    Compile {
+        settings: String,
+        input: PathBuf,
+        output: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The scorer or mapper component (.wasm).
+    function: PathBuf,
+    /// Input file, directory or glob (CSV with a header, JSON lines, Parquet or text).
+    #[arg(long, short)]
+    input: String,
+    /// Output directory.
+    #[arg(long, short)]
+    output: PathBuf,
+    /// Reducer component for the pairs the mapper emits.
+    #[arg(long)]
+    reduce: Option<PathBuf>,
+    /// Config value the function sees (repeatable).
+    #[arg(long = "config", short = 'c', value_name = "KEY=VALUE", value_parser = units::parse_key_value)]
+    config: Vec<(String, String)>,
+    /// Output format.
+    #[arg(long, short, default_value = "jsonl", value_parser = parse_output_format)]
+    format: Format,
+    /// Input format, when the extension does not tell.
+    #[arg(long)]
+    input_format: Option<Format>,
+    /// Worker threads (default: one per core).
+    #[arg(long, short)]
+    threads: Option<usize>,
+    /// Memory limit per instance.
+    #[arg(long, default_value = "256MiB", value_parser = units::parse_size)]
+    memory: u64,
+    /// Time limit per call (a scorer's batch, a mapper's partition, a reducer's key).
+    #[arg(long, default_value = "60s", value_parser = units::parse_duration)]
+    timeout: Duration,
+    /// Fuel per call (enables instruction metering; slower).
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Output limit per invocation.
+    #[arg(long, default_value = "1GiB", value_parser = units::parse_size)]
+    max_output: u64,
+    /// Target partition size.
+    #[arg(long, default_value = "64MiB", value_parser = units::parse_size)]
+    partition_size: u64,
+    /// Rows per scorer call.
+    #[arg(long, default_value_t = 4096)]
+    batch_rows: usize,
+    /// Replace earlier results in the output directory.
+    #[arg(long)]
+    overwrite: bool,
+    #[command(flatten)]
+    compile: CompileArgs,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct CompileArgs {
+    /// Where compiled components are cached [default: $XDG_CACHE_HOME/wasmgrid or ~/.cache/wasmgrid].
+    #[arg(long, env = "WASMGRID_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Do not read or write the compiled-component cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// Time limit for compiling one component.
+    #[arg(long, default_value = "60s", value_parser = units::parse_duration)]
+    compile_timeout: Duration,
+    /// Memory limit for compiling one component.
+    #[arg(long, default_value = "4GiB", value_parser = units::parse_size)]
+    compile_memory: u64,
+}
+
+fn parse_output_format(s: &str) -> Result<Format, String> {
+    match s.parse::<Format>()? {
+        Format::Text => Err("output format must be jsonl, csv or parquet".into()),
+        f => Ok(f),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Compile {
+        settings,
+        input,
+        output,
+    } = &cli.command
+    {
+        return ExitCode::from(wasmgrid_node::runtime::worker_main(settings, input, output) as u8);
+    }
+    init_logging(cli.verbose, cli.quiet);
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WASMGRID_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default},cranelift=warn,wasmtime=warn"))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
+fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Run(args) => run(args),
+        Command::Compile { .. } => Ok(()),
+    }
+}
+
+fn runtime_config(args: &CompileArgs, fuel: bool, max_memory: u64) -> Result<RuntimeConfig> {
+    let cache_dir = if args.no_cache {
+        None
+    } else {
+        Some(match &args.cache_dir {
+            Some(d) => d.clone(),
+            None => default_cache_dir()?,
+        })
+    };
+    let program = std::env::current_exe()
+        .context("finding the wasmgrid executable for the compile worker")?;
+    Ok(RuntimeConfig {
+        engine: EngineSettings {
+            fuel,
+            ..EngineSettings::default()
+        },
+        cache_dir,
+        compile_timeout: args.compile_timeout,
+        compile_memory: args.compile_memory,
+        compile_worker: Some(CompileWorker {
+            program,
+            args: vec![OsString::from("__compile")],
+        }),
+        max_memory: max_memory.max(RuntimeConfig::default().max_memory),
+        ..RuntimeConfig::default()
+    })
+}
+
+fn default_cache_dir() -> Result<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
+        return Ok(PathBuf::from(x).join("wasmgrid"));
+    }
+    let home =
+        std::env::var_os("HOME").context("neither --cache-dir, XDG_CACHE_HOME nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".cache/wasmgrid"))
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    let config = runtime_config(&args.compile, args.fuel.is_some(), args.memory)?;
+    let runtime = Runtime::new(config).context("starting the runtime")?;
+    let mut job = LocalJob::new(&args.function, args.input.clone(), &args.output);
+    job.input_format = args.input_format;
+    job.output_format = args.format;
+    job.overwrite = args.overwrite;
+    job.reduce = args.reduce.clone();
+    job.config = args.config.into_iter().collect::<BTreeMap<_, _>>();
+    if let Some(t) = args.threads {
+        anyhow::ensure!(t > 0, "--threads must be at least 1");
+        job.threads = t;
+    }
+    job.limits = Limits {
+        memory: args.memory,
+        timeout: args.timeout,
+        fuel: args.fuel,
+        max_output_bytes: args.max_output,
+        ..Limits::default()
+    };
+    job.partition_size = args.partition_size;
+    anyhow::ensure!(args.batch_rows > 0, "--batch-rows must be at least 1");
+    job.batch_rows = args.batch_rows;
+
+    let progress = Bar::new();
+    let summary = local::run(&runtime, &job, &progress)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    }
+    eprintln!(
+        "{}: {} partitions, {} records in, {} rows out in {} files{} -> {} ({:.2}s)",
+        summary.kind,
+        summary.partitions,
+        summary.records_in,
+        summary.rows_out,
+        summary.files.len(),
+        if summary.keys > 0 {
+            format!(", {} keys reduced", summary.keys)
+        } else {
+            String::new()
+        },
+        args.output.display(),
+        summary.elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A progress bar on stderr; indicatif hides it when stderr is not a terminal.
+struct Bar {
+    bar: ProgressBar,
+}
+
+impl Bar {
+    fn new() -> Self {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} ({eta} left)")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        Bar { bar }
+    }
+}
+
+impl Progress for Bar {
+    fn stage(&self, name: &str, total: u64) {
+        self.bar.reset();
+        self.bar.set_length(total);
+        self.bar.set_message(name.to_string());
+    }
+    fn advance(&self, n: u64) {
+        self.bar.inc(n);
+    }
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}

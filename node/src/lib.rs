@@ -1,0 +1,17 @@
+//! A wasmgrid worker: runs guest components on wasmtime over partitioned data.
+//!
+//! - [`runtime`]: the [`Runtime`] (engine, pooling allocator, epoch ticker,
+//!   compiled-component cache) that loads components into [`Function`]s and
+//!   runs each invocation in a fresh, limited [`Instance`];
+//! - [`data`]: input planning and reading (CSV, JSON lines, Parquet, text)
+//!   and output writing;
+//! - [`local`]: `wasmgrid run`, a whole job on one machine without a grid.
+
+pub mod bindings;
+pub mod data;
+mod error;
+pub mod local;
+pub mod runtime;
+
+pub use error::{Error, Result};
+pub use runtime::{Function, Instance, Kind, Limits, Runtime, RuntimeConfig};

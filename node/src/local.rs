@@ -1,0 +1,414 @@
+//! `wasmgrid run`: a whole job on one machine, no grid.
+//!
+//! A [`LocalJob`] names a function, its input and an output directory. The
+//! input is planned into partitions, which a pool of threads works through:
+//! a scorer scores every batch of its partition (output = input rows plus the
+//! score columns), a mapper runs once per partition. Pairs emitted by a
+//! mapper are grouped by key and fed to the reducer, one reduce partition per
+//! thread. Output files appear only when complete (written under a temporary
+//! name, then renamed), and `_SUCCESS` lists them last.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::data::{self, Format, OutputWriter, Partition, PartitionReader, Span};
+use crate::runtime::{Function, Io, Kind, Limits, Runtime};
+use crate::{Error, Result};
+
+/// Everything `wasmgrid run` needs.
+#[derive(Debug, Clone)]
+pub struct LocalJob {
+    /// The scorer or mapper component.
+    pub function: PathBuf,
+    /// A file, directory or glob.
+    pub input: String,
+    /// Overrides the format told by the input's extension.
+    pub input_format: Option<Format>,
+    /// The output directory.
+    pub output: PathBuf,
+    /// Output format.
+    pub output_format: Format,
+    /// Replace the output directory's previous results.
+    pub overwrite: bool,
+    /// The reducer component, for mappers that emit pairs.
+    pub reduce: Option<PathBuf>,
+    /// Config values the functions see.
+    pub config: BTreeMap<String, String>,
+    /// Worker threads.
+    pub threads: usize,
+    /// Limits per invocation.
+    pub limits: Limits,
+    /// Target partition size in bytes.
+    pub partition_size: u64,
+    /// Rows per scorer call.
+    pub batch_rows: usize,
+}
+
+impl LocalJob {
+    /// A job with default settings: JSON lines output, one thread per core,
+    /// 64 MiB partitions, 4096-row batches.
+    pub fn new(
+        function: impl Into<PathBuf>,
+        input: impl Into<String>,
+        output: impl Into<PathBuf>,
+    ) -> Self {
+        LocalJob {
+            function: function.into(),
+            input: input.into(),
+            input_format: None,
+            output: output.into(),
+            output_format: Format::Jsonl,
+            overwrite: false,
+            reduce: None,
+            config: BTreeMap::new(),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            limits: Limits::default(),
+            partition_size: 64 << 20,
+            batch_rows: 4096,
+        }
+    }
+}
+
+/// Progress callbacks (a terminal progress bar, or nothing).
+pub trait Progress: Sync {
+    /// A stage starts with `total` units of `unit` ("partitions", "keys").
+    fn stage(&self, name: &str, total: u64);
+    /// `n` units of the current stage are done.
+    fn advance(&self, n: u64);
+    /// The job is over.
+    fn finish(&self) {}
+}
+
+/// A [`Progress`] that shows nothing.
+#[derive(Debug)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn stage(&self, _name: &str, _total: u64) {}
+    fn advance(&self, _n: u64) {}
+}
+
+/// One output file.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct OutputFile {
+    /// File name within the output directory.
+    pub name: String,
+    /// Rows it holds.
+    pub rows: u64,
+}
+
+/// What a job did. Also written to `_SUCCESS` as JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// The function's world.
+    pub kind: &'static str,
+    /// Partitions processed.
+    pub partitions: u64,
+    /// Input records read.
+    pub records_in: u64,
+    /// Rows written.
+    pub rows_out: u64,
+    /// Distinct keys reduced.
+    pub keys: u64,
+    /// Output files, in order.
+    pub files: Vec<OutputFile>,
+    /// Wall time.
+    #[serde(skip)]
+    pub elapsed: Duration,
+}
+
+struct MapResult {
+    index: u32,
+    file: Option<OutputFile>,
+    records_in: u64,
+    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Runs `job` to completion with `runtime`.
+pub fn run(runtime: &Runtime, job: &LocalJob, progress: &dyn Progress) -> Result<Summary> {
+    let started = Instant::now();
+    let function = runtime.load_file(&job.function)?;
+    let reducer = match &job.reduce {
+        Some(path) => {
+            let r = runtime.load_file(path)?;
+            if r.kind() != Kind::Reducer {
+                return Err(Error::Job(format!(
+                    "--reduce {} is a {}, not a reducer (it must export `reduce`)",
+                    path.display(),
+                    r.kind().name()
+                )));
+            }
+            if function.kind() != Kind::Mapper {
+                return Err(Error::Job(format!(
+                    "--reduce needs a mapper that emits pairs, but {} is a {}",
+                    job.function.display(),
+                    function.kind().name()
+                )));
+            }
+            Some(r)
+        }
+        None => None,
+    };
+    if function.kind() == Kind::Reducer {
+        return Err(Error::Job(format!(
+            "{} is a reducer; run a mapper and pass the reducer with --reduce",
+            job.function.display()
+        )));
+    }
+
+    prepare_output(&job.output, job.overwrite)?;
+    let partitions = data::plan(&job.input, job.input_format, job.partition_size)?;
+    let config = Arc::new(job.config.clone());
+
+    progress.stage("partitions", partitions.len() as u64);
+    let results = parallel(&partitions, job.threads, |p| {
+        let r = map_partition(&function, job, &config, p.clone()).map_err(|e| Error::Partition {
+            index: p.index,
+            path: describe(p),
+            source: Box::new(e),
+        });
+        progress.advance(1);
+        r
+    })?;
+
+    let mut summary = Summary {
+        kind: function.kind().name(),
+        partitions: partitions.len() as u64,
+        records_in: results.iter().map(|r| r.records_in).sum(),
+        rows_out: 0,
+        keys: 0,
+        files: Vec::new(),
+        elapsed: Duration::ZERO,
+    };
+    let mut pairs = Vec::new();
+    for r in results {
+        summary.files.extend(r.file);
+        if !r.pairs.is_empty() {
+            if reducer.is_none() {
+                return Err(Error::Job(format!(
+                    "partition {} emitted key/value pairs, but no reducer was given (--reduce)",
+                    r.index
+                )));
+            }
+            pairs.push(r.pairs);
+        }
+    }
+
+    if let Some(reducer) = &reducer {
+        let buckets = group_by_key(pairs, job.threads.max(1));
+        summary.keys = buckets.iter().map(|b| b.len() as u64).sum();
+        progress.stage("keys", summary.keys);
+        let indexed: Vec<(usize, HashMap<Vec<u8>, Vec<Vec<u8>>>)> =
+            buckets.into_iter().enumerate().collect();
+        let files = parallel(&indexed, job.threads, |(i, bucket)| {
+            reduce_bucket(reducer, job, &config, *i, bucket, progress).map_err(|e| {
+                Error::Partition {
+                    index: *i as u32,
+                    path: format!("reduce partition {i}"),
+                    source: Box::new(e),
+                }
+            })
+        })?;
+        summary.files.extend(files.into_iter().flatten());
+    }
+    progress.finish();
+
+    summary.rows_out = summary.files.iter().map(|f| f.rows).sum();
+    summary.elapsed = started.elapsed();
+    let manifest =
+        serde_json::to_vec_pretty(&summary).map_err(|e| Error::Runtime(e.to_string()))?;
+    let success = job.output.join("_SUCCESS");
+    std::fs::write(&success, manifest).map_err(|e| Error::io("writing", &success, e))?;
+    Ok(summary)
+}
+
+fn describe(p: &Partition) -> String {
+    match p.span {
+        Span::Bytes { start, end } => format!("{} bytes {start}..{end}", p.path.display()),
+        Span::RowGroups { first, count } => {
+            format!("{} row groups {first}..{}", p.path.display(), first + count)
+        }
+    }
+}
+
+/// Makes sure `dir` exists and holds no earlier results (or clears them).
+fn prepare_output(dir: &Path, overwrite: bool) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("creating output directory", dir, e))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("listing", dir, e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = name.starts_with("part-") || name == "_SUCCESS";
+        if !ours {
+            continue;
+        }
+        if !overwrite {
+            return Err(Error::Job(format!(
+                "output directory {} already holds results ({name}); pass --overwrite to replace them",
+                dir.display()
+            )));
+        }
+        std::fs::remove_file(entry.path()).map_err(|e| Error::io("removing", entry.path(), e))?;
+    }
+    Ok(())
+}
+
+/// Runs `f` over `items` on up to `threads` threads; stops at the first error.
+fn parallel<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..threads.clamp(1, items.len().max(1)) {
+            s.spawn(|| {
+                while !failed.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    match f(item) {
+                        Ok(r) => {
+                            if let Ok(mut v) = results.lock() {
+                                v[i] = Some(r);
+                            }
+                        }
+                        Err(e) => {
+                            failed.store(true, Ordering::Relaxed);
+                            if let Ok(mut slot) = first_error.lock() {
+                                slot.get_or_insert(e);
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    let results = results
+        .into_inner()
+        .map_err(|_| Error::Runtime("a worker thread panicked".into()))?;
+    results
+        .into_iter()
+        .map(|r| r.ok_or_else(|| Error::Runtime("a task did not run".into())))
+        .collect()
+}
+
+fn part_name(prefix: &str, index: usize, format: Format) -> String {
+    format!("{prefix}-{index:05}.{}", format.extension())
+}
+
+fn map_partition(
+    function: &Function,
+    job: &LocalJob,
+    config: &Arc<BTreeMap<String, String>>,
+    partition: Partition,
+) -> Result<MapResult> {
+    let index = partition.index;
+    let name = part_name("part", index as usize, job.output_format);
+    let writer = OutputWriter::create(&job.output.join(&name), job.output_format)?;
+    let mut reader = PartitionReader::open(partition)?;
+    match function.kind() {
+        Kind::Scorer => {
+            let mut writer = writer;
+            let mut instance = function.instantiate(&job.limits, config.clone(), Io::default())?;
+            while let Some(batch) = reader.next_batch(job.batch_rows)? {
+                let scored = instance.score_arrow(&batch)?;
+                writer.write_batch(&scored)?;
+            }
+            let rows = writer.finish()?;
+            Ok(MapResult {
+                index,
+                file: Some(OutputFile { name, rows }),
+                records_in: reader.records(),
+                pairs: vec![],
+            })
+        }
+        Kind::Mapper => {
+            let io = Io {
+                input: Some(reader),
+                output: Some(writer),
+            };
+            let mut instance = function.instantiate(&job.limits, config.clone(), io)?;
+            instance.run(index)?;
+            let finished = instance.finish();
+            let file = match finished.output {
+                // A mapper feeding a reducer usually writes no rows of its own.
+                Some(w) if w.rows() == 0 && job.reduce.is_some() => None,
+                Some(w) => Some(OutputFile {
+                    name,
+                    rows: w.finish()?,
+                }),
+                None => None,
+            };
+            Ok(MapResult {
+                index,
+                file,
+                records_in: finished.records_read,
+                pairs: finished.pairs,
+            })
+        }
+        Kind::Reducer => Err(Error::WrongKind {
+            expected: "scorer or mapper",
+            actual: "reducer",
+        }),
+    }
+}
+
+/// Groups every partition's pairs by key into `n` buckets by key hash.
+fn group_by_key(
+    parts: Vec<Vec<(Vec<u8>, Vec<u8>)>>,
+    n: usize,
+) -> Vec<HashMap<Vec<u8>, Vec<Vec<u8>>>> {
+    let hasher =
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+    let mut buckets: Vec<HashMap<Vec<u8>, Vec<Vec<u8>>>> = (0..n).map(|_| HashMap::new()).collect();
+    for part in parts {
+        for (k, v) in part {
+            let mut h = hasher.build_hasher();
+            k.hash(&mut h);
+            let b = (h.finish() % n as u64) as usize;
+            buckets[b].entry(k).or_default().push(v);
+        }
+    }
+    buckets
+}
+
+fn reduce_bucket(
+    reducer: &Function,
+    job: &LocalJob,
+    config: &Arc<BTreeMap<String, String>>,
+    index: usize,
+    bucket: &HashMap<Vec<u8>, Vec<Vec<u8>>>,
+    progress: &dyn Progress,
+) -> Result<Option<OutputFile>> {
+    if bucket.is_empty() {
+        return Ok(None);
+    }
+    let name = part_name("part-r", index, job.output_format);
+    let mut writer = OutputWriter::create(&job.output.join(&name), job.output_format)?;
+    let mut instance = reducer.instantiate(&job.limits, config.clone(), Io::default())?;
+    let mut keys: Vec<&Vec<u8>> = bucket.keys().collect();
+    keys.sort();
+    let mut done = 0;
+    for key in keys {
+        let record = instance.reduce(key, &bucket[key])?;
+        writer.write_record(&record)?;
+        done += 1;
+        if done % 1024 == 0 {
+            progress.advance(1024);
+        }
+    }
+    progress.advance(done % 1024);
+    let rows = writer.finish()?;
+    Ok(Some(OutputFile { name, rows }))
+}

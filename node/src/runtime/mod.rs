@@ -1,0 +1,721 @@
+//! Runs guest functions on wasmtime: one fresh, pooled instance per invocation.
+//!
+//! A [`Runtime`] is built once per process from a [`RuntimeConfig`]: one
+//! `Engine` with the pooling allocator, epoch interruption driven by a
+//! ticker thread, and a [`Linker`] holding WASI (no files, no network,
+//! captured stdio) and the wasmgrid host API. [`Runtime::load`] turns
+//! component bytes into a [`Function`] (validated, compiled at most once,
+//! cached on disk by content hash and engine fingerprint). Each
+//! [`Function::instantiate`] makes a new `Store` with the invocation's
+//! [`Limits`] and gives an [`Instance`] to call.
+
+mod cache;
+mod compile;
+mod host;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime_wasi::WasiCtx;
+
+use crate::bindings::{self, Batch};
+use crate::data::{OutputWriter, PartitionReader, convert};
+use crate::{Error, Result};
+
+pub use compile::{CompileWorker, worker_main};
+pub use host::{Capture, LogLine, Logs};
+use host::{HostState, HostTrap, Limiter};
+
+/// Settings that change compiled code; the compile worker gets a copy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EngineSettings {
+    /// Largest wasm stack, in bytes.
+    pub max_wasm_stack: usize,
+    /// Whether fuel metering is compiled in (enables [`Limits::fuel`]).
+    pub fuel: bool,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            max_wasm_stack: 1 << 20,
+            fuel: false,
+        }
+    }
+}
+
+/// How a runtime is built.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Code generation settings.
+    pub engine: EngineSettings,
+    /// Where compiled components are kept; `None` keeps them in memory only.
+    pub cache_dir: Option<PathBuf>,
+    /// Largest component accepted, in bytes.
+    pub max_component_bytes: u64,
+    /// Longest a compilation may take.
+    pub compile_timeout: Duration,
+    /// Address-space budget of the compile worker, in bytes.
+    pub compile_memory: u64,
+    /// Compile in a separate, limited process (`None`: in this process, for
+    /// trusted components only, since a runaway compile cannot be stopped).
+    pub compile_worker: Option<CompileWorker>,
+    /// Concurrent instances the pool holds.
+    pub instance_slots: u32,
+    /// Largest linear memory any function may be given.
+    pub max_memory: u64,
+    /// Epoch tick: the resolution of timeouts.
+    pub epoch_tick: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            engine: EngineSettings::default(),
+            cache_dir: None,
+            max_component_bytes: 64 << 20,
+            compile_timeout: Duration::from_secs(60),
+            compile_memory: 4 << 30,
+            compile_worker: None,
+            instance_slots: 128,
+            max_memory: 4 << 30,
+            epoch_tick: Duration::from_millis(1),
+        }
+    }
+}
+
+/// Limits for one invocation.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest linear memory, in bytes.
+    pub memory: u64,
+    /// Longest one call may run.
+    pub timeout: Duration,
+    /// Fuel per call, when the engine meters fuel.
+    pub fuel: Option<u64>,
+    /// Most output (records, batches, pairs, results) per invocation, in bytes.
+    pub max_output_bytes: u64,
+    /// Most log bytes kept per invocation.
+    pub max_log_bytes: usize,
+    /// Most captured stdout and stderr bytes, each.
+    pub max_stdio_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory: 256 << 20,
+            timeout: Duration::from_secs(60),
+            fuel: None,
+            max_output_bytes: 1 << 30,
+            max_log_bytes: 64 << 10,
+            max_stdio_bytes: 64 << 10,
+        }
+    }
+}
+
+/// Which world a component implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Exports `score`.
+    Scorer,
+    /// Exports `run`.
+    Mapper,
+    /// Exports `reduce`.
+    Reducer,
+}
+
+impl Kind {
+    /// Its WIT world's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Scorer => "scorer",
+            Kind::Mapper => "mapper",
+            Kind::Reducer => "reducer",
+        }
+    }
+}
+
+/// Counters of what the runtime did, for tests and metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RuntimeStats {
+    /// Components compiled.
+    pub compiled: u64,
+    /// Components loaded from the on-disk cache.
+    pub cache_hits: u64,
+    /// Cache entries found corrupt and rebuilt.
+    pub cache_rejected: u64,
+}
+
+/// One engine, linker and compiled-component cache per process.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    config: RuntimeConfig,
+    cache: Option<cache::CompiledCache>,
+    loaded: Mutex<HashMap<String, Arc<Function>>>,
+    compiled: AtomicU64,
+    cache_hits: AtomicU64,
+    cache_rejected: AtomicU64,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The wasmtime configuration for `settings`; `pool` adds the pooling allocator.
+pub(crate) fn engine_config(settings: &EngineSettings, pool: Option<&RuntimeConfig>) -> Config {
+    let mut c = Config::new();
+    c.wasm_component_model(true)
+        .epoch_interruption(true)
+        .consume_fuel(settings.fuel)
+        .max_wasm_stack(settings.max_wasm_stack)
+        .parallel_compilation(true);
+    if let Some(rc) = pool {
+        let mut p = PoolingAllocationConfig::new();
+        let slots = rc.instance_slots.max(1);
+        p.total_component_instances(slots)
+            .total_core_instances(slots.saturating_mul(8))
+            .total_memories(slots.saturating_mul(2))
+            .total_tables(slots.saturating_mul(8))
+            .total_stacks(slots)
+            .max_core_instances_per_component(32)
+            .max_memories_per_component(2)
+            .max_tables_per_component(16)
+            .max_memory_size(usize::try_from(rc.max_memory).unwrap_or(usize::MAX))
+            // Reset small memories with memset rather than madvise: cheaper reuse.
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(64 << 10);
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(p));
+    }
+    c
+}
+
+impl Runtime {
+    /// Builds the engine (reserving the instance pool), the linker and the
+    /// epoch ticker.
+    pub fn new(config: RuntimeConfig) -> Result<Self> {
+        let engine = Engine::new(&engine_config(&config.engine, Some(&config)))
+            .map_err(|e| Error::Runtime(format!("creating the engine: {e}")))?;
+        let mut linker: Linker<HostState> = Linker::new(&engine);
+        let link = |e: wasmtime::Error| Error::Runtime(format!("linking host functions: {e}"));
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(link)?;
+        bindings::wasmgrid::function::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(link)?;
+        bindings::wasmgrid::function::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(link)?;
+        bindings::wasmgrid::function::config::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(link)?;
+        bindings::mapper::wasmgrid::function::input::add_to_linker::<_, HasSelf<_>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(link)?;
+        bindings::mapper::wasmgrid::function::output::add_to_linker::<_, HasSelf<_>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(link)?;
+
+        let cache = match &config.cache_dir {
+            Some(dir) => Some(cache::CompiledCache::open(dir, &engine)?),
+            None => None,
+        };
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        {
+            let engine = engine.clone();
+            let stop = ticker_stop.clone();
+            let tick = config.epoch_tick;
+            std::thread::Builder::new()
+                .name("wasmgrid-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| Error::Runtime(format!("starting the epoch ticker: {e}")))?;
+        }
+
+        Ok(Runtime {
+            engine,
+            linker,
+            config,
+            cache,
+            loaded: Mutex::new(HashMap::new()),
+            compiled: AtomicU64::new(0),
+            cache_hits: AtomicU64::new(0),
+            cache_rejected: AtomicU64::new(0),
+            ticker_stop,
+        })
+    }
+
+    /// The runtime's configuration.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    /// What the runtime has done so far.
+    pub fn stats(&self) -> RuntimeStats {
+        RuntimeStats {
+            compiled: self.compiled.load(Ordering::Relaxed),
+            cache_hits: self.cache_hits.load(Ordering::Relaxed),
+            cache_rejected: self.cache_rejected.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Reads and loads the component at `path`.
+    pub fn load_file(&self, path: &Path) -> Result<Arc<Function>> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io("reading", path, e))?;
+        if meta.len() > self.config.max_component_bytes {
+            return Err(Error::ComponentTooLarge {
+                size: meta.len(),
+                limit: self.config.max_component_bytes,
+            });
+        }
+        let bytes = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
+        self.load(&bytes)
+    }
+
+    /// Loads a component: from memory if this runtime has it, else from the
+    /// compiled cache, else by compiling it (bounded in size, time and memory).
+    pub fn load(&self, bytes: &[u8]) -> Result<Arc<Function>> {
+        let size = bytes.len() as u64;
+        if size > self.config.max_component_bytes {
+            return Err(Error::ComponentTooLarge {
+                size,
+                limit: self.config.max_component_bytes,
+            });
+        }
+        check_header(bytes)?;
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        if let Some(f) = self.loaded.lock().map_err(poisoned)?.get(&sha256) {
+            return Ok(f.clone());
+        }
+
+        let component = self.compiled_component(&sha256, bytes)?;
+        let function = Arc::new(self.link(component, sha256.clone())?);
+        self.loaded
+            .lock()
+            .map_err(poisoned)?
+            .insert(sha256, function.clone());
+        Ok(function)
+    }
+
+    fn compiled_component(&self, sha256: &str, bytes: &[u8]) -> Result<Component> {
+        if let Some(cache) = &self.cache {
+            match cache.get(&self.engine, sha256) {
+                cache::Lookup::Hit(c) => {
+                    self.cache_hits.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(sha256, "loaded compiled component from cache");
+                    return Ok(c);
+                }
+                cache::Lookup::Corrupt(why) => {
+                    self.cache_rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        sha256,
+                        "compiled cache entry is corrupt ({why}); recompiling"
+                    );
+                }
+                cache::Lookup::Miss => {}
+            }
+        }
+        let started = Instant::now();
+        let artifact = match &self.config.compile_worker {
+            Some(worker) => compile::in_worker(worker, &self.config, bytes)?,
+            None => compile::in_process(&self.engine, bytes)?,
+        };
+        self.compiled.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            sha256,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "compiled component"
+        );
+        match &self.cache {
+            Some(cache) => cache.put(&self.engine, sha256, &artifact),
+            None => compile::deserialize(&self.engine, &artifact),
+        }
+    }
+
+    fn link(&self, component: Component, sha256: String) -> Result<Function> {
+        let exports: Vec<String> = component
+            .component_type()
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let kind = if exports.iter().any(|e| e == "score") {
+            Kind::Scorer
+        } else if exports.iter().any(|e| e == "run") {
+            Kind::Mapper
+        } else if exports.iter().any(|e| e == "reduce") {
+            Kind::Reducer
+        } else {
+            return Err(Error::NotAFunction {
+                exports: exports.join(", "),
+            });
+        };
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| missing_import(&e))?;
+        let world = |e: wasmtime::Error| Error::InvalidComponent {
+            reason: format!(
+                "its `{}` export does not match the {} world: {e}",
+                kind.name(),
+                kind.name()
+            ),
+        };
+        let pre = match kind {
+            Kind::Scorer => Pre::Scorer(bindings::ScorerPre::new(pre).map_err(world)?),
+            Kind::Mapper => Pre::Mapper(bindings::mapper::MapperPre::new(pre).map_err(world)?),
+            Kind::Reducer => Pre::Reducer(bindings::reducer::ReducerPre::new(pre).map_err(world)?),
+        };
+        Ok(Function {
+            kind,
+            sha256,
+            pre,
+            engine: self.engine.clone(),
+            tick: self.config.epoch_tick,
+            fuel: self.config.engine.fuel,
+        })
+    }
+}
+
+fn poisoned<T>(_: T) -> Error {
+    Error::Runtime("a runtime lock was poisoned".into())
+}
+
+/// Rejects bytes that are not a WebAssembly component, before any compiler sees them.
+fn check_header(bytes: &[u8]) -> Result<()> {
+    let invalid = |reason: &str| {
+        Err(Error::InvalidComponent {
+            reason: reason.to_string(),
+        })
+    };
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return invalid("not WebAssembly (no `\\0asm` header)");
+    }
+    match &bytes[4..8] {
+        [0x0d, 0x00, 0x01, 0x00] => Ok(()),
+        [0x01, 0x00, 0x00, 0x00] => invalid(
+            "this is a core WebAssembly module, not a component; build with `--target wasm32-wasip2` \
+             or wrap it with `wasm-tools component new`",
+        ),
+        other => invalid(&format!(
+            "unsupported WebAssembly version/layer {other:02x?}"
+        )),
+    }
+}
+
+fn missing_import(e: &wasmtime::Error) -> Error {
+    let detail = format!("{e:#}");
+    // wasmtime: "component imports instance `x:y/z`, but a matching implementation was not found in the linker"
+    let import = detail
+        .split('`')
+        .nth(1)
+        .map(str::to_string)
+        .unwrap_or_else(|| "an unknown item".to_string());
+    if detail.contains("matching implementation was not found") || detail.contains("not found") {
+        Error::MissingImport { import, detail }
+    } else {
+        Error::InvalidComponent { reason: detail }
+    }
+}
+
+enum Pre {
+    Scorer(bindings::ScorerPre<HostState>),
+    Mapper(bindings::mapper::MapperPre<HostState>),
+    Reducer(bindings::reducer::ReducerPre<HostState>),
+}
+
+/// A loaded, linked component, ready to instantiate any number of times.
+pub struct Function {
+    kind: Kind,
+    sha256: String,
+    pre: Pre,
+    engine: Engine,
+    tick: Duration,
+    fuel: bool,
+}
+
+impl std::fmt::Debug for Function {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Function")
+            .field("kind", &self.kind)
+            .field("sha256", &self.sha256)
+            .finish()
+    }
+}
+
+/// What an invocation reads and writes besides its arguments.
+#[derive(Debug, Default)]
+pub struct Io {
+    /// The partition a mapper reads.
+    pub input: Option<PartitionReader>,
+    /// Where a mapper's records and batches go.
+    pub output: Option<OutputWriter>,
+}
+
+enum Exports {
+    Scorer(bindings::Scorer),
+    Mapper(bindings::mapper::Mapper),
+    Reducer(bindings::reducer::Reducer),
+}
+
+/// One instance in its own store. Dropping it returns its pool slot.
+pub struct Instance {
+    store: Store<HostState>,
+    exports: Exports,
+    limits: Limits,
+    tick: Duration,
+}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an invocation left behind: its output, pairs, logs and stdio.
+#[derive(Debug)]
+pub struct Finished {
+    /// The output writer, if one was given (not yet finished).
+    pub output: Option<OutputWriter>,
+    /// Pairs emitted for reduce-by-key.
+    pub pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Log lines kept.
+    pub logs: Logs,
+    /// Captured stdout.
+    pub stdout: String,
+    /// Captured stderr.
+    pub stderr: String,
+    /// Input records the guest read.
+    pub records_read: u64,
+}
+
+impl Function {
+    /// The component's world.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The sha256 of the component's bytes.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// A fresh instance with `limits`, `config` and `io`.
+    pub fn instantiate(
+        &self,
+        limits: &Limits,
+        config: Arc<BTreeMap<String, String>>,
+        io: Io,
+    ) -> Result<Instance> {
+        let stdout = Capture::new(limits.max_stdio_bytes);
+        let stderr = Capture::new(limits.max_stdio_bytes);
+        // No preopened directories, no network, no environment, no arguments.
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .build();
+        let state = HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: Limiter {
+                memory: limits.memory,
+                table_elements: 100_000,
+            },
+            config,
+            logs: Logs::default(),
+            max_log_bytes: limits.max_log_bytes,
+            stdout,
+            stderr,
+            input: io.input,
+            output: io.output,
+            pairs: Vec::new(),
+            output_bytes: 0,
+            max_output_bytes: limits.max_output_bytes,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        arm(&mut store, limits, self.tick, self.fuel)?;
+        let exports = match &self.pre {
+            Pre::Scorer(p) => p.instantiate(&mut store).map(Exports::Scorer),
+            Pre::Mapper(p) => p.instantiate(&mut store).map(Exports::Mapper),
+            Pre::Reducer(p) => p.instantiate(&mut store).map(Exports::Reducer),
+        };
+        let exports = exports.map_err(|e| classify(e, limits, &store.data().stderr))?;
+        Ok(Instance {
+            store,
+            exports,
+            limits: limits.clone(),
+            tick: self.tick,
+        })
+    }
+}
+
+/// Sets the deadline (and fuel) for the next call.
+fn arm(store: &mut Store<HostState>, limits: &Limits, tick: Duration, fuel: bool) -> Result<()> {
+    let ticks = limits.timeout.as_nanos().div_ceil(tick.as_nanos().max(1)) as u64 + 1;
+    store.set_epoch_deadline(ticks);
+    store.epoch_deadline_trap();
+    if fuel {
+        store
+            .set_fuel(limits.fuel.unwrap_or(u64::MAX))
+            .map_err(|e| Error::Runtime(format!("setting fuel: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Turns a failed call into the error that says what the guest did.
+fn classify(e: wasmtime::Error, limits: &Limits, stderr: &Capture) -> Error {
+    let e = match e.downcast::<HostTrap>() {
+        Ok(HostTrap::OutputLimit { limit }) => return Error::OutputLimit { limit },
+        Ok(HostTrap::MemoryLimit { limit, requested }) => {
+            return Error::MemoryLimit { limit, requested };
+        }
+        Ok(HostTrap::Node(inner)) => return inner,
+        Err(e) => e,
+    };
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Error::Timeout {
+            limit: limits.timeout,
+        },
+        Some(Trap::StackOverflow) => Error::StackOverflow,
+        Some(Trap::OutOfFuel) => Error::FuelExhausted {
+            fuel: limits.fuel.unwrap_or(0),
+        },
+        _ => {
+            let text = stderr.text();
+            // The end of stderr holds a Rust guest's panic message.
+            let tail = match text.len() {
+                n if n > 2048 => {
+                    let mut at = n - 2048;
+                    while !text.is_char_boundary(at) {
+                        at += 1;
+                    }
+                    text[at..].to_string()
+                }
+                _ => text,
+            };
+            let message = match e.downcast_ref::<Trap>() {
+                Some(t) => t.to_string(),
+                None => format!("{e:#}"),
+            };
+            Error::Trap {
+                message,
+                stderr: tail,
+            }
+        }
+    }
+}
+
+impl Instance {
+    fn kind(&self) -> Kind {
+        match self.exports {
+            Exports::Scorer(_) => Kind::Scorer,
+            Exports::Mapper(_) => Kind::Mapper,
+            Exports::Reducer(_) => Kind::Reducer,
+        }
+    }
+
+    fn wrong_kind(&self, expected: Kind) -> Error {
+        Error::WrongKind {
+            expected: expected.name(),
+            actual: self.kind().name(),
+        }
+    }
+
+    /// Calls a scorer: returns the columns it adds.
+    pub fn score(&mut self, rows: &Batch) -> Result<Batch> {
+        let fuel = self.store.get_fuel().is_ok();
+        arm(&mut self.store, &self.limits, self.tick, fuel)?;
+        let Exports::Scorer(s) = &self.exports else {
+            return Err(self.wrong_kind(Kind::Scorer));
+        };
+        let result = s.call_score(&mut self.store, rows);
+        let out = result.map_err(|e| classify(e, &self.limits, &self.store.data().stderr))?;
+        let batch = out.map_err(|message| Error::Guest { message })?;
+        let size = convert::wit_size(&batch);
+        let state = self.store.data_mut();
+        state.output_bytes = state.output_bytes.saturating_add(size);
+        if state.output_bytes > state.max_output_bytes {
+            return Err(Error::OutputLimit {
+                limit: state.max_output_bytes,
+            });
+        }
+        Ok(batch)
+    }
+
+    /// Scores an Arrow batch: the input rows plus the scorer's columns.
+    pub fn score_arrow(&mut self, rows: &RecordBatch) -> Result<RecordBatch> {
+        let scores = self.score(&convert::to_wit(rows)?)?;
+        convert::merge_scores(rows, &convert::from_wit(scores)?)
+    }
+
+    /// Calls a mapper on `partition`.
+    pub fn run(&mut self, partition: u32) -> Result<()> {
+        let fuel = self.store.get_fuel().is_ok();
+        arm(&mut self.store, &self.limits, self.tick, fuel)?;
+        let Exports::Mapper(m) = &self.exports else {
+            return Err(self.wrong_kind(Kind::Mapper));
+        };
+        let result = m.call_run(&mut self.store, partition);
+        result
+            .map_err(|e| classify(e, &self.limits, &self.store.data().stderr))?
+            .map_err(|message| Error::Guest { message })
+    }
+
+    /// Calls a reducer on one key and all its values; returns the output record.
+    pub fn reduce(&mut self, key: &[u8], values: &[Vec<u8>]) -> Result<Vec<u8>> {
+        let fuel = self.store.get_fuel().is_ok();
+        arm(&mut self.store, &self.limits, self.tick, fuel)?;
+        let Exports::Reducer(r) = &self.exports else {
+            return Err(self.wrong_kind(Kind::Reducer));
+        };
+        let result = r.call_reduce(&mut self.store, key, values);
+        result
+            .map_err(|e| classify(e, &self.limits, &self.store.data().stderr))?
+            .map_err(|message| Error::Guest { message })
+    }
+
+    /// Logs kept so far.
+    pub fn logs(&self) -> &Logs {
+        &self.store.data().logs
+    }
+
+    /// Ends the invocation and hands back what it produced.
+    pub fn finish(self) -> Finished {
+        let state = self.store.into_data();
+        Finished {
+            records_read: state.input.as_ref().map_or(0, PartitionReader::records),
+            output: state.output,
+            pairs: state.pairs,
+            logs: state.logs,
+            stdout: state.stdout.text(),
+            stderr: state.stderr.text(),
+        }
+    }
+}

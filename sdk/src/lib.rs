@@ -1,0 +1,261 @@
+//! Write wasmgrid functions in Rust.
+//!
+//! A function is a WebAssembly component for one of three worlds of the
+//! wasmgrid WIT package (`sdk/wit`):
+//!
+//! - a [`Scorer`] adds columns to a [`Batch`] of rows (per request, and per
+//!   batch of every data partition in a job);
+//! - a [`Mapper`] reads one partition through [`input`] and writes through
+//!   [`output`] (records, batches, or key/value pairs for a reducer);
+//! - a [`Reducer`] folds all values of one key into an output [`Record`].
+//!
+//! Implement the trait on a type and export it with [`export_scorer!`],
+//! [`export_mapper!`] or [`export_reducer!`]; build with
+//! `cargo build --release --target wasm32-wasip2`.
+//!
+//! ```ignore
+//! use wasmgrid_sdk::{Batch, BatchBuilder, Scorer};
+//!
+//! struct Double;
+//! impl Scorer for Double {
+//!     fn score(rows: Batch) -> Result<Batch, String> {
+//!         let x = rows.f64s("x")?;
+//!         Ok(BatchBuilder::new(rows.rows).f64("twice", x.iter().map(|v| 2.0 * v).collect()).build())
+//!     }
+//! }
+//! wasmgrid_sdk::export_scorer!(Double);
+//! ```
+
+mod batch;
+mod record;
+
+pub use batch::BatchBuilder;
+pub use record::Record;
+
+/// Generated bindings for each world. Most functions never need these directly.
+#[doc(hidden)]
+#[allow(unsafe_code, missing_debug_implementations, unused_qualifications)]
+pub mod bindings {
+    /// The `scorer` world; owns the shared `types`, `log` and `config` interfaces.
+    pub mod scorer {
+        wit_bindgen::generate!({
+            path: "wit",
+            world: "scorer",
+            pub_export_macro: true,
+            export_macro_name: "__export_scorer_world",
+            default_bindings_module: "wasmgrid_sdk::bindings::scorer",
+        });
+    }
+    /// The `mapper` world.
+    pub mod mapper {
+        wit_bindgen::generate!({
+            path: "wit",
+            world: "mapper",
+            with: {
+                "wasmgrid:function/types@0.1.0": crate::bindings::scorer::wasmgrid::function::types,
+                "wasmgrid:function/log@0.1.0": crate::bindings::scorer::wasmgrid::function::log,
+                "wasmgrid:function/config@0.1.0": crate::bindings::scorer::wasmgrid::function::config,
+            },
+            pub_export_macro: true,
+            export_macro_name: "__export_mapper_world",
+            default_bindings_module: "wasmgrid_sdk::bindings::mapper",
+        });
+    }
+    /// The `reducer` world.
+    pub mod reducer {
+        wit_bindgen::generate!({
+            path: "wit",
+            world: "reducer",
+            with: {
+                "wasmgrid:function/log@0.1.0": crate::bindings::scorer::wasmgrid::function::log,
+                "wasmgrid:function/config@0.1.0": crate::bindings::scorer::wasmgrid::function::config,
+            },
+            pub_export_macro: true,
+            export_macro_name: "__export_reducer_world",
+            default_bindings_module: "wasmgrid_sdk::bindings::reducer",
+        });
+    }
+}
+
+use bindings::scorer::wasmgrid::function as wit;
+
+pub use wit::types::{Batch, Column, Field};
+
+/// A function that adds columns to rows.
+pub trait Scorer {
+    /// Returns the columns to add to `rows`, each with `rows.rows` values.
+    /// A returned column whose name matches an input column replaces it.
+    fn score(rows: Batch) -> Result<Batch, String>;
+}
+
+/// A function that processes one partition of a job's input.
+pub trait Mapper {
+    /// Reads the partition with [`input`] and writes results with [`output`].
+    fn run(partition: u32) -> Result<(), String>;
+}
+
+/// A function that folds every value emitted for one key.
+pub trait Reducer {
+    /// Returns the output record for `key` (see [`Record`]).
+    fn reduce(key: Vec<u8>, values: Vec<Vec<u8>>) -> Result<Record, String>;
+}
+
+/// Exports a [`Scorer`] implementation as the component's `score` function.
+#[macro_export]
+macro_rules! export_scorer {
+    ($ty:ty) => {
+        // wit-bindgen's export glue is `unsafe` FFI; keep it in its own module.
+        #[allow(unsafe_code)]
+        #[doc(hidden)]
+        mod __wasmgrid_scorer_export {
+        use super::*;
+        #[doc(hidden)]
+        pub struct __WasmgridScorer;
+        impl $crate::bindings::scorer::Guest for __WasmgridScorer {
+            fn score(rows: $crate::Batch) -> ::core::result::Result<$crate::Batch, ::std::string::String> {
+                <$ty as $crate::Scorer>::score(rows)
+            }
+        }
+        $crate::bindings::scorer::__export_scorer_world!(__WasmgridScorer with_types_in $crate::bindings::scorer);
+        }
+    };
+}
+
+/// Exports a [`Mapper`] implementation as the component's `run` function.
+#[macro_export]
+macro_rules! export_mapper {
+    ($ty:ty) => {
+        // wit-bindgen's export glue is `unsafe` FFI; keep it in its own module.
+        #[allow(unsafe_code)]
+        #[doc(hidden)]
+        mod __wasmgrid_mapper_export {
+        use super::*;
+        #[doc(hidden)]
+        pub struct __WasmgridMapper;
+        impl $crate::bindings::mapper::Guest for __WasmgridMapper {
+            fn run(partition: u32) -> ::core::result::Result<(), ::std::string::String> {
+                <$ty as $crate::Mapper>::run(partition)
+            }
+        }
+        $crate::bindings::mapper::__export_mapper_world!(__WasmgridMapper with_types_in $crate::bindings::mapper);
+        }
+    };
+}
+
+/// Exports a [`Reducer`] implementation as the component's `reduce` function.
+#[macro_export]
+macro_rules! export_reducer {
+    ($ty:ty) => {
+        // wit-bindgen's export glue is `unsafe` FFI; keep it in its own module.
+        #[allow(unsafe_code)]
+        #[doc(hidden)]
+        mod __wasmgrid_reducer_export {
+        use super::*;
+        #[doc(hidden)]
+        pub struct __WasmgridReducer;
+        impl $crate::bindings::reducer::Guest for __WasmgridReducer {
+            fn reduce(
+                key: ::std::vec::Vec<u8>,
+                values: ::std::vec::Vec<::std::vec::Vec<u8>>,
+            ) -> ::core::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
+                <$ty as $crate::Reducer>::reduce(key, values).map($crate::Record::into_bytes)
+            }
+        }
+        $crate::bindings::reducer::__export_reducer_world!(__WasmgridReducer with_types_in $crate::bindings::reducer);
+        }
+    };
+}
+
+/// The function's configuration (`--config key=value`).
+pub mod config {
+    use super::wit::config;
+
+    /// The value for `key`, if set.
+    pub fn get(key: &str) -> Option<String> {
+        config::get(key)
+    }
+
+    /// The value for `key`, or an error naming the missing key.
+    pub fn require(key: &str) -> Result<String, String> {
+        config::get(key).ok_or_else(|| format!("config key `{key}` is not set"))
+    }
+
+    /// Every key that is set, sorted.
+    pub fn keys() -> Vec<String> {
+        config::keys()
+    }
+}
+
+/// Logging that the grid keeps per invocation and shows to the function's owner.
+pub mod log {
+    use super::wit::log::{Level, log};
+
+    /// Logs at debug level.
+    pub fn debug(message: &str) {
+        log(Level::Debug, message)
+    }
+    /// Logs at info level.
+    pub fn info(message: &str) {
+        log(Level::Info, message)
+    }
+    /// Logs at warn level.
+    pub fn warn(message: &str) {
+        log(Level::Warn, message)
+    }
+    /// Logs at error level.
+    pub fn error(message: &str) {
+        log(Level::Error, message)
+    }
+}
+
+/// A mapper's input: the partition its task was given.
+pub mod input {
+    use crate::Batch;
+    use crate::bindings::mapper::wasmgrid::function::input;
+
+    /// The partition's format: "csv", "jsonl", "parquet" or "text".
+    pub fn format() -> String {
+        input::format()
+    }
+
+    /// Up to `max_bytes` of raw records cut at a line boundary; `None` at the end.
+    pub fn next_bytes(max_bytes: u32) -> Option<Vec<u8>> {
+        input::next_bytes(max_bytes)
+    }
+
+    /// Up to `max_rows` rows as typed columns; `None` at the end.
+    pub fn next_batch(max_rows: u32) -> Option<Batch> {
+        input::next_batch(max_rows)
+    }
+
+    /// Every chunk of raw records in the partition, 1 MiB at a time.
+    pub fn chunks() -> impl Iterator<Item = Vec<u8>> {
+        std::iter::from_fn(|| input::next_bytes(1 << 20))
+    }
+
+    /// Every batch of rows in the partition, 4096 rows at a time.
+    pub fn batches() -> impl Iterator<Item = Batch> {
+        std::iter::from_fn(|| input::next_batch(4096))
+    }
+}
+
+/// A mapper's output.
+pub mod output {
+    use crate::bindings::mapper::wasmgrid::function::output;
+    use crate::{Batch, Record};
+
+    /// Writes one output record.
+    pub fn emit(record: Record) {
+        output::emit(&record.into_bytes())
+    }
+
+    /// Writes output rows in columnar form.
+    pub fn emit_batch(rows: &Batch) {
+        output::emit_batch(rows)
+    }
+
+    /// Sends a key/value pair to the job's reducer.
+    pub fn emit_pair(key: &[u8], value: &[u8]) {
+        output::emit_pair(key, value)
+    }
+}

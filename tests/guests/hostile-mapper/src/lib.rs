@@ -1,0 +1,43 @@
+//! A mapper that misbehaves on purpose, chosen by config key `mode`:
+//!
+//! - `flood`: emits 1 MiB records without end;
+//! - `pair-flood`: emits 1 MiB pairs without end;
+//! - `bytes-from-parquet`: asks for raw bytes (traps on Parquet input);
+//! - anything else: copies its input batches to the output unchanged.
+
+use wasmgrid_sdk::{Mapper, Record, config, input, output};
+
+struct Hostile;
+
+impl Mapper for Hostile {
+    fn run(_partition: u32) -> Result<(), String> {
+        match config::get("mode").as_deref() {
+            Some("flood") => {
+                let blob = "y".repeat(1 << 20);
+                loop {
+                    output::emit(Record::new().str("blob", &blob));
+                }
+            }
+            Some("pair-flood") => {
+                let blob = vec![7u8; 1 << 20];
+                let mut i: u64 = 0;
+                loop {
+                    output::emit_pair(&i.to_le_bytes(), &blob);
+                    i += 1;
+                }
+            }
+            Some("bytes-from-parquet") => {
+                let _ = input::next_bytes(1024);
+                Ok(())
+            }
+            _ => {
+                for batch in input::batches() {
+                    output::emit_batch(&batch);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+wasmgrid_sdk::export_mapper!(Hostile);

@@ -1,0 +1,84 @@
+//! A scorer that misbehaves on purpose, chosen by config key `mode`:
+//!
+//! - `loop`: spins forever;
+//! - `grow`: grows linear memory one page at a time without bound;
+//! - `recurse`: recurses without bound;
+//! - `trap`: panics with the message in config key `message`;
+//! - `huge-result`: returns a result column of 64 MiB strings per row;
+//! - `log-spam`: writes a million log lines and stdout lines, then answers;
+//! - `err`: returns an error value (not a trap);
+//! - anything else: answers like a healthy scorer (`ok` = 1.0 per row).
+
+use std::hint::black_box;
+use wasmgrid_sdk::{Batch, BatchBuilder, Scorer, config, log};
+
+struct Hostile;
+
+impl Scorer for Hostile {
+    fn score(rows: Batch) -> Result<Batch, String> {
+        let n = rows.rows;
+        match config::get("mode").as_deref() {
+            Some("loop") => {
+                let mut i: u64 = 0;
+                loop {
+                    i = black_box(i.wrapping_add(1));
+                }
+            }
+            Some("grow") => grow_forever(),
+            Some("recurse") => {
+                let depth = recurse(black_box(0));
+                Err(format!("recursion ended at depth {depth}"))
+            }
+            Some("trap") => {
+                let message = config::get("message").unwrap_or_else(|| "hostile trap".into());
+                panic!("{message}")
+            }
+            Some("huge-result") => {
+                let big = "x".repeat(64 << 20);
+                Ok(BatchBuilder::new(n)
+                    .str("blob", vec![big; n as usize])
+                    .build())
+            }
+            Some("log-spam") => {
+                for i in 0..1_000_000 {
+                    log::info(&format!("log line {i}"));
+                    println!("stdout line {i}");
+                }
+                Ok(BatchBuilder::new(n)
+                    .f64("ok", vec![1.0; n as usize])
+                    .build())
+            }
+            Some("err") => Err("the model refuses these rows".into()),
+            _ => Ok(BatchBuilder::new(n)
+                .f64("ok", vec![1.0; n as usize])
+                .build()),
+        }
+    }
+}
+
+wasmgrid_sdk::export_scorer!(Hostile);
+
+#[cfg(target_arch = "wasm32")]
+fn grow_forever() -> Result<Batch, String> {
+    let mut pages = 0usize;
+    loop {
+        if core::arch::wasm32::memory_grow(0, 1) == usize::MAX {
+            return Err(format!("memory.grow refused after {pages} pages"));
+        }
+        pages += 1;
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn grow_forever() -> Result<Batch, String> {
+    Err("only meaningful on wasm32".into())
+}
+
+#[inline(never)]
+fn recurse(depth: u64) -> u64 {
+    let frame = black_box([depth; 16]);
+    if black_box(depth) == u64::MAX {
+        return frame[0];
+    }
+    recurse(depth + 1) + black_box(frame[3])
+}
