@@ -18,11 +18,7 @@ use wasmgrid_node::runtime::{CompileWorker, EngineSettings};
 use wasmgrid_node::{Limits, Runtime, RuntimeConfig};
 
 #[derive(Parser)]
-#[command(
-    name = "wasmgrid",
-    version,
-    about = "Run WebAssembly data functions on a laptop or a grid"
-)]
+#[command(name = "wasmgrid", version, about = "Run WebAssembly data functions on a laptop or a grid")]
 struct Cli {
     /// Log more (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -40,11 +36,7 @@ enum Command {
     Run(RunArgs),
     /// Compile a component in a limited worker process (internal).
     #[command(name = "__compile", hide = true)]
-    Compile {
-        settings: String,
-        input: PathBuf,
-        output: PathBuf,
-    },
+    Compile { settings: String, input: PathBuf, output: PathBuf },
 }
 
 #[derive(Args)]
@@ -125,12 +117,7 @@ fn parse_output_format(s: &str) -> Result<Format, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Compile {
-        settings,
-        input,
-        output,
-    } = &cli.command
-    {
+    if let Command::Compile { settings, input, output } = &cli.command {
         return ExitCode::from(wasmgrid_node::runtime::worker_main(settings, input, output) as u8);
     }
     init_logging(cli.verbose, cli.quiet);
@@ -150,9 +137,8 @@ fn init_logging(verbose: u8, quiet: bool) {
         (false, 1) => "debug",
         (false, _) => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WASMGRID_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{default},cranelift=warn,wasmtime=warn"))
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WASMGRID_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},cranelift=warn,wasmtime=warn")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -177,20 +163,13 @@ fn runtime_config(args: &CompileArgs, fuel: bool, max_memory: u64) -> Result<Run
             None => default_cache_dir()?,
         })
     };
-    let program = std::env::current_exe()
-        .context("finding the wasmgrid executable for the compile worker")?;
+    let program = std::env::current_exe().context("finding the wasmgrid executable for the compile worker")?;
     Ok(RuntimeConfig {
-        engine: EngineSettings {
-            fuel,
-            ..EngineSettings::default()
-        },
+        engine: EngineSettings { fuel, ..EngineSettings::default() },
         cache_dir,
         compile_timeout: args.compile_timeout,
         compile_memory: args.compile_memory,
-        compile_worker: Some(CompileWorker {
-            program,
-            args: vec![OsString::from("__compile")],
-        }),
+        compile_worker: Some(CompileWorker { program, args: vec![OsString::from("__compile")] }),
         max_memory: max_memory.max(RuntimeConfig::default().max_memory),
         ..RuntimeConfig::default()
     })
@@ -200,8 +179,7 @@ fn default_cache_dir() -> Result<PathBuf> {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
         return Ok(PathBuf::from(x).join("wasmgrid"));
     }
-    let home =
-        std::env::var_os("HOME").context("neither --cache-dir, XDG_CACHE_HOME nor HOME is set")?;
+    let home = std::env::var_os("HOME").context("neither --cache-dir, XDG_CACHE_HOME nor HOME is set")?;
     Ok(PathBuf::from(home).join(".cache/wasmgrid"))
 }
 
@@ -241,11 +219,7 @@ fn run(args: RunArgs) -> Result<()> {
         summary.records_in,
         summary.rows_out,
         summary.files.len(),
-        if summary.keys > 0 {
-            format!(", {} keys reduced", summary.keys)
-        } else {
-            String::new()
-        },
+        if summary.keys > 0 { format!(", {} keys reduced", summary.keys) } else { String::new() },
         args.output.display(),
         summary.elapsed.as_secs_f64()
     );

@@ -5,13 +5,9 @@ use std::time::Duration;
 /// Parses `64MiB`, `1GiB`, `512KiB`, `10MB`, `4096` (bytes).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size (try 64MiB)"))?;
+    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a size (try 64MiB)"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" => 1 << 10,
@@ -21,9 +17,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "g" | "gib" => 1 << 30,
         "gb" => 1_000_000_000,
         other => {
-            return Err(format!(
-                "unknown size unit `{other}` in `{s}` (use B, KiB, MiB or GiB)"
-            ));
+            return Err(format!("unknown size unit `{other}` in `{s}` (use B, KiB, MiB or GiB)"));
         }
     };
     Ok((n * mult as f64) as u64)
@@ -32,13 +26,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// Parses `2s`, `200ms`, `1.5s`, `1m`, `500us`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration (try 2s or 200ms)"))?;
+    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration (try 2s or 200ms)"))?;
     let secs = match unit.trim() {
         "us" | "µs" => n / 1e6,
         "ms" => n / 1e3,
@@ -46,9 +36,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
         other => {
-            return Err(format!(
-                "unknown duration unit `{other}` in `{s}` (use ms, s or m)"
-            ));
+            return Err(format!("unknown duration unit `{other}` in `{s}` (use ms, s or m)"));
         }
     };
     if !secs.is_finite() || secs <= 0.0 {

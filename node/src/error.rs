@@ -169,24 +169,12 @@ pub enum Error {
 }
 
 fn stderr_suffix(stderr: &str) -> String {
-    if stderr.trim().is_empty() {
-        String::new()
-    } else {
-        format!("\nguest stderr:\n{}", stderr.trim_end())
-    }
+    if stderr.trim().is_empty() { String::new() } else { format!("\nguest stderr:\n{}", stderr.trim_end()) }
 }
 
 impl Error {
-    pub(crate) fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
-        source: std::io::Error,
-    ) -> Self {
-        Error::Io {
-            action,
-            path: path.into(),
-            source,
-        }
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { action, path: path.into(), source }
     }
 
     /// A short, stable name for the kind of error, for metrics and scripts.

@@ -53,11 +53,7 @@ pub struct LocalJob {
 impl LocalJob {
     /// A job with default settings: JSON lines output, one thread per core,
     /// 64 MiB partitions, 4096-row batches.
-    pub fn new(
-        function: impl Into<PathBuf>,
-        input: impl Into<String>,
-        output: impl Into<PathBuf>,
-    ) -> Self {
+    pub fn new(function: impl Into<PathBuf>, input: impl Into<String>, output: impl Into<PathBuf>) -> Self {
         LocalJob {
             function: function.into(),
             input: input.into(),
@@ -204,15 +200,12 @@ pub fn run(runtime: &Runtime, job: &LocalJob, progress: &dyn Progress) -> Result
         let buckets = group_by_key(pairs, job.threads.max(1));
         summary.keys = buckets.iter().map(|b| b.len() as u64).sum();
         progress.stage("keys", summary.keys);
-        let indexed: Vec<(usize, HashMap<Vec<u8>, Vec<Vec<u8>>>)> =
-            buckets.into_iter().enumerate().collect();
+        let indexed: Vec<(usize, HashMap<Vec<u8>, Vec<Vec<u8>>>)> = buckets.into_iter().enumerate().collect();
         let files = parallel(&indexed, job.threads, |(i, bucket)| {
-            reduce_bucket(reducer, job, &config, *i, bucket, progress).map_err(|e| {
-                Error::Partition {
-                    index: *i as u32,
-                    path: format!("reduce partition {i}"),
-                    source: Box::new(e),
-                }
+            reduce_bucket(reducer, job, &config, *i, bucket, progress).map_err(|e| Error::Partition {
+                index: *i as u32,
+                path: format!("reduce partition {i}"),
+                source: Box::new(e),
             })
         })?;
         summary.files.extend(files.into_iter().flatten());
@@ -221,8 +214,7 @@ pub fn run(runtime: &Runtime, job: &LocalJob, progress: &dyn Progress) -> Result
 
     summary.rows_out = summary.files.iter().map(|f| f.rows).sum();
     summary.elapsed = started.elapsed();
-    let manifest =
-        serde_json::to_vec_pretty(&summary).map_err(|e| Error::Runtime(e.to_string()))?;
+    let manifest = serde_json::to_vec_pretty(&summary).map_err(|e| Error::Runtime(e.to_string()))?;
     let success = job.output.join("_SUCCESS");
     std::fs::write(&success, manifest).map_err(|e| Error::io("writing", &success, e))?;
     Ok(summary)
@@ -259,11 +251,7 @@ fn prepare_output(dir: &Path, overwrite: bool) -> Result<()> {
 }
 
 /// Runs `f` over `items` on up to `threads` threads; stops at the first error.
-fn parallel<T: Sync, R: Send>(
-    items: &[T],
-    threads: usize,
-    f: impl Fn(&T) -> Result<R> + Sync,
-) -> Result<Vec<R>> {
+fn parallel<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> Result<R> + Sync) -> Result<Vec<R>> {
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let results: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
@@ -294,13 +282,8 @@ fn parallel<T: Sync, R: Send>(
     if let Some(e) = first_error.into_inner().ok().flatten() {
         return Err(e);
     }
-    let results = results
-        .into_inner()
-        .map_err(|_| Error::Runtime("a worker thread panicked".into()))?;
-    results
-        .into_iter()
-        .map(|r| r.ok_or_else(|| Error::Runtime("a task did not run".into())))
-        .collect()
+    let results = results.into_inner().map_err(|_| Error::Runtime("a worker thread panicked".into()))?;
+    results.into_iter().map(|r| r.ok_or_else(|| Error::Runtime("a task did not run".into()))).collect()
 }
 
 fn part_name(prefix: &str, index: usize, format: Format) -> String {
@@ -326,51 +309,28 @@ fn map_partition(
                 writer.write_batch(&scored)?;
             }
             let rows = writer.finish()?;
-            Ok(MapResult {
-                index,
-                file: Some(OutputFile { name, rows }),
-                records_in: reader.records(),
-                pairs: vec![],
-            })
+            Ok(MapResult { index, file: Some(OutputFile { name, rows }), records_in: reader.records(), pairs: vec![] })
         }
         Kind::Mapper => {
-            let io = Io {
-                input: Some(reader),
-                output: Some(writer),
-            };
+            let io = Io { input: Some(reader), output: Some(writer) };
             let mut instance = function.instantiate(&job.limits, config.clone(), io)?;
             instance.run(index)?;
             let finished = instance.finish();
             let file = match finished.output {
                 // A mapper feeding a reducer usually writes no rows of its own.
                 Some(w) if w.rows() == 0 && job.reduce.is_some() => None,
-                Some(w) => Some(OutputFile {
-                    name,
-                    rows: w.finish()?,
-                }),
+                Some(w) => Some(OutputFile { name, rows: w.finish()? }),
                 None => None,
             };
-            Ok(MapResult {
-                index,
-                file,
-                records_in: finished.records_read,
-                pairs: finished.pairs,
-            })
+            Ok(MapResult { index, file, records_in: finished.records_read, pairs: finished.pairs })
         }
-        Kind::Reducer => Err(Error::WrongKind {
-            expected: "scorer or mapper",
-            actual: "reducer",
-        }),
+        Kind::Reducer => Err(Error::WrongKind { expected: "scorer or mapper", actual: "reducer" }),
     }
 }
 
 /// Groups every partition's pairs by key into `n` buckets by key hash.
-fn group_by_key(
-    parts: Vec<Vec<(Vec<u8>, Vec<u8>)>>,
-    n: usize,
-) -> Vec<HashMap<Vec<u8>, Vec<Vec<u8>>>> {
-    let hasher =
-        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+fn group_by_key(parts: Vec<Vec<(Vec<u8>, Vec<u8>)>>, n: usize) -> Vec<HashMap<Vec<u8>, Vec<Vec<u8>>>> {
+    let hasher = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
     let mut buckets: Vec<HashMap<Vec<u8>, Vec<Vec<u8>>>> = (0..n).map(|_| HashMap::new()).collect();
     for part in parts {
         for (k, v) in part {

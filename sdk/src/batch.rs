@@ -45,8 +45,7 @@ impl Batch {
     }
 
     fn require(&self, name: &str) -> Result<&Field, String> {
-        self.field(name)
-            .ok_or_else(|| format!("input has no column `{name}`"))
+        self.field(name).ok_or_else(|| format!("input has no column `{name}`"))
     }
 }
 
@@ -60,10 +59,7 @@ pub struct BatchBuilder {
 impl BatchBuilder {
     /// A builder for a batch of `rows` rows.
     pub fn new(rows: u32) -> Self {
-        BatchBuilder {
-            rows,
-            fields: Vec::new(),
-        }
+        BatchBuilder { rows, fields: Vec::new() }
     }
 
     /// Adds an `f64` column.
@@ -93,19 +89,12 @@ impl BatchBuilder {
 
     /// Adds a column of any type.
     pub fn column(mut self, name: &str, values: Column) -> Self {
-        self.fields.push(Field {
-            name: name.to_string(),
-            values,
-            valid: None,
-        });
+        self.fields.push(Field { name: name.to_string(), values, valid: None });
         self
     }
 
     /// The finished batch.
     pub fn build(self) -> Batch {
-        Batch {
-            rows: self.rows,
-            fields: self.fields,
-        }
+        Batch { rows: self.rows, fields: self.fields }
     }
 }

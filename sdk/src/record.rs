@@ -21,9 +21,7 @@ impl Default for Record {
 impl Record {
     /// An empty record.
     pub fn new() -> Self {
-        Record {
-            json: String::from("{"),
-        }
+        Record { json: String::from("{") }
     }
 
     /// Adds a string field.

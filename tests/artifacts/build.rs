@@ -18,54 +18,32 @@ const GUESTS: &[&str] = &[
 ];
 
 fn main() {
-    let manifest_dir =
-        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let root = manifest_dir
-        .join("../..")
-        .canonicalize()
-        .expect("workspace root exists");
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = manifest_dir.join("../..").canonicalize().expect("workspace root exists");
     for dir in ["sdk", "guest-examples", "tests/guests"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!("cargo:rerun-if-env-changed=WASMGRID_GUEST_TARGET_DIR");
 
-    let target_dir = std::env::var_os("WASMGRID_GUEST_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| root.join("target"))
-                .join("guests")
-        });
+    let target_dir = std::env::var_os("WASMGRID_GUEST_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target")).join("guests")
+    });
 
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
-        .args([
-            "build",
-            "--profile",
-            "guest",
-            "--target",
-            "wasm32-wasip2",
-            "--target-dir",
-        ])
+        .args(["build", "--profile", "guest", "--target", "wasm32-wasip2", "--target-dir"])
         .arg(&target_dir);
     for g in GUESTS {
         cmd.args(["-p", g]);
     }
     // The outer build's flags are for the host, not for wasm.
-    for var in [
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "RUSTC_WORKSPACE_WRAPPER",
-    ] {
+    for var in
+        ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "CARGO_TARGET_DIR", "RUSTC_WORKSPACE_WRAPPER"]
+    {
         cmd.env_remove(var);
     }
-    let status = cmd
-        .status()
-        .expect("running cargo to build guest components");
+    let status = cmd.status().expect("running cargo to build guest components");
     if !status.success() {
         panic!(
             "building guest components failed ({status}); is the target installed? \

@@ -20,11 +20,7 @@ impl Scorer for LogReg {
         let model: Model = serde_json::from_str(&config::require("model")?)
             .map_err(|e| format!("config `model` is not a valid model: {e}"))?;
         if model.features.len() != model.weights.len() {
-            return Err(format!(
-                "model has {} features but {} weights",
-                model.features.len(),
-                model.weights.len()
-            ));
+            return Err(format!("model has {} features but {} weights", model.features.len(), model.weights.len()));
         }
         let mut z = vec![model.bias; rows.rows as usize];
         for (name, w) in model.features.iter().zip(&model.weights) {

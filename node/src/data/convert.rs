@@ -8,12 +8,9 @@ use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
-    Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type,
-    UInt32Type, UInt64Type,
+    Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
 };
-use arrow_array::{
-    Array, ArrayRef, BooleanArray, Float32Array, Float64Array, Int64Array, RecordBatch, StringArray,
-};
+use arrow_array::{Array, ArrayRef, BooleanArray, Float32Array, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field as ArrowField, Schema};
 
 use crate::bindings::{Batch, Column, Field};
@@ -25,17 +22,11 @@ pub fn to_wit(batch: &RecordBatch) -> Result<Batch> {
     let mut fields = Vec::with_capacity(batch.num_columns());
     for (i, col) in batch.columns().iter().enumerate() {
         let name = schema.field(i).name().clone();
-        let valid =
-            (col.null_count() > 0).then(|| (0..col.len()).map(|r| col.is_valid(r)).collect());
+        let valid = (col.null_count() > 0).then(|| (0..col.len()).map(|r| col.is_valid(r)).collect());
         let values = column_to_wit(col)?;
-        fields.push(Field {
-            name,
-            values,
-            valid,
-        });
+        fields.push(Field { name, values, valid });
     }
-    let rows = u32::try_from(batch.num_rows())
-        .map_err(|_| Error::Runtime("batch over 2^32 rows".into()))?;
+    let rows = u32::try_from(batch.num_rows()).map_err(|_| Error::Runtime("batch over 2^32 rows".into()))?;
     Ok(Batch { rows, fields })
 }
 
@@ -44,11 +35,7 @@ fn column_to_wit(col: &ArrayRef) -> Result<Column> {
     where
         T::Native: Into<i64>,
     {
-        col.as_primitive::<T>()
-            .values()
-            .iter()
-            .map(|&v| v.into())
-            .collect()
+        col.as_primitive::<T>().values().iter().map(|&v| v.into()).collect()
     }
     Ok(match col.data_type() {
         DataType::Float64 => Column::F64(col.as_primitive::<Float64Type>().values().to_vec()),
@@ -79,10 +66,7 @@ fn column_to_wit(col: &ArrayRef) -> Result<Column> {
         _ => {
             let as_str = arrow_cast::cast(col, &DataType::Utf8).map_err(|e| Error::Decode {
                 path: Default::default(),
-                reason: format!(
-                    "column of type {} cannot be passed to a guest: {e}",
-                    col.data_type()
-                ),
+                reason: format!("column of type {} cannot be passed to a guest: {e}", col.data_type()),
             })?;
             Column::Str(strings(as_str.as_string::<i32>().iter()))
         }
@@ -100,46 +84,26 @@ pub fn from_wit(batch: Batch) -> Result<RecordBatch> {
     let mut fields = Vec::with_capacity(batch.fields.len());
     let mut arrays: Vec<ArrayRef> = Vec::with_capacity(batch.fields.len());
     for field in batch.fields {
-        let bad = |reason: String| Error::BadOutput {
-            reason: format!("column `{}`: {reason}", field.name),
-        };
+        let bad = |reason: String| Error::BadOutput { reason: format!("column `{}`: {reason}", field.name) };
         let len = column_len(&field.values);
         if len != rows {
-            return Err(bad(format!(
-                "has {len} values but the batch has {rows} rows"
-            )));
+            return Err(bad(format!("has {len} values but the batch has {rows} rows")));
         }
         let nulls = match &field.valid {
             Some(v) if v.len() != rows => {
-                return Err(bad(format!(
-                    "`valid` has {} flags for {rows} rows",
-                    v.len()
-                )));
+                return Err(bad(format!("`valid` has {} flags for {rows} rows", v.len())));
             }
             Some(v) => Some(arrow_buffer::NullBuffer::from(v.clone())),
             None => None,
         };
         let (dt, array): (DataType, ArrayRef) = match field.values {
-            Column::F64(v) => (
-                DataType::Float64,
-                Arc::new(Float64Array::new(v.into(), nulls)),
-            ),
-            Column::F32(v) => (
-                DataType::Float32,
-                Arc::new(Float32Array::new(v.into(), nulls)),
-            ),
+            Column::F64(v) => (DataType::Float64, Arc::new(Float64Array::new(v.into(), nulls))),
+            Column::F32(v) => (DataType::Float32, Arc::new(Float32Array::new(v.into(), nulls))),
             Column::S64(v) => (DataType::Int64, Arc::new(Int64Array::new(v.into(), nulls))),
-            Column::Boolean(v) => (
-                DataType::Boolean,
-                Arc::new(BooleanArray::new(v.into(), nulls)),
-            ),
+            Column::Boolean(v) => (DataType::Boolean, Arc::new(BooleanArray::new(v.into(), nulls))),
             Column::Str(v) => {
                 let array: StringArray = match &field.valid {
-                    Some(valid) => v
-                        .iter()
-                        .zip(valid)
-                        .map(|(s, &ok)| ok.then_some(s.as_str()))
-                        .collect(),
+                    Some(valid) => v.iter().zip(valid).map(|(s, &ok)| ok.then_some(s.as_str())).collect(),
                     None => v.iter().map(|s| Some(s.as_str())).collect(),
                 };
                 (DataType::Utf8, Arc::new(array))
@@ -149,11 +113,8 @@ pub fn from_wit(batch: Batch) -> Result<RecordBatch> {
         arrays.push(array);
     }
     let options = arrow_array::RecordBatchOptions::new().with_row_count(Some(rows));
-    RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), arrays, &options).map_err(
-        |e| Error::BadOutput {
-            reason: e.to_string(),
-        },
-    )
+    RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), arrays, &options)
+        .map_err(|e| Error::BadOutput { reason: e.to_string() })
 }
 
 fn column_len(c: &Column) -> usize {
@@ -188,11 +149,7 @@ pub fn wit_size(b: &Batch) -> u64 {
 pub fn merge_scores(input: &RecordBatch, scores: &RecordBatch) -> Result<RecordBatch> {
     if scores.num_rows() != input.num_rows() {
         return Err(Error::BadOutput {
-            reason: format!(
-                "scorer returned {} rows for {} input rows",
-                scores.num_rows(),
-                input.num_rows()
-            ),
+            reason: format!("scorer returned {} rows for {} input rows", scores.num_rows(), input.num_rows()),
         });
     }
     let in_schema = input.schema();
@@ -212,11 +169,8 @@ pub fn merge_scores(input: &RecordBatch, scores: &RecordBatch) -> Result<RecordB
         }
     }
     let options = arrow_array::RecordBatchOptions::new().with_row_count(Some(input.num_rows()));
-    RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), columns, &options).map_err(
-        |e| Error::BadOutput {
-            reason: e.to_string(),
-        },
-    )
+    RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), columns, &options)
+        .map_err(|e| Error::BadOutput { reason: e.to_string() })
 }
 
 #[cfg(test)]
@@ -257,19 +211,9 @@ mod tests {
     fn rejects_columns_of_the_wrong_length() {
         let bad = Batch {
             rows: 3,
-            fields: vec![Field {
-                name: "score".into(),
-                values: Column::F64(vec![1.0]),
-                valid: None,
-            }],
+            fields: vec![Field { name: "score".into(), values: Column::F64(vec![1.0]), valid: None }],
         };
-        let err = from_wit(bad)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(
-            err.contains("has 1 values but the batch has 3 rows"),
-            "{err}"
-        );
+        let err = from_wit(bad).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("has 1 values but the batch has 3 rows"), "{err}");
     }
 }

@@ -88,9 +88,7 @@ impl std::str::FromStr for Format {
             "jsonl" | "ndjson" | "json" => Ok(Format::Jsonl),
             "parquet" => Ok(Format::Parquet),
             "text" | "txt" => Ok(Format::Text),
-            other => Err(format!(
-                "unknown format `{other}` (expected csv, jsonl, parquet or text)"
-            )),
+            other => Err(format!("unknown format `{other}` (expected csv, jsonl, parquet or text)")),
         }
     }
 }
@@ -135,10 +133,7 @@ pub struct Partition {
 /// non-hidden files, sorted) or a glob.
 pub fn list_inputs(input: &str) -> Result<Vec<PathBuf>> {
     let path = Path::new(input);
-    let err = |reason: String| Error::Input {
-        input: input.to_string(),
-        reason,
-    };
+    let err = |reason: String| Error::Input { input: input.to_string(), reason };
     let mut files = Vec::new();
     if path.is_file() {
         files.push(path.to_path_buf());
@@ -185,9 +180,7 @@ pub fn plan(input: &str, format: Option<Format>, partition_size: u64) -> Result<
                 });
             }
         };
-        let len = std::fs::metadata(&path)
-            .map_err(|e| Error::io("reading metadata of", &path, e))?
-            .len();
+        let len = std::fs::metadata(&path).map_err(|e| Error::io("reading metadata of", &path, e))?.len();
         match format {
             Format::Parquet => plan_parquet(&path, partition_size, &mut partitions)?,
             _ => {
@@ -209,20 +202,16 @@ pub fn plan(input: &str, format: Option<Format>, partition_size: u64) -> Result<
         }
     }
     for (i, p) in partitions.iter_mut().enumerate() {
-        p.index = u32::try_from(i).map_err(|_| Error::Input {
-            input: input.to_string(),
-            reason: "more than 2^32 partitions".into(),
-        })?;
+        p.index = u32::try_from(i)
+            .map_err(|_| Error::Input { input: input.to_string(), reason: "more than 2^32 partitions".into() })?;
     }
     Ok(partitions)
 }
 
 fn plan_parquet(path: &Path, partition_size: u64, out: &mut Vec<Partition>) -> Result<()> {
     let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::Decode {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| Error::Decode { path: path.to_path_buf(), reason: e.to_string() })?;
     let schema = builder.schema().clone();
     let groups = builder.metadata().row_groups();
     let mut first = 0;
@@ -249,10 +238,7 @@ fn plan_parquet(path: &Path, partition_size: u64, out: &mut Vec<Partition>) -> R
 /// The schema of a text file (inferred from its head) and where its body starts
 /// (after the CSV header line).
 fn text_schema(path: &Path, format: Format) -> Result<(Option<SchemaRef>, u64)> {
-    let decode = |e: arrow_schema::ArrowError| Error::Decode {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
+    let decode = |e: arrow_schema::ArrowError| Error::Decode { path: path.to_path_buf(), reason: e.to_string() };
     let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
     match format {
         Format::Csv => {
@@ -266,13 +252,33 @@ fn text_schema(path: &Path, format: Format) -> Result<(Option<SchemaRef>, u64)> 
         }
         Format::Jsonl => {
             let mut reader = BufReader::new(file);
-            let (schema, _) = arrow_json::reader::infer_json_schema(&mut reader, Some(INFER_ROWS))
-                .map_err(decode)?;
-            Ok((Some(Arc::new(schema)), 0))
+            let (schema, _) = arrow_json::reader::infer_json_schema(&mut reader, Some(INFER_ROWS)).map_err(decode)?;
+            Ok((Some(Arc::new(in_file_order(path, schema)?)), 0))
         }
         Format::Text => Ok((None, 0)),
         Format::Parquet => Ok((None, 0)),
     }
+}
+
+/// Orders inferred JSON fields as they first appear in the file (inference
+/// sorts them), so output columns keep the input's order.
+fn in_file_order(path: &Path, schema: arrow_schema::Schema) -> Result<arrow_schema::Schema> {
+    let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    let mut order: Vec<String> = Vec::new();
+    for line in std::io::BufRead::lines(BufReader::new(file)).take(INFER_ROWS) {
+        let line = line.map_err(|e| Error::io("reading", path, e))?;
+        if let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(&line) {
+            for key in map.keys() {
+                if !order.contains(key) {
+                    order.push(key.clone());
+                }
+            }
+        }
+    }
+    let rank = |name: &str| order.iter().position(|k| k == name).unwrap_or(usize::MAX);
+    let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
+    fields.sort_by_key(|f| rank(f.name()));
+    Ok(arrow_schema::Schema::new(fields))
 }
 
 /// Bytes up to and including the first newline (the CSV header).
@@ -281,9 +287,7 @@ fn header_len(path: &Path) -> Result<u64> {
     let mut buf = [0u8; 64 * 1024];
     let mut offset = 0u64;
     loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(|e| Error::io("reading", path, e))?;
+        let n = file.read(&mut buf).map_err(|e| Error::io("reading", path, e))?;
         if n == 0 {
             return Ok(offset);
         }
@@ -300,16 +304,12 @@ pub(crate) fn read_span(path: &Path, start: u64, end: u64) -> Result<Vec<u8>> {
     let mut file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
     // A line that starts at `start` belongs to us only if the byte before is a newline.
     let seek_from = start.saturating_sub(1);
-    file.seek(SeekFrom::Start(seek_from))
-        .map_err(|e| Error::io("seeking in", path, e))?;
-    let len = usize::try_from(end - seek_from)
-        .map_err(|_| Error::Runtime("partition too large".into()))?;
+    file.seek(SeekFrom::Start(seek_from)).map_err(|e| Error::io("seeking in", path, e))?;
+    let len = usize::try_from(end - seek_from).map_err(|_| Error::Runtime("partition too large".into()))?;
     let mut data = vec![0u8; len];
     let mut filled = 0;
     while filled < len {
-        let n = file
-            .read(&mut data[filled..])
-            .map_err(|e| Error::io("reading", path, e))?;
+        let n = file.read(&mut data[filled..]).map_err(|e| Error::io("reading", path, e))?;
         if n == 0 {
             break;
         }
@@ -320,9 +320,7 @@ pub(crate) fn read_span(path: &Path, start: u64, end: u64) -> Result<Vec<u8>> {
     if data.last() != Some(&b'\n') && filled == len {
         let mut buf = [0u8; 64 * 1024];
         loop {
-            let n = file
-                .read(&mut buf)
-                .map_err(|e| Error::io("reading", path, e))?;
+            let n = file.read(&mut buf).map_err(|e| Error::io("reading", path, e))?;
             if n == 0 {
                 break;
             }
@@ -373,9 +371,7 @@ mod tests {
             let parts = plan(path.to_str().unwrap_or_default(), None, size)?;
             let mut got = Vec::new();
             for p in &parts {
-                let Span::Bytes { start, end } = p.span else {
-                    panic!("text gives byte spans")
-                };
+                let Span::Bytes { start, end } = p.span else { panic!("text gives byte spans") };
                 let data = read_span(&p.path, start, end)?;
                 got.extend(String::from_utf8_lossy(&data).lines().map(str::to_string));
             }
@@ -386,15 +382,9 @@ mod tests {
 
     #[test]
     fn unknown_input_is_a_clear_error() {
-        let err = plan("/definitely/not/here.csv", None, 1024)
-            .map(|_| ())
-            .err();
+        let err = plan("/definitely/not/here.csv", None, 1024).map(|_| ()).err();
         assert!(matches!(err, Some(Error::Input { .. })), "{err:?}");
         let err = plan("/definitely/not/*.csv", None, 1024).map(|_| ()).err();
-        assert!(
-            err.map(|e| e.to_string())
-                .unwrap_or_default()
-                .contains("matched no files")
-        );
+        assert!(err.map(|e| e.to_string()).unwrap_or_default().contains("matched no files"));
     }
 }

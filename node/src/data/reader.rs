@@ -21,14 +21,8 @@ pub struct PartitionReader {
 }
 
 enum Source {
-    Text {
-        data: Vec<u8>,
-        pos: usize,
-    },
-    Parquet {
-        reader: ParquetRecordBatchReader,
-        pending: Option<RecordBatch>,
-    },
+    Text { data: Vec<u8>, pos: usize },
+    Parquet { reader: ParquetRecordBatchReader, pending: Option<RecordBatch> },
 }
 
 impl std::fmt::Debug for Source {
@@ -47,40 +41,22 @@ impl PartitionReader {
     pub fn open(partition: Partition) -> Result<Self> {
         let source = match (&partition.span, partition.format) {
             (Span::Bytes { start, end }, Format::Csv | Format::Jsonl | Format::Text) => {
-                Source::Text {
-                    data: read_span(&partition.path, *start, *end)?,
-                    pos: 0,
-                }
+                Source::Text { data: read_span(&partition.path, *start, *end)?, pos: 0 }
             }
             (Span::RowGroups { first, count }, Format::Parquet) => {
-                let file = File::open(&partition.path)
-                    .map_err(|e| Error::io("opening", &partition.path, e))?;
+                let file = File::open(&partition.path).map_err(|e| Error::io("opening", &partition.path, e))?;
                 let reader = ParquetRecordBatchReaderBuilder::try_new(file)
                     .and_then(|b| {
-                        b.with_row_groups((*first..first + count).collect())
-                            .with_batch_size(PARQUET_BATCH_ROWS)
-                            .build()
+                        b.with_row_groups((*first..first + count).collect()).with_batch_size(PARQUET_BATCH_ROWS).build()
                     })
-                    .map_err(|e| Error::Decode {
-                        path: partition.path.clone(),
-                        reason: e.to_string(),
-                    })?;
-                Source::Parquet {
-                    reader,
-                    pending: None,
-                }
+                    .map_err(|e| Error::Decode { path: partition.path.clone(), reason: e.to_string() })?;
+                Source::Parquet { reader, pending: None }
             }
             (span, format) => {
-                return Err(Error::Runtime(format!(
-                    "partition span {span:?} does not fit format {format}"
-                )));
+                return Err(Error::Runtime(format!("partition span {span:?} does not fit format {format}")));
             }
         };
-        Ok(PartitionReader {
-            partition,
-            source,
-            records: 0,
-        })
+        Ok(PartitionReader { partition, source, records: 0 })
     }
 
     /// The partition being read.
@@ -108,10 +84,7 @@ impl PartitionReader {
         let cut = match window.iter().rposition(|&b| b == b'\n') {
             Some(i) => i + 1,
             // One line longer than the window: return it whole.
-            None => rest
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(rest.len(), |i| i + 1),
+            None => rest.iter().position(|&b| b == b'\n').map_or(rest.len(), |i| i + 1),
         };
         let chunk = rest[..cut].to_vec();
         self.records += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
@@ -123,10 +96,7 @@ impl PartitionReader {
     pub fn next_batch(&mut self, max_rows: usize) -> Result<Option<RecordBatch>> {
         let max_rows = max_rows.max(1);
         let path = &self.partition.path;
-        let decode = |e: arrow_schema::ArrowError| Error::Decode {
-            path: path.clone(),
-            reason: e.to_string(),
-        };
+        let decode = |e: arrow_schema::ArrowError| Error::Decode { path: path.clone(), reason: e.to_string() };
         let batch = match &mut self.source {
             Source::Text { data, pos } => {
                 if *pos >= data.len() {
@@ -150,11 +120,7 @@ impl PartitionReader {
                 match self.partition.format {
                     Format::Text => lines_batch(chunk),
                     Format::Csv => {
-                        let schema = self
-                            .partition
-                            .schema
-                            .clone()
-                            .ok_or_else(|| missing_schema(path))?;
+                        let schema = self.partition.schema.clone().ok_or_else(|| missing_schema(path))?;
                         let mut decoder = arrow_csv::ReaderBuilder::new(schema)
                             .with_header(false)
                             .with_batch_size(max_rows)
@@ -163,11 +129,7 @@ impl PartitionReader {
                         decoder.flush().map_err(decode)?
                     }
                     Format::Jsonl => {
-                        let schema = self
-                            .partition
-                            .schema
-                            .clone()
-                            .ok_or_else(|| missing_schema(path))?;
+                        let schema = self.partition.schema.clone().ok_or_else(|| missing_schema(path))?;
                         let mut decoder = arrow_json::ReaderBuilder::new(schema)
                             .with_batch_size(max_rows)
                             .build_decoder()
@@ -200,10 +162,7 @@ impl PartitionReader {
 }
 
 fn missing_schema(path: &std::path::Path) -> Error {
-    Error::Decode {
-        path: path.to_path_buf(),
-        reason: "no schema was inferred for this file".into(),
-    }
+    Error::Decode { path: path.to_path_buf(), reason: "no schema was inferred for this file".into() }
 }
 
 fn lines_batch(chunk: &[u8]) -> Option<RecordBatch> {

@@ -50,29 +50,19 @@ enum Sink {
 
 impl std::fmt::Debug for OutputWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OutputWriter")
-            .field("dest", &self.dest)
-            .field("rows", &self.rows)
-            .finish()
+        f.debug_struct("OutputWriter").field("dest", &self.dest).field("rows", &self.rows).finish()
     }
 }
 
 impl OutputWriter {
     /// Starts writing `dest` (as a hidden temporary file beside it).
     pub fn create(dest: &Path, format: Format) -> Result<Self> {
-        let name = dest
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = dest.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
         let file = File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
         let sink = match format {
             Format::Jsonl | Format::Text => Sink::Json(BufWriter::new(file)),
-            Format::Csv => Sink::Csv(
-                arrow_csv::WriterBuilder::new()
-                    .with_header(true)
-                    .build(BufWriter::new(file)),
-            ),
+            Format::Csv => Sink::Csv(arrow_csv::WriterBuilder::new().with_header(true).build(BufWriter::new(file))),
             Format::Parquet => Sink::Parquet(None, Some(file)),
         };
         Ok(OutputWriter {
@@ -109,9 +99,7 @@ impl OutputWriter {
         validate_record(json)?;
         match &mut self.sink {
             Sink::Json(w) => {
-                w.write_all(json)
-                    .and_then(|()| w.write_all(b"\n"))
-                    .map_err(|e| self.io(e))?;
+                w.write_all(json).and_then(|()| w.write_all(b"\n")).map_err(|e| self.io(e))?;
                 self.rows += 1;
             }
             _ => {
@@ -133,13 +121,10 @@ impl OutputWriter {
         let data = std::mem::take(&mut self.records);
         self.pending_records = 0;
         let schema = self.record_schema(&data)?;
-        let bad = |e: arrow_schema::ArrowError| Error::BadOutput {
-            reason: format!("records do not fit one schema: {e}"),
-        };
-        let mut decoder = arrow_json::ReaderBuilder::new(schema)
-            .with_batch_size(RECORD_CHUNK)
-            .build_decoder()
-            .map_err(bad)?;
+        let bad =
+            |e: arrow_schema::ArrowError| Error::BadOutput { reason: format!("records do not fit one schema: {e}") };
+        let mut decoder =
+            arrow_json::ReaderBuilder::new(schema).with_batch_size(RECORD_CHUNK).build_decoder().map_err(bad)?;
         let mut rest = &data[..];
         while !rest.is_empty() {
             let n = decoder.decode(rest).map_err(bad)?;
@@ -164,18 +149,13 @@ impl OutputWriter {
             return Ok(schema.clone());
         }
         let (schema, _) = arrow_json::reader::infer_json_schema(std::io::Cursor::new(data), None)
-            .map_err(|e| Error::BadOutput {
-            reason: e.to_string(),
-        })?;
+            .map_err(|e| Error::BadOutput { reason: e.to_string() })?;
         Ok(Arc::new(schema))
     }
 
     fn write_arrow(&mut self, batch: &RecordBatch) -> Result<()> {
         let dest = self.dest.clone();
-        let enc = |e: String| Error::Output {
-            path: dest.clone(),
-            reason: e,
-        };
+        let enc = |e: String| Error::Output { path: dest.clone(), reason: e };
         match &mut self.sink {
             Sink::Json(w) => {
                 let mut jw = arrow_json::LineDelimitedWriter::new(w);
@@ -185,22 +165,14 @@ impl OutputWriter {
             Sink::Csv(w) => w.write(batch).map_err(|e| enc(e.to_string()))?,
             Sink::Parquet(writer, file) => {
                 if writer.is_none() {
-                    let file = file
-                        .take()
-                        .ok_or_else(|| enc("parquet file already closed".into()))?;
-                    let props = WriterProperties::builder()
-                        .set_compression(Compression::SNAPPY)
-                        .build();
-                    *writer = Some(
-                        ArrowWriter::try_new(file, batch.schema(), Some(props))
-                            .map_err(|e| enc(e.to_string()))?,
-                    );
+                    let file = file.take().ok_or_else(|| enc("parquet file already closed".into()))?;
+                    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+                    *writer =
+                        Some(ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(|e| enc(e.to_string()))?);
                 }
                 if let Some(w) = writer {
                     w.write(batch).map_err(|e| {
-                        enc(format!(
-                            "{e} (a function's output must keep one schema within a partition)"
-                        ))
+                        enc(format!("{e} (a function's output must keep one schema within a partition)"))
                     })?;
                 }
             }
@@ -216,10 +188,7 @@ impl OutputWriter {
     pub fn finish(mut self) -> Result<u64> {
         self.flush_records()?;
         let dest = self.dest.clone();
-        let enc = |e: String| Error::Output {
-            path: dest.clone(),
-            reason: e,
-        };
+        let enc = |e: String| Error::Output { path: dest.clone(), reason: e };
         match std::mem::replace(&mut self.sink, Sink::Parquet(None, None)) {
             Sink::Json(mut w) => w.flush().map_err(|e| self.io(e))?,
             Sink::Csv(w) => {
@@ -237,8 +206,7 @@ impl OutputWriter {
             }
             Sink::Parquet(None, None) => {}
         }
-        std::fs::rename(&self.tmp, &self.dest)
-            .map_err(|e| Error::io("renaming output to", &self.dest, e))?;
+        std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io("renaming output to", &self.dest, e))?;
         self.finished = true;
         Ok(self.rows)
     }
@@ -260,13 +228,9 @@ impl OutputWriter {
 fn validate_record(json: &[u8]) -> Result<()> {
     let first = json.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
-        return Err(Error::BadOutput {
-            reason: "a record must be a JSON object".into(),
-        });
+        return Err(Error::BadOutput { reason: "a record must be a JSON object".into() });
     }
     serde_json::from_slice::<serde::de::IgnoredAny>(json)
         .map(|_| ())
-        .map_err(|e| Error::BadOutput {
-            reason: format!("a record is not valid JSON: {e}"),
-        })
+        .map_err(|e| Error::BadOutput { reason: format!("a record is not valid JSON: {e}") })
 }

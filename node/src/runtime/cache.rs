@@ -36,18 +36,12 @@ pub(crate) fn fingerprint(engine: &Engine) -> String {
 impl CompiledCache {
     pub(crate) fn open(dir: &Path, engine: &Engine) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("creating cache directory", dir, e))?;
-        Ok(CompiledCache {
-            dir: dir.to_path_buf(),
-            fingerprint: fingerprint(engine),
-        })
+        Ok(CompiledCache { dir: dir.to_path_buf(), fingerprint: fingerprint(engine) })
     }
 
     fn paths(&self, sha256: &str) -> (PathBuf, PathBuf) {
         let stem = format!("{sha256}-{}", self.fingerprint);
-        (
-            self.dir.join(format!("{stem}.cwasm")),
-            self.dir.join(format!("{stem}.sha256")),
-        )
+        (self.dir.join(format!("{stem}.cwasm")), self.dir.join(format!("{stem}.sha256")))
     }
 
     pub(crate) fn get(&self, engine: &Engine, sha256: &str) -> Lookup {

@@ -34,28 +34,19 @@ pub struct CompileWorker {
 
 /// Compiles in this process (trusted input, tests and benchmarks).
 pub(crate) fn in_process(engine: &Engine, bytes: &[u8]) -> Result<Vec<u8>> {
-    let component = Component::new(engine, bytes).map_err(|e| Error::InvalidComponent {
-        reason: format!("{e:#}"),
-    })?;
-    component.serialize().map_err(|e| Error::CompileFailed {
-        reason: format!("{e:#}"),
-    })
+    let component = Component::new(engine, bytes).map_err(|e| Error::InvalidComponent { reason: format!("{e:#}") })?;
+    component.serialize().map_err(|e| Error::CompileFailed { reason: format!("{e:#}") })
 }
 
 /// Compiles in a worker process limited to `config.compile_memory` bytes of
 /// address space and `config.compile_timeout` of wall time.
-pub(crate) fn in_worker(
-    worker: &CompileWorker,
-    config: &RuntimeConfig,
-    bytes: &[u8],
-) -> Result<Vec<u8>> {
-    let dir = tempfile::tempdir()
-        .map_err(|e| Error::io("creating a temporary directory in", std::env::temp_dir(), e))?;
+pub(crate) fn in_worker(worker: &CompileWorker, config: &RuntimeConfig, bytes: &[u8]) -> Result<Vec<u8>> {
+    let dir =
+        tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory in", std::env::temp_dir(), e))?;
     let input = dir.path().join("component.wasm");
     let output = dir.path().join("component.cwasm");
     std::fs::write(&input, bytes).map_err(|e| Error::io("writing", &input, e))?;
-    let settings =
-        serde_json::to_string(&config.engine).map_err(|e| Error::Runtime(e.to_string()))?;
+    let settings = serde_json::to_string(&config.engine).map_err(|e| Error::Runtime(e.to_string()))?;
 
     let mut cmd = Command::new(&worker.program);
     cmd.args(&worker.args)
@@ -66,9 +57,7 @@ pub(crate) fn in_worker(
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     limit_address_space(&mut cmd, config.compile_memory);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error::io("starting the compile worker", &worker.program, e))?;
+    let mut child = cmd.spawn().map_err(|e| Error::io("starting the compile worker", &worker.program, e))?;
 
     let deadline = Instant::now() + config.compile_timeout;
     let status = loop {
@@ -77,17 +66,11 @@ pub(crate) fn in_worker(
             Ok(None) if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(Error::CompileTimeout {
-                    limit: config.compile_timeout,
-                });
+                return Err(Error::CompileTimeout { limit: config.compile_timeout });
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
             Err(e) => {
-                return Err(Error::io(
-                    "waiting for the compile worker",
-                    &worker.program,
-                    e,
-                ));
+                return Err(Error::io("waiting for the compile worker", &worker.program, e));
             }
         }
     };
@@ -97,24 +80,17 @@ pub(crate) fn in_worker(
     }
     let stderr = stderr.trim().to_string();
     if status.success() {
-        return std::fs::read(&output)
-            .map_err(|e| Error::io("reading compiled artifact", &output, e));
+        return std::fs::read(&output).map_err(|e| Error::io("reading compiled artifact", &output, e));
     }
     if status.code() == Some(EXIT_INVALID) {
         return Err(Error::InvalidComponent { reason: stderr });
     }
-    let reason = if stderr.contains("memory allocation")
-        || stderr.contains("out of memory")
-        || status.code().is_none()
+    let reason = if stderr.contains("memory allocation") || stderr.contains("out of memory") || status.code().is_none()
     {
         format!(
             "the compiler exceeded its memory budget of {} MiB or crashed ({status}){}",
             config.compile_memory >> 20,
-            if stderr.is_empty() {
-                String::new()
-            } else {
-                format!(": {stderr}")
-            }
+            if stderr.is_empty() { String::new() } else { format!(": {stderr}") }
         )
     } else {
         format!("{status}: {stderr}")
@@ -125,10 +101,7 @@ pub(crate) fn in_worker(
 #[allow(unsafe_code)]
 fn limit_address_space(cmd: &mut Command, bytes: u64) {
     use std::os::unix::process::CommandExt;
-    let limit = libc::rlimit {
-        rlim_cur: bytes as libc::rlim_t,
-        rlim_max: bytes as libc::rlim_t,
-    };
+    let limit = libc::rlimit { rlim_cur: bytes as libc::rlim_t, rlim_max: bytes as libc::rlim_t };
     // SAFETY: `setrlimit` is async-signal-safe and touches no memory of the
     // parent; it runs in the forked child before `exec`.
     unsafe {
@@ -172,10 +145,7 @@ pub fn worker_main(settings: &str, input: &Path, output: &Path) -> i32 {
             return EXIT_INVALID;
         }
     };
-    match artifact
-        .map_err(|e| format!("{e:#}"))
-        .and_then(|a| std::fs::write(output, a).map_err(|e| e.to_string()))
-    {
+    match artifact.map_err(|e| format!("{e:#}")).and_then(|a| std::fs::write(output, a).map_err(|e| e.to_string())) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("serializing: {e}");
@@ -189,9 +159,8 @@ pub fn worker_main(settings: &str, input: &Path, output: &Path) -> i32 {
 pub(crate) fn deserialize(engine: &Engine, artifact: &[u8]) -> Result<Component> {
     // SAFETY: the artifact was produced just now by `Component::serialize`
     // with this engine's settings, in this process or our own worker.
-    unsafe { Component::deserialize(engine, artifact) }.map_err(|e| Error::CompileFailed {
-        reason: format!("loading compiled artifact: {e:#}"),
-    })
+    unsafe { Component::deserialize(engine, artifact) }
+        .map_err(|e| Error::CompileFailed { reason: format!("loading compiled artifact: {e:#}") })
 }
 
 /// Maps a cached artifact whose checksum the caller has verified.
@@ -200,7 +169,6 @@ pub(crate) fn deserialize_file(engine: &Engine, path: &Path) -> Result<Component
     // SAFETY: the file is in our private cache directory, was written by
     // `CompiledCache::put` and its digest was checked against the stored one;
     // wasmtime also checks its header and engine compatibility.
-    unsafe { Component::deserialize_file(engine, path) }.map_err(|e| Error::CompileFailed {
-        reason: format!("loading {}: {e:#}", path.display()),
-    })
+    unsafe { Component::deserialize_file(engine, path) }
+        .map_err(|e| Error::CompileFailed { reason: format!("loading {}: {e:#}", path.display()) })
 }

@@ -70,20 +70,12 @@ struct CaptureBuf {
 impl Capture {
     /// A capture that keeps the first `capacity` bytes.
     pub fn new(capacity: usize) -> Self {
-        Capture {
-            inner: Arc::new(Mutex::new(CaptureBuf {
-                capacity,
-                ..Default::default()
-            })),
-        }
+        Capture { inner: Arc::new(Mutex::new(CaptureBuf { capacity, ..Default::default() })) }
     }
 
     /// What was captured, lossily decoded.
     pub fn text(&self) -> String {
-        self.inner
-            .lock()
-            .map(|b| String::from_utf8_lossy(&b.data).into_owned())
-            .unwrap_or_default()
+        self.inner.lock().map(|b| String::from_utf8_lossy(&b.data).into_owned()).unwrap_or_default()
     }
 
     /// Bytes dropped past the capacity.
@@ -142,28 +134,14 @@ pub(crate) struct Limiter {
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> WasmResult<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> WasmResult<bool> {
         if desired as u64 > self.memory {
-            return Err(HostTrap::MemoryLimit {
-                limit: self.memory,
-                requested: desired as u64,
-            }
-            .into());
+            return Err(HostTrap::MemoryLimit { limit: self.memory, requested: desired as u64 }.into());
         }
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> WasmResult<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> WasmResult<bool> {
         Ok(desired <= self.table_elements)
     }
 }
@@ -187,9 +165,7 @@ pub struct HostState {
 
 impl std::fmt::Debug for HostState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HostState")
-            .field("output_bytes", &self.output_bytes)
-            .finish_non_exhaustive()
+        f.debug_struct("HostState").field("output_bytes", &self.output_bytes).finish_non_exhaustive()
     }
 }
 
@@ -198,39 +174,28 @@ impl HostState {
     fn charge_output(&mut self, n: u64) -> WasmResult<()> {
         self.output_bytes = self.output_bytes.saturating_add(n);
         if self.output_bytes > self.max_output_bytes {
-            return Err(HostTrap::OutputLimit {
-                limit: self.max_output_bytes,
-            }
-            .into());
+            return Err(HostTrap::OutputLimit { limit: self.max_output_bytes }.into());
         }
         Ok(())
     }
 
     fn writer(&mut self) -> WasmResult<&mut OutputWriter> {
         self.output.as_mut().ok_or_else(|| {
-            HostTrap::Node(crate::Error::BadOutput {
-                reason: "this invocation has no output".into(),
-            })
-            .into()
+            HostTrap::Node(crate::Error::BadOutput { reason: "this invocation has no output".into() }).into()
         })
     }
 
     fn reader(&mut self) -> WasmResult<&mut PartitionReader> {
         self.input.as_mut().ok_or_else(|| {
-            HostTrap::Node(crate::Error::BadInputRequest {
-                reason: "this invocation has no input partition".into(),
-            })
-            .into()
+            HostTrap::Node(crate::Error::BadInputRequest { reason: "this invocation has no input partition".into() })
+                .into()
         })
     }
 }
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 

@@ -45,10 +45,7 @@ pub struct EngineSettings {
 
 impl Default for EngineSettings {
     fn default() -> Self {
-        EngineSettings {
-            max_wasm_stack: 1 << 20,
-            fuel: false,
-        }
+        EngineSettings { max_wasm_stack: 1 << 20, fuel: false }
     }
 }
 
@@ -170,9 +167,7 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
+        f.debug_struct("Runtime").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
@@ -219,22 +214,13 @@ impl Runtime {
         let mut linker: Linker<HostState> = Linker::new(&engine);
         let link = |e: wasmtime::Error| Error::Runtime(format!("linking host functions: {e}"));
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(link)?;
-        bindings::wasmgrid::function::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+        bindings::wasmgrid::function::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link)?;
+        bindings::wasmgrid::function::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link)?;
+        bindings::wasmgrid::function::config::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link)?;
+        bindings::mapper::wasmgrid::function::input::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(link)?;
-        bindings::wasmgrid::function::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+        bindings::mapper::wasmgrid::function::output::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(link)?;
-        bindings::wasmgrid::function::config::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-            .map_err(link)?;
-        bindings::mapper::wasmgrid::function::input::add_to_linker::<_, HasSelf<_>>(
-            &mut linker,
-            |s| s,
-        )
-        .map_err(link)?;
-        bindings::mapper::wasmgrid::function::output::add_to_linker::<_, HasSelf<_>>(
-            &mut linker,
-            |s| s,
-        )
-        .map_err(link)?;
 
         let cache = match &config.cache_dir {
             Some(dir) => Some(cache::CompiledCache::open(dir, &engine)?),
@@ -288,10 +274,7 @@ impl Runtime {
     pub fn load_file(&self, path: &Path) -> Result<Arc<Function>> {
         let meta = std::fs::metadata(path).map_err(|e| Error::io("reading", path, e))?;
         if meta.len() > self.config.max_component_bytes {
-            return Err(Error::ComponentTooLarge {
-                size: meta.len(),
-                limit: self.config.max_component_bytes,
-            });
+            return Err(Error::ComponentTooLarge { size: meta.len(), limit: self.config.max_component_bytes });
         }
         let bytes = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
         self.load(&bytes)
@@ -302,10 +285,7 @@ impl Runtime {
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<Function>> {
         let size = bytes.len() as u64;
         if size > self.config.max_component_bytes {
-            return Err(Error::ComponentTooLarge {
-                size,
-                limit: self.config.max_component_bytes,
-            });
+            return Err(Error::ComponentTooLarge { size, limit: self.config.max_component_bytes });
         }
         check_header(bytes)?;
         let sha256 = hex::encode(Sha256::digest(bytes));
@@ -315,10 +295,7 @@ impl Runtime {
 
         let component = self.compiled_component(&sha256, bytes)?;
         let function = Arc::new(self.link(component, sha256.clone())?);
-        self.loaded
-            .lock()
-            .map_err(poisoned)?
-            .insert(sha256, function.clone());
+        self.loaded.lock().map_err(poisoned)?.insert(sha256, function.clone());
         Ok(function)
     }
 
@@ -332,10 +309,7 @@ impl Runtime {
                 }
                 cache::Lookup::Corrupt(why) => {
                     self.cache_rejected.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        sha256,
-                        "compiled cache entry is corrupt ({why}); recompiling"
-                    );
+                    tracing::warn!(sha256, "compiled cache entry is corrupt ({why}); recompiling");
                 }
                 cache::Lookup::Miss => {}
             }
@@ -346,11 +320,7 @@ impl Runtime {
             None => compile::in_process(&self.engine, bytes)?,
         };
         self.compiled.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(
-            sha256,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "compiled component"
-        );
+        tracing::info!(sha256, elapsed_ms = started.elapsed().as_millis() as u64, "compiled component");
         match &self.cache {
             Some(cache) => cache.put(&self.engine, sha256, &artifact),
             None => compile::deserialize(&self.engine, &artifact),
@@ -358,11 +328,8 @@ impl Runtime {
     }
 
     fn link(&self, component: Component, sha256: String) -> Result<Function> {
-        let exports: Vec<String> = component
-            .component_type()
-            .exports(&self.engine)
-            .map(|(name, _)| name.to_string())
-            .collect();
+        let exports: Vec<String> =
+            component.component_type().exports(&self.engine).map(|(name, _)| name.to_string()).collect();
         let kind = if exports.iter().any(|e| e == "score") {
             Kind::Scorer
         } else if exports.iter().any(|e| e == "run") {
@@ -370,20 +337,11 @@ impl Runtime {
         } else if exports.iter().any(|e| e == "reduce") {
             Kind::Reducer
         } else {
-            return Err(Error::NotAFunction {
-                exports: exports.join(", "),
-            });
+            return Err(Error::NotAFunction { exports: exports.join(", ") });
         };
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| missing_import(&e))?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| missing_import(&e))?;
         let world = |e: wasmtime::Error| Error::InvalidComponent {
-            reason: format!(
-                "its `{}` export does not match the {} world: {e}",
-                kind.name(),
-                kind.name()
-            ),
+            reason: format!("its `{}` export does not match the {} world: {e}", kind.name(), kind.name()),
         };
         let pre = match kind {
             Kind::Scorer => Pre::Scorer(bindings::ScorerPre::new(pre).map_err(world)?),
@@ -407,11 +365,7 @@ fn poisoned<T>(_: T) -> Error {
 
 /// Rejects bytes that are not a WebAssembly component, before any compiler sees them.
 fn check_header(bytes: &[u8]) -> Result<()> {
-    let invalid = |reason: &str| {
-        Err(Error::InvalidComponent {
-            reason: reason.to_string(),
-        })
-    };
+    let invalid = |reason: &str| Err(Error::InvalidComponent { reason: reason.to_string() });
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
         return invalid("not WebAssembly (no `\\0asm` header)");
     }
@@ -421,20 +375,14 @@ fn check_header(bytes: &[u8]) -> Result<()> {
             "this is a core WebAssembly module, not a component; build with `--target wasm32-wasip2` \
              or wrap it with `wasm-tools component new`",
         ),
-        other => invalid(&format!(
-            "unsupported WebAssembly version/layer {other:02x?}"
-        )),
+        other => invalid(&format!("unsupported WebAssembly version/layer {other:02x?}")),
     }
 }
 
 fn missing_import(e: &wasmtime::Error) -> Error {
     let detail = format!("{e:#}");
     // wasmtime: "component imports instance `x:y/z`, but a matching implementation was not found in the linker"
-    let import = detail
-        .split('`')
-        .nth(1)
-        .map(str::to_string)
-        .unwrap_or_else(|| "an unknown item".to_string());
+    let import = detail.split('`').nth(1).map(str::to_string).unwrap_or_else(|| "an unknown item".to_string());
     if detail.contains("matching implementation was not found") || detail.contains("not found") {
         Error::MissingImport { import, detail }
     } else {
@@ -460,10 +408,7 @@ pub struct Function {
 
 impl std::fmt::Debug for Function {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Function")
-            .field("kind", &self.kind)
-            .field("sha256", &self.sha256)
-            .finish()
+        f.debug_struct("Function").field("kind", &self.kind).field("sha256", &self.sha256).finish()
     }
 }
 
@@ -492,9 +437,7 @@ pub struct Instance {
 
 impl std::fmt::Debug for Instance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Instance")
-            .field("limits", &self.limits)
-            .finish_non_exhaustive()
+        f.debug_struct("Instance").field("limits", &self.limits).finish_non_exhaustive()
     }
 }
 
@@ -527,26 +470,15 @@ impl Function {
     }
 
     /// A fresh instance with `limits`, `config` and `io`.
-    pub fn instantiate(
-        &self,
-        limits: &Limits,
-        config: Arc<BTreeMap<String, String>>,
-        io: Io,
-    ) -> Result<Instance> {
+    pub fn instantiate(&self, limits: &Limits, config: Arc<BTreeMap<String, String>>, io: Io) -> Result<Instance> {
         let stdout = Capture::new(limits.max_stdio_bytes);
         let stderr = Capture::new(limits.max_stdio_bytes);
         // No preopened directories, no network, no environment, no arguments.
-        let wasi = WasiCtx::builder()
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .build();
+        let wasi = WasiCtx::builder().stdout(stdout.clone()).stderr(stderr.clone()).build();
         let state = HostState {
             wasi,
             table: ResourceTable::new(),
-            limiter: Limiter {
-                memory: limits.memory,
-                table_elements: 100_000,
-            },
+            limiter: Limiter { memory: limits.memory, table_elements: 100_000 },
             config,
             logs: Logs::default(),
             max_log_bytes: limits.max_log_bytes,
@@ -560,6 +492,10 @@ impl Function {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
+        // Bounds what one guest-to-host call (an import's arguments or an
+        // export's result) may make the host allocate.
+        let per_call = limits.max_output_bytes.saturating_add(1 << 20);
+        store.set_hostcall_fuel(usize::try_from(per_call).unwrap_or(usize::MAX));
         arm(&mut store, limits, self.tick, self.fuel)?;
         let exports = match &self.pre {
             Pre::Scorer(p) => p.instantiate(&mut store).map(Exports::Scorer),
@@ -567,12 +503,7 @@ impl Function {
             Pre::Reducer(p) => p.instantiate(&mut store).map(Exports::Reducer),
         };
         let exports = exports.map_err(|e| classify(e, limits, &store.data().stderr))?;
-        Ok(Instance {
-            store,
-            exports,
-            limits: limits.clone(),
-            tick: self.tick,
-        })
+        Ok(Instance { store, exports, limits: limits.clone(), tick: self.tick })
     }
 }
 
@@ -582,9 +513,7 @@ fn arm(store: &mut Store<HostState>, limits: &Limits, tick: Duration, fuel: bool
     store.set_epoch_deadline(ticks);
     store.epoch_deadline_trap();
     if fuel {
-        store
-            .set_fuel(limits.fuel.unwrap_or(u64::MAX))
-            .map_err(|e| Error::Runtime(format!("setting fuel: {e}")))?;
+        store.set_fuel(limits.fuel.unwrap_or(u64::MAX)).map_err(|e| Error::Runtime(format!("setting fuel: {e}")))?;
     }
     Ok(())
 }
@@ -599,14 +528,13 @@ fn classify(e: wasmtime::Error, limits: &Limits, stderr: &Capture) -> Error {
         Ok(HostTrap::Node(inner)) => return inner,
         Err(e) => e,
     };
+    if format!("{e:#}").contains("too much data is being copied between the host and the guest") {
+        return Error::OutputLimit { limit: limits.max_output_bytes };
+    }
     match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => Error::Timeout {
-            limit: limits.timeout,
-        },
+        Some(Trap::Interrupt) => Error::Timeout { limit: limits.timeout },
         Some(Trap::StackOverflow) => Error::StackOverflow,
-        Some(Trap::OutOfFuel) => Error::FuelExhausted {
-            fuel: limits.fuel.unwrap_or(0),
-        },
+        Some(Trap::OutOfFuel) => Error::FuelExhausted { fuel: limits.fuel.unwrap_or(0) },
         _ => {
             let text = stderr.text();
             // The end of stderr holds a Rust guest's panic message.
@@ -621,13 +549,15 @@ fn classify(e: wasmtime::Error, limits: &Limits, stderr: &Capture) -> Error {
                 _ => text,
             };
             let message = match e.downcast_ref::<Trap>() {
+                // Rust and C guests keep a shadow stack at the bottom of linear
+                // memory; overflowing it wraps around to an out-of-bounds address.
+                Some(t @ Trap::MemoryOutOfBounds) => {
+                    format!("{t} (in a Rust or C guest this is often deep recursion overflowing its shadow stack)")
+                }
                 Some(t) => t.to_string(),
                 None => format!("{e:#}"),
             };
-            Error::Trap {
-                message,
-                stderr: tail,
-            }
+            Error::Trap { message, stderr: tail }
         }
     }
 }
@@ -642,10 +572,7 @@ impl Instance {
     }
 
     fn wrong_kind(&self, expected: Kind) -> Error {
-        Error::WrongKind {
-            expected: expected.name(),
-            actual: self.kind().name(),
-        }
+        Error::WrongKind { expected: expected.name(), actual: self.kind().name() }
     }
 
     /// Calls a scorer: returns the columns it adds.
@@ -662,9 +589,7 @@ impl Instance {
         let state = self.store.data_mut();
         state.output_bytes = state.output_bytes.saturating_add(size);
         if state.output_bytes > state.max_output_bytes {
-            return Err(Error::OutputLimit {
-                limit: state.max_output_bytes,
-            });
+            return Err(Error::OutputLimit { limit: state.max_output_bytes });
         }
         Ok(batch)
     }

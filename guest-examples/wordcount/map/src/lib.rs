@@ -11,10 +11,7 @@ impl Mapper for WordCount {
     fn run(_partition: u32) -> Result<(), String> {
         let mut counts: HashMap<Vec<u8>, u64, FxBuild> = HashMap::default();
         for chunk in input::chunks() {
-            for word in chunk
-                .split(u8::is_ascii_whitespace)
-                .filter(|w| !w.is_empty())
-            {
+            for word in chunk.split(u8::is_ascii_whitespace).filter(|w| !w.is_empty()) {
                 match counts.get_mut(word) {
                     Some(n) => *n += 1,
                     None => {

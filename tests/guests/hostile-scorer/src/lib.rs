@@ -35,23 +35,17 @@ impl Scorer for Hostile {
             }
             Some("huge-result") => {
                 let big = "x".repeat(64 << 20);
-                Ok(BatchBuilder::new(n)
-                    .str("blob", vec![big; n as usize])
-                    .build())
+                Ok(BatchBuilder::new(n).str("blob", vec![big; n as usize]).build())
             }
             Some("log-spam") => {
                 for i in 0..1_000_000 {
                     log::info(&format!("log line {i}"));
                     println!("stdout line {i}");
                 }
-                Ok(BatchBuilder::new(n)
-                    .f64("ok", vec![1.0; n as usize])
-                    .build())
+                Ok(BatchBuilder::new(n).f64("ok", vec![1.0; n as usize]).build())
             }
             Some("err") => Err("the model refuses these rows".into()),
-            _ => Ok(BatchBuilder::new(n)
-                .f64("ok", vec![1.0; n as usize])
-                .build()),
+            _ => Ok(BatchBuilder::new(n).f64("ok", vec![1.0; n as usize]).build()),
         }
     }
 }
@@ -74,11 +68,14 @@ fn grow_forever() -> Result<Batch, String> {
     Err("only meaningful on wasm32".into())
 }
 
+/// Recursion that spends the wasm (native) stack, not Rust's shadow stack in
+/// linear memory: many values stay live across the call, in wasm locals.
 #[inline(never)]
 fn recurse(depth: u64) -> u64 {
-    let frame = black_box([depth; 16]);
-    if black_box(depth) == u64::MAX {
-        return frame[0];
+    let v: [u64; 24] = core::array::from_fn(|i| depth.wrapping_mul(i as u64 + 7) ^ (depth >> (i % 13)));
+    if depth == u64::MAX {
+        return v[0];
     }
-    recurse(depth + 1) + black_box(frame[3])
+    let below = recurse(depth + 1);
+    v.iter().fold(below, |acc, x| acc.rotate_left(7) ^ x.wrapping_mul(acc | 1))
 }

@@ -1,0 +1,208 @@
+//! Each hostile guest gets a clear, specific error, and the runtime that ran
+//! it keeps serving: after every failure a healthy call on the same runtime
+//! succeeds. Components are real builds of `tests/guests/*`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use wasmgrid_node::bindings::{Batch, Column, Field};
+use wasmgrid_node::data::{Format, OutputWriter};
+use wasmgrid_node::runtime::Io;
+use wasmgrid_node::{Error, Function, Limits, Runtime, RuntimeConfig};
+use wasmgrid_test_artifacts as guests;
+
+static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| Runtime::new(RuntimeConfig::default()).expect("runtime starts"));
+
+fn load(path: &str) -> Arc<Function> {
+    RUNTIME.load_file(path.as_ref()).expect("fixture loads")
+}
+
+fn config(pairs: &[(&str, &str)]) -> Arc<BTreeMap<String, String>> {
+    Arc::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+}
+
+fn rows(n: u32) -> Batch {
+    Batch {
+        rows: n,
+        fields: vec![Field { name: "x".into(), values: Column::F64((0..n).map(f64::from).collect()), valid: None }],
+    }
+}
+
+fn limits() -> Limits {
+    Limits { memory: 32 << 20, timeout: Duration::from_secs(10), ..Limits::default() }
+}
+
+/// Scores with the hostile scorer in `mode`.
+fn score(mode: &str, limits: &Limits, extra: &[(&str, &str)]) -> Result<Batch, Error> {
+    let f = load(guests::HOSTILE_SCORER);
+    let mut pairs = vec![("mode", mode)];
+    pairs.extend_from_slice(extra);
+    let mut instance = f.instantiate(limits, config(&pairs), Io::default())?;
+    instance.score(&rows(3))
+}
+
+/// The runtime still works: a healthy call succeeds with the right answer.
+fn assert_healthy() {
+    let out = score("ok", &limits(), &[]).expect("a healthy call succeeds after a hostile one");
+    assert_eq!(out.rows, 3);
+    assert!(matches!(&out.fields[0].values, Column::F64(v) if v == &[1.0, 1.0, 1.0]));
+}
+
+#[test]
+fn infinite_loop_times_out_after_the_configured_limit() {
+    let limits = Limits { timeout: Duration::from_millis(200), ..limits() };
+    let err = score("loop", &limits, &[]).expect_err("a loop cannot finish");
+    assert!(matches!(err, Error::Timeout { limit } if limit == Duration::from_millis(200)), "{err}");
+    assert_eq!(err.to_string(), "function timed out after 200ms");
+    assert_healthy();
+}
+
+#[test]
+fn memory_grow_bomb_hits_the_memory_limit() {
+    let err = score("grow", &limits(), &[]).expect_err("memory cannot grow without bound");
+    match &err {
+        Error::MemoryLimit { limit, requested } => {
+            assert_eq!(*limit, 32 << 20);
+            assert!(*requested > 32 << 20);
+        }
+        other => panic!("expected a memory-limit error, got {other}"),
+    }
+    assert!(err.to_string().contains("exceeded its memory limit of 33554432 bytes"), "{err}");
+    assert_healthy();
+}
+
+#[test]
+fn unbounded_recursion_is_a_stack_overflow() {
+    let err = score("recurse", &limits(), &[]).expect_err("recursion cannot finish");
+    assert!(matches!(err, Error::StackOverflow), "{err}");
+    assert_healthy();
+}
+
+#[test]
+fn a_panic_reports_the_guest_message() {
+    let err = score("trap", &limits(), &[("message", "model file is corrupt: checksum mismatch")])
+        .expect_err("the guest panics");
+    assert!(matches!(err, Error::Trap { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("model file is corrupt: checksum mismatch"), "{text}");
+    assert!(text.contains("unreachable"), "{text}");
+    assert_healthy();
+}
+
+#[test]
+fn a_returned_error_is_passed_on_verbatim() {
+    let err = score("err", &limits(), &[]).expect_err("the guest returns an error");
+    assert!(matches!(&err, Error::Guest { message } if message == "the model refuses these rows"), "{err}");
+    assert_healthy();
+}
+
+#[test]
+fn a_huge_result_hits_the_output_limit() {
+    let limits = Limits { memory: 512 << 20, max_output_bytes: 16 << 20, ..limits() };
+    let err = score("huge-result", &limits, &[]).expect_err("64 MiB per row is over 16 MiB");
+    assert!(matches!(err, Error::OutputLimit { limit } if limit == 16 << 20), "{err}");
+    assert_healthy();
+}
+
+#[test]
+fn log_spam_is_bounded_and_the_call_still_answers() {
+    let f = load(guests::HOSTILE_SCORER);
+    let limits = Limits { timeout: Duration::from_secs(60), ..limits() };
+    let mut instance = f.instantiate(&limits, config(&[("mode", "log-spam")]), Io::default()).expect("instantiates");
+    let out = instance.score(&rows(2)).expect("log spam is not an error");
+    assert_eq!(out.rows, 2);
+    let finished = instance.finish();
+    let kept: usize = finished.logs.lines.iter().map(|l| l.message.len()).sum();
+    assert!(kept <= limits.max_log_bytes, "kept {kept} log bytes");
+    assert!(finished.logs.dropped > 900_000, "dropped {}", finished.logs.dropped);
+    assert_eq!(finished.logs.lines[0].message, "log line 0");
+    assert!(finished.stdout.len() <= limits.max_stdio_bytes);
+    assert!(finished.stdout.starts_with("stdout line 0\n"));
+    assert_healthy();
+}
+
+fn flood(mode: &str) -> Error {
+    let f = load(guests::HOSTILE_MAPPER);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dest = dir.path().join("part-00000.jsonl");
+    let writer = OutputWriter::create(&dest, Format::Jsonl).expect("writer");
+    let limits = Limits { max_output_bytes: 8 << 20, ..limits() };
+    let io = Io { input: None, output: Some(writer) };
+    let mut instance = f.instantiate(&limits, config(&[("mode", mode)]), io).expect("instantiates");
+    let err = instance.run(0).expect_err("flooding cannot finish");
+    drop(instance);
+    let left: Vec<_> = std::fs::read_dir(dir.path()).expect("list").collect();
+    assert!(left.is_empty(), "a failed invocation leaves no output behind: {left:?}");
+    err
+}
+
+#[test]
+fn emitting_records_without_end_hits_the_output_limit() {
+    let err = flood("flood");
+    assert!(matches!(err, Error::OutputLimit { limit } if limit == 8 << 20), "{err}");
+    assert_eq!(err.to_string(), "function exceeded its output limit of 8388608 bytes");
+    assert_healthy();
+}
+
+#[test]
+fn emitting_pairs_without_end_hits_the_output_limit() {
+    let err = flood("pair-flood");
+    assert!(matches!(err, Error::OutputLimit { .. }), "{err}");
+    assert_healthy();
+}
+
+#[test]
+fn a_missing_import_is_named() {
+    let err = RUNTIME.load_file(guests::MISSING_IMPORT.as_ref()).expect_err("the host has no vault");
+    match &err {
+        Error::MissingImport { import, .. } => assert!(import.contains("test:hostile/vault"), "{import}"),
+        other => panic!("expected a missing-import error, got {other}"),
+    }
+    assert_healthy();
+}
+
+#[test]
+fn bytes_that_are_not_a_component_are_rejected() {
+    let err = RUNTIME.load(b"this is not wasm at all").expect_err("not wasm");
+    assert!(matches!(&err, Error::InvalidComponent { reason } if reason.contains("not WebAssembly")), "{err}");
+
+    let core = wat::parse_str("(module (func (export \"f\")))").expect("wat");
+    let err = RUNTIME.load(&core).expect_err("a core module is not a component");
+    assert!(err.to_string().contains("core WebAssembly module, not a component"), "{err}");
+
+    let logreg = std::fs::read(guests::LOGREG).expect("logreg built");
+    let err = RUNTIME.load(&logreg[..logreg.len() / 2]).expect_err("truncated");
+    assert!(matches!(err, Error::InvalidComponent { .. }), "{err}");
+
+    let err = RUNTIME.load(&[]).expect_err("empty");
+    assert!(matches!(err, Error::InvalidComponent { .. }), "{err}");
+    assert_healthy();
+}
+
+#[test]
+fn an_oversized_component_is_refused_before_compiling() {
+    let rt = Runtime::new(RuntimeConfig { max_component_bytes: 1024, instance_slots: 4, ..RuntimeConfig::default() })
+        .expect("runtime");
+    let err = rt.load_file(guests::LOGREG.as_ref()).expect_err("too big");
+    assert!(matches!(err, Error::ComponentTooLarge { limit: 1024, .. }), "{err}");
+    assert_eq!(rt.stats().compiled, 0);
+}
+
+#[test]
+fn a_component_of_no_wasmgrid_world_is_refused() {
+    let wat = r#"(component (core module $m (func (export "f"))) (core instance $i (instantiate $m))
+                  (func (export "hello") (canon lift (core func $i "f"))))"#;
+    let bytes = wat::parse_str(wat).expect("wat");
+    let err = RUNTIME.load(&bytes).expect_err("exports only hello");
+    assert!(matches!(&err, Error::NotAFunction { exports } if exports == "hello"), "{err}");
+}
+
+#[test]
+fn instances_are_fresh_per_invocation() {
+    // The scorer's memory, and so its state, starts over in every instance:
+    // the same call on two instances gives the same answer.
+    let a = score("ok", &limits(), &[]).expect("first");
+    let b = score("ok", &limits(), &[]).expect("second");
+    assert_eq!(format!("{a:?}"), format!("{b:?}"));
+}

@@ -1,0 +1,92 @@
+//! Shared helpers for end-to-end tests: run the real `wasmgrid` binary and
+//! generate data sets.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `wasmgrid` binary under test.
+pub fn wasmgrid() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wasmgrid"));
+    cmd.env_remove("WASMGRID_LOG").env("NO_COLOR", "1");
+    cmd
+}
+
+/// Runs `wasmgrid args...` with its compiled cache in `cache`.
+pub fn run_in(cache: &Path, args: &[&str]) -> Output {
+    wasmgrid().env("WASMGRID_CACHE_DIR", cache).args(args).output().expect("wasmgrid runs")
+}
+
+/// Stdout and stderr of a run, for assertion messages.
+pub fn text(out: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Asserts success and returns stderr.
+pub fn ok(out: Output) -> String {
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "wasmgrid failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    stderr
+}
+
+/// Asserts failure with exit code 1 and returns stderr.
+pub fn fails(out: Output) -> String {
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "expected failure\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    stderr
+}
+
+/// A deterministic pseudo-random generator (xorshift), so data sets are reproducible.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Writes `files` text files of about `bytes_each` bytes of words from a
+/// Zipf-like vocabulary into `dir`.
+pub fn write_corpus(dir: &Path, files: usize, bytes_each: usize, seed: u64) -> Vec<PathBuf> {
+    std::fs::create_dir_all(dir).expect("corpus dir");
+    let vocab: Vec<String> = (0..5000).map(|i| format!("w{i}{}", ["", "a", "bb", "ccc"][i % 4])).collect();
+    let mut rng = Rng::new(seed);
+    let mut paths = Vec::new();
+    for f in 0..files {
+        let mut s = String::with_capacity(bytes_each + 64);
+        while s.len() < bytes_each {
+            let words = 1 + rng.below(14);
+            for w in 0..words {
+                // Skewed toward frequent words.
+                let r = rng.unit();
+                let idx = ((r * r * r) * vocab.len() as f64) as usize;
+                s.push_str(&vocab[idx.min(vocab.len() - 1)]);
+                s.push(if w + 1 == words {
+                    '\n'
+                } else if rng.below(9) == 0 {
+                    '\t'
+                } else {
+                    ' '
+                });
+            }
+        }
+        let path = dir.join(format!("part-{f:03}.txt"));
+        std::fs::write(&path, s).expect("write corpus file");
+        paths.push(path);
+    }
+    paths
+}
