@@ -9,7 +9,7 @@
 //! name, then renamed), and `_SUCCESS` lists them last.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -99,6 +99,17 @@ pub struct OutputFile {
     pub rows: u64,
 }
 
+/// Milliseconds per stage of a job.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct StageTimes {
+    /// Planning and running every map (or score) task.
+    pub map: u64,
+    /// Grouping emitted pairs by key.
+    pub shuffle: u64,
+    /// Running the reducer over every key.
+    pub reduce: u64,
+}
+
 /// What a job did. Also written to `_SUCCESS` as JSON.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -114,6 +125,8 @@ pub struct Summary {
     pub keys: u64,
     /// Output files, in order.
     pub files: Vec<OutputFile>,
+    /// Milliseconds spent in each stage: map, shuffle (grouping pairs by key), reduce.
+    pub stage_ms: StageTimes,
     /// Wall time.
     #[serde(skip)]
     pub elapsed: Duration,
@@ -180,6 +193,7 @@ pub fn run(runtime: &Runtime, job: &LocalJob, progress: &dyn Progress) -> Result
         rows_out: 0,
         keys: 0,
         files: Vec::new(),
+        stage_ms: StageTimes::default(),
         elapsed: Duration::ZERO,
     };
     let mut pairs = Vec::new();
@@ -197,10 +211,14 @@ pub fn run(runtime: &Runtime, job: &LocalJob, progress: &dyn Progress) -> Result
     }
 
     if let Some(reducer) = &reducer {
+        summary.stage_ms.map = started.elapsed().as_millis() as u64;
+        let shuffle_started = Instant::now();
         let buckets = group_by_key(pairs, job.threads.max(1));
+        summary.stage_ms.shuffle = shuffle_started.elapsed().as_millis() as u64;
+        let reduce_started = Instant::now();
         summary.keys = buckets.iter().map(|b| b.len() as u64).sum();
         progress.stage("keys", summary.keys);
-        let indexed: Vec<(usize, HashMap<Vec<u8>, Vec<Vec<u8>>>)> = buckets.into_iter().enumerate().collect();
+        let indexed: Vec<(usize, Bucket)> = buckets.into_iter().enumerate().collect();
         let files = parallel(&indexed, job.threads, |(i, bucket)| {
             reduce_bucket(reducer, job, &config, *i, bucket, progress).map_err(|e| Error::Partition {
                 index: *i as u32,
@@ -209,6 +227,9 @@ pub fn run(runtime: &Runtime, job: &LocalJob, progress: &dyn Progress) -> Result
             })
         })?;
         summary.files.extend(files.into_iter().flatten());
+        summary.stage_ms.reduce = reduce_started.elapsed().as_millis() as u64;
+    } else {
+        summary.stage_ms.map = started.elapsed().as_millis() as u64;
     }
     progress.finish();
 
@@ -328,15 +349,16 @@ fn map_partition(
     }
 }
 
+/// One reduce partition: every key in it with all of its values.
+type Bucket = HashMap<Vec<u8>, Vec<Vec<u8>>>;
+
 /// Groups every partition's pairs by key into `n` buckets by key hash.
-fn group_by_key(parts: Vec<Vec<(Vec<u8>, Vec<u8>)>>, n: usize) -> Vec<HashMap<Vec<u8>, Vec<Vec<u8>>>> {
+fn group_by_key(parts: Vec<Vec<(Vec<u8>, Vec<u8>)>>, n: usize) -> Vec<Bucket> {
     let hasher = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
-    let mut buckets: Vec<HashMap<Vec<u8>, Vec<Vec<u8>>>> = (0..n).map(|_| HashMap::new()).collect();
+    let mut buckets: Vec<Bucket> = (0..n).map(|_| HashMap::new()).collect();
     for part in parts {
         for (k, v) in part {
-            let mut h = hasher.build_hasher();
-            k.hash(&mut h);
-            let b = (h.finish() % n as u64) as usize;
+            let b = (hasher.hash_one(&k) % n as u64) as usize;
             buckets[b].entry(k).or_default().push(v);
         }
     }
@@ -348,7 +370,7 @@ fn reduce_bucket(
     job: &LocalJob,
     config: &Arc<BTreeMap<String, String>>,
     index: usize,
-    bucket: &HashMap<Vec<u8>, Vec<Vec<u8>>>,
+    bucket: &Bucket,
     progress: &dyn Progress,
 ) -> Result<Option<OutputFile>> {
     if bucket.is_empty() {
