@@ -1,0 +1,118 @@
+//! The README's commands stay true: the demo script runs, and every
+//! `wasmgrid` command of the tour runs as written (with the paths pointed at
+//! this build's binaries and a temporary demo directory).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use wasmgrid_test_artifacts as guests;
+
+fn readme() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("README.md")
+}
+
+/// The first code block after `marker`.
+fn block_after(text: &str, marker: &str) -> String {
+    let rest = &text[text.find(marker).unwrap_or_else(|| panic!("README has {marker}"))..];
+    let start = rest.find("```").expect("a code block");
+    let body = &rest[start..];
+    let body = &body[body.find('\n').expect("fence line") + 1..];
+    body[..body.find("```").expect("closing fence")].trim().to_string()
+}
+
+/// Every `wasmgrid ...` command in the README's shell blocks, continuation lines joined.
+fn tour_commands(text: &str) -> Vec<String> {
+    let mut commands = Vec::new();
+    let mut in_sh = false;
+    let mut current = String::new();
+    for line in text.lines() {
+        if line.starts_with("```") {
+            in_sh = line.trim() == "```sh";
+            continue;
+        }
+        if !in_sh {
+            continue;
+        }
+        let l = line.trim();
+        if current.is_empty() && !l.starts_with("wasmgrid ") {
+            continue;
+        }
+        current.push_str(l.trim_end_matches('\\'));
+        current.push(' ');
+        if !l.ends_with('\\') {
+            commands.push(std::mem::take(&mut current));
+        }
+    }
+    commands
+}
+
+fn guests_dir() -> String {
+    Path::new(guests::LOGREG).parent().expect("guest dir").display().to_string()
+}
+
+fn run_demo(demo: &Path) -> String {
+    let script = block_after(&readme(), "<!-- demo-command -->");
+    assert_eq!(script, "./deploy/demo.sh");
+    let out = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/demo.sh"))
+        .env("WASMGRID", env!("CARGO_BIN_EXE_wasmgrid"))
+        .env("GUESTS", guests_dir())
+        .env("DEMO_DIR", demo)
+        .env("WASMGRID_CACHE_DIR", demo.join("cache"))
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("bash runs");
+    let (stdout, stderr) = common::text(&out);
+    assert!(out.status.success(), "demo failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    stdout
+}
+
+#[test]
+fn demo_script_counts_words_and_scores_transactions() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let demo = tmp.path().join("demo");
+    let stdout = run_demo(&demo);
+    // The vocabulary is skewed toward its first word.
+    let top = stdout.lines().find(|l| l.ends_with(" grid")).expect("a count for `grid`");
+    let top_count: u64 = top.split(' ').next().and_then(|n| n.parse().ok()).expect("a number");
+    let total: u64 = std::fs::read_dir(demo.join("wordcount"))
+        .expect("wordcount output")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .flat_map(|p| std::fs::read_to_string(p).expect("read").lines().map(str::to_string).collect::<Vec<_>>())
+        .map(|l| serde_json::from_str::<serde_json::Value>(&l).expect("json")["count"].as_u64().expect("count"))
+        .sum();
+    assert_eq!(total, 8 * 2000 * 10, "every word of every file counted once");
+    assert!(top_count > total / 4, "{top_count} of {total}");
+    assert!(stdout.contains("id,amount,age_days,foreign,score"), "{stdout}");
+    let scored = std::fs::read_to_string(demo.join("scores/part-00000.csv")).expect("scores");
+    assert_eq!(scored.lines().count(), 1001);
+}
+
+#[test]
+fn tour_commands_run_as_written() {
+    let text = readme();
+    let commands = tour_commands(&text);
+    assert!(commands.len() >= 3, "the tour has wasmgrid commands: {commands:?}");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let demo = tmp.path().join("demo");
+    run_demo(&demo);
+    for command in commands {
+        let shell = command
+            .replace("target/wasm32-wasip2/guest", &guests_dir())
+            .replace(".wasmgrid/demo", &demo.display().to_string());
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!("wasmgrid() {{ \"$WASMGRID\" \"$@\"; }}; {shell}"))
+            .env("WASMGRID", env!("CARGO_BIN_EXE_wasmgrid"))
+            .env("WASMGRID_CACHE_DIR", demo.join("cache"))
+            .output()
+            .expect("bash runs");
+        let (stdout, stderr) = common::text(&out);
+        assert!(out.status.success(), "`{command}` failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+        let output_dir = shell.split("--output ").nth(1).and_then(|s| s.split_whitespace().next()).expect("--output");
+        assert!(Path::new(output_dir).join("_SUCCESS").exists(), "`{command}` wrote {output_dir}/_SUCCESS");
+    }
+}
