@@ -33,7 +33,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a function over local data, no grid needed.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Compile a component in a limited worker process (internal).
     #[command(name = "__compile", hide = true)]
     Compile { settings: String, input: PathBuf, output: PathBuf },
@@ -64,6 +64,9 @@ struct RunArgs {
     /// Worker threads (default: one per core).
     #[arg(long, short)]
     threads: Option<usize>,
+    /// Reduce partitions: output files of the reduce stage (default: one per core).
+    #[arg(long)]
+    reduce_partitions: Option<usize>,
     /// Memory limit per instance.
     #[arg(long, default_value = "256MiB", value_parser = units::parse_size)]
     memory: u64,
@@ -151,7 +154,7 @@ fn init_logging(verbose: u8, quiet: bool) {
 
 fn dispatch(command: Command) -> Result<()> {
     match command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Compile { .. } => Ok(()),
     }
 }
@@ -197,6 +200,10 @@ fn run(args: RunArgs) -> Result<()> {
     if let Some(t) = args.threads {
         anyhow::ensure!(t > 0, "--threads must be at least 1");
         job.threads = t;
+    }
+    if let Some(r) = args.reduce_partitions {
+        anyhow::ensure!(r > 0, "--reduce-partitions must be at least 1");
+        job.reduce_partitions = r;
     }
     job.limits = Limits {
         memory: args.memory,

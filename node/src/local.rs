@@ -9,7 +9,7 @@
 //! name, then renamed), and `_SUCCESS` lists them last.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::BuildHasher;
+use std::hash::Hasher;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,6 +42,8 @@ pub struct LocalJob {
     pub config: BTreeMap<String, String>,
     /// Worker threads.
     pub threads: usize,
+    /// Reduce partitions (output files of the reduce stage).
+    pub reduce_partitions: usize,
     /// Limits per invocation.
     pub limits: Limits,
     /// Target partition size in bytes.
@@ -64,6 +66,7 @@ impl LocalJob {
             reduce: None,
             config: BTreeMap::new(),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            reduce_partitions: std::thread::available_parallelism().map_or(1, |n| n.get()),
             limits: Limits::default(),
             partition_size: 64 << 20,
             batch_rows: 4096,
@@ -104,9 +107,7 @@ pub struct OutputFile {
 pub struct StageTimes {
     /// Planning and running every map (or score) task.
     pub map: u64,
-    /// Grouping emitted pairs by key.
-    pub shuffle: u64,
-    /// Running the reducer over every key.
+    /// Grouping emitted pairs by key and running the reducer over every key.
     pub reduce: u64,
 }
 
@@ -125,7 +126,7 @@ pub struct Summary {
     pub keys: u64,
     /// Output files, in order.
     pub files: Vec<OutputFile>,
-    /// Milliseconds spent in each stage: map, shuffle (grouping pairs by key), reduce.
+    /// Wall-clock milliseconds of each stage.
     pub stage_ms: StageTimes,
     /// Wall time.
     #[serde(skip)]
@@ -136,8 +137,12 @@ struct MapResult {
     index: u32,
     file: Option<OutputFile>,
     records_in: u64,
-    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Emitted pairs, already split into the job's reduce partitions.
+    pairs: Vec<Vec<Pair>>,
 }
+
+/// A key and one of its values.
+type Pair = (Vec<u8>, Vec<u8>);
 
 /// Runs `job` to completion with `runtime`.
 pub fn run(runtime: &Runtime, job: &LocalJob, progress: &dyn Progress) -> Result<Summary> {
@@ -196,40 +201,44 @@ pub fn run(runtime: &Runtime, job: &LocalJob, progress: &dyn Progress) -> Result
         stage_ms: StageTimes::default(),
         elapsed: Duration::ZERO,
     };
-    let mut pairs = Vec::new();
+    // buckets[b] holds every map task's pairs for reduce partition b.
+    let reduce_partitions = job.reduce_partitions.max(1);
+    let mut buckets: Vec<Vec<Vec<Pair>>> = (0..reduce_partitions).map(|_| Vec::new()).collect();
     for r in results {
         summary.files.extend(r.file);
-        if !r.pairs.is_empty() {
+        if r.pairs.iter().any(|b| !b.is_empty()) {
             if reducer.is_none() {
                 return Err(Error::Job(format!(
                     "partition {} emitted key/value pairs, but no reducer was given (--reduce)",
                     r.index
                 )));
             }
-            pairs.push(r.pairs);
+            for (b, pairs) in r.pairs.into_iter().enumerate() {
+                buckets[b].push(pairs);
+            }
         }
     }
+    summary.stage_ms.map = started.elapsed().as_millis() as u64;
 
     if let Some(reducer) = &reducer {
-        summary.stage_ms.map = started.elapsed().as_millis() as u64;
-        let shuffle_started = Instant::now();
-        let buckets = group_by_key(pairs, job.threads.max(1));
-        summary.stage_ms.shuffle = shuffle_started.elapsed().as_millis() as u64;
         let reduce_started = Instant::now();
-        summary.keys = buckets.iter().map(|b| b.len() as u64).sum();
-        progress.stage("keys", summary.keys);
-        let indexed: Vec<(usize, Bucket)> = buckets.into_iter().enumerate().collect();
-        let files = parallel(&indexed, job.threads, |(i, bucket)| {
-            reduce_bucket(reducer, job, &config, *i, bucket, progress).map_err(|e| Error::Partition {
+        progress.stage("reduce partitions", reduce_partitions as u64);
+        let tasks: Vec<(usize, Mutex<Vec<Vec<Pair>>>)> = buckets.into_iter().map(Mutex::new).enumerate().collect();
+        let done = parallel(&tasks, job.threads, |(i, pairs)| {
+            let pairs = pairs.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default();
+            let r = reduce_partition(reducer, job, &config, *i, pairs).map_err(|e| Error::Partition {
                 index: *i as u32,
                 path: format!("reduce partition {i}"),
                 source: Box::new(e),
-            })
+            });
+            progress.advance(1);
+            r
         })?;
-        summary.files.extend(files.into_iter().flatten());
+        for (file, keys) in done {
+            summary.keys += keys;
+            summary.files.extend(file);
+        }
         summary.stage_ms.reduce = reduce_started.elapsed().as_millis() as u64;
-    } else {
-        summary.stage_ms.map = started.elapsed().as_millis() as u64;
     }
     progress.finish();
 
@@ -330,7 +339,12 @@ fn map_partition(
                 writer.write_batch(&scored)?;
             }
             let rows = writer.finish()?;
-            Ok(MapResult { index, file: Some(OutputFile { name, rows }), records_in: reader.records(), pairs: vec![] })
+            Ok(MapResult {
+                index,
+                file: Some(OutputFile { name, rows }),
+                records_in: reader.records(),
+                pairs: Vec::new(),
+            })
         }
         Kind::Mapper => {
             let io = Io { input: Some(reader), output: Some(writer) };
@@ -343,54 +357,60 @@ fn map_partition(
                 Some(w) => Some(OutputFile { name, rows: w.finish()? }),
                 None => None,
             };
-            Ok(MapResult { index, file, records_in: finished.records_read, pairs: finished.pairs })
+            let pairs = split_pairs(finished.pairs, job.reduce_partitions.max(1));
+            Ok(MapResult { index, file, records_in: finished.records_read, pairs })
         }
         Kind::Reducer => Err(Error::WrongKind { expected: "scorer or mapper", actual: "reducer" }),
     }
 }
 
-/// One reduce partition: every key in it with all of its values.
-type Bucket = HashMap<Vec<u8>, Vec<Vec<u8>>>;
-
-/// Groups every partition's pairs by key into `n` buckets by key hash.
-fn group_by_key(parts: Vec<Vec<(Vec<u8>, Vec<u8>)>>, n: usize) -> Vec<Bucket> {
-    let hasher = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
-    let mut buckets: Vec<Bucket> = (0..n).map(|_| HashMap::new()).collect();
-    for part in parts {
-        for (k, v) in part {
-            let b = (hasher.hash_one(&k) % n as u64) as usize;
-            buckets[b].entry(k).or_default().push(v);
-        }
-    }
-    buckets
+/// Which reduce partition `key` belongs to. SipHash with fixed keys, so a
+/// key lands in the same partition on every run.
+fn reduce_partition_of(key: &[u8], partitions: usize) -> usize {
+    let mut h = std::hash::DefaultHasher::new();
+    h.write(key);
+    (h.finish() % partitions as u64) as usize
 }
 
-fn reduce_bucket(
+/// Splits a map task's pairs into the job's reduce partitions.
+fn split_pairs(pairs: Vec<Pair>, partitions: usize) -> Vec<Vec<Pair>> {
+    let mut out: Vec<Vec<Pair>> = (0..partitions).map(|_| Vec::new()).collect();
+    if partitions == 1 {
+        out[0] = pairs;
+        return out;
+    }
+    for (k, v) in pairs {
+        let b = reduce_partition_of(&k, partitions);
+        out[b].push((k, v));
+    }
+    out
+}
+
+/// Groups one reduce partition's pairs by key and reduces every key, in
+/// sorted key order. Returns the output file and the number of keys.
+fn reduce_partition(
     reducer: &Function,
     job: &LocalJob,
     config: &Arc<BTreeMap<String, String>>,
     index: usize,
-    bucket: &Bucket,
-    progress: &dyn Progress,
-) -> Result<Option<OutputFile>> {
-    if bucket.is_empty() {
-        return Ok(None);
+    pairs: Vec<Vec<Pair>>,
+) -> Result<(Option<OutputFile>, u64)> {
+    let mut groups: HashMap<Vec<u8>, Vec<Vec<u8>>> = HashMap::new();
+    for (k, v) in pairs.into_iter().flatten() {
+        groups.entry(k).or_default().push(v);
     }
+    if groups.is_empty() {
+        return Ok((None, 0));
+    }
+    let mut keys: Vec<(Vec<u8>, Vec<Vec<u8>>)> = groups.into_iter().collect();
+    keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let name = part_name("part-r", index, job.output_format);
     let mut writer = OutputWriter::create(&job.output.join(&name), job.output_format)?;
     let mut instance = reducer.instantiate(&job.limits, config.clone(), Io::default())?;
-    let mut keys: Vec<&Vec<u8>> = bucket.keys().collect();
-    keys.sort();
-    let mut done = 0;
-    for key in keys {
-        let record = instance.reduce(key, &bucket[key])?;
+    for (key, values) in &keys {
+        let record = instance.reduce(key, values)?;
         writer.write_record(&record)?;
-        done += 1;
-        if done % 1024 == 0 {
-            progress.advance(1024);
-        }
     }
-    progress.advance(done % 1024);
     let rows = writer.finish()?;
-    Ok(Some(OutputFile { name, rows }))
+    Ok((Some(OutputFile { name, rows }), keys.len() as u64))
 }

@@ -433,6 +433,7 @@ pub struct Instance {
     exports: Exports,
     limits: Limits,
     tick: Duration,
+    fuel: bool,
 }
 
 impl std::fmt::Debug for Instance {
@@ -503,7 +504,7 @@ impl Function {
             Pre::Reducer(p) => p.instantiate(&mut store).map(Exports::Reducer),
         };
         let exports = exports.map_err(|e| classify(e, limits, &store.data().stderr))?;
-        Ok(Instance { store, exports, limits: limits.clone(), tick: self.tick })
+        Ok(Instance { store, exports, limits: limits.clone(), tick: self.tick, fuel: self.fuel })
     }
 }
 
@@ -577,7 +578,7 @@ impl Instance {
 
     /// Calls a scorer: returns the columns it adds.
     pub fn score(&mut self, rows: &Batch) -> Result<Batch> {
-        let fuel = self.store.get_fuel().is_ok();
+        let fuel = self.fuel;
         arm(&mut self.store, &self.limits, self.tick, fuel)?;
         let Exports::Scorer(s) = &self.exports else {
             return Err(self.wrong_kind(Kind::Scorer));
@@ -602,7 +603,7 @@ impl Instance {
 
     /// Calls a mapper on `partition`.
     pub fn run(&mut self, partition: u32) -> Result<()> {
-        let fuel = self.store.get_fuel().is_ok();
+        let fuel = self.fuel;
         arm(&mut self.store, &self.limits, self.tick, fuel)?;
         let Exports::Mapper(m) = &self.exports else {
             return Err(self.wrong_kind(Kind::Mapper));
@@ -615,7 +616,7 @@ impl Instance {
 
     /// Calls a reducer on one key and all its values; returns the output record.
     pub fn reduce(&mut self, key: &[u8], values: &[Vec<u8>]) -> Result<Vec<u8>> {
-        let fuel = self.store.get_fuel().is_ok();
+        let fuel = self.fuel;
         arm(&mut self.store, &self.limits, self.tick, fuel)?;
         let Exports::Reducer(r) = &self.exports else {
             return Err(self.wrong_kind(Kind::Reducer));

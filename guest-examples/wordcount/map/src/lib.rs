@@ -23,3 +23,25 @@ impl Mapper for WordCount {
 }
 
 wasmgrid_sdk::export_mapper!(WordCount);
+
+#[cfg(test)]
+mod tests {
+    use crate::count::Counts;
+
+    #[test]
+    fn counts_words_split_on_ascii_whitespace() {
+        let mut c = Counts::default();
+        c.add_text(b"a bb\ta\n\nlonger-than-eight-bytes a longer-than-eight-bytez\r\n");
+        let mut got: Vec<(String, u64)> = c.iter().map(|(w, n)| (String::from_utf8_lossy(w).into(), n)).collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("a".into(), 3),
+                ("bb".into(), 1),
+                ("longer-than-eight-bytes".into(), 1),
+                ("longer-than-eight-bytez".into(), 1)
+            ]
+        );
+    }
+}
