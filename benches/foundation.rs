@@ -39,7 +39,9 @@ fn main() {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("wasmgrid foundation benchmark ({threads} cores)\n");
     instances(iters);
-    wordcount(mb, threads);
+    if mb > 0 {
+        wordcount(mb, threads);
+    }
 }
 
 fn batch16() -> Batch {
@@ -159,7 +161,7 @@ fn native_wordcount(files: &[PathBuf], threads: usize) -> usize {
     let mut total = count::Counts::default();
     for p in &partials {
         for (word, n) in p.iter() {
-            total.add(word, n);
+            total.add(&word, n);
         }
     }
     total.len()

@@ -199,7 +199,8 @@ pub(crate) fn engine_config(settings: &EngineSettings, pool: Option<&RuntimeConf
             .max_memory_size(usize::try_from(rc.max_memory).unwrap_or(usize::MAX))
             // Reset small memories with memset rather than madvise: cheaper reuse.
             .linear_memory_keep_resident(1 << 20)
-            .table_keep_resident(64 << 10);
+            .table_keep_resident(64 << 10)
+            .pagemap_scan(wasmtime::Enabled::Auto);
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(p));
     }
     c
