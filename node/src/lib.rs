@@ -11,6 +11,7 @@ pub mod bindings;
 pub mod data;
 mod error;
 pub mod local;
+pub mod pairs;
 pub mod runtime;
 
 pub use error::{Error, Result};

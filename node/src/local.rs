@@ -8,8 +8,7 @@
 //! thread. Output files appear only when complete (written under a temporary
 //! name, then renamed), and `_SUCCESS` lists them last.
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::Hasher;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::data::{self, Format, OutputWriter, Partition, PartitionReader, Span};
+use crate::pairs::Pairs;
 use crate::runtime::{Function, Io, Kind, Limits, Runtime};
 use crate::{Error, Result};
 
@@ -138,11 +138,8 @@ struct MapResult {
     file: Option<OutputFile>,
     records_in: u64,
     /// Emitted pairs, already split into the job's reduce partitions.
-    pairs: Vec<Vec<Pair>>,
+    pairs: Vec<Pairs>,
 }
-
-/// A key and one of its values.
-type Pair = (Vec<u8>, Vec<u8>);
 
 /// Runs `job` to completion with `runtime`.
 pub fn run(runtime: &Runtime, job: &LocalJob, progress: &dyn Progress) -> Result<Summary> {
@@ -203,7 +200,7 @@ pub fn run(runtime: &Runtime, job: &LocalJob, progress: &dyn Progress) -> Result
     };
     // buckets[b] holds every map task's pairs for reduce partition b.
     let reduce_partitions = job.reduce_partitions.max(1);
-    let mut buckets: Vec<Vec<Vec<Pair>>> = (0..reduce_partitions).map(|_| Vec::new()).collect();
+    let mut buckets: Vec<Vec<Pairs>> = (0..reduce_partitions).map(|_| Vec::new()).collect();
     for r in results {
         summary.files.extend(r.file);
         if r.pairs.iter().any(|b| !b.is_empty()) {
@@ -223,7 +220,7 @@ pub fn run(runtime: &Runtime, job: &LocalJob, progress: &dyn Progress) -> Result
     if let Some(reducer) = &reducer {
         let reduce_started = Instant::now();
         progress.stage("reduce partitions", reduce_partitions as u64);
-        let tasks: Vec<(usize, Mutex<Vec<Vec<Pair>>>)> = buckets.into_iter().map(Mutex::new).enumerate().collect();
+        let tasks: Vec<(usize, Mutex<Vec<Pairs>>)> = buckets.into_iter().map(Mutex::new).enumerate().collect();
         let done = parallel(&tasks, job.threads, |(i, pairs)| {
             let pairs = pairs.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default();
             let r = reduce_partition(reducer, job, &config, *i, pairs).map_err(|e| Error::Partition {
@@ -357,33 +354,12 @@ fn map_partition(
                 Some(w) => Some(OutputFile { name, rows: w.finish()? }),
                 None => None,
             };
-            let pairs = split_pairs(finished.pairs, job.reduce_partitions.max(1));
+            let pairs =
+                if finished.pairs.is_empty() { Vec::new() } else { finished.pairs.split(job.reduce_partitions.max(1)) };
             Ok(MapResult { index, file, records_in: finished.records_read, pairs })
         }
         Kind::Reducer => Err(Error::WrongKind { expected: "scorer or mapper", actual: "reducer" }),
     }
-}
-
-/// Which reduce partition `key` belongs to. SipHash with fixed keys, so a
-/// key lands in the same partition on every run.
-fn reduce_partition_of(key: &[u8], partitions: usize) -> usize {
-    let mut h = std::hash::DefaultHasher::new();
-    h.write(key);
-    (h.finish() % partitions as u64) as usize
-}
-
-/// Splits a map task's pairs into the job's reduce partitions.
-fn split_pairs(pairs: Vec<Pair>, partitions: usize) -> Vec<Vec<Pair>> {
-    let mut out: Vec<Vec<Pair>> = (0..partitions).map(|_| Vec::new()).collect();
-    if partitions == 1 {
-        out[0] = pairs;
-        return out;
-    }
-    for (k, v) in pairs {
-        let b = reduce_partition_of(&k, partitions);
-        out[b].push((k, v));
-    }
-    out
 }
 
 /// Groups one reduce partition's pairs by key and reduces every key, in
@@ -393,17 +369,12 @@ fn reduce_partition(
     job: &LocalJob,
     config: &Arc<BTreeMap<String, String>>,
     index: usize,
-    pairs: Vec<Vec<Pair>>,
+    pairs: Vec<Pairs>,
 ) -> Result<(Option<OutputFile>, u64)> {
-    let mut groups: HashMap<Vec<u8>, Vec<Vec<u8>>> = HashMap::new();
-    for (k, v) in pairs.into_iter().flatten() {
-        groups.entry(k).or_default().push(v);
-    }
-    if groups.is_empty() {
+    let keys = crate::pairs::group(&pairs);
+    if keys.is_empty() {
         return Ok((None, 0));
     }
-    let mut keys: Vec<(Vec<u8>, Vec<Vec<u8>>)> = groups.into_iter().collect();
-    keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let name = part_name("part-r", index, job.output_format);
     let mut writer = OutputWriter::create(&job.output.join(&name), job.output_format)?;
     let mut instance = reducer.instantiate(&job.limits, config.clone(), Io::default())?;

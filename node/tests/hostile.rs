@@ -206,3 +206,13 @@ fn instances_are_fresh_per_invocation() {
     let b = score("ok", &limits(), &[]).expect("second");
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
 }
+
+#[test]
+fn malformed_packed_pairs_are_refused() {
+    let f = load(guests::HOSTILE_MAPPER);
+    let mut instance = f.instantiate(&limits(), config(&[("mode", "bad-pairs")]), Io::default()).expect("instantiates");
+    let err = instance.run(0).expect_err("ends past the bytes");
+    assert!(matches!(err, Error::BadOutput { .. }), "{err}");
+    assert!(err.to_string().contains("emit-pairs: key end 0 is 1000000"), "{err}");
+    assert_healthy();
+}

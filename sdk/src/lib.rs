@@ -134,7 +134,9 @@ macro_rules! export_mapper {
         pub struct __WasmgridMapper;
         impl $crate::bindings::mapper::Guest for __WasmgridMapper {
             fn run(partition: u32) -> ::core::result::Result<(), ::std::string::String> {
-                <$ty as $crate::Mapper>::run(partition)
+                let result = <$ty as $crate::Mapper>::run(partition);
+                $crate::output::flush();
+                result
             }
         }
         $crate::bindings::mapper::__export_mapper_world!(__WasmgridMapper with_types_in $crate::bindings::mapper);
@@ -241,8 +243,25 @@ pub mod input {
 
 /// A mapper's output.
 pub mod output {
+    use std::cell::RefCell;
+
     use crate::bindings::mapper::wasmgrid::function::output;
     use crate::{Batch, Record};
+
+    /// Pairs are sent to the host in packed calls of about this many bytes.
+    const PAIR_BUFFER: usize = 1 << 20;
+
+    #[derive(Default)]
+    struct PairBuffer {
+        keys: Vec<u8>,
+        key_ends: Vec<u32>,
+        values: Vec<u8>,
+        value_ends: Vec<u32>,
+    }
+
+    thread_local! {
+        static PAIRS: RefCell<PairBuffer> = RefCell::new(PairBuffer::default());
+    }
 
     /// Writes one output record.
     pub fn emit(record: Record) {
@@ -254,8 +273,32 @@ pub mod output {
         output::emit_batch(rows)
     }
 
-    /// Sends a key/value pair to the job's reducer.
+    /// Sends a key/value pair to the job's reducer. Pairs are buffered and
+    /// sent in packed batches; [`export_mapper!`](crate::export_mapper)
+    /// flushes the rest when `run` returns.
     pub fn emit_pair(key: &[u8], value: &[u8]) {
-        output::emit_pair(key, value)
+        let full = PAIRS.with_borrow_mut(|b| {
+            b.keys.extend_from_slice(key);
+            b.key_ends.push(b.keys.len() as u32);
+            b.values.extend_from_slice(value);
+            b.value_ends.push(b.values.len() as u32);
+            b.keys.len() + b.values.len() >= PAIR_BUFFER
+        });
+        if full {
+            flush();
+        }
+    }
+
+    /// Sends buffered pairs to the host now.
+    pub fn flush() {
+        PAIRS.with_borrow_mut(|b| {
+            if !b.key_ends.is_empty() {
+                output::emit_pairs(&b.keys, &b.key_ends, &b.values, &b.value_ends);
+                b.keys.clear();
+                b.key_ends.clear();
+                b.values.clear();
+                b.value_ends.clear();
+            }
+        })
     }
 }

@@ -158,7 +158,7 @@ pub struct HostState {
     pub(crate) stderr: Capture,
     pub(crate) input: Option<PartitionReader>,
     pub(crate) output: Option<OutputWriter>,
-    pub(crate) pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub(crate) pairs: crate::pairs::Pairs,
     pub(crate) output_bytes: u64,
     pub(crate) max_output_bytes: u64,
 }
@@ -283,7 +283,21 @@ impl output::Host for HostState {
 
     fn emit_pair(&mut self, key: Vec<u8>, value: Vec<u8>) -> WasmResult<()> {
         self.charge_output((key.len() + value.len() + 16) as u64)?;
-        self.pairs.push((key, value));
+        self.pairs.push(&key, &value);
+        Ok(())
+    }
+
+    fn emit_pairs(
+        &mut self,
+        keys: Vec<u8>,
+        key_ends: Vec<u32>,
+        values: Vec<u8>,
+        value_ends: Vec<u32>,
+    ) -> WasmResult<()> {
+        self.charge_output((keys.len() + values.len() + 16 * key_ends.len()) as u64)?;
+        self.pairs
+            .extend_packed(&keys, &key_ends, &values, &value_ends)
+            .map_err(|reason| HostTrap::Node(crate::Error::BadOutput { reason: format!("emit-pairs: {reason}") }))?;
         Ok(())
     }
 }

@@ -347,7 +347,12 @@ impl Runtime {
         let pre = match kind {
             Kind::Scorer => Pre::Scorer(bindings::ScorerPre::new(pre).map_err(world)?),
             Kind::Mapper => Pre::Mapper(bindings::mapper::MapperPre::new(pre).map_err(world)?),
-            Kind::Reducer => Pre::Reducer(bindings::reducer::ReducerPre::new(pre).map_err(world)?),
+            Kind::Reducer => {
+                // Checks the export's type; calls go through `ReduceFunc`,
+                // which lowers borrowed values without copying them first.
+                bindings::reducer::ReducerPre::new(pre.clone()).map_err(world)?;
+                Pre::Reducer(pre)
+            }
         };
         Ok(Function {
             kind,
@@ -394,7 +399,7 @@ fn missing_import(e: &wasmtime::Error) -> Error {
 enum Pre {
     Scorer(bindings::ScorerPre<HostState>),
     Mapper(bindings::mapper::MapperPre<HostState>),
-    Reducer(bindings::reducer::ReducerPre<HostState>),
+    Reducer(wasmtime::component::InstancePre<HostState>),
 }
 
 /// A loaded, linked component, ready to instantiate any number of times.
@@ -422,10 +427,16 @@ pub struct Io {
     pub output: Option<OutputWriter>,
 }
 
+/// `reduce: func(key: list<u8>, values: list<list<u8>>) -> result<list<u8>, string>`.
+type ReduceParams<'a> = (&'a [u8], &'a [&'a [u8]]);
+type ReduceResults = (std::result::Result<Vec<u8>, String>,);
+
 enum Exports {
     Scorer(bindings::Scorer),
     Mapper(bindings::mapper::Mapper),
-    Reducer(bindings::reducer::Reducer),
+    /// The untyped `reduce` export; typed per call, since the values are
+    /// borrowed for that call only.
+    Reducer(wasmtime::component::Func),
 }
 
 /// One instance in its own store. Dropping it returns its pool slot.
@@ -449,7 +460,7 @@ pub struct Finished {
     /// The output writer, if one was given (not yet finished).
     pub output: Option<OutputWriter>,
     /// Pairs emitted for reduce-by-key.
-    pub pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub pairs: crate::pairs::Pairs,
     /// Log lines kept.
     pub logs: Logs,
     /// Captured stdout.
@@ -488,7 +499,7 @@ impl Function {
             stderr,
             input: io.input,
             output: io.output,
-            pairs: Vec::new(),
+            pairs: crate::pairs::Pairs::default(),
             output_bytes: 0,
             max_output_bytes: limits.max_output_bytes,
         };
@@ -502,7 +513,12 @@ impl Function {
         let exports = match &self.pre {
             Pre::Scorer(p) => p.instantiate(&mut store).map(Exports::Scorer),
             Pre::Mapper(p) => p.instantiate(&mut store).map(Exports::Mapper),
-            Pre::Reducer(p) => p.instantiate(&mut store).map(Exports::Reducer),
+            Pre::Reducer(p) => p.instantiate(&mut store).and_then(|instance| {
+                instance
+                    .get_func(&mut store, "reduce")
+                    .map(Exports::Reducer)
+                    .ok_or_else(|| wasmtime::format_err!("component has no `reduce` export"))
+            }),
         };
         let exports = exports.map_err(|e| classify(e, limits, &store.data().stderr))?;
         Ok(Instance { store, exports, limits: limits.clone(), tick: self.tick, fuel: self.fuel })
@@ -616,16 +632,24 @@ impl Instance {
     }
 
     /// Calls a reducer on one key and all its values; returns the output record.
-    pub fn reduce(&mut self, key: &[u8], values: &[Vec<u8>]) -> Result<Vec<u8>> {
+    pub fn reduce(&mut self, key: &[u8], values: &[&[u8]]) -> Result<Vec<u8>> {
         let fuel = self.fuel;
         arm(&mut self.store, &self.limits, self.tick, fuel)?;
-        let Exports::Reducer(r) = &self.exports else {
+        let Exports::Reducer(f) = &self.exports else {
             return Err(self.wrong_kind(Kind::Reducer));
         };
-        let result = r.call_reduce(&mut self.store, key, values);
-        result
-            .map_err(|e| classify(e, &self.limits, &self.store.data().stderr))?
-            .map_err(|message| Error::Guest { message })
+        let typed = f
+            .typed::<ReduceParams<'_>, ReduceResults>(&self.store)
+            .map_err(|e| Error::Runtime(format!("reduce export: {e}")))?;
+        let result = typed.call(&mut self.store, (key, values));
+        let (out,) = result.map_err(|e| classify(e, &self.limits, &self.store.data().stderr))?;
+        let record = out.map_err(|message| Error::Guest { message })?;
+        let state = self.store.data_mut();
+        state.output_bytes = state.output_bytes.saturating_add(record.len() as u64);
+        if state.output_bytes > state.max_output_bytes {
+            return Err(Error::OutputLimit { limit: state.max_output_bytes });
+        }
+        Ok(record)
     }
 
     /// Logs kept so far.

@@ -3,6 +3,7 @@
 //! - `flood`: emits 1 MiB records without end;
 //! - `pair-flood`: emits 1 MiB pairs without end;
 //! - `bytes-from-parquet`: asks for raw bytes (traps on Parquet input);
+//! - `bad-pairs`: sends packed pairs whose ends point past the bytes given;
 //! - anything else: copies its input batches to the output unchanged.
 
 use wasmgrid_sdk::{Mapper, Record, config, input, output};
@@ -25,6 +26,11 @@ impl Mapper for Hostile {
                     output::emit_pair(&i.to_le_bytes(), &blob);
                     i += 1;
                 }
+            }
+            Some("bad-pairs") => {
+                use wasmgrid_sdk::bindings::mapper::wasmgrid::function::output::emit_pairs;
+                emit_pairs(b"key", &[1_000_000], b"value", &[5]);
+                Ok(())
             }
             Some("bytes-from-parquet") => {
                 let _ = input::next_bytes(1024);
