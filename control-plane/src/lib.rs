@@ -1,6 +1,13 @@
 //! The wasmgrid control plane: the grid's replicated source of truth.
 //!
-//! It will hold content-addressed modules, function versions, tenants, the
-//! node registry and batch jobs, replicated with raft-rs over sled. Until it
-//! lands, functions run on one machine with `wasmgrid run` (see
-//! `wasmgrid-node`).
+//! [`state::State`] is the deterministic state machine every replica applies
+//! committed [`state::Command`]s to: content-addressed modules, functions
+//! with numbered immutable versions and an active version, per tenant. It
+//! persists to sled and records the index of the last command applied in the
+//! same transaction as the change, so a command is applied exactly once
+//! across restarts. Consensus (raft-rs), the HTTP API and node coordination
+//! build on it.
+
+pub mod state;
+
+pub use state::{Command, State, StateError};

@@ -1,0 +1,525 @@
+//! The replicated state machine: modules and function versions, per tenant.
+//!
+//! Replicas apply the same [`Command`]s in the same order (the consensus log)
+//! and so hold the same [`State`]. [`State::apply`] is deterministic: it
+//! depends only on the command and the state, never on time or randomness,
+//! and a command that fails (a missing module, an unknown version) fails the
+//! same way everywhere. Each apply writes its log index in the same sled
+//! transaction as its effect; applying an index at or below the last one is
+//! a no-op, so replaying the log after a crash changes nothing twice.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+/// The tenant every function belongs to until tenants are managed.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// Largest module the state accepts, in bytes.
+pub const MAX_MODULE_BYTES: usize = 64 << 20;
+
+/// Result with the state machine's [`StateError`].
+pub type Result<T, E = StateError> = std::result::Result<T, E>;
+
+/// Why a command or a read failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// A tenant or function name is not allowed.
+    #[error("invalid name `{name}`: {reason}")]
+    InvalidName {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A module is larger than [`MAX_MODULE_BYTES`].
+    #[error("module is {size} bytes, over the limit of {limit} bytes")]
+    ModuleTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A module's bytes do not hash to the sha256 it was stored under.
+    #[error("module bytes hash to {actual}, not {expected}")]
+    ChecksumMismatch {
+        /// The sha256 claimed.
+        expected: String,
+        /// The sha256 of the bytes.
+        actual: String,
+    },
+    /// A deploy names a module that was never stored.
+    #[error("no module with sha256 {sha256}; upload it first")]
+    ModuleNotFound {
+        /// The sha256 named.
+        sha256: String,
+    },
+    /// No such function.
+    #[error("function `{tenant}/{name}` not found")]
+    FunctionNotFound {
+        /// Its tenant.
+        tenant: String,
+        /// Its name.
+        name: String,
+    },
+    /// The function has no such version.
+    #[error("function `{tenant}/{name}` has no version {version}")]
+    VersionNotFound {
+        /// Its tenant.
+        tenant: String,
+        /// Its name.
+        name: String,
+        /// The version asked for.
+        version: u64,
+    },
+    /// The storage failed.
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+impl From<sled::Error> for StateError {
+    fn from(e: sled::Error) -> Self {
+        StateError::Storage(e.to_string())
+    }
+}
+
+/// How one version of a function runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionSpec {
+    /// The component's world: "scorer", "mapper" or "reducer".
+    pub kind: String,
+    /// Memory limit per instance, in bytes.
+    pub memory: u64,
+    /// Time limit per call, in milliseconds.
+    pub timeout_ms: u64,
+    /// Config values the function sees.
+    pub config: BTreeMap<String, String>,
+}
+
+/// One immutable version of a function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// Numbered from 1.
+    pub version: u64,
+    /// The sha256 of its module.
+    pub module: String,
+    /// How it runs.
+    pub spec: FunctionSpec,
+    /// The log index that created it.
+    pub created_at: u64,
+}
+
+/// A function: its versions and which one serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Function {
+    /// Its tenant.
+    pub tenant: String,
+    /// Its name.
+    pub name: String,
+    /// Every version, oldest first.
+    pub versions: Vec<Version>,
+    /// The version that serves.
+    pub active: u64,
+}
+
+impl Function {
+    /// The version that serves.
+    pub fn active_version(&self) -> Option<&Version> {
+        self.versions.iter().find(|v| v.version == self.active)
+    }
+}
+
+/// A change to the state, as the consensus log carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Stores a module under its sha256 (once, however many functions use it).
+    PutModule {
+        /// The sha256 of `bytes`, hex.
+        sha256: String,
+        /// The component.
+        bytes: Vec<u8>,
+    },
+    /// Adds a version to a function (creating it) and makes it active.
+    Deploy {
+        /// The tenant.
+        tenant: String,
+        /// The function.
+        name: String,
+        /// The sha256 of a stored module.
+        module: String,
+        /// How it runs.
+        spec: FunctionSpec,
+    },
+    /// Makes an earlier version active again.
+    Rollback {
+        /// The tenant.
+        tenant: String,
+        /// The function.
+        name: String,
+        /// The version to serve.
+        version: u64,
+    },
+    /// Removes a function and all its versions (modules stay).
+    Delete {
+        /// The tenant.
+        tenant: String,
+        /// The function.
+        name: String,
+    },
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    /// The module is stored; `existed` if it already was.
+    ModuleStored {
+        /// Its sha256.
+        sha256: String,
+        /// Whether it was stored before.
+        existed: bool,
+    },
+    /// A new version was created and is active.
+    Deployed {
+        /// The new version.
+        version: u64,
+    },
+    /// The version is active.
+    RolledBack {
+        /// The active version.
+        version: u64,
+    },
+    /// The function is gone.
+    Deleted,
+    /// The index was applied before; nothing changed.
+    AlreadyApplied,
+}
+
+/// Checks a tenant or function name: 1 to 63 characters of `a-z`, `0-9`,
+/// `-`, `_` and `.`, starting with a letter or digit, with no `..`. Names
+/// become URL path segments and file names, so nothing else is allowed.
+pub fn validate_name(name: &str) -> Result<()> {
+    let bad = |reason| Err(StateError::InvalidName { name: name.to_string(), reason });
+    if name.is_empty() || name.len() > 63 {
+        return bad("must be 1 to 63 characters");
+    }
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')) {
+        return bad("may only contain a-z, 0-9, '-', '_' and '.'");
+    }
+    if !name.as_bytes()[0].is_ascii_alphanumeric() {
+        return bad("must start with a letter or digit");
+    }
+    if name.contains("..") {
+        return bad("must not contain '..'");
+    }
+    Ok(())
+}
+
+/// The sha256 of `bytes`, hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+const APPLIED_KEY: &[u8] = b"applied_index";
+
+/// The state machine over sled.
+#[derive(Debug, Clone)]
+pub struct State {
+    db: sled::Db,
+    modules: sled::Tree,
+    functions: sled::Tree,
+    meta: sled::Tree,
+}
+
+fn function_key(tenant: &str, name: &str) -> Vec<u8> {
+    // Names cannot contain '/', so the key is unambiguous and sorts by tenant.
+    format!("{tenant}/{name}").into_bytes()
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| StateError::Storage(e.to_string()))
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StateError::Storage(format!("corrupt record: {e}")))
+}
+
+impl State {
+    /// Opens (or creates) the state in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        Self::from_db(sled::open(dir)?)
+    }
+
+    /// A state that lives in memory only, for tests.
+    pub fn temporary() -> Result<Self> {
+        Self::from_db(sled::Config::new().temporary(true).open()?)
+    }
+
+    fn from_db(db: sled::Db) -> Result<Self> {
+        Ok(State {
+            modules: db.open_tree("modules")?,
+            functions: db.open_tree("functions")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+
+    /// Writes everything to disk; returns once it is durable.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The log index of the last command applied (0 before any).
+    pub fn applied_index(&self) -> Result<u64> {
+        Ok(match self.meta.get(APPLIED_KEY)? {
+            Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| StateError::Storage("bad index".into()))?),
+            None => 0,
+        })
+    }
+
+    /// Applies the command at log `index`. A failed command still consumes
+    /// its index, so every replica agrees on what was applied.
+    pub fn apply(&self, index: u64, command: &Command) -> Result<Applied> {
+        if index <= self.applied_index()? {
+            return Ok(Applied::AlreadyApplied);
+        }
+        // Checks that need no storage come first; their failure still
+        // consumes the index.
+        let checked = precheck(command);
+        let result = (&self.modules, &self.functions, &self.meta).transaction(|(modules, functions, meta)| {
+            meta.insert(APPLIED_KEY, &index.to_be_bytes())?;
+            if let Err(e) = &checked {
+                return Ok(Err(e.clone()));
+            }
+            let abort = |e: StateError| ConflictableTransactionError::Abort(e);
+            let outcome = match command {
+                Command::PutModule { sha256, bytes } => {
+                    let existed = modules.get(sha256.as_bytes())?.is_some();
+                    if !existed {
+                        modules.insert(sha256.as_bytes(), bytes.as_slice())?;
+                    }
+                    Ok(Applied::ModuleStored { sha256: sha256.clone(), existed })
+                }
+                Command::Deploy { tenant, name, module, spec } => {
+                    if modules.get(module.as_bytes())?.is_none() {
+                        Err(StateError::ModuleNotFound { sha256: module.clone() })
+                    } else {
+                        let key = function_key(tenant, name);
+                        let mut f = match functions.get(&key)? {
+                            Some(v) => decode::<Function>(&v).map_err(abort)?,
+                            None => {
+                                Function { tenant: tenant.clone(), name: name.clone(), versions: Vec::new(), active: 0 }
+                            }
+                        };
+                        let version = f.versions.last().map_or(1, |v| v.version + 1);
+                        f.versions.push(Version {
+                            version,
+                            module: module.clone(),
+                            spec: spec.clone(),
+                            created_at: index,
+                        });
+                        f.active = version;
+                        functions.insert(key, encode(&f).map_err(abort)?)?;
+                        Ok(Applied::Deployed { version })
+                    }
+                }
+                Command::Rollback { tenant, name, version } => {
+                    let key = function_key(tenant, name);
+                    match functions.get(&key)? {
+                        None => Err(StateError::FunctionNotFound { tenant: tenant.clone(), name: name.clone() }),
+                        Some(v) => {
+                            let mut f = decode::<Function>(&v).map_err(abort)?;
+                            if f.versions.iter().any(|v| v.version == *version) {
+                                f.active = *version;
+                                functions.insert(key, encode(&f).map_err(abort)?)?;
+                                Ok(Applied::RolledBack { version: *version })
+                            } else {
+                                Err(StateError::VersionNotFound {
+                                    tenant: tenant.clone(),
+                                    name: name.clone(),
+                                    version: *version,
+                                })
+                            }
+                        }
+                    }
+                }
+                Command::Delete { tenant, name } => match functions.remove(function_key(tenant, name))? {
+                    Some(_) => Ok(Applied::Deleted),
+                    None => Err(StateError::FunctionNotFound { tenant: tenant.clone(), name: name.clone() }),
+                },
+            };
+            Ok(outcome)
+        });
+        match result {
+            Ok(outcome) => outcome,
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+        }
+    }
+
+    /// A stored module's bytes.
+    pub fn module(&self, sha256: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.modules.get(sha256.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// A function.
+    pub fn function(&self, tenant: &str, name: &str) -> Result<Option<Function>> {
+        match self.functions.get(function_key(tenant, name))? {
+            Some(v) => Ok(Some(decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every function of `tenant`, by name.
+    pub fn functions(&self, tenant: &str) -> Result<Vec<Function>> {
+        let prefix = format!("{tenant}/");
+        self.functions.scan_prefix(prefix.as_bytes()).map(|kv| decode(&kv?.1)).collect()
+    }
+
+    /// Number of stored modules.
+    pub fn module_count(&self) -> usize {
+        self.modules.len()
+    }
+}
+
+/// The checks a command must pass before it touches storage.
+fn precheck(command: &Command) -> Result<()> {
+    match command {
+        Command::PutModule { sha256, bytes } => {
+            if bytes.len() > MAX_MODULE_BYTES {
+                return Err(StateError::ModuleTooLarge { size: bytes.len(), limit: MAX_MODULE_BYTES });
+            }
+            let actual = sha256_hex(bytes);
+            if &actual != sha256 {
+                return Err(StateError::ChecksumMismatch { expected: sha256.clone(), actual });
+            }
+            Ok(())
+        }
+        Command::Deploy { tenant, name, .. }
+        | Command::Rollback { tenant, name, .. }
+        | Command::Delete { tenant, name } => {
+            validate_name(tenant)?;
+            validate_name(name)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> FunctionSpec {
+        FunctionSpec { kind: "scorer".into(), memory: 64 << 20, timeout_ms: 200, config: BTreeMap::new() }
+    }
+
+    fn put(bytes: &[u8]) -> Command {
+        Command::PutModule { sha256: sha256_hex(bytes), bytes: bytes.to_vec() }
+    }
+
+    fn deploy(name: &str, bytes: &[u8]) -> Command {
+        Command::Deploy { tenant: DEFAULT_TENANT.into(), name: name.into(), module: sha256_hex(bytes), spec: spec() }
+    }
+
+    #[test]
+    fn deploys_number_versions_and_rollback_switches_the_active_one() -> Result<()> {
+        let s = State::temporary()?;
+        assert_eq!(s.apply(1, &put(b"one"))?, Applied::ModuleStored { sha256: sha256_hex(b"one"), existed: false });
+        assert_eq!(s.apply(2, &put(b"two"))?, Applied::ModuleStored { sha256: sha256_hex(b"two"), existed: false });
+        assert_eq!(s.apply(3, &deploy("fraud", b"one"))?, Applied::Deployed { version: 1 });
+        assert_eq!(s.apply(4, &deploy("fraud", b"two"))?, Applied::Deployed { version: 2 });
+        let f = s.function(DEFAULT_TENANT, "fraud")?.expect("deployed");
+        assert_eq!(f.active, 2);
+        assert_eq!(f.active_version().map(|v| v.module.clone()), Some(sha256_hex(b"two")));
+        let back = Command::Rollback { tenant: DEFAULT_TENANT.into(), name: "fraud".into(), version: 1 };
+        assert_eq!(s.apply(5, &back)?, Applied::RolledBack { version: 1 });
+        let f = s.function(DEFAULT_TENANT, "fraud")?.expect("still there");
+        assert_eq!((f.active, f.versions.len()), (1, 2), "rollback keeps every version");
+        Ok(())
+    }
+
+    #[test]
+    fn a_module_is_stored_once_however_many_functions_use_it() -> Result<()> {
+        let s = State::temporary()?;
+        s.apply(1, &put(b"shared"))?;
+        assert_eq!(
+            s.apply(2, &put(b"shared"))?,
+            Applied::ModuleStored { sha256: sha256_hex(b"shared"), existed: true }
+        );
+        s.apply(3, &deploy("a", b"shared"))?;
+        s.apply(4, &deploy("b", b"shared"))?;
+        assert_eq!(s.module_count(), 1);
+        assert_eq!(s.functions(DEFAULT_TENANT)?.len(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn failed_commands_change_nothing_but_consume_their_index() -> Result<()> {
+        let s = State::temporary()?;
+        let missing = s.apply(1, &deploy("f", b"never uploaded"));
+        assert!(matches!(missing, Err(StateError::ModuleNotFound { .. })), "{missing:?}");
+        let lying = Command::PutModule { sha256: sha256_hex(b"a"), bytes: b"b".to_vec() };
+        assert!(matches!(s.apply(2, &lying), Err(StateError::ChecksumMismatch { .. })));
+        let unknown = Command::Rollback { tenant: DEFAULT_TENANT.into(), name: "f".into(), version: 3 };
+        assert!(matches!(s.apply(3, &unknown), Err(StateError::FunctionNotFound { .. })));
+        s.apply(4, &put(b"m"))?;
+        s.apply(5, &deploy("f", b"m"))?;
+        let no_version = Command::Rollback { tenant: DEFAULT_TENANT.into(), name: "f".into(), version: 9 };
+        assert!(matches!(s.apply(6, &no_version), Err(StateError::VersionNotFound { version: 9, .. })));
+        assert_eq!(s.applied_index()?, 6);
+        assert_eq!(s.module_count(), 1);
+        assert_eq!(s.function(DEFAULT_TENANT, "f")?.map(|f| f.versions.len()), Some(1));
+        Ok(())
+    }
+
+    #[test]
+    fn replaying_an_applied_index_is_a_no_op() -> Result<()> {
+        let s = State::temporary()?;
+        s.apply(1, &put(b"m"))?;
+        s.apply(2, &deploy("f", b"m"))?;
+        assert_eq!(s.apply(2, &deploy("f", b"m"))?, Applied::AlreadyApplied);
+        assert_eq!(s.apply(1, &put(b"m"))?, Applied::AlreadyApplied);
+        assert_eq!(s.function(DEFAULT_TENANT, "f")?.map(|f| f.versions.len()), Some(1));
+        Ok(())
+    }
+
+    #[test]
+    fn state_survives_reopening() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| StateError::Storage(e.to_string()))?;
+        {
+            let s = State::open(dir.path())?;
+            s.apply(1, &put(b"m"))?;
+            s.apply(2, &deploy("f", b"m"))?;
+            s.flush()?;
+        }
+        let s = State::open(dir.path())?;
+        assert_eq!(s.applied_index()?, 2);
+        assert_eq!(s.module(&sha256_hex(b"m"))?, Some(b"m".to_vec()));
+        assert_eq!(s.function(DEFAULT_TENANT, "f")?.map(|f| f.active), Some(1));
+        Ok(())
+    }
+
+    #[test]
+    fn names_with_slashes_dots_or_odd_characters_are_refused() {
+        for bad in ["", "a/b", "..", "a..b", ".hidden", "-x", "UPPER", "white space", "x".repeat(64).as_str(), "ü"] {
+            assert!(validate_name(bad).is_err(), "{bad:?} should be refused");
+        }
+        for good in ["fraud", "fall-detect", "logreg_v2", "a.b", "0x"] {
+            assert!(validate_name(good).is_ok(), "{good:?} should be accepted");
+        }
+        let s = State::temporary().expect("state");
+        let bad = Command::Delete { tenant: DEFAULT_TENANT.into(), name: "../etc".into() };
+        assert!(matches!(s.apply(1, &bad), Err(StateError::InvalidName { .. })));
+    }
+
+    #[test]
+    fn oversized_modules_are_refused() {
+        let s = State::temporary().expect("state");
+        let big = vec![0u8; MAX_MODULE_BYTES + 1];
+        let err = s.apply(1, &put(&big)).expect_err("too big");
+        assert!(matches!(err, StateError::ModuleTooLarge { .. }));
+        assert_eq!(s.module_count(), 0);
+    }
+}
