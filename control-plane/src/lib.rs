@@ -5,9 +5,12 @@
 //! with numbered immutable versions and an active version, per tenant. It
 //! persists to sled and records the index of the last command applied in the
 //! same transaction as the change, so a command is applied exactly once
-//! across restarts. Consensus (raft-rs), the HTTP API and node coordination
-//! build on it.
+//! across restarts. [`log::LogStore`] is the Raft log and hard state over
+//! sled, implementing raft-rs's `Storage` with the writes a Ready loop makes
+//! (append with suffix truncation, hard state, compaction, snapshots).
+//! Consensus, the HTTP API and node coordination build on these two.
 
+pub mod log;
 pub mod state;
 
 pub use state::{Command, State, StateError};
