@@ -11,6 +11,7 @@
 //! Consensus, the HTTP API and node coordination build on these two.
 
 pub mod log;
+pub mod replica;
 pub mod state;
 
 pub use state::{Command, State, StateError};

@@ -379,7 +379,15 @@ mod tests {
             log.compact(2).expect("compact");
             log.flush().expect("flush");
         }
-        let db = sled::open(dir.path()).expect("sled");
+        // sled releases its lock on the files shortly after the last handle drops.
+        let db = (0..200)
+            .find_map(|_| {
+                sled::open(dir.path()).ok().or_else(|| {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    None
+                })
+            })
+            .expect("sled reopens");
         let log = LogStore::open(db.open_tree("raft").expect("tree")).expect("log");
         assert_eq!((log.first_index().expect("first"), log.last_index().expect("last")), (3, 5));
         let state = log.initial_state().expect("state");

@@ -224,6 +224,14 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 const APPLIED_KEY: &[u8] = b"applied_index";
 
+/// What a snapshot carries: every record, raw.
+#[derive(Serialize, Deserialize)]
+struct Image {
+    applied: u64,
+    modules: Vec<(Vec<u8>, Vec<u8>)>,
+    functions: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
 /// The state machine over sled.
 #[derive(Debug, Clone)]
 pub struct State {
@@ -257,7 +265,8 @@ impl State {
         Self::from_db(sled::Config::new().temporary(true).open()?)
     }
 
-    fn from_db(db: sled::Db) -> Result<Self> {
+    /// The state in the trees of an open database (shared with the Raft log).
+    pub fn from_db(db: sled::Db) -> Result<Self> {
         Ok(State {
             modules: db.open_tree("modules")?,
             functions: db.open_tree("functions")?,
@@ -360,6 +369,15 @@ impl State {
         }
     }
 
+    /// Records that log `index` was applied without a command (an empty
+    /// entry from a new leader, a membership change).
+    pub fn mark_applied(&self, index: u64) -> Result<()> {
+        if index > self.applied_index()? {
+            self.meta.insert(APPLIED_KEY, &index.to_be_bytes())?;
+        }
+        Ok(())
+    }
+
     /// A stored module's bytes.
     pub fn module(&self, sha256: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.modules.get(sha256.as_bytes())?.map(|v| v.to_vec()))
@@ -377,6 +395,56 @@ impl State {
     pub fn functions(&self, tenant: &str) -> Result<Vec<Function>> {
         let prefix = format!("{tenant}/");
         self.functions.scan_prefix(prefix.as_bytes()).map(|kv| decode(&kv?.1)).collect()
+    }
+
+    /// Everything the state holds, serialized, and the index it reflects:
+    /// the data of a Raft snapshot.
+    pub fn snapshot_data(&self) -> Result<(Vec<u8>, u64)> {
+        let image = Image {
+            applied: self.applied_index()?,
+            modules: self
+                .modules
+                .iter()
+                .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                .collect::<std::result::Result<_, _>>()?,
+            functions: self
+                .functions
+                .iter()
+                .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                .collect::<std::result::Result<_, _>>()?,
+        };
+        let data = bincode::serialize(&image).map_err(|e| StateError::Storage(e.to_string()))?;
+        Ok((data, image.applied))
+    }
+
+    /// Replaces everything with a snapshot's data.
+    pub fn restore(&self, data: &[u8]) -> Result<u64> {
+        let image: Image = bincode::deserialize(data).map_err(|e| StateError::Storage(format!("bad snapshot: {e}")))?;
+        // Read the old keys first: iterating a tree inside a transaction on
+        // it deadlocks.
+        let old_modules: Vec<sled::IVec> = self.modules.iter().keys().collect::<std::result::Result<_, _>>()?;
+        let old_functions: Vec<sled::IVec> = self.functions.iter().keys().collect::<std::result::Result<_, _>>()?;
+        let result = (&self.modules, &self.functions, &self.meta).transaction(|(modules, functions, meta)| {
+            for key in &old_modules {
+                modules.remove(key.clone())?;
+            }
+            for key in &old_functions {
+                functions.remove(key.clone())?;
+            }
+            for (k, v) in &image.modules {
+                modules.insert(k.as_slice(), v.as_slice())?;
+            }
+            for (k, v) in &image.functions {
+                functions.insert(k.as_slice(), v.as_slice())?;
+            }
+            meta.insert(APPLIED_KEY, &image.applied.to_be_bytes())?;
+            Ok(())
+        });
+        result.map_err(|e: TransactionError<StateError>| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => e.into(),
+        })?;
+        Ok(image.applied)
     }
 
     /// Number of stored modules.
@@ -494,7 +562,15 @@ mod tests {
             s.apply(2, &deploy("f", b"m"))?;
             s.flush()?;
         }
-        let s = State::open(dir.path())?;
+        // sled releases its lock on the files shortly after the last handle drops.
+        let s = (0..200)
+            .find_map(|_| {
+                State::open(dir.path()).ok().or_else(|| {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    None
+                })
+            })
+            .ok_or_else(|| StateError::Storage("could not reopen".into()))?;
         assert_eq!(s.applied_index()?, 2);
         assert_eq!(s.module(&sha256_hex(b"m"))?, Some(b"m".to_vec()));
         assert_eq!(s.function(DEFAULT_TENANT, "f")?.map(|f| f.active), Some(1));
@@ -512,6 +588,24 @@ mod tests {
         let s = State::temporary().expect("state");
         let bad = Command::Delete { tenant: DEFAULT_TENANT.into(), name: "../etc".into() };
         assert!(matches!(s.apply(1, &bad), Err(StateError::InvalidName { .. })));
+    }
+
+    #[test]
+    fn a_snapshot_restores_the_same_state_elsewhere() -> Result<()> {
+        let a = State::temporary()?;
+        a.apply(1, &put(b"m"))?;
+        a.apply(2, &deploy("f", b"m"))?;
+        a.apply(3, &deploy("g", b"m"))?;
+        let (data, applied) = a.snapshot_data()?;
+        assert_eq!(applied, 3);
+        let b = State::temporary()?;
+        b.apply(1, &put(b"stale"))?;
+        b.apply(2, &deploy("old", b"stale"))?;
+        assert_eq!(b.restore(&data)?, 3);
+        assert_eq!(b.functions(DEFAULT_TENANT)?, a.functions(DEFAULT_TENANT)?);
+        assert_eq!(b.module(&sha256_hex(b"stale"))?, None, "restore replaces, not merges");
+        assert_eq!(b.applied_index()?, 3);
+        Ok(())
     }
 
     #[test]

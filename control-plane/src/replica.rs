@@ -1,0 +1,706 @@
+//! One control-plane replica: raft-rs's `RawNode` driven by a tokio task.
+//!
+//! [`Replica::start`] opens the replica's sled database (the Raft log in
+//! [`LogStore`], the state machine in [`State`]) and spawns the loop. The
+//! loop ticks the node, steps messages from peers, proposes commands and
+//! handles each `Ready` in this order: install a snapshot if one came;
+//! append new entries and the hard state and **flush**; only then send
+//! messages and apply committed entries, answering the proposals they carry.
+//! So nothing is acknowledged, to a peer or a client, before it is on disk.
+//! Reads are linearizable through ReadIndex ([`Replica::read_barrier`]).
+//! Peers are reached through a [`Transport`]; the log is compacted to a
+//! snapshot every `snapshot_every` applied entries.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, EntryType, Message};
+use raft::{Config, RawNode, StateRole, Storage};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::log::{LogStore, SnapshotSource};
+use crate::state::{Applied, Command, State, StateError};
+
+/// Sends Raft messages to other replicas.
+pub trait Transport: Send + Sync + 'static {
+    /// Sends `message` to replica `message.to`; best effort (Raft retries).
+    fn send(&self, message: Message);
+}
+
+/// How a replica runs.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// This replica's id (from 1).
+    pub id: u64,
+    /// Every replica's id, this one included.
+    pub peers: Vec<u64>,
+    /// Where its sled database lives.
+    pub data_dir: PathBuf,
+    /// The Raft tick.
+    pub tick: Duration,
+    /// Ticks without a leader before an election.
+    pub election_ticks: usize,
+    /// Ticks between leader heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Compact the log after this many applied entries.
+    pub snapshot_every: u64,
+    /// Longest a proposal or a read waits before failing with a timeout.
+    pub request_timeout: Duration,
+}
+
+impl ReplicaConfig {
+    /// Defaults: 50 ms ticks, elections after 10 to 20 ticks, heartbeats
+    /// every 2, a snapshot every 1000 entries.
+    pub fn new(id: u64, peers: Vec<u64>, data_dir: PathBuf) -> Self {
+        ReplicaConfig {
+            id,
+            peers,
+            data_dir,
+            tick: Duration::from_millis(50),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            snapshot_every: 1000,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a proposal or a read did not complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// No leader is known (an election is under way, or no quorum).
+    #[error("no leader: the control plane has no quorum right now")]
+    NoLeader,
+    /// The command was applied and failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The write or read did not complete in time (usually: no quorum).
+    #[error("timed out after {0:?} waiting for the cluster (no quorum?)")]
+    Timeout(Duration),
+    /// The replica is shutting down or its storage failed.
+    #[error("replica stopped: {0}")]
+    Stopped(String),
+}
+
+/// What the replica reports about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    /// This replica.
+    pub id: u64,
+    /// The leader it knows of (0: none).
+    pub leader: u64,
+    /// The current term.
+    pub term: u64,
+    /// Whether it is the leader.
+    pub is_leader: bool,
+    /// Highest committed index.
+    pub commit: u64,
+    /// Highest applied index.
+    pub applied: u64,
+    /// First index still in the log (entries before it are in the snapshot).
+    pub first_index: u64,
+    /// For the leader: each peer's matched index.
+    pub progress: Vec<(u64, u64)>,
+}
+
+enum Request {
+    Propose { command: Command, reply: oneshot::Sender<Result<Applied, ProposeError>> },
+    Step(Box<Message>),
+    ReadIndex { reply: oneshot::Sender<Result<(), ProposeError>> },
+}
+
+/// A handle to a running replica. Dropping every handle stops the loop.
+#[derive(Clone)]
+pub struct Replica {
+    id: u64,
+    request_timeout: Duration,
+    requests: mpsc::UnboundedSender<Request>,
+    status: watch::Receiver<Status>,
+    state: State,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+struct StateSnapshots(State);
+
+impl SnapshotSource for StateSnapshots {
+    fn snapshot_data(&self) -> raft::Result<(Vec<u8>, u64)> {
+        self.0.snapshot_data().map_err(|e| raft::Error::Store(raft::StorageError::Other(Box::new(e))))
+    }
+}
+
+fn stopped(e: impl std::fmt::Display) -> ProposeError {
+    ProposeError::Stopped(e.to_string())
+}
+
+impl Replica {
+    /// Opens the replica's storage and starts its loop on the current tokio runtime.
+    pub fn start(config: ReplicaConfig, transport: Arc<dyn Transport>) -> Result<Replica, ProposeError> {
+        let db = sled::open(&config.data_dir).map_err(stopped)?;
+        let state = State::from_db(db.clone()).map_err(stopped)?;
+        let log = LogStore::open(db.open_tree("raft").map_err(stopped)?)
+            .map_err(stopped)?
+            .with_snapshot_source(Arc::new(StateSnapshots(state.clone())));
+
+        // A new cluster starts with every peer as a voter, the same on each replica.
+        let initial = log.initial_state().map_err(stopped)?;
+        if initial.conf_state.voters.is_empty() && log.last_index().map_err(stopped)? == 0 {
+            let cs = ConfState { voters: config.peers.clone(), ..Default::default() };
+            log.set_conf_state(&cs).map_err(stopped)?;
+            log.flush().map_err(stopped)?;
+        }
+
+        let applied = state.applied_index().map_err(stopped)?;
+        let raft_config = Config {
+            id: config.id,
+            election_tick: config.election_ticks,
+            heartbeat_tick: config.heartbeat_ticks,
+            pre_vote: true,
+            check_quorum: true,
+            applied,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            ..Default::default()
+        };
+        raft_config.validate().map_err(stopped)?;
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let node = RawNode::new(&raft_config, log.clone(), &logger).map_err(stopped)?;
+
+        let (requests, inbox) = mpsc::unbounded_channel();
+        let (status_tx, status) = watch::channel(Status { id: config.id, applied, ..Default::default() });
+        let driver = Driver {
+            node,
+            log,
+            state: state.clone(),
+            transport,
+            config: config.clone(),
+            pending: HashMap::new(),
+            next_id: 1,
+            reads: HashMap::new(),
+            ticks: 0,
+            ready_reads: Vec::new(),
+            status: status_tx,
+        };
+        tokio::spawn(driver.run(inbox));
+        Ok(Replica { id: config.id, request_timeout: config.request_timeout, requests, status, state })
+    }
+
+    /// This replica's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Replicates `command` and returns what applying it did, once it is
+    /// committed and applied here. Followers forward to the leader.
+    pub async fn propose(&self, command: Command) -> Result<Applied, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.requests.send(Request::Propose { command, reply }).map_err(stopped)?;
+        self.answer(rx).await
+    }
+
+    /// Hands the replica a message from a peer.
+    pub fn step(&self, message: Message) {
+        let _ = self.requests.send(Request::Step(Box::new(message)));
+    }
+
+    /// Waits until this replica's state reflects every write committed
+    /// before the call (ReadIndex): reads after it are linearizable.
+    pub async fn read_barrier(&self) -> Result<(), ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.requests.send(Request::ReadIndex { reply }).map_err(stopped)?;
+        self.answer(rx).await
+    }
+
+    async fn answer<T>(&self, rx: oneshot::Receiver<Result<T, ProposeError>>) -> Result<T, ProposeError> {
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ProposeError::Stopped("the replica loop ended".into())),
+            Err(_) => Err(ProposeError::Timeout(self.request_timeout)),
+        }
+    }
+
+    /// The latest status.
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// The state machine (reads only; writes go through [`Replica::propose`]).
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Waits until `f` holds for the status, or `timeout` passes.
+    pub async fn wait_for(&self, timeout: Duration, f: impl Fn(&Status) -> bool) -> bool {
+        let mut rx = self.status.clone();
+        tokio::time::timeout(timeout, async move {
+            loop {
+                if f(&rx.borrow_and_update()) {
+                    return true;
+                }
+                if rx.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+struct Driver {
+    node: RawNode<LogStore>,
+    log: LogStore,
+    state: State,
+    transport: Arc<dyn Transport>,
+    config: ReplicaConfig,
+    /// Proposals made here, by the id carried in the entry's context.
+    pending: HashMap<u64, oneshot::Sender<Result<Applied, ProposeError>>>,
+    next_id: u64,
+    /// ReadIndex requests waiting for the leader's answer, with the tick
+    /// they were last sent at.
+    reads: HashMap<u64, (oneshot::Sender<Result<(), ProposeError>>, u64)>,
+    ticks: u64,
+    /// Reads answered by the leader, waiting for `applied >= index`.
+    ready_reads: Vec<(u64, oneshot::Sender<Result<(), ProposeError>>)>,
+    status: watch::Sender<Status>,
+}
+
+impl Driver {
+    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Request>) {
+        let mut ticker = tokio::time::interval(self.config.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    self.node.tick();
+                    self.ticks += 1;
+                    self.fail_stale_requests();
+                }
+                request = inbox.recv() => {
+                    let Some(request) = request else { return };
+                    self.handle(request);
+                    // Take whatever else is queued before the next Ready: batching.
+                    while let Ok(request) = inbox.try_recv() {
+                        self.handle(request);
+                    }
+                }
+            }
+            if let Err(e) = self.on_ready() {
+                tracing::error!(replica = self.config.id, "raft loop stopped: {e}");
+                for (_, reply) in self.pending.drain() {
+                    let _ = reply.send(Err(stopped(&e)));
+                }
+                return;
+            }
+        }
+    }
+
+    fn handle(&mut self, request: Request) {
+        match request {
+            Request::Propose { command, reply } => {
+                if self.node.raft.leader_id == 0 {
+                    let _ = reply.send(Err(ProposeError::NoLeader));
+                    return;
+                }
+                let data = match bincode::serialize(&command) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let _ = reply.send(Err(stopped(e)));
+                        return;
+                    }
+                };
+                let id = self.next_id;
+                self.next_id += 1;
+                match self.node.propose(id.to_be_bytes().to_vec(), data) {
+                    Ok(()) => {
+                        self.pending.insert(id, reply);
+                    }
+                    Err(_) => {
+                        let _ = reply.send(Err(ProposeError::NoLeader));
+                    }
+                }
+            }
+            Request::Step(message) => {
+                if let Err(e) = self.node.step(*message) {
+                    tracing::debug!(replica = self.config.id, "ignored a raft message: {e}");
+                }
+            }
+            Request::ReadIndex { reply } => {
+                if self.node.raft.leader_id == 0 {
+                    let _ = reply.send(Err(ProposeError::NoLeader));
+                    return;
+                }
+                let id = self.next_id;
+                self.next_id += 1;
+                self.node.read_index(id.to_be_bytes().to_vec());
+                self.reads.insert(id, (reply, self.ticks));
+            }
+        }
+    }
+
+    /// Drops waiters whose callers gave up, fails reads when there is no
+    /// leader, and asks again for reads the leader has not answered: a
+    /// leader drops ReadIndex requests until it has committed an entry in
+    /// its term.
+    fn fail_stale_requests(&mut self) {
+        self.pending.retain(|_, reply| !reply.is_closed());
+        self.reads.retain(|_, (reply, _)| !reply.is_closed());
+        if self.node.raft.leader_id == 0 {
+            for (_, (reply, _)) in self.reads.drain() {
+                let _ = reply.send(Err(ProposeError::NoLeader));
+            }
+            return;
+        }
+        let now = self.ticks;
+        for (id, (_, sent)) in self.reads.iter_mut() {
+            if now >= *sent + 3 {
+                self.node.read_index(id.to_be_bytes().to_vec());
+                *sent = now;
+            }
+        }
+    }
+
+    fn on_ready(&mut self) -> Result<(), String> {
+        if !self.node.has_ready() {
+            self.publish_status();
+            return Ok(());
+        }
+        let mut ready = self.node.ready();
+
+        if !ready.snapshot().is_empty() {
+            let snapshot = ready.snapshot().clone();
+            self.log.apply_snapshot(&snapshot).map_err(|e| e.to_string())?;
+            self.state.restore(snapshot.get_data()).map_err(|e| e.to_string())?;
+            tracing::info!(replica = self.config.id, index = snapshot.get_metadata().index, "installed a snapshot");
+        }
+        self.log.append(ready.entries()).map_err(|e| e.to_string())?;
+        if let Some(hs) = ready.hs() {
+            self.log.set_hard_state(hs).map_err(|e| e.to_string())?;
+        }
+        // Durable before anything that depends on it leaves this replica.
+        self.log.flush().map_err(|e| e.to_string())?;
+
+        self.send(ready.take_messages());
+        self.send(ready.take_persisted_messages());
+        for rs in ready.take_read_states() {
+            if let Some((reply, _)) = read_id(&rs.request_ctx).and_then(|id| self.reads.remove(&id)) {
+                self.ready_reads.push((rs.index, reply));
+            }
+        }
+        self.apply(ready.take_committed_entries())?;
+
+        let mut light = self.node.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.log.set_commit(commit).map_err(|e| e.to_string())?;
+        }
+        self.send(light.take_messages());
+        self.apply(light.take_committed_entries())?;
+        self.node.advance_apply();
+
+        self.answer_reads()?;
+        self.maybe_compact()?;
+        self.publish_status();
+        Ok(())
+    }
+
+    fn send(&self, messages: Vec<Message>) {
+        for m in messages {
+            self.transport.send(m);
+        }
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), String> {
+        for entry in entries {
+            if entry.data.is_empty() {
+                // The empty entry a new leader appends: nothing to do, but
+                // reads wait for its index.
+                self.state.mark_applied(entry.index).map_err(|e| e.to_string())?;
+                continue;
+            }
+            match entry.get_entry_type() {
+                EntryType::EntryNormal => {
+                    let result = match bincode::deserialize::<Command>(&entry.data) {
+                        Ok(command) => self.state.apply(entry.index, &command).map_err(ProposeError::State),
+                        Err(e) => Err(stopped(format!("undecodable entry {}: {e}", entry.index))),
+                    };
+                    if let Err(ProposeError::State(StateError::Storage(e))) = &result {
+                        return Err(e.clone());
+                    }
+                    if let Some(reply) = read_id(&entry.context).and_then(|id| self.pending.remove(&id)) {
+                        let _ = reply.send(result);
+                    }
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    let mut cc = raft::eraftpb::ConfChange::default();
+                    cc.merge_from_bytes(&entry.data).map_err(|e| e.to_string())?;
+                    let cs = self.node.apply_conf_change(&cc).map_err(|e| e.to_string())?;
+                    self.log.set_conf_state(&cs).map_err(|e| e.to_string())?;
+                    self.state.mark_applied(entry.index).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn answer_reads(&mut self) -> Result<(), String> {
+        let applied = self.state.applied_index().map_err(|e| e.to_string())?;
+        let (done, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.ready_reads).into_iter().partition(|(index, _)| *index <= applied);
+        self.ready_reads = waiting;
+        for (_, reply) in done {
+            let _ = reply.send(Ok(()));
+        }
+        Ok(())
+    }
+
+    fn maybe_compact(&mut self) -> Result<(), String> {
+        let applied = self.state.applied_index().map_err(|e| e.to_string())?;
+        let first = self.log.first_index().map_err(|e| e.to_string())?;
+        if applied >= first + self.config.snapshot_every {
+            self.log.compact(applied).map_err(|e| e.to_string())?;
+            tracing::debug!(replica = self.config.id, applied, "compacted the raft log");
+        }
+        Ok(())
+    }
+
+    fn publish_status(&self) {
+        let raft = &self.node.raft;
+        let progress = if raft.state == StateRole::Leader {
+            let mut p: Vec<(u64, u64)> = raft.prs().iter().map(|(id, pr)| (*id, pr.matched)).collect();
+            p.sort_unstable();
+            p
+        } else {
+            Vec::new()
+        };
+        let status = Status {
+            id: self.config.id,
+            leader: raft.leader_id,
+            term: raft.term,
+            is_leader: raft.state == StateRole::Leader,
+            commit: raft.raft_log.committed,
+            applied: self.state.applied_index().unwrap_or(0),
+            first_index: self.log.first_index().unwrap_or(0),
+            progress,
+        };
+        self.status.send_if_modified(|old| {
+            if *old == status {
+                false
+            } else {
+                *old = status;
+                true
+            }
+        });
+    }
+}
+
+fn read_id(ctx: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(ctx.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashSet};
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::state::{DEFAULT_TENANT, FunctionSpec, sha256_hex};
+
+    /// An in-memory network between replicas that can cut any of them off.
+    #[derive(Default)]
+    struct Router {
+        replicas: Mutex<HashMap<u64, Replica>>,
+        down: Mutex<HashSet<u64>>,
+    }
+
+    impl Transport for Router {
+        fn send(&self, message: Message) {
+            let down = self.down.lock().expect("lock");
+            if down.contains(&message.from) || down.contains(&message.to) {
+                return;
+            }
+            if let Some(r) = self.replicas.lock().expect("lock").get(&message.to) {
+                r.step(message);
+            }
+        }
+    }
+
+    struct Cluster {
+        router: Arc<Router>,
+        dirs: Vec<tempfile::TempDir>,
+        snapshot_every: u64,
+    }
+
+    impl Cluster {
+        fn start(n: u64, snapshot_every: u64) -> Cluster {
+            let dirs = (0..n).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+            let c = Cluster { router: Arc::new(Router::default()), dirs, snapshot_every };
+            for id in 1..=n {
+                c.boot(id);
+            }
+            c
+        }
+
+        fn boot(&self, id: u64) {
+            let peers = (1..=self.dirs.len() as u64).collect();
+            let mut config = ReplicaConfig::new(id, peers, self.dirs[id as usize - 1].path().to_path_buf());
+            config.tick = Duration::from_millis(10);
+            config.snapshot_every = self.snapshot_every;
+            let transport: Arc<dyn Transport> = self.router.clone();
+            // The previous incarnation may still be closing its database.
+            let replica = (0..200)
+                .find_map(|_| match Replica::start(config.clone(), transport.clone()) {
+                    Ok(r) => Some(r),
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        None
+                    }
+                })
+                .expect("replica starts");
+            self.router.replicas.lock().expect("lock").insert(id, replica);
+        }
+
+        fn replica(&self, id: u64) -> Replica {
+            self.router.replicas.lock().expect("lock")[&id].clone()
+        }
+
+        fn isolate(&self, id: u64) {
+            self.router.down.lock().expect("lock").insert(id);
+        }
+
+        fn recover(&self, id: u64) {
+            self.router.down.lock().expect("lock").remove(&id);
+        }
+
+        /// Stops a replica: its loop ends once its handles are gone.
+        fn kill(&self, id: u64) {
+            self.router.replicas.lock().expect("lock").remove(&id);
+        }
+
+        async fn leader(&self) -> u64 {
+            for _ in 0..500 {
+                let replicas: Vec<Replica> = self.router.replicas.lock().expect("lock").values().cloned().collect();
+                let down = self.router.down.lock().expect("lock").clone();
+                if let Some(r) = replicas.iter().find(|r| r.status().is_leader && !down.contains(&r.id())) {
+                    return r.id();
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("no leader elected");
+        }
+    }
+
+    fn deploy(name: &str, module: &[u8]) -> Command {
+        Command::Deploy {
+            tenant: DEFAULT_TENANT.into(),
+            name: name.into(),
+            module: sha256_hex(module),
+            spec: FunctionSpec { kind: "scorer".into(), memory: 1 << 20, timeout_ms: 100, config: BTreeMap::new() },
+        }
+    }
+
+    fn put(module: &[u8]) -> Command {
+        Command::PutModule { sha256: sha256_hex(module), bytes: module.to_vec() }
+    }
+
+    async fn versions(r: &Replica, name: &str) -> Option<usize> {
+        r.read_barrier().await.ok()?;
+        r.state().function(DEFAULT_TENANT, name).ok().flatten().map(|f| f.versions.len())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_through_any_replica_reach_every_replica() {
+        let c = Cluster::start(3, 1000);
+        let leader = c.leader().await;
+        let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+        let r = c.replica(follower);
+        assert!(matches!(r.propose(put(b"m")).await, Ok(Applied::ModuleStored { existed: false, .. })));
+        assert_eq!(r.propose(deploy("f", b"m")).await, Ok(Applied::Deployed { version: 1 }));
+        for id in 1..=3 {
+            assert_eq!(versions(&c.replica(id), "f").await, Some(1), "replica {id}");
+        }
+        let err = r.propose(deploy("g", b"never stored")).await;
+        assert!(matches!(err, Err(ProposeError::State(StateError::ModuleNotFound { .. }))), "{err:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_leader_takes_over_and_keeps_acknowledged_writes() {
+        let c = Cluster::start(3, 1000);
+        let old = c.leader().await;
+        let r = c.replica(old);
+        r.propose(put(b"m")).await.expect("put");
+        r.propose(deploy("f", b"m")).await.expect("deploy");
+        c.isolate(old);
+        c.kill(old);
+        let new = c.leader().await;
+        assert_ne!(new, old);
+        let r = c.replica(new);
+        assert_eq!(r.propose(deploy("f", b"m")).await, Ok(Applied::Deployed { version: 2 }));
+        for id in (1..=3).filter(|&id| id != old) {
+            assert_eq!(versions(&c.replica(id), "f").await, Some(2), "replica {id}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_quorum_writes_fail_within_a_bounded_time() {
+        let c = Cluster::start(3, 1000);
+        let leader = c.leader().await;
+        let others: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
+        for id in &others {
+            c.isolate(*id);
+        }
+        let r = c.replica(leader);
+        // check_quorum makes the cut-off leader step down; writes then fail fast.
+        assert!(r.wait_for(Duration::from_secs(5), |s| !s.is_leader).await, "leader stepped down");
+        let started = std::time::Instant::now();
+        let result = r.propose(put(b"m")).await;
+        assert!(matches!(result, Err(ProposeError::NoLeader | ProposeError::Timeout(_))), "{result:?}");
+        assert!(started.elapsed() < Duration::from_secs(6), "failed within the request timeout");
+        assert_eq!(r.state().module_count(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn state_survives_restarting_every_replica() {
+        let c = Cluster::start(3, 1000);
+        let leader = c.leader().await;
+        let r = c.replica(leader);
+        r.propose(put(b"m")).await.expect("put");
+        for _ in 0..3 {
+            r.propose(deploy("f", b"m")).await.expect("deploy");
+        }
+        drop(r);
+        for id in 1..=3 {
+            c.kill(id);
+        }
+        for id in 1..=3 {
+            c.boot(id);
+        }
+        let leader = c.leader().await;
+        assert_eq!(versions(&c.replica(leader), "f").await, Some(3));
+        assert_eq!(c.replica(leader).state().module(&sha256_hex(b"m")), Ok(Some(b"m".to_vec())));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lagging_replica_catches_up_through_a_snapshot() {
+        let c = Cluster::start(3, 20);
+        let leader = c.leader().await;
+        let lagging = (1..=3).find(|&id| id != leader).expect("a follower");
+        c.isolate(lagging);
+        let r = c.replica(leader);
+        r.propose(put(b"m")).await.expect("put");
+        for _ in 0..100 {
+            r.propose(deploy("f", b"m")).await.expect("deploy");
+        }
+        assert!(r.status().first_index > 50, "the leader compacted its log: {:?}", r.status());
+        c.recover(lagging);
+        let lag = c.replica(lagging);
+        assert!(lag.wait_for(Duration::from_secs(10), |s| s.applied >= 101).await, "{:?}", lag.status());
+        assert_eq!(lag.state().function(DEFAULT_TENANT, "f").ok().flatten().map(|f| f.versions.len()), Some(100));
+    }
+}
