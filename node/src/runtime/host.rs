@@ -31,6 +31,16 @@ pub(crate) enum HostTrap {
     Node(#[from] crate::Error),
 }
 
+impl From<HostTrap> for crate::Error {
+    fn from(trap: HostTrap) -> Self {
+        match trap {
+            HostTrap::OutputLimit { limit } => crate::Error::OutputLimit { limit },
+            HostTrap::MemoryLimit { limit, requested } => crate::Error::MemoryLimit { limit, requested },
+            HostTrap::Node(e) => e,
+        }
+    }
+}
+
 /// One line a guest logged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogLine {
@@ -171,10 +181,10 @@ impl std::fmt::Debug for HostState {
 
 impl HostState {
     /// Counts `n` more output bytes against the limit.
-    fn charge_output(&mut self, n: u64) -> WasmResult<()> {
+    pub(crate) fn charge_output(&mut self, n: u64) -> Result<(), HostTrap> {
         self.output_bytes = self.output_bytes.saturating_add(n);
         if self.output_bytes > self.max_output_bytes {
-            return Err(HostTrap::OutputLimit { limit: self.max_output_bytes }.into());
+            return Err(HostTrap::OutputLimit { limit: self.max_output_bytes });
         }
         Ok(())
     }

@@ -539,11 +539,7 @@ fn arm(store: &mut Store<HostState>, limits: &Limits, tick: Duration, fuel: bool
 /// Turns a failed call into the error that says what the guest did.
 fn classify(e: wasmtime::Error, limits: &Limits, stderr: &Capture) -> Error {
     let e = match e.downcast::<HostTrap>() {
-        Ok(HostTrap::OutputLimit { limit }) => return Error::OutputLimit { limit },
-        Ok(HostTrap::MemoryLimit { limit, requested }) => {
-            return Error::MemoryLimit { limit, requested };
-        }
-        Ok(HostTrap::Node(inner)) => return inner,
+        Ok(trap) => return trap.into(),
         Err(e) => e,
     };
     if format!("{e:#}").contains("too much data is being copied between the host and the guest") {
@@ -589,26 +585,31 @@ impl Instance {
         }
     }
 
+    /// Sets the deadline (and fuel) for the next call.
+    fn arm(&mut self) -> Result<()> {
+        arm(&mut self.store, &self.limits, self.tick, self.fuel)
+    }
+
+    /// Counts a call's result against the invocation's output limit, as the
+    /// host does for everything a guest emits.
+    fn charge_output(&mut self, bytes: u64) -> Result<()> {
+        self.store.data_mut().charge_output(bytes).map_err(Error::from)
+    }
+
     fn wrong_kind(&self, expected: Kind) -> Error {
         Error::WrongKind { expected: expected.name(), actual: self.kind().name() }
     }
 
     /// Calls a scorer: returns the columns it adds.
     pub fn score(&mut self, rows: &Batch) -> Result<Batch> {
-        let fuel = self.fuel;
-        arm(&mut self.store, &self.limits, self.tick, fuel)?;
+        self.arm()?;
         let Exports::Scorer(s) = &self.exports else {
             return Err(self.wrong_kind(Kind::Scorer));
         };
         let result = s.call_score(&mut self.store, rows);
         let out = result.map_err(|e| classify(e, &self.limits, &self.store.data().stderr))?;
         let batch = out.map_err(|message| Error::Guest { message })?;
-        let size = convert::wit_size(&batch);
-        let state = self.store.data_mut();
-        state.output_bytes = state.output_bytes.saturating_add(size);
-        if state.output_bytes > state.max_output_bytes {
-            return Err(Error::OutputLimit { limit: state.max_output_bytes });
-        }
+        self.charge_output(convert::wit_size(&batch))?;
         Ok(batch)
     }
 
@@ -620,8 +621,7 @@ impl Instance {
 
     /// Calls a mapper on `partition`.
     pub fn run(&mut self, partition: u32) -> Result<()> {
-        let fuel = self.fuel;
-        arm(&mut self.store, &self.limits, self.tick, fuel)?;
+        self.arm()?;
         let Exports::Mapper(m) = &self.exports else {
             return Err(self.wrong_kind(Kind::Mapper));
         };
@@ -633,8 +633,7 @@ impl Instance {
 
     /// Calls a reducer on one key and all its values; returns the output record.
     pub fn reduce(&mut self, key: &[u8], values: &[&[u8]]) -> Result<Vec<u8>> {
-        let fuel = self.fuel;
-        arm(&mut self.store, &self.limits, self.tick, fuel)?;
+        self.arm()?;
         let Exports::Reducer(f) = &self.exports else {
             return Err(self.wrong_kind(Kind::Reducer));
         };
@@ -644,11 +643,7 @@ impl Instance {
         let result = typed.call(&mut self.store, (key, values));
         let (out,) = result.map_err(|e| classify(e, &self.limits, &self.store.data().stderr))?;
         let record = out.map_err(|message| Error::Guest { message })?;
-        let state = self.store.data_mut();
-        state.output_bytes = state.output_bytes.saturating_add(record.len() as u64);
-        if state.output_bytes > state.max_output_bytes {
-            return Err(Error::OutputLimit { limit: state.max_output_bytes });
-        }
+        self.charge_output(record.len() as u64)?;
         Ok(record)
     }
 
