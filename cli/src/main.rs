@@ -1,6 +1,7 @@
 //! The `wasmgrid` command. Glue only: it parses arguments and calls the
 //! libraries (`wasmgrid-node` for running functions).
 
+mod grid;
 mod units;
 
 use std::collections::BTreeMap;
@@ -34,6 +35,30 @@ struct Cli {
 enum Command {
     /// Run a function over local data, no grid needed.
     Run(Box<RunArgs>),
+    /// A laptop grid in one process: a control plane and a node, data in ./.wasmgrid.
+    Dev {
+        #[command(flatten)]
+        args: grid::DevArgs,
+        #[command(flatten)]
+        compile: CompileArgs,
+    },
+    /// Run a control-plane replica.
+    ControlPlane(grid::ControlPlaneArgs),
+    /// Run a node: join the grid and serve functions.
+    Node(Box<grid::NodeArgs>),
+    /// Upload a component and make it a function's new active version.
+    Deploy(grid::DeployArgs),
+    /// List, inspect, roll back and remove functions.
+    #[command(subcommand)]
+    Functions(grid::FunctionsCommand),
+    /// The grid's nodes.
+    #[command(subcommand)]
+    Nodes(grid::NodesCommand),
+    /// The control plane's replicas.
+    #[command(subcommand)]
+    Cluster(grid::ClusterCommand),
+    /// Call a scorer on a node with rows of JSON.
+    Invoke(grid::InvokeArgs),
     /// Compile a component in a limited worker process (internal).
     #[command(name = "__compile", hide = true)]
     Compile { settings: String, input: PathBuf, output: PathBuf },
@@ -95,7 +120,7 @@ struct RunArgs {
     json: bool,
 }
 
-#[derive(Args)]
+#[derive(Args, Debug)]
 struct CompileArgs {
     /// Where compiled components are cached [default: $XDG_CACHE_HOME/wasmgrid or ~/.cache/wasmgrid].
     #[arg(long, env = "WASMGRID_CACHE_DIR")]
@@ -155,6 +180,14 @@ fn init_logging(verbose: u8, quiet: bool) {
 fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Run(args) => run(*args),
+        Command::Dev { args, compile } => grid::dev(args, &compile),
+        Command::ControlPlane(args) => grid::control_plane(args),
+        Command::Node(args) => grid::node(*args),
+        Command::Deploy(args) => grid::deploy(args),
+        Command::Functions(c) => grid::functions(c),
+        Command::Nodes(c) => grid::nodes(c),
+        Command::Cluster(c) => grid::cluster(c),
+        Command::Invoke(args) => grid::invoke(args),
         Command::Compile { .. } => Ok(()),
     }
 }

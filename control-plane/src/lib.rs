@@ -8,10 +8,14 @@
 //! across restarts. [`log::LogStore`] is the Raft log and hard state over
 //! sled, implementing raft-rs's `Storage` with the writes a Ready loop makes
 //! (append with suffix truncation, hard state, compaction, snapshots).
-//! Consensus, the HTTP API and node coordination build on these two.
+//! [`replica::Replica`] drives raft-rs over them; [`transport`] carries Raft
+//! messages between replicas over HTTP/2; [`server`] is the `/v1` HTTP API.
 
 pub mod log;
+pub mod module;
 pub mod replica;
+pub mod server;
 pub mod state;
+pub mod transport;
 
 pub use state::{Command, State, StateError};

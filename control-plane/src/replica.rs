@@ -104,6 +104,8 @@ pub struct Status {
     pub first_index: u64,
     /// For the leader: each peer's matched index.
     pub progress: Vec<(u64, u64)>,
+    /// Snapshots installed from the leader since this replica started.
+    pub snapshots_installed: u64,
 }
 
 enum Request {
@@ -187,6 +189,8 @@ impl Replica {
             ticks: 0,
             ready_reads: Vec::new(),
             status: status_tx,
+            tag: incarnation_tag(config.id),
+            snapshots_installed: 0,
         };
         tokio::spawn(driver.run(inbox));
         Ok(Replica { id: config.id, request_timeout: config.request_timeout, requests, status, state })
@@ -231,6 +235,11 @@ impl Replica {
         self.status.borrow().clone()
     }
 
+    /// A receiver that sees every status change.
+    pub fn subscribe(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
     /// The state machine (reads only; writes go through [`Replica::propose`]).
     pub fn state(&self) -> &State {
         &self.state
@@ -270,9 +279,37 @@ struct Driver {
     /// Reads answered by the leader, waiting for `applied >= index`.
     ready_reads: Vec<(u64, oneshot::Sender<Result<(), ProposeError>>)>,
     status: watch::Sender<Status>,
+    /// This replica and this run of it: the prefix of the context of every
+    /// proposal and read made here. Entries proposed here and forwarded by
+    /// Raft come back to every replica, and an earlier run's entries are
+    /// replayed after a restart; only an exact prefix match answers a waiter.
+    tag: [u8; 16],
+    snapshots_installed: u64,
+}
+
+/// A tag no other replica, nor an earlier run of this one, uses.
+fn incarnation_tag(id: u64) -> [u8; 16] {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let run = nanos ^ (u64::from(std::process::id()) << 32);
+    let mut tag = [0; 16];
+    tag[..8].copy_from_slice(&id.to_be_bytes());
+    tag[8..].copy_from_slice(&run.to_be_bytes());
+    tag
 }
 
 impl Driver {
+    fn context(&self, id: u64) -> Vec<u8> {
+        let mut ctx = self.tag.to_vec();
+        ctx.extend_from_slice(&id.to_be_bytes());
+        ctx
+    }
+
+    /// The request id in a context this replica made in this run.
+    fn read_id(&self, ctx: &[u8]) -> Option<u64> {
+        let id = ctx.strip_prefix(self.tag.as_slice())?;
+        Some(u64::from_be_bytes(id.try_into().ok()?))
+    }
+
     async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Request>) {
         let mut ticker = tokio::time::interval(self.config.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -318,7 +355,7 @@ impl Driver {
                 };
                 let id = self.next_id;
                 self.next_id += 1;
-                match self.node.propose(id.to_be_bytes().to_vec(), data) {
+                match self.node.propose(self.context(id), data) {
                     Ok(()) => {
                         self.pending.insert(id, reply);
                     }
@@ -339,7 +376,7 @@ impl Driver {
                 }
                 let id = self.next_id;
                 self.next_id += 1;
-                self.node.read_index(id.to_be_bytes().to_vec());
+                self.node.read_index(self.context(id));
                 self.reads.insert(id, (reply, self.ticks));
             }
         }
@@ -359,11 +396,15 @@ impl Driver {
             return;
         }
         let now = self.ticks;
+        let mut again = Vec::new();
         for (id, (_, sent)) in self.reads.iter_mut() {
             if now >= *sent + 3 {
-                self.node.read_index(id.to_be_bytes().to_vec());
+                again.push(*id);
                 *sent = now;
             }
+        }
+        for id in again {
+            self.node.read_index(self.context(id));
         }
     }
 
@@ -378,6 +419,7 @@ impl Driver {
             let snapshot = ready.snapshot().clone();
             self.log.apply_snapshot(&snapshot).map_err(|e| e.to_string())?;
             self.state.restore(snapshot.get_data()).map_err(|e| e.to_string())?;
+            self.snapshots_installed += 1;
             tracing::info!(replica = self.config.id, index = snapshot.get_metadata().index, "installed a snapshot");
         }
         self.log.append(ready.entries()).map_err(|e| e.to_string())?;
@@ -390,7 +432,7 @@ impl Driver {
         self.send(ready.take_messages());
         self.send(ready.take_persisted_messages());
         for rs in ready.take_read_states() {
-            if let Some((reply, _)) = read_id(&rs.request_ctx).and_then(|id| self.reads.remove(&id)) {
+            if let Some((reply, _)) = self.read_id(&rs.request_ctx).and_then(|id| self.reads.remove(&id)) {
                 self.ready_reads.push((rs.index, reply));
             }
         }
@@ -433,7 +475,7 @@ impl Driver {
                     if let Err(ProposeError::State(StateError::Storage(e))) = &result {
                         return Err(e.clone());
                     }
-                    if let Some(reply) = read_id(&entry.context).and_then(|id| self.pending.remove(&id)) {
+                    if let Some(reply) = self.read_id(&entry.context).and_then(|id| self.pending.remove(&id)) {
                         let _ = reply.send(result);
                     }
                 }
@@ -488,6 +530,7 @@ impl Driver {
             applied: self.state.applied_index().unwrap_or(0),
             first_index: self.log.first_index().unwrap_or(0),
             progress,
+            snapshots_installed: self.snapshots_installed,
         };
         self.status.send_if_modified(|old| {
             if *old == status {
@@ -498,10 +541,6 @@ impl Driver {
             }
         });
     }
-}
-
-fn read_id(ctx: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(ctx.try_into().ok()?))
 }
 
 #[cfg(test)]

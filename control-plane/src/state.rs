@@ -169,6 +169,25 @@ pub enum Command {
         /// The function.
         name: String,
     },
+    /// Adds a node to the registry, or records its new address.
+    RegisterNode {
+        /// The node's id.
+        id: String,
+        /// Its gateway URL.
+        address: String,
+    },
+}
+
+/// A node in the registry. Liveness is not here: heartbeats stay in the
+/// leader's memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Its id.
+    pub id: String,
+    /// Its gateway URL.
+    pub address: String,
+    /// The log index that registered it (or last changed its address).
+    pub registered_at: u64,
 }
 
 /// What applying a command did.
@@ -193,6 +212,8 @@ pub enum Applied {
     },
     /// The function is gone.
     Deleted,
+    /// The node is in the registry.
+    NodeRegistered,
     /// The index was applied before; nothing changed.
     AlreadyApplied,
 }
@@ -201,20 +222,7 @@ pub enum Applied {
 /// `-`, `_` and `.`, starting with a letter or digit, with no `..`. Names
 /// become URL path segments and file names, so nothing else is allowed.
 pub fn validate_name(name: &str) -> Result<()> {
-    let bad = |reason| Err(StateError::InvalidName { name: name.to_string(), reason });
-    if name.is_empty() || name.len() > 63 {
-        return bad("must be 1 to 63 characters");
-    }
-    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')) {
-        return bad("may only contain a-z, 0-9, '-', '_' and '.'");
-    }
-    if !name.as_bytes()[0].is_ascii_alphanumeric() {
-        return bad("must start with a letter or digit");
-    }
-    if name.contains("..") {
-        return bad("must not contain '..'");
-    }
-    Ok(())
+    wasmgrid_api::check_name(name).map_err(|reason| StateError::InvalidName { name: name.to_string(), reason })
 }
 
 /// The sha256 of `bytes`, hex.
@@ -230,6 +238,7 @@ struct Image {
     applied: u64,
     modules: Vec<(Vec<u8>, Vec<u8>)>,
     functions: Vec<(Vec<u8>, Vec<u8>)>,
+    nodes: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// The state machine over sled.
@@ -238,6 +247,7 @@ pub struct State {
     db: sled::Db,
     modules: sled::Tree,
     functions: sled::Tree,
+    nodes: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -270,6 +280,7 @@ impl State {
         Ok(State {
             modules: db.open_tree("modules")?,
             functions: db.open_tree("functions")?,
+            nodes: db.open_tree("nodes")?,
             meta: db.open_tree("meta")?,
             db,
         })
@@ -298,7 +309,8 @@ impl State {
         // Checks that need no storage come first; their failure still
         // consumes the index.
         let checked = precheck(command);
-        let result = (&self.modules, &self.functions, &self.meta).transaction(|(modules, functions, meta)| {
+        let trees = (&self.modules, &self.functions, &self.nodes, &self.meta);
+        let result = trees.transaction(|(modules, functions, nodes, meta)| {
             meta.insert(APPLIED_KEY, &index.to_be_bytes())?;
             if let Err(e) = &checked {
                 return Ok(Err(e.clone()));
@@ -359,6 +371,11 @@ impl State {
                     Some(_) => Ok(Applied::Deleted),
                     None => Err(StateError::FunctionNotFound { tenant: tenant.clone(), name: name.clone() }),
                 },
+                Command::RegisterNode { id, address } => {
+                    let record = NodeRecord { id: id.clone(), address: address.clone(), registered_at: index };
+                    nodes.insert(id.as_bytes(), encode(&record).map_err(abort)?)?;
+                    Ok(Applied::NodeRegistered)
+                }
             };
             Ok(outcome)
         });
@@ -397,21 +414,27 @@ impl State {
         self.functions.scan_prefix(prefix.as_bytes()).map(|kv| decode(&kv?.1)).collect()
     }
 
+    /// Every registered node, by id.
+    pub fn nodes(&self) -> Result<Vec<NodeRecord>> {
+        self.nodes.iter().map(|kv| decode(&kv?.1)).collect()
+    }
+
+    /// A registered node.
+    pub fn node(&self, id: &str) -> Result<Option<NodeRecord>> {
+        match self.nodes.get(id.as_bytes())? {
+            Some(v) => Ok(Some(decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Everything the state holds, serialized, and the index it reflects:
     /// the data of a Raft snapshot.
     pub fn snapshot_data(&self) -> Result<(Vec<u8>, u64)> {
         let image = Image {
             applied: self.applied_index()?,
-            modules: self
-                .modules
-                .iter()
-                .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
-                .collect::<std::result::Result<_, _>>()?,
-            functions: self
-                .functions
-                .iter()
-                .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
-                .collect::<std::result::Result<_, _>>()?,
+            modules: dump(&self.modules)?,
+            functions: dump(&self.functions)?,
+            nodes: dump(&self.nodes)?,
         };
         let data = bincode::serialize(&image).map_err(|e| StateError::Storage(e.to_string()))?;
         Ok((data, image.applied))
@@ -424,12 +447,20 @@ impl State {
         // it deadlocks.
         let old_modules: Vec<sled::IVec> = self.modules.iter().keys().collect::<std::result::Result<_, _>>()?;
         let old_functions: Vec<sled::IVec> = self.functions.iter().keys().collect::<std::result::Result<_, _>>()?;
-        let result = (&self.modules, &self.functions, &self.meta).transaction(|(modules, functions, meta)| {
+        let old_nodes: Vec<sled::IVec> = self.nodes.iter().keys().collect::<std::result::Result<_, _>>()?;
+        let trees = (&self.modules, &self.functions, &self.nodes, &self.meta);
+        let result = trees.transaction(|(modules, functions, nodes, meta)| {
             for key in &old_modules {
                 modules.remove(key.clone())?;
             }
             for key in &old_functions {
                 functions.remove(key.clone())?;
+            }
+            for key in &old_nodes {
+                nodes.remove(key.clone())?;
+            }
+            for (k, v) in &image.nodes {
+                nodes.insert(k.as_slice(), v.as_slice())?;
             }
             for (k, v) in &image.modules {
                 modules.insert(k.as_slice(), v.as_slice())?;
@@ -453,6 +484,10 @@ impl State {
     }
 }
 
+fn dump(tree: &sled::Tree) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    Ok(tree.iter().map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec()))).collect::<std::result::Result<_, _>>()?)
+}
+
 /// The checks a command must pass before it touches storage.
 fn precheck(command: &Command) -> Result<()> {
     match command {
@@ -472,6 +507,7 @@ fn precheck(command: &Command) -> Result<()> {
             validate_name(tenant)?;
             validate_name(name)
         }
+        Command::RegisterNode { id, .. } => validate_name(id),
     }
 }
 

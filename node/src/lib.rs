@@ -5,8 +5,11 @@
 //!   runs each invocation in a fresh, limited [`Instance`];
 //! - [`data`]: input planning and reading (CSV, JSON lines, Parquet, text)
 //!   and output writing;
-//! - [`local`]: `wasmgrid run`, a whole job on one machine without a grid.
+//! - [`local`]: `wasmgrid run`, a whole job on one machine without a grid;
+//! - [`agent`]: a node in the grid: registration, heartbeats, the route
+//!   table it watches, and the HTTP gateway for per-request calls.
 
+pub mod agent;
 pub mod bindings;
 pub mod data;
 mod error;

@@ -1,0 +1,509 @@
+//! The grid's commands: serving roles (`control-plane`, `node`, `dev`) and
+//! the client verbs (`deploy`, `functions`, `nodes`, `cluster`, `invoke`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use wasmgrid_api::{Client, DeployRequest, InvokeRequest, NodeState};
+use wasmgrid_control_plane::server::{self, Config as ReplicaConfig};
+use wasmgrid_node::Runtime;
+use wasmgrid_node::agent::{self, AgentConfig};
+
+use crate::{CompileArgs, runtime_config, units};
+
+const DEFAULT_URL: &str = "http://127.0.0.1:7400";
+
+/// Where the control plane is, and how to print.
+#[derive(Args, Debug)]
+pub struct ClientArgs {
+    /// Control-plane URL(s), comma-separated; any replica will do.
+    #[arg(long, env = "WASMGRID_URL", default_value = DEFAULT_URL, value_delimiter = ',')]
+    url: Vec<String>,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ControlPlaneArgs {
+    /// This replica's id (1, 2, 3, ...).
+    #[arg(long, default_value_t = 1)]
+    id: u64,
+    /// Where the replica keeps its log and state.
+    #[arg(long)]
+    data: PathBuf,
+    /// Address to serve the API and Raft traffic on.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    listen: SocketAddr,
+    /// Every replica as ID=ADDR, comma-separated, this one included
+    /// [default: a single replica, ID=LISTEN].
+    #[arg(long, value_delimiter = ',', value_parser = parse_peer)]
+    peers: Vec<(u64, String)>,
+    /// Compact the log into a snapshot after this many entries.
+    #[arg(long, default_value_t = 1000)]
+    snapshot_every: u64,
+    /// How long a write waits for a quorum before failing with 503.
+    #[arg(long, default_value = "3s", value_parser = units::parse_duration)]
+    request_timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    /// Control-plane URL(s), comma-separated.
+    #[arg(long = "control-plane", env = "WASMGRID_URL", value_delimiter = ',', required = true)]
+    control_plane: Vec<String>,
+    /// Where the node keeps modules, compiled code and its id.
+    #[arg(long)]
+    data: PathBuf,
+    /// Address of the HTTP gateway.
+    #[arg(long, default_value = "127.0.0.1:7401")]
+    listen: SocketAddr,
+    /// URL others reach the gateway at [default: http://LISTEN].
+    #[arg(long)]
+    advertise: Option<String>,
+    /// The node's id [default: generated once, kept in DATA/node-id].
+    #[arg(long)]
+    id: Option<String>,
+    #[command(flatten)]
+    compile: CompileArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Where the control plane and the node keep their data.
+    #[arg(long, default_value = ".wasmgrid")]
+    data: PathBuf,
+    /// Control-plane address.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    listen: SocketAddr,
+    /// Node gateway address.
+    #[arg(long, default_value = "127.0.0.1:7401")]
+    gateway: SocketAddr,
+}
+
+#[derive(Args, Debug)]
+pub struct DeployArgs {
+    /// The function's name (a-z, 0-9, '-', '_', '.').
+    name: String,
+    /// The component (.wasm).
+    function: PathBuf,
+    /// Memory limit per instance.
+    #[arg(long, value_parser = units::parse_size)]
+    memory: Option<u64>,
+    /// Time limit per call.
+    #[arg(long, value_parser = units::parse_duration)]
+    timeout: Option<Duration>,
+    /// Config value the function sees (repeatable).
+    #[arg(long = "config", short = 'c', value_name = "KEY=VALUE", value_parser = units::parse_key_value)]
+    config: Vec<(String, String)>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FunctionsCommand {
+    /// List functions and their active versions.
+    Ls {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List a function's versions.
+    Versions {
+        /// The function.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Serve an earlier version again.
+    Rollback {
+        /// The function.
+        name: String,
+        /// The version to serve.
+        version: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a function and all its versions.
+    Rm {
+        /// The function.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodesCommand {
+    /// List the nodes and whether they are alive.
+    Ls {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Leader, term, log indexes and each replica's lag.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct InvokeArgs {
+    /// The function.
+    name: String,
+    /// Rows as JSON: {"rows": [{...}, ...]}, a list of rows, or one row.
+    #[arg(long, short)]
+    data: String,
+    /// The node to call [default: an alive node the control plane lists].
+    #[arg(long)]
+    node: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+fn parse_peer(s: &str) -> Result<(u64, String), String> {
+    let (id, addr) = s.split_once('=').ok_or_else(|| format!("`{s}` is not ID=ADDR"))?;
+    let id: u64 = id.trim().parse().map_err(|_| format!("`{id}` in `{s}` is not a replica id"))?;
+    if id == 0 {
+        return Err("replica ids start at 1".into());
+    }
+    let url = wasmgrid_api::normalize_url(addr).map_err(|e| e.to_string())?;
+    Ok((id, url))
+}
+
+fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+fn replica_config(args: &ControlPlaneArgs) -> Result<ReplicaConfig> {
+    let mut peers = BTreeMap::new();
+    for (id, url) in &args.peers {
+        if peers.insert(*id, url.clone()).is_some() {
+            bail!("--peers names replica {id} twice");
+        }
+    }
+    if peers.is_empty() {
+        peers.insert(args.id, format!("http://{}", args.listen));
+    }
+    if !peers.contains_key(&args.id) {
+        bail!("--peers must include this replica (--id {})", args.id);
+    }
+    anyhow::ensure!(args.snapshot_every >= 10, "--snapshot-every must be at least 10");
+    let mut config = ReplicaConfig::new(args.id, args.listen, peers, args.data.clone());
+    config.snapshot_every = args.snapshot_every;
+    config.request_timeout = args.request_timeout;
+    Ok(config)
+}
+
+pub fn control_plane(args: ControlPlaneArgs) -> Result<()> {
+    let config = replica_config(&args)?;
+    tokio_runtime()?.block_on(async move {
+        let running = server::start(config).await?;
+        eprintln!("control-plane replica {} serving on {}", args.id, running.url());
+        shutdown_signal().await;
+        running.stop().await;
+        Ok(())
+    })
+}
+
+fn node_runtime(compile: &CompileArgs, data: &Path) -> Result<Arc<Runtime>> {
+    let mut config = runtime_config(compile, false, 0)?;
+    if compile.cache_dir.is_none() && !compile.no_cache {
+        config.cache_dir = Some(data.join("cache"));
+    }
+    Ok(Arc::new(Runtime::new(config).context("starting the runtime")?))
+}
+
+pub fn node(args: NodeArgs) -> Result<()> {
+    let runtime = node_runtime(&args.compile, &args.data)?;
+    let config = AgentConfig {
+        control_plane: args.control_plane,
+        data_dir: args.data,
+        listen: args.listen,
+        advertise: args.advertise,
+        id: args.id,
+    };
+    tokio_runtime()?.block_on(async move {
+        let agent = agent::start(config, runtime).await?;
+        eprintln!("node {} serving on {}", agent.id, agent.url);
+        shutdown_signal().await;
+        agent.stop().await;
+        Ok(())
+    })
+}
+
+pub fn dev(args: DevArgs, compile: &CompileArgs) -> Result<()> {
+    let peers = BTreeMap::from([(1, format!("http://{}", args.listen))]);
+    let replica = ReplicaConfig::new(1, args.listen, peers, args.data.join("control-plane"));
+    let node_data = args.data.join("node");
+    let runtime = node_runtime(compile, &node_data)?;
+    tokio_runtime()?.block_on(async move {
+        let cp = server::start(replica).await?;
+        let url = cp.url();
+        let node = AgentConfig {
+            control_plane: vec![url.clone()],
+            data_dir: node_data,
+            listen: args.gateway,
+            advertise: None,
+            id: Some("dev".into()),
+        };
+        let agent = agent::start(node, runtime).await?;
+        println!("control plane: {url}");
+        println!("gateway:       {}", agent.url);
+        eprintln!("data in {}; Ctrl-C to stop", args.data.display());
+        shutdown_signal().await;
+        agent.stop().await;
+        cp.stop().await;
+        Ok(())
+    })
+}
+
+fn client(args: &ClientArgs) -> Result<Client> {
+    Ok(Client::new(&args.url, Duration::from_secs(30))?)
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Prints rows as a table with aligned columns.
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+fn short(sha: &str) -> String {
+    sha.chars().take(12).collect()
+}
+
+pub fn deploy(args: DeployArgs) -> Result<()> {
+    if let Err(reason) = wasmgrid_api::check_name(&args.name) {
+        bail!("invalid function name `{}`: {reason}", args.name);
+    }
+    let bytes =
+        std::fs::read(&args.function).with_context(|| format!("reading the component {}", args.function.display()))?;
+    let limit = wasmgrid_control_plane::state::MAX_MODULE_BYTES;
+    if bytes.len() > limit {
+        bail!("{} is {} bytes, over the module limit of {limit} bytes", args.function.display(), bytes.len());
+    }
+    let request = DeployRequest {
+        module: String::new(),
+        memory: args.memory,
+        timeout_ms: args.timeout.map(|t| t.as_millis().max(1) as u64),
+        config: args.config.into_iter().collect(),
+    };
+    let client = client(&args.client)?;
+    tokio_runtime()?.block_on(async {
+        let module = client.upload_module(bytes).await.context("uploading the module")?;
+        let request = DeployRequest { module: module.sha256.clone(), ..request };
+        let deployed = client.deploy(&args.name, &request).await.context("deploying")?;
+        if args.client.json {
+            return print_json(&deployed);
+        }
+        println!(
+            "deployed {} version {} ({}, module {}{})",
+            deployed.name,
+            deployed.active,
+            deployed.kind,
+            short(&module.sha256),
+            if module.existed { ", already stored" } else { "" }
+        );
+        Ok(())
+    })
+}
+
+pub fn functions(command: FunctionsCommand) -> Result<()> {
+    let rt = tokio_runtime()?;
+    match command {
+        FunctionsCommand::Ls { client: args } => {
+            let list = rt.block_on(client(&args)?.functions())?;
+            if args.json {
+                return print_json(&list);
+            }
+            let rows = list
+                .functions
+                .iter()
+                .map(|f| {
+                    vec![f.name.clone(), f.active.to_string(), f.versions.to_string(), f.kind.clone(), short(&f.module)]
+                })
+                .collect();
+            table(&["NAME", "ACTIVE", "VERSIONS", "KIND", "MODULE"], rows);
+        }
+        FunctionsCommand::Versions { name, client: args } => {
+            let f = rt.block_on(client(&args)?.function(&name))?;
+            if args.json {
+                return print_json(&f);
+            }
+            let rows = f
+                .versions
+                .iter()
+                .map(|v| {
+                    let config: Vec<String> = v.config.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    vec![
+                        v.version.to_string(),
+                        if v.version == f.active { "*".into() } else { String::new() },
+                        v.kind.clone(),
+                        short(&v.module),
+                        format!("{}MiB", v.memory >> 20),
+                        format!("{}ms", v.timeout_ms),
+                        config.join(","),
+                    ]
+                })
+                .collect();
+            table(&["VERSION", "ACTIVE", "KIND", "MODULE", "MEMORY", "TIMEOUT", "CONFIG"], rows);
+        }
+        FunctionsCommand::Rollback { name, version, client: args } => {
+            let f = rt.block_on(client(&args)?.rollback(&name, version))?;
+            if args.json {
+                return print_json(&f);
+            }
+            println!("{} now serves version {} (module {})", f.name, f.active, short(&f.module));
+        }
+        FunctionsCommand::Rm { name, client: args } => {
+            let f = rt.block_on(client(&args)?.delete(&name))?;
+            if args.json {
+                return print_json(&f);
+            }
+            println!("removed {} ({} versions)", f.name, f.versions);
+        }
+    }
+    Ok(())
+}
+
+pub fn nodes(command: NodesCommand) -> Result<()> {
+    let NodesCommand::Ls { client: args } = command;
+    let list = tokio_runtime()?.block_on(client(&args)?.nodes())?;
+    if args.json {
+        return print_json(&list);
+    }
+    let rows = list
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.id.clone(),
+                n.state.name().into(),
+                n.address.clone(),
+                n.last_seen_ms.map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
+                n.inflight.to_string(),
+                n.invocations.to_string(),
+                n.warm.len().to_string(),
+            ]
+        })
+        .collect();
+    table(&["ID", "STATE", "ADDRESS", "LAST SEEN", "INFLIGHT", "CALLS", "WARM"], rows);
+    Ok(())
+}
+
+pub fn cluster(command: ClusterCommand) -> Result<()> {
+    let ClusterCommand::Status { client: args } = command;
+    let rt = tokio_runtime()?;
+    let c = client(&args)?;
+    let mut status = rt.block_on(c.cluster())?;
+    // Lag is the leader's view: ask it when a follower answered.
+    if status.role != "leader"
+        && let Some(url) = &status.leader_url
+        && let Ok(leader) = Client::new(&[url], Duration::from_secs(5))
+        && let Ok(s) = rt.block_on(leader.cluster())
+    {
+        status = s;
+    }
+    if args.json {
+        return print_json(&status);
+    }
+    println!("replica {} ({}) answered", status.id, status.role);
+    match status.leader {
+        Some(l) => println!("leader:      replica {l} at {}", status.leader_url.as_deref().unwrap_or("?")),
+        None => println!("leader:      none (no quorum)"),
+    }
+    println!("term:        {}", status.term);
+    println!("commit:      {}", status.commit);
+    println!("applied:     {}", status.applied);
+    println!("first index: {}", status.first_index);
+    println!();
+    let rows = status
+        .members
+        .iter()
+        .map(|m| {
+            let role = if Some(m.id) == status.leader { "leader" } else { "follower" };
+            vec![
+                m.id.to_string(),
+                role.into(),
+                m.url.clone(),
+                m.matched.map_or("-".into(), |x| x.to_string()),
+                m.lag.map_or("-".into(), |x| x.to_string()),
+            ]
+        })
+        .collect();
+    table(&["ID", "ROLE", "URL", "MATCHED", "LAG"], rows);
+    Ok(())
+}
+
+/// Reads `--data`: `{"rows": [...]}`, a list of rows, or one row.
+fn invoke_request(data: &str) -> Result<InvokeRequest> {
+    let value: serde_json::Value = serde_json::from_str(data).context("--data is not valid JSON")?;
+    let rows = match value {
+        serde_json::Value::Object(mut o) if o.contains_key("rows") => {
+            let rows = o.remove("rows").unwrap_or_default();
+            serde_json::from_value(rows).context("`rows` must be a list of objects")?
+        }
+        serde_json::Value::Object(o) => vec![o],
+        serde_json::Value::Array(_) => serde_json::from_value(value).context("--data rows must be objects")?,
+        _ => bail!("--data must be {{\"rows\": [...]}}, a list of rows or one row"),
+    };
+    Ok(InvokeRequest { rows })
+}
+
+pub fn invoke(args: InvokeArgs) -> Result<()> {
+    let request = invoke_request(&args.data)?;
+    let c = client(&args.client)?;
+    let rt = tokio_runtime()?;
+    let node = match args.node {
+        Some(n) => n,
+        None => {
+            let nodes = rt.block_on(c.nodes()).context("finding a node")?;
+            match nodes.nodes.into_iter().find(|n| n.state == NodeState::Alive) {
+                Some(n) => n.address,
+                None => bail!("no node is alive; start one with `wasmgrid node` (or use `wasmgrid dev`)"),
+            }
+        }
+    };
+    let response = rt.block_on(c.invoke(&node, &args.name, &request))?;
+    if args.client.json {
+        return print_json(&response);
+    }
+    for row in &response.rows {
+        println!("{}", serde_json::to_string(row)?);
+    }
+    Ok(())
+}

@@ -1,0 +1,337 @@
+//! A control-plane client that fails over between replicas.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::types::*;
+
+/// What a call to the control plane (or a node) can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The server answered with an error.
+    #[error("{message} ({status}, {code})")]
+    Http {
+        /// The HTTP status.
+        status: u16,
+        /// The error code from the body.
+        code: String,
+        /// The message from the body.
+        message: String,
+    },
+    /// No replica could be reached.
+    #[error("cannot reach the control plane at {urls}: {last}")]
+    Unreachable {
+        /// The URLs tried.
+        urls: String,
+        /// The last failure.
+        last: String,
+    },
+    /// A URL is not usable.
+    #[error("bad URL `{url}`: {reason}")]
+    BadUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The answer was not what the API promises.
+    #[error("unexpected answer from {url}: {reason}")]
+    Decode {
+        /// Who answered.
+        url: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+impl ApiError {
+    /// The HTTP status, when the server answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ApiError::Http { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Accepts `host:port`, `http://host:port` or `http://host:port/`; returns
+/// `http://host:port` with no trailing slash.
+pub fn normalize_url(url: &str) -> Result<String, ApiError> {
+    let url = url.trim();
+    if url.is_empty() {
+        return Err(ApiError::BadUrl { url: url.into(), reason: "empty".into() });
+    }
+    let full = if url.contains("://") { url.to_string() } else { format!("http://{url}") };
+    if !full.starts_with("http://") {
+        return Err(ApiError::BadUrl { url: url.into(), reason: "only http:// is supported".into() });
+    }
+    let parsed = reqwest::Url::parse(&full).map_err(|e| ApiError::BadUrl { url: url.into(), reason: e.to_string() })?;
+    if parsed.host().is_none() {
+        return Err(ApiError::BadUrl { url: url.into(), reason: "no host".into() });
+    }
+    Ok(full.trim_end_matches('/').to_string())
+}
+
+/// Talks to a control plane through any of its replicas.
+#[derive(Debug)]
+pub struct Client {
+    urls: Vec<String>,
+    current: AtomicUsize,
+    http: reqwest::Client,
+}
+
+/// What a request carries.
+enum Body {
+    None,
+    Json(Vec<u8>),
+    Wasm(Vec<u8>),
+}
+
+impl Client {
+    /// A client for the replicas at `urls` (tried in order, starting with
+    /// the last one that answered). Requests time out after `timeout`.
+    pub fn new(urls: &[impl AsRef<str>], timeout: Duration) -> Result<Self, ApiError> {
+        let urls = urls.iter().map(|u| normalize_url(u.as_ref())).collect::<Result<Vec<_>, _>>()?;
+        if urls.is_empty() {
+            return Err(ApiError::BadUrl { url: String::new(), reason: "no control-plane URL given".into() });
+        }
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(1))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| ApiError::BadUrl { url: urls.join(","), reason: e.to_string() })?;
+        Ok(Client { urls, current: AtomicUsize::new(0), http })
+    }
+
+    /// The replica URLs.
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    /// The URL the last successful request went to.
+    pub fn current_url(&self) -> &str {
+        &self.urls[self.current.load(Ordering::Relaxed) % self.urls.len()]
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Body) -> Result<(String, reqwest::Response), ApiError> {
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..self.urls.len() {
+            let index = (start + i) % self.urls.len();
+            let url = &self.urls[index];
+            let mut request = self.http.request(method.clone(), format!("{url}{path}"));
+            request = match &body {
+                Body::None => request,
+                Body::Json(bytes) => request.header("content-type", "application/json").body(bytes.clone()),
+                Body::Wasm(bytes) => request.header("content-type", "application/wasm").body(bytes.clone()),
+            };
+            match request.send().await {
+                Ok(response) => {
+                    self.current.store(index, Ordering::Relaxed);
+                    return Ok((url.clone(), response));
+                }
+                Err(e) => {
+                    // Only a failed connection is safe to try elsewhere:
+                    // a request that was sent may have been acted on.
+                    let connect = e.is_connect();
+                    let e = ApiError::Unreachable { urls: url.clone(), last: describe(&e) };
+                    if !connect {
+                        return Err(e);
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        let last = match last {
+            Some(ApiError::Unreachable { last, .. }) => last,
+            _ => "no replica answered".into(),
+        };
+        Err(ApiError::Unreachable { urls: self.urls.join(", "), last })
+    }
+
+    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Body) -> Result<T, ApiError> {
+        let (url, response) = self.send(method, path, body).await?;
+        decode(&url, response).await
+    }
+
+    fn json(value: &impl Serialize) -> Body {
+        Body::Json(serde_json::to_vec(value).unwrap_or_default())
+    }
+
+    /// Uploads a module; it is stored once under its sha256.
+    pub async fn upload_module(&self, bytes: Vec<u8>) -> Result<ModuleInfo, ApiError> {
+        self.call(Method::POST, "/v1/modules", Body::Wasm(bytes)).await
+    }
+
+    /// Downloads a module by sha256 (the caller verifies the hash).
+    pub async fn module(&self, sha256: &str) -> Result<Vec<u8>, ApiError> {
+        let (url, response) = self.send(Method::GET, &format!("/v1/modules/{}", segment(sha256)), Body::None).await?;
+        if !response.status().is_success() {
+            return Err(error_from(&url, response).await);
+        }
+        let bytes = response.bytes().await.map_err(|e| ApiError::Decode { url, reason: describe(&e) })?;
+        Ok(bytes.to_vec())
+    }
+
+    /// Adds a version to a function (creating it) and makes it active.
+    pub async fn deploy(&self, name: &str, request: &DeployRequest) -> Result<FunctionSummary, ApiError> {
+        self.call(Method::POST, &format!("/v1/functions/{}/versions", segment(name)), Self::json(request)).await
+    }
+
+    /// Every function.
+    pub async fn functions(&self) -> Result<FunctionList, ApiError> {
+        self.call(Method::GET, "/v1/functions", Body::None).await
+    }
+
+    /// One function with its versions.
+    pub async fn function(&self, name: &str) -> Result<FunctionInfo, ApiError> {
+        self.call(Method::GET, &format!("/v1/functions/{}", segment(name)), Body::None).await
+    }
+
+    /// Makes an earlier version active.
+    pub async fn rollback(&self, name: &str, version: u64) -> Result<FunctionSummary, ApiError> {
+        let body = Self::json(&RollbackRequest { version });
+        self.call(Method::POST, &format!("/v1/functions/{}/rollback", segment(name)), body).await
+    }
+
+    /// Removes a function and its versions.
+    pub async fn delete(&self, name: &str) -> Result<FunctionSummary, ApiError> {
+        self.call(Method::DELETE, &format!("/v1/functions/{}", segment(name)), Body::None).await
+    }
+
+    /// Every registered node.
+    pub async fn nodes(&self) -> Result<NodeList, ApiError> {
+        self.call(Method::GET, "/v1/nodes", Body::None).await
+    }
+
+    /// The answering replica's view of the cluster.
+    pub async fn cluster(&self) -> Result<ClusterStatus, ApiError> {
+        self.call(Method::GET, "/v1/cluster", Body::None).await
+    }
+
+    /// The route table, once its revision is past `since` or `wait` passed.
+    pub async fn routes(&self, since: u64, wait: Duration) -> Result<RouteTable, ApiError> {
+        let path = format!("/v1/routes?since={since}&wait_ms={}", wait.as_millis());
+        self.call(Method::GET, &path, Body::None).await
+    }
+
+    /// Reports a node alive.
+    pub async fn heartbeat(&self, id: &str, heartbeat: &Heartbeat) -> Result<HeartbeatReply, ApiError> {
+        self.call(Method::POST, &format!("/v1/nodes/{}/heartbeat", segment(id)), Self::json(heartbeat)).await
+    }
+}
+
+/// Calls a node's gateway: scores `rows` with the function.
+pub async fn invoke(
+    http: &reqwest::Client,
+    node_url: &str,
+    tenant: &str,
+    name: &str,
+    request: &InvokeRequest,
+) -> Result<InvokeResponse, ApiError> {
+    let url = format!("{}/v1/fn/{}/{}", normalize_url(node_url)?, segment(tenant), segment(name));
+    let response = http
+        .post(&url)
+        .json(request)
+        .send()
+        .await
+        .map_err(|e| ApiError::Unreachable { urls: url.clone(), last: describe(&e) })?;
+    decode(&url, response).await
+}
+
+impl Client {
+    /// Scores `rows` with a function on the node at `node_url`.
+    pub async fn invoke(
+        &self,
+        node_url: &str,
+        name: &str,
+        request: &InvokeRequest,
+    ) -> Result<InvokeResponse, ApiError> {
+        invoke(&self.http, node_url, "default", name, request).await
+    }
+}
+
+/// Percent-encodes a path segment, so a name with `/` in it reaches the
+/// server whole (and is refused there with a clear message).
+fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    message
+}
+
+async fn decode<T: DeserializeOwned>(url: &str, response: reqwest::Response) -> Result<T, ApiError> {
+    if !response.status().is_success() {
+        return Err(error_from(url, response).await);
+    }
+    let bytes = response.bytes().await.map_err(|e| ApiError::Decode { url: url.into(), reason: describe(&e) })?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode { url: url.into(), reason: e.to_string() })
+}
+
+async fn error_from(url: &str, response: reqwest::Response) -> ApiError {
+    let status = response.status();
+    let bytes = response.bytes().await.unwrap_or_default();
+    match serde_json::from_slice::<ErrorBody>(&bytes) {
+        Ok(body) => ApiError::Http { status: status.as_u16(), code: body.error.code, message: body.error.message },
+        Err(_) => ApiError::Http {
+            status: status.as_u16(),
+            code: code_for(status).into(),
+            message: format!("{url} answered {status}: {}", String::from_utf8_lossy(&bytes).trim()),
+        },
+    }
+}
+
+fn code_for(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "bad_request",
+        404 => "not_found",
+        409 => "conflict",
+        413 => "too_large",
+        503 => "no_quorum",
+        _ => "internal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_normalized() {
+        assert_eq!(normalize_url("127.0.0.1:7400").expect("valid"), "http://127.0.0.1:7400");
+        assert_eq!(normalize_url("http://localhost:1/").expect("valid"), "http://localhost:1");
+        assert!(normalize_url("https://x:1").is_err());
+        assert!(normalize_url("").is_err());
+        assert!(normalize_url("http://").is_err());
+    }
+
+    #[test]
+    fn segments_are_escaped() {
+        assert_eq!(segment("wordcount-1.2_x"), "wordcount-1.2_x");
+        assert_eq!(segment("a/b"), "a%2Fb");
+        assert_eq!(segment(".."), "..");
+        assert_eq!(segment("a b"), "a%20b");
+    }
+}

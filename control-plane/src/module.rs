@@ -1,0 +1,76 @@
+//! What the control plane checks about an uploaded module before storing it.
+//!
+//! A module is validated in full (wasmparser, the validator wasmtime itself
+//! uses) and its top-level exports tell which world it implements. Nothing
+//! is compiled here: compilation happens on nodes, bounded in time and
+//! memory, since a module that validates can still be costly to compile.
+
+use wasmparser::{Parser, Payload, Validator, WasmFeatures};
+
+/// Why a module was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidModule(pub String);
+
+/// Checks that `bytes` are a valid component and returns its world:
+/// `scorer` (exports `score`), `mapper` (`run`) or `reducer` (`reduce`).
+pub fn inspect(bytes: &[u8]) -> Result<&'static str, InvalidModule> {
+    if bytes.is_empty() {
+        return Err(InvalidModule("the module is empty".into()));
+    }
+    if Parser::is_core_wasm(bytes) {
+        return Err(InvalidModule(
+            "this is a core WebAssembly module, not a component; build for wasm32-wasip2 \
+             (or wrap it with `wasm-tools component new`)"
+                .into(),
+        ));
+    }
+    if !Parser::is_component(bytes) {
+        return Err(InvalidModule("not a WebAssembly component (no `\\0asm` component header)".into()));
+    }
+    Validator::new_with_features(WasmFeatures::all())
+        .validate_all(bytes)
+        .map_err(|e| InvalidModule(format!("the component does not validate: {e}")))?;
+
+    let mut depth = 0usize;
+    let mut exports = Vec::new();
+    for payload in Parser::new(0).parse_all(bytes) {
+        let payload = payload.map_err(|e| InvalidModule(format!("the component does not parse: {e}")))?;
+        match payload {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentExportSection(reader) if depth == 0 => {
+                for export in reader {
+                    let export = export.map_err(|e| InvalidModule(format!("bad export section: {e}")))?;
+                    exports.push(export.name.name.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    for (export, kind) in [("score", "scorer"), ("run", "mapper"), ("reduce", "reducer")] {
+        if exports.iter().any(|e| e == export) {
+            return Ok(kind);
+        }
+    }
+    Err(InvalidModule(format!(
+        "the component is not a wasmgrid function: it must export `score` (scorer), `run` (mapper) or \
+         `reduce` (reducer); it exports [{}]",
+        exports.join(", ")
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_what_is_not_a_component() {
+        assert!(inspect(b"").expect_err("refused").0.contains("empty"));
+        assert!(inspect(b"hello world").expect_err("refused").0.contains("not a WebAssembly component"));
+        let core = b"\0asm\x01\0\0\0";
+        assert!(inspect(core).expect_err("refused").0.contains("core WebAssembly module"));
+        let truncated = b"\0asm\x0d\0\x01\0\x01\x05";
+        assert!(inspect(truncated).expect_err("refused").0.contains("does not validate"));
+    }
+}

@@ -1,0 +1,795 @@
+//! The control plane's HTTP API (`/v1`), on axum, and what starts a replica.
+//!
+//! Every replica serves the whole API. Writes, node heartbeats and the node
+//! list need the leader: a follower forwards those requests to the leader
+//! (once; a forwarded request that lands on a non-leader is refused) and
+//! relays the answer, so clients may talk to any replica. Reads of functions
+//! and nodes go through ReadIndex, so they are linearizable wherever they
+//! are served. The route table that nodes long-poll and module downloads are
+//! served from the replica's own state: both are safe to read stale (a route
+//! table carries its revision; a module is named by its hash).
+//!
+//! Every error is `{"error": {"code", "message"}}` with its status: 400 bad
+//! input, 404 unknown, 409 conflict, 413 too large, 503 no quorum. A write
+//! that cannot reach a quorum fails within the request timeout.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State as Shared};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use tokio::sync::oneshot;
+use wasmgrid_api::*;
+
+use crate::replica::{ProposeError, Replica, ReplicaConfig, Status};
+use crate::state::{
+    Applied, Command, DEFAULT_TENANT, Function, FunctionSpec, MAX_MODULE_BYTES, StateError, Version, sha256_hex,
+};
+use crate::transport::{self, HttpTransport};
+
+/// A node is alive while its last heartbeat is younger than this.
+pub const NODE_LIVENESS: Duration = Duration::from_secs(3);
+/// Default memory limit of a function version.
+pub const DEFAULT_MEMORY: u64 = 64 << 20;
+/// Default time limit of one call.
+pub const DEFAULT_TIMEOUT_MS: u64 = 1000;
+const MAX_MEMORY: u64 = 4 << 30;
+const MAX_TIMEOUT_MS: u64 = 15 * 60 * 1000;
+const MAX_CONFIG_BYTES: usize = 64 << 10;
+/// Longest a route-table long-poll waits.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// How a replica runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This replica's id.
+    pub id: u64,
+    /// The address to serve on.
+    pub listen: SocketAddr,
+    /// Every replica's base URL by id, this one included.
+    pub peers: BTreeMap<u64, String>,
+    /// Where its sled database lives.
+    pub data_dir: PathBuf,
+    /// Compact the log after this many applied entries.
+    pub snapshot_every: u64,
+    /// The Raft tick.
+    pub tick: Duration,
+    /// Longest a write or linearizable read waits for a quorum.
+    pub request_timeout: Duration,
+}
+
+impl Config {
+    /// A replica with the default timing: 50 ms ticks, 3 s request timeout,
+    /// a snapshot every 1000 entries.
+    pub fn new(id: u64, listen: SocketAddr, peers: BTreeMap<u64, String>, data_dir: PathBuf) -> Self {
+        Config {
+            id,
+            listen,
+            peers,
+            data_dir,
+            snapshot_every: 1000,
+            tick: Duration::from_millis(50),
+            request_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Why a replica did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listen address is taken or not ours.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The configuration is inconsistent.
+    #[error("{0}")]
+    Config(String),
+    /// The storage could not be opened.
+    #[error("cannot open the replica's storage in {dir}: {reason}")]
+    Storage {
+        /// The data directory.
+        dir: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A running replica and its HTTP server.
+#[derive(Debug)]
+pub struct Running {
+    /// The address it serves on.
+    pub addr: SocketAddr,
+    /// The replica.
+    pub replica: Replica,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Its base URL, from the address it is bound to.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops serving (in-flight requests finish) and waits for the server.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.server).await;
+        let _ = self.replica.state().flush();
+    }
+}
+
+/// Binds the listen address, opens storage, starts the replica and serves.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    if !config.peers.contains_key(&config.id) {
+        return Err(StartError::Config(format!("--peers does not name this replica's id {}", config.id)));
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| StartError::Storage { dir: config.data_dir.clone(), reason: e.to_string() })?;
+
+    let transport = HttpTransport::start(config.id, &config.peers).map_err(|e| StartError::Config(e.to_string()))?;
+    let mut rc = ReplicaConfig::new(config.id, config.peers.keys().copied().collect(), config.data_dir.clone());
+    rc.snapshot_every = config.snapshot_every;
+    rc.tick = config.tick;
+    rc.request_timeout = config.request_timeout;
+    let replica = Replica::start(rc, transport)
+        .map_err(|e| StartError::Storage { dir: config.data_dir.clone(), reason: e.to_string() })?;
+
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(config.request_timeout + Duration::from_secs(2))
+        .build()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let app = App(Arc::new(Inner {
+        replica: replica.clone(),
+        peers: config.peers.clone(),
+        http,
+        request_timeout: config.request_timeout,
+        nodes: Mutex::new(HashMap::new()),
+        kinds: Mutex::new(HashMap::new()),
+        leader_since: Mutex::new(None),
+    }));
+    tokio::spawn(watch_leadership(app.clone()));
+
+    let (tx, rx) = oneshot::channel::<()>();
+    let router = router(app);
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = rx.await;
+            })
+            .await
+    });
+    tracing::info!(id = config.id, %addr, "control-plane replica serving");
+    Ok(Running { addr, replica, shutdown: Some(tx), server })
+}
+
+#[derive(Clone)]
+struct App(Arc<Inner>);
+
+struct Inner {
+    replica: Replica,
+    peers: BTreeMap<u64, String>,
+    http: reqwest::Client,
+    request_timeout: Duration,
+    /// The leader's record of heartbeats, by node id: never replicated.
+    nodes: Mutex<HashMap<String, (Instant, Heartbeat)>>,
+    /// The world of each module seen, by sha256.
+    kinds: Mutex<HashMap<String, &'static str>>,
+    /// When this replica last became leader.
+    leader_since: Mutex<Option<Instant>>,
+}
+
+fn router(app: App) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/modules", post(upload_module).layer(DefaultBodyLimit::max(MAX_MODULE_BYTES)))
+        .route("/v1/modules/{sha256}", get(download_module))
+        .route("/v1/functions", get(list_functions))
+        .route("/v1/functions/{name}", get(show_function).delete(delete_function))
+        .route("/v1/functions/{name}/versions", post(deploy))
+        .route("/v1/functions/{name}/rollback", post(rollback))
+        .route("/v1/nodes", get(list_nodes))
+        .route("/v1/nodes/{id}/heartbeat", post(heartbeat))
+        .route("/v1/routes", get(routes))
+        .route("/v1/raft", post(raft).layer(DefaultBodyLimit::max(transport::MAX_BODY)))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(middleware::from_fn_with_state(app.clone(), to_leader))
+        .with_state(app)
+}
+
+/// An error answer.
+#[derive(Debug)]
+struct Failure {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+type Answer<T> = Result<T, Failure>;
+
+impl Failure {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Failure { status, code, message: message.into() }
+    }
+    fn bad(message: impl Into<String>) -> Self {
+        Failure::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    fn not_found(message: impl Into<String>) -> Self {
+        Failure::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    fn no_quorum(message: impl Into<String>) -> Self {
+        Failure::new(StatusCode::SERVICE_UNAVAILABLE, "no_quorum", message)
+    }
+    fn internal(message: impl Into<String>) -> Self {
+        Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: ErrorDetail { code: self.code.into(), message: self.message } };
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<StateError> for Failure {
+    fn from(e: StateError) -> Self {
+        let message = e.to_string();
+        match e {
+            StateError::InvalidName { .. } | StateError::ChecksumMismatch { .. } => Failure::bad(message),
+            StateError::ModuleTooLarge { .. } => Failure::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message),
+            StateError::ModuleNotFound { .. }
+            | StateError::FunctionNotFound { .. }
+            | StateError::VersionNotFound { .. } => Failure::not_found(message),
+            StateError::Storage(_) => Failure::internal(message),
+        }
+    }
+}
+
+impl From<ProposeError> for Failure {
+    fn from(e: ProposeError) -> Self {
+        match e {
+            ProposeError::State(e) => e.into(),
+            ProposeError::NoLeader => Failure::no_quorum(
+                "no quorum: the control plane has no leader (a majority of replicas must be up and connected)",
+            ),
+            ProposeError::Timeout(t) => Failure::no_quorum(format!(
+                "no quorum: the request was not committed within {t:?} (a majority of replicas must be up)"
+            )),
+            ProposeError::Stopped(reason) => Failure::internal(format!("the replica stopped: {reason}")),
+        }
+    }
+}
+
+fn rejected(status: StatusCode, text: String) -> Failure {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        Failure::new(status, "too_large", format!("the body is over the limit of {MAX_MODULE_BYTES} bytes"))
+    } else {
+        Failure::bad(text)
+    }
+}
+
+fn json_body<T>(body: Result<axum::Json<T>, JsonRejection>) -> Answer<T> {
+    body.map(|b| b.0).map_err(|r| rejected(r.status(), format!("malformed JSON body: {}", r.body_text())))
+}
+
+fn path_name(path: Result<Path<String>, PathRejection>) -> Answer<String> {
+    let Path(name) = path.map_err(|r| Failure::bad(r.body_text()))?;
+    check_name(&name).map_err(|reason| Failure::bad(format!("invalid name `{name}`: {reason}")))?;
+    Ok(name)
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
+    (status, axum::Json(value)).into_response()
+}
+
+impl App {
+    fn status(&self) -> Status {
+        self.0.replica.status()
+    }
+
+    /// The leader's id and URL, or `None` when this replica leads. Waits a
+    /// little for an election under way.
+    async fn leader(&self) -> Answer<Option<(u64, String)>> {
+        let wait = self.0.request_timeout.min(Duration::from_secs(2));
+        if !self.0.replica.wait_for(wait, |s| s.leader != 0).await {
+            return Err(ProposeError::NoLeader.into());
+        }
+        let status = self.status();
+        if status.is_leader {
+            return Ok(None);
+        }
+        match self.0.peers.get(&status.leader) {
+            Some(url) => Ok(Some((status.leader, url.clone()))),
+            None => Err(Failure::internal(format!("the leader {} is not in --peers", status.leader))),
+        }
+    }
+
+    /// A function from this replica's state; 404 if it has none.
+    fn function(&self, name: String) -> Answer<Function> {
+        let f = self.0.replica.state().function(DEFAULT_TENANT, &name)?;
+        Ok(f.ok_or(StateError::FunctionNotFound { tenant: DEFAULT_TENANT.into(), name })?)
+    }
+
+    async fn propose(&self, command: Command) -> Answer<Applied> {
+        Ok(self.0.replica.propose(command).await?)
+    }
+
+    async fn barrier(&self) -> Answer<()> {
+        Ok(self.0.replica.read_barrier().await?)
+    }
+
+    /// The world of a stored module: from memory, else by reading it (after
+    /// a read barrier if this replica has not applied its upload yet).
+    async fn kind_of(&self, sha256: &str) -> Answer<&'static str> {
+        if let Some(kind) = self.0.kinds.lock().map_err(poisoned)?.get(sha256) {
+            return Ok(kind);
+        }
+        let state = self.0.replica.state();
+        let bytes = match state.module(sha256)? {
+            Some(b) => b,
+            None => {
+                self.barrier().await?;
+                state.module(sha256)?.ok_or_else(|| StateError::ModuleNotFound { sha256: sha256.into() })?
+            }
+        };
+        let kind = crate::module::inspect(&bytes).map_err(|e| Failure::internal(format!("stored module: {e}")))?;
+        self.0.kinds.lock().map_err(poisoned)?.insert(sha256.to_string(), kind);
+        Ok(kind)
+    }
+}
+
+fn poisoned<T>(_: T) -> Failure {
+    Failure::internal("a lock was poisoned")
+}
+
+/// Sends requests that need the leader to it, when this replica is not it.
+/// A leader that cannot be reached (it just died) is waited out: the
+/// request goes to whichever replica is elected next, within the request
+/// timeout.
+async fn to_leader(Shared(app): Shared<App>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let needs_leader = (request.method() != Method::GET && path != "/v1/raft") || path == "/v1/nodes";
+    if !needs_leader {
+        return next.run(request).await;
+    }
+    let deadline = Instant::now() + app.0.request_timeout;
+    let (id, url) = match app.leader().await {
+        Ok(None) => return next.run(request).await,
+        Ok(Some(leader)) => leader,
+        Err(e) => return e.into_response(),
+    };
+    if request.headers().contains_key(FORWARDED_HEADER) {
+        return Failure::no_quorum(format!(
+            "no quorum: replica {} is not the leader and the request was already forwarded once",
+            app.0.replica.id()
+        ))
+        .into_response();
+    }
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_MODULE_BYTES + (1 << 20)).await {
+        Ok(b) => b,
+        Err(_) => {
+            let message = format!("the body is over the limit of {MAX_MODULE_BYTES} bytes");
+            return Failure::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message).into_response();
+        }
+    };
+    let mut leader = (id, url);
+    loop {
+        let failure = match forward(&app, leader.0, &leader.1, &parts, body.clone()).await {
+            Ok(response) => return response,
+            Err(Unreached::Maybe(failure)) => return failure.into_response(),
+            Err(Unreached::Never(failure)) => failure,
+        };
+        // The leader is gone and never saw the request: wait for the next
+        // one and try it. (A request that may have reached it is not sent
+        // twice: a deploy must not make two versions.)
+        let gone = leader.0;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || !app.0.replica.wait_for(left, |s| s.leader != 0 && s.leader != gone).await {
+            return failure.into_response();
+        }
+        match app.leader().await {
+            Ok(None) => return next.run(Request::from_parts(parts, Body::from(body))).await,
+            Ok(Some(l)) => leader = l,
+            Err(e) => return e.into_response(),
+        }
+    }
+}
+
+/// Why a forwarded request got no answer.
+enum Unreached {
+    /// The connection failed: the leader never saw the request.
+    Never(Failure),
+    /// It failed later: the leader may have acted on it.
+    Maybe(Failure),
+}
+
+/// Relays a request to the leader. Fails only when the leader cannot be
+/// reached; any answer it gives, errors included, is relayed.
+async fn forward(
+    app: &App,
+    leader: u64,
+    url: &str,
+    parts: &axum::http::request::Parts,
+    body: Bytes,
+) -> Result<Response, Unreached> {
+    let path = parts.uri.path_and_query().map_or(parts.uri.path(), |p| p.as_str());
+    let mut outgoing = app
+        .0
+        .http
+        .request(parts.method.clone(), format!("{url}{path}"))
+        .header(FORWARDED_HEADER, app.0.replica.id().to_string())
+        .body(body);
+    if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
+        outgoing = outgoing.header(header::CONTENT_TYPE, ct);
+    }
+    let answer = outgoing.send().await.map_err(|e| {
+        let failure =
+            Failure::no_quorum(format!("no quorum: the leader (replica {leader} at {url}) cannot be reached: {e}"));
+        if e.is_connect() { Unreached::Never(failure) } else { Unreached::Maybe(failure) }
+    })?;
+    let status = answer.status();
+    let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+    let bytes = answer.bytes().await.map_err(|e| {
+        Unreached::Maybe(Failure::no_quorum(format!("no quorum: the leader (replica {leader}) stopped answering: {e}")))
+    })?;
+    let mut response = Response::new(Body::from(bytes));
+    *response.status_mut() = status;
+    if let Some(ct) = content_type {
+        response.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    Ok(response)
+}
+
+/// Records when this replica becomes leader (node liveness starts over).
+async fn watch_leadership(app: App) {
+    let mut rx = app.0.replica.subscribe();
+    let mut leading = false;
+    loop {
+        let now_leading = rx.borrow_and_update().is_leader;
+        if now_leading != leading {
+            leading = now_leading;
+            if let Ok(mut since) = app.0.leader_since.lock() {
+                *since = leading.then(Instant::now);
+            }
+            if let Ok(mut nodes) = app.0.nodes.lock() {
+                nodes.clear();
+            }
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn health(Shared(app): Shared<App>) -> Response {
+    json(StatusCode::OK, &serde_json::json!({ "status": "ok", "id": app.0.replica.id() }))
+}
+
+async fn no_route(method: Method, uri: axum::http::Uri) -> Failure {
+    Failure::not_found(format!("no such endpoint: {method} {}", uri.path()))
+}
+
+async fn wrong_method(method: Method, uri: axum::http::Uri) -> Failure {
+    Failure::new(StatusCode::METHOD_NOT_ALLOWED, "bad_request", format!("{method} is not allowed on {}", uri.path()))
+}
+
+async fn cluster(Shared(app): Shared<App>) -> Response {
+    let status = app.status();
+    let progress: HashMap<u64, u64> = status.progress.iter().copied().collect();
+    let members = app
+        .0
+        .peers
+        .iter()
+        .map(|(&id, url)| {
+            let matched = progress.get(&id).copied();
+            Member { id, url: url.clone(), matched, lag: matched.map(|m| status.commit.saturating_sub(m)) }
+        })
+        .collect();
+    let leader = (status.leader != 0).then_some(status.leader);
+    let body = ClusterStatus {
+        id: status.id,
+        role: if status.is_leader { "leader" } else { "follower" }.into(),
+        leader,
+        leader_url: leader.and_then(|l| app.0.peers.get(&l).cloned()),
+        term: status.term,
+        commit: status.commit,
+        applied: status.applied,
+        first_index: status.first_index,
+        snapshots_installed: status.snapshots_installed,
+        members,
+    };
+    json(StatusCode::OK, &body)
+}
+
+async fn upload_module(Shared(app): Shared<App>, body: Result<Bytes, BytesRejection>) -> Answer<Response> {
+    let bytes = body.map_err(|r| rejected(r.status(), r.body_text()))?;
+    if bytes.len() > MAX_MODULE_BYTES {
+        return Err(StateError::ModuleTooLarge { size: bytes.len(), limit: MAX_MODULE_BYTES }.into());
+    }
+    let kind = crate::module::inspect(&bytes).map_err(|e| Failure::bad(e.0))?;
+    let sha256 = sha256_hex(&bytes);
+    let size = bytes.len() as u64;
+    let applied = app.propose(Command::PutModule { sha256: sha256.clone(), bytes: bytes.to_vec() }).await?;
+    app.0.kinds.lock().map_err(poisoned)?.insert(sha256.clone(), kind);
+    let existed = matches!(applied, Applied::ModuleStored { existed: true, .. });
+    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    Ok(json(status, &ModuleInfo { sha256, size, kind: kind.into(), existed }))
+}
+
+async fn download_module(Shared(app): Shared<App>, sha256: Result<Path<String>, PathRejection>) -> Answer<Response> {
+    let Path(sha256) = sha256.map_err(|r| Failure::bad(r.body_text()))?;
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        return Err(Failure::bad(format!("`{sha256}` is not a sha256 (64 lowercase hex digits)")));
+    }
+    let state = app.0.replica.state();
+    let bytes = match state.module(&sha256)? {
+        Some(b) => b,
+        None => {
+            app.barrier().await?;
+            state.module(&sha256)?.ok_or_else(|| StateError::ModuleNotFound { sha256: sha256.clone() })?
+        }
+    };
+    let mut response = Response::new(Body::from(bytes));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/wasm"));
+    Ok(response)
+}
+
+fn version_info(v: &Version) -> VersionInfo {
+    VersionInfo {
+        version: v.version,
+        module: v.module.clone(),
+        kind: v.spec.kind.clone(),
+        memory: v.spec.memory,
+        timeout_ms: v.spec.timeout_ms,
+        config: v.spec.config.clone(),
+        created_at: v.created_at,
+    }
+}
+
+fn summary(f: &Function) -> FunctionSummary {
+    let active = f.active_version();
+    FunctionSummary {
+        tenant: f.tenant.clone(),
+        name: f.name.clone(),
+        active: f.active,
+        versions: f.versions.len() as u64,
+        kind: active.map(|v| v.spec.kind.clone()).unwrap_or_default(),
+        module: active.map(|v| v.module.clone()).unwrap_or_default(),
+    }
+}
+
+fn check_spec(request: &DeployRequest) -> Answer<()> {
+    let module = &request.module;
+    if module.len() != 64 || !module.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        return Err(Failure::bad(format!("`module` must be a sha256 (64 lowercase hex digits), not `{module}`")));
+    }
+    if let Some(memory) = request.memory
+        && !(1 << 20..=MAX_MEMORY).contains(&memory)
+    {
+        return Err(Failure::bad(format!("`memory` must be between 1 MiB and 4 GiB, not {memory} bytes")));
+    }
+    if let Some(timeout) = request.timeout_ms
+        && !(1..=MAX_TIMEOUT_MS).contains(&timeout)
+    {
+        return Err(Failure::bad(format!("`timeout_ms` must be between 1 and {MAX_TIMEOUT_MS}, not {timeout}")));
+    }
+    let size: usize = request.config.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > MAX_CONFIG_BYTES {
+        return Err(Failure::bad(format!("config is {size} bytes, over the limit of {MAX_CONFIG_BYTES}")));
+    }
+    if let Some(key) = request.config.keys().find(|k| k.is_empty() || k.len() > 256) {
+        return Err(Failure::bad(format!("config key `{key}` must be 1 to 256 bytes")));
+    }
+    Ok(())
+}
+
+async fn deploy(
+    Shared(app): Shared<App>,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<axum::Json<DeployRequest>, JsonRejection>,
+) -> Answer<Response> {
+    let name = path_name(name)?;
+    let request = json_body(body)?;
+    check_spec(&request)?;
+    let kind = app.kind_of(&request.module).await?;
+    let state = app.0.replica.state();
+    if let Some(current) = state.function(DEFAULT_TENANT, &name)?.as_ref().and_then(|f| f.active_version().cloned())
+        && current.spec.kind != kind
+    {
+        return Err(Failure::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "function `{name}` is a {}, and this module is a {kind}; remove the function first to change its kind",
+                current.spec.kind
+            ),
+        ));
+    }
+    let spec = FunctionSpec {
+        kind: kind.into(),
+        memory: request.memory.unwrap_or(DEFAULT_MEMORY),
+        timeout_ms: request.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+        config: request.config,
+    };
+    let command =
+        Command::Deploy { tenant: DEFAULT_TENANT.into(), name: name.clone(), module: request.module.clone(), spec };
+    let Applied::Deployed { version } = app.propose(command).await? else {
+        return Err(Failure::internal("the deploy applied as something else"));
+    };
+    let versions = state.function(DEFAULT_TENANT, &name)?.map_or(version, |f| f.versions.len() as u64);
+    let summary = FunctionSummary {
+        tenant: DEFAULT_TENANT.into(),
+        name,
+        active: version,
+        versions,
+        kind: kind.into(),
+        module: request.module,
+    };
+    Ok(json(StatusCode::CREATED, &summary))
+}
+
+async fn list_functions(Shared(app): Shared<App>) -> Answer<Response> {
+    app.barrier().await?;
+    let functions = app.0.replica.state().functions(DEFAULT_TENANT)?;
+    Ok(json(StatusCode::OK, &FunctionList { functions: functions.iter().map(summary).collect() }))
+}
+
+async fn show_function(Shared(app): Shared<App>, name: Result<Path<String>, PathRejection>) -> Answer<Response> {
+    let name = path_name(name)?;
+    app.barrier().await?;
+    let f = app.function(name)?;
+    let info = FunctionInfo {
+        tenant: f.tenant.clone(),
+        name: f.name.clone(),
+        active: f.active,
+        versions: f.versions.iter().map(version_info).collect(),
+    };
+    Ok(json(StatusCode::OK, &info))
+}
+
+async fn rollback(
+    Shared(app): Shared<App>,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<axum::Json<RollbackRequest>, JsonRejection>,
+) -> Answer<Response> {
+    let name = path_name(name)?;
+    let request = json_body(body)?;
+    app.propose(Command::Rollback { tenant: DEFAULT_TENANT.into(), name: name.clone(), version: request.version })
+        .await?;
+    Ok(json(StatusCode::OK, &summary(&app.function(name)?)))
+}
+
+async fn delete_function(Shared(app): Shared<App>, name: Result<Path<String>, PathRejection>) -> Answer<Response> {
+    let name = path_name(name)?;
+    let before = app.0.replica.state().function(DEFAULT_TENANT, &name)?;
+    app.propose(Command::Delete { tenant: DEFAULT_TENANT.into(), name: name.clone() }).await?;
+    let gone = before.map(|f| summary(&f)).unwrap_or(FunctionSummary {
+        tenant: DEFAULT_TENANT.into(),
+        name,
+        active: 0,
+        versions: 0,
+        kind: String::new(),
+        module: String::new(),
+    });
+    Ok(json(StatusCode::OK, &gone))
+}
+
+async fn heartbeat(
+    Shared(app): Shared<App>,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<axum::Json<Heartbeat>, JsonRejection>,
+) -> Answer<Response> {
+    let id = path_name(id)?;
+    let mut beat = json_body(body)?;
+    beat.address = normalize_url(&beat.address).map_err(|e| Failure::bad(format!("`address`: {e}")))?;
+    let registered = app.0.replica.state().node(&id)?;
+    if registered.as_ref().is_none_or(|n| n.address != beat.address) {
+        app.propose(Command::RegisterNode { id: id.clone(), address: beat.address.clone() }).await?;
+        tracing::info!(node = %id, address = %beat.address, "node registered");
+    }
+    app.0.nodes.lock().map_err(poisoned)?.insert(id, (Instant::now(), beat));
+    Ok(json(StatusCode::OK, &HeartbeatReply { revision: app.status().applied }))
+}
+
+async fn list_nodes(Shared(app): Shared<App>) -> Answer<Response> {
+    app.barrier().await?;
+    let registry = app.0.replica.state().nodes()?;
+    let live = app.0.nodes.lock().map_err(poisoned)?.clone();
+    let fresh_leader = app.0.leader_since.lock().map_err(poisoned)?.is_none_or(|t| t.elapsed() < NODE_LIVENESS);
+    let nodes = registry
+        .into_iter()
+        .map(|n| {
+            let seen = live.get(&n.id);
+            let state = match seen {
+                Some((at, _)) if at.elapsed() < NODE_LIVENESS => NodeState::Alive,
+                None if fresh_leader => NodeState::Unknown,
+                _ => NodeState::Down,
+            };
+            let beat = seen.map(|(_, b)| b.clone()).unwrap_or_default();
+            NodeInfo {
+                id: n.id,
+                address: n.address,
+                state,
+                last_seen_ms: seen.map(|(at, _)| at.elapsed().as_millis() as u64),
+                inflight: beat.inflight,
+                invocations: beat.invocations,
+                warm: beat.warm,
+                revision: beat.revision,
+            }
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &NodeList { nodes }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoutesQuery {
+    #[serde(default)]
+    since: u64,
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+async fn routes(Shared(app): Shared<App>, query: Result<Query<RoutesQuery>, QueryRejection>) -> Answer<Response> {
+    let Query(query) = query.map_err(|r| Failure::bad(r.body_text()))?;
+    let wait = Duration::from_millis(query.wait_ms).min(MAX_WAIT);
+    if app.status().applied <= query.since && !wait.is_zero() {
+        app.0.replica.wait_for(wait, |s| s.applied > query.since).await;
+    }
+    let revision = app.status().applied;
+    let routes = app
+        .0
+        .replica
+        .state()
+        .functions(DEFAULT_TENANT)?
+        .iter()
+        .filter_map(|f| {
+            let v = f.active_version()?;
+            Some(Route {
+                tenant: f.tenant.clone(),
+                name: f.name.clone(),
+                version: v.version,
+                module: v.module.clone(),
+                kind: v.spec.kind.clone(),
+                memory: v.spec.memory,
+                timeout_ms: v.spec.timeout_ms,
+                config: v.spec.config.clone(),
+            })
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &RouteTable { revision, routes }))
+}
+
+async fn raft(Shared(app): Shared<App>, body: Result<Bytes, BytesRejection>) -> Answer<StatusCode> {
+    let body = body.map_err(|r| rejected(r.status(), r.body_text()))?;
+    let messages = transport::decode(&body).map_err(|e| Failure::bad(format!("bad raft messages: {e}")))?;
+    for m in messages {
+        app.0.replica.step(m);
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,138 @@
+//! Raft messages between replicas, over HTTP/2.
+//!
+//! Each peer gets a sender task with a bounded queue. The task takes every
+//! message queued, encodes the lot as one body (`u32` length, then the
+//! protobuf message, repeated) and posts it to the peer's `/v1/raft` on one
+//! long-lived HTTP/2 connection. Delivery is best effort, as Raft expects:
+//! a full queue or a failed post drops messages, and Raft sends them again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+use tokio::sync::mpsc;
+
+use crate::replica::Transport;
+
+/// Messages a peer's queue holds before new ones are dropped.
+const QUEUE: usize = 4096;
+/// Most bytes one post carries (a larger single message goes alone).
+const BATCH_BYTES: usize = 4 << 20;
+/// Largest body `/v1/raft` accepts: snapshots carry every module.
+pub const MAX_BODY: usize = 2 << 30;
+
+/// Sends Raft messages to peers over HTTP/2.
+#[derive(Debug)]
+pub struct HttpTransport {
+    peers: HashMap<u64, mpsc::Sender<Message>>,
+}
+
+impl HttpTransport {
+    /// Starts a sender task for every peer in `peers` (id to base URL) but
+    /// `self_id`, on the current tokio runtime.
+    pub fn start(self_id: u64, peers: &BTreeMap<u64, String>) -> Result<Arc<Self>, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(30))
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .build()?;
+        let mut senders = HashMap::new();
+        for (&id, url) in peers {
+            if id == self_id {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(QUEUE);
+            tokio::spawn(send_loop(format!("{url}/v1/raft"), http.clone(), rx));
+            senders.insert(id, tx);
+        }
+        Ok(Arc::new(HttpTransport { peers: senders }))
+    }
+}
+
+impl Transport for HttpTransport {
+    fn send(&self, message: Message) {
+        if let Some(queue) = self.peers.get(&message.to) {
+            // A full queue means the peer is not keeping up or is down.
+            let _ = queue.try_send(message);
+        }
+    }
+}
+
+async fn send_loop(url: String, http: reqwest::Client, mut queue: mpsc::Receiver<Message>) {
+    let mut failing = false;
+    while let Some(first) = queue.recv().await {
+        let mut body = Vec::new();
+        encode(&first, &mut body);
+        while body.len() < BATCH_BYTES {
+            match queue.try_recv() {
+                Ok(m) => encode(&m, &mut body),
+                Err(_) => break,
+            }
+        }
+        match http.post(&url).body(body).send().await {
+            Ok(response) if response.status().is_success() => {
+                if failing {
+                    tracing::info!(%url, "raft peer reachable again");
+                    failing = false;
+                }
+            }
+            Ok(response) => {
+                tracing::warn!(%url, status = %response.status(), "raft peer refused messages");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(%url, "raft peer unreachable: {e}");
+                    failing = true;
+                }
+                // Do not spin on a dead peer; Raft resends what matters.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                while queue.try_recv().is_ok() {}
+            }
+        }
+    }
+}
+
+fn encode(message: &Message, out: &mut Vec<u8>) {
+    let bytes = message.write_to_bytes().unwrap_or_default();
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(&bytes);
+}
+
+/// Decodes a body of length-prefixed messages.
+pub fn decode(mut body: &[u8]) -> Result<Vec<Message>, String> {
+    let mut messages = Vec::new();
+    while !body.is_empty() {
+        let (len, rest) = body.split_first_chunk::<4>().ok_or("truncated length prefix")?;
+        let len = u32::from_be_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err(format!("message of {len} bytes truncated to {}", rest.len()));
+        }
+        let (bytes, rest) = rest.split_at(len);
+        messages.push(Message::parse_from_bytes(bytes).map_err(|e| e.to_string())?);
+        body = rest;
+    }
+    Ok(messages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_round_trip_and_garbage_is_refused() {
+        let mut body = Vec::new();
+        for i in 1..=3u64 {
+            let m = Message { to: 2, from: 1, term: i, commit: i * 10, ..Default::default() };
+            encode(&m, &mut body);
+        }
+        let back = decode(&body).expect("decodes");
+        assert_eq!(back.iter().map(|m| (m.term, m.commit)).collect::<Vec<_>>(), vec![(1, 10), (2, 20), (3, 30)]);
+        assert!(decode(&body[..body.len() - 1]).is_err());
+        assert!(decode(&[0, 0]).is_err());
+        assert!(decode(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).is_err());
+    }
+}

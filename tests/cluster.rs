@@ -1,0 +1,418 @@
+//! The control plane end to end: real replica and node processes on
+//! loopback, real sled files, the real CLI.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::grid::{Node, Replicas};
+use common::{fails, ok, text, wasmgrid};
+use wasmgrid_api::{Client, DeployRequest, FunctionInfo, InvokeRequest};
+use wasmgrid_test_artifacts as guests;
+
+/// A logistic-regression model over feature `x` as logreg's config.
+fn model(weight: f64, bias: f64) -> String {
+    format!(r#"{{"features":["x"],"weights":[{weight}],"bias":{bias}}}"#)
+}
+
+fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// `wasmgrid deploy` through the CLI against `urls`.
+fn cli_deploy(urls: &str, name: &str, weight: f64) -> std::process::Output {
+    wasmgrid()
+        .env("WASMGRID_URL", urls)
+        .args(["deploy", name, guests::LOGREG, "--timeout", "2s", "--config"])
+        .arg(format!("model={}", model(weight, 0.0)))
+        .output()
+        .expect("wasmgrid deploy runs")
+}
+
+async fn upload(client: &Client) -> String {
+    let bytes = std::fs::read(guests::LOGREG).expect("logreg.wasm");
+    client.upload_module(bytes).await.expect("upload").sha256
+}
+
+fn deploy_request(module: &str, weight: f64) -> DeployRequest {
+    DeployRequest {
+        module: module.into(),
+        config: BTreeMap::from([("model".to_string(), model(weight, 0.0))]),
+        ..DeployRequest::default()
+    }
+}
+
+/// Every function with every version, as replica `id` serves them.
+async fn snapshot_of(replicas: &Replicas, id: u64) -> Vec<FunctionInfo> {
+    let client = replicas.client(id);
+    let list = client.functions().await.unwrap_or_else(|e| panic!("replica {id} lists functions: {e}"));
+    let mut all = Vec::new();
+    for f in list.functions {
+        all.push(client.function(&f.name).await.expect("function"));
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_takes_writes_within_3s_of_a_kill_and_nothing_acknowledged_is_lost() {
+    let mut replicas = Replicas::start(3, 1000);
+    let leader = replicas.wait_leader(Duration::from_secs(15)).await;
+    let node_dir = replicas.dir.path().join("node");
+    let _node = Node::start(&replicas.urls(), &node_dir);
+
+    // Acknowledged deploys, through the CLI.
+    for (name, weight) in [("churn", 1.0), ("churn", 2.0), ("fraud", 3.0), ("churn", 4.0)] {
+        ok(cli_deploy(&replicas.urls(), name, weight));
+    }
+    let before = snapshot_of(&replicas, leader).await;
+    assert_eq!(
+        before.iter().map(|f| (f.name.as_str(), f.versions.len())).collect::<Vec<_>>(),
+        [("churn", 3), ("fraud", 1)]
+    );
+
+    replicas.kill(leader);
+    let killed = Instant::now();
+    // The CLI is pointed at the dead leader first: it must move on.
+    let dead_first = std::iter::once(replicas.url(leader))
+        .chain((1..=3).filter(|&id| id != leader).map(|id| replicas.url(id)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let deployed = loop {
+        let out = cli_deploy(&dead_first, "churn", 5.0);
+        if out.status.success() {
+            break killed.elapsed();
+        }
+        assert!(killed.elapsed() < Duration::from_secs(10), "no deploy succeeded after the kill: {:?}", text(&out));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!("deploy succeeded {:.0} ms after kill -9 of the leader", deployed.as_secs_f64() * 1e3);
+    assert!(deployed < Duration::from_secs(3), "the next deploy took {deployed:?} after the kill");
+
+    let new_leader = replicas.wait_leader(Duration::from_secs(10)).await;
+    assert_ne!(new_leader, leader);
+    for id in (1..=3).filter(|&id| id != leader) {
+        let after = snapshot_of(&replicas, id).await;
+        assert_eq!(after.len(), before.len(), "replica {id}");
+        for (b, a) in before.iter().zip(&after) {
+            assert_eq!(b.name, a.name);
+            // Every acknowledged version is there, unchanged; churn has one more.
+            assert_eq!(a.versions[..b.versions.len()], b.versions[..], "replica {id} {}", a.name);
+        }
+        let churn = after.iter().find(|f| f.name == "churn").expect("churn");
+        assert_eq!((churn.versions.len(), churn.active), (4, 4), "replica {id}");
+    }
+
+    // The node rode through the failover: it serves the deploy made after it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = wasmgrid()
+            .env("WASMGRID_URL", replicas.urls())
+            .args(["invoke", "churn", "--json", "--data", r#"{"x": 1}"#])
+            .output()
+            .expect("invoke");
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+            if v["version"] == 4 {
+                let score = v["rows"][0]["score"].as_f64().expect("score");
+                assert!((score - sigmoid(5.0)).abs() < 1e-9, "{v}");
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the node never served version 4: {:?}", text(&out));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_every_replica_keeps_functions_versions_and_modules() {
+    let mut replicas = Replicas::start(3, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let client = replicas.client_all();
+    let module = upload(&client).await;
+    let wordcount = client.upload_module(std::fs::read(guests::WORDCOUNT_MAP).expect("wasm")).await.expect("upload");
+    for weight in [1.0, 2.0, 3.0] {
+        client.deploy("churn", &deploy_request(&module, weight)).await.expect("deploy");
+    }
+    let request = DeployRequest { module: wordcount.sha256.clone(), ..DeployRequest::default() };
+    client.deploy("words", &request).await.expect("deploy");
+    client.rollback("churn", 2).await.expect("rollback");
+    let before = snapshot_of(&replicas, 1).await;
+
+    for id in 1..=3 {
+        replicas.stop(id);
+    }
+    for id in 1..=3 {
+        replicas.spawn(id);
+    }
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    for id in 1..=3 {
+        assert_eq!(snapshot_of(&replicas, id).await, before, "replica {id} after the restart");
+        for (sha, path) in [(&module, guests::LOGREG), (&wordcount.sha256, guests::WORDCOUNT_MAP)] {
+            let bytes = replicas.client(id).module(sha).await.expect("module");
+            assert_eq!(bytes, std::fs::read(path).expect("wasm"), "replica {id} module {sha}");
+        }
+    }
+    let churn = before.iter().find(|f| f.name == "churn").expect("churn");
+    assert_eq!((churn.active, churn.versions.len()), (2, 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_down_for_a_thousand_writes_catches_up_from_a_snapshot() {
+    let mut replicas = Replicas::start(3, 100);
+    let leader = replicas.wait_leader(Duration::from_secs(15)).await;
+    let lagging = if leader == 3 { 2 } else { 3 };
+    replicas.kill(lagging);
+
+    let client = std::sync::Arc::new(replicas.client_all());
+    let module = upload(&client).await;
+    let mut tasks = Vec::new();
+    for worker in 0..16 {
+        let client = client.clone();
+        let module = module.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..64 {
+                let name = format!("f{}", (worker * 64 + i) % 40);
+                client.deploy(&name, &deploy_request(&module, i as f64)).await.expect("deploy");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let status = replicas.status(leader).await.expect("leader status");
+    assert!(status.commit >= 1024, "{status:?}");
+    assert!(status.first_index > 100, "the leader's log was not compacted: {status:?}");
+    let expected = snapshot_of(&replicas, leader).await;
+    assert_eq!(expected.iter().map(|f| f.versions.len()).sum::<usize>(), 1024);
+
+    replicas.spawn(lagging);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(s) = replicas.status(lagging).await
+            && s.applied >= status.commit
+        {
+            assert!(s.snapshots_installed >= 1, "caught up without a snapshot: {s:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "replica {lagging} did not catch up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(snapshot_of(&replicas, lagging).await, expected);
+    let log = std::fs::read_to_string(replicas.log(lagging)).unwrap_or_default();
+    assert!(log.contains("installed a snapshot"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_quorum_a_deploy_fails_with_503_within_5s() {
+    let mut replicas = Replicas::start(3, 1000);
+    let leader = replicas.wait_leader(Duration::from_secs(15)).await;
+    ok(cli_deploy(&replicas.urls(), "churn", 1.0));
+    let survivor = (1..=3).find(|&id| id != leader).expect("a follower");
+    for id in 1..=3 {
+        if id != survivor {
+            replicas.kill(id);
+        }
+    }
+
+    // Straight after the kills, and once the survivor knows it is alone.
+    for round in 0..2 {
+        let started = Instant::now();
+        let out = cli_deploy(&replicas.urls(), "churn", 2.0);
+        let took = started.elapsed();
+        let stderr = fails(out);
+        assert!(stderr.contains("no quorum") && stderr.contains("503"), "round {round}: {stderr}");
+        assert!(took < Duration::from_secs(5), "round {round}: the deploy took {took:?} to fail");
+        println!("round {round}: failed in {:.0} ms: {}", took.as_secs_f64() * 1e3, stderr.trim());
+    }
+    let raw = reqwest::Client::new()
+        .post(format!("{}/v1/functions/churn/rollback", replicas.url(survivor)))
+        .json(&serde_json::json!({"version": 1}))
+        .send()
+        .await
+        .expect("an answer, not a dropped connection");
+    assert_eq!(raw.status(), 503);
+    let body: serde_json::Value = raw.json().await.expect("a JSON error");
+    assert_eq!(body["error"]["code"], "no_quorum", "{body}");
+}
+
+/// Scores `rows` rows of `x` on a node's gateway.
+async fn call(http: reqwest::Client, url: String, rows: usize) -> Option<wasmgrid_api::InvokeResponse> {
+    let rows = (0..rows).filter_map(|i| serde_json::json!({"x": i as f64 * 0.01}).as_object().cloned()).collect();
+    let response = http.post(url).json(&InvokeRequest { rows }).send().await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    response.json().await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_serves_a_deploy_within_a_second_and_rollbacks_switch_atomically() {
+    let replicas = Replicas::start(1, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let node = Node::start(&replicas.urls(), &replicas.dir.path().join("node"));
+    let http = reqwest::Client::new();
+    let invoke = |rows: usize| call(http.clone(), format!("{}/v1/fn/default/churn", node.url), rows);
+
+    // Version 1 (cold: the node fetches and compiles the module), then
+    // version 2 of the same module: each is served soon after the CLI returns.
+    for (version, weight) in [(1u64, 1.0), (2, -1.0)] {
+        ok(cli_deploy(&replicas.urls(), "churn", weight));
+        let returned = Instant::now();
+        loop {
+            if let Some(r) = invoke(1).await
+                && r.version == version
+            {
+                break;
+            }
+            assert!(returned.elapsed() < Duration::from_secs(20), "version {version} never served");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let took = returned.elapsed();
+        println!("version {version} served {:.0} ms after `wasmgrid deploy` returned", took.as_secs_f64() * 1e3);
+        if version == 2 {
+            assert!(took < Duration::from_secs(1), "version 2 took {took:?} to be served");
+        }
+    }
+
+    // Callers hammer the function while versions switch back and forth;
+    // every answer is wholly one version's.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut callers = Vec::new();
+    for _ in 0..4 {
+        let stop = stop.clone();
+        let (http, url) = (http.clone(), format!("{}/v1/fn/default/churn", node.url));
+        callers.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = call(http.clone(), url.clone(), 32).await.expect("every call is answered");
+                seen.push(r);
+            }
+            seen
+        }));
+    }
+    let client = replicas.client_all();
+    for version in [1, 2, 1, 2, 1] {
+        client.rollback("churn", version).await.expect("rollback");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut versions = std::collections::BTreeSet::new();
+    let mut calls = 0;
+    for c in callers {
+        for r in c.await.expect("caller") {
+            let weight = match r.version {
+                1 => 1.0,
+                2 => -1.0,
+                v => panic!("version {v} was never deployed"),
+            };
+            for row in &r.rows {
+                let x = row["x"].as_f64().expect("x");
+                let score = row["score"].as_f64().expect("score");
+                assert!(
+                    (score - sigmoid(weight * x)).abs() < 1e-9,
+                    "a row of version {} was scored by another",
+                    r.version
+                );
+            }
+            versions.insert(r.version);
+            calls += 1;
+        }
+    }
+    assert_eq!(versions.into_iter().collect::<Vec<_>>(), [1, 2], "both versions served over {calls} calls");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_json_error() {
+    let replicas = Replicas::start(1, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let url = replicas.url(1);
+    let http = reqwest::Client::new();
+    let client = replicas.client(1);
+    let module = upload(&client).await;
+    client.deploy("churn", &deploy_request(&module, 1.0)).await.expect("deploy");
+
+    async fn error(response: reqwest::Response) -> (u16, String, String) {
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.expect("a JSON error body");
+        let e = &body["error"];
+        (status, e["code"].as_str().unwrap_or("").into(), e["message"].as_str().unwrap_or("").into())
+    }
+    let post = |path: &str, body: Vec<u8>| http.post(format!("{url}{path}")).body(body).send();
+
+    // Bytes that are not a component.
+    let (s, code, m) = error(post("/v1/modules", b"definitely not wasm".to_vec()).await.expect("answer")).await;
+    assert_eq!((s, code.as_str()), (400, "bad_request"), "{m}");
+    assert!(m.contains("not a WebAssembly component"), "{m}");
+    let core = wat::parse_str("(module)").expect("wat");
+    let (s, _, m) = error(post("/v1/modules", core).await.expect("answer")).await;
+    assert!(s == 400 && m.contains("core WebAssembly module"), "{s} {m}");
+
+    // An oversized module.
+    let huge = vec![0u8; wasmgrid_control_plane::state::MAX_MODULE_BYTES + 1];
+    let (s, code, m) = error(post("/v1/modules", huge).await.expect("an answer, not a dropped connection")).await;
+    assert_eq!((s, code.as_str()), (413, "too_large"), "{m}");
+
+    // Unknown function, version, module.
+    let (s, code, m) = error(http.get(format!("{url}/v1/functions/nope")).send().await.expect("answer")).await;
+    assert_eq!((s, code.as_str()), (404, "not_found"));
+    assert!(m.contains("nope"), "{m}");
+    let rollback = serde_json::to_vec(&serde_json::json!({"version": 7})).expect("json");
+    let req = http.post(format!("{url}/v1/functions/churn/rollback")).header("content-type", "application/json");
+    let (s, _, m) = error(req.body(rollback).send().await.expect("answer")).await;
+    assert!(s == 404 && m.contains("no version 7"), "{s} {m}");
+    let unknown = deploy_request(&"0".repeat(64), 1.0);
+    let (s, _, m) =
+        error(http.post(format!("{url}/v1/functions/x/versions")).json(&unknown).send().await.expect("a")).await;
+    assert!(s == 404 && m.contains("upload it first"), "{s} {m}");
+
+    // A malformed JSON body.
+    let req = http.post(format!("{url}/v1/functions/churn/versions")).header("content-type", "application/json");
+    let (s, code, m) = error(req.body("{\"module\": ").send().await.expect("answer")).await;
+    assert_eq!((s, code.as_str()), (400, "bad_request"), "{m}");
+    assert!(m.contains("malformed JSON"), "{m}");
+
+    // Names with '/' or '..' in them: over HTTP and through the CLI.
+    for bad in ["a%2Fb", "x..y", "%2E%2E%2Fetc"] {
+        let r = http.post(format!("{url}/v1/functions/{bad}/versions")).json(&deploy_request(&module, 1.0));
+        let (s, _, m) = error(r.send().await.expect("answer")).await;
+        assert_eq!(s, 400, "{bad}: {m}");
+        assert!(m.contains("invalid name"), "{bad}: {m}");
+    }
+    for bad in ["a/b", "../etc", "x..y"] {
+        let stderr = fails(cli_deploy(&url, bad, 1.0));
+        assert!(stderr.contains("invalid function name"), "{bad}: {stderr}");
+    }
+
+    // Unknown endpoints and the gateway's own errors are JSON too.
+    let (s, _, _) = error(http.get(format!("{url}/v1/nothing")).send().await.expect("answer")).await;
+    assert_eq!(s, 404);
+    let node = Node::start(&url, &replicas.dir.path().join("node"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let gateway = format!("{}/v1/fn/default/churn", node.url);
+    loop {
+        if let Ok(r) = http.post(&gateway).json(&serde_json::json!({"rows": [{"x": 1}]})).send().await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the node never served churn");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let req = http.post(&gateway).header("content-type", "application/json");
+    let (s, _, m) = error(req.body("[1,2").send().await.expect("answer")).await;
+    assert!(s == 400 && m.contains("malformed JSON"), "{s} {m}");
+    let (s, _, _) = error(
+        http.post(format!("{}/v1/fn/default/nope", node.url))
+            .json(&serde_json::json!({"rows": []}))
+            .send()
+            .await
+            .expect("a"),
+    )
+    .await;
+    assert_eq!(s, 404);
+
+    // The state survived all of it.
+    let churn = client.function("churn").await.expect("churn");
+    assert_eq!((churn.active, churn.versions.len()), (1, 1));
+}

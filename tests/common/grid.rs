@@ -1,0 +1,180 @@
+//! Real control-plane replicas and nodes on loopback, as child processes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use wasmgrid_api::{Client, ClusterStatus};
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// Sends SIGTERM and waits (up to 10 s, then SIGKILL).
+pub fn terminate(child: &mut Child) {
+    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A control plane of `n` replicas, each a `wasmgrid control-plane` process.
+pub struct Replicas {
+    pub dir: tempfile::TempDir,
+    pub ports: Vec<u16>,
+    procs: Vec<Option<Child>>,
+    snapshot_every: u64,
+}
+
+impl Replicas {
+    pub fn start(n: usize, snapshot_every: u64) -> Replicas {
+        let mut r = Replicas {
+            dir: tempfile::tempdir().expect("tempdir"),
+            ports: (0..n).map(|_| free_port()).collect(),
+            procs: (0..n).map(|_| None).collect(),
+            snapshot_every,
+        };
+        for id in 1..=n as u64 {
+            r.spawn(id);
+        }
+        r
+    }
+
+    pub fn peers(&self) -> String {
+        self.ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn log(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("replica-{id}.log"))
+    }
+
+    /// Starts (or restarts) replica `id`.
+    pub fn spawn(&mut self, id: u64) {
+        assert!(self.procs[id as usize - 1].is_none(), "replica {id} is running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log(id)).expect("log");
+        let child = super::wasmgrid()
+            .args(["control-plane", "--id", &id.to_string()])
+            .arg("--data")
+            .arg(self.dir.path().join(format!("replica-{id}")))
+            .args(["--listen", &format!("127.0.0.1:{}", self.ports[id as usize - 1])])
+            .args(["--peers", &self.peers()])
+            .args(["--snapshot-every", &self.snapshot_every.to_string()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start a replica");
+        self.procs[id as usize - 1] = Some(child);
+    }
+
+    /// `kill -9` replica `id`.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.procs[id as usize - 1].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops replica `id` with SIGTERM.
+    pub fn stop(&mut self, id: u64) {
+        if let Some(mut child) = self.procs[id as usize - 1].take() {
+            terminate(&mut child);
+        }
+    }
+
+    pub fn is_up(&self, id: u64) -> bool {
+        self.procs[id as usize - 1].is_some()
+    }
+
+    pub fn url(&self, id: u64) -> String {
+        format!("http://127.0.0.1:{}", self.ports[id as usize - 1])
+    }
+
+    /// Every replica's URL, comma-separated (what `--url` takes).
+    pub fn urls(&self) -> String {
+        (1..=self.ports.len() as u64).map(|id| self.url(id)).collect::<Vec<_>>().join(",")
+    }
+
+    /// A client of replica `id` only.
+    pub fn client(&self, id: u64) -> Client {
+        Client::new(&[self.url(id)], Duration::from_secs(30)).expect("client")
+    }
+
+    /// A client that fails over between all replicas.
+    pub fn client_all(&self) -> Client {
+        let urls: Vec<String> = (1..=self.ports.len() as u64).map(|id| self.url(id)).collect();
+        Client::new(&urls, Duration::from_secs(30)).expect("client")
+    }
+
+    pub async fn status(&self, id: u64) -> Option<ClusterStatus> {
+        Client::new(&[self.url(id)], Duration::from_secs(2)).ok()?.cluster().await.ok()
+    }
+
+    /// Waits until a running replica is leader and every running replica
+    /// agrees on it; returns its id.
+    pub async fn wait_leader(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut leaders = Vec::new();
+            for id in 1..=self.ports.len() as u64 {
+                if self.is_up(id) {
+                    leaders.push(self.status(id).await.and_then(|s| s.leader));
+                }
+            }
+            if let Some(Some(l)) = leaders.first()
+                && self.is_up(*l)
+                && leaders.iter().all(|x| *x == Some(*l))
+            {
+                return *l;
+            }
+            assert!(Instant::now() < deadline, "no leader within {timeout:?}: {leaders:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        for child in self.procs.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A `wasmgrid node` process.
+pub struct Node {
+    child: Option<Child>,
+    pub url: String,
+}
+
+impl Node {
+    pub fn start(control_plane: &str, data: &Path) -> Node {
+        let port = free_port();
+        let log = std::fs::File::create(data.with_extension("log")).expect("log");
+        let child = super::wasmgrid()
+            .args(["node", "--control-plane", control_plane, "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data")
+            .arg(data)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start a node");
+        Node { child: Some(child), url: format!("http://127.0.0.1:{port}") }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child);
+        }
+    }
+}
