@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Laptop demo: builds wasmgrid and the example guests, generates a little
-# data, and runs two jobs with `wasmgrid run` (no grid needed):
-#   1. word count (a mapper plus a reducer) over 8 text files;
-#   2. a logistic-regression scorer over a CSV file, written as CSV.
-# Everything it writes goes under .wasmgrid/demo.
+# Laptop demo: builds wasmgrid and the example guests, then
+#   1. starts `wasmgrid dev` (a control plane and a node in one process, on
+#      the embedded store under .wasmgrid), deploys the logistic-regression
+#      scorer, calls it over HTTP, deploys a second version and rolls back;
+#   2. runs two batch jobs with `wasmgrid run` over generated data: a word
+#      count (mapper plus reducer) over 8 text files and the same scorer
+#      over a CSV file.
+# Everything it writes goes under .wasmgrid. The dev grid is stopped at the
+# end; start your own with `wasmgrid dev`.
 #
-# WASMGRID=path/to/wasmgrid and GUESTS=dir/with/wasm skip the builds.
+# WASMGRID=path/to/wasmgrid and GUESTS=dir/with/wasm skip the builds;
+# DEMO_DIR, DEV_DIR, DEV_LISTEN and DEV_GATEWAY move the data and ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +25,44 @@ if [ -z "${GUESTS:-}" ]; then
     GUESTS=target/wasm32-wasip2/guest
 fi
 DEMO=${DEMO_DIR:-.wasmgrid/demo}
-mkdir -p "$DEMO/text"
+DEV=${DEV_DIR:-.wasmgrid}
+mkdir -p "$DEMO/text" "$DEV"
+
+echo "== wasmgrid dev: a control plane and a node in one process"
+"$WASMGRID" dev --data "$DEV" --listen "${DEV_LISTEN:-127.0.0.1:7400}" --gateway "${DEV_GATEWAY:-127.0.0.1:7401}" \
+    >"$DEMO/dev.out" 2>"$DEMO/dev.log" &
+DEV_PID=$!
+trap 'kill $DEV_PID 2>/dev/null; wait $DEV_PID 2>/dev/null || true' EXIT
+for _ in $(seq 100); do
+    grep -q '^gateway:' "$DEMO/dev.out" 2>/dev/null && break
+    kill -0 $DEV_PID 2>/dev/null || { cat "$DEMO/dev.log"; exit 1; }
+    sleep 0.1
+done
+cat "$DEMO/dev.out"
+WASMGRID_URL=$(sed -n 's/^control plane: *//p' "$DEMO/dev.out")
+export WASMGRID_URL
+
+MODEL_V1='model={"features": ["amount", "foreign"], "weights": [0.01, 2.0], "bias": -3.0}'
+MODEL_V2='model={"features": ["amount", "foreign"], "weights": [0.02, 1.0], "bias": -4.0}'
+"$WASMGRID" deploy fraud "$GUESTS/logreg.wasm" --config "$MODEL_V1" --timeout 200ms
+ROWS='{"rows": [{"amount": 420.0, "foreign": 1}, {"amount": 12.5, "foreign": 0}]}'
+# The node compiles the new function before it serves it: wait for that.
+for _ in $(seq 100); do
+    "$WASMGRID" invoke fraud --data "$ROWS" >"$DEMO/invoke.out" 2>/dev/null && break
+    sleep 0.1
+done
+echo "-- invoke fraud (version 1):"
+cat "$DEMO/invoke.out"
+"$WASMGRID" deploy fraud "$GUESTS/logreg.wasm" --config "$MODEL_V2" --timeout 200ms
+for _ in $(seq 100); do
+    "$WASMGRID" invoke fraud --data "$ROWS" --json | grep -q '"version": 2' && break
+    sleep 0.1
+done
+echo "-- invoke fraud (version 2):"
+"$WASMGRID" invoke fraud --data "$ROWS"
+"$WASMGRID" functions versions fraud
+"$WASMGRID" functions rollback fraud 1
+"$WASMGRID" nodes ls
 
 # 8 files of words drawn from a skewed vocabulary.
 for f in 0 1 2 3 4 5 6 7; do

@@ -416,3 +416,52 @@ async fn bad_input_gets_a_clear_json_error() {
     let churn = client.function("churn").await.expect("churn");
     assert_eq!((churn.active, churn.versions.len()), (1, 1));
 }
+
+#[test]
+fn the_cluster_script_starts_three_replicas_and_two_nodes_and_stops_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Twelve consecutive ports, well away from the fixed defaults.
+    let base = 20_000 + (std::process::id() % 2000) * 12;
+    let script = |action: &str| {
+        std::process::Command::new("bash")
+            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/cluster.sh"))
+            .arg(action)
+            .env("WASMGRID", env!("CARGO_BIN_EXE_wasmgrid"))
+            .env("CLUSTER_DIR", dir.path())
+            .env("CLUSTER_PORT_BASE", base.to_string())
+            .output()
+            .expect("bash runs")
+    };
+    let started = ok_stdout(script("start"));
+    assert!(started.contains("export WASMGRID_URL="), "{started}");
+    let urls = (0..3).map(|i| format!("http://127.0.0.1:{}", base + i)).collect::<Vec<_>>().join(",");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = wasmgrid().env("WASMGRID_URL", &urls).args(["nodes", "ls", "--json"]).output().expect("runs");
+        let alive = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v["nodes"].as_array().map(|n| n.iter().filter(|n| n["state"] == "alive").count()));
+        if alive == Some(2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "two nodes never came alive: {:?}", text(&out));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pids: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "pid"))
+        .map(|p| std::fs::read_to_string(p).expect("pid").trim().to_string())
+        .collect();
+    assert_eq!(pids.len(), 5);
+    ok_stdout(script("stop"));
+    for pid in pids {
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "process {pid} still runs after stop");
+    }
+}
+
+fn ok_stdout(out: std::process::Output) -> String {
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    stdout
+}

@@ -60,6 +60,9 @@ fn run_demo(demo: &Path) -> String {
         .env("WASMGRID", env!("CARGO_BIN_EXE_wasmgrid"))
         .env("GUESTS", guests_dir())
         .env("DEMO_DIR", demo)
+        .env("DEV_DIR", demo.join("dev"))
+        .env("DEV_LISTEN", "127.0.0.1:0")
+        .env("DEV_GATEWAY", "127.0.0.1:0")
         .env("WASMGRID_CACHE_DIR", demo.join("cache"))
         .env("NO_COLOR", "1")
         .output()
@@ -87,6 +90,17 @@ fn demo_script_counts_words_and_scores_transactions() {
     assert_eq!(total, 8 * 2000 * 10, "every word of every file counted once");
     assert!(top_count > total / 4, "{top_count} of {total}");
     assert!(stdout.contains("id,amount,age_days,foreign,score"), "{stdout}");
+    // The grid part: version 1 scores, version 2 scores, then the rollback.
+    let scores: Vec<f64> = stdout
+        .lines()
+        .filter(|l| l.starts_with("{\"amount\":420"))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("row")["score"].as_f64().expect("score"))
+        .collect();
+    let sigmoid = |z: f64| 1.0 / (1.0 + (-z).exp());
+    assert_eq!(scores.len(), 2, "{stdout}");
+    assert!((scores[0] - sigmoid(-3.0 + 4.2 + 2.0)).abs() < 1e-9, "{stdout}");
+    assert!((scores[1] - sigmoid(-4.0 + 8.4 + 1.0)).abs() < 1e-9, "{stdout}");
+    assert!(stdout.contains("fraud now serves version 1"), "{stdout}");
     let scored = std::fs::read_to_string(demo.join("scores/part-00000.csv")).expect("scores");
     assert_eq!(scored.lines().count(), 1001);
 }
@@ -99,20 +113,48 @@ fn tour_commands_run_as_written() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let demo = tmp.path().join("demo");
     run_demo(&demo);
+    // The tour's `wasmgrid dev`, on free ports.
+    let mut dev = common::wasmgrid()
+        .args(["dev", "--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0", "--data"])
+        .arg(tmp.path().join("dev"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("wasmgrid dev starts");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(dev.stdout.take().expect("stdout")));
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    let url = first.strip_prefix("control plane:").map(str::trim).expect("dev prints the control-plane URL first");
     for command in commands {
+        if command.trim() == "wasmgrid dev" {
+            continue;
+        }
         let shell = command
             .replace("target/wasm32-wasip2/guest", &guests_dir())
             .replace(".wasmgrid/demo", &demo.display().to_string());
-        let out = Command::new("bash")
-            .arg("-c")
-            .arg(format!("wasmgrid() {{ \"$WASMGRID\" \"$@\"; }}; {shell}"))
-            .env("WASMGRID", env!("CARGO_BIN_EXE_wasmgrid"))
-            .env("WASMGRID_CACHE_DIR", demo.join("cache"))
-            .output()
-            .expect("bash runs");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let out = loop {
+            let out = Command::new("bash")
+                .arg("-c")
+                .arg(format!("wasmgrid() {{ \"$WASMGRID\" \"$@\"; }}; {shell}"))
+                .env("WASMGRID", env!("CARGO_BIN_EXE_wasmgrid"))
+                .env("WASMGRID_CACHE_DIR", demo.join("cache"))
+                .env("WASMGRID_URL", url)
+                .output()
+                .expect("bash runs");
+            // A node compiles a new function before serving it: `invoke` may wait.
+            if out.status.success() || !shell.contains("wasmgrid invoke") || std::time::Instant::now() > deadline {
+                break out;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
         let (stdout, stderr) = common::text(&out);
         assert!(out.status.success(), "`{command}` failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
-        let output_dir = shell.split("--output ").nth(1).and_then(|s| s.split_whitespace().next()).expect("--output");
-        assert!(Path::new(output_dir).join("_SUCCESS").exists(), "`{command}` wrote {output_dir}/_SUCCESS");
+        if let Some(output_dir) = shell.split("--output ").nth(1).and_then(|s| s.split_whitespace().next()) {
+            assert!(Path::new(output_dir).join("_SUCCESS").exists(), "`{command}` wrote {output_dir}/_SUCCESS");
+        }
+        if shell.contains("wasmgrid invoke fraud") {
+            assert!(stdout.contains("\"score\":0.96083"), "{stdout}");
+        }
     }
+    common::grid::terminate(&mut dev);
 }
