@@ -465,3 +465,46 @@ fn ok_stdout(out: std::process::Output) -> String {
     assert!(out.status.success(), "failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
     stdout
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_functions_get_clear_errors_on_the_gateway_and_the_node_keeps_serving() {
+    let replicas = Replicas::start(1, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let client = replicas.client(1);
+    let hostile = client.upload_module(std::fs::read(guests::HOSTILE_SCORER).expect("wasm")).await.expect("upload");
+    let healthy = upload(&client).await;
+    let modes =
+        [("loop", 504, "timeout"), ("grow", 500, "memory_limit"), ("trap", 500, "trap"), ("err", 422, "guest_error")];
+    for (mode, _, _) in modes {
+        let request = DeployRequest {
+            module: hostile.sha256.clone(),
+            memory: Some(32 << 20),
+            timeout_ms: Some(200),
+            config: BTreeMap::from([("mode".to_string(), mode.to_string())]),
+        };
+        client.deploy(&format!("hostile-{mode}"), &request).await.expect("deploy");
+    }
+    client.deploy("churn", &deploy_request(&healthy, 1.0)).await.expect("deploy");
+    let node = Node::start(&replicas.urls(), &replicas.dir.path().join("node"));
+    let http = reqwest::Client::new();
+    let gateway = |name: &str| format!("{}/v1/fn/default/{name}", node.url);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while call(http.clone(), gateway("churn"), 1).await.is_none() {
+        assert!(Instant::now() < deadline, "the node never served churn");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (mode, status, code) in modes {
+        let response = http
+            .post(gateway(&format!("hostile-{mode}")))
+            .json(&serde_json::json!({"rows": [{"x": 1.0}]}))
+            .send()
+            .await
+            .expect("an answer, not a dropped connection");
+        assert_eq!(response.status().as_u16(), status, "{mode}");
+        let body: serde_json::Value = response.json().await.expect("a JSON error");
+        assert_eq!(body["error"]["code"], code, "{mode}: {body}");
+        // The next healthy call on the same node is unaffected.
+        let r = call(http.clone(), gateway("churn"), 3).await.expect("churn still serves");
+        assert_eq!(r.rows.len(), 3);
+    }
+}
