@@ -13,6 +13,7 @@ use wasmgrid_api::{Client, DeployRequest, InvokeRequest, NodeState};
 use wasmgrid_control_plane::server::{self, Config as ReplicaConfig};
 use wasmgrid_node::Runtime;
 use wasmgrid_node::agent::{self, AgentConfig};
+use wasmgrid_node::gateway::GatewayConfig;
 
 use crate::{CompileArgs, runtime_config, units};
 
@@ -70,7 +71,40 @@ pub struct NodeArgs {
     #[arg(long)]
     id: Option<String>,
     #[command(flatten)]
+    gateway: GatewayArgs,
+    #[command(flatten)]
     compile: CompileArgs,
+}
+
+/// How a node's gateway admits calls.
+#[derive(Args, Debug)]
+pub struct GatewayArgs {
+    /// Calls of one function running at once [default: 2 per core].
+    #[arg(long)]
+    max_concurrency: Option<usize>,
+    /// Calls of one function waiting for a slot; more get 429.
+    #[arg(long, default_value_t = 64)]
+    max_queue: usize,
+    /// Longest a call waits for a slot before a 503.
+    #[arg(long, default_value = "1s", value_parser = units::parse_duration)]
+    queue_timeout: Duration,
+    /// Largest request body; more gets 413.
+    #[arg(long, default_value = "16MiB", value_parser = units::parse_size)]
+    max_body: u64,
+}
+
+impl GatewayArgs {
+    fn config(&self) -> Result<GatewayConfig> {
+        let mut config = GatewayConfig::default();
+        if let Some(n) = self.max_concurrency {
+            anyhow::ensure!(n > 0, "--max-concurrency must be at least 1");
+            config.max_concurrency = n;
+        }
+        config.max_queue = self.max_queue;
+        config.queue_timeout = self.queue_timeout;
+        config.max_body = usize::try_from(self.max_body).context("--max-body is too large")?;
+        Ok(config)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -84,6 +118,8 @@ pub struct DevArgs {
     /// Node gateway address.
     #[arg(long, default_value = "127.0.0.1:7401")]
     gateway: SocketAddr,
+    #[command(flatten)]
+    admission: GatewayArgs,
 }
 
 #[derive(Args, Debug)]
@@ -239,6 +275,7 @@ pub fn node(args: NodeArgs) -> Result<()> {
         listen: args.listen,
         advertise: args.advertise,
         id: args.id,
+        gateway: args.gateway.config()?,
     };
     tokio_runtime()?.block_on(async move {
         let agent = agent::start(config, runtime).await?;
@@ -263,6 +300,7 @@ pub fn dev(args: DevArgs, compile: &CompileArgs) -> Result<()> {
             listen: args.gateway,
             advertise: None,
             id: Some("dev".into()),
+            gateway: args.admission.config()?,
         };
         let agent = agent::start(node, runtime).await?;
         println!("control plane: {url}");

@@ -7,12 +7,15 @@
 //!   and output writing;
 //! - [`local`]: `wasmgrid run`, a whole job on one machine without a grid;
 //! - [`agent`]: a node in the grid: registration, heartbeats, the route
-//!   table it watches, and the HTTP gateway for per-request calls.
+//!   table it watches;
+//! - [`gateway`]: the HTTP gateway for per-request calls, with admission
+//!   limits and Prometheus metrics.
 
 pub mod agent;
 pub mod bindings;
 pub mod data;
 mod error;
+pub mod gateway;
 pub mod local;
 pub mod pairs;
 pub mod runtime;

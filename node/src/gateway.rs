@@ -1,0 +1,579 @@
+//! The node's HTTP gateway: per-request calls of scorers.
+//!
+//! `POST /v1/fn/{tenant}/{name}` takes rows as JSON (`{"rows": [...]}` or
+//! one object) or as an Arrow IPC stream
+//! (`Content-Type: application/vnd.apache.arrow.stream`, answered in kind),
+//! runs the function's active version in a fresh pooled instance and answers
+//! the rows with the score columns added. The route table is one pointer:
+//! a request clones it once, so it finishes on the version it started on
+//! whatever is installed meanwhile.
+//!
+//! Each function has a concurrency limit and a short bounded queue: a call
+//! that finds the queue full gets `429`, one that waits longer than the
+//! queue timeout gets `503`, both with `Retry-After`, so latency never grows
+//! without bound and one busy function does not starve the others. Calls run
+//! on tokio's blocking pool, off the threads that accept requests.
+//! `/metrics` serves Prometheus text: requests by status, errors by kind,
+//! latency and calls in flight, per function.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::sync::Semaphore;
+use wasmgrid_api::{ErrorBody, ErrorDetail, InvokeResponse, Route, RouteTable, VERSION_HEADER};
+
+use crate::runtime::{Function, Io, Limits, Runtime};
+use crate::{Error, Kind};
+
+/// The media type of Arrow IPC streams.
+pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+
+/// How the gateway admits calls.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Calls of one function that run at once.
+    pub max_concurrency: usize,
+    /// Calls of one function that may wait for a slot; more get 429.
+    pub max_queue: usize,
+    /// Longest a call waits for a slot; then 503.
+    pub queue_timeout: Duration,
+    /// Largest request body, in bytes; more gets 413.
+    pub max_body: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        GatewayConfig {
+            max_concurrency: cores * 2,
+            max_queue: 64,
+            queue_timeout: Duration::from_secs(1),
+            max_body: 16 << 20,
+        }
+    }
+}
+
+/// One function's admission: a semaphore and a count of waiters. It is
+/// kept across versions, so the limit holds through a version switch.
+#[derive(Debug)]
+struct Gate {
+    slots: Arc<Semaphore>,
+    waiting: AtomicUsize,
+}
+
+/// One function version, ready to serve.
+pub struct Served {
+    /// What the control plane says to serve.
+    pub route: Route,
+    function: Arc<Function>,
+    limits: Limits,
+    config: Arc<BTreeMap<String, String>>,
+    gate: Arc<Gate>,
+}
+
+impl std::fmt::Debug for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Served").field("route", &self.route).finish_non_exhaustive()
+    }
+}
+
+/// Functions by (tenant, name).
+pub type Table = HashMap<(String, String), Arc<Served>>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FunctionLabels {
+    tenant: String,
+    function: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    tenant: String,
+    function: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    tenant: String,
+    function: String,
+    kind: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 25 µs to 10 s.
+    Histogram::new([
+        0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+        2.5, 5.0, 10.0,
+    ])
+}
+
+struct Metrics {
+    registry: Registry,
+    requests: Family<StatusLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+    latency: Family<FunctionLabels, Histogram, fn() -> Histogram>,
+    inflight: Family<FunctionLabels, Gauge>,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("wasmgrid");
+        let requests = Family::<StatusLabels, Counter>::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let latency = Family::<FunctionLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let inflight = Family::<FunctionLabels, Gauge>::default();
+        registry.register("requests", "Per-request calls answered, by HTTP status", requests.clone());
+        registry.register("errors", "Per-request calls that failed, by error kind", errors.clone());
+        registry.register("request_duration_seconds", "Time from a call's arrival to its answer", latency.clone());
+        registry.register("inflight", "Calls running or waiting for a slot", inflight.clone());
+        Metrics { registry, requests, errors, latency, inflight }
+    }
+}
+
+/// The gateway's state: the route table, admission and metrics.
+pub struct Gateway {
+    runtime: Arc<Runtime>,
+    config: GatewayConfig,
+    table: RwLock<Arc<Table>>,
+    gates: Mutex<HashMap<(String, String), Arc<Gate>>>,
+    revision: AtomicU64,
+    inflight: AtomicU64,
+    invocations: AtomicU64,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("revision", &self.revision).finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// A gateway with an empty route table.
+    pub fn new(runtime: Arc<Runtime>, config: GatewayConfig) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            runtime,
+            config,
+            table: RwLock::new(Arc::new(Table::new())),
+            gates: Mutex::new(HashMap::new()),
+            revision: AtomicU64::new(0),
+            inflight: AtomicU64::new(0),
+            invocations: AtomicU64::new(0),
+            metrics: Metrics::new(),
+        })
+    }
+
+    /// The runtime functions are loaded into.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// The HTTP routes.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/v1/fn/{tenant}/{name}", post(invoke).layer(DefaultBodyLimit::max(self.config.max_body)))
+            .route("/v1/health", get(health))
+            .route("/v1/routes", get(served_routes))
+            .route("/metrics", get(metrics))
+            .fallback(|uri: axum::http::Uri| async move {
+                failure(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint: {}", uri.path()))
+            })
+            .with_state(self.clone())
+    }
+
+    /// A loaded function made ready to serve `route`.
+    pub fn serve(&self, route: Route, function: Arc<Function>) -> Served {
+        let limits = Limits {
+            memory: route.memory,
+            timeout: Duration::from_millis(route.timeout_ms),
+            max_output_bytes: 64 << 20,
+            ..Limits::default()
+        };
+        let key = (route.tenant.clone(), route.name.clone());
+        let gate = self
+            .gates
+            .lock()
+            .map(|mut gates| {
+                gates
+                    .entry(key)
+                    .or_insert_with(|| {
+                        Arc::new(Gate {
+                            slots: Arc::new(Semaphore::new(self.config.max_concurrency)),
+                            waiting: AtomicUsize::new(0),
+                        })
+                    })
+                    .clone()
+            })
+            .unwrap_or_else(|_| {
+                Arc::new(Gate {
+                    slots: Arc::new(Semaphore::new(self.config.max_concurrency)),
+                    waiting: AtomicUsize::new(0),
+                })
+            });
+        let config = Arc::new(route.config.clone());
+        Served { route, function, limits, config, gate }
+    }
+
+    /// The table being served.
+    pub fn table(&self) -> Arc<Table> {
+        self.table.read().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Serves `table` from now on (one pointer swap) at `revision`.
+    pub fn install(&self, table: Table, revision: u64) {
+        if let Ok(mut t) = self.table.write() {
+            *t = Arc::new(table);
+        }
+        self.revision.store(revision, Ordering::Relaxed);
+    }
+
+    /// The route-table revision served.
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Relaxed)
+    }
+
+    /// Calls running now, and calls served since the node started.
+    pub fn load(&self) -> (u64, u64) {
+        (self.inflight.load(Ordering::Relaxed), self.invocations.load(Ordering::Relaxed))
+    }
+
+    /// The modules of the functions served (sha256, sorted).
+    pub fn warm(&self) -> Vec<String> {
+        let mut warm: Vec<String> = self.table().values().map(|s| s.route.module.clone()).collect();
+        warm.sort();
+        warm.dedup();
+        warm
+    }
+}
+
+/// An error answer: `{"error": {"code", "message"}}`.
+pub(crate) fn failure(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let body = ErrorBody { error: ErrorDetail { code: code.into(), message: message.into() } };
+    (status, axum::Json(body)).into_response()
+}
+
+fn busy(status: StatusCode, code: &str, message: String) -> Response {
+    let mut response = failure(status, code, message);
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+fn runtime_failure(e: &Error) -> Response {
+    let status = match e {
+        Error::Guest { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        Error::Timeout { .. } | Error::FuelExhausted { .. } => StatusCode::GATEWAY_TIMEOUT,
+        Error::BadInputRequest { .. } | Error::Decode { .. } | Error::Input { .. } | Error::WrongKind { .. } => {
+            StatusCode::BAD_REQUEST
+        }
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    failure(status, e.kind(), e.to_string())
+}
+
+async fn health(State(gateway): State<Arc<Gateway>>) -> Response {
+    let body = serde_json::json!({ "status": "ok", "revision": gateway.revision() });
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+async fn served_routes(State(gateway): State<Arc<Gateway>>) -> Response {
+    let mut routes: Vec<Route> = gateway.table().values().map(|s| s.route.clone()).collect();
+    routes.sort_by(|a, b| (&a.tenant, &a.name).cmp(&(&b.tenant, &b.name)));
+    let body = RouteTable { revision: gateway.revision(), routes };
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &gateway.metrics.registry) {
+        return failure(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("encoding metrics: {e}"));
+    }
+    let mut response = text.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+/// Counts a call in flight until dropped.
+struct InFlight<'a> {
+    gateway: &'a Gateway,
+    labels: FunctionLabels,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(gateway: &'a Gateway, labels: FunctionLabels) -> Self {
+        gateway.inflight.fetch_add(1, Ordering::Relaxed);
+        gateway.metrics.inflight.get_or_create(&labels).inc();
+        InFlight { gateway, labels }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.gateway.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.gateway.metrics.inflight.get_or_create(&self.labels).dec();
+    }
+}
+
+/// Rows in and out, in the caller's format.
+enum Rows {
+    Json { rows: Vec<Row> },
+    Arrow { batch: RecordBatch },
+}
+
+async fn invoke(
+    State(gateway): State<Arc<Gateway>>,
+    path: Result<UrlPath<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let UrlPath((tenant, name)) = match path {
+        Ok(p) => p,
+        Err(r) => return failure(StatusCode::BAD_REQUEST, "bad_request", r.body_text()),
+    };
+    let labels = FunctionLabels { tenant: tenant.clone(), function: name.clone() };
+    let response = call(&gateway, &tenant, &name, &labels, &headers, body).await;
+    let status = response.status();
+    let metrics = &gateway.metrics;
+    metrics.requests.get_or_create(&StatusLabels { tenant, function: name, status: status.as_u16() }).inc();
+    metrics.latency.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    gateway.invocations.fetch_add(1, Ordering::Relaxed);
+    response
+}
+
+async fn call(
+    gateway: &Arc<Gateway>,
+    tenant: &str,
+    name: &str,
+    labels: &FunctionLabels,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let fail = |e: Response, kind: &str| {
+        let labels = ErrorLabels { tenant: tenant.into(), function: name.into(), kind: kind.into() };
+        gateway.metrics.errors.get_or_create(&labels).inc();
+        e
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            let message = format!("the body is over the limit of {} bytes", gateway.config.max_body);
+            return fail(failure(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message), "too_large");
+        }
+        Err(r) => return fail(failure(StatusCode::BAD_REQUEST, "bad_request", r.body_text()), "bad_request"),
+    };
+    let arrow =
+        headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with(ARROW_STREAM));
+    let rows = match if arrow { read_arrow(&body) } else { read_json(&body) } {
+        Ok(rows) => rows,
+        Err(message) => return fail(failure(StatusCode::BAD_REQUEST, "bad_request", message), "bad_request"),
+    };
+
+    // One clone of the pointer: this call is served by this table's version.
+    let served = gateway.table().get(&(tenant.to_string(), name.to_string())).cloned();
+    let Some(served) = served else {
+        let message = format!("function `{tenant}/{name}` is not deployed (or not ready on this node yet)");
+        return fail(failure(StatusCode::NOT_FOUND, "not_found", message), "not_found");
+    };
+    if served.function.kind() != Kind::Scorer {
+        let message = format!("`{name}` is a {}; only scorers are invoked per request", served.function.kind().name());
+        return fail(failure(StatusCode::BAD_REQUEST, "wrong_kind", message), "wrong_kind");
+    }
+
+    let _inflight = InFlight::new(gateway, labels.clone());
+    let permit = match served.gate.slots.clone().try_acquire_owned() {
+        Ok(p) => p,
+        Err(_) => {
+            let gate = &served.gate;
+            if gate.waiting.fetch_add(1, Ordering::AcqRel) >= gateway.config.max_queue {
+                gate.waiting.fetch_sub(1, Ordering::AcqRel);
+                let message = format!(
+                    "function `{name}` is at its concurrency limit ({} running, {} waiting); retry later",
+                    gateway.config.max_concurrency, gateway.config.max_queue
+                );
+                return fail(busy(StatusCode::TOO_MANY_REQUESTS, "overloaded", message), "overloaded");
+            }
+            let waited = tokio::time::timeout(gateway.config.queue_timeout, gate.slots.clone().acquire_owned()).await;
+            gate.waiting.fetch_sub(1, Ordering::AcqRel);
+            match waited {
+                Ok(Ok(p)) => p,
+                _ => {
+                    let message = format!(
+                        "function `{name}` had no free slot within {:?}; retry later",
+                        gateway.config.queue_timeout
+                    );
+                    return fail(busy(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message), "overloaded");
+                }
+            }
+        }
+    };
+
+    let job = served.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        score(&job, rows)
+    })
+    .await;
+    let rows = match result {
+        Ok(Ok(rows)) => rows,
+        Ok(Err(e)) => return fail(runtime_failure(&e), e.kind()),
+        Err(e) => {
+            let message = format!("the call failed: {e}");
+            return fail(failure(StatusCode::INTERNAL_SERVER_ERROR, "internal", message), "internal");
+        }
+    };
+    let version = served.route.version;
+    let mut response = match rows {
+        Rows::Json { rows } => {
+            (StatusCode::OK, axum::Json(InvokeResponse { function: name.to_string(), version, rows })).into_response()
+        }
+        Rows::Arrow { batch } => match write_arrow(&batch) {
+            Ok(bytes) => {
+                let mut r = bytes.into_response();
+                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ARROW_STREAM));
+                r
+            }
+            Err(e) => return fail(runtime_failure(&e), e.kind()),
+        },
+    };
+    if let Ok(v) = HeaderValue::from_str(&version.to_string()) {
+        response.headers_mut().insert(VERSION_HEADER, v);
+    }
+    response
+}
+
+type Row = serde_json::Map<String, serde_json::Value>;
+
+/// `{"rows": [...]}` or one row object.
+fn read_json(body: &[u8]) -> Result<Rows, String> {
+    let hint = "expected {\"rows\": [{...}, ...]} or one row object";
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("malformed JSON body: {e}; {hint}"))?;
+    let serde_json::Value::Object(mut object) = value else {
+        return Err(format!("malformed JSON body: not an object; {hint}"));
+    };
+    let rows = match object.remove("rows") {
+        Some(serde_json::Value::Array(rows)) if object.is_empty() => rows
+            .into_iter()
+            .map(|r| match r {
+                serde_json::Value::Object(o) => Ok(o),
+                other => Err(format!("malformed JSON body: a row is {other}, not an object; {hint}")),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(rows) if object.is_empty() => return Err(format!("malformed JSON body: `rows` is {rows}, not a list")),
+        Some(rows) => {
+            // A row that happens to have a `rows` field among others.
+            object.insert("rows".into(), rows);
+            vec![object]
+        }
+        None => vec![object],
+    };
+    Ok(Rows::Json { rows })
+}
+
+fn read_arrow(body: &[u8]) -> Result<Rows, String> {
+    let bad = |e: &dyn std::fmt::Display| format!("malformed Arrow IPC stream: {e}");
+    let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None).map_err(|e| bad(&e))?;
+    let schema = reader.schema();
+    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| bad(&e))?;
+    let batch = arrow_select::concat::concat_batches(&schema, &batches).map_err(|e| bad(&e))?;
+    Ok(Rows::Arrow { batch })
+}
+
+fn write_arrow(batch: &RecordBatch) -> crate::Result<Vec<u8>> {
+    let bad = |e: &dyn std::fmt::Display| Error::BadOutput { reason: format!("encoding Arrow: {e}") };
+    let mut writer = arrow_ipc::writer::StreamWriter::try_new(Vec::new(), &batch.schema()).map_err(|e| bad(&e))?;
+    writer.write(batch).map_err(|e| bad(&e))?;
+    writer.into_inner().map_err(|e| bad(&e))
+}
+
+/// Scores rows in a fresh instance; answers in the format they came in.
+fn score(served: &Served, rows: Rows) -> crate::Result<Rows> {
+    let batch = match &rows {
+        Rows::Json { rows } if rows.is_empty() => return Ok(Rows::Json { rows: Vec::new() }),
+        Rows::Json { rows } => rows_to_batch(rows)?,
+        Rows::Arrow { batch } => batch.clone(),
+    };
+    let mut instance = served.function.instantiate(&served.limits, served.config.clone(), Io::default())?;
+    let scored = instance.score_arrow(&batch)?;
+    Ok(match rows {
+        Rows::Json { .. } => Rows::Json { rows: batch_to_rows(&scored)? },
+        Rows::Arrow { .. } => Rows::Arrow { batch: scored },
+    })
+}
+
+fn rows_to_batch(rows: &[Row]) -> crate::Result<RecordBatch> {
+    let bad = |e: &dyn std::fmt::Display| Error::BadInputRequest { reason: format!("rows: {e}") };
+    let values: Vec<serde_json::Value> = rows.iter().cloned().map(serde_json::Value::Object).collect();
+    let schema = arrow_json::reader::infer_json_schema_from_iterator(values.iter().map(Ok)).map_err(|e| bad(&e))?;
+    let mut decoder = arrow_json::ReaderBuilder::new(Arc::new(schema))
+        .with_batch_size(rows.len().max(1))
+        .build_decoder()
+        .map_err(|e| bad(&e))?;
+    decoder.serialize(&values).map_err(|e| bad(&e))?;
+    decoder.flush().map_err(|e| bad(&e))?.ok_or_else(|| bad(&"no rows"))
+}
+
+fn batch_to_rows(batch: &RecordBatch) -> crate::Result<Vec<Row>> {
+    let bad = |e: &dyn std::fmt::Display| Error::BadOutput { reason: format!("encoding rows: {e}") };
+    let mut writer = arrow_json::ArrayWriter::new(Vec::new());
+    writer.write(batch).map_err(|e| bad(&e))?;
+    writer.finish().map_err(|e| bad(&e))?;
+    serde_json::from_slice(&writer.into_inner()).map_err(|e| bad(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json_rows(body: &str) -> Result<Vec<Row>, String> {
+        match read_json(body.as_bytes())? {
+            Rows::Json { rows } => Ok(rows),
+            Rows::Arrow { .. } => Err("arrow".into()),
+        }
+    }
+
+    #[test]
+    fn json_bodies_are_rows_or_one_row() {
+        assert_eq!(json_rows(r#"{"rows": [{"x": 1}, {"x": 2}]}"#).map(|r| r.len()), Ok(2));
+        assert_eq!(json_rows(r#"{"x": 1, "y": "a"}"#).map(|r| r.len()), Ok(1));
+        let odd = json_rows(r#"{"rows": 3, "x": 1}"#).expect("a row with a rows field");
+        assert_eq!(odd[0]["rows"], 3);
+        assert!(json_rows(r#"{"rows": 3}"#).is_err_and(|e| e.contains("not a list")));
+        assert!(json_rows(r#"{"rows": [1]}"#).is_err_and(|e| e.contains("not an object")));
+        assert!(json_rows("[1, 2]").is_err_and(|e| e.contains("not an object")));
+        assert!(json_rows("{\"rows\": [").is_err_and(|e| e.contains("malformed JSON")));
+    }
+
+    #[test]
+    fn arrow_streams_round_trip_and_garbage_is_refused() {
+        let batch = RecordBatch::try_from_iter([(
+            "x",
+            Arc::new(arrow_array::Float64Array::from(vec![1.0, 2.5])) as arrow_array::ArrayRef,
+        )])
+        .expect("batch");
+        let bytes = write_arrow(&batch).expect("write");
+        let Ok(Rows::Arrow { batch: back }) = read_arrow(&bytes) else { panic!("not read back") };
+        assert_eq!(back, batch);
+        assert!(read_arrow(b"not arrow").is_err_and(|e| e.contains("malformed Arrow")));
+    }
+}
