@@ -157,12 +157,18 @@ pub struct Node {
 
 impl Node {
     pub fn start(control_plane: &str, data: &Path) -> Node {
+        Node::start_with(control_plane, data, &[])
+    }
+
+    /// A node with extra flags (admission limits).
+    pub fn start_with(control_plane: &str, data: &Path, flags: &[&str]) -> Node {
         let port = free_port();
         let log = std::fs::File::create(data.with_extension("log")).expect("log");
         let child = super::wasmgrid()
             .args(["node", "--control-plane", control_plane, "--listen", &format!("127.0.0.1:{port}")])
             .arg("--data")
             .arg(data)
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

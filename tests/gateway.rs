@@ -1,0 +1,275 @@
+//! The node's gateway end to end: a real control plane and node process,
+//! calls over HTTP in JSON and Arrow, every error status, versions rolling
+//! under load, metrics.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arrow_array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch};
+use common::grid::{Node, Replicas};
+use wasmgrid_api::{Client, DeployRequest, InvokeResponse};
+use wasmgrid_test_artifacts as guests;
+
+const MODEL: &str = r#"{"features": ["amount", "foreign"], "weights": [0.01, 2.0], "bias": -3.0}"#;
+
+async fn deploy(client: &Client, name: &str, wasm: &str, timeout_ms: u64, config: &[(&str, &str)]) -> u64 {
+    let module = client.upload_module(std::fs::read(wasm).expect("wasm")).await.expect("upload").sha256;
+    let request = DeployRequest {
+        module,
+        timeout_ms: Some(timeout_ms),
+        memory: Some(32 << 20),
+        config: config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+    };
+    client.deploy(name, &request).await.expect("deploy").active
+}
+
+/// Waits until the node serves `name` at `version`.
+async fn served(http: &reqwest::Client, node: &Node, name: &str, version: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http.get(format!("{}/v1/routes", node.url)).send().await
+            && let Ok(table) = r.json::<wasmgrid_api::RouteTable>().await
+            && table.routes.iter().any(|r| r.name == name && r.version == version)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} v{version} never served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn transactions(n: usize) -> (Vec<f64>, Vec<i64>) {
+    let mut rng = common::Rng::new(11);
+    let amounts = (0..n).map(|_| (rng.unit() * 50_000.0).round() / 100.0).collect();
+    let foreign = (0..n).map(|_| i64::from(rng.below(5) == 0)).collect();
+    (amounts, foreign)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_and_arrow_calls_score_exactly_like_wasmgrid_run() {
+    let replicas = Replicas::start(1, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let client = replicas.client(1);
+    let version = deploy(&client, "fraud", guests::LOGREG, 1000, &[("model", MODEL)]).await;
+    let node = Node::start(&replicas.urls(), &replicas.dir.path().join("node"));
+    let http = reqwest::Client::new();
+    served(&http, &node, "fraud", version).await;
+
+    // The reference: `wasmgrid run` over the same rows as CSV.
+    let (amounts, foreign) = transactions(200);
+    let dir = replicas.dir.path();
+    let mut csv = String::from("amount,foreign\n");
+    for (a, f) in amounts.iter().zip(&foreign) {
+        csv.push_str(&format!("{a},{f}\n"));
+    }
+    std::fs::write(dir.join("rows.csv"), csv).expect("csv");
+    let out = dir.join("run-out");
+    common::ok(common::run_in(
+        &dir.join("cache"),
+        &[
+            "run",
+            guests::LOGREG,
+            "--input",
+            &dir.join("rows.csv").display().to_string(),
+            "--output",
+            &out.display().to_string(),
+            "--config",
+            &format!("model={MODEL}"),
+        ],
+    ));
+    let reference: Vec<f64> = std::fs::read_to_string(out.join("part-00000.jsonl"))
+        .expect("output")
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("row")["score"].as_f64().expect("score"))
+        .collect();
+    assert_eq!(reference.len(), 200);
+
+    // JSON rows.
+    let rows: Vec<serde_json::Value> =
+        amounts.iter().zip(&foreign).map(|(a, f)| serde_json::json!({"amount": a, "foreign": f})).collect();
+    let url = format!("{}/v1/fn/default/fraud", node.url);
+    let response = http.post(&url).json(&serde_json::json!({ "rows": rows })).send().await.expect("call");
+    assert_eq!(response.status(), 200);
+    let body: InvokeResponse = response.json().await.expect("json");
+    let scores: Vec<f64> = body.rows.iter().map(|r| r["score"].as_f64().expect("score")).collect();
+    assert_eq!(scores, reference, "JSON scores equal `wasmgrid run`'s");
+
+    // One row object.
+    let one = http.post(&url).json(&rows[7]).send().await.expect("call").json::<InvokeResponse>().await.expect("json");
+    assert_eq!(one.rows.len(), 1);
+    assert_eq!(one.rows[0]["score"].as_f64(), Some(reference[7]));
+
+    // An Arrow IPC stream, answered in kind.
+    let batch = RecordBatch::try_from_iter([
+        ("amount", Arc::new(Float64Array::from(amounts.clone())) as ArrayRef),
+        ("foreign", Arc::new(Int64Array::from(foreign.clone())) as ArrayRef),
+    ])
+    .expect("batch");
+    let mut ipc = arrow_ipc::writer::StreamWriter::try_new(Vec::new(), &batch.schema()).expect("writer");
+    ipc.write(&batch).expect("write");
+    let ipc = ipc.into_inner().expect("finish");
+    let response = http
+        .post(&url)
+        .header("content-type", "application/vnd.apache.arrow.stream")
+        .body(ipc)
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/vnd.apache.arrow.stream");
+    assert_eq!(response.headers()["x-wasmgrid-version"], version.to_string().as_str());
+    let bytes = response.bytes().await.expect("body");
+    let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes.to_vec()), None).expect("ipc");
+    let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().expect("batches");
+    let scored = &batches[0];
+    assert_eq!(scored.num_columns(), 3);
+    let column = scored.column_by_name("score").expect("score column");
+    let column = column.as_any().downcast_ref::<Float64Array>().expect("f64");
+    assert_eq!(column.values().to_vec(), reference, "Arrow scores equal `wasmgrid run`'s");
+    assert_eq!(column.len(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_status_is_provoked_and_answered_in_json() {
+    let replicas = Replicas::start(1, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let client = replicas.client(1);
+    let v = deploy(&client, "fraud", guests::LOGREG, 1000, &[("model", MODEL)]).await;
+    deploy(&client, "spin", guests::HOSTILE_SCORER, 600, &[("mode", "loop")]).await;
+    deploy(&client, "crash", guests::HOSTILE_SCORER, 600, &[("mode", "trap"), ("message", "sensor 7 is on fire")])
+        .await;
+    deploy(&client, "words", guests::WORDCOUNT_MAP, 600, &[]).await;
+    let flags = ["--max-body", "4KiB", "--max-concurrency", "1", "--max-queue", "1", "--queue-timeout", "150ms"];
+    let node = Node::start_with(&replicas.urls(), &replicas.dir.path().join("node"), &flags);
+    let http = reqwest::Client::new();
+    served(&http, &node, "fraud", v).await;
+    served(&http, &node, "words", 1).await;
+    let url = |name: &str| format!("{}/v1/fn/default/{name}", node.url);
+    let row = serde_json::json!({"rows": [{"amount": 1.0, "foreign": 0}]});
+
+    async fn answer(r: reqwest::Response) -> (u16, Option<String>, String, String) {
+        let status = r.status().as_u16();
+        let retry = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let body: serde_json::Value = r.json().await.expect("a JSON body");
+        let code = body["error"]["code"].as_str().unwrap_or("").to_string();
+        let message = body["error"]["message"].as_str().unwrap_or("").to_string();
+        (status, retry, code, message)
+    }
+
+    // 413: a body over --max-body.
+    let big = serde_json::json!({"rows": [{"note": "x".repeat(8 << 10)}]});
+    let (s, _, code, _) = answer(http.post(url("fraud")).json(&big).send().await.expect("answer")).await;
+    assert_eq!((s, code.as_str()), (413, "too_large"));
+    // 400: malformed JSON; a function that is not a scorer.
+    let r = http.post(url("fraud")).header("content-type", "application/json").body("{\"rows\": [").send();
+    let (s, _, _, m) = answer(r.await.expect("answer")).await;
+    assert!(s == 400 && m.contains("malformed JSON"), "{s} {m}");
+    let (s, _, code, _) = answer(http.post(url("words")).json(&row).send().await.expect("answer")).await;
+    assert_eq!((s, code.as_str()), (400, "wrong_kind"));
+    // 404: unknown function.
+    let (s, _, _, m) = answer(http.post(url("nope")).json(&row).send().await.expect("answer")).await;
+    assert!(s == 404 && m.contains("nope"), "{s} {m}");
+    // 500 with the guest's message.
+    let (s, _, code, m) = answer(http.post(url("crash")).json(&row).send().await.expect("answer")).await;
+    assert_eq!((s, code.as_str()), (500, "trap"));
+    assert!(m.contains("sensor 7 is on fire"), "{m}");
+
+    // 504, 503 and 429: one call holds the only slot until its 600 ms
+    // timeout, a second waits in the queue and gives up after 150 ms, a
+    // third finds the queue full. Which call gets which depends on arrival
+    // order; the three answers do not.
+    let first = tokio::spawn(http.post(url("spin")).json(&row).send());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = tokio::spawn(http.post(url("spin")).json(&row).send());
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let third = answer(http.post(url("spin")).json(&row).send().await.expect("answer")).await;
+    let second = answer(second.await.expect("task").expect("answer")).await;
+    let first = answer(first.await.expect("task").expect("answer")).await;
+    let mut statuses = vec![first.0, second.0, third.0];
+    statuses.sort();
+    assert_eq!(statuses, [429, 503, 504], "{first:?} {second:?} {third:?}");
+    for a in [&first, &second, &third] {
+        match a.0 {
+            504 => assert_eq!((a.2.as_str(), a.1.as_deref()), ("timeout", None)),
+            _ => assert_eq!((a.2.as_str(), a.1.as_deref()), ("overloaded", Some("1")), "{a:?}"),
+        }
+    }
+
+    // Nothing above slowed or broke the healthy function.
+    let ok = http.post(url("fraud")).json(&row).send().await.expect("answer");
+    assert_eq!(ok.status(), 200);
+
+    // Metrics count all of it.
+    let metrics = http.get(format!("{}/metrics", node.url)).send().await.expect("metrics").text().await.expect("text");
+    for want in [
+        r#"wasmgrid_requests_total{tenant="default",function="spin",status="504"} 1"#,
+        r#"wasmgrid_requests_total{tenant="default",function="spin",status="429"} 1"#,
+        r#"wasmgrid_requests_total{tenant="default",function="fraud",status="413"} 1"#,
+        r#"wasmgrid_errors_total{tenant="default",function="crash",kind="trap"} 1"#,
+        r#"wasmgrid_request_duration_seconds_count{tenant="default",function="fraud"} 3"#,
+        r#"wasmgrid_inflight{tenant="default",function="spin"} 0"#,
+    ] {
+        assert!(metrics.contains(want), "metrics lack {want}:\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_versions_under_load_loses_no_call_and_mixes_no_versions() {
+    let replicas = Replicas::start(1, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let client = replicas.client(1);
+    let model = |w: f64| format!(r#"{{"features": ["amount"], "weights": [{w}], "bias": 0}}"#);
+    let weights = [0.5, -0.5, 2.0];
+    deploy(&client, "fraud", guests::LOGREG, 1000, &[("model", &model(weights[0]))]).await;
+    let node = Node::start(&replicas.urls(), &replicas.dir.path().join("node"));
+    let http = reqwest::Client::new();
+    served(&http, &node, "fraud", 1).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut callers = Vec::new();
+    for c in 0..4 {
+        let (stop, http, url) = (stop.clone(), http.clone(), format!("{}/v1/fn/default/fraud", node.url));
+        callers.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let rows: Vec<_> =
+                    (0..16).map(|r| serde_json::json!({"amount": (c * 1000 + i * 16 + r) as f64 * 1e-3})).collect();
+                let r = http.post(&url).json(&serde_json::json!({ "rows": rows })).send().await.expect("answered");
+                assert_eq!(r.status(), 200, "a call failed during the roll: {:?}", r.text().await);
+                answers.push(r.json::<InvokeResponse>().await.expect("json"));
+                i += 1;
+            }
+            answers
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    deploy(&client, "fraud", guests::LOGREG, 1000, &[("model", &model(weights[1]))]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    deploy(&client, "fraud", guests::LOGREG, 1000, &[("model", &model(weights[2]))]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.rollback("fraud", 1).await.expect("rollback");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let mut seen = std::collections::BTreeSet::new();
+    let mut calls = 0;
+    for c in callers {
+        for answer in c.await.expect("caller") {
+            let w = weights[answer.version as usize - 1];
+            for row in &answer.rows {
+                let x = row["amount"].as_f64().expect("amount");
+                let want = 1.0 / (1.0 + (-w * x).exp());
+                assert!((row["score"].as_f64().expect("score") - want).abs() < 1e-12, "mixed versions");
+            }
+            seen.insert(answer.version);
+            calls += 1;
+        }
+    }
+    println!("{calls} calls, versions served: {seen:?}");
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), [1, 2, 3], "every version served over {calls} calls");
+}
