@@ -1,0 +1,120 @@
+//! Follows docs/guide/serve-over-http.md: starts `wasmgrid dev`, runs every
+//! `sh` block in order with the real `wasmgrid` and `curl`, and compares
+//! each output with the `output` block after it.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wasmgrid_test_artifacts as guests;
+
+/// (kind, body) of every code block marked `<!-- sh -->` or `<!-- output -->`.
+fn blocks(text: &str) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("<!-- ") {
+        rest = &rest[at + 5..];
+        let kind = match rest {
+            r if r.starts_with("sh -->") => "sh",
+            r if r.starts_with("output -->") => "output",
+            _ => continue,
+        };
+        let body = &rest[rest.find("```").expect("a block follows")..];
+        let body = &body[body.find('\n').expect("fence") + 1..];
+        let end = body.find("```").expect("block closes");
+        out.push((kind, body[..end].trim_end().to_string()));
+        rest = &body[end..];
+    }
+    out
+}
+
+/// Module hashes depend on where the guest was built; compare without them.
+fn normalize(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(at) = rest.find("module ") {
+        out.push_str(&rest[..at + 7]);
+        rest = &rest[at + 7..];
+        let hex = rest.chars().take_while(char::is_ascii_hexdigit).count();
+        if hex == 12 {
+            out.push_str("<sha>");
+            rest = &rest[12..];
+        }
+    }
+    out.push_str(rest);
+    out.trim().to_string()
+}
+
+/// Waits until the node serves every function's active version.
+async fn converged(control_plane: &str, gateway: &str) {
+    let client = wasmgrid_api::Client::new(&[control_plane], Duration::from_secs(5)).expect("client");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let want = client.functions().await.expect("functions").functions;
+        let have: wasmgrid_api::RouteTable =
+            http.get(format!("{gateway}/v1/routes")).send().await.expect("routes").json().await.expect("json");
+        if want.iter().all(|f| have.routes.iter().any(|r| r.name == f.name && r.version == f.active)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the node never caught up: {want:?} vs {have:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_over_http_guide_works_as_written() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let guide = std::fs::read_to_string(root.join("docs/guide/serve-over-http.md")).expect("guide");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_wasmgrid"), bin.join("wasmgrid")).expect("symlink");
+
+    let mut dev = common::wasmgrid()
+        .args(["dev", "--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0", "--data"])
+        .arg(tmp.path().join("dev"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("wasmgrid dev");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(dev.stdout.take().expect("stdout")));
+    let mut url = |prefix: &str| {
+        let line = lines.next().and_then(Result::ok).unwrap_or_default();
+        line.strip_prefix(prefix).map(|u| u.trim().to_string()).unwrap_or_else(|| panic!("dev printed {line}"))
+    };
+    let control_plane = url("control plane:");
+    let gateway = url("gateway:");
+
+    let guests_dir = Path::new(guests::FALL_DETECT).parent().expect("dir").display().to_string();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let blocks = blocks(&guide);
+    assert!(blocks.iter().filter(|b| b.0 == "sh").count() >= 6, "{blocks:?}");
+    let mut last = None;
+    for (kind, body) in blocks {
+        match kind {
+            "sh" => {
+                let script =
+                    body.replace("http://127.0.0.1:7401", &gateway).replace("target/wasm32-wasip2/guest", &guests_dir);
+                let out = Command::new("bash")
+                    .args(["-e", "-c", &script])
+                    .env("PATH", &path)
+                    .env("WASMGRID_URL", &control_plane)
+                    .env("NO_COLOR", "1")
+                    .output()
+                    .expect("bash");
+                let (stdout, stderr) = common::text(&out);
+                assert!(out.status.success(), "`{body}` failed\n{stdout}\n{stderr}");
+                converged(&control_plane, &gateway).await;
+                last = Some((body, stdout));
+            }
+            _ => {
+                let (command, stdout) = last.take().expect("an output block follows a command");
+                assert_eq!(normalize(&stdout), normalize(&body), "output of `{command}`");
+            }
+        }
+    }
+    common::grid::terminate(&mut dev);
+}
