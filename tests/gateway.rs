@@ -273,3 +273,60 @@ async fn rolling_versions_under_load_loses_no_call_and_mixes_no_versions() {
     println!("{calls} calls, versions served: {seen:?}");
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), [1, 2, 3], "every version served over {calls} calls");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standard_wasi_http_component_answers_through_the_gateway() {
+    let replicas = Replicas::start(1, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let client = replicas.client(1);
+    let module = client.upload_module(std::fs::read(guests::HTTP_HELLO).expect("wasm")).await.expect("upload");
+    assert_eq!(module.kind, "http");
+    let request = DeployRequest { module: module.sha256, timeout_ms: Some(300), ..DeployRequest::default() };
+    let v = client.deploy("hello", &request).await.expect("deploy").active;
+    deploy(&client, "fraud", guests::LOGREG, 1000, &[("model", MODEL)]).await;
+    let node = Node::start(&replicas.urls(), &replicas.dir.path().join("node"));
+    let http = reqwest::Client::new();
+    served(&http, &node, "hello", v).await;
+    served(&http, &node, "fraud", 1).await;
+    let base = format!("{}/v1/http/default/hello", node.url);
+
+    // The component sees the path below the function's prefix, and the body.
+    let r = http.post(format!("{base}/orders/7?expand=1")).body("abc").send().await.expect("answer");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/plain");
+    assert_eq!(r.headers()["x-wasmgrid-version"], "1");
+    assert_eq!(r.text().await.expect("body"), "POST /orders/7?expand=1: 3 bytes");
+    let r = http.get(&base).send().await.expect("answer");
+    assert_eq!(r.text().await.expect("body"), "GET /: 0 bytes");
+
+    async fn error(r: reqwest::Response) -> (u16, String, String) {
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.expect("a JSON error");
+        (
+            status,
+            body["error"]["code"].as_str().unwrap_or("").into(),
+            body["error"]["message"].as_str().unwrap_or("").into(),
+        )
+    }
+    // A handler that loops is stopped at its timeout; one that panics is a 500 with its message.
+    let (s, code, _) = error(http.get(format!("{base}/spin")).send().await.expect("answer")).await;
+    assert_eq!((s, code.as_str()), (504, "timeout"));
+    let (s, code, m) = error(http.get(format!("{base}/panic")).send().await.expect("answer")).await;
+    assert_eq!((s, code.as_str()), (500, "trap"));
+    assert!(m.contains("the handler was asked to panic"), "{m}");
+    // Each kind of function at its own endpoint.
+    let (s, code, _) = error(
+        http.post(format!("{}/v1/fn/default/hello", node.url))
+            .json(&serde_json::json!({"x": 1}))
+            .send()
+            .await
+            .expect("a"),
+    )
+    .await;
+    assert_eq!((s, code.as_str()), (400, "wrong_kind"));
+    let (s, code, _) = error(http.get(format!("{}/v1/http/default/fraud/", node.url)).send().await.expect("a")).await;
+    assert_eq!((s, code.as_str()), (400, "wrong_kind"));
+    // And the node still serves.
+    let r = http.get(format!("{base}/again")).send().await.expect("answer");
+    assert_eq!(r.text().await.expect("body"), "GET /again: 0 bytes");
+}

@@ -13,7 +13,8 @@ use wasmparser::{Parser, Payload, Validator, WasmFeatures};
 pub struct InvalidModule(pub String);
 
 /// Checks that `bytes` are a valid component and returns its world:
-/// `scorer` (exports `score`), `mapper` (`run`) or `reducer` (`reduce`).
+/// `scorer` (exports `score`), `mapper` (`run`), `reducer` (`reduce`) or
+/// `http` (a standard `wasi:http/proxy` component).
 pub fn inspect(bytes: &[u8]) -> Result<&'static str, InvalidModule> {
     if bytes.is_empty() {
         return Err(InvalidModule("the module is empty".into()));
@@ -53,9 +54,12 @@ pub fn inspect(bytes: &[u8]) -> Result<&'static str, InvalidModule> {
             return Ok(kind);
         }
     }
+    if exports.iter().any(|e| e.starts_with("wasi:http/incoming-handler@0.2")) {
+        return Ok("http");
+    }
     Err(InvalidModule(format!(
-        "the component is not a wasmgrid function: it must export `score` (scorer), `run` (mapper) or \
-         `reduce` (reducer); it exports [{}]",
+        "the component is not a wasmgrid function: it must export `score` (scorer), `run` (mapper), \
+         `reduce` (reducer) or `wasi:http/incoming-handler` (a wasi:http/proxy component); it exports [{}]",
         exports.join(", ")
     )))
 }

@@ -28,14 +28,14 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmgrid_api::{ErrorBody, ErrorDetail, InvokeResponse, Route, RouteTable, VERSION_HEADER};
 
 use crate::runtime::{Function, Io, Limits, Runtime};
@@ -189,10 +189,16 @@ impl Gateway {
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/v1/fn/{tenant}/{name}", post(invoke).layer(DefaultBodyLimit::max(self.config.max_body)))
+            .route("/v1/http/{tenant}/{name}", any(http_root).layer(DefaultBodyLimit::max(self.config.max_body)))
+            .route("/v1/http/{tenant}/{name}/", any(http_root).layer(DefaultBodyLimit::max(self.config.max_body)))
+            .route(
+                "/v1/http/{tenant}/{name}/{*rest}",
+                any(http_path).layer(DefaultBodyLimit::max(self.config.max_body)),
+            )
             .route("/v1/health", get(health))
             .route("/v1/routes", get(served_routes))
             .route("/metrics", get(metrics))
-            .fallback(|uri: axum::http::Uri| async move {
+            .fallback(|uri: http::Uri| async move {
                 failure(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint: {}", uri.path()))
             })
             .with_state(self.clone())
@@ -313,23 +319,50 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
 }
 
 /// Counts a call in flight until dropped.
-struct InFlight<'a> {
-    gateway: &'a Gateway,
+struct InFlight {
+    gateway: Arc<Gateway>,
     labels: FunctionLabels,
 }
 
-impl<'a> InFlight<'a> {
-    fn new(gateway: &'a Gateway, labels: FunctionLabels) -> Self {
+impl InFlight {
+    fn new(gateway: &Arc<Gateway>, labels: FunctionLabels) -> Self {
         gateway.inflight.fetch_add(1, Ordering::Relaxed);
         gateway.metrics.inflight.get_or_create(&labels).inc();
-        InFlight { gateway, labels }
+        InFlight { gateway: gateway.clone(), labels }
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.gateway.inflight.fetch_sub(1, Ordering::Relaxed);
         self.gateway.metrics.inflight.get_or_create(&self.labels).dec();
+    }
+}
+
+/// Waits for one of the function's slots, within its queue bound and the
+/// queue timeout; answers 429 or 503 (with `Retry-After`) otherwise.
+async fn admit(gateway: &Gateway, served: &Served, name: &str) -> Result<OwnedSemaphorePermit, Response> {
+    if let Ok(p) = served.gate.slots.clone().try_acquire_owned() {
+        return Ok(p);
+    }
+    let gate = &served.gate;
+    if gate.waiting.fetch_add(1, Ordering::AcqRel) >= gateway.config.max_queue {
+        gate.waiting.fetch_sub(1, Ordering::AcqRel);
+        let message = format!(
+            "function `{name}` is at its concurrency limit ({} running, {} waiting); retry later",
+            gateway.config.max_concurrency, gateway.config.max_queue
+        );
+        return Err(busy(StatusCode::TOO_MANY_REQUESTS, "overloaded", message));
+    }
+    let waited = tokio::time::timeout(gateway.config.queue_timeout, gate.slots.clone().acquire_owned()).await;
+    gate.waiting.fetch_sub(1, Ordering::AcqRel);
+    match waited {
+        Ok(Ok(p)) => Ok(p),
+        _ => {
+            let message =
+                format!("function `{name}` had no free slot within {:?}; retry later", gateway.config.queue_timeout);
+            Err(busy(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message))
+        }
     }
 }
 
@@ -395,36 +428,17 @@ async fn call(
         return fail(failure(StatusCode::NOT_FOUND, "not_found", message), "not_found");
     };
     if served.function.kind() != Kind::Scorer {
-        let message = format!("`{name}` is a {}; only scorers are invoked per request", served.function.kind().name());
+        let message = match served.function.kind() {
+            Kind::Http => format!("`{name}` is a wasi:http component; call it under /v1/http/{tenant}/{name}/"),
+            kind => format!("`{name}` is a {}; only scorers are invoked per request", kind.name()),
+        };
         return fail(failure(StatusCode::BAD_REQUEST, "wrong_kind", message), "wrong_kind");
     }
 
     let _inflight = InFlight::new(gateway, labels.clone());
-    let permit = match served.gate.slots.clone().try_acquire_owned() {
+    let permit = match admit(gateway, &served, name).await {
         Ok(p) => p,
-        Err(_) => {
-            let gate = &served.gate;
-            if gate.waiting.fetch_add(1, Ordering::AcqRel) >= gateway.config.max_queue {
-                gate.waiting.fetch_sub(1, Ordering::AcqRel);
-                let message = format!(
-                    "function `{name}` is at its concurrency limit ({} running, {} waiting); retry later",
-                    gateway.config.max_concurrency, gateway.config.max_queue
-                );
-                return fail(busy(StatusCode::TOO_MANY_REQUESTS, "overloaded", message), "overloaded");
-            }
-            let waited = tokio::time::timeout(gateway.config.queue_timeout, gate.slots.clone().acquire_owned()).await;
-            gate.waiting.fetch_sub(1, Ordering::AcqRel);
-            match waited {
-                Ok(Ok(p)) => p,
-                _ => {
-                    let message = format!(
-                        "function `{name}` had no free slot within {:?}; retry later",
-                        gateway.config.queue_timeout
-                    );
-                    return fail(busy(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message), "overloaded");
-                }
-            }
-        }
+        Err(busy) => return fail(busy, "overloaded"),
     };
 
     let job = served.clone();
@@ -539,6 +553,135 @@ fn batch_to_rows(batch: &RecordBatch) -> crate::Result<Vec<Row>> {
     writer.write(batch).map_err(|e| bad(&e))?;
     writer.finish().map_err(|e| bad(&e))?;
     serde_json::from_slice(&writer.into_inner()).map_err(|e| bad(&e))
+}
+
+async fn http_root(
+    State(gateway): State<Arc<Gateway>>,
+    UrlPath((tenant, name)): UrlPath<(String, String)>,
+    request: axum::extract::Request,
+) -> Response {
+    http_call(gateway, tenant, name, String::new(), request).await
+}
+
+async fn http_path(
+    State(gateway): State<Arc<Gateway>>,
+    UrlPath((tenant, name, rest)): UrlPath<(String, String, String)>,
+    request: axum::extract::Request,
+) -> Response {
+    http_call(gateway, tenant, name, rest, request).await
+}
+
+/// Serves a request with a `wasi:http/proxy` component. The component sees
+/// the path below `/v1/http/{tenant}/{name}`, so one written for `wasmtime
+/// serve` works unchanged.
+async fn http_call(
+    gateway: Arc<Gateway>,
+    tenant: String,
+    name: String,
+    rest: String,
+    request: axum::extract::Request,
+) -> Response {
+    let started = Instant::now();
+    let labels = FunctionLabels { tenant: tenant.clone(), function: name.clone() };
+    let response = http_answer(&gateway, &tenant, &name, rest, &labels, request).await;
+    let metrics = &gateway.metrics;
+    let status = response.status().as_u16();
+    metrics.requests.get_or_create(&StatusLabels { tenant: tenant.clone(), function: name.clone(), status }).inc();
+    metrics.latency.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    if status >= 400 {
+        let kind = if status == 404 { "not_found" } else { "http_error" };
+        metrics.errors.get_or_create(&ErrorLabels { tenant, function: name, kind: kind.into() }).inc();
+    }
+    gateway.invocations.fetch_add(1, Ordering::Relaxed);
+    response
+}
+
+async fn http_answer(
+    gateway: &Arc<Gateway>,
+    tenant: &str,
+    name: &str,
+    rest: String,
+    labels: &FunctionLabels,
+    request: axum::extract::Request,
+) -> Response {
+    let served = gateway.table().get(&(tenant.to_string(), name.to_string())).cloned();
+    let Some(served) = served else {
+        let message = format!("function `{tenant}/{name}` is not deployed (or not ready on this node yet)");
+        return failure(StatusCode::NOT_FOUND, "not_found", message);
+    };
+    if served.function.kind() != Kind::Http {
+        let message = format!(
+            "`{name}` is a {}, not a wasi:http component; call it at /v1/fn/{tenant}/{name}",
+            served.function.kind().name()
+        );
+        return failure(StatusCode::BAD_REQUEST, "wrong_kind", message);
+    }
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, gateway.config.max_body).await {
+        Ok(b) => b,
+        Err(_) => {
+            let message = format!("the body is over the limit of {} bytes", gateway.config.max_body);
+            return failure(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message);
+        }
+    };
+    let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let mut inner = http::Request::builder().method(parts.method).uri(format!("/{rest}{query}"));
+    for (k, v) in &parts.headers {
+        inner = inner.header(k, v);
+    }
+    if !parts.headers.contains_key(header::HOST) {
+        inner = inner.header(header::HOST, "localhost");
+    }
+    let body =
+        http_body_util::BodyExt::map_err(http_body_util::Full::new(body), |never| -> wasmtime_wasi_http::Error {
+            match never {}
+        });
+    let inner = match inner.body(body) {
+        Ok(r) => r,
+        Err(e) => return failure(StatusCode::BAD_REQUEST, "bad_request", format!("bad request: {e}")),
+    };
+
+    let inflight = InFlight::new(gateway, labels.clone());
+    let permit = match admit(gateway, &served, name).await {
+        Ok(p) => p,
+        Err(busy) => return busy,
+    };
+    let (respond, response) = tokio::sync::oneshot::channel();
+    let job = served.clone();
+    let guest = tokio::task::spawn_blocking(move || {
+        let _held = (permit, inflight);
+        let mut instance = job.function.instantiate(&job.limits, job.config.clone(), Io::default())?;
+        instance.handle_http(inner, respond)
+    });
+    match response.await {
+        Ok(Ok(response)) => {
+            let version = served.route.version;
+            let (mut parts, body) = response.into_parts();
+            if let Ok(v) = HeaderValue::from_str(&version.to_string()) {
+                parts.headers.insert(VERSION_HEADER, v);
+            }
+            // The body streams while the guest finishes; a failure after
+            // this point can only cut the body short, so it is logged.
+            let name = name.to_string();
+            tokio::spawn(async move {
+                if let Ok(Err(e)) = guest.await {
+                    tracing::warn!(function = %name, "wasi:http guest failed after answering: {e}");
+                }
+            });
+            Response::from_parts(parts, axum::body::Body::new(body))
+        }
+        Ok(Err(code)) => failure(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "http_error",
+            format!("the component answered with error {code:?}"),
+        ),
+        // The guest never set a response: say why it stopped.
+        Err(_) => match guest.await {
+            Ok(Err(e)) => runtime_failure(&e),
+            Ok(Ok(())) => failure(StatusCode::INTERNAL_SERVER_ERROR, "no_response", "the component set no response"),
+            Err(e) => failure(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the call failed: {e}")),
+        },
+    }
 }
 
 #[cfg(test)]

@@ -358,7 +358,9 @@ fn map_partition(
                 if finished.pairs.is_empty() { Vec::new() } else { finished.pairs.split(job.reduce_partitions.max(1)) };
             Ok(MapResult { index, file, records_in: finished.records_read, pairs })
         }
-        Kind::Reducer => Err(Error::WrongKind { expected: "scorer or mapper", actual: "reducer" }),
+        kind @ (Kind::Reducer | Kind::Http) => {
+            Err(Error::WrongKind { expected: "scorer or mapper", actual: kind.name() })
+        }
     }
 }
 

@@ -15,6 +15,7 @@ const GUESTS: &[&str] = &[
     "hostile-scorer",
     "hostile-mapper",
     "missing-import",
+    "http-hello",
 ];
 
 fn main() {

@@ -13,6 +13,7 @@ use wasmtime::{ResourceLimiter, Result as WasmResult};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::bindings::Batch;
 use crate::bindings::mapper::wasmgrid::function::{input, output};
@@ -171,6 +172,32 @@ pub struct HostState {
     pub(crate) pairs: crate::pairs::Pairs,
     pub(crate) output_bytes: u64,
     pub(crate) max_output_bytes: u64,
+    pub(crate) http: WasiHttpCtx,
+    pub(crate) http_hooks: NoNetwork,
+}
+
+/// `wasi:http` hooks for guests that get no network: every outgoing request
+/// is denied (`HTTP-request-denied`), as sockets are.
+#[derive(Debug, Default)]
+pub(crate) struct NoNetwork;
+
+type HttpFuture<T> = Box<dyn Future<Output = wasmtime_wasi_http::Result<T>> + Send>;
+
+impl WasiHttpHooks for NoNetwork {
+    fn send_request(
+        &mut self,
+        _request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: HttpFuture<()>,
+    ) -> HttpFuture<(http::Response<wasmtime_wasi_http::WasiBody>, HttpFuture<()>)> {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.http_hooks }
+    }
 }
 
 impl std::fmt::Debug for HostState {

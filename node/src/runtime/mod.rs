@@ -128,6 +128,9 @@ pub enum Kind {
     Mapper,
     /// Exports `reduce`.
     Reducer,
+    /// A standard `wasi:http/proxy` component (exports
+    /// `wasi:http/incoming-handler`).
+    Http,
 }
 
 impl Kind {
@@ -137,6 +140,7 @@ impl Kind {
             Kind::Scorer => "scorer",
             Kind::Mapper => "mapper",
             Kind::Reducer => "reducer",
+            Kind::Http => "http",
         }
     }
 }
@@ -215,6 +219,7 @@ impl Runtime {
         let mut linker: Linker<HostState> = Linker::new(&engine);
         let link = |e: wasmtime::Error| Error::Runtime(format!("linking host functions: {e}"));
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(link)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker).map_err(link)?;
         bindings::wasmgrid::function::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link)?;
         bindings::wasmgrid::function::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link)?;
         bindings::wasmgrid::function::config::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link)?;
@@ -337,6 +342,8 @@ impl Runtime {
             Kind::Mapper
         } else if exports.iter().any(|e| e == "reduce") {
             Kind::Reducer
+        } else if exports.iter().any(|e| e.starts_with("wasi:http/incoming-handler@0.2")) {
+            Kind::Http
         } else {
             return Err(Error::NotAFunction { exports: exports.join(", ") });
         };
@@ -353,6 +360,7 @@ impl Runtime {
                 bindings::reducer::ReducerPre::new(pre.clone()).map_err(world)?;
                 Pre::Reducer(pre)
             }
+            Kind::Http => Pre::Http(wasmtime_wasi_http::p2::bindings::sync::ProxyPre::new(pre).map_err(world)?),
         };
         Ok(Function {
             kind,
@@ -400,6 +408,7 @@ enum Pre {
     Scorer(bindings::ScorerPre<HostState>),
     Mapper(bindings::mapper::MapperPre<HostState>),
     Reducer(wasmtime::component::InstancePre<HostState>),
+    Http(wasmtime_wasi_http::p2::bindings::sync::ProxyPre<HostState>),
 }
 
 /// A loaded, linked component, ready to instantiate any number of times.
@@ -437,7 +446,16 @@ enum Exports {
     /// The untyped `reduce` export; typed per call, since the values are
     /// borrowed for that call only.
     Reducer(wasmtime::component::Func),
+    Http(wasmtime_wasi_http::p2::bindings::sync::Proxy),
 }
+
+/// Where a `wasi:http` guest's response goes.
+pub type HttpResponder = tokio::sync::oneshot::Sender<
+    std::result::Result<
+        http::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>,
+        wasmtime_wasi_http::p2::bindings::http::types::ErrorCode,
+    >,
+>;
 
 /// One instance in its own store. Dropping it returns its pool slot.
 pub struct Instance {
@@ -502,6 +520,8 @@ impl Function {
             pairs: crate::pairs::Pairs::default(),
             output_bytes: 0,
             max_output_bytes: limits.max_output_bytes,
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            http_hooks: host::NoNetwork,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -513,6 +533,7 @@ impl Function {
         let exports = match &self.pre {
             Pre::Scorer(p) => p.instantiate(&mut store).map(Exports::Scorer),
             Pre::Mapper(p) => p.instantiate(&mut store).map(Exports::Mapper),
+            Pre::Http(p) => p.instantiate(&mut store).map(Exports::Http),
             Pre::Reducer(p) => p.instantiate(&mut store).and_then(|instance| {
                 instance
                     .get_func(&mut store, "reduce")
@@ -582,6 +603,7 @@ impl Instance {
             Exports::Scorer(_) => Kind::Scorer,
             Exports::Mapper(_) => Kind::Mapper,
             Exports::Reducer(_) => Kind::Reducer,
+            Exports::Http(_) => Kind::Http,
         }
     }
 
@@ -617,6 +639,28 @@ impl Instance {
     pub fn score_arrow(&mut self, rows: &RecordBatch) -> Result<RecordBatch> {
         let scores = self.score(&convert::to_wit(rows)?)?;
         convert::merge_scores(rows, &convert::from_wit(scores)?)
+    }
+
+    /// Calls a `wasi:http/proxy` component's handler with `request`. The
+    /// response goes to `respond` as soon as the guest sets it, and its
+    /// body streams while the guest runs; this returns when the guest is done.
+    pub fn handle_http<B>(&mut self, request: http::Request<B>, respond: HttpResponder) -> Result<()>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        use wasmtime_wasi_http::WasiHttpView as _;
+        self.arm()?;
+        let Exports::Http(proxy) = &self.exports else {
+            return Err(self.wrong_kind(Kind::Http));
+        };
+        let bad = |e: wasmtime::Error| Error::BadInputRequest { reason: format!("{e:#}") };
+        let mut http = self.store.data_mut().http();
+        let request = http.new_incoming_request(wasmtime_wasi_http::p2::bindings::http::types::Scheme::Http, request);
+        let request = request.map_err(bad)?;
+        let out = http.new_response_outparam(respond).map_err(bad)?;
+        let result = proxy.wasi_http_incoming_handler().call_handle(&mut self.store, request, out);
+        result.map_err(|e| classify(e, &self.limits, &self.store.data().stderr))
     }
 
     /// Calls a mapper on `partition`.
