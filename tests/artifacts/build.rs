@@ -16,6 +16,7 @@ const GUESTS: &[&str] = &[
     "hostile-mapper",
     "missing-import",
     "http-hello",
+    "logreg-http",
 ];
 
 fn main() {

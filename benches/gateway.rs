@@ -1,0 +1,251 @@
+//! Gateway benchmark (`cargo bench --bench gateway`): per-request scoring
+//! over HTTP on loopback, `logreg` on 1 row and on 100 rows, against
+//!
+//! - **native**: a plain hyper (axum) server in this process calling the same
+//!   model code (`guest-examples/logreg/src/model.rs`) natively, and
+//! - **wasmtime serve**: the same model as a standard `wasi:http/proxy`
+//!   component (`tests/guests/logreg-http`) under `wasmtime serve`
+//!   (`$WASMTIME`, else `wasmtime` on `PATH`; skipped when there is none).
+//!
+//! wasmgrid runs as `wasmgrid dev` (release build). Load comes from `wrk`
+//! (throughput at saturation, 16 connections) and `hey` (latency at half of
+//! wasmgrid's saturation throughput, fixed rate). Both must be installed
+//! (`apt-get install wrk hey`). Every server and the load generator share
+//! this machine's cores, so absolute figures understate a dedicated server;
+//! the ratios in the same run are the point.
+
+use std::io::BufRead as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use wasmgrid_test_artifacts as guests;
+
+#[path = "../guest-examples/logreg/src/model.rs"]
+mod model;
+
+const MODEL: &str = r#"{"features": ["amount", "age_days", "foreign"], "weights": [0.004, -0.001, 1.5], "bias": -1.0}"#;
+
+fn body(rows: usize) -> String {
+    let rows: Vec<Value> = (0..rows)
+        .map(|i| serde_json::json!({"amount": 10.0 + i as f64 * 3.7, "age_days": (i * 37 % 3000) as f64, "foreign": (i % 5 == 0) as i64}))
+        .collect();
+    serde_json::json!({ "rows": rows }).to_string()
+}
+
+/// The native baseline: the same JSON in and out, the same model code.
+fn native_score(body: &[u8]) -> Result<Vec<u8>, String> {
+    let model = model::Model::parse(MODEL)?;
+    let mut request: Map<String, Value> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let Some(Value::Array(rows)) = request.remove("rows") else {
+        return Err("expected rows".into());
+    };
+    let mut rows: Vec<Map<String, Value>> =
+        rows.into_iter().filter_map(|r| if let Value::Object(o) = r { Some(o) } else { None }).collect();
+    let scores = model.score(rows.len(), |name| {
+        rows.iter().map(|r| r.get(name).and_then(Value::as_f64).ok_or_else(|| format!("no {name}"))).collect()
+    })?;
+    for (row, s) in rows.iter_mut().zip(scores) {
+        row.insert("score".into(), Value::from(s));
+    }
+    serde_json::to_vec(&serde_json::json!({ "rows": rows })).map_err(|e| e.to_string())
+}
+
+fn start_native() -> (SocketAddr, std::thread::JoinHandle<()>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio");
+        rt.block_on(async move {
+            let app = axum::Router::new().route(
+                "/score",
+                axum::routing::post(|body: axum::body::Bytes| async move {
+                    match native_score(&body) {
+                        Ok(bytes) => ([("content-type", "application/json")], bytes).into_response(),
+                        Err(e) => (axum::http::StatusCode::BAD_REQUEST, e).into_response(),
+                    }
+                }),
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            tx.send(listener.local_addr().expect("addr")).expect("send");
+            axum::serve(listener, app).await.expect("serve");
+        });
+    });
+    (rx.recv().expect("native server address"), handle)
+}
+
+use axum::response::IntoResponse as _;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+}
+
+fn start_wasmgrid(dir: &Path) -> (Proc, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wasmgrid"))
+        .args(["dev", "--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0", "--data"])
+        .arg(dir)
+        .env("WASMGRID_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("wasmgrid dev");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let mut next = |prefix: &str| {
+        let line = lines.next().and_then(Result::ok).unwrap_or_default();
+        line.strip_prefix(prefix).map(|s| s.trim().to_string()).expect("dev prints its URLs")
+    };
+    let cp = next("control plane:");
+    let gateway = next("gateway:");
+    (Proc(child), cp, gateway)
+}
+
+fn find_wasmtime() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("WASMTIME") {
+        return Some(PathBuf::from(p));
+    }
+    let out = Command::new("sh").args(["-c", "command -v wasmtime"]).output().ok()?;
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (!path.is_empty()).then(|| PathBuf::from(path))
+}
+
+fn start_wasmtime_serve(wasmtime: &Path) -> Option<(Proc, String)> {
+    let port = free_port();
+    let child = Command::new(wasmtime)
+        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "-Scli", "--env", &format!("MODEL={MODEL}")])
+        .arg(guests::LOGREG_HTTP)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    Some((Proc(child), format!("http://127.0.0.1:{port}/")))
+}
+
+/// Waits until `url` scores a row.
+fn wait_ready(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ok = Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", "-H", "content-type: application/json", "-d", &body(1), url])
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{url} never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Requests per second at saturation (wrk, 16 connections, 5 s).
+fn saturation(url: &str, body_file: &Path, dir: &Path) -> f64 {
+    let script = dir.join("post.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "local f = io.open(\"{}\", \"r\")\nwrk.method = \"POST\"\nwrk.body = f:read(\"*a\")\nf:close()\nwrk.headers[\"Content-Type\"] = \"application/json\"\n",
+            body_file.display()
+        ),
+    )
+    .expect("lua");
+    let out = Command::new("wrk")
+        .args(["-t", "1", "-c", "16", "-d", "5s", "-s"])
+        .arg(&script)
+        .arg(url)
+        .output()
+        .expect("wrk runs (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("Non-2xx"), "{url} answered errors under load:\n{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:").and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no throughput from wrk:\n{text}"))
+}
+
+/// (p50, p99) latency in microseconds at `rate` requests per second (hey, 5 s).
+fn latency_at(url: &str, body_file: &Path, rate: f64) -> (f64, f64) {
+    let workers = 8.0_f64;
+    let per_worker = (rate / workers).max(1.0).round() as u64;
+    let out = Command::new("hey")
+        .args(["-z", "5s", "-c", "8", "-q", &per_worker.to_string(), "-m", "POST", "-T", "application/json", "-D"])
+        .arg(body_file)
+        .arg(url)
+        .output()
+        .expect("hey runs (apt-get install hey)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pct = |p: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{p}% in ")))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map(|s| s * 1e6)
+            .unwrap_or_else(|| panic!("no {p}% latency from hey:\n{text}"))
+    };
+    (pct("50"), pct("99"))
+}
+
+fn main() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("wasmgrid gateway benchmark ({cores} cores, loopback, servers and load generator share the machine)\n");
+
+    let (_dev, cp, gateway) = start_wasmgrid(&dir.join("dev"));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
+    rt.block_on(async {
+        let client = wasmgrid_api::Client::new(&[cp.as_str()], Duration::from_secs(30)).expect("client");
+        let module = client.upload_module(std::fs::read(guests::LOGREG).expect("logreg")).await.expect("upload");
+        let request = wasmgrid_api::DeployRequest {
+            module: module.sha256,
+            timeout_ms: Some(1000),
+            config: [("model".to_string(), MODEL.to_string())].into_iter().collect(),
+            ..Default::default()
+        };
+        client.deploy("logreg", &request).await.expect("deploy");
+    });
+    let wasmgrid_url = format!("{gateway}/v1/fn/default/logreg");
+    wait_ready(&wasmgrid_url);
+
+    let (native, _native_thread) = start_native();
+    let native_url = format!("http://{native}/score");
+    wait_ready(&native_url);
+
+    let wasmtime = find_wasmtime();
+    let serve = wasmtime.as_deref().and_then(start_wasmtime_serve);
+    if let Some((_, url)) = &serve {
+        wait_ready(url);
+    }
+    let mut servers: Vec<(&str, String)> = vec![("wasmgrid", wasmgrid_url), ("native (axum)", native_url)];
+    match &serve {
+        Some((_, url)) => servers.push(("wasmtime serve", url.clone())),
+        None => println!("wasmtime serve: skipped (no `wasmtime`; set WASMTIME=path)\n"),
+    }
+
+    for rows in [1usize, 100] {
+        let body_file = dir.join(format!("body-{rows}.json"));
+        std::fs::write(&body_file, body(rows)).expect("body");
+        println!("logreg, {rows} row(s) per request:");
+        let throughput: Vec<f64> = servers.iter().map(|(_, url)| saturation(url, &body_file, dir)).collect();
+        let half = throughput[0] / 2.0;
+        let latencies: Vec<(f64, f64)> = servers.iter().map(|(_, url)| latency_at(url, &body_file, half)).collect();
+        println!("  {:<16} {:>12} {:>14} {:>14}", "", "req/s (sat.)", "p50 @ half", "p99 @ half");
+        for ((name, _), (t, (p50, p99))) in servers.iter().zip(throughput.iter().zip(&latencies)) {
+            println!("  {name:<16} {t:>12.0} {p50:>11.0} µs {p99:>11.0} µs");
+        }
+        println!("  (half load = {half:.0} req/s, half of wasmgrid's saturation throughput)");
+        println!("  wasmgrid / native throughput:          {:.2} (target >= 0.5)", throughput[0] / throughput[1]);
+        println!("  wasmgrid p99 - native p99 at half load: {:.0} µs (target < 1000)", latencies[0].1 - latencies[1].1);
+        if servers.len() > 2 {
+            println!("  wasmgrid / wasmtime serve throughput:  {:.2} (target >= 0.8)", throughput[0] / throughput[2]);
+        }
+        println!();
+    }
+}
