@@ -330,3 +330,33 @@ async fn a_standard_wasi_http_component_answers_through_the_gateway() {
     let r = http.get(format!("{base}/again")).send().await.expect("answer");
     assert_eq!(r.text().await.expect("body"), "GET /again: 0 bytes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_phones_script_drives_fall_detect_and_every_fall_is_flagged() {
+    let replicas = Replicas::start(1, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let v = deploy(&replicas.client(1), "fall-detect", guests::FALL_DETECT, 1000, &[]).await;
+    let node = Node::start(&replicas.urls(), &replicas.dir.path().join("node"));
+    let http = reqwest::Client::new();
+    served(&http, &node, "fall-detect", v).await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/phones.py");
+    let url = node.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(script)
+            .args(["--gateway", &url, "--phones", "20", "--rate", "10", "--seconds", "2", "--falls", "0.1", "--json"])
+            .output()
+    })
+    .await
+    .expect("task")
+    .expect("python3 runs");
+    let (stdout, stderr) = common::text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).expect("a JSON summary");
+    let calls = summary["calls"].as_u64().expect("calls");
+    assert!(calls > 50, "{summary}");
+    assert_eq!(summary["statuses"]["200"].as_u64(), Some(calls), "every window answered: {summary}");
+    assert!(summary["falls_sent"].as_u64() > Some(0), "{summary}");
+    assert_eq!(summary["falls_flagged"], summary["falls_sent"], "{summary}");
+    assert_eq!(summary["false_alarms"], 0, "{summary}");
+}
