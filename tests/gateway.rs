@@ -98,6 +98,13 @@ async fn json_and_arrow_calls_score_exactly_like_wasmgrid_run() {
     let scores: Vec<f64> = body.rows.iter().map(|r| r["score"].as_f64().expect("score")).collect();
     assert_eq!(scores, reference, "JSON scores equal `wasmgrid run`'s");
 
+    // The same call over HTTP/2 (h2c, prior knowledge).
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().expect("h2 client");
+    let response = h2.post(&url).json(&serde_json::json!({ "rows": rows })).send().await.expect("h2 call");
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    let body: InvokeResponse = response.json().await.expect("json");
+    assert_eq!(body.rows.iter().map(|r| r["score"].as_f64().expect("score")).collect::<Vec<_>>(), reference);
+
     // One row object.
     let one = http.post(&url).json(&rows[7]).send().await.expect("call").json::<InvokeResponse>().await.expect("json");
     assert_eq!(one.rows.len(), 1);
