@@ -17,7 +17,7 @@
 //! latency and calls in flight, per function.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -85,6 +85,29 @@ pub struct Served {
     limits: Limits,
     config: Arc<BTreeMap<String, String>>,
     gate: Arc<Gate>,
+    /// Consecutive calls shorter than [`INLINE_BUDGET`].
+    fast: AtomicU32,
+}
+
+/// A call this short counts toward running the function inline.
+const INLINE_BUDGET: Duration = Duration::from_millis(1);
+/// Consecutive short calls before a function runs inline.
+const FAST_STREAK: u32 = 32;
+
+impl Served {
+    fn fast_streak(&self) -> u32 {
+        self.fast.load(Ordering::Relaxed)
+    }
+
+    fn record(&self, took: Duration) {
+        if took < INLINE_BUDGET {
+            let _ = self
+                .fast
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_add(1).min(1 << 20)));
+        } else {
+            self.fast.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 impl std::fmt::Debug for Served {
@@ -157,6 +180,9 @@ pub struct Gateway {
     inflight: AtomicU64,
     invocations: AtomicU64,
     metrics: Metrics,
+    /// Calls that may run on the async workers at once: one fewer than
+    /// the workers, so a call that turns slow never stalls them all.
+    inline: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -177,6 +203,9 @@ impl Gateway {
             inflight: AtomicU64::new(0),
             invocations: AtomicU64::new(0),
             metrics: Metrics::new(),
+            inline: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()).saturating_sub(1).max(1),
+            )),
         })
     }
 
@@ -234,7 +263,7 @@ impl Gateway {
                 })
             });
         let config = Arc::new(route.config.clone());
-        Served { route, function, limits, config, gate }
+        Served { route, function, limits, config, gate, fast: AtomicU32::new(0) }
     }
 
     /// The table being served.
@@ -442,11 +471,29 @@ async fn call(
     };
 
     let job = served.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        score(&job, rows)
-    })
-    .await;
+    // A function whose recent calls were all short runs on this thread,
+    // sparing two thread handoffs; anything else goes to the blocking pool.
+    // Inline calls never occupy every worker, and one slow call sends the
+    // function back to the pool until it has been fast again for a while.
+    let result = match gateway.inline.clone().try_acquire_owned().ok().filter(|_| served.fast_streak() >= FAST_STREAK) {
+        Some(inline) => {
+            let _held = (permit, inline);
+            let started = Instant::now();
+            let result = score(&job, rows);
+            served.record(started.elapsed());
+            Ok(result)
+        }
+        None => {
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                let started = Instant::now();
+                let result = score(&job, rows);
+                job.record(started.elapsed());
+                result
+            })
+            .await
+        }
+    };
     let rows = match result {
         Ok(Ok(rows)) => rows,
         Ok(Err(e)) => return fail(runtime_failure(&e), e.kind()),
@@ -522,17 +569,111 @@ fn write_arrow(batch: &RecordBatch) -> crate::Result<Vec<u8>> {
 
 /// Scores rows in a fresh instance; answers in the format they came in.
 fn score(served: &Served, rows: Rows) -> crate::Result<Rows> {
-    let batch = match &rows {
+    let batch = match rows {
         Rows::Json { rows } if rows.is_empty() => return Ok(Rows::Json { rows: Vec::new() }),
-        Rows::Json { rows } => rows_to_batch(rows)?,
-        Rows::Arrow { batch } => batch.clone(),
+        // The common case, scalar JSON values, goes straight to the WIT
+        // batch and back: no Arrow on the way.
+        Rows::Json { rows } => match json_to_wit(&rows) {
+            Some(batch) => {
+                let mut instance = served.function.instantiate(&served.limits, served.config.clone(), Io::default())?;
+                let scores = instance.score(&batch)?;
+                return Ok(Rows::Json { rows: merge_json(rows, scores)? });
+            }
+            None => {
+                let batch = rows_to_batch(&rows)?;
+                return score_arrow(served, &batch).and_then(|b| Ok(Rows::Json { rows: batch_to_rows(&b)? }));
+            }
+        },
+        Rows::Arrow { batch } => batch,
     };
+    Ok(Rows::Arrow { batch: score_arrow(served, &batch)? })
+}
+
+fn score_arrow(served: &Served, batch: &RecordBatch) -> crate::Result<RecordBatch> {
     let mut instance = served.function.instantiate(&served.limits, served.config.clone(), Io::default())?;
-    let scored = instance.score_arrow(&batch)?;
-    Ok(match rows {
-        Rows::Json { .. } => Rows::Json { rows: batch_to_rows(&scored)? },
-        Rows::Arrow { .. } => Rows::Arrow { batch: scored },
-    })
+    instance.score_arrow(batch)
+}
+
+/// JSON rows as a WIT batch, with the types Arrow's JSON inference would
+/// give them (whole numbers `s64`, other numbers `f64`, strings, booleans;
+/// absent or null values marked invalid), so a row scores the same as in
+/// `wasmgrid run`. `None` for anything else (nested values, mixed types),
+/// which takes the Arrow path.
+fn json_to_wit(rows: &[Row]) -> Option<crate::bindings::Batch> {
+    use crate::bindings::{Batch, Column, Field};
+    use serde_json::Value;
+    let mut names: Vec<&str> = Vec::new();
+    for row in rows {
+        for key in row.keys() {
+            if !names.contains(&key.as_str()) {
+                names.push(key);
+            }
+        }
+    }
+    let mut fields = Vec::with_capacity(names.len());
+    for name in names {
+        let values: Vec<Option<&Value>> = rows.iter().map(|r| r.get(name).filter(|v| !v.is_null())).collect();
+        let present = || values.iter().flatten();
+        let column = if present().all(|v| v.is_i64()) && present().next().is_some() {
+            Column::S64(values.iter().map(|v| v.and_then(Value::as_i64).unwrap_or(0)).collect())
+        } else if present().all(|v| v.is_i64() || v.is_f64()) && present().next().is_some() {
+            Column::F64(values.iter().map(|v| v.and_then(Value::as_f64).unwrap_or(0.0)).collect())
+        } else if present().all(|v| v.is_string()) && present().next().is_some() {
+            Column::Str(values.iter().map(|v| v.and_then(Value::as_str).unwrap_or("").to_string()).collect())
+        } else if present().all(|v| v.is_boolean()) && present().next().is_some() {
+            Column::Boolean(values.iter().map(|v| v.and_then(Value::as_bool).unwrap_or(false)).collect())
+        } else {
+            return None;
+        };
+        let valid = values.iter().any(Option::is_none).then(|| values.iter().map(Option::is_some).collect());
+        fields.push(Field { name: name.to_string(), values: column, valid });
+    }
+    Some(Batch { rows: u32::try_from(rows.len()).ok()?, fields })
+}
+
+/// Adds a scorer's columns to the JSON rows: a column named like an input
+/// field replaces it; null values are left out, as Arrow's JSON writer does.
+fn merge_json(mut rows: Vec<Row>, scores: crate::bindings::Batch) -> crate::Result<Vec<Row>> {
+    use crate::bindings::Column;
+    use serde_json::Value;
+    if scores.rows as usize != rows.len() {
+        return Err(Error::BadOutput {
+            reason: format!("scorer returned {} rows for {} input rows", scores.rows, rows.len()),
+        });
+    }
+    for field in scores.fields {
+        let n = match &field.values {
+            Column::F32(v) => v.len(),
+            Column::F64(v) => v.len(),
+            Column::S64(v) => v.len(),
+            Column::Str(v) => v.len(),
+            Column::Boolean(v) => v.len(),
+        };
+        if n != rows.len() || field.valid.as_ref().is_some_and(|v| v.len() != rows.len()) {
+            return Err(Error::BadOutput {
+                reason: format!("column `{}` has {n} values but the batch has {} rows", field.name, rows.len()),
+            });
+        }
+        let valid = |i: usize| field.valid.as_ref().is_none_or(|v| v[i]);
+        for (i, row) in rows.iter_mut().enumerate() {
+            let value = match &field.values {
+                Column::F32(v) => serde_json::Number::from_f64(f64::from(v[i])).map(Value::Number),
+                Column::F64(v) => serde_json::Number::from_f64(v[i]).map(Value::Number),
+                Column::S64(v) => Some(Value::from(v[i])),
+                Column::Str(v) => Some(Value::String(v[i].clone())),
+                Column::Boolean(v) => Some(Value::Bool(v[i])),
+            };
+            match value.filter(|_| valid(i)) {
+                Some(value) => {
+                    row.insert(field.name.clone(), value);
+                }
+                None => {
+                    row.shift_remove(&field.name);
+                }
+            }
+        }
+    }
+    Ok(rows)
 }
 
 fn rows_to_batch(rows: &[Row]) -> crate::Result<RecordBatch> {
@@ -705,6 +846,37 @@ mod tests {
         assert!(json_rows(r#"{"rows": [1]}"#).is_err_and(|e| e.contains("not an object")));
         assert!(json_rows("[1, 2]").is_err_and(|e| e.contains("not an object")));
         assert!(json_rows("{\"rows\": [").is_err_and(|e| e.contains("malformed JSON")));
+    }
+
+    #[test]
+    fn json_rows_become_typed_columns_and_scores_merge_back() {
+        use crate::bindings::{Batch, Column, Field};
+        let rows = json_rows(r#"{"rows": [{"a": 1, "b": 1.5, "s": "x"}, {"a": 2, "b": 2, "t": true}]}"#).expect("rows");
+        let batch = json_to_wit(&rows).expect("scalars convert");
+        let names: Vec<&str> = batch.fields.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "s", "t"]);
+        assert!(matches!(&batch.fields[0].values, Column::S64(v) if v == &[1, 2]));
+        assert!(matches!(&batch.fields[1].values, Column::F64(v) if v == &[1.5, 2.0]));
+        assert_eq!(batch.fields[2].valid, Some(vec![true, false]));
+        assert_eq!(batch.fields[0].valid, None);
+        assert!(
+            json_to_wit(&json_rows(r#"{"a": [1, 2]}"#).expect("row")).is_none(),
+            "nested values take the Arrow path"
+        );
+        assert!(json_to_wit(&json_rows(r#"{"rows": [{"a": 1}, {"a": "x"}]}"#).expect("rows")).is_none());
+
+        let scores = Batch {
+            rows: 2,
+            fields: vec![
+                Field { name: "a".into(), values: Column::F64(vec![0.5, 0.25]), valid: None },
+                Field { name: "z".into(), values: Column::S64(vec![7, 8]), valid: Some(vec![false, true]) },
+            ],
+        };
+        let merged = merge_json(rows.clone(), scores).expect("merge");
+        assert_eq!(serde_json::to_string(&merged[0]).expect("json"), r#"{"a":0.5,"b":1.5,"s":"x"}"#);
+        assert_eq!(serde_json::to_string(&merged[1]).expect("json"), r#"{"a":0.25,"b":2,"t":true,"z":8}"#);
+        let short = Batch { rows: 1, fields: Vec::new() };
+        assert!(merge_json(rows, short).is_err());
     }
 
     #[test]
