@@ -342,20 +342,23 @@ impl App {
         Ok(self.0.replica.read_barrier().await?)
     }
 
-    /// The world of a stored module: from memory, else by reading it (after
-    /// a read barrier if this replica has not applied its upload yet).
+    /// A stored module's bytes: from this replica's state, after a read
+    /// barrier if it has not applied the upload yet; 404 if it was never stored.
+    async fn module(&self, sha256: &str) -> Answer<Vec<u8>> {
+        let state = self.0.replica.state();
+        if let Some(bytes) = state.module(sha256)? {
+            return Ok(bytes);
+        }
+        self.barrier().await?;
+        Ok(state.module(sha256)?.ok_or_else(|| StateError::ModuleNotFound { sha256: sha256.into() })?)
+    }
+
+    /// The world of a stored module: from memory, else by reading it.
     async fn kind_of(&self, sha256: &str) -> Answer<&'static str> {
         if let Some(kind) = self.0.kinds.lock().map_err(poisoned)?.get(sha256) {
             return Ok(kind);
         }
-        let state = self.0.replica.state();
-        let bytes = match state.module(sha256)? {
-            Some(b) => b,
-            None => {
-                self.barrier().await?;
-                state.module(sha256)?.ok_or_else(|| StateError::ModuleNotFound { sha256: sha256.into() })?
-            }
-        };
+        let bytes = self.module(sha256).await?;
         let kind = crate::module::inspect(&bytes).map_err(|e| Failure::internal(format!("stored module: {e}")))?;
         self.0.kinds.lock().map_err(poisoned)?.insert(sha256.to_string(), kind);
         Ok(kind)
@@ -543,17 +546,10 @@ async fn upload_module(Shared(app): Shared<App>, body: Result<Bytes, BytesReject
 
 async fn download_module(Shared(app): Shared<App>, sha256: Result<Path<String>, PathRejection>) -> Answer<Response> {
     let Path(sha256) = sha256.map_err(|r| Failure::bad(r.body_text()))?;
-    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+    if !is_sha256(&sha256) {
         return Err(Failure::bad(format!("`{sha256}` is not a sha256 (64 lowercase hex digits)")));
     }
-    let state = app.0.replica.state();
-    let bytes = match state.module(&sha256)? {
-        Some(b) => b,
-        None => {
-            app.barrier().await?;
-            state.module(&sha256)?.ok_or_else(|| StateError::ModuleNotFound { sha256: sha256.clone() })?
-        }
-    };
+    let bytes = app.module(&sha256).await?;
     let mut response = Response::new(Body::from(bytes));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/wasm"));
     Ok(response)
@@ -583,9 +579,14 @@ fn summary(f: &Function) -> FunctionSummary {
     }
 }
 
+/// 64 lowercase hex digits, as sha256 names are written.
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 fn check_spec(request: &DeployRequest) -> Answer<()> {
     let module = &request.module;
-    if module.len() != 64 || !module.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+    if !is_sha256(module) {
         return Err(Failure::bad(format!("`module` must be a sha256 (64 lowercase hex digits), not `{module}`")));
     }
     if let Some(memory) = request.memory

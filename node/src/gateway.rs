@@ -77,6 +77,12 @@ struct Gate {
     waiting: AtomicUsize,
 }
 
+impl Gate {
+    fn new(slots: usize) -> Arc<Gate> {
+        Arc::new(Gate { slots: Arc::new(Semaphore::new(slots)), waiting: AtomicUsize::new(0) })
+    }
+}
+
 /// One function version, ready to serve.
 pub struct Served {
     /// What the control plane says to serve.
@@ -242,26 +248,11 @@ impl Gateway {
             ..Limits::default()
         };
         let key = (route.tenant.clone(), route.name.clone());
-        let gate = self
-            .gates
-            .lock()
-            .map(|mut gates| {
-                gates
-                    .entry(key)
-                    .or_insert_with(|| {
-                        Arc::new(Gate {
-                            slots: Arc::new(Semaphore::new(self.config.max_concurrency)),
-                            waiting: AtomicUsize::new(0),
-                        })
-                    })
-                    .clone()
-            })
-            .unwrap_or_else(|_| {
-                Arc::new(Gate {
-                    slots: Arc::new(Semaphore::new(self.config.max_concurrency)),
-                    waiting: AtomicUsize::new(0),
-                })
-            });
+        let slots = self.config.max_concurrency;
+        let gate = match self.gates.lock() {
+            Ok(mut gates) => gates.entry(key).or_insert_with(|| Gate::new(slots)).clone(),
+            Err(_) => Gate::new(slots),
+        };
         let config = Arc::new(route.config.clone());
         Served { route, function, limits, config, gate, fast: AtomicU32::new(0) }
     }
@@ -289,6 +280,29 @@ impl Gateway {
         (self.inflight.load(Ordering::Relaxed), self.invocations.load(Ordering::Relaxed))
     }
 
+    /// The version of `tenant/name` this node serves.
+    fn lookup(&self, tenant: &str, name: &str) -> Option<Arc<Served>> {
+        self.table().get(&(tenant.to_string(), name.to_string())).cloned()
+    }
+
+    /// Counts an answered call: by status, by error kind when the gateway
+    /// made the answer an error, and its latency.
+    fn record(&self, labels: FunctionLabels, response: &Response, started: Instant) {
+        let metrics = &self.metrics;
+        metrics.latency.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+        if let Some(FailureCode(kind)) = response.extensions().get::<FailureCode>() {
+            let errors =
+                ErrorLabels { tenant: labels.tenant.clone(), function: labels.function.clone(), kind: kind.clone() };
+            metrics.errors.get_or_create(&errors).inc();
+        }
+        let status = response.status().as_u16();
+        metrics
+            .requests
+            .get_or_create(&StatusLabels { tenant: labels.tenant, function: labels.function, status })
+            .inc();
+        self.invocations.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The modules of the functions served (sha256, sorted).
     pub fn warm(&self) -> Vec<String> {
         let mut warm: Vec<String> = self.table().values().map(|s| s.route.module.clone()).collect();
@@ -298,10 +312,22 @@ impl Gateway {
     }
 }
 
+/// The code of an error answer the gateway made, kept on the response so
+/// that [`Gateway::record`] counts the error by kind.
+#[derive(Debug, Clone)]
+struct FailureCode(String);
+
 /// An error answer: `{"error": {"code", "message"}}`.
 pub(crate) fn failure(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     let body = ErrorBody { error: ErrorDetail { code: code.into(), message: message.into() } };
-    (status, axum::Json(body)).into_response()
+    let mut response = (status, axum::Json(body)).into_response();
+    response.extensions_mut().insert(FailureCode(code.into()));
+    response
+}
+
+fn not_deployed(tenant: &str, name: &str) -> Response {
+    let message = format!("function `{tenant}/{name}` is not deployed (or not ready on this node yet)");
+    failure(StatusCode::NOT_FOUND, "not_found", message)
 }
 
 fn busy(status: StatusCode, code: &str, message: String) -> Response {
@@ -414,11 +440,7 @@ async fn invoke(
     };
     let labels = FunctionLabels { tenant: tenant.clone(), function: name.clone() };
     let response = call(&gateway, &tenant, &name, &labels, &headers, body).await;
-    let status = response.status();
-    let metrics = &gateway.metrics;
-    metrics.requests.get_or_create(&StatusLabels { tenant, function: name, status: status.as_u16() }).inc();
-    metrics.latency.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-    gateway.invocations.fetch_add(1, Ordering::Relaxed);
+    gateway.record(labels, &response, started);
     response
 }
 
@@ -430,44 +452,37 @@ async fn call(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let fail = |e: Response, kind: &str| {
-        let labels = ErrorLabels { tenant: tenant.into(), function: name.into(), kind: kind.into() };
-        gateway.metrics.errors.get_or_create(&labels).inc();
-        e
-    };
     let body = match body {
         Ok(b) => b,
         Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             let message = format!("the body is over the limit of {} bytes", gateway.config.max_body);
-            return fail(failure(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message), "too_large");
+            return failure(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message);
         }
-        Err(r) => return fail(failure(StatusCode::BAD_REQUEST, "bad_request", r.body_text()), "bad_request"),
+        Err(r) => return failure(StatusCode::BAD_REQUEST, "bad_request", r.body_text()),
     };
     let arrow =
         headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with(ARROW_STREAM));
     let rows = match if arrow { read_arrow(&body) } else { read_json(&body) } {
         Ok(rows) => rows,
-        Err(message) => return fail(failure(StatusCode::BAD_REQUEST, "bad_request", message), "bad_request"),
+        Err(message) => return failure(StatusCode::BAD_REQUEST, "bad_request", message),
     };
 
     // One clone of the pointer: this call is served by this table's version.
-    let served = gateway.table().get(&(tenant.to_string(), name.to_string())).cloned();
-    let Some(served) = served else {
-        let message = format!("function `{tenant}/{name}` is not deployed (or not ready on this node yet)");
-        return fail(failure(StatusCode::NOT_FOUND, "not_found", message), "not_found");
+    let Some(served) = gateway.lookup(tenant, name) else {
+        return not_deployed(tenant, name);
     };
     if served.function.kind() != Kind::Scorer {
         let message = match served.function.kind() {
             Kind::Http => format!("`{name}` is a wasi:http component; call it under /v1/http/{tenant}/{name}/"),
             kind => format!("`{name}` is a {}; only scorers are invoked per request", kind.name()),
         };
-        return fail(failure(StatusCode::BAD_REQUEST, "wrong_kind", message), "wrong_kind");
+        return failure(StatusCode::BAD_REQUEST, "wrong_kind", message);
     }
 
     let _inflight = InFlight::new(gateway, labels.clone());
     let permit = match admit(gateway, &served, name).await {
         Ok(p) => p,
-        Err(busy) => return fail(busy, "overloaded"),
+        Err(busy) => return busy,
     };
 
     let job = served.clone();
@@ -496,10 +511,10 @@ async fn call(
     };
     let rows = match result {
         Ok(Ok(rows)) => rows,
-        Ok(Err(e)) => return fail(runtime_failure(&e), e.kind()),
+        Ok(Err(e)) => return runtime_failure(&e),
         Err(e) => {
             let message = format!("the call failed: {e}");
-            return fail(failure(StatusCode::INTERNAL_SERVER_ERROR, "internal", message), "internal");
+            return failure(StatusCode::INTERNAL_SERVER_ERROR, "internal", message);
         }
     };
     let version = served.route.version;
@@ -513,7 +528,7 @@ async fn call(
                 r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ARROW_STREAM));
                 r
             }
-            Err(e) => return fail(runtime_failure(&e), e.kind()),
+            Err(e) => return runtime_failure(&e),
         },
     };
     if let Ok(v) = HeaderValue::from_str(&version.to_string()) {
@@ -725,15 +740,7 @@ async fn http_call(
     let started = Instant::now();
     let labels = FunctionLabels { tenant: tenant.clone(), function: name.clone() };
     let response = http_answer(&gateway, &tenant, &name, rest, &labels, request).await;
-    let metrics = &gateway.metrics;
-    let status = response.status().as_u16();
-    metrics.requests.get_or_create(&StatusLabels { tenant: tenant.clone(), function: name.clone(), status }).inc();
-    metrics.latency.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-    if status >= 400 {
-        let kind = if status == 404 { "not_found" } else { "http_error" };
-        metrics.errors.get_or_create(&ErrorLabels { tenant, function: name, kind: kind.into() }).inc();
-    }
-    gateway.invocations.fetch_add(1, Ordering::Relaxed);
+    gateway.record(labels, &response, started);
     response
 }
 
@@ -745,10 +752,8 @@ async fn http_answer(
     labels: &FunctionLabels,
     request: axum::extract::Request,
 ) -> Response {
-    let served = gateway.table().get(&(tenant.to_string(), name.to_string())).cloned();
-    let Some(served) = served else {
-        let message = format!("function `{tenant}/{name}` is not deployed (or not ready on this node yet)");
-        return failure(StatusCode::NOT_FOUND, "not_found", message);
+    let Some(served) = gateway.lookup(tenant, name) else {
+        return not_deployed(tenant, name);
     };
     if served.function.kind() != Kind::Http {
         let message = format!(

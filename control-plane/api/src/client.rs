@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -87,8 +88,8 @@ pub struct Client {
 /// What a request carries.
 enum Body {
     None,
-    Json(Vec<u8>),
-    Wasm(Vec<u8>),
+    Json(Bytes),
+    Wasm(Bytes),
 }
 
 impl Client {
@@ -120,7 +121,7 @@ impl Client {
 
     async fn send(&self, method: Method, path: &str, body: Body) -> Result<(String, reqwest::Response), ApiError> {
         let start = self.current.load(Ordering::Relaxed);
-        let mut last = None;
+        let mut last = String::from("no replica answered");
         for i in 0..self.urls.len() {
             let index = (start + i) % self.urls.len();
             let url = &self.urls[index];
@@ -135,22 +136,12 @@ impl Client {
                     self.current.store(index, Ordering::Relaxed);
                     return Ok((url.clone(), response));
                 }
-                Err(e) => {
-                    // Only a failed connection is safe to try elsewhere:
-                    // a request that was sent may have been acted on.
-                    let connect = e.is_connect();
-                    let e = ApiError::Unreachable { urls: url.clone(), last: describe(&e) };
-                    if !connect {
-                        return Err(e);
-                    }
-                    last = Some(e);
-                }
+                // Only a failed connection is safe to try elsewhere: a
+                // request that was sent may have been acted on.
+                Err(e) if e.is_connect() => last = describe(&e),
+                Err(e) => return Err(ApiError::Unreachable { urls: url.clone(), last: describe(&e) }),
             }
         }
-        let last = match last {
-            Some(ApiError::Unreachable { last, .. }) => last,
-            _ => "no replica answered".into(),
-        };
         Err(ApiError::Unreachable { urls: self.urls.join(", "), last })
     }
 
@@ -160,12 +151,12 @@ impl Client {
     }
 
     fn json(value: &impl Serialize) -> Body {
-        Body::Json(serde_json::to_vec(value).unwrap_or_default())
+        Body::Json(serde_json::to_vec(value).unwrap_or_default().into())
     }
 
     /// Uploads a module; it is stored once under its sha256.
     pub async fn upload_module(&self, bytes: Vec<u8>) -> Result<ModuleInfo, ApiError> {
-        self.call(Method::POST, "/v1/modules", Body::Wasm(bytes)).await
+        self.call(Method::POST, "/v1/modules", Body::Wasm(bytes.into())).await
     }
 
     /// Downloads a module by sha256 (the caller verifies the hash).
