@@ -14,109 +14,25 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmgrid_api::{Client, DeployRequest};
 use wasmgrid_test_artifacts as guests;
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::grid::Replicas;
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
-
-struct Cluster {
-    dir: tempfile::TempDir,
-    ports: Vec<u16>,
-    procs: Vec<Option<Child>>,
-}
-
-impl Cluster {
-    fn start(n: usize) -> Cluster {
-        let mut c = Cluster {
-            dir: tempfile::tempdir().expect("tempdir"),
-            ports: (0..n).map(|_| free_port()).collect(),
-            procs: (0..n).map(|_| None).collect(),
-        };
-        for id in 1..=n as u64 {
-            c.spawn(id);
-        }
-        c
-    }
-
-    fn spawn(&mut self, id: u64) {
-        let peers: Vec<String> =
-            self.ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect();
-        let child = Command::new(env!("CARGO_BIN_EXE_wasmgrid"))
-            .args(["control-plane", "--id", &id.to_string(), "--peers", &peers.join(",")])
-            .args(["--listen", &format!("127.0.0.1:{}", self.ports[id as usize - 1])])
-            .arg("--data")
-            .arg(self.dir.path().join(format!("r{id}")))
-            .env("WASMGRID_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start a replica");
-        self.procs[id as usize - 1] = Some(child);
-    }
-
-    fn kill(&mut self, id: u64) {
-        if let Some(mut c) = self.procs[id as usize - 1].take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self, id: u64) -> String {
-        format!("http://127.0.0.1:{}", self.ports[id as usize - 1])
-    }
-
-    fn client(&self, ids: &[u64]) -> Client {
-        let urls: Vec<String> = ids.iter().map(|&id| self.url(id)).collect();
-        Client::new(&urls, Duration::from_secs(30)).expect("client")
-    }
-
-    /// The leader every running replica agrees on, and its commit index.
-    async fn leader(&self) -> (u64, u64) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut views = Vec::new();
-            for id in 1..=self.ports.len() as u64 {
-                if self.procs[id as usize - 1].is_some() {
-                    views.push(self.client(&[id]).cluster().await.ok().map(|s| (s.leader, s.commit, s.applied)));
-                }
-            }
-            if let Some(Some((Some(l), commit, _))) = views.first()
-                && views.iter().all(|v| matches!(v, Some((Some(x), _, _)) if x == l))
-            {
-                return (*l, *commit);
-            }
-            assert!(Instant::now() < deadline, "no leader: {views:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Waits until replica `id` has applied `index`.
-    async fn caught_up(&self, id: u64, index: u64) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.client(&[id]).cluster().await.map_or(true, |s| s.applied < index) {
-            assert!(Instant::now() < deadline, "replica {id} never caught up");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for c in self.procs.iter_mut().flatten() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// The leader every running replica agrees on, and its commit index.
+async fn current_leader(cluster: &Replicas) -> (u64, u64) {
+    let leader = cluster.wait_leader(Duration::from_secs(30)).await;
+    (leader, cluster.status(leader).await.map_or(0, |s| s.commit))
 }
 
 fn request(module: &str, i: usize) -> DeployRequest {
@@ -150,9 +66,9 @@ async fn writes_per_second(client: Arc<Client>, module: &str, clients: usize, wr
 }
 
 async fn measure_writes(replicas: usize, writes: usize) -> (f64, f64) {
-    let cluster = Cluster::start(replicas);
-    let (leader, _) = cluster.leader().await;
-    let client = Arc::new(cluster.client(&[leader]));
+    let cluster = Replicas::start(replicas, 1000);
+    let (leader, _) = current_leader(&cluster).await;
+    let client = Arc::new(cluster.client(leader));
     let module = client.upload_module(std::fs::read(guests::LOGREG).expect("logreg")).await.expect("upload").sha256;
     // Warm up connections and the leader's caches.
     writes_per_second(client.clone(), &module, 8, 200, 0).await;
@@ -162,24 +78,24 @@ async fn measure_writes(replicas: usize, writes: usize) -> (f64, f64) {
 }
 
 async fn failover(kills: usize) -> Vec<Duration> {
-    let mut cluster = Cluster::start(3);
-    let (leader, _) = cluster.leader().await;
+    let mut cluster = Replicas::start(3, 1000);
+    let (leader, _) = current_leader(&cluster).await;
     let module = cluster
-        .client(&[leader])
+        .client(leader)
         .upload_module(std::fs::read(guests::LOGREG).expect("logreg"))
         .await
         .expect("upload")
         .sha256;
     let mut times = Vec::new();
     for k in 0..kills {
-        let (leader, commit) = cluster.leader().await;
+        let (leader, commit) = current_leader(&cluster).await;
         for id in 1..=3 {
-            cluster.caught_up(id, commit).await;
+            cluster.wait_applied(id, commit, Duration::from_secs(60)).await;
         }
         // A client like the CLI's: the dead leader first, then the others.
         let mut order = vec![leader];
         order.extend((1..=3).filter(|&id| id != leader));
-        let client = cluster.client(&order);
+        let client = cluster.client_for(&order);
         cluster.kill(leader);
         let killed = Instant::now();
         loop {

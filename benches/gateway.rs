@@ -14,7 +14,6 @@
 //! this machine's cores, so absolute figures understate a dedicated server;
 //! the ratios in the same run are the point.
 
-use std::io::BufRead as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -23,6 +22,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 use wasmgrid_test_artifacts as guests;
 
+#[path = "../tests/common/mod.rs"]
+mod common;
 #[path = "../guest-examples/logreg/src/model.rs"]
 mod model;
 
@@ -86,30 +87,6 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
-}
-
-fn start_wasmgrid(dir: &Path) -> (Proc, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wasmgrid"))
-        .args(["dev", "--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0", "--data"])
-        .arg(dir)
-        .env("WASMGRID_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("wasmgrid dev");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    let mut next = |prefix: &str| {
-        let line = lines.next().and_then(Result::ok).unwrap_or_default();
-        line.strip_prefix(prefix).map(|s| s.trim().to_string()).expect("dev prints its URLs")
-    };
-    let cp = next("control plane:");
-    let gateway = next("gateway:");
-    (Proc(child), cp, gateway)
-}
-
 fn find_wasmtime() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("WASMTIME") {
         return Some(PathBuf::from(p));
@@ -120,7 +97,7 @@ fn find_wasmtime() -> Option<PathBuf> {
 }
 
 fn start_wasmtime_serve(wasmtime: &Path) -> Option<(Proc, String)> {
-    let port = free_port();
+    let port = common::grid::free_port();
     let child = Command::new(wasmtime)
         .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "-Scli", "--env", &format!("MODEL={MODEL}")])
         .arg(guests::LOGREG_HTTP)
@@ -198,7 +175,8 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("wasmgrid gateway benchmark ({cores} cores, loopback, servers and load generator share the machine)\n");
 
-    let (_dev, cp, gateway) = start_wasmgrid(&dir.join("dev"));
+    let dev = common::grid::Dev::start(&dir.join("dev"));
+    let (cp, gateway) = (dev.control_plane.clone(), dev.gateway.clone());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
     rt.block_on(async {
         let client = wasmgrid_api::Client::new(&[cp.as_str()], Duration::from_secs(30)).expect("client");

@@ -114,16 +114,8 @@ fn tour_commands_run_as_written() {
     let demo = tmp.path().join("demo");
     run_demo(&demo);
     // The tour's `wasmgrid dev`, on free ports.
-    let mut dev = common::wasmgrid()
-        .args(["dev", "--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0", "--data"])
-        .arg(tmp.path().join("dev"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("wasmgrid dev starts");
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(dev.stdout.take().expect("stdout")));
-    let first = lines.next().and_then(Result::ok).unwrap_or_default();
-    let url = first.strip_prefix("control plane:").map(str::trim).expect("dev prints the control-plane URL first");
+    let dev = common::grid::Dev::start(&tmp.path().join("dev"));
+    let url = dev.control_plane.as_str();
     for command in commands {
         if command.trim() == "wasmgrid dev" {
             continue;
@@ -156,5 +148,4 @@ fn tour_commands_run_as_written() {
             assert!(stdout.contains("\"score\":0.96083"), "{stdout}");
         }
     }
-    common::grid::terminate(&mut dev);
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use wasmgrid_test_artifacts as guests;
@@ -73,20 +73,8 @@ async fn serve_over_http_guide_works_as_written() {
     std::fs::create_dir_all(&bin).expect("bin");
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_wasmgrid"), bin.join("wasmgrid")).expect("symlink");
 
-    let mut dev = common::wasmgrid()
-        .args(["dev", "--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0", "--data"])
-        .arg(tmp.path().join("dev"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("wasmgrid dev");
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(dev.stdout.take().expect("stdout")));
-    let mut url = |prefix: &str| {
-        let line = lines.next().and_then(Result::ok).unwrap_or_default();
-        line.strip_prefix(prefix).map(|u| u.trim().to_string()).unwrap_or_else(|| panic!("dev printed {line}"))
-    };
-    let control_plane = url("control plane:");
-    let gateway = url("gateway:");
+    let dev = common::grid::Dev::start(&tmp.path().join("dev"));
+    let (control_plane, gateway) = (dev.control_plane.clone(), dev.gateway.clone());
 
     let guests_dir = Path::new(guests::FALL_DETECT).parent().expect("dir").display().to_string();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
@@ -116,5 +104,4 @@ async fn serve_over_http_guide_works_as_written() {
             }
         }
     }
-    common::grid::terminate(&mut dev);
 }

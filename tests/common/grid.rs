@@ -102,15 +102,29 @@ impl Replicas {
         (1..=self.ports.len() as u64).map(|id| self.url(id)).collect::<Vec<_>>().join(",")
     }
 
+    /// A client that tries replicas `ids` in that order.
+    pub fn client_for(&self, ids: &[u64]) -> Client {
+        let urls: Vec<String> = ids.iter().map(|&id| self.url(id)).collect();
+        Client::new(&urls, Duration::from_secs(30)).expect("client")
+    }
+
     /// A client of replica `id` only.
     pub fn client(&self, id: u64) -> Client {
-        Client::new(&[self.url(id)], Duration::from_secs(30)).expect("client")
+        self.client_for(&[id])
     }
 
     /// A client that fails over between all replicas.
     pub fn client_all(&self) -> Client {
-        let urls: Vec<String> = (1..=self.ports.len() as u64).map(|id| self.url(id)).collect();
-        Client::new(&urls, Duration::from_secs(30)).expect("client")
+        self.client_for(&(1..=self.ports.len() as u64).collect::<Vec<_>>())
+    }
+
+    /// Waits until replica `id` has applied log `index`.
+    pub async fn wait_applied(&self, id: u64, index: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.status(id).await.is_none_or(|s| s.applied < index) {
+            assert!(Instant::now() < deadline, "replica {id} did not apply {index} within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn status(&self, id: u64) -> Option<ClusterStatus> {
@@ -182,5 +196,40 @@ impl Drop for Node {
         if let Some(mut child) = self.child.take() {
             terminate(&mut child);
         }
+    }
+}
+
+/// `wasmgrid dev` on free ports, with the URLs it printed.
+pub struct Dev {
+    child: Child,
+    pub control_plane: String,
+    pub gateway: String,
+}
+
+impl Dev {
+    /// Starts `wasmgrid dev` with its data in `data` and reads its two URLs.
+    pub fn start(data: &Path) -> Dev {
+        let mut child = super::wasmgrid()
+            .args(["dev", "--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("wasmgrid dev starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+        let mut url = |prefix: &str| {
+            let line = lines.next().and_then(Result::ok).unwrap_or_default();
+            line.strip_prefix(prefix).map(|u| u.trim().to_string()).unwrap_or_else(|| panic!("dev printed {line}"))
+        };
+        let control_plane = url("control plane:");
+        let gateway = url("gateway:");
+        Dev { child, control_plane, gateway }
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
     }
 }
