@@ -124,8 +124,19 @@ fn wait_ready(url: &str) {
     }
 }
 
-/// Requests per second at saturation (wrk, 16 connections, 5 s).
-fn saturation(url: &str, body_file: &Path, dir: &Path) -> f64 {
+/// CPU time (user + system) the process `pid` has used so far, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // In USER_HZ, which is 100 on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// At saturation (wrk, 16 connections, 5 s): requests per second, and the
+/// server's CPU time per request in microseconds.
+fn saturation(url: &str, pid: u32, body_file: &Path, dir: &Path) -> (f64, f64) {
     let script = dir.join("post.lua");
     std::fs::write(
         &script,
@@ -135,17 +146,25 @@ fn saturation(url: &str, body_file: &Path, dir: &Path) -> f64 {
         ),
     )
     .expect("lua");
+    let cpu_before = cpu_seconds(pid);
     let out = Command::new("wrk")
         .args(["-t", "1", "-c", "16", "-d", "5s", "-s"])
         .arg(&script)
         .arg(url)
         .output()
         .expect("wrk runs (apt-get install wrk)");
+    let cpu = cpu_seconds(pid) - cpu_before;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains("Non-2xx"), "{url} answered errors under load:\n{text}");
-    text.lines()
+    let rate: f64 = text
+        .lines()
         .find_map(|l| l.strip_prefix("Requests/sec:").and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no throughput from wrk:\n{text}"))
+        .unwrap_or_else(|| panic!("no throughput from wrk:\n{text}"));
+    let requests: f64 = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in ").and_then(|(n, _)| n.parse().ok()))
+        .unwrap_or_else(|| panic!("no request count from wrk:\n{text}"));
+    (rate, cpu * 1e6 / requests.max(1.0))
 }
 
 /// (p50, p99) latency in microseconds at `rate` requests per second (hey, 5 s).
@@ -201,9 +220,10 @@ fn main() {
     if let Some((_, url)) = &serve {
         wait_ready(url);
     }
-    let mut servers: Vec<(&str, String)> = vec![("wasmgrid", wasmgrid_url), ("native (axum)", native_url)];
+    let mut servers: Vec<(&str, String, u32)> =
+        vec![("wasmgrid", wasmgrid_url, dev.pid()), ("native (axum)", native_url, std::process::id())];
     match &serve {
-        Some((_, url)) => servers.push(("wasmtime serve", url.clone())),
+        Some((proc, url)) => servers.push(("wasmtime serve", url.clone(), proc.0.id())),
         None => println!("wasmtime serve: skipped (no `wasmtime`; set WASMTIME=path)\n"),
     }
 
@@ -211,15 +231,21 @@ fn main() {
         let body_file = dir.join(format!("body-{rows}.json"));
         std::fs::write(&body_file, body(rows)).expect("body");
         println!("logreg, {rows} row(s) per request:");
-        let throughput: Vec<f64> = servers.iter().map(|(_, url)| saturation(url, &body_file, dir)).collect();
+        let (throughput, cpu): (Vec<f64>, Vec<f64>) =
+            servers.iter().map(|(_, url, pid)| saturation(url, *pid, &body_file, dir)).unzip();
         let half = throughput[0] / 2.0;
-        let latencies: Vec<(f64, f64)> = servers.iter().map(|(_, url)| latency_at(url, &body_file, half)).collect();
-        println!("  {:<16} {:>12} {:>14} {:>14}", "", "req/s (sat.)", "p50 @ half", "p99 @ half");
-        for ((name, _), (t, (p50, p99))) in servers.iter().zip(throughput.iter().zip(&latencies)) {
-            println!("  {name:<16} {t:>12.0} {p50:>11.0} µs {p99:>11.0} µs");
+        let latencies: Vec<(f64, f64)> = servers.iter().map(|(_, url, _)| latency_at(url, &body_file, half)).collect();
+        println!(
+            "  {:<16} {:>12} {:>14} {:>14} {:>14}",
+            "", "req/s (sat.)", "CPU / request", "p50 @ half", "p99 @ half"
+        );
+        for (i, (name, _, _)) in servers.iter().enumerate() {
+            let (t, c, (p50, p99)) = (throughput[i], cpu[i], latencies[i]);
+            println!("  {name:<16} {t:>12.0} {c:>11.1} µs {p50:>11.0} µs {p99:>11.0} µs");
         }
         println!("  (half load = {half:.0} req/s, half of wasmgrid's saturation throughput)");
         println!("  wasmgrid / native throughput:          {:.2} (target >= 0.5)", throughput[0] / throughput[1]);
+        println!("  native / wasmgrid server CPU per request: {:.2}", cpu[1] / cpu[0]);
         println!("  wasmgrid p99 - native p99 at half load: {:.0} µs (target < 1000)", latencies[0].1 - latencies[1].1);
         if servers.len() > 2 {
             println!("  wasmgrid / wasmtime serve throughput:  {:.2} (target >= 0.8)", throughput[0] / throughput[2]);

@@ -226,6 +226,12 @@ impl Dev {
         let gateway = url("gateway:");
         Dev { child, control_plane, gateway }
     }
+
+    /// The process id of `wasmgrid dev`.
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Dev {
