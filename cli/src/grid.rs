@@ -27,7 +27,7 @@ pub struct ClientArgs {
     url: Vec<String>,
     /// Print JSON instead of tables.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -70,6 +70,9 @@ pub struct NodeArgs {
     /// The node's id [default: generated once, kept in DATA/node-id].
     #[arg(long)]
     id: Option<String>,
+    /// Batch task attempts run at once [default: one per core].
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
+    task_slots: usize,
     #[command(flatten)]
     gateway: GatewayArgs,
     #[command(flatten)]
@@ -215,7 +218,7 @@ fn parse_peer(s: &str) -> Result<(u64, String), String> {
     Ok((id, url))
 }
 
-fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
 }
 
@@ -243,6 +246,7 @@ fn replica_config(args: &ControlPlaneArgs) -> Result<ReplicaConfig> {
     }
     anyhow::ensure!(args.snapshot_every >= 10, "--snapshot-every must be at least 10");
     let mut config = ReplicaConfig::new(args.id, args.listen, peers, args.data.clone());
+    config.job_io = Some(Arc::new(crate::jobs::FileJobIo));
     config.snapshot_every = args.snapshot_every;
     config.request_timeout = args.request_timeout;
     Ok(config)
@@ -276,6 +280,7 @@ pub fn node(args: NodeArgs) -> Result<()> {
         advertise: args.advertise,
         id: args.id,
         gateway: args.gateway.config()?,
+        task_slots: args.task_slots,
     };
     tokio_runtime()?.block_on(async move {
         let agent = agent::start(config, runtime).await?;
@@ -288,7 +293,8 @@ pub fn node(args: NodeArgs) -> Result<()> {
 
 pub fn dev(args: DevArgs, compile: &CompileArgs) -> Result<()> {
     let peers = BTreeMap::from([(1, format!("http://{}", args.listen))]);
-    let replica = ReplicaConfig::new(1, args.listen, peers, args.data.join("control-plane"));
+    let mut replica = ReplicaConfig::new(1, args.listen, peers, args.data.join("control-plane"));
+    replica.job_io = Some(Arc::new(crate::jobs::FileJobIo));
     let node_data = args.data.join("node");
     let runtime = node_runtime(compile, &node_data)?;
     tokio_runtime()?.block_on(async move {
@@ -301,6 +307,7 @@ pub fn dev(args: DevArgs, compile: &CompileArgs) -> Result<()> {
             advertise: None,
             id: Some("dev".into()),
             gateway: args.admission.config()?,
+            task_slots: 0,
         };
         let agent = agent::start(node, runtime).await?;
         println!("control plane: {url}");
@@ -313,17 +320,17 @@ pub fn dev(args: DevArgs, compile: &CompileArgs) -> Result<()> {
     })
 }
 
-fn client(args: &ClientArgs) -> Result<Client> {
+pub(crate) fn client(args: &ClientArgs) -> Result<Client> {
     Ok(Client::new(&args.url, Duration::from_secs(30))?)
 }
 
-fn print_json(value: &impl serde::Serialize) -> Result<()> {
+pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
 /// Prints rows as a table with aligned columns.
-fn table(header: &[&str], rows: Vec<Vec<String>>) {
+pub(crate) fn table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {

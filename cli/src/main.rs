@@ -2,6 +2,7 @@
 //! libraries (`wasmgrid-node` for running functions).
 
 mod grid;
+mod jobs;
 mod units;
 
 use std::collections::BTreeMap;
@@ -59,6 +60,9 @@ enum Command {
     Cluster(grid::ClusterCommand),
     /// Call a scorer on a node with rows of JSON.
     Invoke(grid::InvokeArgs),
+    /// Batch jobs: fan a function out over partitioned data on the grid.
+    #[command(subcommand)]
+    Job(jobs::JobCommand),
     /// Compile a component in a limited worker process (internal).
     #[command(name = "__compile", hide = true)]
     Compile { settings: String, input: PathBuf, output: PathBuf },
@@ -188,6 +192,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Nodes(c) => grid::nodes(c),
         Command::Cluster(c) => grid::cluster(c),
         Command::Invoke(args) => grid::invoke(args),
+        Command::Job(c) => jobs::job(c),
         Command::Compile { .. } => Ok(()),
     }
 }

@@ -11,6 +11,7 @@
 //! [`replica::Replica`] drives raft-rs over them; [`transport`] carries Raft
 //! messages between replicas over HTTP/2; [`server`] is the `/v1` HTTP API.
 
+pub mod job_state;
 pub mod log;
 pub mod module;
 pub mod replica;

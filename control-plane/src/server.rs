@@ -37,6 +37,9 @@ use crate::state::{
 };
 use crate::transport::{self, HttpTransport};
 
+mod jobs;
+pub use jobs::{DEFAULT_MAX_ATTEMPTS, DEFAULT_PARTITION_SIZE, JobIo};
+
 /// A node is alive while its last heartbeat is younger than this.
 pub const NODE_LIVENESS: Duration = Duration::from_secs(3);
 /// Default memory limit of a function version.
@@ -66,6 +69,8 @@ pub struct Config {
     pub tick: Duration,
     /// Longest a write or linearizable read waits for a quorum.
     pub request_timeout: Duration,
+    /// Plans and publishes batch jobs; without it, job requests get 501.
+    pub job_io: Option<Arc<dyn JobIo>>,
 }
 
 impl Config {
@@ -80,6 +85,7 @@ impl Config {
             snapshot_every: 1000,
             tick: Duration::from_millis(50),
             request_timeout: Duration::from_secs(3),
+            job_io: None,
         }
     }
 }
@@ -168,8 +174,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         nodes: Mutex::new(HashMap::new()),
         kinds: Mutex::new(HashMap::new()),
         leader_since: Mutex::new(None),
+        job_io: config.job_io.clone(),
+        scheduler: Mutex::new(jobs::Scheduler::default()),
+        jobs_changed: tokio::sync::Notify::new(),
     }));
     tokio::spawn(watch_leadership(app.clone()));
+    tokio::spawn(jobs::drive(app.clone()));
 
     let (tx, rx) = oneshot::channel::<()>();
     let router = router(app);
@@ -198,6 +208,12 @@ struct Inner {
     kinds: Mutex<HashMap<String, &'static str>>,
     /// When this replica last became leader.
     leader_since: Mutex<Option<Instant>>,
+    /// Plans and publishes batch jobs.
+    job_io: Option<Arc<dyn JobIo>>,
+    /// The leader's running jobs and leased tasks.
+    scheduler: Mutex<jobs::Scheduler>,
+    /// Woken when tasks become available or jobs change.
+    jobs_changed: tokio::sync::Notify,
 }
 
 fn router(app: App) -> Router {
@@ -213,6 +229,11 @@ fn router(app: App) -> Router {
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/{id}/heartbeat", post(heartbeat))
         .route("/v1/routes", get(routes))
+        .route("/v1/jobs", post(jobs::submit).get(jobs::list))
+        .route("/v1/jobs/{id}", get(jobs::show))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/v1/tasks/lease", post(jobs::lease))
+        .route("/v1/tasks/report", post(jobs::report).layer(DefaultBodyLimit::max(16 << 20)))
         .route("/v1/raft", post(raft).layer(DefaultBodyLimit::max(transport::MAX_BODY)))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
@@ -263,7 +284,8 @@ impl From<StateError> for Failure {
             StateError::ModuleTooLarge { .. } => Failure::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message),
             StateError::ModuleNotFound { .. }
             | StateError::FunctionNotFound { .. }
-            | StateError::VersionNotFound { .. } => Failure::not_found(message),
+            | StateError::VersionNotFound { .. }
+            | StateError::JobNotFound { .. } => Failure::not_found(message),
             StateError::Storage(_) => Failure::internal(message),
         }
     }
@@ -714,7 +736,7 @@ async fn heartbeat(
         tracing::info!(node = %id, address = %beat.address, "node registered");
     }
     app.0.nodes.lock().map_err(poisoned)?.insert(id, (Instant::now(), beat));
-    Ok(json(StatusCode::OK, &HeartbeatReply { revision: app.status().applied }))
+    Ok(json(StatusCode::OK, &HeartbeatReply { revision: app.0.replica.state().routes_revision()? }))
 }
 
 async fn list_nodes(Shared(app): Shared<App>) -> Answer<Response> {
@@ -759,14 +781,22 @@ struct RoutesQuery {
 async fn routes(Shared(app): Shared<App>, query: Result<Query<RoutesQuery>, QueryRejection>) -> Answer<Response> {
     let Query(query) = query.map_err(|r| Failure::bad(r.body_text()))?;
     let wait = Duration::from_millis(query.wait_ms).min(MAX_WAIT);
-    if app.status().applied <= query.since && !wait.is_zero() {
-        app.0.replica.wait_for(wait, |s| s.applied > query.since).await;
+    let deadline = Instant::now() + wait;
+    let state = app.0.replica.state();
+    // The revision moves only when a function changes, not with every
+    // applied entry (job progress would wake every node).
+    loop {
+        let applied = app.status().applied;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if state.routes_revision()? > query.since
+            || left.is_zero()
+            || !app.0.replica.wait_for(left, |s| s.applied > applied).await
+        {
+            break;
+        }
     }
-    let revision = app.status().applied;
-    let routes = app
-        .0
-        .replica
-        .state()
+    let revision = state.routes_revision()?;
+    let routes = state
         .functions(DEFAULT_TENANT)?
         .iter()
         .filter_map(|f| {

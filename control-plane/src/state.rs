@@ -14,6 +14,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use wasmgrid_api::{JobState, PartitionSpec, Stage};
+
+use crate::job_state::{self, JobCommand, JobRecord, TaskRecord};
 
 /// The tenant every function belongs to until tenants are managed.
 pub const DEFAULT_TENANT: &str = "default";
@@ -56,6 +59,12 @@ pub enum StateError {
     ModuleNotFound {
         /// The sha256 named.
         sha256: String,
+    },
+    /// No such job.
+    #[error("job `{id}` not found")]
+    JobNotFound {
+        /// The id.
+        id: String,
     },
     /// No such function.
     #[error("function `{tenant}/{name}` not found")]
@@ -176,6 +185,8 @@ pub enum Command {
         /// Its gateway URL.
         address: String,
     },
+    /// A batch job command.
+    Job(JobCommand),
 }
 
 /// A node in the registry. Liveness is not here: heartbeats stay in the
@@ -214,6 +225,21 @@ pub enum Applied {
     Deleted,
     /// The node is in the registry.
     NodeRegistered,
+    /// A job was created.
+    JobSubmitted {
+        /// Its id.
+        id: String,
+    },
+    /// Task events were recorded; `won[i]` when event `i` won its task.
+    TasksRecorded {
+        /// Per event.
+        won: Vec<bool>,
+    },
+    /// The job is in this state.
+    JobState {
+        /// Its state.
+        state: JobState,
+    },
     /// The index was applied before; nothing changed.
     AlreadyApplied,
 }
@@ -231,6 +257,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 const APPLIED_KEY: &[u8] = b"applied_index";
+/// The index of the last command that changed a function (the route table).
+const ROUTES_KEY: &[u8] = b"routes_revision";
 
 /// What a snapshot carries: every record, raw.
 #[derive(Serialize, Deserialize)]
@@ -239,6 +267,9 @@ struct Image {
     modules: Vec<(Vec<u8>, Vec<u8>)>,
     functions: Vec<(Vec<u8>, Vec<u8>)>,
     nodes: Vec<(Vec<u8>, Vec<u8>)>,
+    jobs: Vec<(Vec<u8>, Vec<u8>)>,
+    plans: Vec<(Vec<u8>, Vec<u8>)>,
+    tasks: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// The state machine over sled.
@@ -249,6 +280,9 @@ pub struct State {
     functions: sled::Tree,
     nodes: sled::Tree,
     meta: sled::Tree,
+    jobs: sled::Tree,
+    plans: sled::Tree,
+    tasks: sled::Tree,
 }
 
 fn function_key(tenant: &str, name: &str) -> Vec<u8> {
@@ -282,6 +316,9 @@ impl State {
             functions: db.open_tree("functions")?,
             nodes: db.open_tree("nodes")?,
             meta: db.open_tree("meta")?,
+            jobs: db.open_tree("jobs")?,
+            plans: db.open_tree("plans")?,
+            tasks: db.open_tree("tasks")?,
             db,
         })
     }
@@ -309,13 +346,16 @@ impl State {
         // Checks that need no storage come first; their failure still
         // consumes the index.
         let checked = precheck(command);
-        let trees = (&self.modules, &self.functions, &self.nodes, &self.meta);
-        let result = trees.transaction(|(modules, functions, nodes, meta)| {
+        let trees = (&self.modules, &self.functions, &self.nodes, &self.meta, &self.jobs, &self.plans, &self.tasks);
+        let result = trees.transaction(|(modules, functions, nodes, meta, jobs, plans, tasks)| {
             meta.insert(APPLIED_KEY, &index.to_be_bytes())?;
             if let Err(e) = &checked {
                 return Ok(Err(e.clone()));
             }
             let abort = |e: StateError| ConflictableTransactionError::Abort(e);
+            if matches!(command, Command::Deploy { .. } | Command::Rollback { .. } | Command::Delete { .. }) {
+                meta.insert(ROUTES_KEY, &index.to_be_bytes())?;
+            }
             let outcome = match command {
                 Command::PutModule { sha256, bytes } => {
                     let existed = modules.get(sha256.as_bytes())?.is_some();
@@ -376,6 +416,7 @@ impl State {
                     nodes.insert(id.as_bytes(), encode(&record).map_err(abort)?)?;
                     Ok(Applied::NodeRegistered)
                 }
+                Command::Job(command) => job_state::apply(&job_state::Trees { jobs, plans, tasks }, index, command)?,
             };
             Ok(outcome)
         });
@@ -384,6 +425,15 @@ impl State {
             Err(TransactionError::Abort(e)) => Err(e),
             Err(TransactionError::Storage(e)) => Err(e.into()),
         }
+    }
+
+    /// The log index of the last change to any function: the route
+    /// table's revision (0 before any).
+    pub fn routes_revision(&self) -> Result<u64> {
+        Ok(match self.meta.get(ROUTES_KEY)? {
+            Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| StateError::Storage("bad index".into()))?),
+            None => 0,
+        })
     }
 
     /// Records that log `index` was applied without a command (an empty
@@ -435,6 +485,9 @@ impl State {
             modules: dump(&self.modules)?,
             functions: dump(&self.functions)?,
             nodes: dump(&self.nodes)?,
+            jobs: dump(&self.jobs)?,
+            plans: dump(&self.plans)?,
+            tasks: dump(&self.tasks)?,
         };
         let data = bincode::serialize(&image).map_err(|e| StateError::Storage(e.to_string()))?;
         Ok((data, image.applied))
@@ -448,6 +501,15 @@ impl State {
         let old_modules: Vec<sled::IVec> = self.modules.iter().keys().collect::<std::result::Result<_, _>>()?;
         let old_functions: Vec<sled::IVec> = self.functions.iter().keys().collect::<std::result::Result<_, _>>()?;
         let old_nodes: Vec<sled::IVec> = self.nodes.iter().keys().collect::<std::result::Result<_, _>>()?;
+        // Job records go outside the transaction: sled transactions are
+        // for a few trees at a time, and a restore is all or nothing anyway
+        // (the applied index moves last).
+        for (tree, records) in [(&self.jobs, &image.jobs), (&self.plans, &image.plans), (&self.tasks, &image.tasks)] {
+            tree.clear()?;
+            for (k, v) in records {
+                tree.insert(k.as_slice(), v.as_slice())?;
+            }
+        }
         let trees = (&self.modules, &self.functions, &self.nodes, &self.meta);
         let result = trees.transaction(|(modules, functions, nodes, meta)| {
             for key in &old_modules {
@@ -476,6 +538,53 @@ impl State {
             TransactionError::Storage(e) => e.into(),
         })?;
         Ok(image.applied)
+    }
+
+    /// A job.
+    pub fn job(&self, id: &str) -> Result<Option<JobRecord>> {
+        match self.jobs.get(id.as_bytes())? {
+            Some(v) => Ok(Some(decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every job of `tenant`, newest first.
+    pub fn jobs(&self, tenant: &str) -> Result<Vec<JobRecord>> {
+        let mut jobs: Vec<JobRecord> = self
+            .jobs
+            .iter()
+            .map(|kv| decode::<JobRecord>(&kv?.1))
+            .filter(|j| j.as_ref().map_or(true, |j| j.tenant == tenant))
+            .collect::<Result<_>>()?;
+        jobs.sort_by_key(|j| std::cmp::Reverse(j.id.trim_start_matches("job-").parse::<u64>().unwrap_or(0)));
+        Ok(jobs)
+    }
+
+    /// Every job that is not over.
+    pub fn active_jobs(&self) -> Result<Vec<JobRecord>> {
+        let jobs: Vec<JobRecord> = self.jobs.iter().map(|kv| decode(&kv?.1)).collect::<Result<_>>()?;
+        Ok(jobs.into_iter().filter(|j| !j.state.is_final()).collect())
+    }
+
+    /// A job's input partitions.
+    pub fn plan(&self, id: &str) -> Result<Vec<PartitionSpec>> {
+        match self.plans.get(id.as_bytes())? {
+            Some(v) => decode(&v),
+            None => Err(StateError::JobNotFound { id: id.into() }),
+        }
+    }
+
+    /// The records of a stage's tasks that failed or won, by task index.
+    pub fn task_records(&self, id: &str, stage: Stage) -> Result<Vec<(u32, TaskRecord)>> {
+        let prefix = job_state::stage_prefix(id, stage);
+        self.tasks
+            .scan_prefix(&prefix)
+            .map(|kv| {
+                let (k, v) = kv?;
+                let index = std::str::from_utf8(&k[prefix.len()..]).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+                Ok((index, decode(&v)?))
+            })
+            .collect()
     }
 
     /// Number of stored modules.
@@ -508,6 +617,7 @@ fn precheck(command: &Command) -> Result<()> {
             validate_name(name)
         }
         Command::RegisterNode { id, .. } => validate_name(id),
+        Command::Job(_) => Ok(()),
     }
 }
 

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
-use wasmgrid_api::{Client, Heartbeat, Route, RouteTable};
+use wasmgrid_api::{Client, Heartbeat, RouteTable};
 
 use crate::gateway::{Gateway, GatewayConfig, Table};
 use crate::runtime::{Function, Runtime};
@@ -49,6 +49,8 @@ pub struct AgentConfig {
     pub id: Option<String>,
     /// How the gateway admits calls.
     pub gateway: GatewayConfig,
+    /// Batch task attempts run at once (0: one per core).
+    pub task_slots: usize,
 }
 
 /// A running node.
@@ -131,11 +133,26 @@ pub async fn start(config: AgentConfig, runtime: Arc<Runtime>) -> Result<Agent, 
     let client = |timeout| Client::new(&config.control_plane, timeout).map_err(|e| AgentError::Config(e.to_string()));
     let heartbeat_client = client(Duration::from_secs(5))?;
     let poll_client = client(POLL_WAIT + Duration::from_secs(10))?;
+    let task_client = client(Duration::from_secs(30))?;
 
-    let gateway = Gateway::new(runtime, config.gateway.clone());
+    let gateway = Gateway::new(runtime.clone(), config.gateway.clone());
+    let compiled = crate::worker::Compiled::default();
+    let slots = match config.task_slots {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let worker = crate::worker::Worker {
+        id: id.clone(),
+        client: Arc::new(task_client),
+        runtime,
+        modules_dir: modules_dir.clone(),
+        slots,
+        compiled: compiled.clone(),
+    };
     let background = vec![
         tokio::spawn(watch(gateway.clone(), poll_client, modules_dir)),
-        tokio::spawn(heartbeats(gateway.clone(), heartbeat_client, id.clone(), url.clone())),
+        tokio::spawn(heartbeats(gateway.clone(), heartbeat_client, id.clone(), url.clone(), compiled)),
+        tokio::spawn(crate::worker::run(worker)),
     ];
     let router = gateway.router();
     let (tx, rx) = oneshot::channel::<()>();
@@ -165,7 +182,7 @@ fn node_id(data: &Path) -> Result<String, AgentError> {
     }
 }
 
-async fn heartbeats(gateway: Arc<Gateway>, client: Client, id: String, url: String) {
+async fn heartbeats(gateway: Arc<Gateway>, client: Client, id: String, url: String, compiled: crate::worker::Compiled) {
     let mut failing = false;
     let mut ticker = tokio::time::interval(HEARTBEAT_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -176,7 +193,13 @@ async fn heartbeats(gateway: Arc<Gateway>, client: Client, id: String, url: Stri
             address: url.clone(),
             inflight,
             invocations,
-            warm: gateway.warm(),
+            warm: {
+                let mut warm = gateway.warm();
+                warm.extend(compiled.lock().map(|c| c.keys().cloned().collect::<Vec<_>>()).unwrap_or_default());
+                warm.sort();
+                warm.dedup();
+                warm
+            },
             revision: gateway.revision(),
         };
         match client.heartbeat(&id, &beat).await {
@@ -230,7 +253,7 @@ async fn install(gateway: &Gateway, client: &Client, modules_dir: &Path, table: 
             next.insert(key, served.clone());
             continue;
         }
-        match prepare(gateway.runtime(), client, modules_dir, &route).await {
+        match prepare(gateway.runtime(), client, modules_dir, &route.module).await {
             Ok(function) => {
                 tracing::info!(function = %route.name, version = route.version, "ready to serve");
                 next.insert(key, Arc::new(gateway.serve(route, function)));
@@ -246,21 +269,21 @@ async fn install(gateway: &Gateway, client: &Client, modules_dir: &Path, table: 
     gateway.install(next, table.revision);
 }
 
-/// The module of `route`, fetched (and verified) if this node lacks it, and compiled.
-async fn prepare(
+/// A module, fetched (and verified) if this node lacks it, and compiled.
+pub(crate) async fn prepare(
     runtime: &Arc<Runtime>,
     client: &Client,
     modules_dir: &Path,
-    route: &Route,
+    module: &str,
 ) -> Result<Arc<Function>, String> {
-    let path = modules_dir.join(format!("{}.wasm", route.module));
+    let path = modules_dir.join(format!("{module}.wasm"));
     let bytes = match std::fs::read(&path) {
-        Ok(bytes) if hex::encode(Sha256::digest(&bytes)) == route.module => bytes,
+        Ok(bytes) if hex::encode(Sha256::digest(&bytes)) == module => bytes,
         _ => {
-            let bytes = client.module(&route.module).await.map_err(|e| format!("fetching module: {e}"))?;
+            let bytes = client.module(module).await.map_err(|e| format!("fetching module: {e}"))?;
             let actual = hex::encode(Sha256::digest(&bytes));
-            if actual != route.module {
-                return Err(format!("module fetched for {} hashes to {actual}; refusing it", route.module));
+            if actual != module {
+                return Err(format!("module fetched for {module} hashes to {actual}; refusing it"));
             }
             let tmp = path.with_extension("tmp");
             std::fs::write(&tmp, &bytes)

@@ -12,6 +12,7 @@
 //!   limits and Prometheus metrics.
 
 pub mod agent;
+pub mod batch;
 pub mod bindings;
 pub mod data;
 mod error;
@@ -19,6 +20,7 @@ pub mod gateway;
 pub mod local;
 pub mod pairs;
 pub mod runtime;
+pub mod worker;
 
 pub use error::{Error, Result};
 pub use runtime::{Function, Instance, Kind, Limits, Runtime, RuntimeConfig};

@@ -257,7 +257,7 @@ fn describe(p: &Partition) -> String {
 }
 
 /// Makes sure `dir` exists and holds no earlier results (or clears them).
-fn prepare_output(dir: &Path, overwrite: bool) -> Result<()> {
+pub(crate) fn prepare_output(dir: &Path, overwrite: bool) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io("creating output directory", dir, e))?;
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io("listing", dir, e))?;
     for entry in entries.flatten() {
@@ -313,7 +313,7 @@ fn parallel<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> Res
     results.into_iter().map(|r| r.ok_or_else(|| Error::Runtime("a task did not run".into()))).collect()
 }
 
-fn part_name(prefix: &str, index: usize, format: Format) -> String {
+pub(crate) fn part_name(prefix: &str, index: usize, format: Format) -> String {
     format!("{prefix}-{index:05}.{}", format.extension())
 }
 

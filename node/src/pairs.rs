@@ -87,6 +87,39 @@ impl Pairs {
     }
 }
 
+impl Pairs {
+    /// The pairs as bytes: per pair, the key's length and the value's length
+    /// (u32, little endian), then the key and the value.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.bytes() + 8 * self.len());
+        for (k, v) in self.iter() {
+            out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            out.extend_from_slice(k);
+            out.extend_from_slice(v);
+        }
+        out
+    }
+
+    /// Reads what [`Pairs::encode`] wrote; refuses truncated or malformed bytes.
+    pub fn decode(mut bytes: &[u8]) -> Result<Pairs, String> {
+        let mut pairs = Pairs::default();
+        while !bytes.is_empty() {
+            let len = |b: &[u8]| -> Option<usize> { Some(u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize) };
+            let (Some(k), Some(v)) = (len(bytes), bytes.get(4..).and_then(len)) else {
+                return Err("truncated pair header".into());
+            };
+            let body = bytes.get(8..).ok_or("truncated pair header")?;
+            if body.len() < k + v {
+                return Err(format!("a pair says {} bytes, but {} are left", k + v, body.len()));
+            }
+            pairs.push(&body[..k], &body[k..k + v]);
+            bytes = &body[k + v..];
+        }
+        Ok(pairs)
+    }
+}
+
 fn check_ends(ends: &[u32], len: usize, what: &str) -> Result<(), String> {
     let mut prev = 0u32;
     for (i, &e) in ends.iter().enumerate() {
@@ -148,6 +181,10 @@ mod tests {
         assert!(p.extend_packed(b"ab", &[2, 1], b"xy", &[1, 2]).is_err(), "out of order");
         assert!(p.extend_packed(b"ab", &[1], b"x", &[1]).is_err(), "bytes left over");
         assert_eq!(p.len(), 3, "a refused batch adds nothing");
+        let bytes = p.encode();
+        assert_eq!(Pairs::decode(&bytes).expect("decodes"), p);
+        assert!(Pairs::decode(&bytes[..bytes.len() - 1]).is_err(), "truncated");
+        assert!(Pairs::decode(&bytes[..5]).is_err(), "truncated header");
     }
 
     #[test]

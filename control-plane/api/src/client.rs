@@ -215,6 +215,36 @@ impl Client {
     pub async fn heartbeat(&self, id: &str, heartbeat: &Heartbeat) -> Result<HeartbeatReply, ApiError> {
         self.call(Method::POST, &format!("/v1/nodes/{}/heartbeat", segment(id)), Self::json(heartbeat)).await
     }
+
+    /// Submits a batch job.
+    pub async fn submit_job(&self, request: &JobRequest) -> Result<JobInfo, ApiError> {
+        self.call(Method::POST, "/v1/jobs", Self::json(request)).await
+    }
+
+    /// Every job, newest first.
+    pub async fn jobs(&self) -> Result<JobList, ApiError> {
+        self.call(Method::GET, "/v1/jobs", Body::None).await
+    }
+
+    /// One job.
+    pub async fn job(&self, id: &str) -> Result<JobInfo, ApiError> {
+        self.call(Method::GET, &format!("/v1/jobs/{}", segment(id)), Body::None).await
+    }
+
+    /// Cancels a job.
+    pub async fn cancel_job(&self, id: &str) -> Result<JobInfo, ApiError> {
+        self.call(Method::POST, &format!("/v1/jobs/{}/cancel", segment(id)), Body::None).await
+    }
+
+    /// Asks for tasks (a node's long-poll).
+    pub async fn lease(&self, request: &LeaseRequest) -> Result<Lease, ApiError> {
+        self.call(Method::POST, "/v1/tasks/lease", Self::json(request)).await
+    }
+
+    /// Reports finished attempts.
+    pub async fn report(&self, request: &ReportRequest) -> Result<serde_json::Value, ApiError> {
+        self.call(Method::POST, "/v1/tasks/report", Self::json(request)).await
+    }
 }
 
 /// Calls a node's gateway: scores `rows` with the function.

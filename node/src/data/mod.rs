@@ -235,6 +235,16 @@ fn plan_parquet(path: &Path, partition_size: u64, out: &mut Vec<Partition>) -> R
     Ok(())
 }
 
+/// The partition of `path` covering `span`, with the file's schema, as
+/// [`plan`] would make it: how a node rebuilds a partition it was sent.
+pub fn partition(index: u32, path: &Path, format: Format, span: Span, bytes: u64) -> Result<Partition> {
+    let schema = match format {
+        Format::Parquet => None,
+        _ => text_schema(path, format)?.0,
+    };
+    Ok(Partition { index, path: path.to_path_buf(), format, span, schema, bytes })
+}
+
 /// The schema of a text file (inferred from its head) and where its body starts
 /// (after the CSV header line).
 fn text_schema(path: &Path, format: Format) -> Result<(Option<SchemaRef>, u64)> {

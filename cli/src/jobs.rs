@@ -1,0 +1,288 @@
+//! `wasmgrid job ...`: batch jobs on the grid, and the data side the
+//! control plane plans and publishes them with.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use wasmgrid_api::{Client, JobCommit, JobInfo, JobRequest, JobState, PartitionSpec, Stage};
+use wasmgrid_control_plane::server::{DEFAULT_PARTITION_SIZE, JobIo};
+
+use crate::grid::{ClientArgs, client, print_json, table, tokio_runtime};
+use crate::units;
+
+/// Plans and publishes jobs on a file system the control plane shares
+/// with the nodes.
+#[derive(Debug)]
+pub struct FileJobIo;
+
+impl JobIo for FileJobIo {
+    fn plan(&self, request: &JobRequest) -> Result<Vec<PartitionSpec>, String> {
+        wasmgrid_node::batch::plan(request, request.partition_size.unwrap_or(DEFAULT_PARTITION_SIZE))
+    }
+
+    fn commit(&self, commit: &JobCommit) -> Result<(), String> {
+        wasmgrid_node::batch::commit(commit)
+    }
+
+    fn abort(&self, output: &str, job: &str) {
+        wasmgrid_node::batch::abort(output, job);
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    /// The deployed scorer or mapper.
+    name: String,
+    /// Input: a file, directory or glob the nodes can read.
+    #[arg(long)]
+    input: String,
+    /// Output directory (shared by the nodes).
+    #[arg(long)]
+    output: String,
+    /// Output format: jsonl, csv or parquet.
+    #[arg(long, default_value = "jsonl")]
+    format: String,
+    /// Input format, when the extension does not tell.
+    #[arg(long)]
+    input_format: Option<String>,
+    /// The deployed reducer for the pairs the mapper emits.
+    #[arg(long)]
+    reduce: Option<String>,
+    /// Reduce partitions (output files of the reduce stage).
+    #[arg(long, default_value_t = 2)]
+    reduce_partitions: u32,
+    /// Target partition size.
+    #[arg(long, default_value = "64MiB", value_parser = units::parse_size)]
+    partition_size: u64,
+    /// Attempts per task before the job fails.
+    #[arg(long, default_value_t = 4)]
+    max_attempts: u32,
+    /// Time limit of one call [default: the function's].
+    #[arg(long, value_parser = units::parse_duration)]
+    timeout: Option<Duration>,
+    /// Replace earlier results in the output directory.
+    #[arg(long)]
+    overwrite: bool,
+    /// Wait for the job to end, showing progress.
+    #[arg(long)]
+    wait: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobCommand {
+    /// Submit a job: run a function over every partition of the input.
+    Submit(Box<SubmitArgs>),
+    /// List jobs, newest first.
+    Ls {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A job's state and progress.
+    Status {
+        /// The job id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Wait for a job to end, showing progress; fails if the job fails.
+    Wait {
+        /// The job id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel a job: its tasks stop and nothing is published.
+    Cancel {
+        /// The job id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// A path as the grid sees it: absolute (the grid does not share our
+/// working directory); URIs are left alone.
+fn absolute(path: &str) -> Result<String> {
+    if path.contains("://") {
+        return Ok(path.to_string());
+    }
+    let path = path.strip_prefix("file://").unwrap_or(path);
+    Ok(std::path::absolute(Path::new(path)).with_context(|| format!("resolving {path}"))?.display().to_string())
+}
+
+fn tasks(job: &JobInfo) -> (u32, u32) {
+    (job.map_done + job.reduce_done, job.map_tasks + job.reduce_tasks)
+}
+
+fn describe(job: &JobInfo) -> String {
+    let (done, total) = tasks(job);
+    let mut s = format!(
+        "{} {}: {}/{} tasks ({} stage), {} running, {} failed attempts, {} records in, {} rows out",
+        job.id,
+        job.state.name(),
+        done,
+        total,
+        job.stage.name(),
+        job.running,
+        job.failed_attempts,
+        job.records_in,
+        job.rows_out
+    );
+    if let Some(e) = &job.error {
+        s.push_str(&format!("\nerror: {e}"));
+    }
+    s
+}
+
+/// Polls until the job ends, with a progress bar on a terminal.
+async fn wait(client: &Client, id: &str, json: bool) -> Result<JobInfo> {
+    let bar = if json { ProgressBar::hidden() } else { ProgressBar::new(0) };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} tasks, ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    let mut failures = 0;
+    loop {
+        let job = match client.job(id).await {
+            Ok(job) => {
+                failures = 0;
+                job
+            }
+            // Ride out a failover.
+            Err(e) if failures < 20 => {
+                failures += 1;
+                tracing::debug!("job status: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (done, total) = tasks(&job);
+        bar.set_length(u64::from(total));
+        bar.set_position(u64::from(done));
+        bar.set_message(format!(
+            "{} {} ({}), {} running, {} failed, {} rows",
+            job.id,
+            job.state.name(),
+            job.stage.name(),
+            job.running,
+            job.failed_attempts,
+            job.rows_out
+        ));
+        if job.state.is_final() {
+            bar.finish_and_clear();
+            if !json {
+                eprintln!("{} in {:.1}s", describe(&job), started.elapsed().as_secs_f64());
+            }
+            return Ok(job);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn finished(job: &JobInfo, json: bool) -> Result<()> {
+    if json {
+        print_json(job)?;
+    }
+    match job.state {
+        JobState::Succeeded => Ok(()),
+        _ => bail!(
+            "job {} {}{}",
+            job.id,
+            job.state.name(),
+            job.error.as_ref().map_or(String::new(), |e| format!(": {e}"))
+        ),
+    }
+}
+
+pub fn job(command: JobCommand) -> Result<()> {
+    let rt = tokio_runtime()?;
+    match command {
+        JobCommand::Submit(args) => {
+            let request = JobRequest {
+                function: args.name.clone(),
+                input: absolute(&args.input)?,
+                output: absolute(&args.output)?,
+                input_format: args.input_format.clone(),
+                format: Some(args.format.clone()),
+                reduce: args.reduce.clone(),
+                reduce_partitions: args.reduce.as_ref().map(|_| args.reduce_partitions),
+                partition_size: Some(args.partition_size),
+                max_attempts: Some(args.max_attempts),
+                timeout_ms: args.timeout.map(|t| t.as_millis().max(1) as u64),
+                overwrite: args.overwrite,
+            };
+            let c = client(&args.client)?;
+            rt.block_on(async {
+                let job = c.submit_job(&request).await.context("submitting the job")?;
+                if !args.wait {
+                    if args.client.json {
+                        return print_json(&job);
+                    }
+                    println!("{}", job.id);
+                    return Ok(());
+                }
+                eprintln!("submitted {} ({} map tasks)", job.id, job.map_tasks);
+                let job = wait(&c, &job.id, args.client.json).await?;
+                finished(&job, args.client.json)
+            })
+        }
+        JobCommand::Ls { client: args } => {
+            let list = rt.block_on(client(&args)?.jobs())?;
+            if args.json {
+                return print_json(&list);
+            }
+            let rows = list
+                .jobs
+                .iter()
+                .map(|j| {
+                    let (done, total) = tasks(j);
+                    let reduce = j.reduce.as_ref().map_or(String::new(), |(r, _)| format!(" -> {r}"));
+                    vec![
+                        j.id.clone(),
+                        j.state.name().into(),
+                        format!("{}@{}{reduce}", j.function, j.version),
+                        format!("{done}/{total}"),
+                        j.rows_out.to_string(),
+                        j.output.clone(),
+                    ]
+                })
+                .collect();
+            table(&["ID", "STATE", "FUNCTION", "TASKS", "ROWS", "OUTPUT"], rows);
+            Ok(())
+        }
+        JobCommand::Status { id, client: args } => {
+            let job = rt.block_on(client(&args)?.job(&id))?;
+            if args.json {
+                return print_json(&job);
+            }
+            println!("{}", describe(&job));
+            if job.stage == Stage::Reduce || job.reduce_tasks > 0 {
+                println!("map {}/{}, reduce {}/{}", job.map_done, job.map_tasks, job.reduce_done, job.reduce_tasks);
+            }
+            println!("input:  {} ({} of {} bytes read)", job.input, job.bytes_done, job.bytes_in);
+            println!("output: {}", job.output);
+            Ok(())
+        }
+        JobCommand::Wait { id, client: args } => {
+            let c = client(&args)?;
+            let job = rt.block_on(wait(&c, &id, args.json))?;
+            finished(&job, args.json)
+        }
+        JobCommand::Cancel { id, client: args } => {
+            let job = rt.block_on(client(&args)?.cancel_job(&id))?;
+            if args.json {
+                return print_json(&job);
+            }
+            println!("{} {}", job.id, job.state.name());
+            Ok(())
+        }
+    }
+}

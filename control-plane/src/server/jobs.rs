@@ -1,0 +1,714 @@
+//! Batch jobs: the `/v1/jobs` API, and the leader's scheduler that leases
+//! tasks to nodes, retries them, starts speculative copies of stragglers and
+//! publishes a job once every task has a winner.
+//!
+//! What is replicated (through [`JobCommand`]s) is the job, its plan, each
+//! task's failures and its one winning attempt. What runs where is the
+//! leader's memory only ([`Scheduler`]): a new leader rebuilds it from the
+//! state and starts every unfinished task again. Reports from attempts it
+//! never leased are still recorded (first winner wins), so an attempt that
+//! outlives a failover is not wasted, and a duplicate is never published.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State as Shared};
+use axum::http::StatusCode;
+use axum::response::Response;
+use wasmgrid_api::*;
+
+use super::{Answer, App, Failure, NODE_LIVENESS, json, json_body, poisoned};
+use crate::job_state::{JobCommand, JobRecord, TaskEvent, Winner, stage_tasks};
+use crate::state::{Applied, Command, DEFAULT_TENANT, StateError};
+
+/// Longest a lease request waits for a task.
+const MAX_LEASE_WAIT: Duration = Duration::from_secs(2);
+/// Most tasks one lease hands out.
+const MAX_LEASE: u32 = 64;
+/// Default attempts per task.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 4;
+/// Default partition size.
+pub const DEFAULT_PARTITION_SIZE: u64 = 64 << 20;
+/// Most reduce partitions a job may ask for.
+const MAX_REDUCE_PARTITIONS: u32 = 4096;
+/// A running attempt this much slower than the stage's median gets a
+/// speculative copy (and never before `MIN_STRAGGLER`).
+const STRAGGLER_FACTOR: u32 = 3;
+const MIN_STRAGGLER: Duration = Duration::from_secs(2);
+
+/// Reads and publishes job data: the control plane plans inputs and commits
+/// outputs through it, and never parses data itself.
+pub trait JobIo: Send + Sync + fmt::Debug {
+    /// Plans the input into partitions and prepares the output directory
+    /// (refusing earlier results unless `overwrite`).
+    fn plan(&self, request: &JobRequest) -> Result<Vec<PartitionSpec>, String>;
+    /// Publishes the winners of a job whose tasks all won: renames them to
+    /// their final names and writes `_SUCCESS`. Must be idempotent: a
+    /// commit cut short by a failover is run again.
+    fn commit(&self, commit: &JobCommit) -> Result<(), String>;
+    /// Removes what the attempts of a failed or cancelled job left behind
+    /// in `output`.
+    fn abort(&self, output: &str, job: &str);
+}
+
+/// One leased attempt.
+#[derive(Debug, Clone)]
+struct Attempt {
+    attempt: u64,
+    node: String,
+    started: Instant,
+}
+
+/// A job the leader is running.
+#[derive(Debug)]
+struct Run {
+    record: JobRecord,
+    plan: Arc<Vec<PartitionSpec>>,
+    stage: Stage,
+    pending: VecDeque<u32>,
+    running: BTreeMap<u32, Vec<Attempt>>,
+    done: HashSet<u32>,
+    /// Durations of the stage's winning attempts this leader saw.
+    durations: Vec<Duration>,
+    /// For a reduce stage: the pair files of each reduce partition.
+    shuffle: Vec<Vec<String>>,
+}
+
+/// The leader's view of running jobs.
+#[derive(Debug, Default)]
+pub(super) struct Scheduler {
+    /// The term it was built in: a new term rebuilds it from the state.
+    term: u64,
+    runs: BTreeMap<String, Run>,
+    next_attempt: u64,
+    /// Jobs being committed or cleaned up by this leader.
+    finishing: HashSet<String>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Run {
+    /// The run of `record`'s current stage, from the replicated state.
+    fn load(state: &crate::State, record: JobRecord) -> Result<Run, StateError> {
+        let plan = Arc::new(state.plan(&record.id)?);
+        let stage = record.stage;
+        let records = state.task_records(&record.id, stage)?;
+        let done: HashSet<u32> = records.iter().filter(|(_, r)| r.winner.is_some()).map(|(i, _)| *i).collect();
+        let pending = (0..stage_tasks(&record, stage)).filter(|i| !done.contains(i)).collect();
+        let shuffle = if stage == Stage::Reduce {
+            let mut shuffle = vec![Vec::new(); record.reduce_partitions as usize];
+            for (_, task) in state.task_records(&record.id, Stage::Map)? {
+                let Some(w) = task.winner else { continue };
+                for (r, file) in w.files.iter().enumerate().take(shuffle.len()) {
+                    if !file.is_empty() {
+                        shuffle[r].push(file.clone());
+                    }
+                }
+            }
+            shuffle
+        } else {
+            Vec::new()
+        };
+        Ok(Run { record, plan, stage, pending, running: BTreeMap::new(), done, durations: Vec::new(), shuffle })
+    }
+
+    fn median(&self) -> Option<Duration> {
+        let mut d = self.durations.clone();
+        d.sort();
+        d.get(d.len() / 2).copied()
+    }
+
+    /// A running task old enough for a speculative copy on `node`.
+    fn straggler(&self, node: &str) -> Option<u32> {
+        let median = self.median()?;
+        let limit = (median * STRAGGLER_FACTOR).max(MIN_STRAGGLER);
+        self.running
+            .iter()
+            .filter(|(_, a)| a.len() == 1 && a[0].node != node && a[0].started.elapsed() > limit)
+            .min_by_key(|(_, a)| a[0].started)
+            .map(|(&task, _)| task)
+    }
+
+    fn assignment(&self, task: u32, attempt: u64) -> TaskAssignment {
+        let (function, input, shuffle) = match self.stage {
+            Stage::Map => (self.record.map.clone(), self.plan.get(task as usize).cloned(), Vec::new()),
+            Stage::Reduce => {
+                let f =
+                    self.record.reduce.as_ref().map(|(_, _, f)| f.clone()).unwrap_or_else(|| self.record.map.clone());
+                (f, None, self.shuffle.get(task as usize).cloned().unwrap_or_default())
+            }
+        };
+        TaskAssignment {
+            job: self.record.id.clone(),
+            stage: self.stage,
+            task,
+            attempt,
+            function,
+            input,
+            shuffle,
+            work_dir: format!("{}/_temporary/{}", self.record.output.trim_end_matches('/'), self.record.id),
+            format: self.record.format.clone(),
+            reduce_partitions: self.record.reduce_partitions,
+        }
+    }
+}
+
+impl Scheduler {
+    /// Starts over from the state (a new leader, or the first request).
+    fn rebuild(&mut self, state: &crate::State, term: u64) -> Result<(), StateError> {
+        self.runs.clear();
+        self.finishing.clear();
+        self.term = term;
+        self.next_attempt = 0;
+        for record in state.active_jobs()? {
+            if record.state == JobState::Running {
+                let id = record.id.clone();
+                self.runs.insert(id, Run::load(state, record)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// An attempt id no other leader hands out: the term in the high bits.
+    fn attempt_id(&mut self) -> u64 {
+        self.next_attempt += 1;
+        (self.term << 32) | (self.next_attempt & 0xffff_ffff)
+    }
+
+    /// Up to `max` tasks for `node`: pending ones first (jobs whose
+    /// function the node has compiled first), then speculative copies.
+    fn take(&mut self, node: &str, max: u32, warm: &HashSet<String>) -> Vec<TaskAssignment> {
+        let mut ids: Vec<String> = self.runs.keys().cloned().collect();
+        // Oldest job first; among them, those the node holds compiled.
+        ids.sort_by_key(|id| {
+            let run = &self.runs[id];
+            let module = match run.stage {
+                Stage::Map => &run.record.map.module,
+                Stage::Reduce => run.record.reduce.as_ref().map_or(&run.record.map.module, |(_, _, f)| &f.module),
+            };
+            (!warm.contains(module), run.record.id.trim_start_matches("job-").parse::<u64>().unwrap_or(0))
+        });
+        let mut out = Vec::new();
+        for id in &ids {
+            while (out.len() as u32) < max {
+                let attempt = self.attempt_id();
+                let Some(run) = self.runs.get_mut(id) else { break };
+                let Some(task) = run.pending.pop_front() else { break };
+                run.running.entry(task).or_default().push(Attempt {
+                    attempt,
+                    node: node.to_string(),
+                    started: Instant::now(),
+                });
+                out.push(run.assignment(task, attempt));
+            }
+        }
+        if out.is_empty() {
+            for id in &ids {
+                let attempt = self.attempt_id();
+                let Some(run) = self.runs.get_mut(id) else { continue };
+                if let Some(task) = run.straggler(node) {
+                    tracing::info!(job = %id, task, node, "speculative copy of a straggler");
+                    run.running.entry(task).or_default().push(Attempt {
+                        attempt,
+                        node: node.to_string(),
+                        started: Instant::now(),
+                    });
+                    out.push(run.assignment(task, attempt));
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// Attempts on nodes that stopped heart-beating are given up, their
+    /// tasks queued again. Returns how many tasks were queued again.
+    fn requeue_lost(&mut self, alive: &dyn Fn(&str) -> bool) -> usize {
+        let mut requeued = 0;
+        for (id, run) in &mut self.runs {
+            let mut lost = Vec::new();
+            for (&task, attempts) in &mut run.running {
+                attempts.retain(|a| {
+                    let keep = alive(&a.node);
+                    if !keep {
+                        tracing::warn!(job = %id, task, node = %a.node, "node lost; task queued again");
+                    }
+                    keep
+                });
+                if attempts.is_empty() {
+                    lost.push(task);
+                }
+            }
+            for task in lost {
+                run.running.remove(&task);
+                if !run.done.contains(&task) {
+                    run.pending.push_front(task);
+                    requeued += 1;
+                }
+            }
+        }
+        requeued
+    }
+
+    /// Jobs among `running` that are not running here any more.
+    fn stopped(&self, running: &[String], state: &crate::State) -> Vec<String> {
+        running
+            .iter()
+            .filter(|id| !self.runs.contains_key(*id))
+            .filter(|id| state.job(id).ok().flatten().is_none_or(|j| j.state != JobState::Running))
+            .cloned()
+            .collect()
+    }
+}
+
+/// What `/v1/jobs/{id}` shows.
+fn info(record: &JobRecord, running: u32) -> JobInfo {
+    JobInfo {
+        id: record.id.clone(),
+        function: record.function.clone(),
+        version: record.version,
+        reduce: record.reduce.as_ref().map(|(n, v, _)| (n.clone(), *v)),
+        input: record.input.clone(),
+        output: record.output.clone(),
+        state: record.state,
+        stage: record.stage,
+        map_tasks: record.map_tasks,
+        map_done: record.map_done,
+        reduce_tasks: record.reduce_partitions,
+        reduce_done: record.reduce_done,
+        running,
+        failed_attempts: record.failed_attempts,
+        bytes_in: record.bytes_in,
+        bytes_done: record.bytes_done,
+        records_in: record.records_in,
+        rows_out: record.rows_out,
+        error: record.error.clone(),
+        submitted_ms: record.submitted_ms,
+        finished_ms: record.finished_ms,
+    }
+}
+
+impl App {
+    fn job_io(&self) -> Answer<&Arc<dyn JobIo>> {
+        self.0.job_io.as_ref().ok_or_else(|| {
+            Failure::new(StatusCode::NOT_IMPLEMENTED, "unsupported", "this control plane does not run batch jobs")
+        })
+    }
+
+    /// The scheduler, rebuilt from the state when this replica became
+    /// leader since it was last built. Only the leader calls this.
+    async fn scheduler(&self) -> Answer<std::sync::MutexGuard<'_, Scheduler>> {
+        let term = self.status().term;
+        if self.0.scheduler.lock().map_err(poisoned)?.term != term {
+            // Everything committed before this leader's term must be applied
+            // before the state is read.
+            self.barrier().await?;
+            let mut s = self.0.scheduler.lock().map_err(poisoned)?;
+            if s.term != term {
+                s.rebuild(self.0.replica.state(), term)?;
+                tracing::info!(jobs = s.runs.len(), term, "job scheduler rebuilt");
+            }
+        }
+        self.0.scheduler.lock().map_err(poisoned)
+    }
+
+    fn running_attempts(&self, id: &str) -> u32 {
+        self.0
+            .scheduler
+            .lock()
+            .ok()
+            .and_then(|s| s.runs.get(id).map(|r| r.running.values().map(|a| a.len() as u32).sum()))
+            .unwrap_or(0)
+    }
+
+    /// After job records changed: moves runs to their next stage, drops the
+    /// ones that are over and wakes the finisher and waiting nodes.
+    fn refresh(&self, ids: &HashSet<String>) -> Answer<()> {
+        let state = self.0.replica.state();
+        let mut s = self.0.scheduler.lock().map_err(poisoned)?;
+        for id in ids {
+            let Some(record) = state.job(id)? else { continue };
+            if record.state != JobState::Running {
+                s.runs.remove(id);
+                continue;
+            }
+            match s.runs.get_mut(id) {
+                Some(run) if run.stage == record.stage => run.record = record,
+                _ => {
+                    let run = Run::load(state, record)?;
+                    s.runs.insert(id.clone(), run);
+                }
+            }
+        }
+        drop(s);
+        self.0.jobs_changed.notify_waiters();
+        Ok(())
+    }
+}
+
+fn check_request(request: &JobRequest) -> Answer<()> {
+    check_name(&request.function).map_err(|r| Failure::bad(format!("invalid function `{}`: {r}", request.function)))?;
+    if let Some(r) = &request.reduce {
+        check_name(r).map_err(|e| Failure::bad(format!("invalid reducer `{r}`: {e}")))?;
+    }
+    if request.input.trim().is_empty() {
+        return Err(Failure::bad("`input` is empty"));
+    }
+    if request.output.trim().is_empty() {
+        return Err(Failure::bad("`output` is empty"));
+    }
+    if let Some(n) = request.reduce_partitions
+        && !(1..=MAX_REDUCE_PARTITIONS).contains(&n)
+    {
+        return Err(Failure::bad(format!("`reduce_partitions` must be 1 to {MAX_REDUCE_PARTITIONS}, not {n}")));
+    }
+    if request.max_attempts == Some(0) {
+        return Err(Failure::bad("`max_attempts` must be at least 1"));
+    }
+    if request.partition_size == Some(0) {
+        return Err(Failure::bad("`partition_size` must be at least 1 byte"));
+    }
+    if let Some(f) = &request.format
+        && !["jsonl", "csv", "parquet"].contains(&f.as_str())
+    {
+        return Err(Failure::bad(format!("unknown output format `{f}` (jsonl, csv or parquet)")));
+    }
+    Ok(())
+}
+
+/// The active version of a function as a task runs it.
+fn task_function(app: &App, name: &str, timeout_ms: Option<u64>) -> Answer<(u64, String, TaskFunction)> {
+    let f = app.function(name.to_string())?;
+    let v = f.active_version().ok_or_else(|| Failure::not_found(format!("function `{name}` has no active version")))?;
+    let function = TaskFunction {
+        module: v.module.clone(),
+        memory: v.spec.memory,
+        timeout_ms: timeout_ms.unwrap_or(v.spec.timeout_ms),
+        config: v.spec.config.clone(),
+    };
+    Ok((v.version, v.spec.kind.clone(), function))
+}
+
+pub(super) async fn submit(
+    Shared(app): Shared<App>,
+    body: Result<axum::Json<JobRequest>, JsonRejection>,
+) -> Answer<Response> {
+    let request = json_body(body)?;
+    check_request(&request)?;
+    let io = app.job_io()?.clone();
+    app.barrier().await?;
+    let (version, kind, map) = task_function(&app, &request.function, request.timeout_ms)?;
+    let reduce = match &request.reduce {
+        Some(name) => {
+            let (version, rkind, f) = task_function(&app, name, request.timeout_ms)?;
+            if rkind != "reducer" {
+                return Err(Failure::bad(format!("--reduce `{name}` is a {rkind}, not a reducer")));
+            }
+            if kind != "mapper" {
+                return Err(Failure::bad(format!(
+                    "--reduce needs a mapper that emits pairs, but `{}` is a {kind}",
+                    request.function
+                )));
+            }
+            Some((name.clone(), version, f))
+        }
+        None => None,
+    };
+    if !["scorer", "mapper"].contains(&kind.as_str()) {
+        return Err(Failure::bad(format!(
+            "`{}` is a {kind}; a job runs a scorer or a mapper (a reducer goes in `reduce`)",
+            request.function
+        )));
+    }
+    let plan_request = request.clone();
+    let partitions = tokio::task::spawn_blocking(move || io.plan(&plan_request))
+        .await
+        .map_err(|e| Failure::internal(format!("planning stopped: {e}")))?
+        .map_err(Failure::bad)?;
+    if partitions.is_empty() {
+        return Err(Failure::bad(format!("`{}` holds no input data", request.input)));
+    }
+    let reduce_partitions = match &reduce {
+        Some(_) => request.reduce_partitions.unwrap_or(2),
+        None => 0,
+    };
+    let job = JobRecord {
+        id: String::new(),
+        tenant: DEFAULT_TENANT.into(),
+        function: request.function.clone(),
+        version,
+        map,
+        reduce,
+        input: request.input.clone(),
+        output: request.output.clone(),
+        format: request.format.clone().unwrap_or_else(|| "jsonl".into()),
+        reduce_partitions,
+        max_attempts: request.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+        map_tasks: 0,
+        state: JobState::Running,
+        stage: Stage::Map,
+        map_done: 0,
+        reduce_done: 0,
+        failed_attempts: 0,
+        bytes_in: 0,
+        bytes_done: 0,
+        records_in: 0,
+        rows_out: 0,
+        error: None,
+        submitted_ms: now_ms(),
+        finished_ms: None,
+    };
+    let Applied::JobSubmitted { id } = app.propose(Command::Job(JobCommand::Submit { job: Box::new(job), partitions })).await? else {
+        return Err(Failure::internal("the job applied as something else"));
+    };
+    let record = app.0.replica.state().job(&id)?.ok_or_else(|| StateError::JobNotFound { id: id.clone() })?;
+    tracing::info!(job = %id, function = %record.function, tasks = record.map_tasks, "job submitted");
+    // Make sure this leader's scheduler knows it, then wake idle nodes.
+    drop(app.scheduler().await?);
+    app.refresh(&HashSet::from([id]))?;
+    Ok(json(StatusCode::CREATED, &info(&record, 0)))
+}
+
+pub(super) async fn list(Shared(app): Shared<App>) -> Answer<Response> {
+    app.barrier().await?;
+    let jobs = app.0.replica.state().jobs(DEFAULT_TENANT)?;
+    let jobs = jobs.iter().map(|j| info(j, app.running_attempts(&j.id))).collect();
+    Ok(json(StatusCode::OK, &JobList { jobs }))
+}
+
+fn job_id(id: Result<Path<String>, PathRejection>) -> Answer<String> {
+    let Path(id) = id.map_err(|r| Failure::bad(r.body_text()))?;
+    let valid = id.strip_prefix("job-").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    if !valid {
+        return Err(Failure::bad(format!("`{id}` is not a job id (job-N)")));
+    }
+    Ok(id)
+}
+
+pub(super) async fn show(Shared(app): Shared<App>, id: Result<Path<String>, PathRejection>) -> Answer<Response> {
+    let id = job_id(id)?;
+    app.barrier().await?;
+    let record = app.0.replica.state().job(&id)?.ok_or(StateError::JobNotFound { id: id.clone() })?;
+    Ok(json(StatusCode::OK, &info(&record, app.running_attempts(&id))))
+}
+
+pub(super) async fn cancel(Shared(app): Shared<App>, id: Result<Path<String>, PathRejection>) -> Answer<Response> {
+    let id = job_id(id)?;
+    app.propose(Command::Job(JobCommand::Cancel { id: id.clone(), at_ms: now_ms() })).await?;
+    drop(app.scheduler().await?);
+    app.refresh(&HashSet::from([id.clone()]))?;
+    let record = app.0.replica.state().job(&id)?.ok_or(StateError::JobNotFound { id: id.clone() })?;
+    tracing::info!(job = %id, state = record.state.name(), "job cancel requested");
+    Ok(json(StatusCode::OK, &info(&record, 0)))
+}
+
+pub(super) async fn lease(
+    Shared(app): Shared<App>,
+    body: Result<axum::Json<LeaseRequest>, JsonRejection>,
+) -> Answer<Response> {
+    let request = json_body(body)?;
+    check_name(&request.node).map_err(|r| Failure::bad(format!("invalid node id `{}`: {r}", request.node)))?;
+    let deadline = Instant::now() + Duration::from_millis(request.wait_ms).min(MAX_LEASE_WAIT);
+    let max = request.max.clamp(1, MAX_LEASE);
+    let warm: HashSet<String> = {
+        let nodes = app.0.nodes.lock().map_err(poisoned)?;
+        nodes.get(&request.node).map(|(_, b)| b.warm.iter().cloned().collect()).unwrap_or_default()
+    };
+    loop {
+        let notified = app.0.jobs_changed.notified();
+        {
+            let mut s = app.scheduler().await?;
+            let tasks = s.take(&request.node, max, &warm);
+            let stop = s.stopped(&request.running_jobs, app.0.replica.state());
+            if !tasks.is_empty() || !stop.is_empty() || Instant::now() >= deadline {
+                return Ok(json(StatusCode::OK, &Lease { tasks, stop }));
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let _ = tokio::time::timeout(left, notified).await;
+    }
+}
+
+pub(super) async fn report(
+    Shared(app): Shared<App>,
+    body: Result<axum::Json<ReportRequest>, JsonRejection>,
+) -> Answer<Response> {
+    let request = json_body(body)?;
+    if request.reports.is_empty() {
+        return Ok(json(StatusCode::OK, &serde_json::json!({ "won": [] })));
+    }
+    let events: Vec<TaskEvent> = {
+        let s = app.scheduler().await?;
+        request
+            .reports
+            .iter()
+            .map(|r| {
+                let bytes = match r.stage {
+                    Stage::Map => {
+                        s.runs.get(&r.job).and_then(|run| run.plan.get(r.task as usize)).map_or(0, |p| p.bytes)
+                    }
+                    Stage::Reduce => 0,
+                };
+                TaskEvent { report: r.clone(), bytes }
+            })
+            .collect()
+    };
+    let command = Command::Job(JobCommand::Events { at_ms: now_ms(), events });
+    let Applied::TasksRecorded { won } = app.propose(command).await? else {
+        return Err(Failure::internal("the task events applied as something else"));
+    };
+    let mut touched = HashSet::new();
+    {
+        let mut s = app.0.scheduler.lock().map_err(poisoned)?;
+        for (r, &won) in request.reports.iter().zip(&won) {
+            touched.insert(r.job.clone());
+            let Some(run) = s.runs.get_mut(&r.job) else { continue };
+            if run.stage != r.stage {
+                continue;
+            }
+            let mut started = None;
+            if let Some(attempts) = run.running.get_mut(&r.task) {
+                if let Some(a) = attempts.iter().find(|a| a.attempt == r.attempt) {
+                    started = Some(a.started);
+                }
+                attempts.retain(|a| a.attempt != r.attempt);
+            }
+            let idle = run.running.get(&r.task).is_none_or(Vec::is_empty);
+            if idle {
+                run.running.remove(&r.task);
+            }
+            match &r.outcome {
+                TaskOutcome::Done { .. } => {
+                    if won {
+                        run.done.insert(r.task);
+                        run.durations.extend(started.map(|t| t.elapsed()));
+                    }
+                }
+                TaskOutcome::Failed { error } => {
+                    tracing::warn!(job = %r.job, task = r.task, node = %request.node, %error, "task attempt failed");
+                    if idle && !run.done.contains(&r.task) && !run.pending.contains(&r.task) {
+                        run.pending.push_back(r.task);
+                    }
+                }
+            }
+        }
+    }
+    app.refresh(&touched)?;
+    Ok(json(StatusCode::OK, &serde_json::json!({ "won": won })))
+}
+
+/// The leader's background work for jobs: gives up attempts on lost
+/// nodes, publishes jobs whose tasks all won and cleans up after failed and
+/// cancelled ones. Runs on every replica; acts only while leading.
+pub(super) async fn drive(app: App) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = app.0.jobs_changed.notified() => {}
+        }
+        if !app.status().is_leader || app.0.job_io.is_none() {
+            continue;
+        }
+        if let Err(e) = drive_once(&app).await {
+            tracing::debug!(error = %e.message, "job driver");
+        }
+    }
+}
+
+async fn drive_once(app: &App) -> Answer<()> {
+    // Node liveness: a fresh leader has heard no heartbeats yet.
+    let fresh = app.0.leader_since.lock().map_err(poisoned)?.is_none_or(|t| t.elapsed() < NODE_LIVENESS);
+    if !fresh {
+        let beats: HashMap<String, Instant> =
+            app.0.nodes.lock().map_err(poisoned)?.iter().map(|(id, (at, _))| (id.clone(), *at)).collect();
+        let alive = |node: &str| beats.get(node).is_some_and(|at| at.elapsed() < NODE_LIVENESS);
+        if app.scheduler().await?.requeue_lost(&alive) > 0 {
+            app.0.jobs_changed.notify_waiters();
+        }
+    }
+
+    let io = app.job_io()?.clone();
+    let state = app.0.replica.state();
+    let candidates: Vec<JobRecord> = state
+        .jobs(DEFAULT_TENANT)?
+        .into_iter()
+        .filter(|j| j.state == JobState::Committing || (j.state.is_final() && j.state != JobState::Succeeded))
+        .collect();
+    for job in candidates {
+        {
+            let mut s = app.0.scheduler.lock().map_err(poisoned)?;
+            if !s.finishing.insert(job.id.clone()) {
+                continue;
+            }
+        }
+        let app = app.clone();
+        let io = io.clone();
+        tokio::spawn(async move {
+            let id = job.id.clone();
+            if job.state == JobState::Committing {
+                finish(&app, io, job).await;
+            } else {
+                // Failed or cancelled: clean up once per leader.
+                let _ = tokio::task::spawn_blocking(move || io.abort(&job.output, &job.id)).await;
+                return;
+            }
+            if let Ok(mut s) = app.0.scheduler.lock() {
+                s.finishing.remove(&id);
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Publishes a job and records the outcome.
+async fn finish(app: &App, io: Arc<dyn JobIo>, job: JobRecord) {
+    let state = app.0.replica.state();
+    let winners = |stage| -> Result<Vec<TaskResult>, StateError> {
+        Ok(state
+            .task_records(&job.id, stage)?
+            .into_iter()
+            .filter_map(|(task, t)| {
+                let Winner { attempt, files, rows, records_in } = t.winner?;
+                Some(TaskResult { task, attempt, files, rows, records_in })
+            })
+            .collect())
+    };
+    let (map, reduce_results) = match (winners(Stage::Map), winners(Stage::Reduce)) {
+        (Ok(m), Ok(r)) => (m, r),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(job = %job.id, error = %e, "reading winners");
+            return;
+        }
+    };
+    let commit = JobCommit {
+        id: job.id.clone(),
+        function: job.function.clone(),
+        version: job.version,
+        reduce: job.reduce.as_ref().map(|(n, v, _)| (n.clone(), *v)),
+        output: job.output.clone(),
+        format: job.format.clone(),
+        reduce_partitions: job.reduce_partitions,
+        map,
+        reduce_results,
+    };
+    let id = job.id.clone();
+    let committed = tokio::task::spawn_blocking(move || io.commit(&commit))
+        .await
+        .unwrap_or_else(|e| Err(format!("the commit stopped: {e}")));
+    let error = committed.err();
+    match &error {
+        None => tracing::info!(job = %id, "job committed"),
+        Some(e) => tracing::warn!(job = %id, error = %e, "job commit failed"),
+    }
+    let command = Command::Job(JobCommand::Finish { id: id.clone(), at_ms: now_ms(), error });
+    if let Err(e) = app.propose(command).await {
+        tracing::warn!(job = %id, error = %e.message, "recording the commit");
+    }
+}

@@ -1,0 +1,305 @@
+//! Batch jobs on the grid, the data side: planning a job's input, running
+//! one task attempt, and publishing (or discarding) a job's output.
+//!
+//! Every attempt writes under the job's work directory
+//! (`OUTPUT/_temporary/JOB`) with the attempt id in its names, so attempts
+//! never overwrite each other. The control plane records one winning
+//! attempt per task; [`commit`] renames exactly the winners to their final
+//! names (`part-NNNNN`, `part-r-NNNNN`) and writes `_SUCCESS` last. Every
+//! step of the commit can run again after an interruption: a rename whose
+//! source is gone and whose destination exists was already done.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use wasmgrid_api::{JobCommit, JobRequest, PartitionSpec, SpanSpec, Stage, TaskAssignment, TaskOutcome};
+
+use crate::data::{self, Format, OutputWriter, PartitionReader, Span};
+use crate::local::{part_name, prepare_output};
+use crate::pairs::Pairs;
+use crate::runtime::{Function, Io, Kind, Limits};
+use crate::{Error, Result};
+
+fn format(name: &str) -> std::result::Result<Format, String> {
+    name.parse::<Format>().map_err(|e| e.to_string())
+}
+
+/// Splits a job's input into partitions and prepares its output directory.
+pub fn plan(request: &JobRequest, partition_size: u64) -> std::result::Result<Vec<PartitionSpec>, String> {
+    let input_format = request.input_format.as_deref().map(format).transpose()?;
+    if let Some(f) = &request.format {
+        format(f)?;
+    }
+    let output = Path::new(&request.output);
+    if !output.is_absolute() {
+        return Err(format!("the output `{}` must be an absolute path", request.output));
+    }
+    let partitions = data::plan(&request.input, input_format, partition_size).map_err(|e| e.to_string())?;
+    prepare_output(output, request.overwrite).map_err(|e| e.to_string())?;
+    partitions
+        .into_iter()
+        .map(|p| {
+            let path = std::path::absolute(&p.path).map_err(|e| format!("{}: {e}", p.path.display()))?;
+            let span = match p.span {
+                Span::Bytes { start, end } => SpanSpec::Bytes { start, end },
+                Span::RowGroups { first, count } => SpanSpec::RowGroups { first: first as u64, count: count as u64 },
+            };
+            Ok(PartitionSpec { path: path.display().to_string(), format: p.format.name().into(), span, bytes: p.bytes })
+        })
+        .collect()
+}
+
+/// What a finished attempt wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// Files, relative to the output directory (see [`TaskOutcome::Done`]).
+    pub files: Vec<String>,
+    /// Rows in each.
+    pub rows: Vec<u64>,
+    /// Records read.
+    pub records_in: u64,
+}
+
+impl Written {
+    /// The report of this attempt.
+    pub fn outcome(self) -> TaskOutcome {
+        TaskOutcome::Done { files: self.files, rows: self.rows, records_in: self.records_in }
+    }
+}
+
+/// The limits an attempt's calls run under.
+pub fn limits(task: &TaskAssignment) -> Limits {
+    Limits {
+        memory: task.function.memory,
+        timeout: Duration::from_millis(task.function.timeout_ms.max(1)),
+        ..Limits::default()
+    }
+}
+
+/// Runs one attempt of `task` with `function` (its module, compiled).
+pub fn run(function: &Function, task: &TaskAssignment) -> Result<Written> {
+    let work = PathBuf::from(&task.work_dir);
+    std::fs::create_dir_all(&work).map_err(|e| Error::io("creating", &work, e))?;
+    let output = work.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_else(|| work.clone());
+    let relative = |p: &Path| p.strip_prefix(&output).unwrap_or(p).display().to_string();
+    let format = format(&task.format).map_err(Error::Job)?;
+    let config = Arc::new(task.function.config.clone());
+    let limits = limits(task);
+    let stem = match task.stage {
+        Stage::Map => format!("m{:05}-{:x}", task.task, task.attempt),
+        Stage::Reduce => format!("r{:05}-{:x}", task.task, task.attempt),
+    };
+    match task.stage {
+        Stage::Map => {
+            let spec = task.input.as_ref().ok_or_else(|| Error::Job("a map task without input".into()))?;
+            let span = match spec.span {
+                SpanSpec::Bytes { start, end } => Span::Bytes { start, end },
+                SpanSpec::RowGroups { first, count } => {
+                    Span::RowGroups { first: first as usize, count: count as usize }
+                }
+            };
+            let partition = data::partition(task.task, Path::new(&spec.path), format_of(spec)?, span, spec.bytes)?;
+            let mut reader = PartitionReader::open(partition)?;
+            let dest = work.join(format!("{stem}.{}", format.extension()));
+            let writer = OutputWriter::create(&dest, format)?;
+            match function.kind() {
+                Kind::Scorer => {
+                    let mut writer = writer;
+                    let mut instance = function.instantiate(&limits, config, Io::default())?;
+                    while let Some(batch) = reader.next_batch(4096)? {
+                        writer.write_batch(&instance.score_arrow(&batch)?)?;
+                    }
+                    let rows = writer.finish()?;
+                    Ok(Written { files: vec![relative(&dest)], rows: vec![rows], records_in: reader.records() })
+                }
+                Kind::Mapper => {
+                    let io = Io { input: Some(reader), output: Some(writer) };
+                    let mut instance = function.instantiate(&limits, config, io)?;
+                    instance.run(task.task)?;
+                    let finished = instance.finish();
+                    let reduce = task.reduce_partitions as usize;
+                    if reduce == 0 {
+                        if !finished.pairs.is_empty() {
+                            return Err(Error::Job(
+                                "the mapper emitted key/value pairs, but the job has no reducer (--reduce)".into(),
+                            ));
+                        }
+                        let rows = match finished.output {
+                            Some(w) => w.finish()?,
+                            None => 0,
+                        };
+                        return Ok(Written {
+                            files: vec![relative(&dest)],
+                            rows: vec![rows],
+                            records_in: finished.records_read,
+                        });
+                    }
+                    // One pair file per reduce partition that gets pairs.
+                    let mut files = Vec::with_capacity(reduce + 1);
+                    let mut rows = Vec::with_capacity(reduce + 1);
+                    let dir = work.join(&stem);
+                    std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
+                    for (r, part) in finished.pairs.split(reduce).into_iter().enumerate() {
+                        if part.is_empty() {
+                            files.push(String::new());
+                            rows.push(0);
+                            continue;
+                        }
+                        let path = dir.join(format!("r{r:05}.pairs"));
+                        write_atomically(&path, &part.encode())?;
+                        files.push(relative(&path));
+                        rows.push(part.len() as u64);
+                    }
+                    // Rows the mapper wrote itself are published too.
+                    if let Some(w) = finished.output
+                        && w.rows() > 0
+                    {
+                        rows.push(w.finish()?);
+                        files.push(relative(&dest));
+                    }
+                    Ok(Written { files, rows, records_in: finished.records_read })
+                }
+                kind => Err(Error::WrongKind { expected: "scorer or mapper", actual: kind.name() }),
+            }
+        }
+        Stage::Reduce => {
+            if function.kind() != Kind::Reducer {
+                return Err(Error::WrongKind { expected: "reducer", actual: function.kind().name() });
+            }
+            let mut inputs = Vec::with_capacity(task.shuffle.len());
+            for file in &task.shuffle {
+                let path = output.join(file);
+                let bytes = std::fs::read(&path).map_err(|e| Error::io("reading", &path, e))?;
+                let pairs = Pairs::decode(&bytes)
+                    .map_err(|e| Error::Decode { path: path.clone(), reason: format!("pair file: {e}") })?;
+                inputs.push(pairs);
+            }
+            let groups = crate::pairs::group(&inputs);
+            let dest = work.join(format!("{stem}.{}", format.extension()));
+            let mut writer = OutputWriter::create(&dest, format)?;
+            let mut instance = function.instantiate(&limits, config, Io::default())?;
+            for (key, values) in &groups {
+                writer.write_record(&instance.reduce(key, values)?)?;
+            }
+            let rows = writer.finish()?;
+            Ok(Written { files: vec![relative(&dest)], rows: vec![rows], records_in: groups.len() as u64 })
+        }
+    }
+}
+
+fn format_of(spec: &PartitionSpec) -> Result<Format> {
+    format(&spec.format).map_err(|e| Error::Input { input: spec.path.clone(), reason: e })
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io("writing", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io("renaming", &tmp, e))
+}
+
+/// One published file in `_SUCCESS`.
+#[derive(Debug, Serialize)]
+struct ManifestFile {
+    name: String,
+    rows: u64,
+    sha256: String,
+}
+
+/// `_SUCCESS` of a grid job.
+#[derive(Debug, Serialize)]
+struct Manifest<'a> {
+    job: &'a str,
+    function: &'a str,
+    version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reduce: Option<&'a (String, u64)>,
+    partitions: usize,
+    reduce_partitions: u32,
+    records_in: u64,
+    rows_out: u64,
+    files: Vec<ManifestFile>,
+    /// The attempt that won each task, by stage and task.
+    attempts: BTreeMap<String, String>,
+}
+
+/// Moves `from` to `to` unless that happened before.
+fn publish(from: &Path, to: &Path) -> std::result::Result<(), String> {
+    match std::fs::rename(from, to) {
+        Ok(()) => Ok(()),
+        Err(_) if !from.exists() && to.exists() => Ok(()),
+        Err(e) => Err(format!("publishing {} as {}: {e}", from.display(), to.display())),
+    }
+}
+
+fn sha256_file(path: &Path) -> std::result::Result<String, String> {
+    let mut file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Publishes a job's winning attempts and writes `_SUCCESS` (idempotent).
+pub fn commit(c: &JobCommit) -> std::result::Result<(), String> {
+    let output = Path::new(&c.output);
+    let format = format(&c.format)?;
+    let success = output.join("_SUCCESS");
+    if success.exists() {
+        return Ok(());
+    }
+    let reduce = c.reduce_partitions as usize;
+    let mut moves: Vec<(String, String, u64)> = Vec::new();
+    let mut attempts = BTreeMap::new();
+    for w in &c.map {
+        attempts.insert(format!("map/{}", w.task), format!("{:x}", w.attempt));
+        // With a reducer, the first `reduce` files are pairs (not published).
+        for (file, rows) in w.files.iter().zip(&w.rows).skip(if reduce > 0 { reduce } else { 0 }) {
+            if !file.is_empty() {
+                moves.push((file.clone(), part_name("part", w.task as usize, format), *rows));
+            }
+        }
+    }
+    for w in &c.reduce_results {
+        attempts.insert(format!("reduce/{}", w.task), format!("{:x}", w.attempt));
+        for (file, rows) in w.files.iter().zip(&w.rows) {
+            // A reduce partition without keys publishes nothing.
+            if *rows > 0 || w.records_in > 0 {
+                moves.push((file.clone(), part_name("part-r", w.task as usize, format), *rows));
+            }
+        }
+    }
+    let mut files = Vec::with_capacity(moves.len());
+    for (from, to, rows) in moves {
+        let dest = output.join(&to);
+        publish(&output.join(&from), &dest)?;
+        files.push(ManifestFile { sha256: sha256_file(&dest)?, name: to, rows });
+    }
+    let manifest = Manifest {
+        job: &c.id,
+        function: &c.function,
+        version: c.version,
+        reduce: c.reduce.as_ref(),
+        partitions: c.map.len(),
+        reduce_partitions: c.reduce_partitions,
+        records_in: c.map.iter().map(|w| w.records_in).sum(),
+        rows_out: files.iter().map(|f| f.rows).sum(),
+        files,
+        attempts,
+    };
+    let bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
+    write_atomically(&success, &bytes).map_err(|e| e.to_string())?;
+    abort(&c.output, &c.id);
+    Ok(())
+}
+
+/// Removes a job's work directory (losing attempts and pair files).
+pub fn abort(output: &str, job: &str) {
+    let work = Path::new(output).join("_temporary").join(job);
+    let _ = std::fs::remove_dir_all(&work);
+    let parent = Path::new(output).join("_temporary");
+    // Only if no other job is using it.
+    let _ = std::fs::remove_dir(parent);
+}

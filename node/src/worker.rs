@@ -1,0 +1,188 @@
+//! A node's batch worker: pulls task attempts from the control plane (a
+//! bounded long-poll asking for as many tasks as it has free slots, so a
+//! busy node takes fewer), runs each on a blocking thread, and reports
+//! finished attempts in batches. Reports are idempotent (the control plane
+//! keeps the first winner per task), so a report whose answer was lost is
+//! simply sent again.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc};
+use wasmgrid_api::{Client, LeaseRequest, ReportRequest, TaskAssignment, TaskOutcome, TaskReport};
+
+use crate::runtime::{Function, Runtime};
+
+/// Longest one lease request waits for work.
+const LEASE_WAIT: Duration = Duration::from_secs(2);
+
+/// Modules compiled for tasks, by sha256 (shared with the heartbeat).
+pub type Compiled = Arc<Mutex<HashMap<String, Arc<Function>>>>;
+
+/// Jobs with attempts running here: how many, and whether they were told to stop.
+type Running = Arc<Mutex<HashMap<String, (usize, Arc<AtomicBool>)>>>;
+
+/// What the worker needs.
+#[derive(Debug)]
+pub struct Worker {
+    /// The node's id.
+    pub id: String,
+    /// Control-plane client (a timeout longer than [`LEASE_WAIT`]).
+    pub client: Arc<Client>,
+    /// The runtime tasks run in.
+    pub runtime: Arc<Runtime>,
+    /// Where fetched modules are kept.
+    pub modules_dir: PathBuf,
+    /// Task attempts run at once.
+    pub slots: usize,
+    /// Modules compiled so far.
+    pub compiled: Compiled,
+}
+
+/// Runs until the task is aborted.
+pub async fn run(worker: Worker) {
+    let worker = Arc::new(worker);
+    let free = Arc::new(Semaphore::new(worker.slots.max(1)));
+    let (reports, rx) = mpsc::unbounded_channel::<TaskReport>();
+    tokio::spawn(report(worker.client.clone(), worker.id.clone(), rx));
+    let running: Running = Arc::default();
+    let mut failing = false;
+    loop {
+        let Ok(first) = free.clone().acquire_owned().await else { return };
+        let mut permits = vec![first];
+        while let Ok(p) = free.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        let running_jobs: Vec<String> = running.lock().map(|r| r.keys().cloned().collect()).unwrap_or_default();
+        let request = LeaseRequest {
+            node: worker.id.clone(),
+            max: permits.len() as u32,
+            wait_ms: LEASE_WAIT.as_millis() as u64,
+            running_jobs,
+        };
+        let lease = match worker.client.lease(&request).await {
+            Ok(lease) => {
+                if failing {
+                    tracing::info!("task leases resumed");
+                    failing = false;
+                }
+                lease
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!("cannot lease tasks: {e}");
+                    failing = true;
+                }
+                drop(permits);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+        };
+        if let Ok(r) = running.lock() {
+            for job in &lease.stop {
+                if let Some((_, stop)) = r.get(job) {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        for task in lease.tasks {
+            let Some(permit) = permits.pop() else { break };
+            let stop = {
+                let mut r = running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let entry = r.entry(task.job.clone()).or_insert_with(|| (0, Arc::default()));
+                entry.0 += 1;
+                entry.1.clone()
+            };
+            let (worker, reports, running) = (worker.clone(), reports.clone(), running.clone());
+            tokio::spawn(async move {
+                let outcome = attempt(&worker, &task, &stop).await;
+                if let Ok(mut r) = running.lock()
+                    && let Some(entry) = r.get_mut(&task.job)
+                {
+                    entry.0 -= 1;
+                    if entry.0 == 0 {
+                        r.remove(&task.job);
+                    }
+                }
+                drop(permit);
+                if let Some(outcome) = outcome {
+                    let _ = reports.send(TaskReport {
+                        job: task.job,
+                        stage: task.stage,
+                        task: task.task,
+                        attempt: task.attempt,
+                        outcome,
+                    });
+                }
+            });
+        }
+    }
+}
+
+/// Runs one attempt; `None` when its job was stopped.
+async fn attempt(worker: &Worker, task: &TaskAssignment, stop: &AtomicBool) -> Option<TaskOutcome> {
+    let function = match compiled(worker, &task.function.module).await {
+        Ok(f) => f,
+        Err(e) => return Some(TaskOutcome::Failed { error: e }),
+    };
+    if stop.load(Ordering::Relaxed) {
+        return None;
+    }
+    let t = task.clone();
+    let done = tokio::task::spawn_blocking(move || crate::batch::run(&function, &t)).await;
+    if stop.load(Ordering::Relaxed) {
+        return None;
+    }
+    Some(match done {
+        Ok(Ok(written)) => written.outcome(),
+        Ok(Err(e)) => TaskOutcome::Failed { error: e.to_string() },
+        Err(e) => TaskOutcome::Failed { error: format!("the attempt stopped: {e}") },
+    })
+}
+
+/// The compiled function of `module`: from memory, else fetched and compiled.
+async fn compiled(worker: &Worker, module: &str) -> Result<Arc<Function>, String> {
+    if let Some(f) = worker.compiled.lock().ok().and_then(|c| c.get(module).cloned()) {
+        return Ok(f);
+    }
+    let f = crate::agent::prepare(&worker.runtime, &worker.client, &worker.modules_dir, module).await?;
+    if let Ok(mut c) = worker.compiled.lock() {
+        c.insert(module.to_string(), f.clone());
+    }
+    Ok(f)
+}
+
+/// Sends finished attempts in batches: whatever finished while the last
+/// batch was on its way goes in the next one.
+async fn report(client: Arc<Client>, node: String, mut rx: mpsc::UnboundedReceiver<TaskReport>) {
+    let mut failing = false;
+    while let Some(first) = rx.recv().await {
+        let mut reports = vec![first];
+        while let Ok(r) = rx.try_recv() {
+            reports.push(r);
+        }
+        let request = ReportRequest { node: node.clone(), reports };
+        // Given up after a while: the tasks run again elsewhere.
+        for _ in 0..120 {
+            match client.report(&request).await {
+                Ok(_) => {
+                    if failing {
+                        tracing::info!("task reports reach the control plane again");
+                        failing = false;
+                    }
+                    break;
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!("cannot report {} finished task(s), retrying: {e}", request.reports.len());
+                        failing = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    }
+}
