@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -71,24 +72,26 @@ impl Written {
     }
 }
 
-/// The limits an attempt's calls run under.
-pub fn limits(task: &TaskAssignment) -> Limits {
+/// The limits an attempt's calls run under; setting `cancel` stops them.
+pub fn limits(task: &TaskAssignment, cancel: Option<Arc<AtomicBool>>) -> Limits {
     Limits {
         memory: task.function.memory,
         timeout: Duration::from_millis(task.function.timeout_ms.max(1)),
+        cancel,
         ..Limits::default()
     }
 }
 
-/// Runs one attempt of `task` with `function` (its module, compiled).
-pub fn run(function: &Function, task: &TaskAssignment) -> Result<Written> {
+/// Runs one attempt of `task` with `function` (its module, compiled);
+/// setting `cancel` stops it.
+pub fn run(function: &Function, task: &TaskAssignment, cancel: Option<Arc<AtomicBool>>) -> Result<Written> {
     let work = PathBuf::from(&task.work_dir);
     std::fs::create_dir_all(&work).map_err(|e| Error::io("creating", &work, e))?;
     let output = work.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_else(|| work.clone());
     let relative = |p: &Path| p.strip_prefix(&output).unwrap_or(p).display().to_string();
     let format = format(&task.format).map_err(Error::Job)?;
     let config = Arc::new(task.function.config.clone());
-    let limits = limits(task);
+    let limits = limits(task, cancel);
     let stem = match task.stage {
         Stage::Map => format!("m{:05}-{:x}", task.task, task.attempt),
         Stage::Reduce => format!("r{:05}-{:x}", task.task, task.attempt),

@@ -60,6 +60,9 @@ pub enum Error {
         /// The component's kind.
         actual: &'static str,
     },
+    /// The call was stopped because its job was cancelled.
+    #[error("the call was cancelled")]
+    Cancelled,
     /// The guest ran past its time limit and was interrupted.
     #[error("function timed out after {limit:?}")]
     Timeout {
@@ -188,6 +191,7 @@ impl Error {
             Error::NotAFunction { .. } => "not_a_function",
             Error::WrongKind { .. } => "wrong_kind",
             Error::Timeout { .. } => "timeout",
+            Error::Cancelled => "cancelled",
             Error::FuelExhausted { .. } => "fuel_exhausted",
             Error::MemoryLimit { .. } => "memory_limit",
             Error::StackOverflow => "stack_overflow",

@@ -123,7 +123,7 @@ pub async fn run(worker: Worker) {
 }
 
 /// Runs one attempt; `None` when its job was stopped.
-async fn attempt(worker: &Worker, task: &TaskAssignment, stop: &AtomicBool) -> Option<TaskOutcome> {
+async fn attempt(worker: &Worker, task: &TaskAssignment, stop: &Arc<AtomicBool>) -> Option<TaskOutcome> {
     let function = match compiled(worker, &task.function.module).await {
         Ok(f) => f,
         Err(e) => return Some(TaskOutcome::Failed { error: e }),
@@ -132,7 +132,8 @@ async fn attempt(worker: &Worker, task: &TaskAssignment, stop: &AtomicBool) -> O
         return None;
     }
     let t = task.clone();
-    let done = tokio::task::spawn_blocking(move || crate::batch::run(&function, &t)).await;
+    let cancel = stop.clone();
+    let done = tokio::task::spawn_blocking(move || crate::batch::run(&function, &t, Some(cancel))).await;
     if stop.load(Ordering::Relaxed) {
         return None;
     }

@@ -191,6 +191,21 @@ impl Node {
     }
 }
 
+impl Node {
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// `kill -9` the node.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {

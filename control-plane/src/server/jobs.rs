@@ -463,7 +463,9 @@ pub(super) async fn submit(
         submitted_ms: now_ms(),
         finished_ms: None,
     };
-    let Applied::JobSubmitted { id } = app.propose(Command::Job(JobCommand::Submit { job: Box::new(job), partitions })).await? else {
+    let Applied::JobSubmitted { id } =
+        app.propose(Command::Job(JobCommand::Submit { job: Box::new(job), partitions })).await?
+    else {
         return Err(Failure::internal("the job applied as something else"));
     };
     let record = app.0.replica.state().job(&id)?.ok_or_else(|| StateError::JobNotFound { id: id.clone() })?;

@@ -104,6 +104,9 @@ pub struct Limits {
     pub max_log_bytes: usize,
     /// Most captured stdout and stderr bytes, each.
     pub max_stdio_bytes: usize,
+    /// Set to stop a running call (a cancelled job): it ends within a few
+    /// milliseconds with [`Error::Cancelled`].
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Default for Limits {
@@ -115,6 +118,7 @@ impl Default for Limits {
             max_output_bytes: 1 << 30,
             max_log_bytes: 64 << 10,
             max_stdio_bytes: 64 << 10,
+            cancel: None,
         }
     }
 }
@@ -546,11 +550,46 @@ impl Function {
     }
 }
 
+/// Ticks between looks at a cancel flag.
+const CANCEL_CHECK_TICKS: u64 = 10;
+
+/// Why a cancelled call stopped.
+#[derive(Debug)]
+struct Cancelled;
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cancelled")
+    }
+}
+
+impl std::error::Error for Cancelled {}
+
 /// Sets the deadline (and fuel) for the next call.
 fn arm(store: &mut Store<HostState>, limits: &Limits, tick: Duration, fuel: bool) -> Result<()> {
     let ticks = limits.timeout.as_nanos().div_ceil(tick.as_nanos().max(1)) as u64 + 1;
-    store.set_epoch_deadline(ticks);
-    store.epoch_deadline_trap();
+    match &limits.cancel {
+        None => {
+            store.set_epoch_deadline(ticks);
+            store.epoch_deadline_trap();
+        }
+        Some(cancel) => {
+            // Wake every few ticks to look at the flag; the time limit still holds.
+            let every = ticks.min(CANCEL_CHECK_TICKS);
+            let deadline = Instant::now() + limits.timeout;
+            let cancel = cancel.clone();
+            store.set_epoch_deadline(every);
+            store.epoch_deadline_callback(move |_| {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(wasmtime::Error::new(Cancelled));
+                }
+                if Instant::now() >= deadline {
+                    return Err(Trap::Interrupt.into());
+                }
+                Ok(wasmtime::UpdateDeadline::Continue(every))
+            });
+        }
+    }
     if fuel {
         store.set_fuel(limits.fuel.unwrap_or(u64::MAX)).map_err(|e| Error::Runtime(format!("setting fuel: {e}")))?;
     }
@@ -563,6 +602,9 @@ fn classify(e: wasmtime::Error, limits: &Limits, stderr: &Capture) -> Error {
         Ok(trap) => return trap.into(),
         Err(e) => e,
     };
+    if e.downcast_ref::<Cancelled>().is_some() {
+        return Error::Cancelled;
+    }
     if format!("{e:#}").contains("too much data is being copied between the host and the guest") {
         return Error::OutputLimit { limit: limits.max_output_bytes };
     }

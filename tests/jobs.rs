@@ -1,0 +1,444 @@
+//! Batch jobs on a real grid: control-plane and node processes on
+//! loopback, real sled, real wasmtime, data on the local file system.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::{Array, Float64Array, Int64Array, RecordBatch};
+use arrow_schema::{DataType, Field, Schema};
+use common::grid::{Node, Replicas};
+use wasmgrid_api::{Client, InvokeRequest, JobInfo, JobState};
+use wasmgrid_test_artifacts as guests;
+
+const MODEL: &str = r#"{"features": ["x1", "x2"], "weights": [0.8, -1.25], "bias": 0.3}"#;
+
+/// `wasmgrid ARGS --url URLS`, asserting success; returns stdout.
+fn cli(urls: &str, args: &[&str]) -> String {
+    let out = common::wasmgrid().args(args).args(["--url", urls]).output().expect("wasmgrid runs");
+    let (stdout, stderr) = common::text(&out);
+    assert!(out.status.success(), "wasmgrid {args:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    stdout
+}
+
+/// Every word and its count, counted here.
+fn count_words(dir: &Path) -> HashMap<String, u64> {
+    let mut counts = HashMap::new();
+    for entry in std::fs::read_dir(dir).expect("corpus") {
+        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("read");
+        for w in text.split_ascii_whitespace() {
+            *counts.entry(w.to_string()).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// The word counts a job published, asserting each word appears once.
+fn published_counts(out: &Path) -> HashMap<String, u64> {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("_SUCCESS")).expect("_SUCCESS")).expect("manifest");
+    let mut counts = HashMap::new();
+    let files = manifest["files"].as_array().expect("files");
+    for f in files {
+        let name = f["name"].as_str().expect("name");
+        let text = std::fs::read_to_string(out.join(name)).expect("part");
+        assert_eq!(text.lines().count() as u64, f["rows"].as_u64().expect("rows"), "{name}: rows in the manifest");
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("json line");
+            let word = v["word"].as_str().expect("word").to_string();
+            let n = v["count"].as_u64().expect("count");
+            assert!(counts.insert(word.clone(), n).is_none(), "{word} published twice");
+        }
+    }
+    // Nothing but the manifest and the files it lists.
+    let mut names: Vec<String> =
+        std::fs::read_dir(out).expect("out").map(|e| e.expect("entry").file_name().to_string_lossy().into()).collect();
+    names.sort();
+    let mut expected: Vec<String> = files.iter().map(|f| f["name"].as_str().unwrap_or_default().to_string()).collect();
+    expected.push("_SUCCESS".into());
+    expected.sort();
+    assert_eq!(names, expected, "the output holds exactly the published files");
+    counts
+}
+
+async fn wait_job(client: &Client, id: &str, timeout: Duration) -> JobInfo {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(job) = client.job(id).await
+            && job.state.is_final()
+        {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job {id} did not end within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the job has `n` map tasks done.
+async fn wait_progress(client: &Client, id: &str, n: u32) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(job) = client.job(id).await {
+            assert!(!job.state.is_final(), "the job ended before the fault: {job:?}");
+            if job.map_done >= n {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "job {id} made no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn deploy_wordcount(urls: &str) {
+    cli(urls, &["deploy", "wc-map", guests::WORDCOUNT_MAP]);
+    cli(urls, &["deploy", "wc-reduce", guests::WORDCOUNT_REDUCE]);
+}
+
+fn submit_wordcount(urls: &str, corpus: &Path, out: &Path, partition_size: &str) -> String {
+    let stdout = cli(
+        urls,
+        &[
+            "job",
+            "submit",
+            "wc-map",
+            "--input",
+            &corpus.display().to_string(),
+            "--output",
+            &out.display().to_string(),
+            "--reduce",
+            "wc-reduce",
+            "--reduce-partitions",
+            "4",
+            "--partition-size",
+            partition_size,
+        ],
+    );
+    stdout.trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn word_count_over_64_partitions_on_two_nodes_equals_an_independent_count() {
+    let replicas = Replicas::start(1, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let urls = replicas.urls();
+    let dir = replicas.dir.path();
+    let _a = Node::start(&urls, &dir.join("node-a"));
+    let _b = Node::start(&urls, &dir.join("node-b"));
+    deploy_wordcount(&urls);
+    let corpus = dir.join("corpus");
+    common::write_corpus(&corpus, 8, 64 << 10, 5);
+    let out = dir.join("out");
+
+    // `--wait` shows progress and exits 0 on success.
+    let stdout = cli(
+        &urls,
+        &[
+            "job",
+            "submit",
+            "wc-map",
+            "--input",
+            &corpus.display().to_string(),
+            "--output",
+            &out.display().to_string(),
+            "--reduce",
+            "wc-reduce",
+            "--reduce-partitions",
+            "4",
+            "--partition-size",
+            "8KiB",
+            "--wait",
+            "--json",
+        ],
+    );
+    let job: JobInfo = serde_json::from_str(&stdout).expect("job JSON");
+    assert_eq!(job.state, JobState::Succeeded);
+    assert!(job.map_tasks >= 64, "{} map tasks", job.map_tasks);
+    assert_eq!((job.map_done, job.reduce_done, job.reduce_tasks), (job.map_tasks, 4, 4));
+    let expected = count_words(&corpus);
+    assert_eq!(
+        job.records_in,
+        std::fs::read_dir(&corpus)
+            .expect("dir")
+            .map(|e| { std::fs::read_to_string(e.expect("e").path()).expect("read").lines().count() as u64 })
+            .sum::<u64>(),
+        "every line read once"
+    );
+    assert_eq!(published_counts(&out), expected);
+    assert_eq!(job.rows_out, expected.len() as u64);
+
+    // The list shows it; status by id too.
+    let ls = cli(&urls, &["job", "ls"]);
+    assert!(ls.contains(&job.id) && ls.contains("succeeded"), "{ls}");
+    let status = cli(&urls, &["job", "status", &job.id]);
+    assert!(status.contains("succeeded"), "{status}");
+
+    // The same output again without --overwrite is refused up front.
+    let again = common::wasmgrid()
+        .args(["job", "submit", "wc-map", "--input"])
+        .arg(&corpus)
+        .arg("--output")
+        .arg(&out)
+        .args(["--reduce", "wc-reduce", "--url", &urls])
+        .output()
+        .expect("runs");
+    let (_, stderr) = common::text(&again);
+    assert!(!again.status.success() && stderr.contains("--overwrite"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logreg_as_a_batch_job_over_parquet_scores_like_per_request_calls() {
+    let replicas = Replicas::start(1, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let urls = replicas.urls();
+    let dir = replicas.dir.path();
+    let node = Node::start(&urls, &dir.join("node"));
+    let _other = Node::start(&urls, &dir.join("node-2"));
+    cli(&urls, &["deploy", "scorer", guests::LOGREG, "--config", &format!("model={MODEL}")]);
+
+    let n = 3000;
+    let mut rng = common::Rng::new(3);
+    let ids: Vec<i64> = (0..n as i64).collect();
+    let x1: Vec<f64> = (0..n).map(|_| rng.unit() * 4.0 - 2.0).collect();
+    let x2: Vec<f64> = (0..n).map(|_| rng.unit() * 2.0 - 1.0).collect();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("x1", DataType::Float64, false),
+        Field::new("x2", DataType::Float64, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int64Array::from(ids.clone())),
+            Arc::new(Float64Array::from(x1.clone())),
+            Arc::new(Float64Array::from(x2.clone())),
+        ],
+    )
+    .expect("batch");
+    let input = dir.join("rows.parquet");
+    let props = parquet::file::properties::WriterProperties::builder().set_max_row_group_row_count(Some(250)).build();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(File::create(&input).expect("file"), schema, Some(props)).expect("writer");
+    w.write(&batch).expect("write");
+    w.close().expect("close");
+
+    let out = dir.join("scored");
+    let args = ["job", "submit", "scorer", "--input", &input.display().to_string(), "--output"];
+    let stdout = cli(
+        &urls,
+        &[&args[..], &[&out.display().to_string(), "--format", "parquet", "--partition-size", "1", "--wait", "--json"]]
+            .concat(),
+    );
+    let job: JobInfo = serde_json::from_str(&stdout).expect("job JSON");
+    assert_eq!(job.state, JobState::Succeeded);
+    assert_eq!(job.map_tasks, 12, "one task per row group");
+    assert_eq!(job.rows_out, n as u64);
+
+    // Read every published Parquet file back.
+    let mut scores: HashMap<i64, f64> = HashMap::new();
+    for entry in std::fs::read_dir(&out).expect("out") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("parquet") {
+            continue;
+        }
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(&path).expect("open"))
+                .expect("parquet")
+                .build()
+                .expect("reader");
+        for b in reader {
+            let b = b.expect("batch");
+            let id = b.column_by_name("id").expect("id").as_any().downcast_ref::<Int64Array>().expect("i64").clone();
+            let score =
+                b.column_by_name("score").expect("score").as_any().downcast_ref::<Float64Array>().expect("f64").clone();
+            for i in 0..b.num_rows() {
+                assert!(scores.insert(id.value(i), score.value(i)).is_none(), "row {} twice", id.value(i));
+            }
+        }
+    }
+    assert_eq!(scores.len(), n);
+
+    // Per-request scoring of the same rows through a node's gateway.
+    let client = replicas.client(1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rows: Vec<serde_json::Map<String, serde_json::Value>> = (0..n)
+        .map(|i| serde_json::json!({"id": ids[i], "x1": x1[i], "x2": x2[i]}).as_object().cloned().expect("object"))
+        .collect();
+    let answer = loop {
+        match client.invoke(&node.url, "scorer", &InvokeRequest { rows: rows.clone() }).await {
+            Ok(a) => break a,
+            Err(e) => assert!(Instant::now() < deadline, "the gateway never answered: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for row in &answer.rows {
+        let id = row["id"].as_i64().expect("id");
+        let want = row["score"].as_f64().expect("score");
+        let got = scores[&id];
+        assert!((got - want).abs() <= 1e-12, "row {id}: batch {got}, per request {want}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_job_loses_no_row_and_duplicates_none() {
+    let replicas = Replicas::start(1, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let urls = replicas.urls();
+    let dir = replicas.dir.path();
+    let mut a = Node::start(&urls, &dir.join("node-a"));
+    let _b = Node::start(&urls, &dir.join("node-b"));
+    deploy_wordcount(&urls);
+    let corpus = dir.join("corpus");
+    common::write_corpus(&corpus, 8, 256 << 10, 9);
+    let out = dir.join("out");
+    let id = submit_wordcount(&urls, &corpus, &out, "4KiB");
+    let client = replicas.client_all();
+    wait_progress(&client, &id, 20).await;
+    a.kill();
+    let job = wait_job(&client, &id, Duration::from_secs(120)).await;
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    assert_eq!(published_counts(&out), count_words(&corpus));
+    // The killed node's attempts were given up and run again elsewhere.
+    let log = std::fs::read_to_string(replicas.log(1)).unwrap_or_default();
+    assert!(log.contains("node lost; task queued again"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_mid_job_still_publishes_exact_output() {
+    let mut replicas = Replicas::start(3, 1000);
+    let leader = replicas.wait_leader(Duration::from_secs(15)).await;
+    let urls = replicas.urls();
+    let dir = replicas.dir.path().to_path_buf();
+    let _a = Node::start(&urls, &dir.join("node-a"));
+    let _b = Node::start(&urls, &dir.join("node-b"));
+    deploy_wordcount(&urls);
+    let corpus = dir.join("corpus");
+    common::write_corpus(&corpus, 8, 256 << 10, 13);
+    let out = dir.join("out");
+    let id = submit_wordcount(&urls, &corpus, &out, "4KiB");
+    let client = replicas.client_all();
+    wait_progress(&client, &id, 20).await;
+    replicas.kill(leader);
+    let job = wait_job(&client, &id, Duration::from_secs(120)).await;
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    assert_eq!(published_counts(&out), count_words(&corpus));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_that_always_traps_fails_the_job_after_max_attempts_with_its_message() {
+    let replicas = Replicas::start(1, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let urls = replicas.urls();
+    let dir = replicas.dir.path();
+    let _a = Node::start(&urls, &dir.join("node-a"));
+    let _b = Node::start(&urls, &dir.join("node-b"));
+    cli(
+        &urls,
+        &["deploy", "bad", guests::HOSTILE_SCORER, "--config", "mode=trap", "--config", "message=sensor 7 is on fire"],
+    );
+    let input = dir.join("rows.jsonl");
+    std::fs::write(&input, (0..100).map(|i| format!("{{\"x\": {i}}}\n")).collect::<String>()).expect("rows");
+    let out = dir.join("out");
+    let run = common::wasmgrid()
+        .args(["job", "submit", "bad", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(&out)
+        .args(["--max-attempts", "3", "--wait", "--url", &urls])
+        .output()
+        .expect("runs");
+    let (_, stderr) = common::text(&run);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("failed 3 time(s)") && stderr.contains("sensor 7 is on fire"), "{stderr}");
+    let job = replicas.client(1).jobs().await.expect("jobs").jobs.remove(0);
+    assert_eq!(job.state, JobState::Failed);
+    assert!(job.failed_attempts >= 3, "{job:?}");
+    assert!(!out.join("_SUCCESS").exists(), "a failed job publishes nothing");
+    let status = cli(&urls, &["job", "status", &job.id]);
+    assert!(status.contains("sensor 7 is on fire"), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_running_tasks_within_a_second() {
+    let replicas = Replicas::start(1, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let urls = replicas.urls();
+    let dir = replicas.dir.path();
+    let a = Node::start(&urls, &dir.join("node-a"));
+    // A guest that spins until its 60 s limit.
+    cli(&urls, &["deploy", "spin", guests::HOSTILE_SCORER, "--config", "mode=loop", "--timeout", "60s"]);
+    let input = dir.join("rows.jsonl");
+    std::fs::write(&input, (0..100).map(|i| format!("{{\"x\": {i}}}\n")).collect::<String>()).expect("rows");
+    let out = dir.join("out");
+    let id = cli(
+        &urls,
+        &["job", "submit", "spin", "--input", &input.display().to_string(), "--output", &out.display().to_string()],
+    );
+    let id = id.trim();
+    let client = replicas.client(1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.job(id).await.expect("job").running == 0 {
+        assert!(Instant::now() < deadline, "the task never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let the guest spin a while, then cancel.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cancelled = Instant::now();
+    let job = client.cancel_job(id).await.expect("cancel");
+    assert_eq!(job.state, JobState::Cancelled);
+    // The node's CPU goes idle once the spinning call is stopped.
+    let pid = node_pid(&a);
+    let stopped = loop {
+        let busy = cpu_ticks(pid);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if cpu_ticks(pid) - busy <= 2 {
+            break cancelled.elapsed();
+        }
+        assert!(cancelled.elapsed() < Duration::from_secs(10), "the task kept running after the cancel");
+    };
+    assert!(stopped < Duration::from_millis(1500), "stopped {stopped:?} after the cancel");
+    assert!(!out.join("_SUCCESS").exists());
+}
+
+fn node_pid(node: &Node) -> u32 {
+    node.pid()
+}
+
+/// user + system CPU ticks of a process.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, r)| r).split_whitespace().collect();
+    fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_job_requests_get_clear_errors() {
+    let replicas = Replicas::start(1, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let urls = replicas.urls();
+    let dir = replicas.dir.path();
+    deploy_wordcount(&urls);
+    let fail = |args: &[&str]| {
+        let out = common::wasmgrid().args(args).args(["--url", &urls]).output().expect("runs");
+        let (_, stderr) = common::text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        stderr
+    };
+    let out = dir.join("out").display().to_string();
+    let missing = dir.join("nope").display().to_string();
+    assert!(fail(&["job", "submit", "nope", "--input", &missing, "--output", &out]).contains("not found"));
+    let e = fail(&["job", "submit", "wc-map", "--input", &missing, "--output", &out]);
+    assert!(e.contains("nope"), "{e}");
+    let e = fail(&["job", "submit", "wc-reduce", "--input", &missing, "--output", &out]);
+    assert!(e.contains("reducer"), "{e}");
+    let e = fail(&["job", "submit", "wc-map", "--input", &missing, "--output", &out, "--reduce", "wc-map"]);
+    assert!(e.contains("not a reducer"), "{e}");
+    let e = fail(&["job", "submit", "wc-map", "--input", &missing, "--output", &out, "--format", "xml"]);
+    assert!(e.contains("xml"), "{e}");
+    assert!(fail(&["job", "status", "job-999999"]).contains("not found"));
+    assert!(fail(&["job", "status", "../etc"]).contains("not a job id"));
+}
