@@ -3,7 +3,8 @@
 #   1. starts `wasmgrid dev` (a control plane and a node in one process, on
 #      the embedded store under .wasmgrid), deploys the logistic-regression
 #      scorer, calls it over HTTP, deploys a second version and rolls back;
-#   2. runs two batch jobs with `wasmgrid run` over generated data: a word
+#   2. runs two batch jobs with `wasmgrid run` over generated data (and the
+#      word count again as a job on the grid, `wasmgrid job submit`): a word
 #      count (mapper plus reducer) over 8 text files and the same scorer
 #      over a CSV file.
 # Everything it writes goes under .wasmgrid. The dev grid is stopped at the
@@ -79,6 +80,18 @@ echo "== word count: 8 files -> $DEMO/wordcount"
 "$WASMGRID" run "$GUESTS/wordcount_map.wasm" --reduce "$GUESTS/wordcount_reduce.wasm" \
     --input "$DEMO/text" --output "$DEMO/wordcount" --overwrite
 cat "$DEMO"/wordcount/part-r-*.jsonl | sed 's/.*"word":"\([^"]*\)","count":\([0-9]*\).*/\2 \1/' | sort -rn | head -5
+
+echo "== the same word count as a job on the grid: 64 KiB partitions, 2 reduce partitions"
+"$WASMGRID" deploy wc-map "$GUESTS/wordcount_map.wasm"
+"$WASMGRID" deploy wc-sum "$GUESTS/wordcount_reduce.wasm"
+"$WASMGRID" job submit wc-map --reduce wc-sum --input "$DEMO/text" --output "$DEMO/wordcount-grid" \
+    --partition-size 64KiB --overwrite --wait
+if cmp -s <(cat "$DEMO"/wordcount/part-r-*.jsonl | sort) <(cat "$DEMO"/wordcount-grid/part-r-*.jsonl | sort); then
+    echo "the grid job counted exactly what wasmgrid run counted"
+else
+    echo "the grid job's counts differ from wasmgrid run's" >&2
+    exit 1
+fi
 
 echo "== fraud score: $DEMO/transactions.csv -> $DEMO/scores (CSV)"
 "$WASMGRID" run "$GUESTS/logreg.wasm" --input "$DEMO/transactions.csv" --output "$DEMO/scores" --format csv \

@@ -301,9 +301,10 @@ async fn a_node_killed_mid_job_loses_no_row_and_duplicates_none() {
     let job = wait_job(&client, &id, Duration::from_secs(120)).await;
     assert_eq!(job.state, JobState::Succeeded, "{job:?}");
     assert_eq!(published_counts(&out), count_words(&corpus));
-    // The killed node's attempts were given up and run again elsewhere.
+    // The killed node's attempts ran again elsewhere: given up once it
+    // missed its heartbeats, or copied sooner as stragglers.
     let log = std::fs::read_to_string(replicas.log(1)).unwrap_or_default();
-    assert!(log.contains("node lost; task queued again"), "{log}");
+    assert!(log.contains("node lost; task queued again") || log.contains("speculative copy"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

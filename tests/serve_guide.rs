@@ -10,43 +10,6 @@ use std::time::{Duration, Instant};
 
 use wasmgrid_test_artifacts as guests;
 
-/// (kind, body) of every code block marked `<!-- sh -->` or `<!-- output -->`.
-fn blocks(text: &str) -> Vec<(&'static str, String)> {
-    let mut out = Vec::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("<!-- ") {
-        rest = &rest[at + 5..];
-        let kind = match rest {
-            r if r.starts_with("sh -->") => "sh",
-            r if r.starts_with("output -->") => "output",
-            _ => continue,
-        };
-        let body = &rest[rest.find("```").expect("a block follows")..];
-        let body = &body[body.find('\n').expect("fence") + 1..];
-        let end = body.find("```").expect("block closes");
-        out.push((kind, body[..end].trim_end().to_string()));
-        rest = &body[end..];
-    }
-    out
-}
-
-/// Module hashes depend on where the guest was built; compare without them.
-fn normalize(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(at) = rest.find("module ") {
-        out.push_str(&rest[..at + 7]);
-        rest = &rest[at + 7..];
-        let hex = rest.chars().take_while(char::is_ascii_hexdigit).count();
-        if hex == 12 {
-            out.push_str("<sha>");
-            rest = &rest[12..];
-        }
-    }
-    out.push_str(rest);
-    out.trim().to_string()
-}
-
 /// Waits until the node serves every function's active version.
 async fn converged(control_plane: &str, gateway: &str) {
     let client = wasmgrid_api::Client::new(&[control_plane], Duration::from_secs(5)).expect("client");
@@ -78,7 +41,7 @@ async fn serve_over_http_guide_works_as_written() {
 
     let guests_dir = Path::new(guests::FALL_DETECT).parent().expect("dir").display().to_string();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
-    let blocks = blocks(&guide);
+    let blocks = common::guide_blocks(&guide);
     assert!(blocks.iter().filter(|b| b.0 == "sh").count() >= 6, "{blocks:?}");
     let mut last = None;
     for (kind, body) in blocks {
@@ -100,7 +63,7 @@ async fn serve_over_http_guide_works_as_written() {
             }
             _ => {
                 let (command, stdout) = last.take().expect("an output block follows a command");
-                assert_eq!(normalize(&stdout), normalize(&body), "output of `{command}`");
+                assert_eq!(common::normalize_hashes(&stdout), common::normalize_hashes(&body), "output of `{command}`");
             }
         }
     }

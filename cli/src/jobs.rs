@@ -229,7 +229,7 @@ pub fn job(command: JobCommand) -> Result<()> {
                     println!("{}", job.id);
                     return Ok(());
                 }
-                eprintln!("submitted {} ({} map tasks)", job.id, job.map_tasks);
+                eprintln!("submitted {} ({} map task(s))", job.id, job.map_tasks);
                 let job = wait(&c, &job.id, args.client.json).await?;
                 finished(&job, args.client.json)
             })

@@ -92,3 +92,40 @@ pub fn write_corpus(dir: &Path, files: usize, bytes_each: usize, seed: u64) -> V
     }
     paths
 }
+
+/// (kind, body) of every code block marked `<!-- sh -->` or `<!-- output -->`.
+pub fn guide_blocks(text: &str) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("<!-- ") {
+        rest = &rest[at + 5..];
+        let kind = match rest {
+            r if r.starts_with("sh -->") => "sh",
+            r if r.starts_with("output -->") => "output",
+            _ => continue,
+        };
+        let body = &rest[rest.find("```").expect("a block follows")..];
+        let body = &body[body.find('\n').expect("fence") + 1..];
+        let end = body.find("```").expect("block closes");
+        out.push((kind, body[..end].trim_end().to_string()));
+        rest = &body[end..];
+    }
+    out
+}
+
+/// Module hashes depend on where the guest was built; compare without them.
+pub fn normalize_hashes(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(at) = rest.find("module ") {
+        out.push_str(&rest[..at + 7]);
+        rest = &rest[at + 7..];
+        let hex = rest.chars().take_while(char::is_ascii_hexdigit).count();
+        if hex == 12 {
+            out.push_str("<sha>");
+            rest = &rest[12..];
+        }
+    }
+    out.push_str(rest);
+    out.trim().to_string()
+}

@@ -129,7 +129,9 @@ impl Run {
         let limit = (median * STRAGGLER_FACTOR).max(MIN_STRAGGLER);
         self.running
             .iter()
-            .filter(|(_, a)| a.len() == 1 && a[0].node != node && a[0].started.elapsed() > limit)
+            .filter(|(task, a)| {
+                a.len() == 1 && a[0].node != node && a[0].started.elapsed() > limit && !self.done.contains(task)
+            })
             .min_by_key(|(_, a)| a[0].started)
             .map(|(&task, _)| task)
     }
@@ -587,7 +589,9 @@ pub(super) async fn report(
             match &r.outcome {
                 TaskOutcome::Done { .. } => {
                     if won {
+                        // Other attempts of the task lost; they may finish, unheeded.
                         run.done.insert(r.task);
+                        run.running.remove(&r.task);
                         run.durations.extend(started.map(|t| t.elapsed()));
                     }
                 }
