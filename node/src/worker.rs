@@ -1,6 +1,7 @@
 //! A node's batch worker: pulls task attempts from the control plane (a
-//! bounded long-poll asking for as many tasks as it has free slots, so a
-//! busy node takes fewer), runs each on a blocking thread, and reports
+//! bounded long-poll asking for as many tasks as it has room for: a few per
+//! slot, so a busy node takes fewer), runs each on a blocking thread when a
+//! slot is free, and reports
 //! finished attempts in batches. Reports are idempotent (the control plane
 //! keeps the first winner per task), so a report whose answer was lost is
 //! simply sent again.
@@ -18,6 +19,10 @@ use crate::runtime::{Function, Runtime};
 
 /// Longest one lease request waits for work.
 const LEASE_WAIT: Duration = Duration::from_secs(2);
+/// Tasks leased per slot at most (running or waiting for a slot): enough
+/// to keep slots busy through a lease round trip when tasks are tiny,
+/// few enough that a busy node leaves work to the others.
+const LEASED_PER_SLOT: usize = 4;
 
 /// Modules compiled for tasks, by sha256 (shared with the heartbeat).
 pub type Compiled = Arc<Mutex<HashMap<String, Arc<Function>>>>;
@@ -45,7 +50,8 @@ pub struct Worker {
 /// Runs until the task is aborted.
 pub async fn run(worker: Worker) {
     let worker = Arc::new(worker);
-    let free = Arc::new(Semaphore::new(worker.slots.max(1)));
+    let slots = Arc::new(Semaphore::new(worker.slots.max(1)));
+    let free = Arc::new(Semaphore::new(worker.slots.max(1) * LEASED_PER_SLOT));
     let (reports, rx) = mpsc::unbounded_channel::<TaskReport>();
     tokio::spawn(report(worker.client.clone(), worker.id.clone(), rx));
     let running: Running = Arc::default();
@@ -96,9 +102,12 @@ pub async fn run(worker: Worker) {
                 entry.0 += 1;
                 entry.1.clone()
             };
-            let (worker, reports, running) = (worker.clone(), reports.clone(), running.clone());
+            let (worker, reports, running, slots) = (worker.clone(), reports.clone(), running.clone(), slots.clone());
             tokio::spawn(async move {
-                let outcome = attempt(&worker, &task, &stop).await;
+                let outcome = match slots.acquire_owned().await {
+                    Ok(_slot) => attempt(&worker, &task, &stop).await,
+                    Err(_) => None,
+                };
                 if let Ok(mut r) = running.lock()
                     && let Some(entry) = r.get_mut(&task.job)
                 {

@@ -237,10 +237,32 @@ fn plan_parquet(path: &Path, partition_size: u64, out: &mut Vec<Partition>) -> R
 
 /// The partition of `path` covering `span`, with the file's schema, as
 /// [`plan`] would make it: how a node rebuilds a partition it was sent.
+/// The file's schema is inferred once per file version (path, length,
+/// modification time) and kept for the next partitions of the same file.
 pub fn partition(index: u32, path: &Path, format: Format, span: Span, bytes: u64) -> Result<Partition> {
     let schema = match format {
-        Format::Parquet => None,
-        _ => text_schema(path, format)?.0,
+        Format::Parquet | Format::Text => None,
+        _ => {
+            type Key = (PathBuf, Format, u64, Option<std::time::SystemTime>);
+            static SCHEMAS: std::sync::Mutex<Vec<(Key, Option<SchemaRef>)>> = std::sync::Mutex::new(Vec::new());
+            let meta = std::fs::metadata(path).map_err(|e| Error::io("reading metadata of", path, e))?;
+            let key = (path.to_path_buf(), format, meta.len(), meta.modified().ok());
+            let cached = SCHEMAS.lock().ok().and_then(|c| c.iter().find(|(k, _)| *k == key).map(|(_, s)| s.clone()));
+            match cached {
+                Some(schema) => schema,
+                None => {
+                    let schema = text_schema(path, format)?.0;
+                    if let Ok(mut c) = SCHEMAS.lock() {
+                        // A few recent files are enough: tasks of a job come in file order.
+                        if c.len() >= 64 {
+                            c.remove(0);
+                        }
+                        c.push((key, schema.clone()));
+                    }
+                    schema
+                }
+            }
+        }
     };
     Ok(Partition { index, path: path.to_path_buf(), format, span, schema, bytes })
 }
