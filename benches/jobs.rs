@@ -36,8 +36,19 @@ fn deploy(urls: &str, name: &str, wasm: &str, extra: &[&str]) {
 async fn run_job(client: &Client, request: &JobRequest) -> (JobInfo, Duration) {
     let started = Instant::now();
     let job = client.submit_job(request).await.expect("submit");
+    let submitted = started.elapsed();
+    let mut committing = None;
     loop {
         let j = client.job(&job.id).await.expect("status");
+        if j.state == JobState::Committing && committing.is_none() {
+            committing = Some(started.elapsed());
+        }
+        if j.state.is_final() && std::env::var_os("PHASES").is_some() {
+            eprintln!(
+                "  phases: submitted {submitted:?}, all tasks won {committing:?}, published {:?}",
+                started.elapsed()
+            );
+        }
         if j.state.is_final() {
             assert_eq!(j.state, JobState::Succeeded, "{j:?}");
             return (j, started.elapsed());

@@ -9,6 +9,8 @@
 //! and only the first winning attempt of a task is recorded here; the
 //! commit publishes exactly the winners.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use wasmgrid_api::{JobState, PartitionSpec, Stage, TaskFunction, TaskOutcome, TaskReport};
@@ -204,9 +206,22 @@ pub(crate) fn apply(t: &Trees<'_>, index: u64, command: &JobCommand) -> Tx<Resul
             Ok(Ok(Applied::JobSubmitted { id: job.id }))
         }
         JobCommand::Events { at_ms, events } => {
+            // Each job record is read once and written once per batch.
+            let mut jobs: HashMap<String, Option<JobRecord>> = HashMap::new();
             let mut won = Vec::with_capacity(events.len());
             for event in events {
-                won.push(apply_event(t, *at_ms, event)?);
+                let id = &event.report.job;
+                if !jobs.contains_key(id) {
+                    jobs.insert(id.clone(), get_job(t, id)?);
+                }
+                let Some(Some(job)) = jobs.get_mut(id) else {
+                    won.push(false);
+                    continue;
+                };
+                won.push(apply_event(t, job, *at_ms, event)?);
+            }
+            for job in jobs.into_values().flatten() {
+                t.jobs.insert(job.id.as_bytes(), encode(&job)?)?;
             }
             Ok(Ok(Applied::TasksRecorded { won }))
         }
@@ -244,11 +259,11 @@ fn get_job(t: &Trees<'_>, id: &str) -> Tx<Option<JobRecord>> {
     }
 }
 
-/// Records one finished attempt; true when it is the task's winner.
-fn apply_event(t: &Trees<'_>, at_ms: u64, event: &TaskEvent) -> Tx<bool> {
+/// Records one finished attempt in `job` (written back by the caller);
+/// true when it is the task's winner.
+fn apply_event(t: &Trees<'_>, job: &mut JobRecord, at_ms: u64, event: &TaskEvent) -> Tx<bool> {
     let report = &event.report;
-    let Some(mut job) = get_job(t, &report.job)? else { return Ok(false) };
-    if job.state != JobState::Running || report.stage != job.stage || report.task >= stage_tasks(&job, report.stage) {
+    if job.state != JobState::Running || report.stage != job.stage || report.task >= stage_tasks(job, report.stage) {
         return Ok(false);
     }
     let key = task_key(&job.id, report.stage, report.task);
@@ -267,7 +282,7 @@ fn apply_event(t: &Trees<'_>, at_ms: u64, event: &TaskEvent) -> Tx<bool> {
                 rows: rows.clone(),
                 records_in: *records_in,
             });
-            *done_in(&mut job, report.stage) += 1;
+            *done_in(job, report.stage) += 1;
             if report.stage == Stage::Map {
                 job.records_in += records_in;
                 job.bytes_done += event.bytes;
@@ -276,7 +291,7 @@ fn apply_event(t: &Trees<'_>, at_ms: u64, event: &TaskEvent) -> Tx<bool> {
             if report.stage == Stage::Reduce || job.reduce_partitions == 0 {
                 job.rows_out += rows.iter().sum::<u64>();
             }
-            if *done_in(&mut job, report.stage) == stage_tasks(&job, report.stage) {
+            if *done_in(job, report.stage) == stage_tasks(job, report.stage) {
                 if report.stage == Stage::Map && job.reduce_partitions > 0 {
                     job.stage = Stage::Reduce;
                 } else {
@@ -303,6 +318,5 @@ fn apply_event(t: &Trees<'_>, at_ms: u64, event: &TaskEvent) -> Tx<bool> {
         }
     };
     t.tasks.insert(key, encode(&task)?)?;
-    t.jobs.insert(job.id.as_bytes(), encode(&job)?)?;
     Ok(won)
 }

@@ -108,7 +108,7 @@ pub fn run(function: &Function, task: &TaskAssignment, cancel: Option<Arc<Atomic
             let partition = data::partition(task.task, Path::new(&spec.path), format_of(spec)?, span, spec.bytes)?;
             let mut reader = PartitionReader::open(partition)?;
             let dest = work.join(format!("{stem}.{}", format.extension()));
-            let writer = OutputWriter::create(&dest, format)?;
+            let writer = OutputWriter::create_in_place(&dest, format)?;
             match function.kind() {
                 Kind::Scorer => {
                     let mut writer = writer;
@@ -183,7 +183,7 @@ pub fn run(function: &Function, task: &TaskAssignment, cancel: Option<Arc<Atomic
             }
             let groups = crate::pairs::group(&inputs);
             let dest = work.join(format!("{stem}.{}", format.extension()));
-            let mut writer = OutputWriter::create(&dest, format)?;
+            let mut writer = OutputWriter::create_in_place(&dest, format)?;
             let mut instance = function.instantiate(&limits, config, Io::default())?;
             for (key, values) in &groups {
                 writer.write_record(&instance.reduce(key, values)?)?;

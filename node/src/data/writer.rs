@@ -58,7 +58,18 @@ impl OutputWriter {
     /// Starts writing `dest` (as a hidden temporary file beside it).
     pub fn create(dest: &Path, format: Format) -> Result<Self> {
         let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp = dest.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+        Self::write_to(dest.with_file_name(format!(".{name}.{}.tmp", std::process::id())), dest, format)
+    }
+
+    /// Starts writing `dest` under its own name: for files nobody reads
+    /// before [`OutputWriter::finish`] returns (a batch attempt's output,
+    /// published only once the attempt has reported). A writer dropped
+    /// unfinished still removes the file.
+    pub fn create_in_place(dest: &Path, format: Format) -> Result<Self> {
+        Self::write_to(dest.to_path_buf(), dest, format)
+    }
+
+    fn write_to(tmp: PathBuf, dest: &Path, format: Format) -> Result<Self> {
         let file = File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
         let sink = match format {
             Format::Jsonl | Format::Text => Sink::Json(BufWriter::new(file)),
@@ -206,7 +217,9 @@ impl OutputWriter {
             }
             Sink::Parquet(None, None) => {}
         }
-        std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io("renaming output to", &self.dest, e))?;
+        if self.tmp != self.dest {
+            std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io("renaming output to", &self.dest, e))?;
+        }
         self.finished = true;
         Ok(self.rows)
     }
