@@ -23,6 +23,7 @@ use crate::data::{self, Format, OutputWriter, PartitionReader, Span};
 use crate::local::{part_name, prepare_output};
 use crate::pairs::Pairs;
 use crate::runtime::{Function, Io, Kind, Limits};
+use crate::store::{self, Place};
 use crate::{Error, Result};
 
 fn format(name: &str) -> std::result::Result<Format, String> {
@@ -35,21 +36,59 @@ pub fn plan(request: &JobRequest, partition_size: u64) -> std::result::Result<Ve
     if let Some(f) = &request.format {
         format(f)?;
     }
-    let output = Path::new(&request.output);
-    if !output.is_absolute() {
-        return Err(format!("the output `{}` must be an absolute path", request.output));
+    let output = Place::parse(&request.output)?;
+    let input = Place::parse(&request.input)?;
+    // (partition, the URI nodes read it from)
+    let mut partitions = Vec::new();
+    if input.is_remote() {
+        for object in store::list_inputs(&input)? {
+            let local = store::local_copy(&object)?;
+            let planned = data::plan(&local.display().to_string(), input_format, partition_size)
+                .map_err(|e| format!("{}: {e}", object.uri()))?;
+            partitions.extend(planned.into_iter().map(|p| (p, Some(object.uri()))));
+        }
+    } else {
+        let planned = data::plan(&request.input, input_format, partition_size).map_err(|e| e.to_string())?;
+        partitions.extend(planned.into_iter().map(|p| (p, None)));
     }
-    let partitions = data::plan(&request.input, input_format, partition_size).map_err(|e| e.to_string())?;
-    prepare_output(output, request.overwrite).map_err(|e| e.to_string())?;
+    match &output {
+        Place::Local(dir) => {
+            if !dir.is_absolute() {
+                return Err(format!("the output `{}` must be an absolute path", request.output));
+            }
+            prepare_output(dir, request.overwrite).map_err(|e| e.to_string())?;
+        }
+        Place::S3 { .. } => {
+            for name in store::names(&output)? {
+                if !(name.starts_with("part-") || name == "_SUCCESS") {
+                    continue;
+                }
+                if !request.overwrite {
+                    return Err(format!(
+                        "output {} already holds results ({name}); pass --overwrite to replace them",
+                        output.uri()
+                    ));
+                }
+                store::remove(&output.join(&name))?;
+            }
+        }
+        Place::Http(u) => return Err(format!("the output cannot be a URL ({u}); use a path or s3://")),
+    }
     partitions
         .into_iter()
-        .map(|p| {
-            let path = std::path::absolute(&p.path).map_err(|e| format!("{}: {e}", p.path.display()))?;
+        .map(|(p, remote)| {
+            let path = match remote {
+                Some(uri) => uri,
+                None => std::path::absolute(&p.path)
+                    .map_err(|e| format!("{}: {e}", p.path.display()))?
+                    .display()
+                    .to_string(),
+            };
             let span = match p.span {
                 Span::Bytes { start, end } => SpanSpec::Bytes { start, end },
                 Span::RowGroups { first, count } => SpanSpec::RowGroups { first: first as u64, count: count as u64 },
             };
-            Ok(PartitionSpec { path: path.display().to_string(), format: p.format.name().into(), span, bytes: p.bytes })
+            Ok(PartitionSpec { path, format: p.format.name().into(), span, bytes: p.bytes })
         })
         .collect()
 }
@@ -83,12 +122,43 @@ pub fn limits(task: &TaskAssignment, cancel: Option<Arc<AtomicBool>>) -> Limits 
 }
 
 /// Runs one attempt of `task` with `function` (its module, compiled);
-/// setting `cancel` stops it.
+/// setting `cancel` stops it. Output in an object store is written to a
+/// local scratch directory first and uploaded once complete.
 pub fn run(function: &Function, task: &TaskAssignment, cancel: Option<Arc<AtomicBool>>) -> Result<Written> {
-    let work = PathBuf::from(&task.work_dir);
+    let work_place = Place::parse(&task.work_dir).map_err(Error::Job)?;
+    let suffix = format!("_temporary/{}", task.job);
+    let output_uri = task.work_dir.strip_suffix(&suffix).unwrap_or(&task.work_dir).trim_end_matches('/').to_string();
+    let output = Place::parse(&output_uri).map_err(Error::Job)?;
+    let work = match &work_place {
+        Place::Local(p) => p.clone(),
+        _ => std::env::temp_dir().join("wasmgrid-attempts").join(&task.job).join(format!("{:x}", task.attempt)),
+    };
     std::fs::create_dir_all(&work).map_err(|e| Error::io("creating", &work, e))?;
-    let output = work.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_else(|| work.clone());
-    let relative = |p: &Path| p.strip_prefix(&output).unwrap_or(p).display().to_string();
+    let written = attempt(function, task, cancel, &work, &output);
+    if work_place.is_remote() {
+        let uploaded = written.and_then(|w| {
+            for file in w.files.iter().filter(|f| !f.is_empty()) {
+                let local = work.join(file.strip_prefix(&format!("{suffix}/")).unwrap_or(file));
+                store::upload(&local, &output.join(file)).map_err(Error::Job)?;
+            }
+            Ok(w)
+        });
+        let _ = std::fs::remove_dir_all(&work);
+        return uploaded;
+    }
+    written
+}
+
+fn attempt(
+    function: &Function,
+    task: &TaskAssignment,
+    cancel: Option<Arc<AtomicBool>>,
+    work: &Path,
+    output: &Place,
+) -> Result<Written> {
+    let work = work.to_path_buf();
+    let suffix = format!("_temporary/{}", task.job);
+    let relative = |p: &Path| format!("{suffix}/{}", p.strip_prefix(&work).unwrap_or(p).display());
     let format = format(&task.format).map_err(Error::Job)?;
     let config = Arc::new(task.function.config.clone());
     let limits = limits(task, cancel);
@@ -105,7 +175,9 @@ pub fn run(function: &Function, task: &TaskAssignment, cancel: Option<Arc<Atomic
                     Span::RowGroups { first: first as usize, count: count as usize }
                 }
             };
-            let partition = data::partition(task.task, Path::new(&spec.path), format_of(spec)?, span, spec.bytes)?;
+            let place = Place::parse(&spec.path).map_err(|e| Error::Input { input: spec.path.clone(), reason: e })?;
+            let local = store::local_copy(&place).map_err(|e| Error::Input { input: spec.path.clone(), reason: e })?;
+            let partition = data::partition(task.task, &local, format_of(spec)?, span, spec.bytes)?;
             let mut reader = PartitionReader::open(partition)?;
             let dest = work.join(format!("{stem}.{}", format.extension()));
             let writer = OutputWriter::create_in_place(&dest, format)?;
@@ -175,10 +247,12 @@ pub fn run(function: &Function, task: &TaskAssignment, cancel: Option<Arc<Atomic
             }
             let mut inputs = Vec::with_capacity(task.shuffle.len());
             for file in &task.shuffle {
-                let path = output.join(file);
-                let bytes = std::fs::read(&path).map_err(|e| Error::io("reading", &path, e))?;
-                let pairs = Pairs::decode(&bytes)
-                    .map_err(|e| Error::Decode { path: path.clone(), reason: format!("pair file: {e}") })?;
+                let place = output.join(file);
+                let bytes = store::get(&place).map_err(Error::Job)?;
+                let pairs = Pairs::decode(&bytes).map_err(|e| Error::Decode {
+                    path: PathBuf::from(place.uri()),
+                    reason: format!("pair file: {e}"),
+                })?;
                 inputs.push(pairs);
             }
             let groups = crate::pairs::group(&inputs);
@@ -229,28 +303,22 @@ struct Manifest<'a> {
     attempts: BTreeMap<String, String>,
 }
 
-/// Moves `from` to `to` unless that happened before.
-fn publish(from: &Path, to: &Path) -> std::result::Result<(), String> {
-    match std::fs::rename(from, to) {
-        Ok(()) => Ok(()),
-        Err(_) if !from.exists() && to.exists() => Ok(()),
-        Err(e) => Err(format!("publishing {} as {}: {e}", from.display(), to.display())),
+fn sha256_of(place: &Place) -> std::result::Result<String, String> {
+    if let Place::Local(path) = place {
+        let mut file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut hasher = Sha256::new();
+        std::io::copy(&mut file, &mut hasher).map_err(|e| format!("{}: {e}", path.display()))?;
+        return Ok(hex::encode(hasher.finalize()));
     }
-}
-
-fn sha256_file(path: &Path) -> std::result::Result<String, String> {
-    let mut file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(hex::encode(hasher.finalize()))
+    Ok(hex::encode(Sha256::digest(store::get(place)?)))
 }
 
 /// Publishes a job's winning attempts and writes `_SUCCESS` (idempotent).
 pub fn commit(c: &JobCommit) -> std::result::Result<(), String> {
-    let output = Path::new(&c.output);
+    let output = Place::parse(&c.output)?;
     let format = format(&c.format)?;
     let success = output.join("_SUCCESS");
-    if success.exists() {
+    if store::exists(&success)? {
         return Ok(());
     }
     let reduce = c.reduce_partitions as usize;
@@ -277,8 +345,8 @@ pub fn commit(c: &JobCommit) -> std::result::Result<(), String> {
     let mut files = Vec::with_capacity(moves.len());
     for (from, to, rows) in moves {
         let dest = output.join(&to);
-        publish(&output.join(&from), &dest)?;
-        files.push(ManifestFile { sha256: sha256_file(&dest)?, name: to, rows });
+        store::publish(&output.join(&from), &dest)?;
+        files.push(ManifestFile { sha256: sha256_of(&dest)?, name: to, rows });
     }
     let manifest = Manifest {
         job: &c.id,
@@ -293,16 +361,17 @@ pub fn commit(c: &JobCommit) -> std::result::Result<(), String> {
         attempts,
     };
     let bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
-    write_atomically(&success, &bytes).map_err(|e| e.to_string())?;
+    store::put(&success, bytes)?;
     abort(&c.output, &c.id);
     Ok(())
 }
 
 /// Removes a job's work directory (losing attempts and pair files).
 pub fn abort(output: &str, job: &str) {
-    let work = Path::new(output).join("_temporary").join(job);
-    let _ = std::fs::remove_dir_all(&work);
-    let parent = Path::new(output).join("_temporary");
-    // Only if no other job is using it.
-    let _ = std::fs::remove_dir(parent);
+    let Ok(output) = Place::parse(output) else { return };
+    store::remove_all(&output.join(&format!("_temporary/{job}")));
+    if let Place::Local(dir) = &output {
+        // Only if no other job is using it.
+        let _ = std::fs::remove_dir(dir.join("_temporary"));
+    }
 }

@@ -20,6 +20,7 @@ pub mod gateway;
 pub mod local;
 pub mod pairs;
 pub mod runtime;
+pub mod store;
 pub mod worker;
 
 pub use error::{Error, Result};

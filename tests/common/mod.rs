@@ -8,10 +8,17 @@ pub mod grid;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// Environment every `wasmgrid` process of this test binary gets (an S3
+/// endpoint and its credentials, for example).
+pub static EXTRA_ENV: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
 /// The `wasmgrid` binary under test.
 pub fn wasmgrid() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wasmgrid"));
     cmd.env_remove("WASMGRID_LOG").env("NO_COLOR", "1");
+    if let Ok(extra) = EXTRA_ENV.lock() {
+        cmd.envs(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    }
     cmd
 }
 

@@ -1,0 +1,384 @@
+//! Where job data lives: local (or shared) paths, `file://` URIs, S3 and
+//! S3-compatible object stores (`s3://bucket/key`, through `object_store`)
+//! and, for inputs, `http(s)://` URLs.
+//!
+//! Inputs in an object store are fetched whole into a local cache (keyed by
+//! URI, size and ETag), then planned and read like local files. Outputs are
+//! written locally by each attempt and uploaded under the job's work prefix;
+//! the commit copies the winners to their final keys.
+//!
+//! S3 settings come from the standard environment: `AWS_ACCESS_KEY_ID`,
+//! `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL` (or
+//! `AWS_ENDPOINT`) for an S3-compatible server, and `AWS_ALLOW_HTTP=true`
+//! for one without TLS.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as Key;
+use object_store::{ObjectStore, PutPayload};
+use sha2::{Digest, Sha256};
+
+/// A place for data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    /// A local or shared file system path.
+    Local(PathBuf),
+    /// An object (or prefix) in an S3 bucket.
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// The key, without a leading `/`.
+        key: String,
+    },
+    /// A URL to read.
+    Http(String),
+}
+
+impl Place {
+    /// Reads a path or URI.
+    pub fn parse(s: &str) -> Result<Place, String> {
+        if let Some(rest) = s.strip_prefix("s3://") {
+            let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(format!("`{s}` names no bucket (s3://BUCKET/KEY)"));
+            }
+            return Ok(Place::S3 { bucket: bucket.into(), key: key.trim_start_matches('/').into() });
+        }
+        if s.starts_with("http://") || s.starts_with("https://") {
+            return Ok(Place::Http(s.into()));
+        }
+        if let Some(rest) = s.strip_prefix("file://") {
+            return Ok(Place::Local(PathBuf::from(rest)));
+        }
+        if let Some((scheme, _)) = s.split_once("://") {
+            return Err(format!("`{s}`: unsupported scheme `{scheme}://` (use a path, file://, s3:// or http(s)://)"));
+        }
+        Ok(Place::Local(PathBuf::from(s)))
+    }
+
+    /// Whether the data is in an object store (or behind a URL).
+    pub fn is_remote(&self) -> bool {
+        !matches!(self, Place::Local(_))
+    }
+
+    /// `self/relative`.
+    pub fn join(&self, relative: &str) -> Place {
+        match self {
+            Place::Local(p) => Place::Local(p.join(relative)),
+            Place::S3 { bucket, key } => {
+                let key = if key.is_empty() {
+                    relative.to_string()
+                } else {
+                    format!("{}/{relative}", key.trim_end_matches('/'))
+                };
+                Place::S3 { bucket: bucket.clone(), key }
+            }
+            Place::Http(u) => Place::Http(format!("{}/{relative}", u.trim_end_matches('/'))),
+        }
+    }
+
+    /// As a URI (or path).
+    pub fn uri(&self) -> String {
+        match self {
+            Place::Local(p) => p.display().to_string(),
+            Place::S3 { bucket, key } => format!("s3://{bucket}/{key}"),
+            Place::Http(u) => u.clone(),
+        }
+    }
+}
+
+/// Runs `f` to completion from synchronous code (a blocking thread), on a
+/// small runtime of its own that the object-store clients live on.
+fn block_on<F>(f: F) -> Result<F::Output, String>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    static IO: std::sync::OnceLock<Option<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
+    let rt = IO
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("wasmgrid-io")
+                .enable_all()
+                .build()
+                .ok()
+        })
+        .as_ref()
+        .ok_or("cannot start the object-store I/O runtime")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    rt.spawn(async move {
+        let _ = tx.send(f.await);
+    });
+    rx.recv().map_err(|_| "an object-store request stopped".to_string())
+}
+
+/// The client of a bucket, built once from the environment.
+fn bucket(name: &str) -> Result<Arc<AmazonS3>, String> {
+    static CLIENTS: Mutex<Option<HashMap<String, Arc<AmazonS3>>>> = Mutex::new(None);
+    let mut clients = CLIENTS.lock().map_err(|_| "the S3 client cache was poisoned".to_string())?;
+    let clients = clients.get_or_insert_with(HashMap::new);
+    if let Some(c) = clients.get(name) {
+        return Ok(c.clone());
+    }
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(name);
+    if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
+        builder = builder.with_allow_http(endpoint.starts_with("http://")).with_endpoint(endpoint);
+    }
+    let client = Arc::new(builder.build().map_err(|e| format!("S3 bucket `{name}`: {e}"))?);
+    clients.insert(name.to_string(), client.clone());
+    Ok(client)
+}
+
+fn s3_error(what: &str, place: &Place, e: impl std::fmt::Display) -> String {
+    format!("{what} {}: {e}", place.uri())
+}
+
+/// The objects an input names: `s3://bucket/key` (one object),
+/// `s3://bucket/prefix/` (every object under it) or a glob
+/// (`s3://bucket/logs/*.csv`).
+pub fn list_inputs(input: &Place) -> Result<Vec<Place>, String> {
+    let Place::S3 { bucket: name, key } = input else {
+        return Ok(vec![input.clone()]);
+    };
+    let client = bucket(name)?;
+    let glob_at = key.find(['*', '?', '[']);
+    let prefix = match glob_at {
+        Some(at) => key[..at].rsplit_once('/').map_or("", |(p, _)| p).to_string(),
+        None => key.trim_end_matches('/').to_string(),
+    };
+    let pattern = match glob_at {
+        Some(_) => Some(glob::Pattern::new(key).map_err(|e| format!("bad glob in {}: {e}", input.uri()))?),
+        None => None,
+    };
+    let listing = {
+        let prefix = (!prefix.is_empty()).then(|| Key::from(prefix.as_str()));
+        let uri = input.uri();
+        block_on(async move {
+            let mut stream = client.list(prefix.as_ref());
+            let mut keys = Vec::new();
+            while let Some(meta) = stream.next().await {
+                keys.push(meta.map_err(|e| format!("listing {uri}: {e}"))?.location.to_string());
+            }
+            Ok::<_, String>(keys)
+        })
+    };
+    let objects = listing??;
+    let mut keys: Vec<String> = objects
+        .into_iter()
+        .filter(|k| match &pattern {
+            Some(p) => p.matches(k),
+            // One object, or everything under a "directory".
+            None => *k == prefix || k.starts_with(&format!("{prefix}/")) || prefix.is_empty(),
+        })
+        .filter(|k| {
+            let name = k.rsplit('/').next().unwrap_or(k);
+            !name.starts_with('.') && !name.starts_with('_')
+        })
+        .collect();
+    keys.sort();
+    if keys.is_empty() {
+        return Err(format!("no objects match {}", input.uri()));
+    }
+    Ok(keys.into_iter().map(|key| Place::S3 { bucket: name.clone(), key }).collect())
+}
+
+/// A local copy of a remote input (fetched once, kept in the cache), or the
+/// path itself for a local one.
+pub fn local_copy(place: &Place) -> Result<PathBuf, String> {
+    // What tells one version of the object from the next.
+    let tag = match place {
+        Place::Local(p) => return Ok(p.clone()),
+        Place::S3 { bucket: name, key } => {
+            let client = bucket(name)?;
+            let k = Key::from(key.as_str());
+            let meta = block_on(async move { client.head(&k).await })?.map_err(|e| s3_error("reading", place, e))?;
+            format!("{}:{}", meta.size, meta.e_tag.unwrap_or_default())
+        }
+        // A URL is fetched again for every job that plans it.
+        Place::Http(_) => String::new(),
+    };
+    let uri = place.uri();
+    let name = uri.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or("object").to_string();
+    let digest = hex::encode(Sha256::digest(format!("{uri}\n{tag}").as_bytes()));
+    let dir = std::env::temp_dir().join("wasmgrid-inputs").join(&digest[..24]);
+    let path = dir.join(&name);
+    if path.exists() && !tag.is_empty() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let bytes = fetch(place)?;
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// A remote object's bytes.
+fn fetch(place: &Place) -> Result<Vec<u8>, String> {
+    match place {
+        Place::Http(url) => {
+            let url = url.clone();
+            block_on(async move {
+                let r = reqwest::get(&url).await.map_err(|e| format!("fetching {url}: {e}"))?;
+                if !r.status().is_success() {
+                    return Err(format!("fetching {url}: {}", r.status()));
+                }
+                r.bytes().await.map(|b| b.to_vec()).map_err(|e| format!("fetching {url}: {e}"))
+            })?
+        }
+        _ => get(place),
+    }
+}
+
+/// An object's bytes (or a local file's).
+pub fn get(place: &Place) -> Result<Vec<u8>, String> {
+    match place {
+        Place::Local(p) => std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display())),
+        Place::S3 { bucket: name, key } => {
+            let client = bucket(name)?;
+            let (k, uri) = (Key::from(key.as_str()), place.uri());
+            block_on(async move {
+                let r = client.get(&k).await.map_err(|e| format!("reading {uri}: {e}"))?;
+                r.bytes().await.map(|b| b.to_vec()).map_err(|e| format!("reading {uri}: {e}"))
+            })?
+        }
+        Place::Http(_) => fetch(place),
+    }
+}
+
+/// Writes `bytes` to `place` whole.
+pub fn put(place: &Place, bytes: Vec<u8>) -> Result<(), String> {
+    match place {
+        Place::Local(p) => {
+            let tmp = p.with_extension("tmp");
+            std::fs::write(&tmp, bytes)
+                .and_then(|()| std::fs::rename(&tmp, p))
+                .map_err(|e| format!("writing {}: {e}", p.display()))
+        }
+        Place::S3 { bucket: name, key } => {
+            let client = bucket(name)?;
+            let k = Key::from(key.as_str());
+            block_on(async move { client.put(&k, PutPayload::from(bytes)).await })?
+                .map(|_| ())
+                .map_err(|e| s3_error("writing", place, e))
+        }
+        Place::Http(u) => Err(format!("cannot write to {u}: URLs are inputs only")),
+    }
+}
+
+/// Whether an object or file exists.
+pub fn exists(place: &Place) -> Result<bool, String> {
+    match place {
+        Place::Local(p) => Ok(p.exists()),
+        Place::S3 { bucket: name, key } => {
+            let client = bucket(name)?;
+            let k = Key::from(key.as_str());
+            match block_on(async move { client.head(&k).await })? {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Err(e) => Err(s3_error("reading", place, e)),
+            }
+        }
+        Place::Http(_) => Ok(true),
+    }
+}
+
+/// Copies `from` to `to` unless that happened before (`from` gone, `to` there).
+pub fn publish(from: &Place, to: &Place) -> Result<(), String> {
+    match (from, to) {
+        (Place::Local(a), Place::Local(b)) => match std::fs::rename(a, b) {
+            Ok(()) => Ok(()),
+            Err(_) if !a.exists() && b.exists() => Ok(()),
+            Err(e) => Err(format!("publishing {} as {}: {e}", a.display(), b.display())),
+        },
+        (Place::S3 { bucket: name, key: a }, Place::S3 { key: b, .. }) => {
+            let client = bucket(name)?;
+            let (ka, kb) = (Key::from(a.as_str()), Key::from(b.as_str()));
+            match block_on(async move { client.copy(&ka, &kb).await })? {
+                Ok(()) => Ok(()),
+                Err(object_store::Error::NotFound { .. }) if exists(to)? => Ok(()),
+                Err(e) => Err(s3_error("publishing", from, e)),
+            }
+        }
+        _ => Err(format!("cannot publish {} as {}", from.uri(), to.uri())),
+    }
+}
+
+/// Names directly under a directory or prefix (files only).
+pub fn names(dir: &Place) -> Result<Vec<String>, String> {
+    match dir {
+        Place::Local(p) => match std::fs::read_dir(p) {
+            Ok(entries) => Ok(entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(format!("listing {}: {e}", p.display())),
+        },
+        Place::S3 { bucket: name, key } => {
+            let client = bucket(name)?;
+            let prefix = key.trim_end_matches('/').to_string();
+            let uri = dir.uri();
+            block_on(async move {
+                let p = (!prefix.is_empty()).then(|| Key::from(prefix.as_str()));
+                let listed = client.list_with_delimiter(p.as_ref()).await.map_err(|e| format!("listing {uri}: {e}"))?;
+                Ok(listed.objects.into_iter().filter_map(|o| o.location.filename().map(str::to_string)).collect())
+            })?
+        }
+        Place::Http(u) => Err(format!("cannot list {u}")),
+    }
+}
+
+/// Removes one object or file (missing is fine).
+pub fn remove(place: &Place) -> Result<(), String> {
+    match place {
+        Place::Local(p) => match std::fs::remove_file(p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("removing {}: {e}", p.display())),
+        },
+        Place::S3 { bucket: name, key } => {
+            let client = bucket(name)?;
+            let k = Key::from(key.as_str());
+            match block_on(async move { client.delete(&k).await })? {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(s3_error("removing", place, e)),
+            }
+        }
+        Place::Http(u) => Err(format!("cannot remove {u}")),
+    }
+}
+
+/// Removes everything under a directory or prefix, best effort.
+pub fn remove_all(dir: &Place) {
+    match dir {
+        Place::Local(p) => {
+            let _ = std::fs::remove_dir_all(p);
+        }
+        Place::S3 { bucket: name, key } => {
+            let Ok(client) = bucket(name) else { return };
+            let prefix = Key::from(key.trim_end_matches('/'));
+            let _ = block_on(async move {
+                let mut stream = client.list(Some(&prefix));
+                let mut keys = Vec::new();
+                while let Some(Ok(meta)) = stream.next().await {
+                    keys.push(meta.location);
+                }
+                for k in keys {
+                    let _ = client.delete(&k).await;
+                }
+            });
+        }
+        Place::Http(_) => {}
+    }
+}
+
+/// Uploads a local file to `dest`.
+pub fn upload(local: &Path, dest: &Place) -> Result<(), String> {
+    let bytes = std::fs::read(local).map_err(|e| format!("reading {}: {e}", local.display()))?;
+    put(dest, bytes)
+}
