@@ -295,12 +295,38 @@ async fn a_node_killed_mid_job_loses_no_row_and_duplicates_none() {
     common::write_corpus(&corpus, 8, 256 << 10, 9);
     let out = dir.join("out");
     let id = submit_wordcount(&urls, &corpus, &out, "4KiB");
+    // Follow the job's event stream meanwhile.
+    let events = tokio::spawn(
+        reqwest::Client::new()
+            .get(format!("{}/v1/jobs/{id}/events", replicas.url(1)))
+            .send()
+            .await
+            .expect("events")
+            .text(),
+    );
     let client = replicas.client_all();
     wait_progress(&client, &id, 20).await;
     a.kill();
     let job = wait_job(&client, &id, Duration::from_secs(120)).await;
     assert_eq!(job.state, JobState::Succeeded, "{job:?}");
     assert_eq!(published_counts(&out), count_words(&corpus));
+    // The stream saw progress only ever grow, and ended with the outcome.
+    let text = tokio::time::timeout(Duration::from_secs(10), events)
+        .await
+        .expect("the stream ends")
+        .expect("task")
+        .expect("body");
+    let mut seen: Vec<(String, JobInfo)> = Vec::new();
+    for block in text.split("\n\n").filter(|b| b.contains("data:")) {
+        let name = block.lines().find_map(|l| l.strip_prefix("event: ")).unwrap_or_default().to_string();
+        let data = block.lines().find_map(|l| l.strip_prefix("data: ")).expect("data");
+        seen.push((name, serde_json::from_str(data).expect("job JSON")));
+    }
+    assert!(seen.len() >= 3, "{text}");
+    assert!(seen.windows(2).all(|w| w[0].1.map_done <= w[1].1.map_done && w[0].1.reduce_done <= w[1].1.reduce_done));
+    let (last, final_job) = seen.last().expect("an event");
+    assert_eq!((last.as_str(), final_job.state), ("end", JobState::Succeeded));
+    assert!(seen[..seen.len() - 1].iter().all(|(n, _)| n == "progress"));
     // The killed node's attempts ran again elsewhere: given up once it
     // missed its heartbeats, or copied sooner as stragglers.
     let log = std::fs::read_to_string(replicas.log(1)).unwrap_or_default();
@@ -360,6 +386,11 @@ async fn a_guest_that_always_traps_fails_the_job_after_max_attempts_with_its_mes
     assert!(!out.join("_SUCCESS").exists(), "a failed job publishes nothing");
     let status = cli(&urls, &["job", "status", &job.id]);
     assert!(status.contains("sensor 7 is on fire"), "{status}");
+    let logs = cli(&urls, &["job", "logs", &job.id]);
+    assert!(
+        logs.contains("map task 0: 3 failed attempt(s), not done") && logs.contains("sensor 7 is on fire"),
+        "{logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -96,6 +96,13 @@ pub enum JobCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// The errors of a job's failed attempts, per task.
+    Logs {
+        /// The job id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Cancel a job: its tasks stop and nothing is published.
     Cancel {
         /// The job id.
@@ -275,6 +282,26 @@ pub fn job(command: JobCommand) -> Result<()> {
             let c = client(&args)?;
             let job = rt.block_on(wait(&c, &id, args.json))?;
             finished(&job, args.json)
+        }
+        JobCommand::Logs { id, client: args } => {
+            let logs = rt.block_on(client(&args)?.job_logs(&id))?;
+            if args.json {
+                return print_json(&logs);
+            }
+            if logs.tasks.is_empty() {
+                println!("{}: no task failed", logs.id);
+            }
+            for t in &logs.tasks {
+                let outcome = if t.done { "then succeeded" } else { "not done" };
+                println!(
+                    "{} task {}: {} failed attempt(s), {outcome}; last error: {}",
+                    t.stage.name(),
+                    t.task,
+                    t.failures,
+                    t.last_error.as_deref().unwrap_or("-")
+                );
+            }
+            Ok(())
         }
         JobCommand::Cancel { id, client: args } => {
             let job = rt.block_on(client(&args)?.cancel_job(&id))?;

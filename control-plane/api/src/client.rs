@@ -231,6 +231,11 @@ impl Client {
         self.call(Method::GET, &format!("/v1/jobs/{}", segment(id)), Body::None).await
     }
 
+    /// The failures of a job's tasks.
+    pub async fn job_logs(&self, id: &str) -> Result<JobLogs, ApiError> {
+        self.call(Method::GET, &format!("/v1/jobs/{}/logs", segment(id)), Body::None).await
+    }
+
     /// Cancels a job.
     pub async fn cancel_job(&self, id: &str) -> Result<JobInfo, ApiError> {
         self.call(Method::POST, &format!("/v1/jobs/{}/cancel", segment(id)), Body::None).await

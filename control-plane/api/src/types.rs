@@ -608,3 +608,27 @@ pub struct JobCommit {
     /// Winners of the reduce stage, by task.
     pub reduce_results: Vec<TaskResult>,
 }
+
+/// One task's failures in `GET /v1/jobs/{id}/logs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskLog {
+    /// The stage.
+    pub stage: Stage,
+    /// The task.
+    pub task: u32,
+    /// Failed attempts.
+    pub failures: u32,
+    /// The last failure's error.
+    pub last_error: Option<String>,
+    /// Whether an attempt won.
+    pub done: bool,
+}
+
+/// `GET /v1/jobs/{id}/logs`: every task that failed at least once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobLogs {
+    /// The job.
+    pub id: String,
+    /// Tasks with failures, by stage and index.
+    pub tasks: Vec<TaskLog>,
+}

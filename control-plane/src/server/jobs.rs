@@ -18,6 +18,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State as Shared};
 use axum::http::StatusCode;
 use axum::response::Response;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use wasmgrid_api::*;
 
 use super::{Answer, App, Failure, NODE_LIVENESS, json, json_body, poisoned};
@@ -501,6 +502,58 @@ pub(super) async fn show(Shared(app): Shared<App>, id: Result<Path<String>, Path
     Ok(json(StatusCode::OK, &info(&record, app.running_attempts(&id))))
 }
 
+pub(super) async fn logs(Shared(app): Shared<App>, id: Result<Path<String>, PathRejection>) -> Answer<Response> {
+    let id = job_id(id)?;
+    app.barrier().await?;
+    let state = app.0.replica.state();
+    state.job(&id)?.ok_or(StateError::JobNotFound { id: id.clone() })?;
+    let mut tasks = Vec::new();
+    for stage in [Stage::Map, Stage::Reduce] {
+        for (task, record) in state.task_records(&id, stage)? {
+            if record.failures > 0 {
+                tasks.push(TaskLog {
+                    stage,
+                    task,
+                    failures: record.failures,
+                    last_error: record.last_error,
+                    done: record.winner.is_some(),
+                });
+            }
+        }
+    }
+    Ok(json(StatusCode::OK, &JobLogs { id, tasks }))
+}
+
+/// Server-sent events: `progress` with the job (as `GET /v1/jobs/{id}`
+/// shows it) whenever it changes, then `end` with its final state.
+pub(super) async fn events(
+    Shared(app): Shared<App>,
+    id: Result<Path<String>, PathRejection>,
+) -> Answer<Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>>> {
+    let id = job_id(id)?;
+    app.barrier().await?;
+    app.0.replica.state().job(&id)?.ok_or(StateError::JobNotFound { id: id.clone() })?;
+    let watch = app.0.replica.subscribe();
+    let stream =
+        futures_util::stream::unfold((app, id, watch, None::<JobInfo>), |(app, id, mut watch, last)| async move {
+            if last.as_ref().is_some_and(|j| j.state.is_final()) {
+                return None;
+            }
+            loop {
+                let record = app.0.replica.state().job(&id).ok().flatten()?;
+                let now = info(&record, app.running_attempts(&id));
+                if last.as_ref() != Some(&now) {
+                    let name = if now.state.is_final() { "end" } else { "progress" };
+                    let event = Event::default().event(name).json_data(&now).ok()?;
+                    return Some((Ok(event), (app, id, watch, Some(now))));
+                }
+                // The next applied entry, or a second (for `running`).
+                let _ = tokio::time::timeout(Duration::from_secs(1), watch.changed()).await;
+            }
+        });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
 pub(super) async fn cancel(Shared(app): Shared<App>, id: Result<Path<String>, PathRejection>) -> Answer<Response> {
     let id = job_id(id)?;
     app.propose(Command::Job(JobCommand::Cancel { id: id.clone(), at_ms: now_ms() })).await?;
@@ -716,5 +769,91 @@ async fn finish(app: &App, io: Arc<dyn JobIo>, job: JobRecord) {
     let command = Command::Job(JobCommand::Finish { id: id.clone(), at_ms: now_ms(), error });
     if let Err(e) = app.propose(command).await {
         tracing::warn!(job = %id, error = %e.message, "recording the commit");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(tasks: u32) -> Run {
+        let function =
+            TaskFunction { module: "m".repeat(64), memory: 1 << 20, timeout_ms: 1000, config: BTreeMap::new() };
+        let record = JobRecord {
+            id: "job-1".into(),
+            tenant: DEFAULT_TENANT.into(),
+            function: "f".into(),
+            version: 1,
+            map: function,
+            reduce: None,
+            input: "/in".into(),
+            output: "/out".into(),
+            format: "jsonl".into(),
+            reduce_partitions: 0,
+            max_attempts: 4,
+            map_tasks: tasks,
+            state: JobState::Running,
+            stage: Stage::Map,
+            map_done: 0,
+            reduce_done: 0,
+            failed_attempts: 0,
+            bytes_in: 0,
+            bytes_done: 0,
+            records_in: 0,
+            rows_out: 0,
+            error: None,
+            submitted_ms: 0,
+            finished_ms: None,
+        };
+        let plan = (0..tasks)
+            .map(|i| PartitionSpec {
+                path: format!("/in/{i}"),
+                format: "text".into(),
+                span: SpanSpec::Bytes { start: 0, end: 1 },
+                bytes: 1,
+            })
+            .collect();
+        Run {
+            record,
+            plan: Arc::new(plan),
+            stage: Stage::Map,
+            pending: (0..tasks).collect(),
+            running: BTreeMap::new(),
+            done: HashSet::new(),
+            durations: Vec::new(),
+            shuffle: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn leases_respect_max_and_stragglers_get_one_copy_on_another_node() {
+        let mut s = Scheduler { term: 3, ..Scheduler::default() };
+        s.runs.insert("job-1".into(), run(4));
+        let none = HashSet::new();
+        let a = s.take("a", 3, &none);
+        assert_eq!(a.iter().map(|t| t.task).collect::<Vec<_>>(), [0, 1, 2]);
+        assert!(a.iter().all(|t| t.attempt >> 32 == 3), "attempt ids carry the term");
+        assert_eq!(s.take("b", 8, &none).len(), 1, "one task left");
+        // Nothing pending and no straggler yet: nothing to copy.
+        assert!(s.take("b", 8, &none).is_empty());
+
+        let run = s.runs.get_mut("job-1").expect("run");
+        run.durations = vec![Duration::from_millis(10); 5];
+        // Task 1 on node a has run far longer than the median.
+        let started = Instant::now().checked_sub(Duration::from_secs(5)).expect("clock");
+        run.running.get_mut(&1).expect("task 1")[0].started = started;
+        run.running.get_mut(&2).expect("task 2")[0].started = started;
+        run.done.insert(2);
+        let copy = s.take("b", 8, &none);
+        assert_eq!(copy.iter().map(|t| t.task).collect::<Vec<_>>(), [1], "task 2 is done; task 1 gets a copy");
+        assert!(s.take("c", 8, &none).is_empty(), "one copy per task");
+        assert!(s.take("a", 8, &none).is_empty(), "never on the straggler's own node");
+
+        // Node a stops heart-beating: its tasks go back to the queue,
+        // except one whose copy still runs and one that is done.
+        let requeued = s.requeue_lost(&|node| node != "a");
+        assert_eq!(requeued, 1, "task 0 only");
+        let again = s.take("b", 8, &none);
+        assert_eq!(again.iter().map(|t| t.task).collect::<Vec<_>>(), [0]);
     }
 }
