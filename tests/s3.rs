@@ -28,17 +28,17 @@ impl Drop for Server {
 /// moto's S3 server on a free port, answering.
 fn start_s3() -> (Server, String) {
     let port = free_port();
-    let child = Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+    let child = Command::new("python3")
+        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("moto_server runs (pip install 'moto[server]'; .ci/run installs it)");
+        .expect("python3 runs moto's server (pip install 'moto[server]'; .ci/run installs it)");
     let server = Server(child);
     let endpoint = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "moto_server did not start");
+        assert!(Instant::now() < deadline, "moto's server did not start (pip install 'moto[server]')");
         std::thread::sleep(Duration::from_millis(50));
     }
     (server, endpoint)
