@@ -201,6 +201,11 @@ impl Scheduler {
             while (out.len() as u32) < max {
                 let attempt = self.attempt_id();
                 let Some(run) = self.runs.get_mut(id) else { break };
+                // A queued task may have been won meanwhile (a slow attempt
+                // that was given up on reported after all).
+                while run.pending.front().is_some_and(|t| run.done.contains(t)) {
+                    run.pending.pop_front();
+                }
                 let Some(task) = run.pending.pop_front() else { break };
                 run.running.entry(task).or_default().push(Attempt {
                     attempt,
@@ -855,5 +860,15 @@ mod tests {
         assert_eq!(requeued, 1, "task 0 only");
         let again = s.take("b", 8, &none);
         assert_eq!(again.iter().map(|t| t.task).collect::<Vec<_>>(), [0]);
+    }
+
+    #[test]
+    fn a_queued_task_that_was_won_meanwhile_is_not_leased_again() {
+        let mut s = Scheduler { term: 1, ..Scheduler::default() };
+        let mut r = run(3);
+        r.done.insert(0);
+        s.runs.insert("job-1".into(), r);
+        let tasks = s.take("a", 8, &HashSet::new());
+        assert_eq!(tasks.iter().map(|t| t.task).collect::<Vec<_>>(), [1, 2]);
     }
 }
