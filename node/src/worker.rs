@@ -24,6 +24,11 @@ const LEASE_WAIT: Duration = Duration::from_secs(2);
 /// few enough that a busy node leaves work to the others.
 const LEASED_PER_SLOT: usize = 4;
 
+/// How long a report waits for more finished attempts to go with it.
+const REPORT_GATHER: Duration = Duration::from_millis(10);
+/// Most attempts in one report.
+const MAX_REPORT: usize = 1024;
+
 /// Modules compiled for tasks, by sha256 (shared with the heartbeat).
 pub type Compiled = Arc<Mutex<HashMap<String, Arc<Function>>>>;
 
@@ -171,8 +176,18 @@ async fn report(client: Arc<Client>, node: String, mut rx: mpsc::UnboundedReceiv
     let mut failing = false;
     while let Some(first) = rx.recv().await {
         let mut reports = vec![first];
-        while let Ok(r) = rx.try_recv() {
-            reports.push(r);
+        // Gather what else finishes in the next few milliseconds: one
+        // report (one consensus entry) for many tiny tasks.
+        let gather = tokio::time::sleep(REPORT_GATHER);
+        tokio::pin!(gather);
+        while reports.len() < MAX_REPORT {
+            tokio::select! {
+                r = rx.recv() => match r {
+                    Some(r) => reports.push(r),
+                    None => break,
+                },
+                _ = &mut gather => break,
+            }
         }
         let request = ReportRequest { node: node.clone(), reports };
         // Given up after a while: the tasks run again elsewhere.
