@@ -136,7 +136,6 @@ pub async fn start(config: AgentConfig, runtime: Arc<Runtime>) -> Result<Agent, 
     let task_client = client(Duration::from_secs(30))?;
 
     let gateway = Gateway::new(runtime.clone(), config.gateway.clone());
-    let compiled = crate::worker::Compiled::default();
     let slots = match config.task_slots {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -147,11 +146,10 @@ pub async fn start(config: AgentConfig, runtime: Arc<Runtime>) -> Result<Agent, 
         runtime,
         modules_dir: modules_dir.clone(),
         slots,
-        compiled: compiled.clone(),
     };
     let background = vec![
         tokio::spawn(watch(gateway.clone(), poll_client, modules_dir)),
-        tokio::spawn(heartbeats(gateway.clone(), heartbeat_client, id.clone(), url.clone(), compiled)),
+        tokio::spawn(heartbeats(gateway.clone(), heartbeat_client, id.clone(), url.clone())),
         tokio::spawn(crate::worker::run(worker)),
     ];
     let router = gateway.router();
@@ -182,7 +180,7 @@ fn node_id(data: &Path) -> Result<String, AgentError> {
     }
 }
 
-async fn heartbeats(gateway: Arc<Gateway>, client: Client, id: String, url: String, compiled: crate::worker::Compiled) {
+async fn heartbeats(gateway: Arc<Gateway>, client: Client, id: String, url: String) {
     let mut failing = false;
     let mut ticker = tokio::time::interval(HEARTBEAT_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -193,13 +191,8 @@ async fn heartbeats(gateway: Arc<Gateway>, client: Client, id: String, url: Stri
             address: url.clone(),
             inflight,
             invocations,
-            warm: {
-                let mut warm = gateway.warm();
-                warm.extend(compiled.lock().map(|c| c.keys().cloned().collect::<Vec<_>>()).unwrap_or_default());
-                warm.sort();
-                warm.dedup();
-                warm
-            },
+            // Served functions' modules and those compiled for tasks alike.
+            warm: gateway.runtime().loaded_modules(),
             revision: gateway.revision(),
         };
         match client.heartbeat(&id, &beat).await {

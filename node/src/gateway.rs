@@ -302,14 +302,6 @@ impl Gateway {
             .inc();
         self.invocations.fetch_add(1, Ordering::Relaxed);
     }
-
-    /// The modules of the functions served (sha256, sorted).
-    pub fn warm(&self) -> Vec<String> {
-        let mut warm: Vec<String> = self.table().values().map(|s| s.route.module.clone()).collect();
-        warm.sort();
-        warm.dedup();
-        warm
-    }
 }
 
 /// The code of an error answer the gateway made, kept on the response so

@@ -29,9 +29,6 @@ const REPORT_GATHER: Duration = Duration::from_millis(10);
 /// Most attempts in one report.
 const MAX_REPORT: usize = 1024;
 
-/// Modules compiled for tasks, by sha256 (shared with the heartbeat).
-pub type Compiled = Arc<Mutex<HashMap<String, Arc<Function>>>>;
-
 /// Jobs with attempts running here: how many, and whether they were told to stop.
 type Running = Arc<Mutex<HashMap<String, (usize, Arc<AtomicBool>)>>>;
 
@@ -48,8 +45,6 @@ pub struct Worker {
     pub modules_dir: PathBuf,
     /// Task attempts run at once.
     pub slots: usize,
-    /// Modules compiled so far.
-    pub compiled: Compiled,
 }
 
 /// Runs until the task is aborted.
@@ -158,16 +153,13 @@ async fn attempt(worker: &Worker, task: &TaskAssignment, stop: &Arc<AtomicBool>)
     })
 }
 
-/// The compiled function of `module`: from memory, else fetched and compiled.
+/// The compiled function of `module`: the runtime's if it has it, else
+/// fetched and compiled.
 async fn compiled(worker: &Worker, module: &str) -> Result<Arc<Function>, String> {
-    if let Some(f) = worker.compiled.lock().ok().and_then(|c| c.get(module).cloned()) {
-        return Ok(f);
+    match worker.runtime.loaded(module) {
+        Some(f) => Ok(f),
+        None => crate::agent::prepare(&worker.runtime, &worker.client, &worker.modules_dir, module).await,
     }
-    let f = crate::agent::prepare(&worker.runtime, &worker.client, &worker.modules_dir, module).await?;
-    if let Ok(mut c) = worker.compiled.lock() {
-        c.insert(module.to_string(), f.clone());
-    }
-    Ok(f)
 }
 
 /// Sends finished attempts in batches: whatever finished while the last

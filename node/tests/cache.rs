@@ -87,3 +87,18 @@ fn corrupted_cache_entry_is_rebuilt_not_trusted() {
     score_once(&rt);
     assert_eq!(rt.stats(), RuntimeStats { compiled: 0, cache_hits: 1, cache_rejected: 0 });
 }
+
+#[test]
+fn concurrent_loads_of_one_module_compile_it_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(dir.path());
+    let loaded: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> =
+            (0..4).map(|_| s.spawn(|| rt.load_file(guests::LOGREG.as_ref()).expect("loads"))).collect();
+        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    assert_eq!(rt.stats(), RuntimeStats { compiled: 1, cache_hits: 0, cache_rejected: 0 });
+    assert!(loaded.windows(2).all(|w| Arc::ptr_eq(&w[0], &w[1])), "every caller gets the same function");
+    assert_eq!(rt.loaded_modules().len(), 1);
+    assert!(rt.loaded(&rt.loaded_modules()[0]).is_some());
+}

@@ -167,6 +167,9 @@ pub struct Runtime {
     config: RuntimeConfig,
     cache: Option<cache::CompiledCache>,
     loaded: Mutex<HashMap<String, Arc<Function>>>,
+    /// One lock per module being loaded, so concurrent loads of the same
+    /// module compile it once.
+    loading: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     compiled: AtomicU64,
     cache_hits: AtomicU64,
     cache_rejected: AtomicU64,
@@ -259,6 +262,7 @@ impl Runtime {
             config,
             cache,
             loaded: Mutex::new(HashMap::new()),
+            loading: Mutex::new(HashMap::new()),
             compiled: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
             cache_rejected: AtomicU64::new(0),
@@ -299,14 +303,32 @@ impl Runtime {
         }
         check_header(bytes)?;
         let sha256 = hex::encode(Sha256::digest(bytes));
-        if let Some(f) = self.loaded.lock().map_err(poisoned)?.get(&sha256) {
-            return Ok(f.clone());
+        if let Some(f) = self.loaded(&sha256) {
+            return Ok(f);
         }
-
+        let lock = self.loading.lock().map_err(poisoned)?.entry(sha256.clone()).or_default().clone();
+        let _loading = lock.lock().map_err(poisoned)?;
+        // Another caller may have loaded it while this one waited.
+        if let Some(f) = self.loaded(&sha256) {
+            return Ok(f);
+        }
         let component = self.compiled_component(&sha256, bytes)?;
         let function = Arc::new(self.link(component, sha256.clone())?);
-        self.loaded.lock().map_err(poisoned)?.insert(sha256, function.clone());
+        self.loaded.lock().map_err(poisoned)?.insert(sha256.clone(), function.clone());
+        self.loading.lock().map_err(poisoned)?.remove(&sha256);
         Ok(function)
+    }
+
+    /// The loaded function of the module with this sha256, if this runtime has it.
+    pub fn loaded(&self, sha256: &str) -> Option<Arc<Function>> {
+        self.loaded.lock().ok()?.get(sha256).cloned()
+    }
+
+    /// The sha256 of every module loaded (compiled and ready), sorted.
+    pub fn loaded_modules(&self) -> Vec<String> {
+        let mut modules: Vec<String> = self.loaded.lock().map(|l| l.keys().cloned().collect()).unwrap_or_default();
+        modules.sort();
+        modules
     }
 
     fn compiled_component(&self, sha256: &str, bytes: &[u8]) -> Result<Component> {
