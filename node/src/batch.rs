@@ -225,7 +225,8 @@ fn attempt(
                             continue;
                         }
                         let path = dir.join(format!("r{r:05}.pairs"));
-                        write_atomically(&path, &part.encode())?;
+                        // Like the attempt's other files: read only once it has reported.
+                        std::fs::write(&path, part.encode()).map_err(|e| Error::io("writing", &path, e))?;
                         files.push(relative(&path));
                         rows.push(part.len() as u64);
                     }
@@ -270,12 +271,6 @@ fn attempt(
 
 fn format_of(spec: &PartitionSpec) -> Result<Format> {
     format(&spec.format).map_err(|e| Error::Input { input: spec.path.clone(), reason: e })
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io("writing", &tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io("renaming", &tmp, e))
 }
 
 /// One published file in `_SUCCESS`.
