@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::grid::{Node, Replicas};
-use common::{fails, ok, text, wasmgrid};
+use common::{fails, ok, ok_stdout, text, wasmgrid};
 use wasmgrid_api::{Client, DeployRequest, FunctionInfo, InvokeRequest};
 use wasmgrid_test_artifacts as guests;
 
@@ -458,12 +458,6 @@ fn the_cluster_script_starts_three_replicas_and_two_nodes_and_stops_them() {
     for pid in pids {
         assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "process {pid} still runs after stop");
     }
-}
-
-fn ok_stdout(out: std::process::Output) -> String {
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    stdout
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

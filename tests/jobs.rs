@@ -17,14 +17,6 @@ use wasmgrid_test_artifacts as guests;
 
 const MODEL: &str = r#"{"features": ["x1", "x2"], "weights": [0.8, -1.25], "bias": 0.3}"#;
 
-/// `wasmgrid ARGS --url URLS`, asserting success; returns stdout.
-fn cli(urls: &str, args: &[&str]) -> String {
-    let out = common::wasmgrid().args(args).args(["--url", urls]).output().expect("wasmgrid runs");
-    let (stdout, stderr) = common::text(&out);
-    assert!(out.status.success(), "wasmgrid {args:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    stdout
-}
-
 /// Every word and its count, counted here.
 fn count_words(dir: &Path) -> HashMap<String, u64> {
     let mut counts = HashMap::new();
@@ -94,12 +86,12 @@ async fn wait_progress(client: &Client, id: &str, n: u32) {
 }
 
 fn deploy_wordcount(urls: &str) {
-    cli(urls, &["deploy", "wc-map", guests::WORDCOUNT_MAP]);
-    cli(urls, &["deploy", "wc-reduce", guests::WORDCOUNT_REDUCE]);
+    common::grid_ok(urls, &["deploy", "wc-map", guests::WORDCOUNT_MAP]);
+    common::grid_ok(urls, &["deploy", "wc-reduce", guests::WORDCOUNT_REDUCE]);
 }
 
 fn submit_wordcount(urls: &str, corpus: &Path, out: &Path, partition_size: &str) -> String {
-    let stdout = cli(
+    let stdout = common::grid_ok(
         urls,
         &[
             "job",
@@ -134,7 +126,7 @@ async fn word_count_over_64_partitions_on_two_nodes_equals_an_independent_count(
     let out = dir.join("out");
 
     // `--wait` shows progress and exits 0 on success.
-    let stdout = cli(
+    let stdout = common::grid_ok(
         &urls,
         &[
             "job",
@@ -171,22 +163,16 @@ async fn word_count_over_64_partitions_on_two_nodes_equals_an_independent_count(
     assert_eq!(job.rows_out, expected.len() as u64);
 
     // The list shows it; status by id too.
-    let ls = cli(&urls, &["job", "ls"]);
+    let ls = common::grid_ok(&urls, &["job", "ls"]);
     assert!(ls.contains(&job.id) && ls.contains("succeeded"), "{ls}");
-    let status = cli(&urls, &["job", "status", &job.id]);
+    let status = common::grid_ok(&urls, &["job", "status", &job.id]);
     assert!(status.contains("succeeded"), "{status}");
 
     // The same output again without --overwrite is refused up front.
-    let again = common::wasmgrid()
-        .args(["job", "submit", "wc-map", "--input"])
-        .arg(&corpus)
-        .arg("--output")
-        .arg(&out)
-        .args(["--reduce", "wc-reduce", "--url", &urls])
-        .output()
-        .expect("runs");
-    let (_, stderr) = common::text(&again);
-    assert!(!again.status.success() && stderr.contains("--overwrite"), "{stderr}");
+    let (corpus, out) = (corpus.display().to_string(), out.display().to_string());
+    let again = ["job", "submit", "wc-map", "--input", &corpus, "--output", &out, "--reduce", "wc-reduce"];
+    let stderr = common::fails(common::grid_cli(&urls, &again));
+    assert!(stderr.contains("--overwrite"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,7 +183,7 @@ async fn logreg_as_a_batch_job_over_parquet_scores_like_per_request_calls() {
     let dir = replicas.dir.path();
     let node = Node::start(&urls, &dir.join("node"));
     let _other = Node::start(&urls, &dir.join("node-2"));
-    cli(&urls, &["deploy", "scorer", guests::LOGREG, "--config", &format!("model={MODEL}")]);
+    common::grid_ok(&urls, &["deploy", "scorer", guests::LOGREG, "--config", &format!("model={MODEL}")]);
 
     let n = 3000;
     let mut rng = common::Rng::new(3);
@@ -227,7 +213,7 @@ async fn logreg_as_a_batch_job_over_parquet_scores_like_per_request_calls() {
 
     let out = dir.join("scored");
     let args = ["job", "submit", "scorer", "--input", &input.display().to_string(), "--output"];
-    let stdout = cli(
+    let stdout = common::grid_ok(
         &urls,
         &[&args[..], &[&out.display().to_string(), "--format", "parquet", "--partition-size", "1", "--wait", "--json"]]
             .concat(),
@@ -362,31 +348,24 @@ async fn a_guest_that_always_traps_fails_the_job_after_max_attempts_with_its_mes
     let dir = replicas.dir.path();
     let _a = Node::start(&urls, &dir.join("node-a"));
     let _b = Node::start(&urls, &dir.join("node-b"));
-    cli(
+    common::grid_ok(
         &urls,
         &["deploy", "bad", guests::HOSTILE_SCORER, "--config", "mode=trap", "--config", "message=sensor 7 is on fire"],
     );
     let input = dir.join("rows.jsonl");
     std::fs::write(&input, (0..100).map(|i| format!("{{\"x\": {i}}}\n")).collect::<String>()).expect("rows");
     let out = dir.join("out");
-    let run = common::wasmgrid()
-        .args(["job", "submit", "bad", "--input"])
-        .arg(&input)
-        .arg("--output")
-        .arg(&out)
-        .args(["--max-attempts", "3", "--wait", "--url", &urls])
-        .output()
-        .expect("runs");
-    let (_, stderr) = common::text(&run);
-    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    let (input, out_arg) = (input.display().to_string(), out.display().to_string());
+    let args = ["job", "submit", "bad", "--input", &input, "--output", &out_arg, "--max-attempts", "3", "--wait"];
+    let stderr = common::fails(common::grid_cli(&urls, &args));
     assert!(stderr.contains("failed 3 time(s)") && stderr.contains("sensor 7 is on fire"), "{stderr}");
     let job = replicas.client(1).jobs().await.expect("jobs").jobs.remove(0);
     assert_eq!(job.state, JobState::Failed);
     assert!(job.failed_attempts >= 3, "{job:?}");
     assert!(!out.join("_SUCCESS").exists(), "a failed job publishes nothing");
-    let status = cli(&urls, &["job", "status", &job.id]);
+    let status = common::grid_ok(&urls, &["job", "status", &job.id]);
     assert!(status.contains("sensor 7 is on fire"), "{status}");
-    let logs = cli(&urls, &["job", "logs", &job.id]);
+    let logs = common::grid_ok(&urls, &["job", "logs", &job.id]);
     assert!(
         logs.contains("map task 0: 3 failed attempt(s), not done") && logs.contains("sensor 7 is on fire"),
         "{logs}"
@@ -401,11 +380,11 @@ async fn cancel_stops_running_tasks_within_a_second() {
     let dir = replicas.dir.path();
     let a = Node::start(&urls, &dir.join("node-a"));
     // A guest that spins until its 60 s limit.
-    cli(&urls, &["deploy", "spin", guests::HOSTILE_SCORER, "--config", "mode=loop", "--timeout", "60s"]);
+    common::grid_ok(&urls, &["deploy", "spin", guests::HOSTILE_SCORER, "--config", "mode=loop", "--timeout", "60s"]);
     let input = dir.join("rows.jsonl");
     std::fs::write(&input, (0..100).map(|i| format!("{{\"x\": {i}}}\n")).collect::<String>()).expect("rows");
     let out = dir.join("out");
-    let id = cli(
+    let id = common::grid_ok(
         &urls,
         &["job", "submit", "spin", "--input", &input.display().to_string(), "--output", &out.display().to_string()],
     );
@@ -454,12 +433,7 @@ async fn bad_job_requests_get_clear_errors() {
     let urls = replicas.urls();
     let dir = replicas.dir.path();
     deploy_wordcount(&urls);
-    let fail = |args: &[&str]| {
-        let out = common::wasmgrid().args(args).args(["--url", &urls]).output().expect("runs");
-        let (_, stderr) = common::text(&out);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
-        stderr
-    };
+    let fail = |args: &[&str]| common::fails(common::grid_cli(&urls, args));
     let out = dir.join("out").display().to_string();
     let missing = dir.join("nope").display().to_string();
     assert!(fail(&["job", "submit", "nope", "--input", &missing, "--output", &out]).contains("not found"));

@@ -58,13 +58,6 @@ fn bucket(endpoint: &str, name: &str) -> Arc<AmazonS3> {
     )
 }
 
-fn cli(urls: &str, args: &[&str]) -> String {
-    let out = common::wasmgrid().args(args).args(["--url", urls]).output().expect("wasmgrid runs");
-    let (stdout, stderr) = common::text(&out);
-    assert!(out.status.success(), "wasmgrid {args:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    stdout
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn word_count_reads_and_writes_s3_and_scoring_reads_http() {
     let (_s3, endpoint) = start_s3();
@@ -88,8 +81,8 @@ async fn word_count_reads_and_writes_s3_and_scoring_reads_http() {
     let dir = replicas.dir.path();
     let _a = Node::start(&urls, &dir.join("node-a"));
     let _b = Node::start(&urls, &dir.join("node-b"));
-    cli(&urls, &["deploy", "wc-map", guests::WORDCOUNT_MAP]);
-    cli(&urls, &["deploy", "wc-reduce", guests::WORDCOUNT_REDUCE]);
+    common::grid_ok(&urls, &["deploy", "wc-map", guests::WORDCOUNT_MAP]);
+    common::grid_ok(&urls, &["deploy", "wc-reduce", guests::WORDCOUNT_REDUCE]);
 
     // The corpus goes up to the bucket; the expected counts come from here.
     let corpus = dir.join("corpus");
@@ -104,7 +97,7 @@ async fn word_count_reads_and_writes_s3_and_scoring_reads_http() {
         store.put(&key, std::fs::read(f).expect("read").into()).await.expect("upload");
     }
 
-    let stdout = cli(
+    let stdout = common::grid_ok(
         &urls,
         &[
             "job",
@@ -148,26 +141,18 @@ async fn word_count_reads_and_writes_s3_and_scoring_reads_http() {
         store.list(Some(&Key::from("counts"))).map(|m| m.expect("meta").location.to_string()).collect().await;
     assert_eq!(listed.len(), manifest["files"].as_array().map_or(0, Vec::len) + 1, "{listed:?}");
 
-    // The same output again without --overwrite is refused; with it, replaced.
-    let again = common::wasmgrid()
-        .args(["job", "submit", "wc-map", "--input", "s3://data/corpus/", "--output", "s3://data/counts"])
-        .args(["--reduce", "wc-reduce", "--url", &urls])
-        .output()
-        .expect("runs");
-    let (_, stderr) = common::text(&again);
-    assert!(!again.status.success() && stderr.contains("--overwrite"), "{stderr}");
+    // The same output again without --overwrite is refused.
+    let again = ["job", "submit", "wc-map", "--input", "s3://data/corpus/", "--output", "s3://data/counts"];
+    let stderr = common::fails(common::grid_cli(&urls, &[&again[..], &["--reduce", "wc-reduce"]].concat()));
+    assert!(stderr.contains("--overwrite"), "{stderr}");
 
     // A missing bucket prefix is a clear error, not a hang.
-    let missing = common::wasmgrid()
-        .args(["job", "submit", "wc-map", "--input", "s3://data/nothing-here/", "--output", "s3://data/x"])
-        .args(["--reduce", "wc-reduce", "--url", &urls])
-        .output()
-        .expect("runs");
-    let (_, stderr) = common::text(&missing);
-    assert!(!missing.status.success() && stderr.contains("no objects match"), "{stderr}");
+    let missing = ["job", "submit", "wc-map", "--input", "s3://data/nothing-here/", "--output", "s3://data/x"];
+    let stderr = common::fails(common::grid_cli(&urls, &[&missing[..], &["--reduce", "wc-reduce"]].concat()));
+    assert!(stderr.contains("no objects match"), "{stderr}");
 
     // An http:// input, scored into a local directory.
-    cli(
+    common::grid_ok(
         &urls,
         &[
             "deploy",
@@ -196,7 +181,7 @@ async fn word_count_reads_and_writes_s3_and_scoring_reads_http() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = dir.join("scored");
-    cli(
+    common::grid_ok(
         &urls,
         &[
             "job",

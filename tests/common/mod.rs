@@ -39,6 +39,23 @@ pub fn ok(out: Output) -> String {
     stderr
 }
 
+/// Asserts success and returns stdout.
+pub fn ok_stdout(out: Output) -> String {
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "wasmgrid failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    stdout
+}
+
+/// `wasmgrid ARGS --url URLS`: a client command against a grid.
+pub fn grid_cli(urls: &str, args: &[&str]) -> Output {
+    wasmgrid().args(args).args(["--url", urls]).output().expect("wasmgrid runs")
+}
+
+/// [`grid_cli`], asserting success; returns stdout.
+pub fn grid_ok(urls: &str, args: &[&str]) -> String {
+    ok_stdout(grid_cli(urls, args))
+}
+
 /// Asserts failure with exit code 1 and returns stderr.
 pub fn fails(out: Output) -> String {
     let (stdout, stderr) = text(&out);
