@@ -7,6 +7,9 @@ wasmtime::component::bindgen!({
     path: "../sdk/wit",
     world: "scorer",
     imports: { default: trappable },
+    with: {
+        "wasmgrid:function/gpu.tensor": crate::gpu::Tensor,
+    },
 });
 
 /// The `mapper` world: adds `input` and `output`.
@@ -19,6 +22,7 @@ pub mod mapper {
             "wasmgrid:function/types": super::wasmgrid::function::types,
             "wasmgrid:function/log": super::wasmgrid::function::log,
             "wasmgrid:function/config": super::wasmgrid::function::config,
+            "wasmgrid:function/gpu": super::wasmgrid::function::gpu,
         },
     });
 }

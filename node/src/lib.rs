@@ -9,7 +9,9 @@
 //! - [`agent`]: a node in the grid: registration, heartbeats, the route
 //!   table it watches;
 //! - [`gateway`]: the HTTP gateway for per-request calls, with admission
-//!   limits and Prometheus metrics.
+//!   limits and Prometheus metrics;
+//! - [`gpu`]: the `gpu` host interface's kernels, on wgpu or the CPU
+//!   fallback.
 
 pub mod agent;
 pub mod batch;
@@ -17,6 +19,7 @@ pub mod bindings;
 pub mod data;
 mod error;
 pub mod gateway;
+pub mod gpu;
 pub mod local;
 pub mod pairs;
 pub mod runtime;

@@ -9,6 +9,8 @@
 //!   [`output`] (records, batches, or key/value pairs for a reducer);
 //! - a [`Reducer`] folds all values of one key into an output [`Record`].
 //!
+//! Scorers and mappers can run dense math on the node's GPU through [`gpu`].
+//!
 //! Implement the trait on a type and export it with [`export_scorer!`],
 //! [`export_mapper!`] or [`export_reducer!`]; build with
 //! `cargo build --release --target wasm32-wasip2`.
@@ -27,6 +29,7 @@
 //! ```
 
 mod batch;
+pub mod gpu;
 mod record;
 
 pub use batch::BatchBuilder;
@@ -55,6 +58,7 @@ pub mod bindings {
                 "wasmgrid:function/types@0.1.0": crate::bindings::scorer::wasmgrid::function::types,
                 "wasmgrid:function/log@0.1.0": crate::bindings::scorer::wasmgrid::function::log,
                 "wasmgrid:function/config@0.1.0": crate::bindings::scorer::wasmgrid::function::config,
+                "wasmgrid:function/gpu@0.1.0": crate::bindings::scorer::wasmgrid::function::gpu,
             },
             pub_export_macro: true,
             export_macro_name: "__export_mapper_world",

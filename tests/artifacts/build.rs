@@ -12,6 +12,7 @@ const GUESTS: &[&str] = &[
     "wordcount-reduce",
     "logreg",
     "fall-detect",
+    "mlp-score",
     "hostile-scorer",
     "hostile-mapper",
     "missing-import",

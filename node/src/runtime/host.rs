@@ -174,6 +174,12 @@ pub struct HostState {
     pub(crate) max_output_bytes: u64,
     pub(crate) http: WasiHttpCtx,
     pub(crate) http_hooks: NoNetwork,
+    /// The node's device for `gpu` calls.
+    pub(crate) gpu: crate::gpu::SharedGpu,
+    /// Bytes of tensors this instance holds.
+    pub(crate) gpu_bytes: u64,
+    /// Time spent in `gpu` calls.
+    pub(crate) gpu_time: std::time::Duration,
 }
 
 /// `wasi:http` hooks for guests that get no network: every outgoing request

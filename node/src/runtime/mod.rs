@@ -11,6 +11,7 @@
 
 mod cache;
 mod compile;
+mod gpu_host;
 mod host;
 
 use std::collections::{BTreeMap, HashMap};
@@ -71,6 +72,8 @@ pub struct RuntimeConfig {
     pub max_memory: u64,
     /// Epoch tick: the resolution of timeouts.
     pub epoch_tick: Duration,
+    /// The device `gpu` calls run on.
+    pub gpu: crate::gpu::SharedGpu,
 }
 
 impl Default for RuntimeConfig {
@@ -85,6 +88,7 @@ impl Default for RuntimeConfig {
             instance_slots: 128,
             max_memory: 4 << 30,
             epoch_tick: Duration::from_millis(1),
+            gpu: crate::gpu::SharedGpu::default(),
         }
     }
 }
@@ -234,6 +238,7 @@ impl Runtime {
             .map_err(link)?;
         bindings::mapper::wasmgrid::function::output::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(link)?;
+        bindings::wasmgrid::function::gpu::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link)?;
 
         let cache = match &config.cache_dir {
             Some(dir) => Some(cache::CompiledCache::open(dir, &engine)?),
@@ -395,6 +400,7 @@ impl Runtime {
             engine: self.engine.clone(),
             tick: self.config.epoch_tick,
             fuel: self.config.engine.fuel,
+            gpu: self.config.gpu.clone(),
         })
     }
 }
@@ -445,6 +451,7 @@ pub struct Function {
     engine: Engine,
     tick: Duration,
     fuel: bool,
+    gpu: crate::gpu::SharedGpu,
 }
 
 impl std::fmt::Debug for Function {
@@ -513,6 +520,8 @@ pub struct Finished {
     pub stderr: String,
     /// Input records the guest read.
     pub records_read: u64,
+    /// Time the invocation's `gpu` calls took.
+    pub gpu_time: Duration,
 }
 
 impl Function {
@@ -548,6 +557,9 @@ impl Function {
             max_output_bytes: limits.max_output_bytes,
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
             http_hooks: host::NoNetwork,
+            gpu: self.gpu.clone(),
+            gpu_bytes: 0,
+            gpu_time: Duration::ZERO,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -770,6 +782,7 @@ impl Instance {
             logs: state.logs,
             stdout: state.stdout.text(),
             stderr: state.stderr.text(),
+            gpu_time: state.gpu_time,
         }
     }
 }
