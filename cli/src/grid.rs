@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use wasmgrid_api::{Client, DeployRequest, InvokeRequest, NodeState};
+use wasmgrid_api::{Client, DeployRequest, GpuPlacement, InvokeRequest, NodeState};
 use wasmgrid_control_plane::server::{self, Config as ReplicaConfig};
 use wasmgrid_node::Runtime;
 use wasmgrid_node::agent::{self, AgentConfig};
@@ -140,8 +140,21 @@ pub struct DeployArgs {
     /// Config value the function sees (repeatable).
     #[arg(long = "config", short = 'c', value_name = "KEY=VALUE", value_parser = units::parse_key_value)]
     config: Vec<(String, String)>,
+    /// Where it may run: `required` only on nodes with a GPU (refused while
+    /// none is alive), `preferred` on GPU nodes first, `any` anywhere.
+    #[arg(long, value_name = "any|preferred|required", default_value = "any", value_parser = parse_placement)]
+    gpu: GpuPlacement,
     #[command(flatten)]
     client: ClientArgs,
+}
+
+fn parse_placement(s: &str) -> Result<GpuPlacement, String> {
+    match s {
+        "any" => Ok(GpuPlacement::Any),
+        "preferred" => Ok(GpuPlacement::Preferred),
+        "required" => Ok(GpuPlacement::Required),
+        other => Err(format!("`{other}` is not a GPU placement (any, preferred or required)")),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -268,6 +281,8 @@ fn node_runtime(compile: &CompileArgs, data: &Path) -> Result<Arc<Runtime>> {
     if compile.cache_dir.is_none() && !compile.no_cache {
         config.cache_dir = Some(data.join("cache"));
     }
+    // The GPU is chosen (and logged) at start-up, not at the first call.
+    config.gpu.open();
     Ok(Arc::new(Runtime::new(config).context("starting the runtime")?))
 }
 
@@ -366,6 +381,7 @@ pub fn deploy(args: DeployArgs) -> Result<()> {
         memory: args.memory,
         timeout_ms: args.timeout.map(|t| t.as_millis().max(1) as u64),
         config: args.config.into_iter().collect(),
+        gpu: args.gpu,
     };
     let client = client(&args.client)?;
     tokio_runtime()?.block_on(async {
@@ -421,11 +437,12 @@ pub fn functions(command: FunctionsCommand) -> Result<()> {
                         short(&v.module),
                         format!("{}MiB", v.memory >> 20),
                         format!("{}ms", v.timeout_ms),
+                        v.gpu.name().into(),
                         config.join(","),
                     ]
                 })
                 .collect();
-            table(&["VERSION", "ACTIVE", "KIND", "MODULE", "MEMORY", "TIMEOUT", "CONFIG"], rows);
+            table(&["VERSION", "ACTIVE", "KIND", "MODULE", "MEMORY", "TIMEOUT", "GPU", "CONFIG"], rows);
         }
         FunctionsCommand::Rollback { name, version, client: args } => {
             let f = rt.block_on(client(&args)?.rollback(&name, version))?;
@@ -463,10 +480,11 @@ pub fn nodes(command: NodesCommand) -> Result<()> {
                 n.inflight.to_string(),
                 n.invocations.to_string(),
                 n.warm.len().to_string(),
+                n.gpu.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    table(&["ID", "STATE", "ADDRESS", "LAST SEEN", "INFLIGHT", "CALLS", "WARM"], rows);
+    table(&["ID", "STATE", "ADDRESS", "LAST SEEN", "INFLIGHT", "CALLS", "WARM", "GPU"], rows);
     Ok(())
 }
 

@@ -17,6 +17,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use wasmgrid_node::data::Format;
 use wasmgrid_node::local::{self, LocalJob, Progress};
 use wasmgrid_node::runtime::{CompileWorker, EngineSettings};
+use wasmgrid_node::gpu::{GpuLimits, GpuMode, SharedGpu};
 use wasmgrid_node::{Limits, Runtime, RuntimeConfig};
 
 #[derive(Parser)]
@@ -138,6 +139,11 @@ struct CompileArgs {
     /// Memory limit for compiling one component.
     #[arg(long, default_value = "4GiB", value_parser = units::parse_size)]
     compile_memory: u64,
+    /// What runs guests' `gpu` calls: `auto` a hardware GPU if there is one,
+    /// `any` any Vulkan adapter (software ones such as lavapipe included),
+    /// `off` the CPU fallback. Either way the results are the same.
+    #[arg(long, env = "WASMGRID_GPU", value_name = "auto|any|off", default_value = "auto")]
+    gpu_mode: GpuMode,
 }
 
 fn parse_output_format(s: &str) -> Result<Format, String> {
@@ -214,6 +220,7 @@ fn runtime_config(args: &CompileArgs, fuel: bool, max_memory: u64) -> Result<Run
         compile_memory: args.compile_memory,
         compile_worker: Some(CompileWorker { program, args: vec![OsString::from("__compile")] }),
         max_memory: max_memory.max(RuntimeConfig::default().max_memory),
+        gpu: SharedGpu::new(args.gpu_mode, GpuLimits::default()),
         ..RuntimeConfig::default()
     })
 }

@@ -640,7 +640,13 @@ mod tests {
             tenant: DEFAULT_TENANT.into(),
             name: name.into(),
             module: sha256_hex(module),
-            spec: FunctionSpec { kind: "scorer".into(), memory: 1 << 20, timeout_ms: 100, config: BTreeMap::new() },
+            spec: FunctionSpec {
+                kind: "scorer".into(),
+                memory: 1 << 20,
+                timeout_ms: 100,
+                config: BTreeMap::new(),
+                gpu: Default::default(),
+            },
         }
     }
 

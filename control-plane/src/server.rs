@@ -377,6 +377,22 @@ impl App {
         Ok(state.module(sha256)?.ok_or_else(|| StateError::ModuleNotFound { sha256: sha256.into() })?)
     }
 
+    /// Refuses a function that needs a GPU when no live node has one.
+    fn require_gpu_node(&self, name: &str) -> Answer<()> {
+        let nodes = self.0.nodes.lock().map_err(poisoned)?;
+        let any = nodes.values().any(|(at, beat)| at.elapsed() < NODE_LIVENESS && beat.gpu.is_some());
+        if any {
+            return Ok(());
+        }
+        Err(Failure::new(
+            StatusCode::CONFLICT,
+            "no_gpu_node",
+            format!(
+                "function `{name}` requires a GPU, and no live node has one (start a node with a GPU, or deploy with `--gpu preferred` to run anywhere)"
+            ),
+        ))
+    }
+
     /// The world of a stored module: from memory, else by reading it.
     async fn kind_of(&self, sha256: &str) -> Answer<&'static str> {
         if let Some(kind) = self.0.kinds.lock().map_err(poisoned)?.get(sha256) {
@@ -587,6 +603,7 @@ fn version_info(v: &Version) -> VersionInfo {
         memory: v.spec.memory,
         timeout_ms: v.spec.timeout_ms,
         config: v.spec.config.clone(),
+        gpu: v.spec.gpu,
         created_at: v.created_at,
     }
 }
@@ -642,6 +659,9 @@ async fn deploy(
     let request = json_body(body)?;
     check_spec(&request)?;
     let kind = app.kind_of(&request.module).await?;
+    if request.gpu == GpuPlacement::Required {
+        app.require_gpu_node(&name)?;
+    }
     let state = app.0.replica.state();
     if let Some(current) = state.function(DEFAULT_TENANT, &name)?.as_ref().and_then(|f| f.active_version().cloned())
         && current.spec.kind != kind
@@ -660,6 +680,7 @@ async fn deploy(
         memory: request.memory.unwrap_or(DEFAULT_MEMORY),
         timeout_ms: request.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
         config: request.config,
+        gpu: request.gpu,
     };
     let command =
         Command::Deploy { tenant: DEFAULT_TENANT.into(), name: name.clone(), module: request.module.clone(), spec };
@@ -765,6 +786,7 @@ async fn list_nodes(Shared(app): Shared<App>) -> Answer<Response> {
                 invocations: beat.invocations,
                 warm: beat.warm,
                 revision: beat.revision,
+                gpu: beat.gpu,
             }
         })
         .collect();
@@ -812,6 +834,7 @@ async fn routes(Shared(app): Shared<App>, query: Result<Query<RoutesQuery>, Quer
                 memory: v.spec.memory,
                 timeout_ms: v.spec.timeout_ms,
                 config: v.spec.config.clone(),
+                gpu: v.spec.gpu,
             })
         })
         .collect();

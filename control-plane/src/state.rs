@@ -106,6 +106,9 @@ pub struct FunctionSpec {
     pub timeout_ms: u64,
     /// Config values the function sees.
     pub config: BTreeMap<String, String>,
+    /// Whether it needs a node with a GPU.
+    #[serde(default)]
+    pub gpu: wasmgrid_api::GpuPlacement,
 }
 
 /// One immutable version of a function.
@@ -626,7 +629,7 @@ mod tests {
     use super::*;
 
     fn spec() -> FunctionSpec {
-        FunctionSpec { kind: "scorer".into(), memory: 64 << 20, timeout_ms: 200, config: BTreeMap::new() }
+        FunctionSpec { kind: "scorer".into(), memory: 64 << 20, timeout_ms: 200, config: BTreeMap::new(), gpu: Default::default() }
     }
 
     fn put(bytes: &[u8]) -> Command {

@@ -182,6 +182,8 @@ fn node_id(data: &Path) -> Result<String, AgentError> {
 
 async fn heartbeats(gateway: Arc<Gateway>, client: Client, id: String, url: String) {
     let mut failing = false;
+    let info = gateway.runtime().config().gpu.open().info();
+    let gpu = info.is_gpu().then(|| info.adapter.clone());
     let mut ticker = tokio::time::interval(HEARTBEAT_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -194,6 +196,7 @@ async fn heartbeats(gateway: Arc<Gateway>, client: Client, id: String, url: Stri
             // Served functions' modules and those compiled for tasks alike.
             warm: gateway.runtime().loaded_modules(),
             revision: gateway.revision(),
+            gpu: gpu.clone(),
         };
         match client.heartbeat(&id, &beat).await {
             Ok(_) if failing => {

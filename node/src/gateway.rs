@@ -36,7 +36,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use wasmgrid_api::{ErrorBody, ErrorDetail, InvokeResponse, Route, RouteTable, VERSION_HEADER};
+use wasmgrid_api::{ErrorBody, ErrorDetail, GpuPlacement, InvokeResponse, Route, RouteTable, VERSION_HEADER};
 
 use crate::runtime::{Function, Io, Limits, Runtime};
 use crate::{Error, Kind};
@@ -93,7 +93,11 @@ pub struct Served {
     gate: Arc<Gate>,
     /// Consecutive calls shorter than [`INLINE_BUDGET`].
     fast: AtomicU32,
+    /// Seconds its calls spent in `gpu` calls.
+    gpu_seconds: GpuSeconds,
 }
+
+type GpuSeconds = Counter<f64, AtomicU64>;
 
 /// A call this short counts toward running the function inline.
 const INLINE_BUDGET: Duration = Duration::from_millis(1);
@@ -101,6 +105,13 @@ const INLINE_BUDGET: Duration = Duration::from_millis(1);
 const FAST_STREAK: u32 = 32;
 
 impl Served {
+    fn charge_gpu(&self, instance: &crate::Instance) {
+        let took = instance.gpu_time();
+        if !took.is_zero() {
+            self.gpu_seconds.inc_by(took.as_secs_f64());
+        }
+    }
+
     fn fast_streak(&self) -> u32 {
         self.fast.load(Ordering::Relaxed)
     }
@@ -159,6 +170,7 @@ struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     latency: Family<FunctionLabels, Histogram, fn() -> Histogram>,
     inflight: Family<FunctionLabels, Gauge>,
+    gpu_seconds: Family<FunctionLabels, GpuSeconds>,
 }
 
 impl Metrics {
@@ -168,11 +180,13 @@ impl Metrics {
         let errors = Family::<ErrorLabels, Counter>::default();
         let latency = Family::<FunctionLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let inflight = Family::<FunctionLabels, Gauge>::default();
+        let gpu_seconds = Family::<FunctionLabels, GpuSeconds>::default();
         registry.register("requests", "Per-request calls answered, by HTTP status", requests.clone());
         registry.register("errors", "Per-request calls that failed, by error kind", errors.clone());
         registry.register("request_duration_seconds", "Time from a call's arrival to its answer", latency.clone());
         registry.register("inflight", "Calls running or waiting for a slot", inflight.clone());
-        Metrics { registry, requests, errors, latency, inflight }
+        registry.register("gpu_seconds", "Time per-request calls spent in gpu kernels", gpu_seconds.clone());
+        Metrics { registry, requests, errors, latency, inflight, gpu_seconds }
     }
 }
 
@@ -254,7 +268,9 @@ impl Gateway {
             Err(_) => Gate::new(slots),
         };
         let config = Arc::new(route.config.clone());
-        Served { route, function, limits, config, gate, fast: AtomicU32::new(0) }
+        let labels = FunctionLabels { tenant: route.tenant.clone(), function: route.name.clone() };
+        let gpu_seconds = self.metrics.gpu_seconds.get_or_create(&labels).clone();
+        Served { route, function, limits, config, gate, fast: AtomicU32::new(0), gpu_seconds }
     }
 
     /// The table being served.
@@ -470,6 +486,10 @@ async fn call(
         };
         return failure(StatusCode::BAD_REQUEST, "wrong_kind", message);
     }
+    if served.route.gpu == GpuPlacement::Required && !gateway.runtime.config().gpu.open().info().is_gpu() {
+        let message = format!("`{name}` requires a GPU and this node has none; send it to a GPU node");
+        return failure(StatusCode::SERVICE_UNAVAILABLE, "no_gpu", message);
+    }
 
     let _inflight = InFlight::new(gateway, labels.clone());
     let permit = match admit(gateway, &served, name).await {
@@ -583,8 +603,9 @@ fn score(served: &Served, rows: Rows) -> crate::Result<Rows> {
         Rows::Json { rows } => match json_to_wit(&rows) {
             Some(batch) => {
                 let mut instance = served.function.instantiate(&served.limits, served.config.clone(), Io::default())?;
-                let scores = instance.score(&batch)?;
-                return Ok(Rows::Json { rows: merge_json(rows, scores)? });
+                let scores = instance.score(&batch);
+                served.charge_gpu(&instance);
+                return Ok(Rows::Json { rows: merge_json(rows, scores?)? });
             }
             None => {
                 let batch = rows_to_batch(&rows)?;
@@ -598,7 +619,9 @@ fn score(served: &Served, rows: Rows) -> crate::Result<Rows> {
 
 fn score_arrow(served: &Served, batch: &RecordBatch) -> crate::Result<RecordBatch> {
     let mut instance = served.function.instantiate(&served.limits, served.config.clone(), Io::default())?;
-    instance.score_arrow(batch)
+    let scores = instance.score_arrow(batch);
+    served.charge_gpu(&instance);
+    scores
 }
 
 /// JSON rows as a WIT batch, with the types Arrow's JSON inference would

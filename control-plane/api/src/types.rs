@@ -41,6 +41,34 @@ pub struct ModuleInfo {
     pub existed: bool,
 }
 
+/// Where a function may run, by whether a node has a GPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuPlacement {
+    /// Anywhere (`gpu` calls use whatever the node has).
+    #[default]
+    Any,
+    /// Anywhere, GPU nodes first.
+    Preferred,
+    /// Only on nodes with a GPU.
+    Required,
+}
+
+impl GpuPlacement {
+    /// The lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            GpuPlacement::Any => "any",
+            GpuPlacement::Preferred => "preferred",
+            GpuPlacement::Required => "required",
+        }
+    }
+
+    fn is_any(&self) -> bool {
+        *self == GpuPlacement::Any
+    }
+}
+
 /// `POST /v1/functions/{name}/versions`: a new version of a function.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,6 +84,9 @@ pub struct DeployRequest {
     /// Config values the function sees.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// Whether it needs a node with a GPU.
+    #[serde(default)]
+    pub gpu: GpuPlacement,
 }
 
 /// `POST /v1/functions/{name}/rollback`.
@@ -81,6 +112,9 @@ pub struct VersionInfo {
     pub timeout_ms: u64,
     /// Config values.
     pub config: BTreeMap<String, String>,
+    /// Whether it needs a node with a GPU.
+    #[serde(default, skip_serializing_if = "GpuPlacement::is_any")]
+    pub gpu: GpuPlacement,
     /// The control plane's log index that created it.
     pub created_at: u64,
 }
@@ -164,6 +198,9 @@ pub struct NodeInfo {
     pub warm: Vec<String>,
     /// The route-table revision it serves.
     pub revision: u64,
+    /// Its GPU adapter, if it has one.
+    #[serde(default)]
+    pub gpu: Option<String>,
 }
 
 /// `GET /v1/nodes`.
@@ -186,6 +223,10 @@ pub struct Heartbeat {
     pub warm: Vec<String>,
     /// The route-table revision it serves.
     pub revision: u64,
+    /// Its GPU adapter, if it has one: functions deployed with
+    /// `gpu: required` run only on such nodes.
+    #[serde(default)]
+    pub gpu: Option<String>,
 }
 
 /// The answer to a heartbeat.
@@ -252,6 +293,9 @@ pub struct Route {
     pub timeout_ms: u64,
     /// Config values.
     pub config: BTreeMap<String, String>,
+    /// Whether it needs a node with a GPU.
+    #[serde(default)]
+    pub gpu: GpuPlacement,
 }
 
 /// `GET /v1/routes?since=N`: every function's active version.
@@ -486,6 +530,9 @@ pub struct TaskFunction {
     pub timeout_ms: u64,
     /// Its config.
     pub config: BTreeMap<String, String>,
+    /// Whether it needs a node with a GPU.
+    #[serde(default)]
+    pub gpu: GpuPlacement,
 }
 
 /// One attempt at one task, leased to a node.

@@ -125,6 +125,14 @@ impl Run {
     }
 
     /// A running task old enough for a speculative copy on `node`.
+    /// The function the current stage runs.
+    fn function(&self) -> &TaskFunction {
+        match self.stage {
+            Stage::Map => &self.record.map,
+            Stage::Reduce => self.record.reduce.as_ref().map_or(&self.record.map, |(_, _, f)| f),
+        }
+    }
+
     fn straggler(&self, node: &str) -> Option<u32> {
         let median = self.median()?;
         let limit = (median * STRAGGLER_FACTOR).max(MIN_STRAGGLER);
@@ -185,16 +193,23 @@ impl Scheduler {
 
     /// Up to `max` tasks for `node`: pending ones first (jobs whose
     /// function the node has compiled first), then speculative copies.
-    fn take(&mut self, node: &str, max: u32, warm: &HashSet<String>) -> Vec<TaskAssignment> {
-        let mut ids: Vec<String> = self.runs.keys().cloned().collect();
-        // Oldest job first; among them, those the node holds compiled.
+    fn take(&mut self, node: &str, max: u32, warm: &HashSet<String>, gpu: bool) -> Vec<TaskAssignment> {
+        let mut ids: Vec<String> = self
+            .runs
+            .iter()
+            .filter(|(_, run)| gpu || run.function().gpu != GpuPlacement::Required)
+            .map(|(id, _)| id.clone())
+            .collect();
+        // Jobs that prefer a GPU last on a node without one; then those the
+        // node holds compiled; then oldest first.
         ids.sort_by_key(|id| {
             let run = &self.runs[id];
-            let module = match run.stage {
-                Stage::Map => &run.record.map.module,
-                Stage::Reduce => run.record.reduce.as_ref().map_or(&run.record.map.module, |(_, _, f)| &f.module),
-            };
-            (!warm.contains(module), run.record.id.trim_start_matches("job-").parse::<u64>().unwrap_or(0))
+            let f = run.function();
+            (
+                !gpu && f.gpu == GpuPlacement::Preferred,
+                !warm.contains(&f.module),
+                run.record.id.trim_start_matches("job-").parse::<u64>().unwrap_or(0),
+            )
         });
         let mut out = Vec::new();
         for id in &ids {
@@ -398,6 +413,7 @@ fn task_function(app: &App, name: &str, timeout_ms: Option<u64>) -> Answer<(u64,
         memory: v.spec.memory,
         timeout_ms: timeout_ms.unwrap_or(v.spec.timeout_ms),
         config: v.spec.config.clone(),
+        gpu: v.spec.gpu,
     };
     Ok((v.version, v.spec.kind.clone(), function))
 }
@@ -432,6 +448,9 @@ pub(super) async fn submit(
             "`{}` is a {kind}; a job runs a scorer or a mapper (a reducer goes in `reduce`)",
             request.function
         )));
+    }
+    if map.gpu == GpuPlacement::Required {
+        app.require_gpu_node(&request.function)?;
     }
     let plan_request = request.clone();
     let partitions = tokio::task::spawn_blocking(move || io.plan(&plan_request))
@@ -577,15 +596,16 @@ pub(super) async fn lease(
     check_name(&request.node).map_err(|r| Failure::bad(format!("invalid node id `{}`: {r}", request.node)))?;
     let deadline = Instant::now() + Duration::from_millis(request.wait_ms).min(MAX_LEASE_WAIT);
     let max = request.max.clamp(1, MAX_LEASE);
-    let warm: HashSet<String> = {
+    let (warm, gpu): (HashSet<String>, bool) = {
         let nodes = app.0.nodes.lock().map_err(poisoned)?;
-        nodes.get(&request.node).map(|(_, b)| b.warm.iter().cloned().collect()).unwrap_or_default()
+        let beat = nodes.get(&request.node).map(|(_, b)| b);
+        (beat.map(|b| b.warm.iter().cloned().collect()).unwrap_or_default(), beat.is_some_and(|b| b.gpu.is_some()))
     };
     loop {
         let notified = app.0.jobs_changed.notified();
         {
             let mut s = app.scheduler().await?;
-            let tasks = s.take(&request.node, max, &warm);
+            let tasks = s.take(&request.node, max, &warm, gpu);
             let stop = s.stopped(&request.running_jobs, app.0.replica.state());
             if !tasks.is_empty() || !stop.is_empty() || Instant::now() >= deadline {
                 return Ok(json(StatusCode::OK, &Lease { tasks, stop }));
@@ -783,7 +803,13 @@ mod tests {
 
     fn run(tasks: u32) -> Run {
         let function =
-            TaskFunction { module: "m".repeat(64), memory: 1 << 20, timeout_ms: 1000, config: BTreeMap::new() };
+            TaskFunction {
+                module: "m".repeat(64),
+                memory: 1 << 20,
+                timeout_ms: 1000,
+                config: BTreeMap::new(),
+                gpu: Default::default(),
+            };
         let record = JobRecord {
             id: "job-1".into(),
             tenant: DEFAULT_TENANT.into(),
@@ -835,12 +861,12 @@ mod tests {
         let mut s = Scheduler { term: 3, ..Scheduler::default() };
         s.runs.insert("job-1".into(), run(4));
         let none = HashSet::new();
-        let a = s.take("a", 3, &none);
+        let a = s.take("a", 3, &none, false);
         assert_eq!(a.iter().map(|t| t.task).collect::<Vec<_>>(), [0, 1, 2]);
         assert!(a.iter().all(|t| t.attempt >> 32 == 3), "attempt ids carry the term");
-        assert_eq!(s.take("b", 8, &none).len(), 1, "one task left");
+        assert_eq!(s.take("b", 8, &none, false).len(), 1, "one task left");
         // Nothing pending and no straggler yet: nothing to copy.
-        assert!(s.take("b", 8, &none).is_empty());
+        assert!(s.take("b", 8, &none, false).is_empty());
 
         let run = s.runs.get_mut("job-1").expect("run");
         run.durations = vec![Duration::from_millis(10); 5];
@@ -849,16 +875,16 @@ mod tests {
         run.running.get_mut(&1).expect("task 1")[0].started = started;
         run.running.get_mut(&2).expect("task 2")[0].started = started;
         run.done.insert(2);
-        let copy = s.take("b", 8, &none);
+        let copy = s.take("b", 8, &none, false);
         assert_eq!(copy.iter().map(|t| t.task).collect::<Vec<_>>(), [1], "task 2 is done; task 1 gets a copy");
-        assert!(s.take("c", 8, &none).is_empty(), "one copy per task");
-        assert!(s.take("a", 8, &none).is_empty(), "never on the straggler's own node");
+        assert!(s.take("c", 8, &none, false).is_empty(), "one copy per task");
+        assert!(s.take("a", 8, &none, false).is_empty(), "never on the straggler's own node");
 
         // Node a stops heart-beating: its tasks go back to the queue,
         // except one whose copy still runs and one that is done.
         let requeued = s.requeue_lost(&|node| node != "a");
         assert_eq!(requeued, 1, "task 0 only");
-        let again = s.take("b", 8, &none);
+        let again = s.take("b", 8, &none, false);
         assert_eq!(again.iter().map(|t| t.task).collect::<Vec<_>>(), [0]);
     }
 
@@ -868,7 +894,7 @@ mod tests {
         let mut r = run(3);
         r.done.insert(0);
         s.runs.insert("job-1".into(), r);
-        let tasks = s.take("a", 8, &HashSet::new());
+        let tasks = s.take("a", 8, &HashSet::new(), false);
         assert_eq!(tasks.iter().map(|t| t.task).collect::<Vec<_>>(), [1, 2]);
     }
 }

@@ -767,6 +767,11 @@ impl Instance {
         Ok(record)
     }
 
+    /// Time this instance's `gpu` calls took so far.
+    pub fn gpu_time(&self) -> Duration {
+        self.store.data().gpu_time
+    }
+
     /// Logs kept so far.
     pub fn logs(&self) -> &Logs {
         &self.store.data().logs
