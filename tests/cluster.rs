@@ -475,6 +475,7 @@ async fn hostile_functions_get_clear_errors_on_the_gateway_and_the_node_keeps_se
             memory: Some(32 << 20),
             timeout_ms: Some(200),
             config: BTreeMap::from([("mode".to_string(), mode.to_string())]),
+            ..DeployRequest::default()
         };
         client.deploy(&format!("hostile-{mode}"), &request).await.expect("deploy");
     }

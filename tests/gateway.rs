@@ -23,6 +23,7 @@ async fn deploy(client: &Client, name: &str, wasm: &str, timeout_ms: u64, config
         timeout_ms: Some(timeout_ms),
         memory: Some(32 << 20),
         config: config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+        ..DeployRequest::default()
     };
     client.deploy(name, &request).await.expect("deploy").active
 }

@@ -15,9 +15,9 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use wasmgrid_node::data::Format;
+use wasmgrid_node::gpu::{GpuLimits, GpuMode, SharedGpu};
 use wasmgrid_node::local::{self, LocalJob, Progress};
 use wasmgrid_node::runtime::{CompileWorker, EngineSettings};
-use wasmgrid_node::gpu::{GpuLimits, GpuMode, SharedGpu};
 use wasmgrid_node::{Limits, Runtime, RuntimeConfig};
 
 #[derive(Parser)]

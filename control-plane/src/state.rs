@@ -629,7 +629,13 @@ mod tests {
     use super::*;
 
     fn spec() -> FunctionSpec {
-        FunctionSpec { kind: "scorer".into(), memory: 64 << 20, timeout_ms: 200, config: BTreeMap::new(), gpu: Default::default() }
+        FunctionSpec {
+            kind: "scorer".into(),
+            memory: 64 << 20,
+            timeout_ms: 200,
+            config: BTreeMap::new(),
+            gpu: Default::default(),
+        }
     }
 
     fn put(bytes: &[u8]) -> Command {

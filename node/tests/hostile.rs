@@ -216,3 +216,47 @@ fn malformed_packed_pairs_are_refused() {
     assert!(err.to_string().contains("emit-pairs: key end 0 is 1000000"), "{err}");
     assert_healthy();
 }
+
+/// A runtime whose `gpu` calls run on wgpu when this machine has an adapter.
+static WGPU_RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
+    let gpu = wasmgrid_node::gpu::SharedGpu::new(wasmgrid_node::gpu::GpuMode::Any, Default::default());
+    Runtime::new(RuntimeConfig { gpu, ..RuntimeConfig::default() }).expect("runtime starts")
+});
+
+fn score_on(runtime: &Runtime, mode: &str) -> Result<Batch, Error> {
+    let f = runtime.load_file(guests::HOSTILE_SCORER.as_ref()).expect("fixture loads");
+    let mut instance = f.instantiate(&limits(), config(&[("mode", mode)]), Io::default())?;
+    instance.score(&rows(3))
+}
+
+#[test]
+fn gpu_tensor_hoarding_is_refused_at_the_per_instance_limit() {
+    for runtime in [&*RUNTIME, &*WGPU_RUNTIME] {
+        let err = score_on(runtime, "gpu-hoard").expect_err("the host refuses at the limit");
+        let Error::Guest { message } = &err else { panic!("a guest error, not a trap: {err}") };
+        // 64 tensors of 4 MiB fill the default 256 MiB budget.
+        assert!(
+            message.starts_with(
+                "after 64 tensors: tensors would take 272629760 bytes, over this instance's limit of 268435456 bytes"
+            ),
+            "{message}"
+        );
+        assert_healthy();
+    }
+}
+
+#[test]
+fn impossible_gpu_shapes_and_sizes_get_clear_errors() {
+    for runtime in [&*RUNTIME, &*WGPU_RUNTIME] {
+        let err = score_on(runtime, "gpu-shapes").expect_err("every request is refused");
+        let Error::Guest { message } = &err else { panic!("a guest error, not a trap: {err}") };
+        let lines: Vec<&str> = message.lines().collect();
+        assert_eq!(lines.len(), 5, "{message}");
+        assert_eq!(lines[0], "a 2 x 3 tensor needs 6 values, got 5");
+        assert!(lines[1].starts_with("tensor of 4294967295 x 4294967295 exceeds the limit of"), "{}", lines[1]);
+        assert_eq!(lines[2], "matmul: cannot multiply 2 x 3 by 2 x 3 (inner sizes differ)");
+        assert_eq!(lines[3], "dense: cannot multiply 2 x 3 by 2 x 3 (inner sizes differ)");
+        assert!(lines[4].starts_with("binary: cannot combine 2 x 3 with 1 x 2"), "{}", lines[4]);
+        assert_healthy();
+    }
+}

@@ -60,7 +60,11 @@ impl Tensor {
     pub fn to_rows(&self) -> Result<Vec<Vec<f32>>, String> {
         let cols = self.cols() as usize;
         let data = self.read()?;
-        Ok(if cols == 0 { vec![Vec::new(); self.rows() as usize] } else { data.chunks(cols).map(<[f32]>::to_vec).collect() })
+        Ok(if cols == 0 {
+            vec![Vec::new(); self.rows() as usize]
+        } else {
+            data.chunks(cols).map(<[f32]>::to_vec).collect()
+        })
     }
 
     /// Column `j`'s values.

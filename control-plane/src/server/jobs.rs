@@ -802,14 +802,13 @@ mod tests {
     use super::*;
 
     fn run(tasks: u32) -> Run {
-        let function =
-            TaskFunction {
-                module: "m".repeat(64),
-                memory: 1 << 20,
-                timeout_ms: 1000,
-                config: BTreeMap::new(),
-                gpu: Default::default(),
-            };
+        let function = TaskFunction {
+            module: "m".repeat(64),
+            memory: 1 << 20,
+            timeout_ms: 1000,
+            config: BTreeMap::new(),
+            gpu: Default::default(),
+        };
         let record = JobRecord {
             id: "job-1".into(),
             tenant: DEFAULT_TENANT.into(),
@@ -896,5 +895,29 @@ mod tests {
         s.runs.insert("job-1".into(), r);
         let tasks = s.take("a", 8, &HashSet::new(), false);
         assert_eq!(tasks.iter().map(|t| t.task).collect::<Vec<_>>(), [1, 2]);
+    }
+
+    fn with_gpu(id: &str, tasks: u32, gpu: GpuPlacement) -> Run {
+        let mut r = run(tasks);
+        r.record.id = id.into();
+        r.record.map.gpu = gpu;
+        r
+    }
+
+    #[test]
+    fn required_gpu_tasks_go_only_to_gpu_nodes_and_preferred_ones_to_them_first() {
+        let mut s = Scheduler { term: 1, ..Scheduler::default() };
+        s.runs.insert("job-1".into(), with_gpu("job-1", 2, GpuPlacement::Required));
+        s.runs.insert("job-2".into(), with_gpu("job-2", 2, GpuPlacement::Preferred));
+        s.runs.insert("job-3".into(), with_gpu("job-3", 2, GpuPlacement::Any));
+        let none = HashSet::new();
+        // A CPU node: never the required job; the preferred one after the rest.
+        let cpu = s.take("cpu", 3, &none, false);
+        let jobs: Vec<&str> = cpu.iter().map(|t| t.job.as_str()).collect();
+        assert_eq!(jobs, ["job-3", "job-3", "job-2"]);
+        // A GPU node: oldest first, the required job included.
+        let gpu = s.take("gpu", 8, &none, true);
+        let jobs: Vec<&str> = gpu.iter().map(|t| t.job.as_str()).collect();
+        assert_eq!(jobs, ["job-1", "job-1", "job-2"]);
     }
 }

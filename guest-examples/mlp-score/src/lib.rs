@@ -60,7 +60,11 @@ impl Model {
             .collect::<Result<Vec<_>, String>>()?;
         let mlp = Mlp::new(&layers)?;
         if mlp.inputs() as usize != spec.features.len() {
-            return Err(format!("model has {} features but its first layer takes {}", spec.features.len(), mlp.inputs()));
+            return Err(format!(
+                "model has {} features but its first layer takes {}",
+                spec.features.len(),
+                mlp.inputs()
+            ));
         }
         let device = gpu::info();
         log::info(&format!("mlp-score on {} ({})", device.adapter, device.backend));

@@ -102,11 +102,8 @@ impl Device {
             max_buffer_size: supported.max_buffer_size,
             ..wgpu::Limits::default()
         };
-        let request = wgpu::DeviceDescriptor {
-            label: Some("wasmgrid"),
-            required_limits: limits.clone(),
-            ..Default::default()
-        };
+        let request =
+            wgpu::DeviceDescriptor { label: Some("wasmgrid"), required_limits: limits.clone(), ..Default::default() };
         let (device, queue) = match pollster::block_on(adapter.request_device(&request)) {
             Ok(dq) => dq,
             Err(e) => {
@@ -174,7 +171,7 @@ impl Device {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
-        let max_binding = u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size);
+        let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
         Some((Device { device, queue, layout, pipelines, placeholder, max_binding }, info))
     }
 

@@ -244,7 +244,8 @@ impl Gpu {
         &self.limits
     }
 
-    fn check_size(&self, rows: u32, cols: u32) -> Result<(), GpuError> {
+    /// Refuses a `rows x cols` tensor over the element limit.
+    pub fn check_size(&self, rows: u32, cols: u32) -> Result<(), GpuError> {
         if u64::from(rows) * u64::from(cols) > self.limits.max_elements {
             return Err(GpuError::TooLarge { rows, cols, limit: self.limits.max_elements });
         }
@@ -397,7 +398,9 @@ impl Gpu {
         self.check_work("reduce", x.len())?;
         let data = match &self.device {
             None => Data::Host(if x.rows == 0 { Vec::new() } else { cpu::reduce(host(x)?, x.cols as usize, op) }),
-            Some(d) => Data::Device(d.rows(device::Kernel::Reduce, dev(x)?, [x.rows, x.cols], op as u32, u64::from(x.rows))?),
+            Some(d) => {
+                Data::Device(d.rows(device::Kernel::Reduce, dev(x)?, [x.rows, x.cols], op as u32, u64::from(x.rows))?)
+            }
         };
         Ok(Tensor { rows: x.rows, cols: 1, data })
     }

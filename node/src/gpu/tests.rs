@@ -57,7 +57,17 @@ fn assert_close(what: &str, got: &[f32], want: &[f64], scale: &[f64]) {
 
 /// Shapes to try: edge cases, then random ones.
 fn shapes(rng: &mut Rng, n: usize) -> Vec<(u32, u32, u32)> {
-    let mut s = vec![(1, 1, 1), (1, 7, 1), (1, 1, 300), (300, 1, 1), (64, 64, 64), (65, 17, 129), (0, 3, 4), (3, 0, 4), (3, 4, 0)];
+    let mut s = vec![
+        (1, 1, 1),
+        (1, 7, 1),
+        (1, 1, 300),
+        (300, 1, 1),
+        (64, 64, 64),
+        (65, 17, 129),
+        (0, 3, 4),
+        (3, 0, 4),
+        (3, 4, 0),
+    ];
     for _ in 0..n {
         s.push((1 + rng.below(150), 1 + rng.below(150), 1 + rng.below(150)));
     }
@@ -83,7 +93,13 @@ fn naive_act(act: Activation, row: &mut [f64]) {
 }
 
 /// The reference dense layer, in f64, with the magnitude of each output's terms.
-fn naive_dense(a: &[f32], b: &[f32], bias: Option<&[f32]>, (m, k, n): (usize, usize, usize), act: Activation) -> (Vec<f64>, Vec<f64>) {
+fn naive_dense(
+    a: &[f32],
+    b: &[f32],
+    bias: Option<&[f32]>,
+    (m, k, n): (usize, usize, usize),
+    act: Activation,
+) -> (Vec<f64>, Vec<f64>) {
     let mut out = vec![0f64; m * n];
     let mut scale = vec![0f64; m * n];
     for r in 0..m {
@@ -124,14 +140,14 @@ fn dense_and_matmul_match_the_reference_on_every_device() {
         let (want, scale) = naive_dense(&a, &b, Some(&bias), dims, act);
         for gpu in &devices {
             let name = &gpu.info().adapter;
-            let ta = gpu.tensor(m, k, &a).unwrap();
-            let tb = gpu.tensor(k, n, &b).unwrap();
-            let tbias = gpu.tensor(1, n, &bias).unwrap();
-            let mm = gpu.matmul(&ta, &tb).unwrap();
+            let ta = gpu.tensor(m, k, &a).expect("gpu call");
+            let tb = gpu.tensor(k, n, &b).expect("gpu call");
+            let tbias = gpu.tensor(1, n, &bias).expect("gpu call");
+            let mm = gpu.matmul(&ta, &tb).expect("gpu call");
             assert_eq!((mm.rows(), mm.cols()), (m, n));
-            assert_close(&format!("{name} matmul {m}x{k}x{n}"), &gpu.read(&mm).unwrap(), &want_mm, &scale_mm);
-            let d = gpu.dense(&ta, &tb, Some(&tbias), act).unwrap();
-            assert_close(&format!("{name} dense {act:?} {m}x{k}x{n}"), &gpu.read(&d).unwrap(), &want, &scale);
+            assert_close(&format!("{name} matmul {m}x{k}x{n}"), &gpu.read(&mm).expect("gpu call"), &want_mm, &scale_mm);
+            let d = gpu.dense(&ta, &tb, Some(&tbias), act).expect("gpu call");
+            assert_close(&format!("{name} dense {act:?} {m}x{k}x{n}"), &gpu.read(&d).expect("gpu call"), &want, &scale);
         }
     }
 }
@@ -140,7 +156,17 @@ fn dense_and_matmul_match_the_reference_on_every_device() {
 fn elementwise_and_reductions_match_the_reference_on_every_device() {
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let devices = devices();
-    let unaries = [Unary::Identity, Unary::Relu, Unary::Sigmoid, Unary::Tanh, Unary::Exp, Unary::Log, Unary::Neg, Unary::Abs, Unary::Sqrt];
+    let unaries = [
+        Unary::Identity,
+        Unary::Relu,
+        Unary::Sigmoid,
+        Unary::Tanh,
+        Unary::Exp,
+        Unary::Log,
+        Unary::Neg,
+        Unary::Abs,
+        Unary::Sqrt,
+    ];
     let binaries = [Binary::Add, Binary::Sub, Binary::Mul, Binary::Div, Binary::Max, Binary::Min];
     let reductions = [Reduce::Sum, Reduce::Mean, Reduce::Max, Reduce::Argmax];
     for (i, (m, _, n)) in shapes(&mut rng, 10).into_iter().enumerate() {
@@ -214,19 +240,29 @@ fn elementwise_and_reductions_match_the_reference_on_every_device() {
         }
         for gpu in &devices {
             let name = &gpu.info().adapter;
-            let tx = gpu.tensor(m, n, &x).unwrap();
-            let ty = gpu.tensor(br, bc, &y).unwrap();
-            let u = gpu.unary(&tx, op).unwrap();
+            let tx = gpu.tensor(m, n, &x).expect("gpu call");
+            let ty = gpu.tensor(br, bc, &y).expect("gpu call");
+            let u = gpu.unary(&tx, op).expect("gpu call");
             let scale: Vec<f64> = want_u.iter().map(|v| v.abs()).collect();
-            assert_close(&format!("{name} {op:?} {m}x{n}"), &gpu.read(&u).unwrap(), &want_u, &scale);
-            let b = gpu.binary(&tx, &ty, bop).unwrap();
-            assert_close(&format!("{name} {bop:?} {m}x{n} by {br}x{bc}"), &gpu.read(&b).unwrap(), &want_b, &bscale);
-            let s = gpu.activate(&tx, Activation::Softmax).unwrap();
-            assert_close(&format!("{name} softmax {m}x{n}"), &gpu.read(&s).unwrap(), &want_s, &vec![1.0; len]);
+            assert_close(&format!("{name} {op:?} {m}x{n}"), &gpu.read(&u).expect("gpu call"), &want_u, &scale);
+            let b = gpu.binary(&tx, &ty, bop).expect("gpu call");
+            assert_close(
+                &format!("{name} {bop:?} {m}x{n} by {br}x{bc}"),
+                &gpu.read(&b).expect("gpu call"),
+                &want_b,
+                &bscale,
+            );
+            let s = gpu.activate(&tx, Activation::Softmax).expect("gpu call");
+            assert_close(
+                &format!("{name} softmax {m}x{n}"),
+                &gpu.read(&s).expect("gpu call"),
+                &want_s,
+                &vec![1.0; len],
+            );
             if n > 0 || m == 0 {
-                let r = gpu.reduce(&tx, rop).unwrap();
+                let r = gpu.reduce(&tx, rop).expect("gpu call");
                 assert_eq!((r.rows(), r.cols()), (m, 1));
-                assert_close(&format!("{name} {rop:?} {m}x{n}"), &gpu.read(&r).unwrap(), &want_r, &rscale);
+                assert_close(&format!("{name} {rop:?} {m}x{n}"), &gpu.read(&r).expect("gpu call"), &want_r, &rscale);
             }
         }
     }
@@ -241,24 +277,24 @@ fn bad_shapes_and_oversized_tensors_are_refused_with_a_clear_error() {
     }
     for gpu in &devices {
         let err = |r: Result<Tensor, GpuError>| r.expect_err("should be refused").to_string();
-        let a = gpu.tensor(2, 3, &[1.0; 6]).unwrap();
-        let b = gpu.tensor(2, 3, &[1.0; 6]).unwrap();
+        let a = gpu.tensor(2, 3, &[1.0; 6]).expect("gpu call");
+        let b = gpu.tensor(2, 3, &[1.0; 6]).expect("gpu call");
         assert!(err(gpu.matmul(&a, &b)).contains("cannot multiply 2 x 3 by 2 x 3"));
         assert!(err(gpu.tensor(2, 3, &[1.0; 5])).contains("needs 6 values, got 5"));
         assert!(err(gpu.tensor(100, 100, &[])).contains("exceeds the limit of 1000 elements"));
         assert!(err(gpu.tensor(u32::MAX, u32::MAX, &[])).contains("exceeds the limit"));
-        let w = gpu.tensor(3, 4, &[0.5; 12]).unwrap();
-        let bias = gpu.tensor(1, 3, &[0.0; 3]).unwrap();
+        let w = gpu.tensor(3, 4, &[0.5; 12]).expect("gpu call");
+        let bias = gpu.tensor(1, 3, &[0.0; 3]).expect("gpu call");
         assert!(err(gpu.dense(&a, &w, Some(&bias), Activation::Relu)).contains("bias must be 1 x 4, got 1 x 3"));
-        let col = gpu.tensor(3, 1, &[1.0; 3]).unwrap();
+        let col = gpu.tensor(3, 1, &[1.0; 3]).expect("gpu call");
         assert!(err(gpu.binary(&a, &col, Binary::Add)).contains("cannot combine 2 x 3 with 3 x 1"));
-        let wide = gpu.tensor(30, 30, &[1.0; 900]).unwrap();
+        let wide = gpu.tensor(30, 30, &[1.0; 900]).expect("gpu call");
         assert!(err(gpu.matmul(&wide, &wide)).contains("27000 operations, over the per-call limit of 20000"));
-        let empty_rows = gpu.tensor(2, 0, &[]).unwrap();
+        let empty_rows = gpu.tensor(2, 0, &[]).expect("gpu call");
         assert!(err(gpu.reduce(&empty_rows, Reduce::Max)).contains("have no values"));
         // The device still works after the refusals.
-        let ok = gpu.dense(&a, &w, None, Activation::None).unwrap();
-        assert_eq!(gpu.read(&ok).unwrap(), vec![1.5; 8]);
+        let ok = gpu.dense(&a, &w, None, Activation::None).expect("gpu call");
+        assert_eq!(gpu.read(&ok).expect("gpu call"), vec![1.5; 8]);
     }
 }
 
@@ -271,15 +307,15 @@ fn concurrent_calls_share_the_device() {
             std::thread::spawn(move || {
                 for i in 0..20u32 {
                     let n = 1 + (t * 7 + i) % 40;
-                    let a = gpu.tensor(n, n, &vec![1.0; (n * n) as usize]).unwrap();
-                    let s = gpu.reduce(&gpu.matmul(&a, &a).unwrap(), Reduce::Sum).unwrap();
-                    let got = gpu.read(&s).unwrap();
+                    let a = gpu.tensor(n, n, &vec![1.0; (n * n) as usize]).expect("gpu call");
+                    let s = gpu.reduce(&gpu.matmul(&a, &a).expect("gpu call"), Reduce::Sum).expect("gpu call");
+                    let got = gpu.read(&s).expect("gpu call");
                     assert_eq!(got, vec![(n * n) as f32; n as usize]);
                 }
             })
         })
         .collect();
     for t in threads {
-        t.join().unwrap();
+        t.join().expect("thread");
     }
 }

@@ -26,8 +26,11 @@ impl HostState {
         op: impl FnOnce(&Gpu, &ResourceTable) -> WasmResult<Result<Tensor, GpuError>>,
     ) -> Made {
         let gpu = self.gpu.open();
+        if let Err(e) = gpu.check_size(rows, cols) {
+            return Ok(Err(e.to_string()));
+        }
         let limit = gpu.limits().max_bytes;
-        let wanted = self.gpu_bytes.saturating_add(u64::from(rows) * u64::from(cols) * 4);
+        let wanted = self.gpu_bytes.saturating_add(u64::from(rows).saturating_mul(u64::from(cols)).saturating_mul(4));
         if wanted > limit {
             return Ok(Err(GpuError::Memory { wanted, limit }.to_string()));
         }

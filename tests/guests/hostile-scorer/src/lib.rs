@@ -7,10 +7,34 @@
 //! - `huge-result`: returns a result column of 64 MiB strings per row;
 //! - `log-spam`: writes a million log lines and stdout lines, then answers;
 //! - `err`: returns an error value (not a trap);
+//! - `gpu-hoard`: keeps making 4 MiB tensors until the host refuses one,
+//!   and returns the refusal as its error;
+//! - `gpu-shapes`: asks the `gpu` interface for impossible shapes and sizes,
+//!   and returns every refusal, one per line, as its error;
 //! - anything else: answers like a healthy scorer (`ok` = 1.0 per row).
 
 use std::hint::black_box;
+use wasmgrid_sdk::gpu::{self, Activation, Tensor};
 use wasmgrid_sdk::{Batch, BatchBuilder, Scorer, config, log};
+
+/// Every refusal of an impossible `gpu` request.
+fn gpu_refusals() -> Vec<String> {
+    let mut out = Vec::new();
+    let mut refused = |r: Result<Tensor, String>| match r {
+        Ok(t) => out.push(format!("accepted a {} x {} tensor", t.rows(), t.cols())),
+        Err(e) => out.push(e),
+    };
+    refused(Tensor::new(2, 3, &[1.0; 5]));
+    refused(Tensor::new(u32::MAX, u32::MAX, &[]));
+    let (Ok(a), Ok(b), Ok(bias)) = (Tensor::new(2, 3, &[1.0; 6]), Tensor::new(2, 3, &[1.0; 6]), Tensor::row(&[0.0; 2]))
+    else {
+        return vec!["small tensors were refused".into()];
+    };
+    refused(gpu::matmul(&a, &b));
+    refused(gpu::dense(&a, &b, &bias, Activation::Relu));
+    refused(gpu::binary(&a, &bias, gpu::BinaryOp::Add));
+    out
+}
 
 struct Hostile;
 
@@ -45,6 +69,17 @@ impl Scorer for Hostile {
                 Ok(BatchBuilder::new(n).f64("ok", vec![1.0; n as usize]).build())
             }
             Some("err") => Err("the model refuses these rows".into()),
+            Some("gpu-hoard") => {
+                let block = vec![1.0f32; 1 << 20];
+                let mut kept = Vec::new();
+                loop {
+                    match Tensor::new(1024, 1024, &block) {
+                        Ok(t) => kept.push(t),
+                        Err(e) => return Err(format!("after {} tensors: {e}", kept.len())),
+                    }
+                }
+            }
+            Some("gpu-shapes") => Err(gpu_refusals().join("\n")),
             _ => Ok(BatchBuilder::new(n).f64("ok", vec![1.0; n as usize]).build()),
         }
     }
