@@ -18,6 +18,7 @@ const GUESTS: &[&str] = &[
     "missing-import",
     "http-hello",
     "logreg-http",
+    "matmul-wasm",
 ];
 
 fn main() {

@@ -1,6 +1,8 @@
 //! The CPU fallback: the kernels of `kernels.wgsl` as plain Rust loops, in the
-//! same order of operations (each output sums its terms in index order with
-//! fused multiply-adds), so both paths agree to float rounding.
+//! same order of operations (each output sums its terms in index order), so
+//! both paths agree to float rounding. The GPU fuses each multiply-add; here
+//! they stay separate, since `mul_add` without the FMA instructions in the
+//! baseline x86-64 target is a slow library call.
 
 use super::{Binary, Unary};
 
@@ -41,7 +43,7 @@ pub(super) fn matmul(a: &[f32], b: &[f32], bias: Option<&[f32]>, m: usize, k: us
     for (r, out_row) in out.chunks_exact_mut(n).enumerate() {
         for (kk, x) in a[r * k..(r + 1) * k].iter().enumerate() {
             for (o, y) in out_row.iter_mut().zip(&b[kk * n..(kk + 1) * n]) {
-                *o = x.mul_add(*y, *o);
+                *o += x * y;
             }
         }
         if let Some(bias) = bias {

@@ -56,12 +56,27 @@ fn combine(op: u32, x: f32, y: f32) -> f32 {
 }
 
 // The output tile of one workgroup is TILE x TILE; each of its 16 x 16
-// invocations computes 4 x 4 outputs, strided by 16 so that neighbouring
-// invocations touch neighbouring addresses.
+// invocations computes a 4 x 4 block of it, held in four vec4 registers.
+// Both input tiles are kept in workgroup memory as vec4s: four rows of `a`
+// at one k, four columns of `b` at one k.
 const TILE: u32 = 64u;
 const DEPTH: u32 = 16u;
-var<workgroup> tile_a: array<f32, 1024>; // DEPTH x TILE, k-major
-var<workgroup> tile_b: array<f32, 1024>; // DEPTH x TILE, k-major
+var<workgroup> tile_a: array<vec4<f32>, 256>; // [k][row / 4]
+var<workgroup> tile_b: array<vec4<f32>, 256>; // [k][col / 4]
+
+fn load_a(r: u32, c: u32) -> f32 {
+    if (r < p.m && c < p.k) {
+        return a[r * p.k + c];
+    }
+    return 0.0;
+}
+
+fn load_b(r: u32, c: u32) -> f32 {
+    if (r < p.k && c < p.n) {
+        return b[r * p.n + c];
+    }
+    return 0.0;
+}
 
 // out[m x n] = apply(op, a[m x k] * b[k x n] (+ bias[n])).
 @compute @workgroup_size(16, 16)
@@ -69,57 +84,52 @@ fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
     let row0 = wid.y * TILE;
     let col0 = wid.x * TILE;
     let t = lid.y * 16u + lid.x;
-    var acc: array<f32, 16>;
-    for (var i = 0u; i < 16u; i++) {
-        acc[i] = 0.0;
-    }
+    // What this invocation loads: rows 4 * (t / 16) .. + 4 of `a` at k
+    // t % 16, and columns 4 * (t % 16) .. + 4 of `b` at k t / 16.
+    let ar = row0 + (t / 16u) * 4u;
+    let ak = t % 16u;
+    let bk = t / 16u;
+    let bc = col0 + (t % 16u) * 4u;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < p.k; k0 += DEPTH) {
-        for (var i = 0u; i < 4u; i++) {
-            let idx = t + i * 256u;
-            // a: TILE rows x DEPTH columns, read along rows.
-            let ar = idx / DEPTH;
-            let ak = idx % DEPTH;
-            var av = 0.0;
-            if (row0 + ar < p.m && k0 + ak < p.k) {
-                av = a[(row0 + ar) * p.k + k0 + ak];
-            }
-            tile_a[ak * TILE + ar] = av;
-            // b: DEPTH rows x TILE columns.
-            let bk = idx / TILE;
-            let bc = idx % TILE;
-            var bv = 0.0;
-            if (k0 + bk < p.k && col0 + bc < p.n) {
-                bv = b[(k0 + bk) * p.n + col0 + bc];
-            }
-            tile_b[bk * TILE + bc] = bv;
-        }
+        tile_a[ak * 16u + t / 16u] =
+            vec4<f32>(load_a(ar, k0 + ak), load_a(ar + 1u, k0 + ak), load_a(ar + 2u, k0 + ak), load_a(ar + 3u, k0 + ak));
+        tile_b[bk * 16u + t % 16u] =
+            vec4<f32>(load_b(k0 + bk, bc), load_b(k0 + bk, bc + 1u), load_b(k0 + bk, bc + 2u), load_b(k0 + bk, bc + 3u));
         workgroupBarrier();
         for (var kk = 0u; kk < DEPTH; kk++) {
-            var ra: array<f32, 4>;
-            var rb: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                ra[i] = tile_a[kk * TILE + lid.y + i * 16u];
-                rb[i] = tile_b[kk * TILE + lid.x + i * 16u];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i * 4u + j] = fma(ra[i], rb[j], acc[i * 4u + j]);
-                }
-            }
+            let va = tile_a[kk * 16u + lid.y];
+            let vb = tile_b[kk * 16u + lid.x];
+            acc0 = fma(vec4<f32>(va.x), vb, acc0);
+            acc1 = fma(vec4<f32>(va.y), vb, acc1);
+            acc2 = fma(vec4<f32>(va.z), vb, acc2);
+            acc3 = fma(vec4<f32>(va.w), vb, acc3);
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let r = row0 + lid.y + i * 16u;
-        for (var j = 0u; j < 4u; j++) {
-            let c = col0 + lid.x + j * 16u;
-            if (r < p.m && c < p.n) {
-                var v = acc[i * 4u + j];
-                if ((p.flags & 1u) != 0u) {
-                    v = v + bias[c];
-                }
-                out[r * p.n + c] = apply(p.op, v);
+    let r = row0 + lid.y * 4u;
+    let c = col0 + lid.x * 4u;
+    store(r, c, acc0);
+    store(r + 1u, c, acc1);
+    store(r + 2u, c, acc2);
+    store(r + 3u, c, acc3);
+}
+
+// Writes one row of a 4 x 4 block, with the bias and epilogue.
+fn store(r: u32, c: u32, v: vec4<f32>) {
+    if (r >= p.m) {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        if (c + j < p.n) {
+            var x = v[j];
+            if ((p.flags & 1u) != 0u) {
+                x = x + bias[c + j];
             }
+            out[r * p.n + c + j] = apply(p.op, x);
         }
     }
 }
