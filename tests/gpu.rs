@@ -235,6 +235,11 @@ async fn gpu_placement_per_request_and_in_a_batch_job() {
     common::grid_ok(&urls, &submit);
     let batch = scores_in(&out);
     assert_scores("batch job", &batch, &model, &rows);
+    let jobs: Value = serde_json::from_str(&common::grid_ok(&urls, &["job", "ls", "--json"])).expect("json");
+    let gpu_ms = jobs["jobs"][0]["gpu_ms"].as_u64().expect("gpu_ms");
+    let status = common::grid_ok(&urls, &["job", "status", jobs["jobs"][0]["id"].as_str().expect("id")]);
+    assert!(status.contains(&format!(", {gpu_ms} ms in gpu calls")) || gpu_ms == 0, "{status}");
+    assert!(gpu_ms > 0, "the job's gpu time is accounted: {jobs}");
     let cpu_log = std::fs::read_to_string(dir.join("node-cpu.log")).unwrap_or_default();
     assert!(!cpu_log.contains("mlp-score on"), "a required task ran on the CPU node:\n{cpu_log}");
     let gpu_text = std::fs::read_to_string(&gpu_log).unwrap_or_default();

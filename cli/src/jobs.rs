@@ -140,6 +140,9 @@ fn describe(job: &JobInfo) -> String {
         job.records_in,
         job.rows_out
     );
+    if job.gpu_ms > 0 {
+        s.push_str(&format!(", {} ms in gpu calls", job.gpu_ms));
+    }
     if let Some(e) = &job.error {
         s.push_str(&format!("\nerror: {e}"));
     }

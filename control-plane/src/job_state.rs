@@ -62,6 +62,9 @@ pub struct JobRecord {
     pub records_in: u64,
     /// Rows in winning attempts' output.
     pub rows_out: u64,
+    /// Microseconds winning attempts spent in `gpu` calls.
+    #[serde(default)]
+    pub gpu_us: u64,
     /// Why it failed.
     pub error: Option<String>,
     /// When it was submitted (ms since the epoch, the leader's clock).
@@ -275,7 +278,8 @@ fn apply_event(t: &Trees<'_>, job: &mut JobRecord, at_ms: u64, event: &TaskEvent
         return Ok(false);
     }
     let won = match &report.outcome {
-        TaskOutcome::Done { files, rows, records_in } => {
+        TaskOutcome::Done { files, rows, records_in, gpu_us } => {
+            job.gpu_us += gpu_us;
             task.winner = Some(Winner {
                 attempt: report.attempt,
                 files: files.clone(),

@@ -102,12 +102,15 @@ pub struct Written {
     pub rows: Vec<u64>,
     /// Records read.
     pub records_in: u64,
+    /// Time its `gpu` calls took.
+    pub gpu_time: Duration,
 }
 
 impl Written {
     /// The report of this attempt.
     pub fn outcome(self) -> TaskOutcome {
-        TaskOutcome::Done { files: self.files, rows: self.rows, records_in: self.records_in }
+        let gpu_us = self.gpu_time.as_micros() as u64;
+        TaskOutcome::Done { files: self.files, rows: self.rows, records_in: self.records_in, gpu_us }
     }
 }
 
@@ -189,7 +192,8 @@ fn attempt(
                         writer.write_batch(&instance.score_arrow(&batch)?)?;
                     }
                     let rows = writer.finish()?;
-                    Ok(Written { files: vec![relative(&dest)], rows: vec![rows], records_in: reader.records() })
+                    let (files, records_in, gpu_time) = (vec![relative(&dest)], reader.records(), instance.gpu_time());
+                    Ok(Written { files, rows: vec![rows], records_in, gpu_time })
                 }
                 Kind::Mapper => {
                     let io = Io { input: Some(reader), output: Some(writer) };
@@ -211,6 +215,7 @@ fn attempt(
                             files: vec![relative(&dest)],
                             rows: vec![rows],
                             records_in: finished.records_read,
+                            gpu_time: finished.gpu_time,
                         });
                     }
                     // One pair file per reduce partition that gets pairs.
@@ -237,7 +242,7 @@ fn attempt(
                         rows.push(w.finish()?);
                         files.push(relative(&dest));
                     }
-                    Ok(Written { files, rows, records_in: finished.records_read })
+                    Ok(Written { files, rows, records_in: finished.records_read, gpu_time: finished.gpu_time })
                 }
                 kind => Err(Error::WrongKind { expected: "scorer or mapper", actual: kind.name() }),
             }
@@ -264,7 +269,8 @@ fn attempt(
                 writer.write_record(&instance.reduce(key, values)?)?;
             }
             let rows = writer.finish()?;
-            Ok(Written { files: vec![relative(&dest)], rows: vec![rows], records_in: groups.len() as u64 })
+            let (files, records_in) = (vec![relative(&dest)], groups.len() as u64);
+            Ok(Written { files, rows: vec![rows], records_in, gpu_time: Duration::ZERO })
         }
     }
 }

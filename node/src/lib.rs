@@ -13,6 +13,10 @@
 //! - [`gpu`]: the `gpu` host interface's kernels, on wgpu or the CPU
 //!   fallback.
 
+// wgpu's types are deep: proving `Send`/`Sync` for the host state that
+// holds device buffers needs more than the default 128 levels.
+#![recursion_limit = "256"]
+
 pub mod agent;
 pub mod batch;
 pub mod bindings;

@@ -455,6 +455,9 @@ pub struct JobInfo {
     pub records_in: u64,
     /// Rows in the winning attempts' output.
     pub rows_out: u64,
+    /// Milliseconds the winning attempts spent in `gpu` calls.
+    #[serde(default)]
+    pub gpu_ms: u64,
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -586,6 +589,9 @@ pub enum TaskOutcome {
         rows: Vec<u64>,
         /// Records read.
         records_in: u64,
+        /// Microseconds its `gpu` calls took.
+        #[serde(default)]
+        gpu_us: u64,
     },
     /// It failed.
     Failed {

@@ -5,11 +5,16 @@
 //! failed allocation or dispatch comes back as a [`GpuError`] instead of
 //! reaching wgpu's default handler, and waits for its submission, so work
 //! cannot pile up on the queue and its time is known.
+//!
+//! Buffers are reused: sizes are rounded up to a power of two, and a
+//! buffer a call or a dropped tensor no longer needs goes back to a bounded
+//! pool for the next call of that size. A reused buffer holds old values
+//! past what its new owner writes, but no kernel or read ever touches more
+//! than a tensor's own elements, each of which is written first.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::mpsc;
-
-use wgpu::util::DeviceExt;
+use std::sync::{Arc, Mutex};
 
 use super::{GpuError, GpuInfo, Unary};
 
@@ -56,8 +61,81 @@ const TILE: u32 = 64;
 /// Most workgroups along one dispatch dimension.
 const MAX_GROUPS: u32 = 65_535;
 
+/// Idle buffers kept for reuse, by (size, usage).
+#[derive(Debug, Default)]
+struct Pool {
+    idle: Mutex<(HashMap<(u64, u32), Vec<wgpu::Buffer>>, u64)>,
+    /// The largest buffer a kernel may bind: sizes are not rounded past it.
+    max: u64,
+}
+
+/// Most bytes of idle buffers kept.
+const MAX_IDLE_BYTES: u64 = 256 << 20;
+/// Most idle buffers kept of one size and usage.
+const MAX_IDLE_PER_SIZE: usize = 8;
+
+impl Pool {
+    fn take(&self, device: &wgpu::Device, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+        let rounded = size.next_power_of_two().max(256);
+        let size = if rounded <= self.max { rounded } else { size };
+        if let Ok(mut idle) = self.idle.lock()
+            && let Some(buf) = idle.0.get_mut(&(size, usage.bits())).and_then(Vec::pop)
+        {
+            idle.1 -= size;
+            return buf;
+        }
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wasmgrid"),
+            size,
+            usage,
+            mapped_at_creation: false,
+        })
+    }
+
+    fn give(&self, buf: wgpu::Buffer) {
+        let size = buf.size();
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.1 + size <= MAX_IDLE_BYTES
+        {
+            let list = idle.0.entry((size, buf.usage().bits())).or_default();
+            if list.len() < MAX_IDLE_PER_SIZE {
+                list.push(buf);
+                idle.1 += size;
+            }
+        }
+    }
+}
+
+/// A tensor's device buffer; goes back to the pool when the tensor is dropped.
+#[derive(Debug)]
+pub(super) struct Pooled {
+    buf: Option<wgpu::Buffer>,
+    pool: Arc<Pool>,
+}
+
+impl Pooled {
+    pub(super) fn buffer(&self) -> Option<&wgpu::Buffer> {
+        self.buf.as_ref()
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            self.pool.give(buf);
+        }
+    }
+}
+
+/// What tensors' buffers are made for.
+const TENSOR: wgpu::BufferUsages =
+    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
+const PARAMS: wgpu::BufferUsages = wgpu::BufferUsages::UNIFORM.union(wgpu::BufferUsages::COPY_DST);
+const STAGING: wgpu::BufferUsages = wgpu::BufferUsages::MAP_READ.union(wgpu::BufferUsages::COPY_DST);
+
 #[derive(Debug)]
 pub(super) struct Device {
+    pool: Arc<Pool>,
     device: wgpu::Device,
     queue: wgpu::Queue,
     layout: wgpu::BindGroupLayout,
@@ -172,7 +250,8 @@ impl Device {
             mapped_at_creation: false,
         });
         let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
-        Some((Device { device, queue, layout, pipelines, placeholder, max_binding }, info))
+        let pool = Arc::new(Pool { max: max_binding, ..Pool::default() });
+        Some((Device { pool, device, queue, layout, pipelines, placeholder, max_binding }, info))
     }
 
     /// The largest buffer one kernel can bind.
@@ -200,17 +279,21 @@ impl Device {
             .map_err(|e| GpuError::Device(e.to_string()))
     }
 
+    fn pooled(&self, buf: wgpu::Buffer) -> Pooled {
+        Pooled { buf: Some(buf), pool: self.pool.clone() }
+    }
+
     /// A device buffer holding `data` (`None` when empty).
-    pub(super) fn upload(&self, data: &[f32]) -> Result<Option<wgpu::Buffer>, GpuError> {
+    pub(super) fn upload(&self, data: &[f32]) -> Result<Option<Pooled>, GpuError> {
         if data.is_empty() {
             return Ok(None);
         }
         self.scoped(|| {
-            Ok(Some(self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("tensor"),
-                contents: bytemuck::cast_slice(data),
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-            })))
+            let buf = self.pooled(self.pool.take(&self.device, data.len() as u64 * 4, TENSOR));
+            if let Some(b) = buf.buffer() {
+                self.queue.write_buffer(b, 0, bytemuck::cast_slice(data));
+            }
+            Ok(Some(buf))
         })
     }
 
@@ -218,17 +301,12 @@ impl Device {
     pub(super) fn read(&self, buf: &wgpu::Buffer, len: u64) -> Result<Vec<f32>, GpuError> {
         let size = len * 4;
         self.scoped(|| {
-            let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("read back"),
-                size,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
+            let staging = self.pool.take(&self.device, size, STAGING);
             let mut encoder = self.device.create_command_encoder(&Default::default());
             encoder.copy_buffer_to_buffer(buf, 0, &staging, 0, size);
             self.queue.submit([encoder.finish()]);
             let (tx, rx) = mpsc::channel();
-            staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            staging.map_async(wgpu::MapMode::Read, ..size, move |r| {
                 let _ = tx.send(r);
             });
             self.device
@@ -241,11 +319,12 @@ impl Device {
             }
             let values = {
                 let view = staging
-                    .get_mapped_range(..)
+                    .get_mapped_range(..size)
                     .map_err(|e| GpuError::Device(format!("reading a tensor back: {e}")))?;
                 bytemuck::cast_slice::<u8, f32>(&view).to_vec()
             };
             staging.unmap();
+            self.pool.give(staging);
             Ok(values)
         })
     }
@@ -258,22 +337,14 @@ impl Device {
         params: Params,
         groups: (u32, u32),
         out_len: u64,
-    ) -> Result<Option<wgpu::Buffer>, GpuError> {
+    ) -> Result<Option<Pooled>, GpuError> {
         if out_len == 0 {
             return Ok(None);
         }
         self.scoped(|| {
-            let out = self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("tensor"),
-                size: out_len * 4,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-                mapped_at_creation: false,
-            });
-            let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("params"),
-                contents: bytemuck::bytes_of(&params),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
+            let out = self.pool.take(&self.device, out_len * 4, TENSOR);
+            let uniform = self.pool.take(&self.device, size_of::<Params>() as u64, PARAMS);
+            self.queue.write_buffer(&uniform, 0, bytemuck::bytes_of(&params));
             let input = |i: usize| inputs[i].unwrap_or(&self.placeholder).as_entire_binding();
             let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some(kernel.entry()),
@@ -294,8 +365,10 @@ impl Device {
                 pass.dispatch_workgroups(groups.0, groups.1, 1);
             }
             let index = self.queue.submit([encoder.finish()]);
+            drop(bind);
             self.wait(index)?;
-            Ok(Some(out))
+            self.pool.give(uniform);
+            Ok(Some(self.pooled(out)))
         })
     }
 
@@ -307,7 +380,7 @@ impl Device {
         bias: Option<&wgpu::Buffer>,
         [m, k, n]: [u32; 3],
         op: Unary,
-    ) -> Result<Option<wgpu::Buffer>, GpuError> {
+    ) -> Result<Option<Pooled>, GpuError> {
         let groups = (n.div_ceil(TILE), m.div_ceil(TILE));
         if groups.1 > MAX_GROUPS || groups.0 > MAX_GROUPS {
             return Err(GpuError::Shape(format!(
@@ -329,7 +402,7 @@ impl Device {
     }
 
     /// `op` over `len` elements.
-    pub(super) fn unary(&self, a: Option<&wgpu::Buffer>, len: u64, op: u32) -> Result<Option<wgpu::Buffer>, GpuError> {
+    pub(super) fn unary(&self, a: Option<&wgpu::Buffer>, len: u64, op: u32) -> Result<Option<Pooled>, GpuError> {
         let (x, y, stride) = Self::grid(len, 256);
         // The kernel indexes m * n elements: one row of `len`.
         let params = Params { m: 1, k: 0, n: len as u32, op, stride, ..Params::default() };
@@ -343,7 +416,7 @@ impl Device {
         b: Option<&wgpu::Buffer>,
         [m, n, b_rows, b_cols]: [u32; 4],
         op: u32,
-    ) -> Result<Option<wgpu::Buffer>, GpuError> {
+    ) -> Result<Option<Pooled>, GpuError> {
         let len = u64::from(m) * u64::from(n);
         let (x, y, stride) = Self::grid(len, 256);
         let params = Params { m, k: 0, n, op, b_rows, b_cols, stride, ..Params::default() };
@@ -358,7 +431,7 @@ impl Device {
         [m, cols]: [u32; 2],
         op: u32,
         out_len: u64,
-    ) -> Result<Option<wgpu::Buffer>, GpuError> {
+    ) -> Result<Option<Pooled>, GpuError> {
         let (x, y, stride) = Self::grid(u64::from(m), 64);
         let params = Params { m, k: cols, n: cols, op, stride, ..Params::default() };
         self.run(kernel, [a, None, None], params, (x, y), out_len)

@@ -166,7 +166,7 @@ pub struct Tensor {
 enum Data {
     Host(Vec<f32>),
     /// `None` for an empty tensor: the device has no zero-sized buffers.
-    Device(Option<wgpu::Buffer>),
+    Device(Option<device::Pooled>),
 }
 
 impl Tensor {
@@ -281,7 +281,10 @@ impl Gpu {
         match (&t.data, &self.device) {
             (Data::Host(v), _) => Ok(v.clone()),
             (Data::Device(None), _) => Ok(Vec::new()),
-            (Data::Device(Some(buf)), Some(d)) => d.read(buf, t.len()),
+            (Data::Device(Some(buf)), Some(d)) => match buf.buffer() {
+                Some(b) => d.read(b, t.len()),
+                None => Ok(Vec::new()),
+            },
             (Data::Device(Some(_)), None) => Err(foreign()),
         }
     }
@@ -419,7 +422,7 @@ fn host(t: &Tensor) -> Result<&[f32], GpuError> {
 
 fn dev(t: &Tensor) -> Result<Option<&wgpu::Buffer>, GpuError> {
     match &t.data {
-        Data::Device(b) => Ok(b.as_ref()),
+        Data::Device(b) => Ok(b.as_ref().and_then(device::Pooled::buffer)),
         Data::Host(_) => Err(foreign()),
     }
 }
