@@ -62,9 +62,12 @@ const TILE: u32 = 64;
 const MAX_GROUPS: u32 = 65_535;
 
 /// Idle buffers kept for reuse, by (size, usage).
+/// Idle buffers by (size, usage bits), and their total bytes.
+type Idle = (HashMap<(u64, u32), Vec<wgpu::Buffer>>, u64);
+
 #[derive(Debug, Default)]
 struct Pool {
-    idle: Mutex<(HashMap<(u64, u32), Vec<wgpu::Buffer>>, u64)>,
+    idle: Mutex<Idle>,
     /// The largest buffer a kernel may bind: sizes are not rounded past it.
     max: u64,
 }
