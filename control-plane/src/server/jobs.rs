@@ -834,7 +834,6 @@ mod tests {
             records_in: 0,
             rows_out: 0,
             gpu_us: 0,
-            gpu_us: 0,
             error: None,
             submitted_ms: 0,
             finished_ms: None,
