@@ -1,6 +1,7 @@
 //! The `wasmgrid` command. Glue only: it parses arguments and calls the
 //! libraries (`wasmgrid-node` for running functions).
 
+mod build;
 mod grid;
 mod jobs;
 mod units;
@@ -64,6 +65,8 @@ enum Command {
     /// Batch jobs: fan a function out over partitioned data on the grid.
     #[command(subcommand)]
     Job(jobs::JobCommand),
+    /// Build a Python function (a module with one @wasmgrid.scorer, mapper or reducer) into a component.
+    Build(build::BuildArgs),
     /// Compile a component in a limited worker process (internal).
     #[command(name = "__compile", hide = true)]
     Compile { settings: String, input: PathBuf, output: PathBuf },
@@ -199,6 +202,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Cluster(c) => grid::cluster(c),
         Command::Invoke(args) => grid::invoke(args),
         Command::Job(c) => jobs::job(c),
+        Command::Build(args) => build::build(args),
         Command::Compile { .. } => Ok(()),
     }
 }

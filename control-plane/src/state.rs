@@ -151,7 +151,9 @@ pub enum Command {
     PutModule {
         /// The sha256 of `bytes`, hex.
         sha256: String,
-        /// The component.
+        /// The component. Encoded as one byte string, not a sequence of
+        /// numbers: decoding a large module byte by byte took seconds.
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
     /// Adds a version to a function (creating it) and makes it active.

@@ -1,0 +1,133 @@
+//! `wasmgrid build app.py`: a Python module with one `@wasmgrid.scorer`,
+//! `@wasmgrid.mapper` or `@wasmgrid.reducer` function, built into a
+//! component with componentize-py.
+//!
+//! The WIT package and the Python SDK are embedded in this binary, so the
+//! component always matches the host API of the grid that runs it. They
+//! are written to a scratch directory with a small entry module that
+//! imports the user's module and exports the registered function as the
+//! world's `WitWorld`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+const WIT: &str = include_str!("../../sdk/wit/wasmgrid.wit");
+const SDK: &str = include_str!("../../sdk/python/wasmgrid/__init__.py");
+const WORLDS: [&str; 3] = ["scorer", "mapper", "reducer"];
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// The Python module (.py) holding the function.
+    app: PathBuf,
+    /// The component to write [default: the module's name with .wasm].
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// The world: scorer, mapper or reducer [default: from the decorator in the module].
+    #[arg(long)]
+    world: Option<String>,
+    /// The componentize-py program.
+    #[arg(long, env = "COMPONENTIZE_PY", default_value = "componentize-py")]
+    componentize_py: PathBuf,
+}
+
+/// The world named by the module's decorators, if exactly one is used.
+fn detect_world(source: &str) -> Option<&'static str> {
+    let used: Vec<&'static str> = WORLDS
+        .into_iter()
+        .filter(|w| source.lines().any(|l| l.trim_start().starts_with(&format!("@wasmgrid.{w}"))))
+        .collect();
+    match used.as_slice() {
+        [one] => Some(one),
+        _ => None,
+    }
+}
+
+pub fn build(args: BuildArgs) -> Result<()> {
+    let source = std::fs::read_to_string(&args.app).with_context(|| format!("reading {}", args.app.display()))?;
+    let stem = args.app.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+    let valid = stem.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && stem.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid || args.app.extension().is_none_or(|e| e != "py") {
+        bail!("{} is not a Python module name (`name.py`, name a Python identifier)", args.app.display());
+    }
+    let world = match &args.world {
+        Some(w) if WORLDS.contains(&w.as_str()) => w.clone(),
+        Some(w) => bail!("unknown world `{w}` (scorer, mapper or reducer)"),
+        None => match detect_world(&source) {
+            Some(w) => w.to_string(),
+            None => bail!(
+                "{} has no single `@wasmgrid.scorer`, `@wasmgrid.mapper` or `@wasmgrid.reducer` function; \
+                 decorate one (or pass --world)",
+                args.app.display()
+            ),
+        },
+    };
+    let app_dir = match args.app.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let output = args.output.clone().unwrap_or_else(|| PathBuf::from(format!("{stem}.wasm")));
+
+    let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+    let root = scratch.path();
+    write(&root.join("wit/wasmgrid.wit"), WIT)?;
+    write(&root.join("sdk/wasmgrid/__init__.py"), SDK)?;
+    write(
+        &root.join("entry/_wasmgrid_entry.py"),
+        &format!("import wasmgrid\nimport {stem}\n\nWitWorld = wasmgrid._world(\"{world}\")\n"),
+    )?;
+
+    let mut cmd = Command::new(&args.componentize_py);
+    cmd.arg("-d")
+        .arg(root.join("wit"))
+        .args(["-w", &world, "componentize", "_wasmgrid_entry", "-p"])
+        .arg(root.join("entry"))
+        .arg("-p")
+        .arg(root.join("sdk"))
+        .arg("-p")
+        .arg(&app_dir)
+        .arg("-o")
+        .arg(&output);
+    let out = match cmd.output() {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "`{}` not found: install it with `pip install componentize-py==0.25.1`, or pass --componentize-py PATH",
+            args.componentize_py.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("running {}", args.componentize_py.display())),
+    };
+    if !out.status.success() {
+        bail!(
+            "componentize-py failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let size = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
+    eprintln!("built {} ({world}, {:.1} MiB)", output.display(), size as f64 / (1 << 20) as f64);
+    Ok(())
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::detect_world;
+
+    #[test]
+    fn the_world_comes_from_the_one_decorator_used() {
+        assert_eq!(detect_world("import wasmgrid\n\n@wasmgrid.scorer\ndef score(rows): ...\n"), Some("scorer"));
+        assert_eq!(detect_world("@wasmgrid.mapper\ndef run(p): ...\n"), Some("mapper"));
+        assert_eq!(detect_world("@wasmgrid.mapper\ndef a(p): ...\n@wasmgrid.reducer\ndef b(k, v): ...\n"), None);
+        assert_eq!(detect_world("def score(rows): ...\n"), None);
+    }
+}

@@ -1,0 +1,31 @@
+"""Logistic regression in Python: adds column `score` = sigmoid(w . x + b).
+
+The model comes from config key `model`, the same JSON object as the Rust
+`logreg` example's: {"features": ["col", ...], "weights": [..], "bias": b}.
+Build: wasmgrid build guest-examples/python-logreg/app.py -o python_logreg.wasm
+"""
+
+import json
+import math
+
+import wasmgrid
+
+
+def load(text):
+    try:
+        model = json.loads(text)
+        features, weights, bias = model["features"], model["weights"], float(model["bias"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"config `model` is not a valid model: {e}") from None
+    if len(features) != len(weights):
+        raise ValueError(f"model has {len(features)} features but {len(weights)} weights")
+    return features, [float(w) for w in weights], bias
+
+
+@wasmgrid.scorer
+def score(rows):
+    features, weights, bias = load(wasmgrid.require("model"))
+    z = [bias] * len(rows)
+    for name, w in zip(features, weights):
+        z = [zi + w * x for zi, x in zip(z, rows.floats(name))]
+    return {"score": [1.0 / (1.0 + math.exp(-v)) for v in z]}

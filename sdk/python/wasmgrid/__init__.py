@@ -1,0 +1,273 @@
+"""Write wasmgrid functions in Python.
+
+A function is one decorated Python function in a module:
+
+- ``@wasmgrid.scorer``: ``f(rows: Rows) -> dict[str, list]`` returns the
+  columns to add to a batch of rows (per request, and per batch of every
+  data partition in a job);
+- ``@wasmgrid.mapper``: ``f(partition: int) -> None`` reads its partition
+  with :func:`chunks` or :func:`batches` and writes with :func:`emit`,
+  :func:`emit_batch` or :func:`emit_pairs`;
+- ``@wasmgrid.reducer``: ``f(key: bytes, values: list[bytes]) -> dict``
+  folds every value emitted for one key into an output record.
+
+``wasmgrid build app.py`` turns the module into a component for the
+matching world of the WIT package ``wasmgrid:function`` (with
+componentize-py). An exception in the function becomes the call's error,
+with its message, as a Rust guest's ``Err`` does.
+"""
+
+import json
+import re
+
+# The generated bindings, imported now: componentize-py snapshots the
+# interpreter after importing the app, and a component has no files to
+# import more from later. `input` and `output` exist only in mappers,
+# `types` not in reducers.
+from componentize_py_types import Err
+from wit_world.imports import config as _wit_config
+from wit_world.imports import log as _wit_log
+
+try:
+    from wit_world.imports import types as _types
+except ImportError:
+    _types = None
+try:
+    from wit_world.imports import input as _wit_input
+    from wit_world.imports import output as _wit_output
+except ImportError:
+    _wit_input = _wit_output = None
+
+__all__ = [
+    "Rows", "scorer", "mapper", "reducer", "config", "require", "log",
+    "chunks", "batches", "emit", "emit_batch", "emit_pairs", "words",
+]
+
+_functions = {}
+
+
+def scorer(fn):
+    """Registers ``fn(rows: Rows) -> dict[str, list]`` as the scorer."""
+    _functions["scorer"] = fn
+    return fn
+
+
+def mapper(fn):
+    """Registers ``fn(partition: int) -> None`` as the mapper."""
+    _functions["mapper"] = fn
+    return fn
+
+
+def reducer(fn):
+    """Registers ``fn(key: bytes, values: list[bytes]) -> dict | bytes`` as the reducer."""
+    _functions["reducer"] = fn
+    return fn
+
+
+class Rows:
+    """A batch of rows in columnar form: ``rows["x"]`` is column ``x`` as a
+    list (``None`` where a value is null), ``len(rows)`` the row count."""
+
+    def __init__(self, n, columns):
+        self.n = n
+        self.columns = columns
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, name):
+        try:
+            return self.columns[name]
+        except KeyError:
+            raise KeyError(f"no column `{name}` (columns: {', '.join(self.columns)})") from None
+
+    def __contains__(self, name):
+        return name in self.columns
+
+    def floats(self, name):
+        """Column ``name`` as floats (ints converted; nulls refused)."""
+        values = self[name]
+        if any(v is None for v in values):
+            raise ValueError(f"column `{name}` has null values")
+        if values and isinstance(values[0], str):
+            raise ValueError(f"column `{name}` holds strings, not numbers")
+        return [float(v) for v in values]
+
+
+def _from_wit(batch):
+    columns = {}
+    for field in batch.fields:
+        values = list(field.values.value)
+        if field.valid is not None:
+            values = [v if ok else None for v, ok in zip(values, field.valid)]
+        columns[field.name] = values
+    return Rows(batch.rows, columns)
+
+
+def _to_wit(n, columns):
+    types = _types
+    fields = []
+    for name, values in columns.items():
+        values = list(values)
+        if len(values) != n:
+            raise ValueError(f"column `{name}` has {len(values)} values for {n} rows")
+        present = [v for v in values if v is not None]
+        valid = None if len(present) == n else [v is not None for v in values]
+        if all(isinstance(v, bool) for v in present):
+            column, fill = types.Column_Boolean, False
+        elif all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+            column, fill = types.Column_S64, 0
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+            column, fill = types.Column_F64, 0.0
+            values = [float(v) if v is not None else None for v in values]
+        elif all(isinstance(v, str) for v in present):
+            column, fill = types.Column_Str, ""
+        else:
+            raise ValueError(f"column `{name}` mixes types: a column holds bools, ints, floats or strings")
+        if valid is not None:
+            values = [fill if v is None else v for v in values]
+        fields.append(types.Field(name=name, values=column(values), valid=valid))
+    return types.Batch(rows=n, fields=fields)
+
+
+def config(key, default=None):
+    """The function's config value for ``key`` (``--config key=value``)."""
+    value = _wit_config.get(key)
+    return default if value is None else value
+
+
+def require(key):
+    """The config value for ``key``, or an error naming it."""
+    value = config(key)
+    if value is None:
+        raise ValueError(f"config `{key}` is not set")
+    return value
+
+
+class _Log:
+    """``log.info("...")`` and friends: kept per invocation, shown to the owner."""
+
+    def _log(self, level, message):
+        _wit_log.log(getattr(_wit_log.Level, level), str(message))
+
+    def debug(self, message):
+        self._log("DEBUG", message)
+
+    def info(self, message):
+        self._log("INFO", message)
+
+    def warn(self, message):
+        self._log("WARN", message)
+
+    def error(self, message):
+        self._log("ERROR", message)
+
+
+log = _Log()
+
+
+def chunks(max_bytes=1 << 20):
+    """The partition's raw records in chunks cut at line boundaries."""
+    while True:
+        chunk = _mapper_io(_wit_input).next_bytes(max_bytes)
+        if chunk is None:
+            return
+        yield chunk
+
+
+def batches(max_rows=4096):
+    """The partition's rows as :class:`Rows`, ``max_rows`` at a time."""
+    while True:
+        batch = _mapper_io(_wit_input).next_batch(max_rows)
+        if batch is None:
+            return
+        yield _from_wit(batch)
+
+
+def emit(record):
+    """Writes one output record (a dict, as a JSON object)."""
+    _mapper_io(_wit_output).emit(_record(record))
+
+
+def emit_batch(n, columns):
+    """Writes ``n`` output rows given as columns (``{"name": [...]}``)."""
+    _mapper_io(_wit_output).emit_batch(_to_wit(n, columns))
+
+
+def emit_pairs(pairs):
+    """Emits ``(key, value)`` byte pairs for the reducer, all in one host call."""
+    out = _mapper_io(_wit_output)
+    keys, values, key_ends, value_ends = bytearray(), bytearray(), [], []
+    for key, value in pairs:
+        keys += key
+        values += value
+        key_ends.append(len(keys))
+        value_ends.append(len(values))
+    if key_ends:
+        out.emit_pairs(bytes(keys), key_ends, bytes(values), value_ends)
+
+
+_SPACE = re.compile(rb"[ \t\n\r\x0c]+")
+
+
+def words(chunk):
+    """The words of ``chunk`` (bytes), split on ASCII whitespace as the Rust
+    word count splits them (space, tab, newline, carriage return, form feed)."""
+    return [w for w in _SPACE.split(chunk) if w]
+
+
+def _record(record):
+    if isinstance(record, (bytes, bytearray)):
+        return bytes(record)
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _mapper_io(module):
+    if module is None:
+        raise RuntimeError("reading input and writing output is for mappers (@wasmgrid.mapper)")
+    return module
+
+
+def _fail(e):
+    if isinstance(e, Err):
+        return e
+    message = str(e) or type(e).__name__
+    return Err(message)
+
+
+def _world(kind):
+    """The ``WitWorld`` class componentize-py exports for the registered function."""
+    fn = _functions.get(kind)
+    if fn is None:
+        raise RuntimeError(f"no @wasmgrid.{kind} function was registered")
+    import wit_world
+
+    if kind == "scorer":
+
+        class WitWorld(wit_world.WitWorld):
+            def score(self, rows):
+                try:
+                    out = fn(_from_wit(rows))
+                    return _to_wit(rows.rows, out)
+                except Exception as e:
+                    raise _fail(e)
+
+    elif kind == "mapper":
+
+        class WitWorld(wit_world.WitWorld):
+            def run(self, partition):
+                try:
+                    fn(partition)
+                except Exception as e:
+                    raise _fail(e)
+
+    else:
+
+        class WitWorld(wit_world.WitWorld):
+            def reduce(self, key, values):
+                try:
+                    return _record(fn(key, values))
+                except Exception as e:
+                    raise _fail(e)
+
+    return WitWorld

@@ -1,0 +1,323 @@
+//! Python guests: the examples in `guest-examples/python-*`, built with
+//! `wasmgrid build` (componentize-py), through `wasmgrid run`, per request
+//! and as batch jobs on a real grid, against the Rust examples; and hostile
+//! Python guests.
+//!
+//! componentize-py comes from `COMPONENTIZE_PY` or `PATH`; without it these
+//! tests say so and pass, unless `WASMGRID_REQUIRE_PYTHON` is set (CI sets
+//! it, after installing componentize-py in a virtual environment).
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::grid::{Node, Replicas};
+use serde_json::{Value, json};
+use wasmgrid_node::bindings::{Batch, Column, Field};
+use wasmgrid_node::runtime::Io;
+use wasmgrid_node::{Error, Limits, Runtime, RuntimeConfig};
+use wasmgrid_test_artifacts as guests;
+
+const MODEL: &str = r#"{"features": ["x1", "x2"], "weights": [0.8, -1.25], "bias": 0.3}"#;
+const PY_MEMORY: &str = "256MiB";
+
+/// Where built Python components and their compiled code are kept, shared
+/// by every test binary (each component is built and compiled once).
+fn shared() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-guests")
+}
+
+static BUILT: Mutex<BTreeMap<String, Option<PathBuf>>> = Mutex::new(BTreeMap::new());
+
+/// `wasmgrid build` of `app` (relative to the repository), once per
+/// content; `None` when componentize-py is missing and not required.
+fn python_guest(app: &str) -> Option<PathBuf> {
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(done) = built.get(app) {
+        return done.clone();
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut h = DefaultHasher::new();
+    for f in [app, "sdk/python/wasmgrid/__init__.py", "sdk/wit/wasmgrid.wit"] {
+        std::fs::read(root.join(f)).expect("source").hash(&mut h);
+    }
+    let stem = Path::new(app).file_stem().and_then(|s| s.to_str()).unwrap_or("app").to_string();
+    let dir = shared();
+    std::fs::create_dir_all(&dir).expect("shared dir");
+    let wasm = dir.join(format!("{}-{stem}-{:016x}.wasm", app.replace(['/', '.'], "_"), h.finish()));
+    if !wasm.exists() {
+        let tmp = wasm.with_extension(format!("{}.tmp", std::process::id()));
+        let out = common::wasmgrid()
+            .arg("build")
+            .arg(root.join(app))
+            .arg("-o")
+            .arg(&tmp)
+            .output()
+            .expect("wasmgrid build runs");
+        let (stdout, stderr) = common::text(&out);
+        if !out.status.success() {
+            let missing = stderr.contains("not found: install it");
+            assert!(
+                missing && std::env::var_os("WASMGRID_REQUIRE_PYTHON").is_none(),
+                "wasmgrid build {app} failed:\n{stdout}\n{stderr}"
+            );
+            eprintln!("componentize-py is not installed: Python guests not tested");
+            built.insert(app.into(), None);
+            return None;
+        }
+        std::fs::rename(&tmp, &wasm).expect("rename");
+    }
+    built.insert(app.into(), Some(wasm.clone()));
+    Some(wasm)
+}
+
+fn rows(n: usize, seed: u64) -> Vec<Value> {
+    let mut rng = common::Rng::new(seed);
+    (0..n).map(|i| json!({"id": i, "x1": rng.unit() * 6.0 - 3.0, "x2": rng.unit() * 6.0 - 3.0})).collect()
+}
+
+fn write_jsonl(path: &Path, rows: &[Value]) {
+    std::fs::write(path, rows.iter().map(|r| format!("{r}\n")).collect::<String>()).expect("write rows");
+}
+
+/// (id, score) of every row in an output directory, by id.
+fn scores_in(dir: &Path) -> Vec<(u64, f64)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("output") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "jsonl") {
+            for line in std::fs::read_to_string(&path).expect("part").lines() {
+                let v: Value = serde_json::from_str(line).expect("json");
+                out.push((v["id"].as_u64().expect("id"), v["score"].as_f64().expect("score")));
+            }
+        }
+    }
+    out.sort_by_key(|(id, _)| *id);
+    out
+}
+
+fn assert_same_scores(what: &str, python: &[(u64, f64)], rust: &[(u64, f64)]) {
+    assert_eq!(python.len(), rust.len(), "{what}: row counts");
+    assert!(!rust.is_empty(), "{what}: no rows");
+    for ((id, p), (rid, r)) in python.iter().zip(rust) {
+        assert_eq!(id, rid, "{what}: row order");
+        assert!((p - r).abs() <= 1e-6, "{what}: row {id}: python {p} vs rust {r}");
+    }
+}
+
+fn run_scorer(wasm: &Path, input: &Path, out: &Path) -> Vec<(u64, f64)> {
+    common::ok(
+        common::wasmgrid()
+            .env("WASMGRID_CACHE_DIR", shared().join("cache"))
+            .arg("run")
+            .arg(wasm)
+            .arg("--input")
+            .arg(input)
+            .arg("--output")
+            .arg(out)
+            .args(["--config", &format!("model={MODEL}"), "--memory", PY_MEMORY])
+            .output()
+            .expect("wasmgrid runs"),
+    );
+    scores_in(out)
+}
+
+#[test]
+fn python_logreg_gives_the_rust_logregs_scores_through_wasmgrid_run() {
+    let Some(py) = python_guest("guest-examples/python-logreg/app.py") else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("rows.jsonl");
+    write_jsonl(&input, &rows(500, 3));
+    let python = run_scorer(&py, &input, &dir.path().join("py"));
+    let rust = run_scorer(Path::new(guests::LOGREG), &input, &dir.path().join("rust"));
+    assert_same_scores("wasmgrid run", &python, &rust);
+
+    // A bad model is the guest's error, as in Rust.
+    let out = common::wasmgrid()
+        .env("WASMGRID_CACHE_DIR", shared().join("cache"))
+        .arg("run")
+        .arg(&py)
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(dir.path().join("bad"))
+        .args(["--config", r#"model={"features": ["x1"], "weights": [1, 2], "bias": 0}"#, "--memory", PY_MEMORY])
+        .output()
+        .expect("wasmgrid runs");
+    let stderr = common::fails(out);
+    assert!(stderr.contains("model has 1 features but 2 weights"), "{stderr}");
+}
+
+/// Word counts in a job's output, each word once.
+fn counts_in(dir: &Path) -> HashMap<String, u64> {
+    let mut counts = HashMap::new();
+    for entry in std::fs::read_dir(dir).expect("output") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "jsonl") {
+            for line in std::fs::read_to_string(&path).expect("part").lines() {
+                let v: Value = serde_json::from_str(line).expect("json");
+                let word = v["word"].as_str().expect("word").to_string();
+                assert!(counts.insert(word, v["count"].as_u64().expect("count")).is_none(), "a word twice");
+            }
+        }
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_guests_serve_requests_and_run_batch_jobs_like_rust_ones() {
+    let (Some(logreg), Some(map), Some(reduce)) = (
+        python_guest("guest-examples/python-logreg/app.py"),
+        python_guest("guest-examples/python-wordcount/map.py"),
+        python_guest("guest-examples/python-wordcount/reduce.py"),
+    ) else {
+        return;
+    };
+    let replicas = Replicas::start(1, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let urls = replicas.urls();
+    let dir = replicas.dir.path();
+    let cache = shared().join("cache").display().to_string();
+    let node = Node::start_with(&urls, &dir.join("node"), &["--cache-dir", &cache]);
+    let config = format!("model={MODEL}");
+    for (name, wasm) in [("py-logreg", logreg.as_path()), ("logreg", Path::new(guests::LOGREG))] {
+        let wasm = wasm.display().to_string();
+        common::grid_ok(
+            &urls,
+            &["deploy", name, &wasm, "--config", &config, "--memory", PY_MEMORY, "--timeout", "30s"],
+        );
+    }
+    for (name, wasm) in [
+        ("py-wc-map", map.as_path()),
+        ("py-wc-reduce", reduce.as_path()),
+        ("wc-map", Path::new(guests::WORDCOUNT_MAP)),
+        ("wc-reduce", Path::new(guests::WORDCOUNT_REDUCE)),
+    ] {
+        let wasm = wasm.display().to_string();
+        common::grid_ok(&urls, &["deploy", name, &wasm, "--memory", PY_MEMORY, "--timeout", "60s"]);
+    }
+
+    // Per request: the same rows through both.
+    let sample = rows(50, 4);
+    let http = reqwest::Client::new();
+    let mut answers = Vec::new();
+    for name in ["py-logreg", "logreg"] {
+        let url = format!("{}/v1/fn/default/{name}", node.url);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let body = loop {
+            let response = http.post(&url).json(&json!({ "rows": sample })).send().await.expect("answer");
+            let status = response.status();
+            let body: Value = response.json().await.expect("json");
+            if status == 200 {
+                break body;
+            }
+            assert!(std::time::Instant::now() < deadline, "{name} never served: {status} {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let scores: Vec<(u64, f64)> = body["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| (r["id"].as_u64().expect("id"), r["score"].as_f64().expect("score")))
+            .collect();
+        answers.push(scores);
+    }
+    assert_same_scores("per request", &answers[0], &answers[1]);
+
+    // Batch scoring: the Python job's scores equal the Rust job's.
+    let input = dir.join("rows");
+    std::fs::create_dir_all(&input).expect("rows dir");
+    for (i, chunk) in rows(1_200, 5).chunks(300).enumerate() {
+        write_jsonl(&input.join(format!("part-{i}.jsonl")), chunk);
+    }
+    let mut outputs = Vec::new();
+    for name in ["py-logreg", "logreg"] {
+        let out = dir.join(format!("scored-{name}"));
+        let args = [
+            "job",
+            "submit",
+            name,
+            "--input",
+            &input.display().to_string(),
+            "--output",
+            &out.display().to_string(),
+            "--wait",
+        ];
+        common::grid_ok(&urls, &args);
+        outputs.push(scores_in(&out));
+    }
+    assert_same_scores("batch job", &outputs[0], &outputs[1]);
+
+    // Word count: the Python mapper and reducer give the Rust job's output.
+    let corpus = dir.join("corpus");
+    common::write_corpus(&corpus, 6, 48 << 10, 11);
+    let mut counts = Vec::new();
+    for (map, reduce) in [("py-wc-map", "py-wc-reduce"), ("wc-map", "wc-reduce")] {
+        let out = dir.join(format!("counts-{map}"));
+        let args = [
+            "job",
+            "submit",
+            map,
+            "--input",
+            &corpus.display().to_string(),
+            "--output",
+            &out.display().to_string(),
+            "--reduce",
+            reduce,
+            "--reduce-partitions",
+            "3",
+            "--partition-size",
+            "32KiB",
+            "--wait",
+        ];
+        common::grid_ok(&urls, &args);
+        counts.push(counts_in(&out));
+    }
+    assert!(counts[1].len() > 100, "a real corpus");
+    assert_eq!(counts[0], counts[1], "python word count equals the rust word count");
+}
+
+static RUNTIME: std::sync::LazyLock<Runtime> = std::sync::LazyLock::new(|| {
+    Runtime::new(RuntimeConfig { cache_dir: Some(shared().join("cache")), ..RuntimeConfig::default() })
+        .expect("runtime")
+});
+
+fn score_hostile(wasm: &Path, mode: &str, limits: &Limits) -> Result<Batch, Error> {
+    let f = RUNTIME.load_file(wasm).expect("loads");
+    let config = Arc::new(BTreeMap::from([("mode".to_string(), mode.to_string())]));
+    let mut instance = f.instantiate(limits, config, Io::default())?;
+    let rows =
+        Batch { rows: 2, fields: vec![Field { name: "x".into(), values: Column::F64(vec![1.0, 2.0]), valid: None }] };
+    instance.score(&rows)
+}
+
+#[test]
+fn hostile_python_guests_are_contained_like_rust_ones() {
+    let Some(wasm) = python_guest("tests/python-guests/hostile.py") else { return };
+    let limits = Limits { memory: 256 << 20, timeout: Duration::from_secs(2), ..Limits::default() };
+    let healthy = || {
+        let out = score_hostile(&wasm, "ok", &limits).expect("a healthy call after a hostile one");
+        assert!(matches!(&out.fields[0].values, Column::F64(v) if v == &[1.0, 1.0]));
+    };
+    healthy();
+
+    let err = score_hostile(&wasm, "loop", &limits).expect_err("a loop cannot finish");
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    healthy();
+
+    let err = score_hostile(&wasm, "grow", &limits).expect_err("memory runs out");
+    assert!(
+        matches!(err, Error::MemoryLimit { limit, .. } if limit == 256 << 20)
+            || err.to_string().contains("MemoryError"),
+        "{err}"
+    );
+    healthy();
+
+    let err = score_hostile(&wasm, "raise", &limits).expect_err("the guest raises");
+    assert!(matches!(&err, Error::Guest { message } if message == "hostile python"), "{err}");
+    healthy();
+}
