@@ -202,7 +202,7 @@ fn word_count(map: &Path, reduce: &Path, mb: usize) {
                 state ^= state >> 7;
                 state ^= state << 17;
                 text.push_str(&format!("w{} ", state % 50_000));
-                if state % 11 == 0 {
+                if state.is_multiple_of(11) {
                     text.push('\n');
                 }
             }
