@@ -137,6 +137,55 @@ pub fn guide_blocks(text: &str) -> Vec<(&'static str, String)> {
     out
 }
 
+/// Follows the guide `docs/guide/NAME`: starts `wasmgrid dev`, runs every
+/// `sh` block in order in a scratch directory with the real `wasmgrid` on
+/// `PATH`, `WASMGRID_URL` pointing at the grid and `env` set (for the grid
+/// too), the guests built where the guide says to build them, and compares
+/// each output (module hashes aside) with the `output` block after it.
+pub fn follow_guide(name: &str, env: &[(&str, &str)], min_commands: usize) {
+    if let Ok(mut extra) = EXTRA_ENV.lock() {
+        extra.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let guide = std::fs::read_to_string(root.join("docs/guide").join(name)).expect("guide");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bin = tmp.path().join("bin");
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&bin).expect("bin");
+    std::fs::create_dir_all(&work).expect("work");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_wasmgrid"), bin.join("wasmgrid")).expect("symlink");
+    let dev = grid::Dev::start(&tmp.path().join("dev"));
+
+    let guests_dir = Path::new(wasmgrid_test_artifacts::LOGREG).parent().expect("dir").display().to_string();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let blocks = guide_blocks(&guide);
+    assert!(blocks.iter().filter(|b| b.0 == "sh").count() >= min_commands, "{blocks:?}");
+    let mut last = None;
+    for (kind, body) in blocks {
+        match kind {
+            "sh" => {
+                let script = body.replace("target/wasm32-wasip2/guest", &guests_dir);
+                let out = Command::new("bash")
+                    .args(["-e", "-c", &script])
+                    .current_dir(&work)
+                    .env("PATH", &path)
+                    .env("WASMGRID_URL", &dev.control_plane)
+                    .env("NO_COLOR", "1")
+                    .envs(env.iter().copied())
+                    .output()
+                    .expect("bash");
+                let (stdout, stderr) = text(&out);
+                assert!(out.status.success(), "`{body}` failed\n{stdout}\n{stderr}");
+                last = Some((body, stdout));
+            }
+            _ => {
+                let (command, stdout) = last.take().expect("an output block follows a command");
+                assert_eq!(normalize_hashes(&stdout), normalize_hashes(&body), "output of `{command}`");
+            }
+        }
+    }
+}
+
 /// Module hashes depend on where the guest was built; compare without them.
 pub fn normalize_hashes(s: &str) -> String {
     let mut out = String::new();
