@@ -50,6 +50,58 @@ fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
+/// State for the baseline: WASI only.
+struct Bare {
+    ctx: wasmtime_wasi::WasiCtx,
+    table: wasmtime::component::ResourceTable,
+}
+
+impl wasmtime_wasi::WasiView for Bare {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiCtxView { ctx: &mut self.ctx, table: &mut self.table }
+    }
+}
+
+/// Median of instantiating `wasm` with wasmtime's defaults (no pooling; the
+/// wasmgrid imports stubbed): what a fresh instance of the component costs
+/// anywhere, the baseline for ours.
+fn baseline_instances(wasm: &Path, iters: usize) -> Duration {
+    let mut config = wasmtime::Config::new();
+    config.wasm_component_model(true);
+    let engine = wasmtime::Engine::new(&config).expect("engine");
+    let component = wasmtime::component::Component::from_file(&engine, wasm).expect("compiles");
+    let mut linker = wasmtime::component::Linker::<Bare>::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("wasi");
+    linker.define_unknown_imports_as_traps(&component).expect("stubs");
+    let pre = linker.instantiate_pre(&component).expect("pre");
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let state = Bare { ctx: wasmtime_wasi::WasiCtx::builder().build(), table: Default::default() };
+        let t = Instant::now();
+        let mut store = wasmtime::Store::new(&engine, state);
+        pre.instantiate(&mut store).expect("instance");
+        drop(store);
+        times.push(t.elapsed());
+    }
+    times.sort();
+    percentile(&times, 0.5)
+}
+
+/// Median of a fresh instance (no call) in the wasmgrid runtime.
+fn bare_instances(runtime: &Runtime, wasm: &Path, iters: usize) -> Duration {
+    let f = runtime.load_file(wasm).expect("loads");
+    let limits = Limits { memory: 256 << 20, ..Limits::default() };
+    let config = Arc::new(BTreeMap::new());
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = Instant::now();
+        drop(f.instantiate(&limits, config.clone(), Io::default()).expect("instance"));
+        times.push(t.elapsed());
+    }
+    times.sort();
+    percentile(&times, 0.5)
+}
+
 /// Median and p99 of a fresh instance plus one call.
 fn instances(runtime: &Runtime, wasm: &Path, iters: usize) -> (Duration, Duration) {
     let f = runtime.load_file(wasm).expect("loads");
@@ -293,6 +345,17 @@ fn main() {
     println!("  python-logreg  p50 {:>8.1} us   p99 {:>8.1} us", micros(py50), micros(py99));
     println!("  rust logreg    p50 {:>8.1} us   p99 {:>8.1} us", micros(rs50), micros(rs99));
     println!("  python / rust p50: {:.1}x", py50.as_secs_f64() / rs50.as_secs_f64());
+    let ours = bare_instances(&runtime, &py_logreg, 1000);
+    let t = Instant::now();
+    let base = baseline_instances(&py_logreg, 200);
+    println!(
+        "  python-logreg instance alone: {:.1} us in wasmgrid (pooled), {:.1} us with wasmtime defaults \
+         (compiled in {:.1} s) -> {:.2}x",
+        micros(ours),
+        micros(base),
+        t.elapsed().as_secs_f64(),
+        ours.as_secs_f64() / base.as_secs_f64()
+    );
     per_request(&py_logreg);
     word_count(&py_map, &py_reduce, mb);
 }
