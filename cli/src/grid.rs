@@ -547,6 +547,32 @@ fn invoke_request(data: &str) -> Result<InvokeRequest> {
     Ok(InvokeRequest { rows })
 }
 
+/// Longest `invoke` waits for a node to start serving a function the
+/// control plane has (a deploy that has not reached it, or a module it is
+/// still compiling).
+const SERVE_WAIT: Duration = Duration::from_secs(60);
+
+/// Calls `name` on `node`; while the node answers that it does not serve a
+/// function the control plane knows, waits for it to catch up.
+async fn invoke_when_served(
+    c: &Client,
+    node: &str,
+    name: &str,
+    request: &InvokeRequest,
+) -> Result<wasmgrid_api::InvokeResponse> {
+    let deadline = std::time::Instant::now() + SERVE_WAIT;
+    loop {
+        match c.invoke(node, name, request).await {
+            Err(wasmgrid_api::ApiError::Http { status: 404, .. })
+                if std::time::Instant::now() < deadline && c.function(name).await.is_ok() =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 pub fn invoke(args: InvokeArgs) -> Result<()> {
     let request = invoke_request(&args.data)?;
     let c = client(&args.client)?;
@@ -561,7 +587,7 @@ pub fn invoke(args: InvokeArgs) -> Result<()> {
             }
         }
     };
-    let response = rt.block_on(c.invoke(&node, &args.name, &request))?;
+    let response = rt.block_on(invoke_when_served(&c, &node, &args.name, &request))?;
     if args.client.json {
         return print_json(&response);
     }

@@ -224,8 +224,14 @@ async fn watch(gateway: Arc<Gateway>, client: Client, modules_dir: PathBuf) {
                     failing = false;
                 }
                 if table.revision != since || since == 0 {
-                    since = table.revision;
-                    install(&gateway, &client, &modules_dir, table).await;
+                    let revision = table.revision;
+                    if install(&gateway, &client, &modules_dir, table).await {
+                        since = revision;
+                    } else {
+                        // A version could not be made ready (its module could
+                        // not be fetched or kept): try the table again soon.
+                        tokio::time::sleep(RETRY_FAILED_ROUTES).await;
+                    }
                 }
             }
             Err(e) => {
@@ -239,8 +245,17 @@ async fn watch(gateway: Arc<Gateway>, client: Client, modules_dir: PathBuf) {
     }
 }
 
-/// Makes every route of `table` ready, then serves the new table.
-async fn install(gateway: &Gateway, client: &Client, modules_dir: &Path, table: RouteTable) {
+const FETCH_ERROR: &str = "fetching module";
+const KEEP_ERROR: &str = "keeping the module";
+
+/// How long a node waits before trying again to make ready a version whose
+/// module could not be fetched or kept.
+const RETRY_FAILED_ROUTES: Duration = Duration::from_secs(1);
+
+/// Makes every route of `table` ready, then serves the new table. Returns
+/// whether every route could be made ready.
+async fn install(gateway: &Gateway, client: &Client, modules_dir: &Path, table: RouteTable) -> bool {
+    let mut complete = true;
     let current = gateway.table();
     let mut next = Table::new();
     for route in table.routes {
@@ -256,6 +271,11 @@ async fn install(gateway: &Gateway, client: &Client, modules_dir: &Path, table: 
             }
             Err(e) => {
                 tracing::error!(function = %route.name, version = route.version, "cannot serve this version: {e}");
+                // Fetching and keeping a module can succeed on a later try; a
+                // module that does not compile would only burn CPU again.
+                if e.starts_with(FETCH_ERROR) || e.starts_with(KEEP_ERROR) {
+                    complete = false;
+                }
                 if let Some(old) = current.get(&key) {
                     next.insert(key, old.clone());
                 }
@@ -263,6 +283,7 @@ async fn install(gateway: &Gateway, client: &Client, modules_dir: &Path, table: 
         }
     }
     gateway.install(next, table.revision);
+    complete
 }
 
 /// A module, fetched (and verified) if this node lacks it, and compiled.
@@ -276,15 +297,19 @@ pub(crate) async fn prepare(
     let bytes = match std::fs::read(&path) {
         Ok(bytes) if hex::encode(Sha256::digest(&bytes)) == module => bytes,
         _ => {
-            let bytes = client.module(module).await.map_err(|e| format!("fetching module: {e}"))?;
+            let bytes = client.module(module).await.map_err(|e| format!("{FETCH_ERROR}: {e}"))?;
             let actual = hex::encode(Sha256::digest(&bytes));
             if actual != module {
                 return Err(format!("module fetched for {module} hashes to {actual}; refusing it"));
             }
-            let tmp = path.with_extension("tmp");
+            // A name of its own: the route watcher and a task may fetch the
+            // same module at once, and each renames its own copy into place.
+            static FETCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = FETCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp = path.with_extension(format!("{}.{n}.tmp", std::process::id()));
             std::fs::write(&tmp, &bytes)
                 .and_then(|()| std::fs::rename(&tmp, &path))
-                .map_err(|e| format!("keeping the module in {}: {e}", path.display()))?;
+                .map_err(|e| format!("{KEEP_ERROR} in {}: {e}", path.display()))?;
             bytes
         }
     };
