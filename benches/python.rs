@@ -23,6 +23,9 @@ use wasmgrid_node::runtime::Io;
 use wasmgrid_node::{Limits, Runtime, RuntimeConfig};
 use wasmgrid_test_artifacts as guests;
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 const MODEL: &str = r#"{"features": ["x1", "x2"], "weights": [0.8, -1.25], "bias": 0.3}"#;
 
 fn data_dir() -> PathBuf {
@@ -162,22 +165,11 @@ async fn load(url: &str, clients: usize, for_: Duration) -> (f64, Duration, Dura
 fn per_request(py: &Path) {
     let dir = data_dir().join("dev");
     let _ = std::fs::remove_dir_all(&dir);
-    let mut dev = Command::new(env!("CARGO_BIN_EXE_wasmgrid"))
-        .args(["dev", "--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0", "--data"])
-        .arg(&dir)
-        .arg("--cache-dir")
-        .arg(data_dir().join("cache"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dev starts");
-    let stdout = dev.stdout.take().expect("stdout");
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-    let mut url = |prefix: &str| {
-        let line = lines.next().and_then(Result::ok).unwrap_or_default();
-        line.strip_prefix(prefix).map(|u| u.trim().to_string()).expect("dev prints its URLs")
-    };
-    let (cp, gateway) = (url("control plane:"), url("gateway:"));
+    if let Ok(mut env) = common::EXTRA_ENV.lock() {
+        env.push(("WASMGRID_CACHE_DIR".into(), data_dir().join("cache").display().to_string()));
+    }
+    let dev = common::grid::Dev::start(&dir);
+    let (cp, gateway) = (dev.control_plane.clone(), dev.gateway.clone());
     for (name, wasm) in [("py-logreg", py), ("logreg", Path::new(guests::LOGREG))] {
         let status = Command::new(env!("CARGO_BIN_EXE_wasmgrid"))
             .arg("deploy")
@@ -214,8 +206,7 @@ fn per_request(py: &Path) {
         });
     }
     println!("  python / rust throughput: {:.3}x", rates[0] / rates[1]);
-    let _ = dev.kill();
-    let _ = dev.wait();
+    drop(dev);
 }
 
 const PLAIN_PYTHON: &str = r#"

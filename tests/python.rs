@@ -80,26 +80,6 @@ fn rows(n: usize, seed: u64) -> Vec<Value> {
     (0..n).map(|i| json!({"id": i, "x1": rng.unit() * 6.0 - 3.0, "x2": rng.unit() * 6.0 - 3.0})).collect()
 }
 
-fn write_jsonl(path: &Path, rows: &[Value]) {
-    std::fs::write(path, rows.iter().map(|r| format!("{r}\n")).collect::<String>()).expect("write rows");
-}
-
-/// (id, score) of every row in an output directory, by id.
-fn scores_in(dir: &Path) -> Vec<(u64, f64)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).expect("output") {
-        let path = entry.expect("entry").path();
-        if path.extension().is_some_and(|e| e == "jsonl") {
-            for line in std::fs::read_to_string(&path).expect("part").lines() {
-                let v: Value = serde_json::from_str(line).expect("json");
-                out.push((v["id"].as_u64().expect("id"), v["score"].as_f64().expect("score")));
-            }
-        }
-    }
-    out.sort_by_key(|(id, _)| *id);
-    out
-}
-
 fn assert_same_scores(what: &str, python: &[(u64, f64)], rust: &[(u64, f64)]) {
     assert_eq!(python.len(), rust.len(), "{what}: row counts");
     assert!(!rust.is_empty(), "{what}: no rows");
@@ -123,7 +103,7 @@ fn run_scorer(wasm: &Path, input: &Path, out: &Path) -> Vec<(u64, f64)> {
             .output()
             .expect("wasmgrid runs"),
     );
-    scores_in(out)
+    common::scores_in(out)
 }
 
 #[test]
@@ -131,7 +111,7 @@ fn python_logreg_gives_the_rust_logregs_scores_through_wasmgrid_run() {
     let Some(py) = python_guest("guest-examples/python-logreg/app.py") else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("rows.jsonl");
-    write_jsonl(&input, &rows(500, 3));
+    common::write_jsonl(&input, &rows(500, 3));
     let python = run_scorer(&py, &input, &dir.path().join("py"));
     let rust = run_scorer(Path::new(guests::LOGREG), &input, &dir.path().join("rust"));
     assert_same_scores("wasmgrid run", &python, &rust);
@@ -232,7 +212,7 @@ async fn python_guests_serve_requests_and_run_batch_jobs_like_rust_ones() {
     let input = dir.join("rows");
     std::fs::create_dir_all(&input).expect("rows dir");
     for (i, chunk) in rows(1_200, 5).chunks(300).enumerate() {
-        write_jsonl(&input.join(format!("part-{i}.jsonl")), chunk);
+        common::write_jsonl(&input.join(format!("part-{i}.jsonl")), chunk);
     }
     let mut outputs = Vec::new();
     for name in ["py-logreg", "logreg"] {
@@ -248,7 +228,7 @@ async fn python_guests_serve_requests_and_run_batch_jobs_like_rust_ones() {
             "--wait",
         ];
         common::grid_ok(&urls, &args);
-        outputs.push(scores_in(&out));
+        outputs.push(common::scores_in(&out));
     }
     assert_same_scores("batch job", &outputs[0], &outputs[1]);
 

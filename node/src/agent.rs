@@ -183,7 +183,7 @@ fn node_id(data: &Path) -> Result<String, AgentError> {
 async fn heartbeats(gateway: Arc<Gateway>, client: Client, id: String, url: String) {
     let mut failing = false;
     let info = gateway.runtime().config().gpu.open().info();
-    let gpu = info.is_gpu().then(|| info.adapter.clone());
+    let gpu = info.gpu.then(|| info.adapter.clone());
     let mut ticker = tokio::time::interval(HEARTBEAT_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -486,7 +486,7 @@ async fn call(
         };
         return failure(StatusCode::BAD_REQUEST, "wrong_kind", message);
     }
-    if served.route.gpu == GpuPlacement::Required && !gateway.runtime.config().gpu.open().info().is_gpu() {
+    if served.route.gpu == GpuPlacement::Required && !gateway.runtime.config().gpu.open().info().gpu {
         let message = format!("`{name}` requires a GPU and this node has none; send it to a GPU node");
         return failure(StatusCode::SERVICE_UNAVAILABLE, "no_gpu", message);
     }

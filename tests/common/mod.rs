@@ -137,6 +137,28 @@ pub fn guide_blocks(text: &str) -> Vec<(&'static str, String)> {
     out
 }
 
+/// Writes `rows` as JSON lines.
+pub fn write_jsonl(path: &Path, rows: &[serde_json::Value]) {
+    let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(path, text).expect("write rows");
+}
+
+/// (id, score) of every row in the JSON-lines files of an output directory, by id.
+pub fn scores_in(dir: &Path) -> Vec<(u64, f64)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("output") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "jsonl") {
+            for line in std::fs::read_to_string(&path).expect("part").lines() {
+                let v: serde_json::Value = serde_json::from_str(line).expect("json line");
+                out.push((v["id"].as_u64().expect("id"), v["score"].as_f64().expect("score")));
+            }
+        }
+    }
+    out.sort_by_key(|(id, _)| *id);
+    out
+}
+
 /// Follows the guide `docs/guide/NAME`: starts `wasmgrid dev`, runs every
 /// `sh` block in order in a scratch directory with the real `wasmgrid` on
 /// `PATH`, `WASMGRID_URL` pointing at the grid and `env` set (for the grid

@@ -49,6 +49,8 @@ impl FromStr for GpuMode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuInfo {
     /// Whether a wgpu adapter runs the kernels (false: the CPU fallback).
+    /// A node with one counts as a GPU node for placement, software adapters
+    /// included when it was told to use them (`--gpu-mode any`).
     pub gpu: bool,
     /// The adapter's name ("cpu" for the fallback).
     pub adapter: String,
@@ -61,12 +63,6 @@ pub struct GpuInfo {
 impl GpuInfo {
     fn cpu() -> Self {
         GpuInfo { gpu: false, adapter: "cpu".into(), backend: "cpu".into(), software: false }
-    }
-
-    /// Whether this counts as a GPU for placement: a hardware adapter, or a
-    /// software one the node was explicitly told to use (`--gpu any`).
-    pub fn is_gpu(&self) -> bool {
-        self.gpu
     }
 }
 
