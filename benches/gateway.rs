@@ -108,12 +108,29 @@ fn start_wasmtime_serve(wasmtime: &Path) -> Option<(Proc, String)> {
     Some((Proc(child), format!("http://127.0.0.1:{port}/")))
 }
 
+/// The `Authorization` header every load generator sends (to every server
+/// alike: the native and `wasmtime serve` ones ignore it).
+fn bearer() -> String {
+    format!("Authorization: Bearer {}", common::TOKEN)
+}
+
 /// Waits until `url` scores a row.
 fn wait_ready(url: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let ok = Command::new("curl")
-            .args(["-sf", "-o", "/dev/null", "-H", "content-type: application/json", "-d", &body(1), url])
+            .args([
+                "-sf",
+                "-o",
+                "/dev/null",
+                "-H",
+                "content-type: application/json",
+                "-H",
+                &bearer(),
+                "-d",
+                &body(1),
+                url,
+            ])
             .status()
             .is_ok_and(|s| s.success());
         if ok {
@@ -141,8 +158,9 @@ fn saturation(url: &str, pid: u32, body_file: &Path, dir: &Path) -> (f64, f64) {
     std::fs::write(
         &script,
         format!(
-            "local f = io.open(\"{}\", \"r\")\nwrk.method = \"POST\"\nwrk.body = f:read(\"*a\")\nf:close()\nwrk.headers[\"Content-Type\"] = \"application/json\"\n",
-            body_file.display()
+            "local f = io.open(\"{}\", \"r\")\nwrk.method = \"POST\"\nwrk.body = f:read(\"*a\")\nf:close()\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Authorization\"] = \"Bearer {}\"\n",
+            body_file.display(),
+            common::TOKEN
         ),
     )
     .expect("lua");
@@ -172,7 +190,8 @@ fn latency_at(url: &str, body_file: &Path, rate: f64) -> (f64, f64) {
     let workers = 8.0_f64;
     let per_worker = (rate / workers).max(1.0).round() as u64;
     let out = Command::new("hey")
-        .args(["-z", "5s", "-c", "8", "-q", &per_worker.to_string(), "-m", "POST", "-T", "application/json", "-D"])
+        .args(["-z", "5s", "-c", "8", "-q", &per_worker.to_string(), "-m", "POST", "-T", "application/json"])
+        .args(["-H", &bearer(), "-D"])
         .arg(body_file)
         .arg(url)
         .output()
@@ -198,7 +217,9 @@ fn main() {
     let (cp, gateway) = (dev.control_plane.clone(), dev.gateway.clone());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
     rt.block_on(async {
-        let client = wasmgrid_api::Client::new(&[cp.as_str()], Duration::from_secs(30)).expect("client");
+        let client = wasmgrid_api::Client::new(&[cp.as_str()], Duration::from_secs(30))
+            .expect("client")
+            .with_token(Some(common::TOKEN.into()));
         let module = client.upload_module(std::fs::read(guests::LOGREG).expect("logreg")).await.expect("upload");
         let request = wasmgrid_api::DeployRequest {
             module: module.sha256,

@@ -132,7 +132,7 @@ fn instances(runtime: &Runtime, wasm: &Path, iters: usize) -> (Duration, Duratio
 /// Requests per second and p50/p99 latency of `url` from `clients` loops for `for_`.
 async fn load(url: &str, clients: usize, for_: Duration) -> (f64, Duration, Duration) {
     let body = r#"{"rows": [{"x1": 0.5, "x2": -1.5}]}"#;
-    let client = reqwest::Client::new();
+    let client = common::http();
     let start = Instant::now();
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
@@ -171,7 +171,7 @@ fn per_request(py: &Path) {
     let dev = common::grid::Dev::start(&dir);
     let (cp, gateway) = (dev.control_plane.clone(), dev.gateway.clone());
     for (name, wasm) in [("py-logreg", py), ("logreg", Path::new(guests::LOGREG))] {
-        let status = Command::new(env!("CARGO_BIN_EXE_wasmgrid"))
+        let status = common::wasmgrid()
             .arg("deploy")
             .arg(name)
             .arg(wasm)
@@ -189,7 +189,7 @@ fn per_request(py: &Path) {
         rt.block_on(async {
             // Until served and warm.
             let deadline = Instant::now() + Duration::from_secs(120);
-            while reqwest::Client::new()
+            while common::http()
                 .post(&url)
                 .body(r#"{"x1": 1, "x2": 2}"#)
                 .send()

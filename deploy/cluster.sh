@@ -32,11 +32,16 @@ start() {
         WASMGRID=target/release/wasmgrid
     fi
     mkdir -p "$DIR"
+    # One admin token for the whole cluster, made once, readable by us only.
+    if [ ! -f "$DIR/admin-token" ]; then
+        (umask 077 && "$WASMGRID" tokens generate >"$DIR/admin-token")
+    fi
+    export WASMGRID_TOKEN_FILE="$DIR/admin-token"
     for i in "${REPLICAS[@]}"; do
         pid="$DIR/replica-$i.pid"
         running "$pid" && continue
         "$WASMGRID" control-plane --id "$i" --data "$DIR/replica-$i" --listen "$(replica_addr "$i")" \
-            --peers "$PEERS" >>"$DIR/replica-$i.log" 2>&1 &
+            --peers "$PEERS" --admin-token-file "$DIR/admin-token" >>"$DIR/replica-$i.log" 2>&1 &
         echo $! >"$pid"
         echo "replica $i: http://$(replica_addr "$i") (pid $!, log $DIR/replica-$i.log)"
     done
@@ -44,15 +49,19 @@ start() {
         WASMGRID_URL=$URLS "$WASMGRID" cluster status --json 2>/dev/null | grep -q '"leader": [0-9]' && break
         sleep 0.1
     done
+    # Nodes get a node token: enough to fetch routes and modules and run tasks.
+    if [ ! -s "$DIR/node-token" ]; then
+        (umask 077 && WASMGRID_URL=$URLS "$WASMGRID" tokens create --node >"$DIR/node-token")
+    fi
     for i in "${NODES[@]}"; do
         pid="$DIR/node-$i.pid"
         running "$pid" && continue
         "$WASMGRID" node --control-plane "$URLS" --data "$DIR/node-$i" --listen "$(node_addr "$i")" \
-            --id "node-$i" >>"$DIR/node-$i.log" 2>&1 &
+            --id "node-$i" --token-file "$DIR/node-token" >>"$DIR/node-$i.log" 2>&1 &
         echo $! >"$pid"
         echo "node $i:    http://$(node_addr "$i") (pid $!, log $DIR/node-$i.log)"
     done
-    echo "export WASMGRID_URL=$URLS"
+    echo "export WASMGRID_URL=$URLS WASMGRID_TOKEN_FILE=$DIR/admin-token"
 }
 
 stop() {
@@ -74,7 +83,7 @@ status() {
         name=$(basename "$pid" .pid)
         if running "$pid"; then echo "$name: running (pid $(cat "$pid"))"; else echo "$name: stopped"; fi
     done
-    WASMGRID_URL=$URLS "${WASMGRID:-target/release/wasmgrid}" cluster status || true
+    WASMGRID_URL=$URLS WASMGRID_TOKEN_FILE="$DIR/admin-token" "${WASMGRID:-target/release/wasmgrid}" cluster status || true
 }
 
 case "${1:-}" in

@@ -41,7 +41,9 @@ for _ in $(seq 100); do
 done
 cat "$DEMO/dev.out"
 WASMGRID_URL=$(sed -n 's/^control plane: *//p' "$DEMO/dev.out")
-export WASMGRID_URL
+# The admin token `wasmgrid dev` made at its first start.
+WASMGRID_TOKEN_FILE="$DEV/admin-token"
+export WASMGRID_URL WASMGRID_TOKEN_FILE
 
 MODEL_V1='model={"features": ["amount", "foreign"], "weights": [0.01, 2.0], "bias": -3.0}'
 MODEL_V2='model={"features": ["amount", "foreign"], "weights": [0.02, 1.0], "bias": -4.0}'

@@ -11,12 +11,15 @@ were sent.
 
     deploy/phones.py --gateway http://127.0.0.1:7401 --phones 200 --rate 5 --seconds 10
 
-Standard library only.
+The phones send the token in WASMGRID_TOKEN (an invoke-only token is
+enough: `wasmgrid tokens create --tenant default --invoke-only`), or the
+one in --token-file, or .wasmgrid/admin-token. Standard library only.
 """
 
 import argparse
 import http.client
 import json
+import os
 import random
 import threading
 import time
@@ -56,7 +59,7 @@ def phone(n, args, url, stop, results, lock):
         body = json.dumps({"rows": [row]})
         started = time.monotonic()
         try:
-            conn.request("POST", path, body, {"content-type": "application/json"})
+            conn.request("POST", path, body, {"content-type": "application/json", "authorization": f"Bearer {args.token}"})
             response = conn.getresponse()
             data = response.read()
             status = response.status
@@ -83,7 +86,15 @@ def main():
     p.add_argument("--samples", type=int, default=50, help="samples per axis per window")
     p.add_argument("--falls", type=float, default=0.02, help="share of windows with a fall")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--token-file", default=".wasmgrid/admin-token", help="used when WASMGRID_TOKEN is not set")
     args = p.parse_args()
+    args.token = os.environ.get("WASMGRID_TOKEN", "").strip()
+    if not args.token:
+        try:
+            with open(args.token_file) as f:
+                args.token = f.read().strip()
+        except OSError as e:
+            p.error(f"no token: set WASMGRID_TOKEN or --token-file ({e})")
     url = urllib.parse.urlparse(args.gateway)
 
     stop, lock, results = threading.Event(), threading.Lock(), []

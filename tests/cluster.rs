@@ -225,7 +225,7 @@ async fn without_a_quorum_a_deploy_fails_with_503_within_5s() {
         assert!(took < Duration::from_secs(5), "round {round}: the deploy took {took:?} to fail");
         println!("round {round}: failed in {:.0} ms: {}", took.as_secs_f64() * 1e3, stderr.trim());
     }
-    let raw = reqwest::Client::new()
+    let raw = common::http()
         .post(format!("{}/v1/functions/churn/rollback", replicas.url(survivor)))
         .json(&serde_json::json!({"version": 1}))
         .send()
@@ -251,7 +251,7 @@ async fn a_node_serves_a_deploy_within_a_second_and_rollbacks_switch_atomically(
     let replicas = Replicas::start(1, 1000);
     replicas.wait_leader(Duration::from_secs(15)).await;
     let node = Node::start(&replicas.urls(), &replicas.dir.path().join("node"));
-    let http = reqwest::Client::new();
+    let http = common::http();
     let invoke = |rows: usize| call(http.clone(), format!("{}/v1/fn/default/churn", node.url), rows);
 
     // Version 1 (cold: the node fetches and compiles the module), then
@@ -327,7 +327,7 @@ async fn bad_input_gets_a_clear_json_error() {
     let replicas = Replicas::start(1, 1000);
     replicas.wait_leader(Duration::from_secs(15)).await;
     let url = replicas.url(1);
-    let http = reqwest::Client::new();
+    let http = common::http();
     let client = replicas.client(1);
     let module = upload(&client).await;
     client.deploy("churn", &deploy_request(&module, 1.0)).await.expect("deploy");
@@ -437,7 +437,13 @@ fn the_cluster_script_starts_three_replicas_and_two_nodes_and_stops_them() {
     let urls = (0..3).map(|i| format!("http://127.0.0.1:{}", base + i)).collect::<Vec<_>>().join(",");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let out = wasmgrid().env("WASMGRID_URL", &urls).args(["nodes", "ls", "--json"]).output().expect("runs");
+        let out = wasmgrid()
+            .env("WASMGRID_URL", &urls)
+            .env_remove("WASMGRID_TOKEN")
+            .env("WASMGRID_TOKEN_FILE", dir.path().join("admin-token"))
+            .args(["nodes", "ls", "--json"])
+            .output()
+            .expect("runs");
         let alive = serde_json::from_slice::<serde_json::Value>(&out.stdout)
             .ok()
             .and_then(|v| v["nodes"].as_array().map(|n| n.iter().filter(|n| n["state"] == "alive").count()));
@@ -454,6 +460,11 @@ fn the_cluster_script_starts_three_replicas_and_two_nodes_and_stops_them() {
         .map(|p| std::fs::read_to_string(p).expect("pid").trim().to_string())
         .collect();
     assert_eq!(pids.len(), 5);
+    // The script made one admin token and a node token, for its user only.
+    for token in ["admin-token", "node-token"] {
+        let meta = std::fs::metadata(dir.path().join(token)).expect("token file");
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o600, "{token}");
+    }
     ok_stdout(script("stop"));
     for pid in pids {
         assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "process {pid} still runs after stop");
@@ -481,7 +492,7 @@ async fn hostile_functions_get_clear_errors_on_the_gateway_and_the_node_keeps_se
     }
     client.deploy("churn", &deploy_request(&healthy, 1.0)).await.expect("deploy");
     let node = Node::start(&replicas.urls(), &replicas.dir.path().join("node"));
-    let http = reqwest::Client::new();
+    let http = common::http();
     let gateway = |name: &str| format!("{}/v1/fn/default/{name}", node.url);
     let deadline = Instant::now() + Duration::from_secs(20);
     while call(http.clone(), gateway("churn"), 1).await.is_none() {

@@ -57,7 +57,7 @@ async fn json_and_arrow_calls_score_exactly_like_wasmgrid_run() {
     let client = replicas.client(1);
     let version = deploy(&client, "fraud", guests::LOGREG, 1000, &[("model", MODEL)]).await;
     let node = Node::start(&replicas.urls(), &replicas.dir.path().join("node"));
-    let http = reqwest::Client::new();
+    let http = common::http();
     served(&http, &node, "fraud", version).await;
 
     // The reference: `wasmgrid run` over the same rows as CSV.
@@ -100,7 +100,11 @@ async fn json_and_arrow_calls_score_exactly_like_wasmgrid_run() {
     assert_eq!(scores, reference, "JSON scores equal `wasmgrid run`'s");
 
     // The same call over HTTP/2 (h2c, prior knowledge).
-    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().expect("h2 client");
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .default_headers(common::auth_headers())
+        .build()
+        .expect("h2 client");
     let response = h2.post(&url).json(&serde_json::json!({ "rows": rows })).send().await.expect("h2 call");
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
     let body: InvokeResponse = response.json().await.expect("json");
@@ -153,7 +157,7 @@ async fn every_error_status_is_provoked_and_answered_in_json() {
     deploy(&client, "words", guests::WORDCOUNT_MAP, 600, &[]).await;
     let flags = ["--max-body", "4KiB", "--max-concurrency", "1", "--max-queue", "1", "--queue-timeout", "150ms"];
     let node = Node::start_with(&replicas.urls(), &replicas.dir.path().join("node"), &flags);
-    let http = reqwest::Client::new();
+    let http = common::http();
     served(&http, &node, "fraud", v).await;
     served(&http, &node, "words", 1).await;
     let url = |name: &str| format!("{}/v1/fn/default/{name}", node.url);
@@ -234,7 +238,7 @@ async fn rolling_versions_under_load_loses_no_call_and_mixes_no_versions() {
     let weights = [0.5, -0.5, 2.0];
     deploy(&client, "fraud", guests::LOGREG, 1000, &[("model", &model(weights[0]))]).await;
     let node = Node::start(&replicas.urls(), &replicas.dir.path().join("node"));
-    let http = reqwest::Client::new();
+    let http = common::http();
     served(&http, &node, "fraud", 1).await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -293,7 +297,7 @@ async fn a_standard_wasi_http_component_answers_through_the_gateway() {
     let v = client.deploy("hello", &request).await.expect("deploy").active;
     deploy(&client, "fraud", guests::LOGREG, 1000, &[("model", MODEL)]).await;
     let node = Node::start(&replicas.urls(), &replicas.dir.path().join("node"));
-    let http = reqwest::Client::new();
+    let http = common::http();
     served(&http, &node, "hello", v).await;
     served(&http, &node, "fraud", 1).await;
     let base = format!("{}/v1/http/default/hello", node.url);
@@ -343,15 +347,19 @@ async fn a_standard_wasi_http_component_answers_through_the_gateway() {
 async fn the_phones_script_drives_fall_detect_and_every_fall_is_flagged() {
     let replicas = Replicas::start(1, 1000);
     replicas.wait_leader(Duration::from_secs(15)).await;
+    // The phones hold a token that can call functions and nothing else.
+    let request = wasmgrid_api::TokenRequest { tenant: Some("default".into()), role: wasmgrid_api::Role::InvokeOnly };
+    let phones = replicas.client(1).create_token(&request).await.expect("token").token;
     let v = deploy(&replicas.client(1), "fall-detect", guests::FALL_DETECT, 1000, &[]).await;
     let node = Node::start(&replicas.urls(), &replicas.dir.path().join("node"));
-    let http = reqwest::Client::new();
+    let http = common::http();
     served(&http, &node, "fall-detect", v).await;
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/phones.py");
     let url = node.url.clone();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("python3")
             .arg(script)
+            .env("WASMGRID_TOKEN", phones)
             .args(["--gateway", &url, "--phones", "20", "--rate", "10", "--seconds", "2", "--falls", "0.1", "--json"])
             .output()
     })

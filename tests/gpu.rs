@@ -138,8 +138,7 @@ async fn wait_gpu_node(urls: &str, want: usize) {
 }
 
 async fn post_rows(url: &str, rows: &[Value]) -> (u16, Value) {
-    let response =
-        reqwest::Client::new().post(url).json(&json!({ "rows": rows })).send().await.expect("the gateway answers");
+    let response = common::http().post(url).json(&json!({ "rows": rows })).send().await.expect("the gateway answers");
     let status = response.status().as_u16();
     (status, response.json().await.expect("json body"))
 }
@@ -251,6 +250,7 @@ async fn gpu_placement_per_request_and_in_a_batch_job() {
         assert!((g - c).abs() <= TOLERANCE * c.abs().max(1.0), "row {id}: gpu {g} vs cpu {c}");
         assert!((g - b).abs() <= TOLERANCE * b.abs().max(1.0), "row {id}: per request {g} vs batch {b}");
     }
-    let metrics = reqwest::get(format!("{}/metrics", gpu.url)).await.expect("metrics").text().await.expect("text");
+    let metrics =
+        common::http().get(format!("{}/metrics", gpu.url)).send().await.expect("metrics").text().await.expect("text");
     assert!(metrics.contains("wasmgrid_gpu_seconds_total{tenant=\"default\",function=\"mlp\"}"), "{metrics}");
 }

@@ -254,7 +254,7 @@ async fn logreg_as_a_batch_job_over_parquet_scores_like_per_request_calls() {
         .map(|i| serde_json::json!({"id": ids[i], "x1": x1[i], "x2": x2[i]}).as_object().cloned().expect("object"))
         .collect();
     let answer = loop {
-        match client.invoke(&node.url, "scorer", &InvokeRequest { rows: rows.clone() }).await {
+        match client.invoke(&node.url, "default", "scorer", &InvokeRequest { rows: rows.clone() }).await {
             Ok(a) => break a,
             Err(e) => assert!(Instant::now() < deadline, "the gateway never answered: {e}"),
         }
@@ -283,12 +283,7 @@ async fn a_node_killed_mid_job_loses_no_row_and_duplicates_none() {
     let id = submit_wordcount(&urls, &corpus, &out, "4KiB");
     // Follow the job's event stream meanwhile.
     let events = tokio::spawn(
-        reqwest::Client::new()
-            .get(format!("{}/v1/jobs/{id}/events", replicas.url(1)))
-            .send()
-            .await
-            .expect("events")
-            .text(),
+        common::http().get(format!("{}/v1/jobs/{id}/events", replicas.url(1))).send().await.expect("events").text(),
     );
     let client = replicas.client_all();
     wait_progress(&client, &id, 20).await;

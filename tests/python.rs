@@ -183,7 +183,7 @@ async fn python_guests_serve_requests_and_run_batch_jobs_like_rust_ones() {
 
     // Per request: the same rows through both.
     let sample = rows(50, 4);
-    let http = reqwest::Client::new();
+    let http = common::http();
     let mut answers = Vec::new();
     for name in ["py-logreg", "logreg"] {
         let url = format!("{}/v1/fn/default/{name}", node.url);

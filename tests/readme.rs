@@ -113,8 +113,10 @@ fn tour_commands_run_as_written() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let demo = tmp.path().join("demo");
     run_demo(&demo);
-    // The tour's `wasmgrid dev`, on free ports.
-    let dev = common::grid::Dev::start(&tmp.path().join("dev"));
+    // The tour's `wasmgrid dev`, on free ports, started where the commands
+    // run: they find its admin token under .wasmgrid, as a reader's do.
+    let work = tmp.path().join("work");
+    let dev = common::grid::Dev::start(&work.join(".wasmgrid"));
     let url = dev.control_plane.as_str();
     for command in commands {
         if command.trim() == "wasmgrid dev" {
@@ -128,6 +130,9 @@ fn tour_commands_run_as_written() {
             let out = Command::new("bash")
                 .arg("-c")
                 .arg(format!("wasmgrid() {{ \"$WASMGRID\" \"$@\"; }}; {shell}"))
+                .current_dir(&work)
+                .env_remove("WASMGRID_TOKEN")
+                .env_remove("WASMGRID_TOKEN_FILE")
                 .env("WASMGRID", env!("CARGO_BIN_EXE_wasmgrid"))
                 .env("WASMGRID_CACHE_DIR", demo.join("cache"))
                 .env("WASMGRID_URL", url)

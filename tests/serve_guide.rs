@@ -12,8 +12,10 @@ use wasmgrid_test_artifacts as guests;
 
 /// Waits until the node serves every function's active version.
 async fn converged(control_plane: &str, gateway: &str) {
-    let client = wasmgrid_api::Client::new(&[control_plane], Duration::from_secs(5)).expect("client");
-    let http = reqwest::Client::new();
+    let client = wasmgrid_api::Client::new(&[control_plane], Duration::from_secs(5))
+        .expect("client")
+        .with_token(Some(common::TOKEN.into()));
+    let http = common::http();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let want = client.functions().await.expect("functions").functions;
@@ -36,7 +38,11 @@ async fn serve_over_http_guide_works_as_written() {
     std::fs::create_dir_all(&bin).expect("bin");
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_wasmgrid"), bin.join("wasmgrid")).expect("symlink");
 
-    let dev = common::grid::Dev::start(&tmp.path().join("dev"));
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).expect("work");
+    // Started in the guide's directory, as a reader does: the CLI and the
+    // guide's curl commands find the admin token under .wasmgrid.
+    let dev = common::grid::Dev::start(&work.join(".wasmgrid"));
     let (control_plane, gateway) = (dev.control_plane.clone(), dev.gateway.clone());
 
     let guests_dir = Path::new(guests::FALL_DETECT).parent().expect("dir").display().to_string();
@@ -51,6 +57,9 @@ async fn serve_over_http_guide_works_as_written() {
                     body.replace("http://127.0.0.1:7401", &gateway).replace("target/wasm32-wasip2/guest", &guests_dir);
                 let out = Command::new("bash")
                     .args(["-e", "-c", &script])
+                    .current_dir(&work)
+                    .env_remove("WASMGRID_TOKEN")
+                    .env_remove("WASMGRID_TOKEN_FILE")
                     .env("PATH", &path)
                     .env("WASMGRID_URL", &control_plane)
                     .env("NO_COLOR", "1")

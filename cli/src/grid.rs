@@ -15,16 +15,24 @@ use wasmgrid_node::Runtime;
 use wasmgrid_node::agent::{self, AgentConfig};
 use wasmgrid_node::gateway::GatewayConfig;
 
-use crate::{CompileArgs, runtime_config, units};
+use crate::{CompileArgs, access, runtime_config, units};
 
 const DEFAULT_URL: &str = "http://127.0.0.1:7400";
 
-/// Where the control plane is, and how to print.
+/// Where the control plane is, who is asking, and how to print. The token
+/// comes from `WASMGRID_TOKEN`, else `--token-file`, else
+/// `.wasmgrid/admin-token` (what `wasmgrid dev` writes).
 #[derive(Args, Debug)]
 pub struct ClientArgs {
     /// Control-plane URL(s), comma-separated; any replica will do.
     #[arg(long, env = "WASMGRID_URL", default_value = DEFAULT_URL, value_delimiter = ',')]
     url: Vec<String>,
+    /// A file holding the token to send.
+    #[arg(long, env = "WASMGRID_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// The tenant to act on (admin token; a tenant's token acts on its own).
+    #[arg(long, env = "WASMGRID_TENANT")]
+    pub(crate) tenant: Option<String>,
     /// Print JSON instead of tables.
     #[arg(long)]
     pub(crate) json: bool,
@@ -51,6 +59,10 @@ pub struct ControlPlaneArgs {
     /// How long a write waits for a quorum before failing with 503.
     #[arg(long, default_value = "3s", value_parser = units::parse_duration)]
     request_timeout: Duration,
+    /// The admin token file, the same on every replica [default:
+    /// DATA/admin-token, made at the first start of a single replica].
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -73,6 +85,10 @@ pub struct NodeArgs {
     /// Batch task attempts run at once [default: one per core].
     #[arg(long, default_value_t = 0, hide_default_value = true)]
     task_slots: usize,
+    /// A file holding the node's token (`wasmgrid tokens create --node`, or
+    /// the admin token) [default: WASMGRID_TOKEN].
+    #[arg(long, env = "WASMGRID_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     #[command(flatten)]
     gateway: GatewayArgs,
     #[command(flatten)]
@@ -144,6 +160,9 @@ pub struct DeployArgs {
     /// none is alive), `preferred` on GPU nodes first, `any` anywhere.
     #[arg(long, value_name = "any|preferred|required", default_value = "any", value_parser = parse_placement)]
     gpu: GpuPlacement,
+    /// Serve it on the gateways without a token (for public HTTP endpoints).
+    #[arg(long)]
+    public: bool,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -258,7 +277,9 @@ fn replica_config(args: &ControlPlaneArgs) -> Result<ReplicaConfig> {
         bail!("--peers must include this replica (--id {})", args.id);
     }
     anyhow::ensure!(args.snapshot_every >= 10, "--snapshot-every must be at least 10");
-    let mut config = ReplicaConfig::new(args.id, args.listen, peers, args.data.clone());
+    let token_file = args.admin_token_file.clone().unwrap_or_else(|| access::admin_token_path(&args.data));
+    let admin = access::admin_token(&token_file, peers.len() == 1)?;
+    let mut config = ReplicaConfig::new(args.id, args.listen, peers, args.data.clone(), admin);
     config.job_io = Some(Arc::new(crate::jobs::FileJobIo));
     config.snapshot_every = args.snapshot_every;
     config.request_timeout = args.request_timeout;
@@ -287,6 +308,15 @@ fn node_runtime(compile: &CompileArgs, data: &Path) -> Result<Arc<Runtime>> {
 }
 
 pub fn node(args: NodeArgs) -> Result<()> {
+    let token = match std::env::var("WASMGRID_TOKEN") {
+        Ok(token) if !token.trim().is_empty() => token.trim().to_string(),
+        _ => match &args.token_file {
+            Some(file) => access::read_token_file(file)?,
+            None => bail!(
+                "a node needs a token: set WASMGRID_TOKEN or --token-file (make one with `wasmgrid tokens create --node`)"
+            ),
+        },
+    };
     let runtime = node_runtime(&args.compile, &args.data)?;
     let config = AgentConfig {
         control_plane: args.control_plane,
@@ -296,6 +326,7 @@ pub fn node(args: NodeArgs) -> Result<()> {
         id: args.id,
         gateway: args.gateway.config()?,
         task_slots: args.task_slots,
+        token,
     };
     tokio_runtime()?.block_on(async move {
         let agent = agent::start(config, runtime).await?;
@@ -308,7 +339,8 @@ pub fn node(args: NodeArgs) -> Result<()> {
 
 pub fn dev(args: DevArgs, compile: &CompileArgs) -> Result<()> {
     let peers = BTreeMap::from([(1, format!("http://{}", args.listen))]);
-    let mut replica = ReplicaConfig::new(1, args.listen, peers, args.data.join("control-plane"));
+    let admin = access::admin_token(&access::admin_token_path(&args.data), true)?;
+    let mut replica = ReplicaConfig::new(1, args.listen, peers, args.data.join("control-plane"), admin.clone());
     replica.job_io = Some(Arc::new(crate::jobs::FileJobIo));
     let node_data = args.data.join("node");
     let runtime = node_runtime(compile, &node_data)?;
@@ -323,11 +355,16 @@ pub fn dev(args: DevArgs, compile: &CompileArgs) -> Result<()> {
             id: Some("dev".into()),
             gateway: args.admission.config()?,
             task_slots: 0,
+            token: admin,
         };
         let agent = agent::start(node, runtime).await?;
         println!("control plane: {url}");
         println!("gateway:       {}", agent.url);
-        eprintln!("data in {}; Ctrl-C to stop", args.data.display());
+        eprintln!(
+            "data in {}, admin token in {}; Ctrl-C to stop",
+            args.data.display(),
+            access::admin_token_path(&args.data).display()
+        );
         shutdown_signal().await;
         agent.stop().await;
         cp.stop().await;
@@ -336,7 +373,13 @@ pub fn dev(args: DevArgs, compile: &CompileArgs) -> Result<()> {
 }
 
 pub(crate) fn client(args: &ClientArgs) -> Result<Client> {
-    Ok(Client::new(&args.url, Duration::from_secs(30))?)
+    client_at(args, &args.url)
+}
+
+/// A client of `urls` with the token and tenant of `args`.
+fn client_at(args: &ClientArgs, urls: &[String]) -> Result<Client> {
+    let token = access::client_token(args.token_file.as_deref())?;
+    Ok(Client::new(urls, Duration::from_secs(30))?.with_token(token).with_tenant(args.tenant.clone()))
 }
 
 pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<()> {
@@ -382,6 +425,7 @@ pub fn deploy(args: DeployArgs) -> Result<()> {
         timeout_ms: args.timeout.map(|t| t.as_millis().max(1) as u64),
         config: args.config.into_iter().collect(),
         gpu: args.gpu,
+        public: args.public,
     };
     let client = client(&args.client)?;
     tokio_runtime()?.block_on(async {
@@ -496,7 +540,7 @@ pub fn cluster(command: ClusterCommand) -> Result<()> {
     // Lag is the leader's view: ask it when a follower answered.
     if status.role != "leader"
         && let Some(url) = &status.leader_url
-        && let Ok(leader) = Client::new(&[url], Duration::from_secs(5))
+        && let Ok(leader) = client_at(&args, std::slice::from_ref(url))
         && let Ok(s) = rt.block_on(leader.cluster())
     {
         status = s;
@@ -557,12 +601,13 @@ const SERVE_WAIT: Duration = Duration::from_secs(60);
 async fn invoke_when_served(
     c: &Client,
     node: &str,
+    tenant: &str,
     name: &str,
     request: &InvokeRequest,
 ) -> Result<wasmgrid_api::InvokeResponse> {
     let deadline = std::time::Instant::now() + SERVE_WAIT;
     loop {
-        match c.invoke(node, name, request).await {
+        match c.invoke(node, tenant, name, request).await {
             Err(wasmgrid_api::ApiError::Http { status: 404, .. })
                 if std::time::Instant::now() < deadline && c.function(name).await.is_ok() =>
             {
@@ -587,7 +632,12 @@ pub fn invoke(args: InvokeArgs) -> Result<()> {
             }
         }
     };
-    let response = rt.block_on(invoke_when_served(&c, &node, &args.name, &request))?;
+    // The function's tenant: the one named, else the token's own.
+    let tenant = match &args.client.tenant {
+        Some(t) => t.clone(),
+        None => rt.block_on(c.whoami()).context("asking the control plane whose token this is")?.tenant,
+    };
+    let response = rt.block_on(invoke_when_served(&c, &node, &tenant, &args.name, &request))?;
     if args.client.json {
         return print_json(&response);
     }

@@ -1,6 +1,7 @@
 //! The `wasmgrid` command. Glue only: it parses arguments and calls the
 //! libraries (`wasmgrid-node` for running functions).
 
+mod access;
 mod build;
 mod grid;
 mod jobs;
@@ -65,6 +66,14 @@ enum Command {
     /// Batch jobs: fan a function out over partitioned data on the grid.
     #[command(subcommand)]
     Job(jobs::JobCommand),
+    /// Manage tenants (admin token).
+    #[command(subcommand)]
+    Tenants(access::TenantsCommand),
+    /// Manage tokens (admin token).
+    #[command(subcommand)]
+    Tokens(access::TokensCommand),
+    /// Show the tenant and role of the token in use.
+    Whoami(grid::ClientArgs),
     /// Build a Python function (a module with one @wasmgrid.scorer, mapper or reducer) into a component.
     Build(build::BuildArgs),
     /// Compile a component in a limited worker process (internal).
@@ -202,6 +211,9 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Cluster(c) => grid::cluster(c),
         Command::Invoke(args) => grid::invoke(args),
         Command::Job(c) => jobs::job(c),
+        Command::Tenants(c) => access::tenants(c),
+        Command::Tokens(c) => access::tokens(c),
+        Command::Whoami(args) => access::whoami(args),
         Command::Build(args) => build::build(args),
         Command::Compile { .. } => Ok(()),
     }

@@ -646,12 +646,13 @@ mod tests {
                 timeout_ms: 100,
                 config: BTreeMap::new(),
                 gpu: Default::default(),
+                public: false,
             },
         }
     }
 
     fn put(module: &[u8]) -> Command {
-        Command::PutModule { sha256: sha256_hex(module), bytes: module.to_vec() }
+        Command::PutModule { tenant: DEFAULT_TENANT.into(), sha256: sha256_hex(module), bytes: module.to_vec() }
     }
 
     async fn versions(r: &Replica, name: &str) -> Option<usize> {

@@ -9,9 +9,13 @@
 //! served from the replica's own state: both are safe to read stale (a route
 //! table carries its revision; a module is named by its hash).
 //!
+//! Every request but `/v1/health` is authenticated and authorised first
+//! ([`auth`]); handlers act on the caller's tenant.
+//!
 //! Every error is `{"error": {"code", "message"}}` with its status: 400 bad
-//! input, 404 unknown, 409 conflict, 413 too large, 503 no quorum. A write
-//! that cannot reach a quorum fails within the request timeout.
+//! input, 401 no valid token, 403 not allowed, 404 unknown, 409 conflict,
+//! 413 too large, 503 no quorum. A write that cannot reach a quorum fails
+//! within the request timeout.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -22,22 +26,25 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State as Shared};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State as Shared};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use tokio::sync::oneshot;
 use wasmgrid_api::*;
 
 use crate::replica::{ProposeError, Replica, ReplicaConfig, Status};
 use crate::state::{
-    Applied, Command, DEFAULT_TENANT, Function, FunctionSpec, MAX_MODULE_BYTES, StateError, Version, sha256_hex,
+    Applied, Command, Function, FunctionSpec, MAX_MODULE_BYTES, StateError, TenantRecord, TokenRecord, Version,
+    sha256_hex,
 };
 use crate::transport::{self, HttpTransport};
 
+mod auth;
 mod jobs;
+use auth::Caller;
 pub use jobs::{DEFAULT_MAX_ATTEMPTS, DEFAULT_PARTITION_SIZE, JobIo};
 
 /// A node is alive while its last heartbeat is younger than this.
@@ -53,7 +60,7 @@ const MAX_CONFIG_BYTES: usize = 64 << 10;
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// How a replica runs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// This replica's id.
     pub id: u64,
@@ -71,13 +78,36 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Plans and publishes batch jobs; without it, job requests get 501.
     pub job_io: Option<Arc<dyn JobIo>>,
+    /// The bootstrap admin token: every replica of a cluster has the same
+    /// one (replicas also send it with their Raft traffic).
+    pub admin_token: String,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("id", &self.id)
+            .field("listen", &self.listen)
+            .field("peers", &self.peers)
+            .field("data_dir", &self.data_dir)
+            // Never the token itself: configs end up in logs.
+            .field("admin_token", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 impl Config {
     /// A replica with the default timing: 50 ms ticks, 3 s request timeout,
     /// a snapshot every 1000 entries.
-    pub fn new(id: u64, listen: SocketAddr, peers: BTreeMap<u64, String>, data_dir: PathBuf) -> Self {
+    pub fn new(
+        id: u64,
+        listen: SocketAddr,
+        peers: BTreeMap<u64, String>,
+        data_dir: PathBuf,
+        admin_token: String,
+    ) -> Self {
         Config {
+            admin_token,
             id,
             listen,
             peers,
@@ -146,6 +176,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     if !config.peers.contains_key(&config.id) {
         return Err(StartError::Config(format!("--peers does not name this replica's id {}", config.id)));
     }
+    if config.admin_token.len() < 16 {
+        return Err(StartError::Config("the admin token must be at least 16 characters".into()));
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind { addr: config.listen, source })?;
@@ -153,7 +186,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| StartError::Storage { dir: config.data_dir.clone(), reason: e.to_string() })?;
 
-    let transport = HttpTransport::start(config.id, &config.peers).map_err(|e| StartError::Config(e.to_string()))?;
+    let transport = HttpTransport::start(config.id, &config.peers, &config.admin_token)
+        .map_err(|e| StartError::Config(e.to_string()))?;
     let mut rc = ReplicaConfig::new(config.id, config.peers.keys().copied().collect(), config.data_dir.clone());
     rc.snapshot_every = config.snapshot_every;
     rc.tick = config.tick;
@@ -177,6 +211,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         job_io: config.job_io.clone(),
         scheduler: Mutex::new(jobs::Scheduler::default()),
         jobs_changed: tokio::sync::Notify::new(),
+        admin_hash: token_hash(&config.admin_token),
     }));
     tokio::spawn(watch_leadership(app.clone()));
     tokio::spawn(jobs::drive(app.clone()));
@@ -214,6 +249,8 @@ struct Inner {
     scheduler: Mutex<jobs::Scheduler>,
     /// Woken when tasks become available or jobs change.
     jobs_changed: tokio::sync::Notify,
+    /// The sha256 of the admin token.
+    admin_hash: String,
 }
 
 fn router(app: App) -> Router {
@@ -237,9 +274,15 @@ fn router(app: App) -> Router {
         .route("/v1/tasks/lease", post(jobs::lease))
         .route("/v1/tasks/report", post(jobs::report).layer(DefaultBodyLimit::max(16 << 20)))
         .route("/v1/raft", post(raft).layer(DefaultBodyLimit::max(transport::MAX_BODY)))
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/tenants", get(list_tenants).post(create_tenant))
+        .route("/v1/tenants/{name}", delete(delete_tenant))
+        .route("/v1/tokens", get(list_tokens).post(create_token))
+        .route("/v1/tokens/{id}", delete(revoke_token))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(middleware::from_fn_with_state(app.clone(), to_leader))
+        .route_layer(middleware::from_fn_with_state(app.clone(), auth::authenticate))
         .with_state(app)
 }
 
@@ -287,7 +330,12 @@ impl From<StateError> for Failure {
             StateError::ModuleNotFound { .. }
             | StateError::FunctionNotFound { .. }
             | StateError::VersionNotFound { .. }
-            | StateError::JobNotFound { .. } => Failure::not_found(message),
+            | StateError::JobNotFound { .. }
+            | StateError::TenantNotFound { .. }
+            | StateError::TokenNotFound { .. } => Failure::not_found(message),
+            StateError::TenantExists { .. } | StateError::DefaultTenant => {
+                Failure::new(StatusCode::CONFLICT, "conflict", message)
+            }
             StateError::Storage(_) => Failure::internal(message),
         }
     }
@@ -352,10 +400,10 @@ impl App {
         }
     }
 
-    /// A function from this replica's state; 404 if it has none.
-    fn function(&self, name: String) -> Answer<Function> {
-        let f = self.0.replica.state().function(DEFAULT_TENANT, &name)?;
-        Ok(f.ok_or(StateError::FunctionNotFound { tenant: DEFAULT_TENANT.into(), name })?)
+    /// A function of `tenant` from this replica's state; 404 if it has none.
+    fn function(&self, tenant: &str, name: String) -> Answer<Function> {
+        let f = self.0.replica.state().function(tenant, &name)?;
+        Ok(f.ok_or(StateError::FunctionNotFound { tenant: tenant.into(), name })?)
     }
 
     async fn propose(&self, command: Command) -> Answer<Applied> {
@@ -487,8 +535,10 @@ async fn forward(
         .request(parts.method.clone(), format!("{url}{path}"))
         .header(FORWARDED_HEADER, app.0.replica.id().to_string())
         .body(body);
-    if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
-        outgoing = outgoing.header(header::CONTENT_TYPE, ct);
+    for name in [header::CONTENT_TYPE, header::AUTHORIZATION, header::HeaderName::from_static(TENANT_HEADER)] {
+        if let Some(value) = parts.headers.get(&name) {
+            outgoing = outgoing.header(name, value);
+        }
     }
     let answer = outgoing.send().await.map_err(|e| {
         let failure =
@@ -569,7 +619,11 @@ async fn cluster(Shared(app): Shared<App>) -> Response {
     json(StatusCode::OK, &body)
 }
 
-async fn upload_module(Shared(app): Shared<App>, body: Result<Bytes, BytesRejection>) -> Answer<Response> {
+async fn upload_module(
+    Shared(app): Shared<App>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer<Response> {
     let bytes = body.map_err(|r| rejected(r.status(), r.body_text()))?;
     if bytes.len() > MAX_MODULE_BYTES {
         return Err(StateError::ModuleTooLarge { size: bytes.len(), limit: MAX_MODULE_BYTES }.into());
@@ -577,17 +631,29 @@ async fn upload_module(Shared(app): Shared<App>, body: Result<Bytes, BytesReject
     let kind = crate::module::inspect(&bytes).map_err(|e| Failure::bad(e.0))?;
     let sha256 = sha256_hex(&bytes);
     let size = bytes.len() as u64;
-    let applied = app.propose(Command::PutModule { sha256: sha256.clone(), bytes: bytes.to_vec() }).await?;
+    let command = Command::PutModule { tenant: caller.tenant, sha256: sha256.clone(), bytes: bytes.to_vec() };
+    let applied = app.propose(command).await?;
     app.0.kinds.lock().map_err(poisoned)?.insert(sha256.clone(), kind);
     let existed = matches!(applied, Applied::ModuleStored { existed: true, .. });
     let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
     Ok(json(status, &ModuleInfo { sha256, size, kind: kind.into(), existed }))
 }
 
-async fn download_module(Shared(app): Shared<App>, sha256: Result<Path<String>, PathRejection>) -> Answer<Response> {
+async fn download_module(
+    Shared(app): Shared<App>,
+    Extension(caller): Extension<Caller>,
+    sha256: Result<Path<String>, PathRejection>,
+) -> Answer<Response> {
     let Path(sha256) = sha256.map_err(|r| Failure::bad(r.body_text()))?;
     if !is_sha256(&sha256) {
         return Err(Failure::bad(format!("`{sha256}` is not a sha256 (64 lowercase hex digits)")));
+    }
+    // A tenant reads back only its own uploads; nodes and the admin read any.
+    if matches!(caller.role, Role::Full | Role::ReadOnly) {
+        app.barrier().await?;
+        if !app.0.replica.state().owns_module(&caller.tenant, &sha256)? {
+            return Err(StateError::ModuleNotFound { sha256 }.into());
+        }
     }
     let bytes = app.module(&sha256).await?;
     let mut response = Response::new(Body::from(bytes));
@@ -604,6 +670,7 @@ fn version_info(v: &Version) -> VersionInfo {
         timeout_ms: v.spec.timeout_ms,
         config: v.spec.config.clone(),
         gpu: v.spec.gpu,
+        public: v.spec.public,
         created_at: v.created_at,
     }
 }
@@ -652,18 +719,24 @@ fn check_spec(request: &DeployRequest) -> Answer<()> {
 
 async fn deploy(
     Shared(app): Shared<App>,
+    Extension(caller): Extension<Caller>,
     name: Result<Path<String>, PathRejection>,
     body: Result<axum::Json<DeployRequest>, JsonRejection>,
 ) -> Answer<Response> {
     let name = path_name(name)?;
     let request = json_body(body)?;
     check_spec(&request)?;
+    let tenant = caller.tenant;
+    app.barrier().await?;
+    if !app.0.replica.state().owns_module(&tenant, &request.module)? {
+        return Err(StateError::ModuleNotFound { sha256: request.module }.into());
+    }
     let kind = app.kind_of(&request.module).await?;
     if request.gpu == GpuPlacement::Required {
         app.require_gpu_node(&name)?;
     }
     let state = app.0.replica.state();
-    if let Some(current) = state.function(DEFAULT_TENANT, &name)?.as_ref().and_then(|f| f.active_version().cloned())
+    if let Some(current) = state.function(&tenant, &name)?.as_ref().and_then(|f| f.active_version().cloned())
         && current.spec.kind != kind
     {
         return Err(Failure::new(
@@ -681,34 +754,32 @@ async fn deploy(
         timeout_ms: request.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
         config: request.config,
         gpu: request.gpu,
+        public: request.public,
     };
-    let command =
-        Command::Deploy { tenant: DEFAULT_TENANT.into(), name: name.clone(), module: request.module.clone(), spec };
+    let command = Command::Deploy { tenant: tenant.clone(), name: name.clone(), module: request.module.clone(), spec };
     let Applied::Deployed { version } = app.propose(command).await? else {
         return Err(Failure::internal("the deploy applied as something else"));
     };
-    let versions = state.function(DEFAULT_TENANT, &name)?.map_or(version, |f| f.versions.len() as u64);
-    let summary = FunctionSummary {
-        tenant: DEFAULT_TENANT.into(),
-        name,
-        active: version,
-        versions,
-        kind: kind.into(),
-        module: request.module,
-    };
+    let versions = state.function(&tenant, &name)?.map_or(version, |f| f.versions.len() as u64);
+    let summary =
+        FunctionSummary { tenant, name, active: version, versions, kind: kind.into(), module: request.module };
     Ok(json(StatusCode::CREATED, &summary))
 }
 
-async fn list_functions(Shared(app): Shared<App>) -> Answer<Response> {
+async fn list_functions(Shared(app): Shared<App>, Extension(caller): Extension<Caller>) -> Answer<Response> {
     app.barrier().await?;
-    let functions = app.0.replica.state().functions(DEFAULT_TENANT)?;
+    let functions = app.0.replica.state().functions(&caller.tenant)?;
     Ok(json(StatusCode::OK, &FunctionList { functions: functions.iter().map(summary).collect() }))
 }
 
-async fn show_function(Shared(app): Shared<App>, name: Result<Path<String>, PathRejection>) -> Answer<Response> {
+async fn show_function(
+    Shared(app): Shared<App>,
+    Extension(caller): Extension<Caller>,
+    name: Result<Path<String>, PathRejection>,
+) -> Answer<Response> {
     let name = path_name(name)?;
     app.barrier().await?;
-    let f = app.function(name)?;
+    let f = app.function(&caller.tenant, name)?;
     let info = FunctionInfo {
         tenant: f.tenant.clone(),
         name: f.name.clone(),
@@ -720,22 +791,28 @@ async fn show_function(Shared(app): Shared<App>, name: Result<Path<String>, Path
 
 async fn rollback(
     Shared(app): Shared<App>,
+    Extension(caller): Extension<Caller>,
     name: Result<Path<String>, PathRejection>,
     body: Result<axum::Json<RollbackRequest>, JsonRejection>,
 ) -> Answer<Response> {
     let name = path_name(name)?;
     let request = json_body(body)?;
-    app.propose(Command::Rollback { tenant: DEFAULT_TENANT.into(), name: name.clone(), version: request.version })
-        .await?;
-    Ok(json(StatusCode::OK, &summary(&app.function(name)?)))
+    let tenant = caller.tenant;
+    app.propose(Command::Rollback { tenant: tenant.clone(), name: name.clone(), version: request.version }).await?;
+    Ok(json(StatusCode::OK, &summary(&app.function(&tenant, name)?)))
 }
 
-async fn delete_function(Shared(app): Shared<App>, name: Result<Path<String>, PathRejection>) -> Answer<Response> {
+async fn delete_function(
+    Shared(app): Shared<App>,
+    Extension(caller): Extension<Caller>,
+    name: Result<Path<String>, PathRejection>,
+) -> Answer<Response> {
     let name = path_name(name)?;
-    let before = app.0.replica.state().function(DEFAULT_TENANT, &name)?;
-    app.propose(Command::Delete { tenant: DEFAULT_TENANT.into(), name: name.clone() }).await?;
+    let tenant = caller.tenant;
+    let before = app.0.replica.state().function(&tenant, &name)?;
+    app.propose(Command::Delete { tenant: tenant.clone(), name: name.clone() }).await?;
     let gone = before.map(|f| summary(&f)).unwrap_or(FunctionSummary {
-        tenant: DEFAULT_TENANT.into(),
+        tenant,
         name,
         active: 0,
         versions: 0,
@@ -821,7 +898,7 @@ async fn routes(Shared(app): Shared<App>, query: Result<Query<RoutesQuery>, Quer
     }
     let revision = state.routes_revision()?;
     let routes = state
-        .functions(DEFAULT_TENANT)?
+        .all_functions()?
         .iter()
         .filter_map(|f| {
             let v = f.active_version()?;
@@ -835,10 +912,97 @@ async fn routes(Shared(app): Shared<App>, query: Result<Query<RoutesQuery>, Quer
                 timeout_ms: v.spec.timeout_ms,
                 config: v.spec.config.clone(),
                 gpu: v.spec.gpu,
+                public: v.spec.public,
             })
         })
         .collect();
-    Ok(json(StatusCode::OK, &RouteTable { revision, routes }))
+    let mut grants = vec![Grant { sha256: app.0.admin_hash.clone(), tenant: None, role: Role::Admin }];
+    grants.extend(state.tokens()?.into_iter().map(|t| Grant { sha256: t.sha256, tenant: t.tenant, role: t.role }));
+    Ok(json(StatusCode::OK, &RouteTable { revision, routes, grants }))
+}
+
+async fn whoami(Extension(caller): Extension<Caller>) -> Response {
+    json(StatusCode::OK, &Identity { tenant: caller.tenant, role: caller.role, token: caller.token })
+}
+
+fn tenant_info(t: TenantRecord) -> TenantInfo {
+    TenantInfo { name: t.name, created_at: t.created_at }
+}
+
+fn token_info(t: TokenRecord) -> TokenInfo {
+    TokenInfo { id: token_id(&t.sha256), tenant: t.tenant, role: t.role, created_at: t.created_at }
+}
+
+async fn list_tenants(Shared(app): Shared<App>) -> Answer<Response> {
+    app.barrier().await?;
+    let tenants = app.0.replica.state().tenants()?.into_iter().map(tenant_info).collect();
+    Ok(json(StatusCode::OK, &TenantList { tenants }))
+}
+
+async fn create_tenant(
+    Shared(app): Shared<App>,
+    body: Result<axum::Json<TenantRequest>, JsonRejection>,
+) -> Answer<Response> {
+    let request = json_body(body)?;
+    check_name(&request.name).map_err(|reason| Failure::bad(format!("invalid name `{}`: {reason}", request.name)))?;
+    app.propose(Command::CreateTenant { name: request.name.clone() }).await?;
+    let created = app.0.replica.state().tenant(&request.name)?.ok_or_else(|| Failure::internal("tenant vanished"))?;
+    tracing::info!(tenant = %created.name, "tenant created");
+    Ok(json(StatusCode::CREATED, &tenant_info(created)))
+}
+
+async fn delete_tenant(Shared(app): Shared<App>, name: Result<Path<String>, PathRejection>) -> Answer<Response> {
+    let name = path_name(name)?;
+    let before = app.0.replica.state().tenant(&name)?;
+    app.propose(Command::DeleteTenant { name: name.clone() }).await?;
+    tracing::info!(tenant = %name, "tenant removed");
+    let gone = before.unwrap_or(TenantRecord { name, created_at: 0 });
+    Ok(json(StatusCode::OK, &tenant_info(gone)))
+}
+
+async fn list_tokens(Shared(app): Shared<App>) -> Answer<Response> {
+    app.barrier().await?;
+    let mut tokens: Vec<TokenInfo> = app.0.replica.state().tokens()?.into_iter().map(token_info).collect();
+    tokens.sort_by(|a, b| (&a.tenant, a.created_at).cmp(&(&b.tenant, b.created_at)));
+    Ok(json(StatusCode::OK, &TokenList { tokens }))
+}
+
+async fn create_token(
+    Shared(app): Shared<App>,
+    body: Result<axum::Json<TokenRequest>, JsonRejection>,
+) -> Answer<Response> {
+    let request = json_body(body)?;
+    match (request.role, &request.tenant) {
+        (Role::Admin, _) => return Err(Failure::bad("there is one admin token, made at bootstrap")),
+        (Role::Node, Some(_)) => return Err(Failure::bad("a node token belongs to no tenant")),
+        (Role::Full | Role::ReadOnly | Role::InvokeOnly, None) => {
+            return Err(Failure::bad(format!("a {} token needs a tenant", request.role.name())));
+        }
+        _ => {}
+    }
+    let token = new_token().map_err(|e| Failure::internal(format!("no randomness for a token: {e}")))?;
+    let sha256 = token_hash(&token);
+    app.propose(Command::CreateToken { sha256: sha256.clone(), tenant: request.tenant, role: request.role }).await?;
+    let record = app.0.replica.state().token(&sha256)?.ok_or_else(|| Failure::internal("token vanished"))?;
+    let info = token_info(record);
+    tracing::info!(token = %info.id, tenant = ?info.tenant, role = info.role.name(), "token created");
+    Ok(json(StatusCode::CREATED, &NewToken { token, info }))
+}
+
+async fn revoke_token(Shared(app): Shared<App>, id: Result<Path<String>, PathRejection>) -> Answer<Response> {
+    let Path(id) = id.map_err(|r| Failure::bad(r.body_text()))?;
+    app.barrier().await?;
+    let record = app
+        .0
+        .replica
+        .state()
+        .tokens()?
+        .into_iter()
+        .find(|t| token_id(&t.sha256) == id)
+        .ok_or_else(|| StateError::TokenNotFound { id: id.clone() })?;
+    app.propose(Command::RevokeToken { sha256: record.sha256.clone() }).await?;
+    tracing::info!(token = %id, "token revoked");
+    Ok(json(StatusCode::OK, &token_info(record)))
 }
 
 async fn raft(Shared(app): Shared<App>, body: Result<Bytes, BytesRejection>) -> Answer<StatusCode> {

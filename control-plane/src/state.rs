@@ -14,11 +14,12 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
-use wasmgrid_api::{JobState, PartitionSpec, Stage};
+use wasmgrid_api::{JobState, PartitionSpec, Role, Stage};
 
 use crate::job_state::{self, JobCommand, JobRecord, TaskRecord};
 
-/// The tenant every function belongs to until tenants are managed.
+/// The tenant that always exists: an admin token acts on it unless it
+/// names another.
 pub const DEFAULT_TENANT: &str = "default";
 
 /// Largest module the state accepts, in bytes.
@@ -84,6 +85,27 @@ pub enum StateError {
         /// The version asked for.
         version: u64,
     },
+    /// No such tenant.
+    #[error("tenant `{name}` not found")]
+    TenantNotFound {
+        /// The name.
+        name: String,
+    },
+    /// A tenant by that name exists.
+    #[error("tenant `{name}` already exists")]
+    TenantExists {
+        /// The name.
+        name: String,
+    },
+    /// The default tenant cannot be removed.
+    #[error("the `default` tenant cannot be removed")]
+    DefaultTenant,
+    /// No such token.
+    #[error("token `{id}` not found")]
+    TokenNotFound {
+        /// The token's id.
+        id: String,
+    },
     /// The storage failed.
     #[error("storage: {0}")]
     Storage(String),
@@ -109,6 +131,9 @@ pub struct FunctionSpec {
     /// Whether it needs a node with a GPU.
     #[serde(default)]
     pub gpu: wasmgrid_api::GpuPlacement,
+    /// Whether the gateways serve it without a token.
+    #[serde(default)]
+    pub public: bool,
 }
 
 /// One immutable version of a function.
@@ -147,8 +172,12 @@ impl Function {
 /// A change to the state, as the consensus log carries it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    /// Stores a module under its sha256 (once, however many functions use it).
+    /// Stores a module under its sha256 (once, however many functions use
+    /// it) and records that `tenant` uploaded it: a tenant deploys only
+    /// modules it uploaded.
     PutModule {
+        /// The uploader.
+        tenant: String,
         /// The sha256 of `bytes`, hex.
         sha256: String,
         /// The component. Encoded as one byte string, not a sequence of
@@ -192,6 +221,53 @@ pub enum Command {
     },
     /// A batch job command.
     Job(JobCommand),
+    /// Adds a tenant.
+    CreateTenant {
+        /// Its name.
+        name: String,
+    },
+    /// Removes a tenant, its functions, its tokens and its module uploads
+    /// (its jobs stay, as history).
+    DeleteTenant {
+        /// Its name.
+        name: String,
+    },
+    /// Stores a token by its hash.
+    CreateToken {
+        /// The sha256 of the token, hex.
+        sha256: String,
+        /// Its tenant; none for a node token.
+        tenant: Option<String>,
+        /// What it may do.
+        role: Role,
+    },
+    /// Forgets a token.
+    RevokeToken {
+        /// The sha256 of the token, hex.
+        sha256: String,
+    },
+}
+
+/// A tenant in the state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantRecord {
+    /// Its name.
+    pub name: String,
+    /// The log index that created it (0 for `default`).
+    pub created_at: u64,
+}
+
+/// A token in the state, stored under its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// The sha256 of the token, hex.
+    pub sha256: String,
+    /// Its tenant; none for a node token.
+    pub tenant: Option<String>,
+    /// What it may do.
+    pub role: Role,
+    /// The log index that created it.
+    pub created_at: u64,
 }
 
 /// A node in the registry. Liveness is not here: heartbeats stay in the
@@ -245,6 +321,14 @@ pub enum Applied {
         /// Its state.
         state: JobState,
     },
+    /// A tenant was added.
+    TenantCreated,
+    /// A tenant and what it owned are gone.
+    TenantDeleted,
+    /// A token was stored.
+    TokenCreated,
+    /// A token was revoked.
+    TokenRevoked,
     /// The index was applied before; nothing changed.
     AlreadyApplied,
 }
@@ -275,6 +359,7 @@ struct Image {
     jobs: Vec<(Vec<u8>, Vec<u8>)>,
     plans: Vec<(Vec<u8>, Vec<u8>)>,
     tasks: Vec<(Vec<u8>, Vec<u8>)>,
+    access: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// The state machine over sled.
@@ -288,6 +373,21 @@ pub struct State {
     jobs: sled::Tree,
     plans: sled::Tree,
     tasks: sled::Tree,
+    /// Tenants (`tenant/NAME`), tokens (`token/SHA256`) and who uploaded
+    /// which module (`owner/TENANT/SHA256`).
+    access: sled::Tree,
+}
+
+fn tenant_key(name: &str) -> Vec<u8> {
+    format!("tenant/{name}").into_bytes()
+}
+
+fn token_key(sha256: &str) -> Vec<u8> {
+    format!("token/{sha256}").into_bytes()
+}
+
+fn owner_key(tenant: &str, sha256: &str) -> Vec<u8> {
+    format!("owner/{tenant}/{sha256}").into_bytes()
 }
 
 fn function_key(tenant: &str, name: &str) -> Vec<u8> {
@@ -324,6 +424,7 @@ impl State {
             jobs: db.open_tree("jobs")?,
             plans: db.open_tree("plans")?,
             tasks: db.open_tree("tasks")?,
+            access: db.open_tree("access")?,
             db,
         })
     }
@@ -351,26 +452,63 @@ impl State {
         // Checks that need no storage come first; their failure still
         // consumes the index.
         let checked = precheck(command);
-        let trees = (&self.modules, &self.functions, &self.nodes, &self.meta, &self.jobs, &self.plans, &self.tasks);
-        let result = trees.transaction(|(modules, functions, nodes, meta, jobs, plans, tasks)| {
+        // What removing a tenant removes, found before the transaction
+        // (a transaction cannot scan). Commands apply one at a time, so
+        // nothing changes in between.
+        let doomed = match command {
+            Command::DeleteTenant { name } => self.owned_by(name)?,
+            _ => Owned::default(),
+        };
+        let trees = (
+            &self.modules,
+            &self.functions,
+            &self.nodes,
+            &self.meta,
+            &self.jobs,
+            &self.plans,
+            &self.tasks,
+            &self.access,
+        );
+        let result = trees.transaction(|(modules, functions, nodes, meta, jobs, plans, tasks, access)| {
             meta.insert(APPLIED_KEY, &index.to_be_bytes())?;
             if let Err(e) = &checked {
                 return Ok(Err(e.clone()));
             }
             let abort = |e: StateError| ConflictableTransactionError::Abort(e);
-            if matches!(command, Command::Deploy { .. } | Command::Rollback { .. } | Command::Delete { .. }) {
+            if matches!(
+                command,
+                Command::Deploy { .. }
+                    | Command::Rollback { .. }
+                    | Command::Delete { .. }
+                    | Command::DeleteTenant { .. }
+                    | Command::CreateToken { .. }
+                    | Command::RevokeToken { .. }
+            ) {
                 meta.insert(ROUTES_KEY, &index.to_be_bytes())?;
             }
+            let tenant_exists =
+                |name: &str| -> std::result::Result<bool, sled::transaction::UnabortableTransactionError> {
+                    Ok(name == DEFAULT_TENANT || access.get(tenant_key(name))?.is_some())
+                };
             let outcome = match command {
-                Command::PutModule { sha256, bytes } => {
-                    let existed = modules.get(sha256.as_bytes())?.is_some();
-                    if !existed {
-                        modules.insert(sha256.as_bytes(), bytes.as_slice())?;
+                Command::PutModule { tenant, sha256, bytes } => {
+                    if !tenant_exists(tenant)? {
+                        Err(StateError::TenantNotFound { name: tenant.clone() })
+                    } else {
+                        // `existed` is the tenant's own view: whether another
+                        // tenant stored the same bytes is none of its business.
+                        let existed = access.insert(owner_key(tenant, sha256), &[])?.is_some();
+                        if modules.get(sha256.as_bytes())?.is_none() {
+                            modules.insert(sha256.as_bytes(), bytes.as_slice())?;
+                        }
+                        Ok(Applied::ModuleStored { sha256: sha256.clone(), existed })
                     }
-                    Ok(Applied::ModuleStored { sha256: sha256.clone(), existed })
+                }
+                Command::Deploy { tenant, .. } if !tenant_exists(tenant)? => {
+                    Err(StateError::TenantNotFound { name: tenant.clone() })
                 }
                 Command::Deploy { tenant, name, module, spec } => {
-                    if modules.get(module.as_bytes())?.is_none() {
+                    if modules.get(module.as_bytes())?.is_none() || access.get(owner_key(tenant, module))?.is_none() {
                         Err(StateError::ModuleNotFound { sha256: module.clone() })
                     } else {
                         let key = function_key(tenant, name);
@@ -422,6 +560,42 @@ impl State {
                     Ok(Applied::NodeRegistered)
                 }
                 Command::Job(command) => job_state::apply(&job_state::Trees { jobs, plans, tasks }, index, command)?,
+                Command::CreateTenant { name } => {
+                    if tenant_exists(name)? {
+                        Err(StateError::TenantExists { name: name.clone() })
+                    } else {
+                        let record = TenantRecord { name: name.clone(), created_at: index };
+                        access.insert(tenant_key(name), encode(&record).map_err(abort)?)?;
+                        Ok(Applied::TenantCreated)
+                    }
+                }
+                Command::DeleteTenant { name } if name == DEFAULT_TENANT => Err(StateError::DefaultTenant),
+                Command::DeleteTenant { name } => {
+                    if access.remove(tenant_key(name))?.is_none() {
+                        Err(StateError::TenantNotFound { name: name.clone() })
+                    } else {
+                        for key in &doomed.functions {
+                            functions.remove(key.as_slice())?;
+                        }
+                        for key in &doomed.access {
+                            access.remove(key.as_slice())?;
+                        }
+                        Ok(Applied::TenantDeleted)
+                    }
+                }
+                Command::CreateToken { tenant: Some(tenant), .. } if !tenant_exists(tenant)? => {
+                    Err(StateError::TenantNotFound { name: tenant.clone() })
+                }
+                Command::CreateToken { sha256, tenant, role } => {
+                    let record =
+                        TokenRecord { sha256: sha256.clone(), tenant: tenant.clone(), role: *role, created_at: index };
+                    access.insert(token_key(sha256), encode(&record).map_err(abort)?)?;
+                    Ok(Applied::TokenCreated)
+                }
+                Command::RevokeToken { sha256 } => match access.remove(token_key(sha256))? {
+                    Some(_) => Ok(Applied::TokenRevoked),
+                    None => Err(StateError::TokenNotFound { id: wasmgrid_api::token_id(sha256) }),
+                },
             };
             Ok(outcome)
         });
@@ -455,6 +629,59 @@ impl State {
         Ok(self.modules.get(sha256.as_bytes())?.map(|v| v.to_vec()))
     }
 
+    /// Whether `tenant` uploaded the module.
+    pub fn owns_module(&self, tenant: &str, sha256: &str) -> Result<bool> {
+        Ok(self.access.contains_key(owner_key(tenant, sha256))?)
+    }
+
+    /// A tenant; `default` always exists.
+    pub fn tenant(&self, name: &str) -> Result<Option<TenantRecord>> {
+        if name == DEFAULT_TENANT {
+            return Ok(Some(TenantRecord { name: name.into(), created_at: 0 }));
+        }
+        match self.access.get(tenant_key(name))? {
+            Some(v) => Ok(Some(decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every tenant, by name, `default` first.
+    pub fn tenants(&self) -> Result<Vec<TenantRecord>> {
+        let mut all = vec![TenantRecord { name: DEFAULT_TENANT.into(), created_at: 0 }];
+        for kv in self.access.scan_prefix(b"tenant/") {
+            all.push(decode(&kv?.1)?);
+        }
+        Ok(all)
+    }
+
+    /// The token with this hash.
+    pub fn token(&self, sha256: &str) -> Result<Option<TokenRecord>> {
+        match self.access.get(token_key(sha256))? {
+            Some(v) => Ok(Some(decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every token.
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>> {
+        self.access.scan_prefix(b"token/").map(|kv| decode(&kv?.1)).collect()
+    }
+
+    /// The keys of everything a tenant owns: its functions, tokens and
+    /// module uploads.
+    fn owned_by(&self, tenant: &str) -> Result<Owned> {
+        let keys = |tree: &sled::Tree, prefix: String| -> Result<Vec<Vec<u8>>> {
+            tree.scan_prefix(prefix.as_bytes()).keys().map(|k| Ok(k?.to_vec())).collect()
+        };
+        let mut access = keys(&self.access, format!("owner/{tenant}/"))?;
+        for token in self.tokens()? {
+            if token.tenant.as_deref() == Some(tenant) {
+                access.push(token_key(&token.sha256));
+            }
+        }
+        Ok(Owned { functions: keys(&self.functions, format!("{tenant}/"))?, access })
+    }
+
     /// A function.
     pub fn function(&self, tenant: &str, name: &str) -> Result<Option<Function>> {
         match self.functions.get(function_key(tenant, name))? {
@@ -467,6 +694,11 @@ impl State {
     pub fn functions(&self, tenant: &str) -> Result<Vec<Function>> {
         let prefix = format!("{tenant}/");
         self.functions.scan_prefix(prefix.as_bytes()).map(|kv| decode(&kv?.1)).collect()
+    }
+
+    /// Every function of every tenant, by tenant and name.
+    pub fn all_functions(&self) -> Result<Vec<Function>> {
+        self.functions.iter().map(|kv| decode(&kv?.1)).collect()
     }
 
     /// Every registered node, by id.
@@ -493,6 +725,7 @@ impl State {
             jobs: dump(&self.jobs)?,
             plans: dump(&self.plans)?,
             tasks: dump(&self.tasks)?,
+            access: dump(&self.access)?,
         };
         let data = bincode::serialize(&image).map_err(|e| StateError::Storage(e.to_string()))?;
         Ok((data, image.applied))
@@ -509,7 +742,12 @@ impl State {
         // Job records go outside the transaction: sled transactions are
         // for a few trees at a time, and a restore is all or nothing anyway
         // (the applied index moves last).
-        for (tree, records) in [(&self.jobs, &image.jobs), (&self.plans, &image.plans), (&self.tasks, &image.tasks)] {
+        for (tree, records) in [
+            (&self.jobs, &image.jobs),
+            (&self.plans, &image.plans),
+            (&self.tasks, &image.tasks),
+            (&self.access, &image.access),
+        ] {
             tree.clear()?;
             for (k, v) in records {
                 tree.insert(k.as_slice(), v.as_slice())?;
@@ -553,13 +791,13 @@ impl State {
         }
     }
 
-    /// Every job of `tenant`, newest first.
-    pub fn jobs(&self, tenant: &str) -> Result<Vec<JobRecord>> {
+    /// Every job of `tenant` (of every tenant for `None`), newest first.
+    pub fn jobs(&self, tenant: Option<&str>) -> Result<Vec<JobRecord>> {
         let mut jobs: Vec<JobRecord> = self
             .jobs
             .iter()
             .map(|kv| decode::<JobRecord>(&kv?.1))
-            .filter(|j| j.as_ref().map_or(true, |j| j.tenant == tenant))
+            .filter(|j| j.as_ref().map_or(true, |j| tenant.is_none_or(|t| j.tenant == t)))
             .collect::<Result<_>>()?;
         jobs.sort_by_key(|j| std::cmp::Reverse(j.id.trim_start_matches("job-").parse::<u64>().unwrap_or(0)));
         Ok(jobs)
@@ -603,9 +841,17 @@ fn dump(tree: &sled::Tree) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
 }
 
 /// The checks a command must pass before it touches storage.
+/// Keys of what a tenant owns, by tree.
+#[derive(Default)]
+struct Owned {
+    functions: Vec<Vec<u8>>,
+    access: Vec<Vec<u8>>,
+}
+
 fn precheck(command: &Command) -> Result<()> {
     match command {
-        Command::PutModule { sha256, bytes } => {
+        Command::PutModule { tenant, sha256, bytes } => {
+            validate_name(tenant)?;
             if bytes.len() > MAX_MODULE_BYTES {
                 return Err(StateError::ModuleTooLarge { size: bytes.len(), limit: MAX_MODULE_BYTES });
             }
@@ -622,7 +868,9 @@ fn precheck(command: &Command) -> Result<()> {
             validate_name(name)
         }
         Command::RegisterNode { id, .. } => validate_name(id),
-        Command::Job(_) => Ok(()),
+        Command::CreateTenant { name } | Command::DeleteTenant { name } => validate_name(name),
+        Command::CreateToken { tenant: Some(tenant), .. } => validate_name(tenant),
+        Command::Job(_) | Command::CreateToken { .. } | Command::RevokeToken { .. } => Ok(()),
     }
 }
 
@@ -637,11 +885,16 @@ mod tests {
             timeout_ms: 200,
             config: BTreeMap::new(),
             gpu: Default::default(),
+            public: false,
         }
     }
 
     fn put(bytes: &[u8]) -> Command {
-        Command::PutModule { sha256: sha256_hex(bytes), bytes: bytes.to_vec() }
+        put_for(DEFAULT_TENANT, bytes)
+    }
+
+    fn put_for(tenant: &str, bytes: &[u8]) -> Command {
+        Command::PutModule { tenant: tenant.into(), sha256: sha256_hex(bytes), bytes: bytes.to_vec() }
     }
 
     fn deploy(name: &str, bytes: &[u8]) -> Command {
@@ -685,7 +938,8 @@ mod tests {
         let s = State::temporary()?;
         let missing = s.apply(1, &deploy("f", b"never uploaded"));
         assert!(matches!(missing, Err(StateError::ModuleNotFound { .. })), "{missing:?}");
-        let lying = Command::PutModule { sha256: sha256_hex(b"a"), bytes: b"b".to_vec() };
+        let lying =
+            Command::PutModule { tenant: DEFAULT_TENANT.into(), sha256: sha256_hex(b"a"), bytes: b"b".to_vec() };
         assert!(matches!(s.apply(2, &lying), Err(StateError::ChecksumMismatch { .. })));
         let unknown = Command::Rollback { tenant: DEFAULT_TENANT.into(), name: "f".into(), version: 3 };
         assert!(matches!(s.apply(3, &unknown), Err(StateError::FunctionNotFound { .. })));
@@ -748,20 +1002,83 @@ mod tests {
     }
 
     #[test]
+    fn tenants_own_their_uploads_and_removing_one_removes_what_it_owned() -> Result<()> {
+        let s = State::temporary()?;
+        let deploy_as = |tenant: &str, name: &str, bytes: &[u8]| Command::Deploy {
+            tenant: tenant.into(),
+            name: name.into(),
+            module: sha256_hex(bytes),
+            spec: spec(),
+        };
+        assert!(matches!(s.apply(1, &put_for("acme", b"m")), Err(StateError::TenantNotFound { .. })));
+        s.apply(2, &Command::CreateTenant { name: "acme".into() })?;
+        let twice = s.apply(3, &Command::CreateTenant { name: "acme".into() });
+        assert!(matches!(twice, Err(StateError::TenantExists { .. })), "{twice:?}");
+        assert!(matches!(
+            s.apply(4, &Command::CreateTenant { name: "default".into() }),
+            Err(StateError::TenantExists { .. })
+        ));
+        assert_eq!(s.apply(5, &put(b"m"))?, Applied::ModuleStored { sha256: sha256_hex(b"m"), existed: false });
+        // The same bytes from another tenant: stored once, but new to it.
+        assert_eq!(
+            s.apply(6, &put_for("acme", b"m"))?,
+            Applied::ModuleStored { sha256: sha256_hex(b"m"), existed: false }
+        );
+        assert_eq!(s.module_count(), 1);
+        s.apply(7, &put(b"only-default"))?;
+        let stolen = s.apply(8, &deploy_as("acme", "f", b"only-default"));
+        assert!(
+            matches!(stolen, Err(StateError::ModuleNotFound { .. })),
+            "a tenant deploys only its uploads: {stolen:?}"
+        );
+        s.apply(9, &deploy_as("acme", "f", b"m"))?;
+        s.apply(10, &deploy("f", b"m"))?;
+        let token = Command::CreateToken { sha256: "ab".repeat(32), tenant: Some("acme".into()), role: Role::Full };
+        s.apply(11, &token)?;
+        assert_eq!(s.routes_revision()?, 11, "a new token changes what the gateways accept");
+        let orphan = Command::CreateToken { sha256: "cd".repeat(32), tenant: Some("nobody".into()), role: Role::Full };
+        assert!(matches!(s.apply(12, &orphan), Err(StateError::TenantNotFound { .. })));
+        assert_eq!(s.tokens()?.len(), 1);
+
+        assert_eq!(s.apply(13, &Command::DeleteTenant { name: "acme".into() })?, Applied::TenantDeleted);
+        assert_eq!(s.function("acme", "f")?, None);
+        assert!(s.function(DEFAULT_TENANT, "f")?.is_some(), "another tenant's function of the same name stays");
+        assert!(s.tokens()?.is_empty());
+        assert!(!s.owns_module("acme", &sha256_hex(b"m"))?);
+        assert!(s.owns_module(DEFAULT_TENANT, &sha256_hex(b"m"))?);
+        assert_eq!(s.tenants()?.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["default"]);
+        assert!(matches!(
+            s.apply(14, &Command::DeleteTenant { name: "default".into() }),
+            Err(StateError::DefaultTenant)
+        ));
+        let gone = Command::RevokeToken { sha256: "ab".repeat(32) };
+        assert!(matches!(s.apply(15, &gone), Err(StateError::TokenNotFound { .. })));
+        Ok(())
+    }
+
+    #[test]
     fn a_snapshot_restores_the_same_state_elsewhere() -> Result<()> {
         let a = State::temporary()?;
         a.apply(1, &put(b"m"))?;
         a.apply(2, &deploy("f", b"m"))?;
         a.apply(3, &deploy("g", b"m"))?;
-        let (data, applied) = a.snapshot_data()?;
+        let (_, applied) = a.snapshot_data()?;
         assert_eq!(applied, 3);
         let b = State::temporary()?;
         b.apply(1, &put(b"stale"))?;
         b.apply(2, &deploy("old", b"stale"))?;
-        assert_eq!(b.restore(&data)?, 3);
+        a.apply(4, &Command::CreateTenant { name: "acme".into() })?;
+        a.apply(
+            5,
+            &Command::CreateToken { sha256: "ab".repeat(32), tenant: Some("acme".into()), role: Role::ReadOnly },
+        )?;
+        let (data, _) = a.snapshot_data()?;
+        assert_eq!(b.restore(&data)?, 5);
+        assert_eq!(b.tenants()?, a.tenants()?);
+        assert_eq!(b.tokens()?, a.tokens()?);
         assert_eq!(b.functions(DEFAULT_TENANT)?, a.functions(DEFAULT_TENANT)?);
         assert_eq!(b.module(&sha256_hex(b"stale"))?, None, "restore replaces, not merges");
-        assert_eq!(b.applied_index()?, 3);
+        assert_eq!(b.applied_index()?, 5);
         Ok(())
     }
 

@@ -31,13 +31,20 @@ pub struct HttpTransport {
 
 impl HttpTransport {
     /// Starts a sender task for every peer in `peers` (id to base URL) but
-    /// `self_id`, on the current tokio runtime.
-    pub fn start(self_id: u64, peers: &BTreeMap<u64, String>) -> Result<Arc<Self>, reqwest::Error> {
+    /// `self_id`, on the current tokio runtime. Posts carry `admin_token`:
+    /// a peer takes Raft messages only from its cluster.
+    pub fn start(self_id: u64, peers: &BTreeMap<u64, String>, admin_token: &str) -> Result<Arc<Self>, reqwest::Error> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let mut auth = reqwest::header::HeaderValue::try_from(format!("Bearer {admin_token}"))
+            .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("Bearer invalid"));
+        auth.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, auth);
         let http = reqwest::Client::builder()
             .http2_prior_knowledge()
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(30))
             .http2_keep_alive_interval(Duration::from_secs(5))
+            .default_headers(headers)
             .build()?;
         let mut senders = HashMap::new();
         for (&id, url) in peers {

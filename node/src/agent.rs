@@ -51,6 +51,9 @@ pub struct AgentConfig {
     pub gateway: GatewayConfig,
     /// Batch task attempts run at once (0: one per core).
     pub task_slots: usize,
+    /// The token the node calls the control plane with (a `node` token or
+    /// the admin token).
+    pub token: String,
 }
 
 /// A running node.
@@ -130,7 +133,11 @@ pub async fn start(config: AgentConfig, runtime: Arc<Runtime>) -> Result<Agent, 
         None if addr.ip().is_unspecified() => format!("http://127.0.0.1:{}", addr.port()),
         None => format!("http://{addr}"),
     };
-    let client = |timeout| Client::new(&config.control_plane, timeout).map_err(|e| AgentError::Config(e.to_string()));
+    let client = |timeout| {
+        Client::new(&config.control_plane, timeout)
+            .map(|c| c.with_token(Some(config.token.clone())))
+            .map_err(|e| AgentError::Config(e.to_string()))
+    };
     let heartbeat_client = client(Duration::from_secs(5))?;
     let poll_client = client(POLL_WAIT + Duration::from_secs(10))?;
     let task_client = client(Duration::from_secs(30))?;
@@ -282,7 +289,7 @@ async fn install(gateway: &Gateway, client: &Client, modules_dir: &Path, table: 
             }
         }
     }
-    gateway.install(next, table.revision);
+    gateway.install(next, table.grants, table.revision);
     complete
 }
 

@@ -15,6 +15,14 @@
 //! on tokio's blocking pool, off the threads that accept requests.
 //! `/metrics` serves Prometheus text: requests by status, errors by kind,
 //! latency and calls in flight, per function.
+//!
+//! Every call carries `Authorization: Bearer TOKEN`, checked against the
+//! token hashes the route table brings (the control plane is never asked
+//! on the request path, and a node never holds a token): an admin token,
+//! or a `full` or `invoke-only` token of the function's tenant. A function
+//! deployed `--public` takes calls without one. A token of another tenant
+//! gets the same 404 as a function that does not exist. `/metrics` and
+//! `/v1/routes` take the admin or a node token; `/v1/health` is open.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -36,7 +44,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use wasmgrid_api::{ErrorBody, ErrorDetail, GpuPlacement, InvokeResponse, Route, RouteTable, VERSION_HEADER};
+use wasmgrid_api::{
+    ErrorBody, ErrorDetail, GpuPlacement, Grant, InvokeResponse, Role, Route, RouteTable, VERSION_HEADER, bearer_token,
+    token_hash,
+};
 
 use crate::runtime::{Function, Io, Limits, Runtime};
 use crate::{Error, Kind};
@@ -195,6 +206,8 @@ pub struct Gateway {
     runtime: Arc<Runtime>,
     config: GatewayConfig,
     table: RwLock<Arc<Table>>,
+    /// The tokens accepted, by hash; installed with the table.
+    grants: RwLock<Arc<HashMap<String, Grant>>>,
     gates: Mutex<HashMap<(String, String), Arc<Gate>>>,
     revision: AtomicU64,
     inflight: AtomicU64,
@@ -218,6 +231,7 @@ impl Gateway {
             runtime,
             config,
             table: RwLock::new(Arc::new(Table::new())),
+            grants: RwLock::new(Arc::new(HashMap::new())),
             gates: Mutex::new(HashMap::new()),
             revision: AtomicU64::new(0),
             inflight: AtomicU64::new(0),
@@ -278,12 +292,57 @@ impl Gateway {
         self.table.read().map(|t| t.clone()).unwrap_or_default()
     }
 
-    /// Serves `table` from now on (one pointer swap) at `revision`.
-    pub fn install(&self, table: Table, revision: u64) {
+    /// Serves `table` from now on (one pointer swap) at `revision`,
+    /// accepting the tokens of `grants`.
+    pub fn install(&self, table: Table, grants: Vec<Grant>, revision: u64) {
+        let grants: HashMap<String, Grant> = grants.into_iter().map(|g| (g.sha256.clone(), g)).collect();
+        if let Ok(mut g) = self.grants.write() {
+            *g = Arc::new(grants);
+        }
         if let Ok(mut t) = self.table.write() {
             *t = Arc::new(table);
         }
         self.revision.store(revision, Ordering::Relaxed);
+    }
+
+    /// What the request's token grants, or the 401 to answer.
+    fn grant(&self, headers: &HeaderMap) -> Result<Grant, Refusal> {
+        let unauthorized = |message: String| Refusal(StatusCode::UNAUTHORIZED, "unauthorized", message);
+        let token = bearer_token(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()))
+            .map_err(|why| unauthorized(format!("{why}: send `Authorization: Bearer TOKEN`")))?;
+        let grants = self.grants.read().map(|g| g.clone()).unwrap_or_default();
+        grants.get(&token_hash(token)).cloned().ok_or_else(|| unauthorized("invalid or revoked token".into()))
+    }
+
+    /// Whether the caller may call `tenant/name` (served here as `served`);
+    /// the answer to give when not. Someone else's function, deployed or
+    /// not, is a 404 like any unknown name.
+    fn authorize(&self, headers: &HeaderMap, tenant: &str, name: &str, served: Option<&Served>) -> Result<(), Refusal> {
+        if served.is_some_and(|s| s.route.public) {
+            return Ok(());
+        }
+        let grant = self.grant(headers)?;
+        let own = grant.role == Role::Admin || grant.tenant.as_deref() == Some(tenant);
+        if !own {
+            return Err(Refusal(StatusCode::NOT_FOUND, "not_found", not_deployed_message(tenant, name)));
+        }
+        if !grant.role.may_invoke() {
+            let message = format!("a {} token may not call functions", grant.role.name());
+            return Err(Refusal(StatusCode::FORBIDDEN, "forbidden", message));
+        }
+        Ok(())
+    }
+
+    /// Admits the admin and nodes (to `/metrics` and `/v1/routes`).
+    fn operator(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+        match self.grant(headers)?.role {
+            Role::Admin | Role::Node => Ok(()),
+            role => Err(Refusal(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("a {} token may not read a node's metrics or routes", role.name()),
+            )),
+        }
     }
 
     /// The route-table revision served.
@@ -333,8 +392,21 @@ pub(crate) fn failure(status: StatusCode, code: &str, message: impl Into<String>
     response
 }
 
+/// Why a caller is turned away: the status, code and message of the answer.
+struct Refusal(StatusCode, &'static str, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        failure(self.0, self.1, self.2)
+    }
+}
+
+fn not_deployed_message(tenant: &str, name: &str) -> String {
+    format!("function `{tenant}/{name}` is not deployed (or not ready on this node yet)")
+}
+
 fn not_deployed(tenant: &str, name: &str) -> Response {
-    let message = format!("function `{tenant}/{name}` is not deployed (or not ready on this node yet)");
+    let message = not_deployed_message(tenant, name);
     failure(StatusCode::NOT_FOUND, "not_found", message)
 }
 
@@ -361,14 +433,20 @@ async fn health(State(gateway): State<Arc<Gateway>>) -> Response {
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
-async fn served_routes(State(gateway): State<Arc<Gateway>>) -> Response {
+async fn served_routes(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if let Err(refused) = gateway.operator(&headers) {
+        return refused.into_response();
+    }
     let mut routes: Vec<Route> = gateway.table().values().map(|s| s.route.clone()).collect();
     routes.sort_by(|a, b| (&a.tenant, &a.name).cmp(&(&b.tenant, &b.name)));
-    let body = RouteTable { revision: gateway.revision(), routes };
+    let body = RouteTable { revision: gateway.revision(), routes, grants: Vec::new() };
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
-async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
+async fn metrics(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if let Err(refused) = gateway.operator(&headers) {
+        return refused.into_response();
+    }
     let mut text = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &gateway.metrics.registry) {
         return failure(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("encoding metrics: {e}"));
@@ -460,6 +538,14 @@ async fn call(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    // One clone of the pointer: this call is served by this table's version.
+    let served = gateway.lookup(tenant, name);
+    if let Err(refused) = gateway.authorize(headers, tenant, name, served.as_deref()) {
+        return refused.into_response();
+    }
+    let Some(served) = served else {
+        return not_deployed(tenant, name);
+    };
     let body = match body {
         Ok(b) => b,
         Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -475,10 +561,6 @@ async fn call(
         Err(message) => return failure(StatusCode::BAD_REQUEST, "bad_request", message),
     };
 
-    // One clone of the pointer: this call is served by this table's version.
-    let Some(served) = gateway.lookup(tenant, name) else {
-        return not_deployed(tenant, name);
-    };
     if served.function.kind() != Kind::Scorer {
         let message = match served.function.kind() {
             Kind::Http => format!("`{name}` is a wasi:http component; call it under /v1/http/{tenant}/{name}/"),
@@ -767,7 +849,11 @@ async fn http_answer(
     labels: &FunctionLabels,
     request: axum::extract::Request,
 ) -> Response {
-    let Some(served) = gateway.lookup(tenant, name) else {
+    let served = gateway.lookup(tenant, name);
+    if let Err(refused) = gateway.authorize(request.headers(), tenant, name, served.as_deref()) {
+        return refused.into_response();
+    }
+    let Some(served) = served else {
         return not_deployed(tenant, name);
     };
     if served.function.kind() != Kind::Http {
@@ -787,8 +873,13 @@ async fn http_answer(
     };
     let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
     let mut inner = http::Request::builder().method(parts.method).uri(format!("/{rest}{query}"));
+    // The grid's token was for the grid: a private function never sees it.
+    // A public one gets every header, for its own authentication.
+    let public = served.route.public;
     for (k, v) in &parts.headers {
-        inner = inner.header(k, v);
+        if public || k != header::AUTHORIZATION {
+            inner = inner.header(k, v);
+        }
     }
     if !parts.headers.contains_key(header::HOST) {
         inner = inner.header(header::HOST, "localhost");

@@ -42,6 +42,7 @@ impl Replicas {
             procs: (0..n).map(|_| None).collect(),
             snapshot_every,
         };
+        super::write_token(&r.token_file());
         for id in 1..=n as u64 {
             r.spawn(id);
         }
@@ -50,6 +51,11 @@ impl Replicas {
 
     pub fn peers(&self) -> String {
         self.ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect::<Vec<_>>().join(",")
+    }
+
+    /// The admin token file every replica reads.
+    pub fn token_file(&self) -> PathBuf {
+        self.dir.path().join("admin-token")
     }
 
     pub fn log(&self, id: u64) -> PathBuf {
@@ -67,6 +73,8 @@ impl Replicas {
             .args(["--listen", &format!("127.0.0.1:{}", self.ports[id as usize - 1])])
             .args(["--peers", &self.peers()])
             .args(["--snapshot-every", &self.snapshot_every.to_string()])
+            .arg("--admin-token-file")
+            .arg(self.token_file())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -105,7 +113,7 @@ impl Replicas {
     /// A client that tries replicas `ids` in that order.
     pub fn client_for(&self, ids: &[u64]) -> Client {
         let urls: Vec<String> = ids.iter().map(|&id| self.url(id)).collect();
-        Client::new(&urls, Duration::from_secs(30)).expect("client")
+        Client::new(&urls, Duration::from_secs(30)).expect("client").with_token(Some(super::TOKEN.into()))
     }
 
     /// A client of replica `id` only.
@@ -128,7 +136,12 @@ impl Replicas {
     }
 
     pub async fn status(&self, id: u64) -> Option<ClusterStatus> {
-        Client::new(&[self.url(id)], Duration::from_secs(2)).ok()?.cluster().await.ok()
+        Client::new(&[self.url(id)], Duration::from_secs(2))
+            .ok()?
+            .with_token(Some(super::TOKEN.into()))
+            .cluster()
+            .await
+            .ok()
     }
 
     /// Waits until a running replica is leader and every running replica
@@ -222,8 +235,10 @@ pub struct Dev {
 }
 
 impl Dev {
-    /// Starts `wasmgrid dev` with its data in `data` and reads its two URLs.
+    /// Starts `wasmgrid dev` with its data in `data` (and [`super::TOKEN`]
+    /// as its admin token) and reads its two URLs.
     pub fn start(data: &Path) -> Dev {
+        super::write_token(&data.join("admin-token"));
         let mut child = super::wasmgrid()
             .args(["dev", "--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0", "--data"])
             .arg(data)

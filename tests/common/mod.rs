@@ -12,10 +12,35 @@ use std::process::{Command, Output};
 /// endpoint and its credentials, for example).
 pub static EXTRA_ENV: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
 
+/// The admin token of every grid the tests start (written to the admin
+/// token file before the control plane starts, so it is used instead of a
+/// new one). Every `wasmgrid` process gets it as `WASMGRID_TOKEN`.
+pub const TOKEN: &str = "wgt_0000000000000000000000000000000000000000000000000000000000test";
+
+/// `Authorization` for [`TOKEN`], for raw HTTP clients.
+pub fn auth_headers() -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {TOKEN}").parse().expect("header"));
+    headers
+}
+
+/// An HTTP client that sends the admin token.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().default_headers(auth_headers()).build().expect("http client")
+}
+
+/// Writes [`TOKEN`] as the admin token file `path` (mode 0600).
+pub fn write_token(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("token dir");
+    std::fs::write(path, format!("{TOKEN}\n")).expect("token file");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
 /// The `wasmgrid` binary under test.
 pub fn wasmgrid() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wasmgrid"));
-    cmd.env_remove("WASMGRID_LOG").env("NO_COLOR", "1");
+    cmd.env_remove("WASMGRID_LOG").env_remove("WASMGRID_TOKEN_FILE").env("NO_COLOR", "1").env("WASMGRID_TOKEN", TOKEN);
     if let Ok(extra) = EXTRA_ENV.lock() {
         cmd.envs(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     }
@@ -176,7 +201,9 @@ pub fn follow_guide(name: &str, env: &[(&str, &str)], min_commands: usize) {
     std::fs::create_dir_all(&bin).expect("bin");
     std::fs::create_dir_all(&work).expect("work");
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_wasmgrid"), bin.join("wasmgrid")).expect("symlink");
-    let dev = grid::Dev::start(&tmp.path().join("dev"));
+    // Where `wasmgrid dev` keeps its data when started in the guide's
+    // directory: the CLI finds the admin token there, as a reader's does.
+    let dev = grid::Dev::start(&work.join(".wasmgrid"));
 
     let guests_dir = Path::new(wasmgrid_test_artifacts::LOGREG).parent().expect("dir").display().to_string();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
@@ -190,6 +217,8 @@ pub fn follow_guide(name: &str, env: &[(&str, &str)], min_commands: usize) {
                 let out = Command::new("bash")
                     .args(["-e", "-c", &script])
                     .current_dir(&work)
+                    .env_remove("WASMGRID_TOKEN")
+                    .env_remove("WASMGRID_TOKEN_FILE")
                     .env("PATH", &path)
                     .env("WASMGRID_URL", &dev.control_plane)
                     .env("NO_COLOR", "1")
@@ -208,10 +237,22 @@ pub fn follow_guide(name: &str, env: &[(&str, &str)], min_commands: usize) {
     }
 }
 
-/// Module hashes depend on where the guest was built; compare without them.
+/// Module hashes depend on where the guest was built, token ids on
+/// chance; compare without them.
 pub fn normalize_hashes(s: &str) -> String {
     let mut out = String::new();
     let mut rest = s;
+    while let Some(at) = rest.find("tok_") {
+        out.push_str(&rest[..at + 4]);
+        rest = &rest[at + 4..];
+        if rest.chars().take_while(char::is_ascii_hexdigit).count() == 12 {
+            out.push_str("<id>");
+            rest = &rest[12..];
+        }
+    }
+    out.push_str(rest);
+    let s = std::mem::take(&mut out);
+    let mut rest = s.as_str();
     while let Some(at) = rest.find("module ") {
         out.push_str(&rest[..at + 7]);
         rest = &rest[at + 7..];

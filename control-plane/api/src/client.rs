@@ -83,6 +83,8 @@ pub struct Client {
     urls: Vec<String>,
     current: AtomicUsize,
     http: reqwest::Client,
+    token: Option<String>,
+    tenant: Option<String>,
 }
 
 /// What a request carries.
@@ -106,7 +108,30 @@ impl Client {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| ApiError::BadUrl { url: urls.join(","), reason: e.to_string() })?;
-        Ok(Client { urls, current: AtomicUsize::new(0), http })
+        Ok(Client { urls, current: AtomicUsize::new(0), http, token: None, tenant: None })
+    }
+
+    /// Sends `token` as `Authorization: Bearer` with every request.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// Acts on `tenant` (an admin token only; a tenant token always acts
+    /// on its own tenant).
+    pub fn with_tenant(mut self, tenant: Option<String>) -> Self {
+        self.tenant = tenant;
+        self
+    }
+
+    fn authorize(&self, mut request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(tenant) = &self.tenant {
+            request = request.header(crate::TENANT_HEADER, tenant);
+        }
+        request
     }
 
     /// The replica URLs.
@@ -125,7 +150,7 @@ impl Client {
         for i in 0..self.urls.len() {
             let index = (start + i) % self.urls.len();
             let url = &self.urls[index];
-            let mut request = self.http.request(method.clone(), format!("{url}{path}"));
+            let mut request = self.authorize(self.http.request(method.clone(), format!("{url}{path}")));
             request = match &body {
                 Body::None => request,
                 Body::Json(bytes) => request.header("content-type", "application/json").body(bytes.clone()),
@@ -250,35 +275,73 @@ impl Client {
     pub async fn report(&self, request: &ReportRequest) -> Result<serde_json::Value, ApiError> {
         self.call(Method::POST, "/v1/tasks/report", Self::json(request)).await
     }
+
+    /// Who the token is.
+    pub async fn whoami(&self) -> Result<Identity, ApiError> {
+        self.call(Method::GET, "/v1/whoami", Body::None).await
+    }
+
+    /// Creates a tenant (admin).
+    pub async fn create_tenant(&self, name: &str) -> Result<TenantInfo, ApiError> {
+        self.call(Method::POST, "/v1/tenants", Self::json(&TenantRequest { name: name.into() })).await
+    }
+
+    /// Every tenant (admin).
+    pub async fn tenants(&self) -> Result<TenantList, ApiError> {
+        self.call(Method::GET, "/v1/tenants", Body::None).await
+    }
+
+    /// Removes a tenant with its functions and tokens (admin).
+    pub async fn delete_tenant(&self, name: &str) -> Result<TenantInfo, ApiError> {
+        self.call(Method::DELETE, &format!("/v1/tenants/{}", segment(name)), Body::None).await
+    }
+
+    /// Makes a token (admin); the answer is the only copy of its secret.
+    pub async fn create_token(&self, request: &TokenRequest) -> Result<NewToken, ApiError> {
+        self.call(Method::POST, "/v1/tokens", Self::json(request)).await
+    }
+
+    /// Every token, without secrets (admin).
+    pub async fn tokens(&self) -> Result<TokenList, ApiError> {
+        self.call(Method::GET, "/v1/tokens", Body::None).await
+    }
+
+    /// Revokes a token by id (admin).
+    pub async fn revoke_token(&self, id: &str) -> Result<TokenInfo, ApiError> {
+        self.call(Method::DELETE, &format!("/v1/tokens/{}", segment(id)), Body::None).await
+    }
 }
 
 /// Calls a node's gateway: scores `rows` with the function.
 pub async fn invoke(
     http: &reqwest::Client,
+    token: Option<&str>,
     node_url: &str,
     tenant: &str,
     name: &str,
     request: &InvokeRequest,
 ) -> Result<InvokeResponse, ApiError> {
     let url = format!("{}/v1/fn/{}/{}", normalize_url(node_url)?, segment(tenant), segment(name));
-    let response = http
-        .post(&url)
-        .json(request)
-        .send()
-        .await
-        .map_err(|e| ApiError::Unreachable { urls: url.clone(), last: describe(&e) })?;
+    let mut outgoing = http.post(&url).json(request);
+    if let Some(token) = token {
+        outgoing = outgoing.bearer_auth(token);
+    }
+    let response =
+        outgoing.send().await.map_err(|e| ApiError::Unreachable { urls: url.clone(), last: describe(&e) })?;
     decode(&url, response).await
 }
 
 impl Client {
-    /// Scores `rows` with a function on the node at `node_url`.
+    /// Scores `rows` with `tenant`'s function on the node at `node_url`,
+    /// with this client's token.
     pub async fn invoke(
         &self,
         node_url: &str,
+        tenant: &str,
         name: &str,
         request: &InvokeRequest,
     ) -> Result<InvokeResponse, ApiError> {
-        invoke(&self.http, node_url, "default", name, request).await
+        invoke(&self.http, self.token.as_deref(), node_url, tenant, name, request).await
     }
 }
 

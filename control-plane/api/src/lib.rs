@@ -12,6 +12,49 @@ pub mod types;
 pub use client::{ApiError, Client, normalize_url};
 pub use types::*;
 
+use sha2::{Digest, Sha256};
+
+/// The header an admin token names the tenant it acts on with (the
+/// `default` tenant without it). A tenant token always acts on its own.
+pub const TENANT_HEADER: &str = "wasmgrid-tenant";
+
+/// The prefix of every token wasmgrid makes, so a leaked one is easy to
+/// recognise (and to scan for).
+pub const TOKEN_PREFIX: &str = "wgt_";
+
+/// A new random token: the prefix and 32 bytes from the OS random source,
+/// hex.
+pub fn new_token() -> Result<String, getrandom::Error> {
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret)?;
+    Ok(format!("{TOKEN_PREFIX}{}", hex::encode(secret)))
+}
+
+/// The sha256 of a token, hex: what the control plane stores and nodes
+/// compare against, never the token itself.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// The token in an `Authorization: Bearer TOKEN` header value (`None`:
+/// no header), or what is wrong with it.
+pub fn bearer_token(authorization: Option<&[u8]>) -> Result<&str, &'static str> {
+    let value = authorization.ok_or("missing token")?;
+    let value = std::str::from_utf8(value).map_err(|_| "malformed Authorization header")?;
+    let (scheme, token) = value.split_once(' ').ok_or("the Authorization header must be `Bearer TOKEN`")?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err("the Authorization header must be `Bearer TOKEN`");
+    }
+    Ok(token)
+}
+
+/// The public id of the token with hash `sha256`: enough to name it for
+/// `tokens revoke`, useless to authenticate with.
+pub fn token_id(sha256: &str) -> String {
+    format!("tok_{}", &sha256[..sha256.len().min(12)])
+}
+
 /// Checks a tenant, function or node name: 1 to 63 characters of `a-z`,
 /// `0-9`, `-`, `_` and `.`, starting with a letter or digit, with no `..`.
 /// Names become URL path segments and file names, so nothing else is
@@ -30,4 +73,29 @@ pub fn check_name(name: &str) -> Result<(), &'static str> {
         return Err("must not contain '..'");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_are_read_strictly() {
+        assert!(bearer_token(None).is_err());
+        for bad in ["wgt_x", "Basic abc", "Bearer ", "Bearer"] {
+            assert!(bearer_token(Some(bad.as_bytes())).is_err(), "{bad:?}");
+        }
+        assert!(bearer_token(Some(b"Bearer \xff")).is_err());
+        assert_eq!(bearer_token(Some(b"bearer wgt_abc")), Ok("wgt_abc"));
+    }
+
+    #[test]
+    fn tokens_are_random_and_ids_do_not_reveal_them() -> Result<(), getrandom::Error> {
+        let (a, b) = (new_token()?, new_token()?);
+        assert_ne!(a, b);
+        assert!(a.starts_with(TOKEN_PREFIX) && a.len() == TOKEN_PREFIX.len() + 64);
+        let id = token_id(&token_hash(&a));
+        assert!(id.starts_with("tok_") && !a.contains(&id[4..]));
+        Ok(())
+    }
 }

@@ -87,6 +87,9 @@ pub struct DeployRequest {
     /// Whether it needs a node with a GPU.
     #[serde(default)]
     pub gpu: GpuPlacement,
+    /// Whether the gateways serve it without a token.
+    #[serde(default)]
+    pub public: bool,
 }
 
 /// `POST /v1/functions/{name}/rollback`.
@@ -115,6 +118,9 @@ pub struct VersionInfo {
     /// Whether it needs a node with a GPU.
     #[serde(default, skip_serializing_if = "GpuPlacement::is_any")]
     pub gpu: GpuPlacement,
+    /// Whether the gateways serve it without a token.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub public: bool,
     /// The control plane's log index that created it.
     pub created_at: u64,
 }
@@ -296,15 +302,143 @@ pub struct Route {
     /// Whether it needs a node with a GPU.
     #[serde(default)]
     pub gpu: GpuPlacement,
+    /// Whether it is served without a token.
+    #[serde(default)]
+    pub public: bool,
 }
 
-/// `GET /v1/routes?since=N`: every function's active version.
+/// `GET /v1/routes?since=N`: every function's active version, and the
+/// tokens the gateways accept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteTable {
     /// Changes whenever the table may have changed (the applied log index).
     pub revision: u64,
     /// Sorted by tenant, then name.
     pub routes: Vec<Route>,
+    /// Every live token, by hash (a node never sees a token itself).
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Everything, for every tenant: the token made at bootstrap.
+    Admin,
+    /// What a node needs: routes, modules, heartbeats and batch tasks.
+    Node,
+    /// Everything on its tenant's functions and jobs, calls included.
+    Full,
+    /// Reads of its tenant's functions and jobs.
+    ReadOnly,
+    /// Calls to its tenant's functions on the gateways, nothing else.
+    InvokeOnly,
+}
+
+impl Role {
+    /// Its name, as the API writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Node => "node",
+            Role::Full => "full",
+            Role::ReadOnly => "read-only",
+            Role::InvokeOnly => "invoke-only",
+        }
+    }
+
+    /// Whether it may call functions on a gateway.
+    pub fn may_invoke(self) -> bool {
+        matches!(self, Role::Admin | Role::Full | Role::InvokeOnly)
+    }
+}
+
+/// A token as a node's gateway checks it: its hash and what it grants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// The sha256 of the token, hex.
+    pub sha256: String,
+    /// Its tenant; `None` for admin and node tokens.
+    pub tenant: Option<String>,
+    /// What it may do.
+    pub role: Role,
+}
+
+/// `POST /v1/tenants`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantRequest {
+    /// The tenant's name (like a function name).
+    pub name: String,
+}
+
+/// A tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantInfo {
+    /// Its name.
+    pub name: String,
+    /// The control plane's log index that created it (0 for `default`).
+    pub created_at: u64,
+}
+
+/// `GET /v1/tenants`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantList {
+    /// By name.
+    pub tenants: Vec<TenantInfo>,
+}
+
+/// `POST /v1/tokens`: a new token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// The tenant it acts for; none for a node token.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// What it may do (`full`, `read-only`, `invoke-only` or `node`).
+    pub role: Role,
+}
+
+/// A token, without its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// Names it for `revoke` (not a secret).
+    pub id: String,
+    /// The tenant it acts for.
+    pub tenant: Option<String>,
+    /// What it may do.
+    pub role: Role,
+    /// The control plane's log index that created it.
+    pub created_at: u64,
+}
+
+/// The answer to `POST /v1/tokens`: the only time the secret is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewToken {
+    /// The secret, for `Authorization: Bearer`.
+    pub token: String,
+    /// What it is.
+    #[serde(flatten)]
+    pub info: TokenInfo,
+}
+
+/// `GET /v1/tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenList {
+    /// By tenant, then id.
+    pub tokens: Vec<TokenInfo>,
+}
+
+/// `GET /v1/whoami`: who the caller's token says it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// The tenant its requests act on.
+    pub tenant: String,
+    /// What it may do.
+    pub role: Role,
+    /// The token's id (`admin` for the bootstrap token).
+    pub token: String,
 }
 
 /// `POST /v1/fn/{tenant}/{name}` on a node: rows to score.

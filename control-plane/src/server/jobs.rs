@@ -15,15 +15,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{Path, State as Shared};
+use axum::extract::{Extension, Path, State as Shared};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use wasmgrid_api::*;
 
-use super::{Answer, App, Failure, NODE_LIVENESS, json, json_body, poisoned};
+use super::{Answer, App, Caller, Failure, NODE_LIVENESS, json, json_body, poisoned};
 use crate::job_state::{JobCommand, JobRecord, TaskEvent, Winner, stage_tasks};
-use crate::state::{Applied, Command, DEFAULT_TENANT, StateError};
+use crate::state::{Applied, Command, StateError};
 
 /// Longest a lease request waits for a task.
 const MAX_LEASE_WAIT: Duration = Duration::from_secs(2);
@@ -406,8 +406,8 @@ fn check_request(request: &JobRequest) -> Answer<()> {
 }
 
 /// The active version of a function as a task runs it.
-fn task_function(app: &App, name: &str, timeout_ms: Option<u64>) -> Answer<(u64, String, TaskFunction)> {
-    let f = app.function(name.to_string())?;
+fn task_function(app: &App, tenant: &str, name: &str, timeout_ms: Option<u64>) -> Answer<(u64, String, TaskFunction)> {
+    let f = app.function(tenant, name.to_string())?;
     let v = f.active_version().ok_or_else(|| Failure::not_found(format!("function `{name}` has no active version")))?;
     let function = TaskFunction {
         module: v.module.clone(),
@@ -421,16 +421,31 @@ fn task_function(app: &App, name: &str, timeout_ms: Option<u64>) -> Answer<(u64,
 
 pub(super) async fn submit(
     Shared(app): Shared<App>,
+    Extension(caller): Extension<Caller>,
     body: Result<axum::Json<JobRequest>, JsonRejection>,
 ) -> Answer<Response> {
     let request = json_body(body)?;
     check_request(&request)?;
+    if !caller.is_admin() {
+        for (what, uri) in [("input", &request.input), ("output", &request.output)] {
+            if is_local(uri) {
+                return Err(Failure::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!(
+                        "{what} `{uri}` is a path on the grid's machines, which only the admin token may use; use s3:// (or http(s):// for input)"
+                    ),
+                ));
+            }
+        }
+    }
     let io = app.job_io()?.clone();
     app.barrier().await?;
-    let (version, kind, map) = task_function(&app, &request.function, request.timeout_ms)?;
+    let tenant = caller.tenant;
+    let (version, kind, map) = task_function(&app, &tenant, &request.function, request.timeout_ms)?;
     let reduce = match &request.reduce {
         Some(name) => {
-            let (version, rkind, f) = task_function(&app, name, request.timeout_ms)?;
+            let (version, rkind, f) = task_function(&app, &tenant, name, request.timeout_ms)?;
             if rkind != "reducer" {
                 return Err(Failure::bad(format!("--reduce `{name}` is a {rkind}, not a reducer")));
             }
@@ -467,7 +482,7 @@ pub(super) async fn submit(
     };
     let job = JobRecord {
         id: String::new(),
-        tenant: DEFAULT_TENANT.into(),
+        tenant,
         function: request.function.clone(),
         version,
         map,
@@ -505,9 +520,9 @@ pub(super) async fn submit(
     Ok(json(StatusCode::CREATED, &info(&record, 0)))
 }
 
-pub(super) async fn list(Shared(app): Shared<App>) -> Answer<Response> {
+pub(super) async fn list(Shared(app): Shared<App>, Extension(caller): Extension<Caller>) -> Answer<Response> {
     app.barrier().await?;
-    let jobs = app.0.replica.state().jobs(DEFAULT_TENANT)?;
+    let jobs = app.0.replica.state().jobs(Some(&caller.tenant))?;
     let jobs = jobs.iter().map(|j| info(j, app.running_attempts(&j.id))).collect();
     Ok(json(StatusCode::OK, &JobList { jobs }))
 }
@@ -521,18 +536,42 @@ fn job_id(id: Result<Path<String>, PathRejection>) -> Answer<String> {
     Ok(id)
 }
 
-pub(super) async fn show(Shared(app): Shared<App>, id: Result<Path<String>, PathRejection>) -> Answer<Response> {
+/// Whether a job URI names a path on the grid's machines.
+fn is_local(uri: &str) -> bool {
+    !["s3://", "http://", "https://"].iter().any(|scheme| uri.starts_with(scheme))
+}
+
+impl App {
+    /// The caller's job `id`: 404 if it is another tenant's, as if it did
+    /// not exist.
+    fn own_job(&self, caller: &Caller, id: &str) -> Answer<JobRecord> {
+        match self.0.replica.state().job(id)? {
+            Some(record) if record.tenant == caller.tenant => Ok(record),
+            _ => Err(StateError::JobNotFound { id: id.to_string() }.into()),
+        }
+    }
+}
+
+pub(super) async fn show(
+    Shared(app): Shared<App>,
+    Extension(caller): Extension<Caller>,
+    id: Result<Path<String>, PathRejection>,
+) -> Answer<Response> {
     let id = job_id(id)?;
     app.barrier().await?;
-    let record = app.0.replica.state().job(&id)?.ok_or(StateError::JobNotFound { id: id.clone() })?;
+    let record = app.own_job(&caller, &id)?;
     Ok(json(StatusCode::OK, &info(&record, app.running_attempts(&id))))
 }
 
-pub(super) async fn logs(Shared(app): Shared<App>, id: Result<Path<String>, PathRejection>) -> Answer<Response> {
+pub(super) async fn logs(
+    Shared(app): Shared<App>,
+    Extension(caller): Extension<Caller>,
+    id: Result<Path<String>, PathRejection>,
+) -> Answer<Response> {
     let id = job_id(id)?;
     app.barrier().await?;
     let state = app.0.replica.state();
-    state.job(&id)?.ok_or(StateError::JobNotFound { id: id.clone() })?;
+    app.own_job(&caller, &id)?;
     let mut tasks = Vec::new();
     for stage in [Stage::Map, Stage::Reduce] {
         for (task, record) in state.task_records(&id, stage)? {
@@ -554,11 +593,12 @@ pub(super) async fn logs(Shared(app): Shared<App>, id: Result<Path<String>, Path
 /// shows it) whenever it changes, then `end` with its final state.
 pub(super) async fn events(
     Shared(app): Shared<App>,
+    Extension(caller): Extension<Caller>,
     id: Result<Path<String>, PathRejection>,
 ) -> Answer<Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>>> {
     let id = job_id(id)?;
     app.barrier().await?;
-    app.0.replica.state().job(&id)?.ok_or(StateError::JobNotFound { id: id.clone() })?;
+    app.own_job(&caller, &id)?;
     let watch = app.0.replica.subscribe();
     let stream =
         futures_util::stream::unfold((app, id, watch, None::<JobInfo>), |(app, id, mut watch, last)| async move {
@@ -580,8 +620,14 @@ pub(super) async fn events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-pub(super) async fn cancel(Shared(app): Shared<App>, id: Result<Path<String>, PathRejection>) -> Answer<Response> {
+pub(super) async fn cancel(
+    Shared(app): Shared<App>,
+    Extension(caller): Extension<Caller>,
+    id: Result<Path<String>, PathRejection>,
+) -> Answer<Response> {
     let id = job_id(id)?;
+    app.barrier().await?;
+    app.own_job(&caller, &id)?;
     app.propose(Command::Job(JobCommand::Cancel { id: id.clone(), at_ms: now_ms() })).await?;
     drop(app.scheduler().await?);
     app.refresh(&HashSet::from([id.clone()]))?;
@@ -723,7 +769,7 @@ async fn drive_once(app: &App) -> Answer<()> {
     let io = app.job_io()?.clone();
     let state = app.0.replica.state();
     let candidates: Vec<JobRecord> = state
-        .jobs(DEFAULT_TENANT)?
+        .jobs(None)?
         .into_iter()
         .filter(|j| j.state == JobState::Committing || (j.state.is_final() && j.state != JobState::Succeeded))
         .collect();
@@ -802,6 +848,7 @@ async fn finish(app: &App, io: Arc<dyn JobIo>, job: JobRecord) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::DEFAULT_TENANT;
 
     fn run(tasks: u32) -> Run {
         let function = TaskFunction {

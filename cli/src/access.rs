@@ -1,0 +1,243 @@
+//! Tokens and tenants: where the CLI finds its token, the admin token file
+//! made at bootstrap, and the `tenants`, `tokens` and `whoami` commands.
+
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use wasmgrid_api::{Role, TokenRequest};
+
+use crate::grid::{ClientArgs, client, print_json, table, tokio_runtime};
+
+/// The admin token's file name in a control plane's (or `wasmgrid dev`'s)
+/// data directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+/// Where the CLI looks for a token last: what `wasmgrid dev` writes when
+/// started in the current directory.
+const DEV_TOKEN: &str = ".wasmgrid/admin-token";
+
+/// Reads a token file: one line, surrounding whitespace ignored.
+pub fn read_token_file(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading the token file {}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("the token file {} is empty", path.display());
+    }
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!("{} is readable by other users; `chmod 600` it", path.display());
+    }
+    Ok(token.to_string())
+}
+
+/// The token a client sends: `WASMGRID_TOKEN`, else the file `file`
+/// (`--token-file`), else `.wasmgrid/admin-token` when it exists.
+pub fn client_token(file: Option<&Path>) -> Result<Option<String>> {
+    if let Ok(token) = std::env::var("WASMGRID_TOKEN")
+        && !token.trim().is_empty()
+    {
+        return Ok(Some(token.trim().to_string()));
+    }
+    if let Some(file) = file {
+        return read_token_file(file).map(Some);
+    }
+    let dev = Path::new(DEV_TOKEN);
+    if dev.exists() { read_token_file(dev).map(Some) } else { Ok(None) }
+}
+
+/// The admin token kept in `path`: read if the file exists, else made and
+/// written there (mode 0600) when `create` allows, the one time a cluster
+/// is bootstrapped. Never printed or logged.
+pub fn admin_token(path: &Path, create: bool) -> Result<String> {
+    if path.exists() {
+        return read_token_file(path);
+    }
+    if !create {
+        bail!(
+            "no admin token at {}: a control plane of several replicas needs the same token file on each (make one with `wasmgrid tokens generate > FILE`)",
+            path.display()
+        );
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let token = wasmgrid_api::new_token().context("reading the OS random source")?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating the admin token file {}", path.display()))?;
+    writeln!(file, "{token}").with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("admin token written to {} (keep it secret; the CLI reads it from there)", path.display());
+    Ok(token)
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TenantsCommand {
+    /// Add a tenant (admin token).
+    Create {
+        /// Its name (a-z, 0-9, '-', '_', '.').
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the tenants (admin token).
+    Ls {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a tenant with its functions and tokens (admin token).
+    Rm {
+        /// The tenant.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokensCommand {
+    /// Make a token and print it, once (admin token).
+    Create(CreateToken),
+    /// List tokens by id, never their secrets (admin token).
+    Ls {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke a token by id; gateways refuse it within a moment (admin token).
+    Revoke {
+        /// Its id (`tok_...`, from `tokens ls`).
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print a new random token without storing it (for an admin token file).
+    Generate,
+}
+
+/// `tokens create`: the tenant is `--tenant` (required but for `--node`).
+#[derive(Args, Debug)]
+pub struct CreateToken {
+    /// Reads only: list and show functions and jobs.
+    #[arg(long, conflicts_with_all = ["invoke_only", "node"])]
+    read_only: bool,
+    /// Calls the tenant's functions on the gateways, nothing else.
+    #[arg(long, conflicts_with = "node")]
+    invoke_only: bool,
+    /// A token for `wasmgrid node` (no tenant).
+    #[arg(long)]
+    node: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+pub fn tenants(command: TenantsCommand) -> Result<()> {
+    let rt = tokio_runtime()?;
+    match command {
+        TenantsCommand::Create { name, client: args } => {
+            if let Err(reason) = wasmgrid_api::check_name(&name) {
+                bail!("invalid tenant name `{name}`: {reason}");
+            }
+            let t = rt.block_on(client(&args)?.create_tenant(&name))?;
+            if args.json {
+                return print_json(&t);
+            }
+            println!("created tenant {}", t.name);
+        }
+        TenantsCommand::Ls { client: args } => {
+            let list = rt.block_on(client(&args)?.tenants())?;
+            if args.json {
+                return print_json(&list);
+            }
+            table(
+                &["NAME", "CREATED"],
+                list.tenants.iter().map(|t| vec![t.name.clone(), t.created_at.to_string()]).collect(),
+            );
+        }
+        TenantsCommand::Rm { name, client: args } => {
+            let t = rt.block_on(client(&args)?.delete_tenant(&name))?;
+            if args.json {
+                return print_json(&t);
+            }
+            println!("removed tenant {} with its functions and tokens", t.name);
+        }
+    }
+    Ok(())
+}
+
+pub fn tokens(command: TokensCommand) -> Result<()> {
+    let rt = tokio_runtime()?;
+    match command {
+        TokensCommand::Create(args) => {
+            let tenant = args.client.tenant.clone();
+            match (&tenant, args.node) {
+                (None, false) => bail!("name the token's tenant with --tenant NAME (or make a --node token)"),
+                (Some(_), true) => bail!("a node token belongs to no tenant; drop --tenant"),
+                _ => {}
+            }
+            let role = match (args.node, args.read_only, args.invoke_only) {
+                (true, ..) => Role::Node,
+                (_, true, _) => Role::ReadOnly,
+                (_, _, true) => Role::InvokeOnly,
+                _ => Role::Full,
+            };
+            let request = TokenRequest { tenant, role };
+            // The tenant is the token's, not one to act on.
+            let made = rt.block_on(client(&args.client)?.with_tenant(None).create_token(&request))?;
+            if args.client.json {
+                return print_json(&made);
+            }
+            println!("{}", made.token);
+            let whom = made.info.tenant.as_deref().map_or(String::new(), |t| format!(" for tenant {t}"));
+            eprintln!("{} token {}{whom}: shown once, store it now", role.name(), made.info.id);
+        }
+        TokensCommand::Ls { client: args } => {
+            let list = rt.block_on(client(&args)?.tokens())?;
+            if args.json {
+                return print_json(&list);
+            }
+            let rows = list
+                .tokens
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.id.clone(),
+                        t.tenant.clone().unwrap_or_else(|| "-".into()),
+                        t.role.name().into(),
+                        t.created_at.to_string(),
+                    ]
+                })
+                .collect();
+            table(&["ID", "TENANT", "ROLE", "CREATED"], rows);
+        }
+        TokensCommand::Revoke { id, client: args } => {
+            let t = rt.block_on(client(&args)?.revoke_token(&id))?;
+            if args.json {
+                return print_json(&t);
+            }
+            println!("revoked {}", t.id);
+        }
+        TokensCommand::Generate => println!("{}", wasmgrid_api::new_token().context("reading the OS random source")?),
+    }
+    Ok(())
+}
+
+/// `wasmgrid whoami`.
+pub fn whoami(args: ClientArgs) -> Result<()> {
+    let me = tokio_runtime()?.block_on(client(&args)?.whoami())?;
+    if args.json {
+        return print_json(&me);
+    }
+    println!("tenant {} ({} token {})", me.tenant, me.role.name(), me.token);
+    Ok(())
+}
+
+/// Where a data directory keeps its admin token.
+pub fn admin_token_path(data: &Path) -> PathBuf {
+    data.join(ADMIN_TOKEN_FILE)
+}
