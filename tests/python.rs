@@ -301,3 +301,51 @@ fn hostile_python_guests_are_contained_like_rust_ones() {
     assert!(matches!(&err, Error::Guest { message } if message == "hostile python"), "{err}");
     healthy();
 }
+
+/// A component that takes seconds to compile (it carries the Python
+/// interpreter) on a node whose compile deadline is shorter: the compiler
+/// is stopped, calls are told why the function cannot run there, and a
+/// small function on the same node is compiled and served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_that_compiles_past_the_deadline_gets_a_clear_error() {
+    let Some(logreg) = python_guest("guest-examples/python-logreg/app.py") else {
+        return;
+    };
+    let replicas = Replicas::start(1, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let urls = replicas.urls();
+    // Its own, empty compile cache: everything is compiled here.
+    let node = Node::start_with(&urls, &replicas.dir.path().join("node"), &["--compile-timeout", "2s"]);
+    let config = format!("model={MODEL}");
+    for (name, wasm) in [("py-logreg", logreg.as_path()), ("logreg", Path::new(guests::LOGREG))] {
+        let wasm = wasm.display().to_string();
+        common::grid_ok(&urls, &["deploy", name, &wasm, "--config", &config, "--memory", PY_MEMORY]);
+    }
+    let http = common::http();
+    let answer = |name: &'static str| {
+        let (http, url) = (http.clone(), format!("{}/v1/fn/default/{name}", node.url));
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let response = http.post(&url).json(&json!({ "rows": rows(3, 1) })).send().await.expect("answer");
+                let status = response.status().as_u16();
+                let body: Value = response.json().await.expect("json");
+                if status != 404 || std::time::Instant::now() > deadline {
+                    return (status, body);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let (status, body) = answer("logreg").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = answer("py-logreg").await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error"]["code"], "load_failed", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("took longer than 2s"), "{body}");
+    assert!(message.contains("version 1 of `default/py-logreg`"), "{body}");
+    // The node carries on.
+    let (status, body) = answer("logreg").await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use wasmgrid_api::{Role, TokenRequest};
+use wasmgrid_api::{Quotas, Role, TokenRequest};
 
 use crate::grid::{ClientArgs, client, print_json, table, tokio_runtime};
+use crate::units;
 
 /// The admin token's file name in a control plane's (or `wasmgrid dev`'s)
 /// data directory.
@@ -77,12 +78,79 @@ pub fn admin_token(path: &Path, create: bool) -> Result<String> {
     Ok(token)
 }
 
+/// A quota on the command line: a number (sizes with units), or `none`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limit(Option<u64>);
+
+fn parse_count(s: &str) -> Result<Limit, String> {
+    match s {
+        "none" | "unlimited" => Ok(Limit(None)),
+        n => n.parse().map(|n| Limit(Some(n))).map_err(|_| format!("`{n}` is not a number (or `none`)")),
+    }
+}
+
+fn parse_bytes(s: &str) -> Result<Limit, String> {
+    match s {
+        "none" | "unlimited" => Ok(Limit(None)),
+        n => units::parse_size(n).map(|n| Limit(Some(n))),
+    }
+}
+
+/// A tenant's quotas, as flags; each one given replaces that quota.
+#[derive(Args, Debug)]
+pub struct QuotaArgs {
+    /// Functions it may have [new tenants: 100].
+    #[arg(long, value_parser = parse_count)]
+    functions: Option<Limit>,
+    /// Bytes of modules it may store [new tenants: 1GiB].
+    #[arg(long, value_parser = parse_bytes)]
+    module_bytes: Option<Limit>,
+    /// Largest memory limit of one of its functions [new tenants: 1GiB].
+    #[arg(long, value_parser = parse_bytes)]
+    memory: Option<Limit>,
+    /// Its calls running at once on one node; more get 429 [none].
+    #[arg(long, value_parser = parse_count)]
+    concurrency: Option<Limit>,
+    /// Its batch task attempts running at once on the grid [none].
+    #[arg(long, value_parser = parse_count)]
+    task_slots: Option<Limit>,
+}
+
+impl QuotaArgs {
+    /// `base` with each quota given on the command line replaced.
+    fn apply(&self, base: &Quotas) -> Quotas {
+        let pick = |flag: Option<Limit>, current: Option<u64>| flag.map_or(current, |Limit(l)| l);
+        Quotas {
+            functions: pick(self.functions, base.functions),
+            module_bytes: pick(self.module_bytes, base.module_bytes),
+            memory: pick(self.memory, base.memory),
+            concurrency: pick(self.concurrency, base.concurrency),
+            task_slots: pick(self.task_slots, base.task_slots),
+        }
+    }
+}
+
+fn show(limit: Option<u64>) -> String {
+    limit.map_or_else(|| "-".into(), |l| l.to_string())
+}
+
 #[derive(Subcommand, Debug)]
 pub enum TenantsCommand {
     /// Add a tenant (admin token).
     Create {
         /// Its name (a-z, 0-9, '-', '_', '.').
         name: String,
+        #[command(flatten)]
+        quotas: QuotaArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Change a tenant's quotas (`none` lifts one) (admin token).
+    Set {
+        /// The tenant.
+        name: String,
+        #[command(flatten)]
+        quotas: QuotaArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -139,25 +207,49 @@ pub struct CreateToken {
 pub fn tenants(command: TenantsCommand) -> Result<()> {
     let rt = tokio_runtime()?;
     match command {
-        TenantsCommand::Create { name, client: args } => {
+        TenantsCommand::Create { name, quotas, client: args } => {
             if let Err(reason) = wasmgrid_api::check_name(&name) {
                 bail!("invalid tenant name `{name}`: {reason}");
             }
-            let t = rt.block_on(client(&args)?.create_tenant(&name))?;
+            let quotas = quotas.apply(&Quotas::tenant_defaults());
+            let t = rt.block_on(client(&args)?.with_tenant(None).create_tenant_with(&name, &quotas))?;
             if args.json {
                 return print_json(&t);
             }
             println!("created tenant {}", t.name);
+        }
+        TenantsCommand::Set { name, quotas, client: args } => {
+            let c = client(&args)?.with_tenant(None);
+            let current = rt.block_on(c.tenants())?.tenants.into_iter().find(|t| t.name == name);
+            let Some(current) = current else { bail!("tenant `{name}` not found") };
+            let t = rt.block_on(c.set_quotas(&name, &quotas.apply(&current.quotas)))?;
+            if args.json {
+                return print_json(&t);
+            }
+            println!("tenant {} quotas set", t.name);
         }
         TenantsCommand::Ls { client: args } => {
             let list = rt.block_on(client(&args)?.tenants())?;
             if args.json {
                 return print_json(&list);
             }
-            table(
-                &["NAME", "CREATED"],
-                list.tenants.iter().map(|t| vec![t.name.clone(), t.created_at.to_string()]).collect(),
-            );
+            let rows = list
+                .tenants
+                .iter()
+                .map(|t| {
+                    let q = &t.quotas;
+                    vec![
+                        t.name.clone(),
+                        t.created_at.to_string(),
+                        show(q.functions),
+                        show(q.module_bytes),
+                        show(q.memory),
+                        show(q.concurrency),
+                        show(q.task_slots),
+                    ]
+                })
+                .collect();
+            table(&["NAME", "CREATED", "FUNCTIONS", "MODULE BYTES", "MEMORY", "CONCURRENCY", "TASK SLOTS"], rows);
         }
         TenantsCommand::Rm { name, client: args } => {
             let t = rt.block_on(client(&args)?.delete_tenant(&name))?;

@@ -85,6 +85,10 @@ pub struct NodeArgs {
     /// Batch task attempts run at once [default: one per core].
     #[arg(long, default_value_t = 0, hide_default_value = true)]
     task_slots: usize,
+    /// How much lower than per-request calls batch attempts run, as a
+    /// `nice` increment (0: the same priority).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    task_nice: i32,
     /// A file holding the node's token (`wasmgrid tokens create --node`, or
     /// the admin token) [default: WASMGRID_TOKEN].
     #[arg(long, env = "WASMGRID_TOKEN_FILE")]
@@ -326,6 +330,7 @@ pub fn node(args: NodeArgs) -> Result<()> {
         id: args.id,
         gateway: args.gateway.config()?,
         task_slots: args.task_slots,
+        task_nice: args.task_nice,
         token,
     };
     tokio_runtime()?.block_on(async move {
@@ -355,6 +360,7 @@ pub fn dev(args: DevArgs, compile: &CompileArgs) -> Result<()> {
             id: Some("dev".into()),
             gateway: args.admission.config()?,
             task_slots: 0,
+            task_nice: 10,
             token: admin,
         };
         let agent = agent::start(node, runtime).await?;

@@ -5,16 +5,21 @@
 //! is compiled here: compilation happens on nodes, bounded in time and
 //! memory, since a module that validates can still be costly to compile.
 
-use wasmparser::{Parser, Payload, Validator, WasmFeatures};
+use wasmparser::{ComponentTypeRef, Parser, Payload, Validator, WasmFeatures};
 
 /// Why a module was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct InvalidModule(pub String);
 
-/// Checks that `bytes` are a valid component and returns its world:
-/// `scorer` (exports `score`), `mapper` (`run`), `reducer` (`reduce`) or
-/// `http` (a standard `wasi:http/proxy` component).
+/// Interface namespaces a node links: WASI 0.2 (CLI, I/O, clocks, random,
+/// and `wasi:http` for HTTP components) and wasmgrid's own host API.
+const PROVIDED: &[&str] = &["wasi:", "wasmgrid:function/"];
+
+/// Checks that `bytes` are a valid component that imports only what nodes
+/// provide, and returns its world: `scorer` (exports `score`), `mapper`
+/// (`run`), `reducer` (`reduce`) or `http` (a standard `wasi:http/proxy`
+/// component).
 pub fn inspect(bytes: &[u8]) -> Result<&'static str, InvalidModule> {
     if bytes.is_empty() {
         return Err(InvalidModule("the module is empty".into()));
@@ -35,11 +40,22 @@ pub fn inspect(bytes: &[u8]) -> Result<&'static str, InvalidModule> {
 
     let mut depth = 0usize;
     let mut exports = Vec::new();
+    let mut imports = Vec::new();
     for payload in Parser::new(0).parse_all(bytes) {
         let payload = payload.map_err(|e| InvalidModule(format!("the component does not parse: {e}")))?;
         match payload {
             Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
             Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(reader) if depth == 0 => {
+                for import in reader {
+                    let import = import.map_err(|e| InvalidModule(format!("bad import section: {e}")))?;
+                    // Type imports name the types of the world's own
+                    // interfaces; instances and functions must be linked.
+                    if !matches!(import.ty, ComponentTypeRef::Type(_)) {
+                        imports.push(import.name.name.to_string());
+                    }
+                }
+            }
             Payload::ComponentExportSection(reader) if depth == 0 => {
                 for export in reader {
                     let export = export.map_err(|e| InvalidModule(format!("bad export section: {e}")))?;
@@ -48,6 +64,12 @@ pub fn inspect(bytes: &[u8]) -> Result<&'static str, InvalidModule> {
             }
             _ => {}
         }
+    }
+    if let Some(unknown) = imports.iter().find(|i| !PROVIDED.iter().any(|p| i.starts_with(p))) {
+        return Err(InvalidModule(format!(
+            "the component imports `{unknown}`, which no wasmgrid node provides (functions may import WASI 0.2 and \
+             `wasmgrid:function/*`)"
+        )));
     }
     for (export, kind) in [("score", "scorer"), ("run", "mapper"), ("reduce", "reducer")] {
         if exports.iter().any(|e| e == export) {

@@ -30,7 +30,7 @@ use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State as 
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use serde::Deserialize;
 use tokio::sync::oneshot;
 use wasmgrid_api::*;
@@ -277,6 +277,7 @@ fn router(app: App) -> Router {
         .route("/v1/whoami", get(whoami))
         .route("/v1/tenants", get(list_tenants).post(create_tenant))
         .route("/v1/tenants/{name}", delete(delete_tenant))
+        .route("/v1/tenants/{name}/quotas", put(set_quotas))
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{id}", delete(revoke_token))
         .fallback(no_route)
@@ -311,6 +312,13 @@ impl Failure {
     }
     fn internal(message: impl Into<String>) -> Self {
         Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+    fn quota(tenant: &str, what: &str, limit: u64, message: impl std::fmt::Display) -> Self {
+        Failure::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "quota_exceeded",
+            format!("{message}: over tenant `{tenant}`'s `{what}` quota of {limit}"),
+        )
     }
 }
 
@@ -631,6 +639,16 @@ async fn upload_module(
     let kind = crate::module::inspect(&bytes).map_err(|e| Failure::bad(e.0))?;
     let sha256 = sha256_hex(&bytes);
     let size = bytes.len() as u64;
+    let state = app.0.replica.state();
+    if let Some(limit) = app.quotas(&caller.tenant)?.module_bytes
+        && !state.owns_module(&caller.tenant, &sha256)?
+    {
+        let stored = state.module_bytes(&caller.tenant)?;
+        if stored + size > limit {
+            let message = format!("storing this {size}-byte module would make {} bytes of modules", stored + size);
+            return Err(Failure::quota(&caller.tenant, "module_bytes", limit, message));
+        }
+    }
     let command = Command::PutModule { tenant: caller.tenant, sha256: sha256.clone(), bytes: bytes.to_vec() };
     let applied = app.propose(command).await?;
     app.0.kinds.lock().map_err(poisoned)?.insert(sha256.clone(), kind);
@@ -748,9 +766,24 @@ async fn deploy(
             ),
         ));
     }
+    let quotas = app.quotas(&tenant)?;
+    let memory = request.memory.unwrap_or(DEFAULT_MEMORY);
+    if let Some(limit) = quotas.memory
+        && memory > limit
+    {
+        return Err(Failure::quota(&tenant, "memory", limit, format!("a memory limit of {memory} bytes")));
+    }
+    if let Some(limit) = quotas.functions
+        && state.function(&tenant, &name)?.is_none()
+    {
+        let count = state.functions(&tenant)?.len() as u64;
+        if count >= limit {
+            return Err(Failure::quota(&tenant, "functions", limit, format!("a new function besides its {count}")));
+        }
+    }
     let spec = FunctionSpec {
         kind: kind.into(),
-        memory: request.memory.unwrap_or(DEFAULT_MEMORY),
+        memory,
         timeout_ms: request.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
         config: request.config,
         gpu: request.gpu,
@@ -918,7 +951,8 @@ async fn routes(Shared(app): Shared<App>, query: Result<Query<RoutesQuery>, Quer
         .collect();
     let mut grants = vec![Grant { sha256: app.0.admin_hash.clone(), tenant: None, role: Role::Admin }];
     grants.extend(state.tokens()?.into_iter().map(|t| Grant { sha256: t.sha256, tenant: t.tenant, role: t.role }));
-    Ok(json(StatusCode::OK, &RouteTable { revision, routes, grants }))
+    let concurrency = state.tenants()?.into_iter().filter_map(|t| Some((t.name, t.quotas.concurrency?))).collect();
+    Ok(json(StatusCode::OK, &RouteTable { revision, routes, grants, concurrency }))
 }
 
 async fn whoami(Extension(caller): Extension<Caller>) -> Response {
@@ -926,7 +960,14 @@ async fn whoami(Extension(caller): Extension<Caller>) -> Response {
 }
 
 fn tenant_info(t: TenantRecord) -> TenantInfo {
-    TenantInfo { name: t.name, created_at: t.created_at }
+    TenantInfo { name: t.name, created_at: t.created_at, quotas: t.quotas }
+}
+
+impl App {
+    /// A tenant's quotas (none for an unknown tenant).
+    fn quotas(&self, tenant: &str) -> Answer<Quotas> {
+        Ok(self.0.replica.state().tenant(tenant)?.map(|t| t.quotas).unwrap_or_default())
+    }
 }
 
 fn token_info(t: TokenRecord) -> TokenInfo {
@@ -945,7 +986,8 @@ async fn create_tenant(
 ) -> Answer<Response> {
     let request = json_body(body)?;
     check_name(&request.name).map_err(|reason| Failure::bad(format!("invalid name `{}`: {reason}", request.name)))?;
-    app.propose(Command::CreateTenant { name: request.name.clone() }).await?;
+    let quotas = Quotas::tenant_defaults().merged(&request.quotas);
+    app.propose(Command::CreateTenant { name: request.name.clone(), quotas }).await?;
     let created = app.0.replica.state().tenant(&request.name)?.ok_or_else(|| Failure::internal("tenant vanished"))?;
     tracing::info!(tenant = %created.name, "tenant created");
     Ok(json(StatusCode::CREATED, &tenant_info(created)))
@@ -956,8 +998,21 @@ async fn delete_tenant(Shared(app): Shared<App>, name: Result<Path<String>, Path
     let before = app.0.replica.state().tenant(&name)?;
     app.propose(Command::DeleteTenant { name: name.clone() }).await?;
     tracing::info!(tenant = %name, "tenant removed");
-    let gone = before.unwrap_or(TenantRecord { name, created_at: 0 });
+    let gone = before.unwrap_or(TenantRecord { name, created_at: 0, quotas: Quotas::default() });
     Ok(json(StatusCode::OK, &tenant_info(gone)))
+}
+
+async fn set_quotas(
+    Shared(app): Shared<App>,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<axum::Json<Quotas>, JsonRejection>,
+) -> Answer<Response> {
+    let name = path_name(name)?;
+    let quotas = json_body(body)?;
+    app.propose(Command::SetQuotas { name: name.clone(), quotas }).await?;
+    let record = app.0.replica.state().tenant(&name)?.ok_or_else(|| Failure::internal("tenant vanished"))?;
+    tracing::info!(tenant = %name, quotas = ?record.quotas, "quotas set");
+    Ok(json(StatusCode::OK, &tenant_info(record)))
 }
 
 async fn list_tokens(Shared(app): Shared<App>) -> Answer<Response> {

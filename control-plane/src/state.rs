@@ -14,7 +14,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
-use wasmgrid_api::{JobState, PartitionSpec, Role, Stage};
+use wasmgrid_api::{JobState, PartitionSpec, Quotas, Role, Stage};
 
 use crate::job_state::{self, JobCommand, JobRecord, TaskRecord};
 
@@ -225,6 +225,15 @@ pub enum Command {
     CreateTenant {
         /// Its name.
         name: String,
+        /// What it may use.
+        quotas: Quotas,
+    },
+    /// Replaces a tenant's quotas.
+    SetQuotas {
+        /// The tenant.
+        name: String,
+        /// What it may use from now on.
+        quotas: Quotas,
     },
     /// Removes a tenant, its functions, its tokens and its module uploads
     /// (its jobs stay, as history).
@@ -255,6 +264,16 @@ pub struct TenantRecord {
     pub name: String,
     /// The log index that created it (0 for `default`).
     pub created_at: u64,
+    /// What it may use.
+    #[serde(default)]
+    pub quotas: Quotas,
+}
+
+impl TenantRecord {
+    /// `default` as it is until its quotas are set: no limits.
+    fn default_tenant() -> TenantRecord {
+        TenantRecord { name: DEFAULT_TENANT.into(), created_at: 0, quotas: Quotas::default() }
+    }
 }
 
 /// A token in the state, stored under its hash.
@@ -483,6 +502,7 @@ impl State {
                     | Command::DeleteTenant { .. }
                     | Command::CreateToken { .. }
                     | Command::RevokeToken { .. }
+                    | Command::SetQuotas { .. }
             ) {
                 meta.insert(ROUTES_KEY, &index.to_be_bytes())?;
             }
@@ -560,13 +580,29 @@ impl State {
                     Ok(Applied::NodeRegistered)
                 }
                 Command::Job(command) => job_state::apply(&job_state::Trees { jobs, plans, tasks }, index, command)?,
-                Command::CreateTenant { name } => {
+                Command::CreateTenant { name, quotas } => {
                     if tenant_exists(name)? {
                         Err(StateError::TenantExists { name: name.clone() })
                     } else {
-                        let record = TenantRecord { name: name.clone(), created_at: index };
+                        let record = TenantRecord { name: name.clone(), created_at: index, quotas: quotas.clone() };
                         access.insert(tenant_key(name), encode(&record).map_err(abort)?)?;
                         Ok(Applied::TenantCreated)
+                    }
+                }
+                Command::SetQuotas { name, quotas } => {
+                    // `default` gets a stored record once its quotas are set.
+                    let record = match access.get(tenant_key(name))? {
+                        Some(v) => Some(decode::<TenantRecord>(&v).map_err(abort)?),
+                        None if name == DEFAULT_TENANT => Some(TenantRecord::default_tenant()),
+                        None => None,
+                    };
+                    match record {
+                        Some(record) => {
+                            let record = TenantRecord { quotas: quotas.clone(), ..record };
+                            access.insert(tenant_key(name), encode(&record).map_err(abort)?)?;
+                            Ok(Applied::TenantCreated)
+                        }
+                        None => Err(StateError::TenantNotFound { name: name.clone() }),
                     }
                 }
                 Command::DeleteTenant { name } if name == DEFAULT_TENANT => Err(StateError::DefaultTenant),
@@ -636,22 +672,34 @@ impl State {
 
     /// A tenant; `default` always exists.
     pub fn tenant(&self, name: &str) -> Result<Option<TenantRecord>> {
-        if name == DEFAULT_TENANT {
-            return Ok(Some(TenantRecord { name: name.into(), created_at: 0 }));
-        }
         match self.access.get(tenant_key(name))? {
             Some(v) => Ok(Some(decode(&v)?)),
+            None if name == DEFAULT_TENANT => Ok(Some(TenantRecord::default_tenant())),
             None => Ok(None),
         }
     }
 
     /// Every tenant, by name, `default` first.
     pub fn tenants(&self) -> Result<Vec<TenantRecord>> {
-        let mut all = vec![TenantRecord { name: DEFAULT_TENANT.into(), created_at: 0 }];
+        let mut all = vec![self.tenant(DEFAULT_TENANT)?.unwrap_or_else(TenantRecord::default_tenant)];
         for kv in self.access.scan_prefix(b"tenant/") {
-            all.push(decode(&kv?.1)?);
+            let record: TenantRecord = decode(&kv?.1)?;
+            if record.name != DEFAULT_TENANT {
+                all.push(record);
+            }
         }
         Ok(all)
+    }
+
+    /// Bytes of the modules `tenant` uploaded.
+    pub fn module_bytes(&self, tenant: &str) -> Result<u64> {
+        let mut total = 0;
+        for key in self.access.scan_prefix(format!("owner/{tenant}/").as_bytes()).keys() {
+            let key = key?;
+            let sha256 = &key[key.len().saturating_sub(64)..];
+            total += self.modules.get(sha256)?.map_or(0, |m| m.len() as u64);
+        }
+        Ok(total)
     }
 
     /// The token with this hash.
@@ -868,7 +916,9 @@ fn precheck(command: &Command) -> Result<()> {
             validate_name(name)
         }
         Command::RegisterNode { id, .. } => validate_name(id),
-        Command::CreateTenant { name } | Command::DeleteTenant { name } => validate_name(name),
+        Command::CreateTenant { name, .. } | Command::DeleteTenant { name } | Command::SetQuotas { name, .. } => {
+            validate_name(name)
+        }
         Command::CreateToken { tenant: Some(tenant), .. } => validate_name(tenant),
         Command::Job(_) | Command::CreateToken { .. } | Command::RevokeToken { .. } => Ok(()),
     }
@@ -1011,11 +1061,11 @@ mod tests {
             spec: spec(),
         };
         assert!(matches!(s.apply(1, &put_for("acme", b"m")), Err(StateError::TenantNotFound { .. })));
-        s.apply(2, &Command::CreateTenant { name: "acme".into() })?;
-        let twice = s.apply(3, &Command::CreateTenant { name: "acme".into() });
+        s.apply(2, &Command::CreateTenant { name: "acme".into(), quotas: Quotas::default() })?;
+        let twice = s.apply(3, &Command::CreateTenant { name: "acme".into(), quotas: Quotas::default() });
         assert!(matches!(twice, Err(StateError::TenantExists { .. })), "{twice:?}");
         assert!(matches!(
-            s.apply(4, &Command::CreateTenant { name: "default".into() }),
+            s.apply(4, &Command::CreateTenant { name: "default".into(), quotas: Quotas::default() }),
             Err(StateError::TenantExists { .. })
         ));
         assert_eq!(s.apply(5, &put(b"m"))?, Applied::ModuleStored { sha256: sha256_hex(b"m"), existed: false });
@@ -1067,7 +1117,7 @@ mod tests {
         let b = State::temporary()?;
         b.apply(1, &put(b"stale"))?;
         b.apply(2, &deploy("old", b"stale"))?;
-        a.apply(4, &Command::CreateTenant { name: "acme".into() })?;
+        a.apply(4, &Command::CreateTenant { name: "acme".into(), quotas: Quotas::default() })?;
         a.apply(
             5,
             &Command::CreateToken { sha256: "ab".repeat(32), tenant: Some("acme".into()), role: Role::ReadOnly },

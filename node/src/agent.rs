@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use wasmgrid_api::{Client, Heartbeat, RouteTable};
 
-use crate::gateway::{Gateway, GatewayConfig, Table};
+use crate::gateway::{Failed, Gateway, GatewayConfig, Table};
 use crate::runtime::{Function, Runtime};
 
 /// How long one route-table long-poll waits for a change.
@@ -51,6 +51,8 @@ pub struct AgentConfig {
     pub gateway: GatewayConfig,
     /// Batch task attempts run at once (0: one per core).
     pub task_slots: usize,
+    /// How much lower than per-request calls batch attempts run (`nice`).
+    pub task_nice: i32,
     /// The token the node calls the control plane with (a `node` token or
     /// the admin token).
     pub token: String,
@@ -153,6 +155,7 @@ pub async fn start(config: AgentConfig, runtime: Arc<Runtime>) -> Result<Agent, 
         runtime,
         modules_dir: modules_dir.clone(),
         slots,
+        nice: config.task_nice,
     };
     let background = vec![
         tokio::spawn(watch(gateway.clone(), poll_client, modules_dir)),
@@ -262,9 +265,12 @@ const RETRY_FAILED_ROUTES: Duration = Duration::from_secs(1);
 /// Makes every route of `table` ready, then serves the new table. Returns
 /// whether every route could be made ready.
 async fn install(gateway: &Gateway, client: &Client, modules_dir: &Path, table: RouteTable) -> bool {
+    // Tokens take effect at once (a revocation must not wait for compiles).
+    gateway.accept(&table.grants, &table.concurrency);
     let mut complete = true;
     let current = gateway.table();
     let mut next = Table::new();
+    let mut failed = Failed::new();
     for route in table.routes {
         let key = (route.tenant.clone(), route.name.clone());
         if let Some(served) = current.get(&key).filter(|s| s.route == route) {
@@ -283,13 +289,18 @@ async fn install(gateway: &Gateway, client: &Client, modules_dir: &Path, table: 
                 if e.starts_with(FETCH_ERROR) || e.starts_with(KEEP_ERROR) {
                     complete = false;
                 }
-                if let Some(old) = current.get(&key) {
-                    next.insert(key, old.clone());
+                match current.get(&key) {
+                    Some(old) => {
+                        next.insert(key, old.clone());
+                    }
+                    None => {
+                        failed.insert(key, (route.version, e));
+                    }
                 }
             }
         }
     }
-    gateway.install(next, table.grants, table.revision);
+    gateway.install(next, failed, table.revision);
     complete
 }
 

@@ -147,6 +147,10 @@ impl std::fmt::Debug for Served {
 /// Functions by (tenant, name).
 pub type Table = HashMap<(String, String), Arc<Served>>;
 
+/// Functions that could not be made ready, by (tenant, name): the version
+/// and why.
+pub type Failed = HashMap<(String, String), (u64, String)>;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FunctionLabels {
     tenant: String,
@@ -206,8 +210,16 @@ pub struct Gateway {
     runtime: Arc<Runtime>,
     config: GatewayConfig,
     table: RwLock<Arc<Table>>,
-    /// The tokens accepted, by hash; installed with the table.
-    grants: RwLock<Arc<HashMap<String, Grant>>>,
+    /// The tokens accepted, by hash: from the latest route table, as soon
+    /// as it arrives (before its functions are ready). `None` until the
+    /// first table.
+    grants: RwLock<Option<Arc<HashMap<String, Grant>>>>,
+    /// Functions whose active version could not be made ready here (and
+    /// no earlier one serves): their version and why.
+    failed: RwLock<Arc<Failed>>,
+    /// Each tenant's calls at once on this node, for tenants with a quota:
+    /// the quota and its permits.
+    shares: Mutex<HashMap<String, (u64, Arc<Semaphore>)>>,
     gates: Mutex<HashMap<(String, String), Arc<Gate>>>,
     revision: AtomicU64,
     inflight: AtomicU64,
@@ -231,7 +243,9 @@ impl Gateway {
             runtime,
             config,
             table: RwLock::new(Arc::new(Table::new())),
-            grants: RwLock::new(Arc::new(HashMap::new())),
+            grants: RwLock::new(None),
+            failed: RwLock::new(Arc::new(Failed::new())),
+            shares: Mutex::new(HashMap::new()),
             gates: Mutex::new(HashMap::new()),
             revision: AtomicU64::new(0),
             inflight: AtomicU64::new(0),
@@ -292,12 +306,42 @@ impl Gateway {
         self.table.read().map(|t| t.clone()).unwrap_or_default()
     }
 
-    /// Serves `table` from now on (one pointer swap) at `revision`,
-    /// accepting the tokens of `grants`.
-    pub fn install(&self, table: Table, grants: Vec<Grant>, revision: u64) {
-        let grants: HashMap<String, Grant> = grants.into_iter().map(|g| (g.sha256.clone(), g)).collect();
+    /// Accepts the tokens of `grants` from now on (and no others), and
+    /// holds each tenant of `concurrency` to that many calls at once.
+    pub fn accept(&self, grants: &[Grant], concurrency: &BTreeMap<String, u64>) {
+        let grants: HashMap<String, Grant> = grants.iter().map(|g| (g.sha256.clone(), g.clone())).collect();
         if let Ok(mut g) = self.grants.write() {
-            *g = Arc::new(grants);
+            *g = Some(Arc::new(grants));
+        }
+        if let Ok(mut shares) = self.shares.lock() {
+            shares.retain(|tenant, (quota, _)| concurrency.get(tenant) == Some(quota));
+            for (tenant, &quota) in concurrency {
+                // A changed quota gets new permits; calls holding old ones finish.
+                let permits = usize::try_from(quota).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
+                shares.entry(tenant.clone()).or_insert_with(|| (quota, Arc::new(Semaphore::new(permits))));
+            }
+        }
+    }
+
+    /// One of `tenant`'s calls-at-once on this node, if it has a quota:
+    /// `429` when all are in use.
+    fn tenant_share(&self, tenant: &str) -> Result<Option<OwnedSemaphorePermit>, Refusal> {
+        let share = self.shares.lock().ok().and_then(|s| s.get(tenant).cloned());
+        let Some((quota, permits)) = share else {
+            return Ok(None);
+        };
+        permits.try_acquire_owned().map(Some).map_err(|_| {
+            let message =
+                format!("tenant `{tenant}` is at its quota of {quota} calls at once on this node; retry later");
+            Refusal(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message)
+        })
+    }
+
+    /// Serves `table` from now on (one pointer swap) at `revision`; calls
+    /// of a function in `failed` are told why it cannot run here.
+    pub fn install(&self, table: Table, failed: Failed, revision: u64) {
+        if let Ok(mut f) = self.failed.write() {
+            *f = Arc::new(failed);
         }
         if let Ok(mut t) = self.table.write() {
             *t = Arc::new(table);
@@ -310,7 +354,10 @@ impl Gateway {
         let unauthorized = |message: String| Refusal(StatusCode::UNAUTHORIZED, "unauthorized", message);
         let token = bearer_token(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()))
             .map_err(|why| unauthorized(format!("{why}: send `Authorization: Bearer TOKEN`")))?;
-        let grants = self.grants.read().map(|g| g.clone()).unwrap_or_default();
+        let Some(grants) = self.grants.read().ok().and_then(|g| g.clone()) else {
+            let message = "this node has not received its route table from the control plane yet; retry shortly";
+            return Err(Refusal(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message.into()));
+        };
         grants.get(&token_hash(token)).cloned().ok_or_else(|| unauthorized("invalid or revoked token".into()))
     }
 
@@ -392,12 +439,29 @@ pub(crate) fn failure(status: StatusCode, code: &str, message: impl Into<String>
     response
 }
 
+/// The answer for a function this node does not serve: why it cannot
+/// (`500 load_failed`) when its version failed to load here, else `404`.
+fn not_served(gateway: &Gateway, tenant: &str, name: &str) -> Response {
+    let failed = gateway.failed.read().map(|f| f.clone()).unwrap_or_default();
+    match failed.get(&(tenant.to_string(), name.to_string())) {
+        Some((version, why)) => failure(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "load_failed",
+            format!("version {version} of `{tenant}/{name}` cannot run on this node: {why}"),
+        ),
+        None => not_deployed(tenant, name),
+    }
+}
+
 /// Why a caller is turned away: the status, code and message of the answer.
 struct Refusal(StatusCode, &'static str, String);
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        failure(self.0, self.1, self.2)
+        match self.0 {
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => busy(self.0, self.1, self.2),
+            status => failure(status, self.1, self.2),
+        }
     }
 }
 
@@ -439,7 +503,7 @@ async fn served_routes(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) 
     }
     let mut routes: Vec<Route> = gateway.table().values().map(|s| s.route.clone()).collect();
     routes.sort_by(|a, b| (&a.tenant, &a.name).cmp(&(&b.tenant, &b.name)));
-    let body = RouteTable { revision: gateway.revision(), routes, grants: Vec::new() };
+    let body = RouteTable { revision: gateway.revision(), routes, grants: Vec::new(), concurrency: BTreeMap::new() };
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
@@ -544,7 +608,7 @@ async fn call(
         return refused.into_response();
     }
     let Some(served) = served else {
-        return not_deployed(tenant, name);
+        return not_served(gateway, tenant, name);
     };
     let body = match body {
         Ok(b) => b,
@@ -574,8 +638,12 @@ async fn call(
     }
 
     let _inflight = InFlight::new(gateway, labels.clone());
-    let permit = match admit(gateway, &served, name).await {
+    let share = match gateway.tenant_share(tenant) {
         Ok(p) => p,
+        Err(refused) => return refused.into_response(),
+    };
+    let permit = match admit(gateway, &served, name).await {
+        Ok(p) => (p, share),
         Err(busy) => return busy,
     };
 
@@ -658,6 +726,22 @@ fn read_json(body: &[u8]) -> Result<Rows, String> {
         None => vec![object],
     };
     Ok(Rows::Json { rows })
+}
+
+/// Decodes a call's body as the gateway does before a guest sees it (the
+/// rows, then the columns a guest gets), without running anything; returns
+/// the number of rows. For the fuzzer.
+#[doc(hidden)]
+pub fn decode_body(body: &[u8], arrow: bool) -> Result<usize, String> {
+    match if arrow { read_arrow(body)? } else { read_json(body)? } {
+        Rows::Json { rows } => {
+            if json_to_wit(&rows).is_none() {
+                rows_to_batch(&rows).map_err(|e| e.to_string())?;
+            }
+            Ok(rows.len())
+        }
+        Rows::Arrow { batch } => Ok(batch.num_rows()),
+    }
 }
 
 fn read_arrow(body: &[u8]) -> Result<Rows, String> {
@@ -854,7 +938,7 @@ async fn http_answer(
         return refused.into_response();
     }
     let Some(served) = served else {
-        return not_deployed(tenant, name);
+        return not_served(gateway, tenant, name);
     };
     if served.function.kind() != Kind::Http {
         let message = format!(
@@ -894,8 +978,12 @@ async fn http_answer(
     };
 
     let inflight = InFlight::new(gateway, labels.clone());
-    let permit = match admit(gateway, &served, name).await {
+    let share = match gateway.tenant_share(tenant) {
         Ok(p) => p,
+        Err(refused) => return refused.into_response(),
+    };
+    let permit = match admit(gateway, &served, name).await {
+        Ok(p) => (p, share),
         Err(busy) => return busy,
     };
     let (respond, response) = tokio::sync::oneshot::channel();

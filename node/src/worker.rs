@@ -45,6 +45,10 @@ pub struct Worker {
     pub modules_dir: PathBuf,
     /// Task attempts run at once.
     pub slots: usize,
+    /// How much lower than per-request calls attempts run, as a `nice`
+    /// increment (0: the same): a busy batch job leaves the node's CPU to
+    /// the calls that someone is waiting for.
+    pub nice: i32,
 }
 
 /// Runs until the task is aborted.
@@ -142,7 +146,18 @@ async fn attempt(worker: &Worker, task: &TaskAssignment, stop: &Arc<AtomicBool>)
     }
     let t = task.clone();
     let cancel = stop.clone();
-    let done = tokio::task::spawn_blocking(move || crate::batch::run(&function, &t, Some(cancel))).await;
+    // Its own thread, at its own priority (the blocking pool's threads
+    // also serve per-request calls).
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let nice = worker.nice;
+    let spawned = std::thread::Builder::new().name("wasmgrid-task".into()).spawn(move || {
+        lower_priority(nice);
+        let _ = tx.send(crate::batch::run(&function, &t, Some(cancel)));
+    });
+    let done = match spawned {
+        Ok(_) => rx.await.map_err(|_| "the attempt's thread stopped".to_string()),
+        Err(e) => Err(format!("no thread for the attempt: {e}")),
+    };
     if stop.load(Ordering::Relaxed) {
         return None;
     }
@@ -151,6 +166,24 @@ async fn attempt(worker: &Worker, task: &TaskAssignment, stop: &Arc<AtomicBool>)
         Ok(Err(e)) => TaskOutcome::Failed { error: e.to_string() },
         Err(e) => TaskOutcome::Failed { error: format!("the attempt stopped: {e}") },
     })
+}
+
+/// Lowers the calling thread's CPU priority by `nice` (on Linux, priority
+/// is per thread); nothing for 0 or where that is not possible.
+#[allow(unsafe_code)]
+fn lower_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    if nice > 0 {
+        // SAFETY: gettid and setpriority take plain integers and touch no
+        // memory of ours; a failure leaves the priority as it was.
+        unsafe {
+            let tid = libc::gettid();
+            let now = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, (now + nice).min(19));
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }
 
 /// The compiled function of `module`: the runtime's if it has it, else

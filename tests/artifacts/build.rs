@@ -15,6 +15,7 @@ const GUESTS: &[&str] = &[
     "mlp-score",
     "hostile-scorer",
     "hostile-mapper",
+    "big-start",
     "missing-import",
     "http-hello",
     "logreg-http",

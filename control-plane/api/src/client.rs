@@ -281,9 +281,20 @@ impl Client {
         self.call(Method::GET, "/v1/whoami", Body::None).await
     }
 
-    /// Creates a tenant (admin).
+    /// Creates a tenant (admin) with the default quotas.
     pub async fn create_tenant(&self, name: &str) -> Result<TenantInfo, ApiError> {
-        self.call(Method::POST, "/v1/tenants", Self::json(&TenantRequest { name: name.into() })).await
+        self.create_tenant_with(name, &Quotas::default()).await
+    }
+
+    /// Creates a tenant (admin) with `quotas` over the defaults.
+    pub async fn create_tenant_with(&self, name: &str, quotas: &Quotas) -> Result<TenantInfo, ApiError> {
+        let request = TenantRequest { name: name.into(), quotas: quotas.clone() };
+        self.call(Method::POST, "/v1/tenants", Self::json(&request)).await
+    }
+
+    /// Replaces a tenant's quotas (admin).
+    pub async fn set_quotas(&self, name: &str, quotas: &Quotas) -> Result<TenantInfo, ApiError> {
+        self.call(Method::PUT, &format!("/v1/tenants/{}/quotas", segment(name)), Self::json(quotas)).await
     }
 
     /// Every tenant (admin).

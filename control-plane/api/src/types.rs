@@ -318,6 +318,9 @@ pub struct RouteTable {
     /// Every live token, by hash (a node never sees a token itself).
     #[serde(default)]
     pub grants: Vec<Grant>,
+    /// The per-node call quota of each tenant that has one.
+    #[serde(default)]
+    pub concurrency: BTreeMap<String, u64>,
 }
 
 /// What a token may do.
@@ -365,12 +368,56 @@ pub struct Grant {
     pub role: Role,
 }
 
+/// What a tenant may use; `None` is no limit. (Every field is always
+/// written: the consensus log's encoding is not self-describing.)
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quotas {
+    /// Functions it may have.
+    #[serde(default)]
+    pub functions: Option<u64>,
+    /// Bytes of modules it may store (the modules it uploaded).
+    #[serde(default)]
+    pub module_bytes: Option<u64>,
+    /// Memory limit a function of it may have, per instance.
+    #[serde(default)]
+    pub memory: Option<u64>,
+    /// Calls of its functions running at once on one node.
+    #[serde(default)]
+    pub concurrency: Option<u64>,
+    /// Batch task attempts of its jobs running at once on the grid.
+    #[serde(default)]
+    pub task_slots: Option<u64>,
+}
+
+impl Quotas {
+    /// What a new tenant gets unless told otherwise: 100 functions, 1 GiB
+    /// of modules, 1 GiB per instance; calls and task slots shared fairly.
+    pub fn tenant_defaults() -> Quotas {
+        Quotas { functions: Some(100), module_bytes: Some(1 << 30), memory: Some(1 << 30), ..Quotas::default() }
+    }
+
+    /// These quotas with every limit `other` sets replaced.
+    pub fn merged(&self, other: &Quotas) -> Quotas {
+        Quotas {
+            functions: other.functions.or(self.functions),
+            module_bytes: other.module_bytes.or(self.module_bytes),
+            memory: other.memory.or(self.memory),
+            concurrency: other.concurrency.or(self.concurrency),
+            task_slots: other.task_slots.or(self.task_slots),
+        }
+    }
+}
+
 /// `POST /v1/tenants`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantRequest {
     /// The tenant's name (like a function name).
     pub name: String,
+    /// Its quotas, over [`Quotas::tenant_defaults`].
+    #[serde(default)]
+    pub quotas: Quotas,
 }
 
 /// A tenant.
@@ -380,6 +427,9 @@ pub struct TenantInfo {
     pub name: String,
     /// The control plane's log index that created it (0 for `default`).
     pub created_at: u64,
+    /// What it may use.
+    #[serde(default)]
+    pub quotas: Quotas,
 }
 
 /// `GET /v1/tenants`.

@@ -191,9 +191,19 @@ impl Scheduler {
         (self.term << 32) | (self.next_attempt & 0xffff_ffff)
     }
 
-    /// Up to `max` tasks for `node`: pending ones first (jobs whose
-    /// function the node has compiled first), then speculative copies.
-    fn take(&mut self, node: &str, max: u32, warm: &HashSet<String>, gpu: bool) -> Vec<TaskAssignment> {
+    /// Up to `max` tasks for `node`: pending ones first, then speculative
+    /// copies. Each task goes to the tenant with the fewest attempts running
+    /// on the grid (so one tenant's 10,000-task job does not hold every slot
+    /// while another's job waits), never past a tenant's `slots` quota;
+    /// within a tenant, jobs whose function the node has compiled first.
+    fn take(
+        &mut self,
+        node: &str,
+        max: u32,
+        warm: &HashSet<String>,
+        gpu: bool,
+        slots: &HashMap<String, u64>,
+    ) -> Vec<TaskAssignment> {
         let mut ids: Vec<String> = self
             .runs
             .iter()
@@ -211,29 +221,53 @@ impl Scheduler {
                 run.record.id.trim_start_matches("job-").parse::<u64>().unwrap_or(0),
             )
         });
+        let mut running: HashMap<String, u64> = HashMap::new();
+        for run in self.runs.values() {
+            *running.entry(run.record.tenant.clone()).or_default() +=
+                run.running.values().map(|a| a.len() as u64).sum::<u64>();
+        }
+        let full = |running: &HashMap<String, u64>, tenant: &str| {
+            slots.get(tenant).is_some_and(|&limit| running.get(tenant).copied().unwrap_or(0) >= limit)
+        };
         let mut out = Vec::new();
-        for id in &ids {
-            while (out.len() as u32) < max {
-                let attempt = self.attempt_id();
-                let Some(run) = self.runs.get_mut(id) else { break };
+        while (out.len() as u32) < max {
+            // The first job, in the order above, of the tenant running fewest.
+            let mut pick: Option<(u64, &String)> = None;
+            for id in &ids {
+                let Some(run) = self.runs.get_mut(id) else { continue };
                 // A queued task may have been won meanwhile (a slow attempt
                 // that was given up on reported after all).
                 while run.pending.front().is_some_and(|t| run.done.contains(t)) {
                     run.pending.pop_front();
                 }
-                let Some(task) = run.pending.pop_front() else { break };
-                run.running.entry(task).or_default().push(Attempt {
-                    attempt,
-                    node: node.to_string(),
-                    started: Instant::now(),
-                });
-                out.push(run.assignment(task, attempt));
+                let tenant = &run.record.tenant;
+                if run.pending.is_empty() || full(&running, tenant) {
+                    continue;
+                }
+                let now = running.get(tenant).copied().unwrap_or(0);
+                if pick.is_none_or(|(least, _)| now < least) {
+                    pick = Some((now, id));
+                }
             }
+            let Some((_, id)) = pick else { break };
+            let attempt = self.attempt_id();
+            let Some(run) = self.runs.get_mut(id) else { break };
+            let Some(task) = run.pending.pop_front() else { break };
+            run.running.entry(task).or_default().push(Attempt {
+                attempt,
+                node: node.to_string(),
+                started: Instant::now(),
+            });
+            *running.entry(run.record.tenant.clone()).or_default() += 1;
+            out.push(run.assignment(task, attempt));
         }
         if out.is_empty() {
             for id in &ids {
                 let attempt = self.attempt_id();
                 let Some(run) = self.runs.get_mut(id) else { continue };
+                if full(&running, &run.record.tenant) {
+                    continue;
+                }
                 if let Some(task) = run.straggler(node) {
                     tracing::info!(job = %id, task, node, "speculative copy of a straggler");
                     run.running.entry(task).or_default().push(Attempt {
@@ -649,11 +683,13 @@ pub(super) async fn lease(
         let beat = nodes.get(&request.node).map(|(_, b)| b);
         (beat.map(|b| b.warm.iter().cloned().collect()).unwrap_or_default(), beat.is_some_and(|b| b.gpu.is_some()))
     };
+    let slots: HashMap<String, u64> =
+        app.0.replica.state().tenants()?.into_iter().filter_map(|t| Some((t.name, t.quotas.task_slots?))).collect();
     loop {
         let notified = app.0.jobs_changed.notified();
         {
             let mut s = app.scheduler().await?;
-            let tasks = s.take(&request.node, max, &warm, gpu);
+            let tasks = s.take(&request.node, max, &warm, gpu, &slots);
             let stop = s.stopped(&request.running_jobs, app.0.replica.state());
             if !tasks.is_empty() || !stop.is_empty() || Instant::now() >= deadline {
                 return Ok(json(StatusCode::OK, &Lease { tasks, stop }));
@@ -906,16 +942,39 @@ mod tests {
     }
 
     #[test]
+    fn tasks_are_shared_fairly_between_tenants_within_their_slot_quotas() {
+        let mut s = Scheduler { term: 1, ..Scheduler::default() };
+        // Tenant a's big job came first; tenant b's small one after it.
+        let mut big = run(10_000);
+        big.record.tenant = "a".into();
+        let mut small = run(4);
+        small.record.id = "job-2".into();
+        small.record.tenant = "b".into();
+        s.runs.insert("job-1".into(), big);
+        s.runs.insert("job-2".into(), small);
+        let none = HashSet::new();
+        let jobs = |tasks: &[TaskAssignment]| tasks.iter().map(|t| t.job.clone()).collect::<Vec<_>>();
+        // Without quotas: alternately, so b is not queued behind 10,000 tasks.
+        let first = s.take("n1", 6, &none, false, &HashMap::new());
+        assert_eq!(jobs(&first), ["job-1", "job-2", "job-1", "job-2", "job-1", "job-2"]);
+        // With a quota of 4 task slots for a: a has 3 running, so 1 more.
+        let slots = HashMap::from([("a".to_string(), 4)]);
+        let next = s.take("n2", 6, &none, false, &slots);
+        assert_eq!(jobs(&next), ["job-1", "job-2"], "a up to its quota, then b's last task");
+        assert!(s.take("n3", 6, &none, false, &slots).is_empty(), "a is at its quota and b has nothing left");
+    }
+
+    #[test]
     fn leases_respect_max_and_stragglers_get_one_copy_on_another_node() {
         let mut s = Scheduler { term: 3, ..Scheduler::default() };
         s.runs.insert("job-1".into(), run(4));
         let none = HashSet::new();
-        let a = s.take("a", 3, &none, false);
+        let a = s.take("a", 3, &none, false, &HashMap::new());
         assert_eq!(a.iter().map(|t| t.task).collect::<Vec<_>>(), [0, 1, 2]);
         assert!(a.iter().all(|t| t.attempt >> 32 == 3), "attempt ids carry the term");
-        assert_eq!(s.take("b", 8, &none, false).len(), 1, "one task left");
+        assert_eq!(s.take("b", 8, &none, false, &HashMap::new()).len(), 1, "one task left");
         // Nothing pending and no straggler yet: nothing to copy.
-        assert!(s.take("b", 8, &none, false).is_empty());
+        assert!(s.take("b", 8, &none, false, &HashMap::new()).is_empty());
 
         let run = s.runs.get_mut("job-1").expect("run");
         run.durations = vec![Duration::from_millis(10); 5];
@@ -924,16 +983,16 @@ mod tests {
         run.running.get_mut(&1).expect("task 1")[0].started = started;
         run.running.get_mut(&2).expect("task 2")[0].started = started;
         run.done.insert(2);
-        let copy = s.take("b", 8, &none, false);
+        let copy = s.take("b", 8, &none, false, &HashMap::new());
         assert_eq!(copy.iter().map(|t| t.task).collect::<Vec<_>>(), [1], "task 2 is done; task 1 gets a copy");
-        assert!(s.take("c", 8, &none, false).is_empty(), "one copy per task");
-        assert!(s.take("a", 8, &none, false).is_empty(), "never on the straggler's own node");
+        assert!(s.take("c", 8, &none, false, &HashMap::new()).is_empty(), "one copy per task");
+        assert!(s.take("a", 8, &none, false, &HashMap::new()).is_empty(), "never on the straggler's own node");
 
         // Node a stops heart-beating: its tasks go back to the queue,
         // except one whose copy still runs and one that is done.
         let requeued = s.requeue_lost(&|node| node != "a");
         assert_eq!(requeued, 1, "task 0 only");
-        let again = s.take("b", 8, &none, false);
+        let again = s.take("b", 8, &none, false, &HashMap::new());
         assert_eq!(again.iter().map(|t| t.task).collect::<Vec<_>>(), [0]);
     }
 
@@ -943,7 +1002,7 @@ mod tests {
         let mut r = run(3);
         r.done.insert(0);
         s.runs.insert("job-1".into(), r);
-        let tasks = s.take("a", 8, &HashSet::new(), false);
+        let tasks = s.take("a", 8, &HashSet::new(), false, &HashMap::new());
         assert_eq!(tasks.iter().map(|t| t.task).collect::<Vec<_>>(), [1, 2]);
     }
 
@@ -962,11 +1021,11 @@ mod tests {
         s.runs.insert("job-3".into(), with_gpu("job-3", 2, GpuPlacement::Any));
         let none = HashSet::new();
         // A CPU node: never the required job; the preferred one after the rest.
-        let cpu = s.take("cpu", 3, &none, false);
+        let cpu = s.take("cpu", 3, &none, false, &HashMap::new());
         let jobs: Vec<&str> = cpu.iter().map(|t| t.job.as_str()).collect();
         assert_eq!(jobs, ["job-3", "job-3", "job-2"]);
         // A GPU node: oldest first, the required job included.
-        let gpu = s.take("gpu", 8, &none, true);
+        let gpu = s.take("gpu", 8, &none, true, &HashMap::new());
         let jobs: Vec<&str> = gpu.iter().map(|t| t.job.as_str()).collect();
         assert_eq!(jobs, ["job-1", "job-1", "job-2"]);
     }

@@ -11,6 +11,15 @@
 //!   and returns the refusal as its error;
 //! - `gpu-shapes`: asks the `gpu` interface for impossible shapes and sizes,
 //!   and returns every refusal, one per line, as its error;
+//! - `copy-at-cap`: grows memory to `pages` (config: the limit), copies a
+//!   block within the last megabyte, then copies one that runs past the end;
+//! - `bad-handle`: calls a `gpu` tensor method with a handle it never got;
+//! - `bad-length`: passes the `log` import a string whose pointer and
+//!   length lie outside its memory;
+//! - `secret`: fills 4 MiB of its memory with the 64-bit `secret` (config,
+//!   hex) and answers;
+//! - `scan`: counts the words equal to `secret` in all of its memory
+//!   (column `found`); `secret-then-scan` does both in one call;
 //! - anything else: answers like a healthy scorer (`ok` = 1.0 per row).
 
 use std::hint::black_box;
@@ -80,6 +89,19 @@ impl Scorer for Hostile {
                 }
             }
             Some("gpu-shapes") => Err(gpu_refusals().join("\n")),
+            Some("copy-at-cap") => copy_at_cap(config::get("pages").and_then(|p| p.parse().ok()).unwrap_or(512)),
+            Some("bad-handle") => bad_handle(),
+            Some("bad-length") => bad_length(),
+            Some(mode @ ("secret" | "scan" | "secret-then-scan")) => {
+                let secret = config::get("secret").and_then(|s| u64::from_str_radix(&s, 16).ok()).unwrap_or(0);
+                if mode != "scan" {
+                    // Kept in memory until the instance is gone.
+                    std::mem::forget(black_box(vec![secret; (4 << 20) / 8]));
+                }
+                // `secret` stays in a wasm local: no copy of it in memory.
+                let found = if mode == "secret" { 0 } else { scan_memory(secret) };
+                Ok(BatchBuilder::new(n).f64("found", vec![found as f64; n as usize]).build())
+            }
             _ => Ok(BatchBuilder::new(n).f64("ok", vec![1.0; n as usize]).build()),
         }
     }
@@ -113,4 +135,93 @@ fn recurse(depth: u64) -> u64 {
     }
     let below = recurse(depth + 1);
     v.iter().fold(below, |acc, x| acc.rotate_left(7) ^ x.wrapping_mul(acc | 1))
+}
+
+#[cfg(target_arch = "wasm32")]
+#[allow(unsafe_code)]
+fn copy_at_cap(pages: usize) -> Result<Batch, String> {
+    let now = core::arch::wasm32::memory_size(0);
+    if pages > now && core::arch::wasm32::memory_grow(0, pages - now) == usize::MAX {
+        return Err(format!("could not grow to {pages} pages"));
+    }
+    let end = core::arch::wasm32::memory_size(0) * 65536;
+    let len = 1 << 20;
+    let (from, to) = (black_box(1 << 16), black_box(end - len));
+    // In bounds, right up to the last byte: fine.
+    // SAFETY: both ranges lie within memory, which nothing else uses now.
+    unsafe { core::ptr::copy(from as *const u8, to as *mut u8, len) };
+    // Past the end: the copy traps.
+    // SAFETY: it is not; the point is that the sandbox stops it.
+    unsafe { core::ptr::copy(from as *const u8, black_box(to + 65536) as *mut u8, len) };
+    Err("a copy past the end of memory did not trap".into())
+}
+
+#[cfg(target_arch = "wasm32")]
+#[link(wasm_import_module = "wasmgrid:function/gpu@0.1.0")]
+#[allow(unsafe_code)]
+unsafe extern "C" {
+    #[link_name = "[method]tensor.rows"]
+    fn tensor_rows(handle: i32) -> i32;
+}
+
+#[cfg(target_arch = "wasm32")]
+#[link(wasm_import_module = "wasmgrid:function/log@0.1.0")]
+#[allow(unsafe_code)]
+unsafe extern "C" {
+    #[link_name = "log"]
+    fn raw_log(level: i32, ptr: i32, len: i32);
+}
+
+#[cfg(target_arch = "wasm32")]
+#[allow(unsafe_code)]
+fn bad_handle() -> Result<Batch, String> {
+    // SAFETY: the host checks the handle; a forged one traps.
+    let rows = unsafe { tensor_rows(black_box(0x5eed)) };
+    Err(format!("a forged tensor handle answered {rows} rows"))
+}
+
+#[cfg(target_arch = "wasm32")]
+#[allow(unsafe_code)]
+fn bad_length() -> Result<Batch, String> {
+    let end = core::arch::wasm32::memory_size(0) * 65536;
+    // SAFETY: the host checks pointer and length against memory; these trap.
+    unsafe { raw_log(2, black_box(end as i32 - 16), black_box(1 << 20)) };
+    Err("a string past the end of memory was accepted".into())
+}
+
+/// Words of linear memory equal to `secret`, all of it, from address 0.
+#[cfg(target_arch = "wasm32")]
+#[allow(unsafe_code)]
+fn scan_memory(secret: u64) -> u64 {
+    let end = core::arch::wasm32::memory_size(0) * 65536;
+    let mut found = 0;
+    let mut at = 8;
+    while at + 8 <= end {
+        // SAFETY: every address below `end` is in memory (aligned reads).
+        if unsafe { core::ptr::read_volatile(at as *const u64) } == secret {
+            found += 1;
+        }
+        at += 8;
+    }
+    found
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn copy_at_cap(_: usize) -> Result<Batch, String> {
+    Err("only meaningful on wasm32".into())
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn bad_handle() -> Result<Batch, String> {
+    Err("only meaningful on wasm32".into())
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn bad_length() -> Result<Batch, String> {
+    Err("only meaningful on wasm32".into())
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn scan_memory(_: u64) -> u64 {
+    0
 }

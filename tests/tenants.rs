@@ -1,0 +1,146 @@
+//! Tenant quotas on a real grid, set and changed with the CLI: stored
+//! module bytes, functions, memory per instance and calls at once are
+//! refused with `429 quota_exceeded` naming the quota; a job of a tenant
+//! with one task slot runs one attempt at a time and completes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::grid::{Node, Replicas};
+use common::{grid_cli, grid_ok};
+use serde_json::{Value, json};
+use wasmgrid_test_artifacts as guests;
+
+/// `wasmgrid ARGS` as tenant `small` (its token in `WASMGRID_TOKEN`).
+fn as_small(urls: &str, token: &str, args: &[&str]) -> std::process::Output {
+    common::wasmgrid().env("WASMGRID_TOKEN", token).args(args).args(["--url", urls]).output().expect("runs")
+}
+
+fn refused(out: std::process::Output, quota: &str) -> String {
+    let stderr = common::fails(out);
+    assert!(stderr.contains("429, quota_exceeded"), "{stderr}");
+    assert!(stderr.contains(&format!("tenant `small`'s `{quota}` quota")), "{stderr}");
+    stderr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_are_enforced_with_errors_that_name_them() {
+    let replicas = Replicas::start(1, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let urls = replicas.urls();
+    let size = |path: &str| std::fs::metadata(path).expect("guest").len();
+    // Room for logreg and fall-detect, not for a third module.
+    let room = size(guests::LOGREG) + size(guests::FALL_DETECT) + 1000;
+    grid_ok(
+        &urls,
+        &["tenants", "create", "small", "--functions", "2", "--memory", "64MiB", "--module-bytes", &room.to_string()],
+    );
+    let listed = grid_ok(&urls, &["tenants", "ls"]);
+    assert!(listed.lines().any(|l| l.starts_with("small ") && l.contains(&room.to_string())), "{listed}");
+    let token = grid_ok(&urls, &["tokens", "create", "--tenant", "small"]).trim().to_string();
+    let small = |args: &[&str]| as_small(&urls, &token, args);
+
+    let model = format!("model={}", r#"{"features": ["amount"], "weights": [0.01], "bias": -1.0}"#);
+    common::ok(small(&["deploy", "score", guests::LOGREG, "-c", &model]));
+    common::ok(small(&["deploy", "fall", guests::FALL_DETECT]));
+    refused(small(&["deploy", "mlp", guests::MLP_SCORE]), "module_bytes");
+    // Two functions: a third is refused, a new version of one is not.
+    refused(small(&["deploy", "third", guests::LOGREG, "-c", &model]), "functions");
+    common::ok(small(&["deploy", "score", guests::LOGREG, "-c", &model, "--timeout", "2s"]));
+    refused(small(&["deploy", "score", guests::LOGREG, "--memory", "128MiB"]), "memory");
+    // The admin's own tenant has no quotas.
+    grid_ok(&urls, &["deploy", "mlp", guests::MLP_SCORE]);
+
+    // One call at once per node: a second call while one runs is refused.
+    grid_ok(&urls, &["tenants", "set", "small", "--functions", "10", "--module-bytes", "none", "--concurrency", "1"]);
+    common::ok(small(&["deploy", "spin", guests::HOSTILE_SCORER, "-c", "mode=loop", "--timeout", "1500ms"]));
+    let node = Node::start(&urls, &replicas.dir.path().join("node"));
+    let call = |name: &'static str| {
+        let (url, token) = (format!("{}/v1/fn/small/{name}", node.url), token.clone());
+        async move {
+            let sent =
+                reqwest::Client::new().post(url).bearer_auth(token).json(&json!({"rows": [{"amount": 1.0}]})).send();
+            match sent.await {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    (status, r.json::<Value>().await.expect("json"))
+                }
+                // The node may not listen yet.
+                Err(e) => (0, json!(e.to_string())),
+            }
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while call("score").await.0 != 200 || call("spin").await.0 == 404 {
+        assert!(Instant::now() < deadline, "the node never served small's functions");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let spinning = tokio::spawn(call("spin"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = call("score").await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "quota_exceeded", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("quota of 1 calls at once"), "{body}");
+    assert_eq!(spinning.await.expect("spin").0, 504);
+    assert_eq!(call("score").await.0, 200, "the slot is free again");
+    // Another tenant is not held to small's quota meanwhile.
+    let spinning = tokio::spawn(call("spin"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let admin = common::http()
+        .post(format!("{}/v1/fn/default/mlp", node.url))
+        .json(&json!({"rows": []}))
+        .send()
+        .await
+        .expect("answer");
+    assert_ne!(admin.status().as_u16(), 429);
+    spinning.await.expect("spin");
+
+    // One task slot: the job runs one attempt at a time and completes.
+    grid_ok(&urls, &["tenants", "set", "small", "--task-slots", "1", "--concurrency", "none"]);
+    let input = replicas.dir.path().join("input");
+    std::fs::create_dir_all(&input).expect("input");
+    for f in 0..6 {
+        let rows: Vec<Value> = (0..50).map(|i| json!({"id": f * 50 + i, "amount": (f * 50 + i) as f64})).collect();
+        common::write_jsonl(&input.join(format!("part-{f}.jsonl")), &rows);
+    }
+    let out = replicas.dir.path().join("out");
+    let id = grid_ok(
+        &urls,
+        &[
+            "job",
+            "submit",
+            "score",
+            "--tenant",
+            "small",
+            "--input",
+            &input.display().to_string(),
+            "--output",
+            &out.display().to_string(),
+        ],
+    )
+    .trim()
+    .to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut most = 0;
+    loop {
+        let status: Value =
+            serde_json::from_str(&grid_ok(&urls, &["job", "status", &id, "--tenant", "small", "--json"]))
+                .expect("json");
+        most = most.max(status["running"].as_u64().unwrap_or(0));
+        if status["state"] == "succeeded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job did not finish: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(most <= 1, "{most} attempts ran at once with one task slot");
+    assert_eq!(common::scores_in(&out).len(), 300);
+    // Lifting a quota with `none` lifts it.
+    grid_ok(&urls, &["tenants", "set", "small", "--task-slots", "none"]);
+    let listed: Value = serde_json::from_slice(&grid_cli(&urls, &["tenants", "ls", "--json"]).stdout).expect("json");
+    let small = listed["tenants"].as_array().expect("list").iter().find(|t| t["name"] == "small").expect("small");
+    let quotas =
+        json!({"functions": 10, "module_bytes": null, "memory": 64 << 20, "concurrency": null, "task_slots": null});
+    assert_eq!(small["quotas"], quotas, "{small}");
+}
