@@ -154,57 +154,17 @@ fn cpu_seconds(pid: u32) -> f64 {
 /// At saturation (wrk, 16 connections, 5 s): requests per second, and the
 /// server's CPU time per request in microseconds.
 fn saturation(url: &str, pid: u32, body_file: &Path, dir: &Path) -> (f64, f64) {
-    let script = dir.join("post.lua");
-    std::fs::write(
-        &script,
-        format!(
-            "local f = io.open(\"{}\", \"r\")\nwrk.method = \"POST\"\nwrk.body = f:read(\"*a\")\nf:close()\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Authorization\"] = \"Bearer {}\"\n",
-            body_file.display(),
-            common::TOKEN
-        ),
-    )
-    .expect("lua");
     let cpu_before = cpu_seconds(pid);
-    let out = Command::new("wrk")
-        .args(["-t", "1", "-c", "16", "-d", "5s", "-s"])
-        .arg(&script)
-        .arg(url)
-        .output()
-        .expect("wrk runs (apt-get install wrk)");
+    let run = common::load::wrk(url, body_file, common::TOKEN, 16, 5, dir);
     let cpu = cpu_seconds(pid) - cpu_before;
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!text.contains("Non-2xx"), "{url} answered errors under load:\n{text}");
-    let rate: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:").and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no throughput from wrk:\n{text}"));
-    let requests: f64 = text
-        .lines()
-        .find_map(|l| l.trim().split_once(" requests in ").and_then(|(n, _)| n.parse().ok()))
-        .unwrap_or_else(|| panic!("no request count from wrk:\n{text}"));
-    (rate, cpu * 1e6 / requests.max(1.0))
+    assert_eq!(run.non_2xx, 0, "{url} answered errors under load:\n{}", run.text);
+    (run.rate, cpu * 1e6 / run.requests.max(1.0))
 }
 
 /// (p50, p99) latency in microseconds at `rate` requests per second (hey, 5 s).
 fn latency_at(url: &str, body_file: &Path, rate: f64) -> (f64, f64) {
-    let workers = 8.0_f64;
-    let per_worker = (rate / workers).max(1.0).round() as u64;
-    let out = Command::new("hey")
-        .args(["-z", "5s", "-c", "8", "-q", &per_worker.to_string(), "-m", "POST", "-T", "application/json"])
-        .args(["-H", &bearer(), "-D"])
-        .arg(body_file)
-        .arg(url)
-        .output()
-        .expect("hey runs (apt-get install hey)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let pct = |p: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(&format!("{p}% in ")))
-            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-            .map(|s| s * 1e6)
-            .unwrap_or_else(|| panic!("no {p}% latency from hey:\n{text}"))
-    };
-    (pct("50"), pct("99"))
+    let (p50, p99, _) = common::load::hey(url, body_file, common::TOKEN, rate, 5);
+    (p50, p99)
 }
 
 fn main() {

@@ -53,6 +53,7 @@ pub struct Worker {
 
 /// Runs until the task is aborted.
 pub async fn run(worker: Worker) {
+    let pool = Arc::new(Pool::new(worker.slots.max(1), worker.nice));
     let worker = Arc::new(worker);
     let slots = Arc::new(Semaphore::new(worker.slots.max(1)));
     let free = Arc::new(Semaphore::new(worker.slots.max(1) * LEASED_PER_SLOT));
@@ -107,9 +108,10 @@ pub async fn run(worker: Worker) {
                 entry.1.clone()
             };
             let (worker, reports, running, slots) = (worker.clone(), reports.clone(), running.clone(), slots.clone());
+            let pool = pool.clone();
             tokio::spawn(async move {
                 let outcome = match slots.acquire_owned().await {
-                    Ok(_slot) => attempt(&worker, &task, &stop).await,
+                    Ok(_slot) => attempt(&worker, &pool, &task, &stop).await,
                     Err(_) => None,
                 };
                 if let Ok(mut r) = running.lock()
@@ -136,7 +138,7 @@ pub async fn run(worker: Worker) {
 }
 
 /// Runs one attempt; `None` when its job was stopped.
-async fn attempt(worker: &Worker, task: &TaskAssignment, stop: &Arc<AtomicBool>) -> Option<TaskOutcome> {
+async fn attempt(worker: &Worker, pool: &Pool, task: &TaskAssignment, stop: &Arc<AtomicBool>) -> Option<TaskOutcome> {
     let function = match compiled(worker, &task.function.module).await {
         Ok(f) => f,
         Err(e) => return Some(TaskOutcome::Failed { error: e }),
@@ -146,17 +148,15 @@ async fn attempt(worker: &Worker, task: &TaskAssignment, stop: &Arc<AtomicBool>)
     }
     let t = task.clone();
     let cancel = stop.clone();
-    // Its own thread, at its own priority (the blocking pool's threads
+    // On the batch threads, at their priority (the blocking pool's threads
     // also serve per-request calls).
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let nice = worker.nice;
-    let spawned = std::thread::Builder::new().name("wasmgrid-task".into()).spawn(move || {
-        lower_priority(nice);
+    let queued = pool.run(Box::new(move || {
         let _ = tx.send(crate::batch::run(&function, &t, Some(cancel)));
-    });
-    let done = match spawned {
-        Ok(_) => rx.await.map_err(|_| "the attempt's thread stopped".to_string()),
-        Err(e) => Err(format!("no thread for the attempt: {e}")),
+    }));
+    let done = match queued {
+        Ok(()) => rx.await.map_err(|_| "the attempt's thread stopped".to_string()),
+        Err(e) => Err(e),
     };
     if stop.load(Ordering::Relaxed) {
         return None;
@@ -166,6 +166,46 @@ async fn attempt(worker: &Worker, task: &TaskAssignment, stop: &Arc<AtomicBool>)
         Ok(Err(e)) => TaskOutcome::Failed { error: e.to_string() },
         Err(e) => TaskOutcome::Failed { error: format!("the attempt stopped: {e}") },
     })
+}
+
+/// The threads batch attempts run on, made once (a thread per attempt
+/// would map and unmap a stack each time, contending with every other
+/// thread's page faults), each at the batch priority.
+struct Pool {
+    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl Pool {
+    fn new(threads: usize, nice: i32) -> Pool {
+        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..threads {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new().name(format!("wasmgrid-task-{i}")).spawn(move || {
+                lower_priority(nice);
+                loop {
+                    let job = match queue.lock() {
+                        Ok(q) => q.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        // A panicking attempt fails (its answer channel
+                        // closes); the thread carries on.
+                        Ok(job) => drop(std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))),
+                        Err(_) => return,
+                    }
+                }
+            });
+            if let Err(e) = spawned {
+                tracing::error!("cannot start a batch thread: {e}");
+            }
+        }
+        Pool { jobs }
+    }
+
+    fn run(&self, job: Box<dyn FnOnce() + Send>) -> Result<(), String> {
+        self.jobs.send(job).map_err(|_| "no batch thread is running".to_string())
+    }
 }
 
 /// Lowers the calling thread's CPU priority by `nice` (on Linux, priority

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod grid;
+pub mod load;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -683,10 +683,11 @@ pub(super) async fn lease(
         let beat = nodes.get(&request.node).map(|(_, b)| b);
         (beat.map(|b| b.warm.iter().cloned().collect()).unwrap_or_default(), beat.is_some_and(|b| b.gpu.is_some()))
     };
-    let slots: HashMap<String, u64> =
-        app.0.replica.state().tenants()?.into_iter().filter_map(|t| Some((t.name, t.quotas.task_slots?))).collect();
     loop {
         let notified = app.0.jobs_changed.notified();
+        // Read each time round: quotas may change during the long-poll.
+        let slots: HashMap<String, u64> =
+            app.0.replica.state().tenants()?.into_iter().filter_map(|t| Some((t.name, t.quotas.task_slots?))).collect();
         {
             let mut s = app.scheduler().await?;
             let tasks = s.take(&request.node, max, &warm, gpu, &slots);
