@@ -144,3 +144,72 @@ async fn quotas_are_enforced_with_errors_that_name_them() {
         json!({"functions": 10, "module_bytes": null, "memory": 64 << 20, "concurrency": null, "task_slots": null});
     assert_eq!(small["quotas"], quotas, "{small}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_is_metered_per_tenant_and_function() {
+    let replicas = Replicas::start(1, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let urls = replicas.urls();
+    let model = format!("model={}", r#"{"features": ["amount"], "weights": [0.01], "bias": -1.0}"#);
+    let mut tokens = Vec::new();
+    for tenant in ["u1", "u2"] {
+        grid_ok(&urls, &["tenants", "create", tenant]);
+        let token = grid_ok(&urls, &["tokens", "create", "--tenant", tenant]).trim().to_string();
+        common::ok(as_small(&urls, &token, &["deploy", "score", guests::LOGREG, "-c", &model]));
+        tokens.push(token);
+    }
+    let node = Node::start(&urls, &replicas.dir.path().join("node"));
+    let post = |tenant: &str, token: &str, body: &'static str| {
+        let (url, token) = (format!("{}/v1/fn/{tenant}/score", node.url), token.to_string());
+        async move {
+            let sent = reqwest::Client::new().post(url).bearer_auth(token).body(body).send();
+            sent.await.map(|r| r.status().as_u16()).unwrap_or(0)
+        }
+    };
+    let row = r#"{"amount": 100.0}"#;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while post("u1", &tokens[0], row).await != 200 || post("u2", &tokens[1], row).await != 200 {
+        assert!(Instant::now() < deadline, "never served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Besides the two calls above: u1 five more and one malformed, u2 one more.
+    for _ in 0..5 {
+        assert_eq!(post("u1", &tokens[0], row).await, 200);
+    }
+    assert_eq!(post("u1", &tokens[0], "{not json").await, 400);
+    assert_eq!(post("u2", &tokens[1], row).await, 200);
+
+    let usage = |token: &str| -> Value {
+        serde_json::from_slice(&as_small(&urls, token, &["usage", "--json"]).stdout).expect("usage json")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (u1, u2) = loop {
+        let (u1, u2) = (usage(&tokens[0]), usage(&tokens[1]));
+        if u1["functions"][0]["calls"] == 7 && u2["functions"][0]["calls"] == 2 {
+            break (u1, u2);
+        }
+        assert!(Instant::now() < deadline, "usage never caught up: {u1} {u2}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let f = &u1["functions"][0];
+    assert_eq!((f["tenant"].as_str(), f["function"].as_str()), (Some("u1"), Some("score")), "{u1}");
+    assert_eq!(f["errors"], 1, "{u1}");
+    assert_eq!(f["bytes_in"].as_u64(), Some(6 * row.len() as u64 + "{not json".len() as u64), "{u1}");
+    assert!(f["bytes_out"].as_u64() > Some(6 * row.len() as u64), "{u1}");
+    assert!(f["cpu_us"].as_u64() > Some(0) && f["wall_us"].as_u64() > f["cpu_us"].as_u64(), "{u1}");
+    assert_eq!(u2["functions"].as_array().map(Vec::len), Some(1), "u2 sees its own function only: {u2}");
+
+    // Batch jobs count too (run for u1 by the admin, over a local file).
+    let input = replicas.dir.path().join("rows.jsonl");
+    let rows: Vec<Value> = (0..40).map(|i| json!({"id": i, "amount": i as f64})).collect();
+    common::write_jsonl(&input, &rows);
+    let out = replicas.dir.path().join("out").display().to_string();
+    let input = input.display().to_string();
+    grid_ok(&urls, &["job", "submit", "score", "--tenant", "u1", "--input", &input, "--output", &out, "--wait"]);
+    let jobs = &usage(&tokens[0])["jobs"];
+    assert_eq!(
+        (jobs["jobs"].as_u64(), jobs["records_in"].as_u64(), jobs["rows_out"].as_u64()),
+        (Some(1), Some(40), Some(40))
+    );
+    assert_eq!(usage(&tokens[1])["jobs"]["jobs"], 0);
+}

@@ -329,6 +329,39 @@ pub fn whoami(args: ClientArgs) -> Result<()> {
     Ok(())
 }
 
+/// `wasmgrid usage`.
+pub fn usage(args: ClientArgs) -> Result<()> {
+    let usage = tokio_runtime()?.block_on(client(&args)?.usage())?;
+    if args.json {
+        return print_json(&usage);
+    }
+    let ms = |us: u64| format!("{:.1}", us as f64 / 1000.0);
+    let rows = usage
+        .functions
+        .iter()
+        .map(|f| {
+            vec![
+                f.function.clone(),
+                f.calls.to_string(),
+                f.errors.to_string(),
+                ms(f.wall_us),
+                ms(f.cpu_us),
+                ms(f.gpu_us),
+                f.bytes_in.to_string(),
+                f.bytes_out.to_string(),
+            ]
+        })
+        .collect();
+    println!("tenant {}: per-request calls", usage.tenant);
+    table(&["FUNCTION", "CALLS", "ERRORS", "WALL MS", "CPU MS", "GPU MS", "BYTES IN", "BYTES OUT"], rows);
+    let j = &usage.jobs;
+    println!(
+        "batch: {} jobs, {} tasks, {} records in ({} bytes), {} rows out, {} GPU ms",
+        j.jobs, j.tasks, j.records_in, j.bytes_in, j.rows_out, j.gpu_ms
+    );
+    Ok(())
+}
+
 /// Where a data directory keeps its admin token.
 pub fn admin_token_path(data: &Path) -> PathBuf {
     data.join(ADMIN_TOKEN_FILE)

@@ -74,6 +74,8 @@ enum Command {
     Tokens(access::TokensCommand),
     /// Show the tenant and role of the token in use.
     Whoami(grid::ClientArgs),
+    /// What the tenant's functions and jobs used.
+    Usage(grid::ClientArgs),
     /// Build a Python function (a module with one @wasmgrid.scorer, mapper or reducer) into a component.
     Build(build::BuildArgs),
     /// Compile a component in a limited worker process (internal).
@@ -214,6 +216,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Tenants(c) => access::tenants(c),
         Command::Tokens(c) => access::tokens(c),
         Command::Whoami(args) => access::whoami(args),
+        Command::Usage(args) => access::usage(args),
         Command::Build(args) => build::build(args),
         Command::Compile { .. } => Ok(()),
     }

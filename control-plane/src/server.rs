@@ -275,6 +275,7 @@ fn router(app: App) -> Router {
         .route("/v1/tasks/report", post(jobs::report).layer(DefaultBodyLimit::max(16 << 20)))
         .route("/v1/raft", post(raft).layer(DefaultBodyLimit::max(transport::MAX_BODY)))
         .route("/v1/whoami", get(whoami))
+        .route("/v1/usage", get(usage))
         .route("/v1/tenants", get(list_tenants).post(create_tenant))
         .route("/v1/tenants/{name}", delete(delete_tenant))
         .route("/v1/tenants/{name}/quotas", put(set_quotas))
@@ -471,7 +472,9 @@ fn poisoned<T>(_: T) -> Failure {
 /// timeout.
 async fn to_leader(Shared(app): Shared<App>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
-    let needs_leader = (request.method() != Method::GET && path != "/v1/raft") || path == "/v1/nodes";
+    // Node heartbeats (liveness, usage) live in the leader's memory only.
+    let needs_leader =
+        (request.method() != Method::GET && path != "/v1/raft") || path == "/v1/nodes" || path == "/v1/usage";
     if !needs_leader {
         return next.run(request).await;
     }
@@ -953,6 +956,36 @@ async fn routes(Shared(app): Shared<App>, query: Result<Query<RoutesQuery>, Quer
     grants.extend(state.tokens()?.into_iter().map(|t| Grant { sha256: t.sha256, tenant: t.tenant, role: t.role }));
     let concurrency = state.tenants()?.into_iter().filter_map(|t| Some((t.name, t.quotas.concurrency?))).collect();
     Ok(json(StatusCode::OK, &RouteTable { revision, routes, grants, concurrency }))
+}
+
+/// What the caller's tenant used: its functions' calls as the nodes last
+/// reported them, summed, and its jobs.
+async fn usage(Shared(app): Shared<App>, Extension(caller): Extension<Caller>) -> Answer<Response> {
+    let tenant = caller.tenant;
+    let mut functions: BTreeMap<String, FunctionUsage> = BTreeMap::new();
+    for (_, beat) in app.0.nodes.lock().map_err(poisoned)?.values() {
+        for u in beat.usage.iter().filter(|u| u.tenant == tenant) {
+            functions
+                .entry(u.function.clone())
+                .or_insert_with(|| FunctionUsage {
+                    tenant: tenant.clone(),
+                    function: u.function.clone(),
+                    ..Default::default()
+                })
+                .add(u);
+        }
+    }
+    app.barrier().await?;
+    let mut jobs = JobUsage::default();
+    for job in app.0.replica.state().jobs(Some(&tenant))? {
+        jobs.jobs += 1;
+        jobs.tasks += u64::from(job.map_tasks) + u64::from(job.reduce_partitions);
+        jobs.records_in += job.records_in;
+        jobs.bytes_in += job.bytes_in;
+        jobs.rows_out += job.rows_out;
+        jobs.gpu_ms += job.gpu_us / 1000;
+    }
+    Ok(json(StatusCode::OK, &Usage { tenant, functions: functions.into_values().collect(), jobs }))
 }
 
 async fn whoami(Extension(caller): Extension<Caller>) -> Response {

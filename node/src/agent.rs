@@ -207,6 +207,7 @@ async fn heartbeats(gateway: Arc<Gateway>, client: Client, id: String, url: Stri
             warm: gateway.runtime().loaded_modules(),
             revision: gateway.revision(),
             gpu: gpu.clone(),
+            usage: gateway.usage(),
         };
         match client.heartbeat(&id, &beat).await {
             Ok(_) if failing => {

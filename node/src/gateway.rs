@@ -45,8 +45,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmgrid_api::{
-    ErrorBody, ErrorDetail, GpuPlacement, Grant, InvokeResponse, Role, Route, RouteTable, VERSION_HEADER, bearer_token,
-    token_hash,
+    ErrorBody, ErrorDetail, FunctionUsage, GpuPlacement, Grant, InvokeResponse, Role, Route, RouteTable,
+    VERSION_HEADER, bearer_token, token_hash,
 };
 
 use crate::runtime::{Function, Io, Limits, Runtime};
@@ -106,6 +106,39 @@ pub struct Served {
     fast: AtomicU32,
     /// Seconds its calls spent in `gpu` calls.
     gpu_seconds: GpuSeconds,
+    /// What its calls used, for usage metering.
+    meter: Arc<Meter>,
+}
+
+/// What one function's calls used on this node, since it started.
+#[derive(Debug, Default)]
+struct Meter {
+    calls: AtomicU64,
+    errors: AtomicU64,
+    wall_us: AtomicU64,
+    cpu_us: AtomicU64,
+    gpu_us: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+/// CPU time the calling thread has used.
+#[allow(unsafe_code)]
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec for the call to fill.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Runs `f`, charging the CPU time it takes on this thread to `meter`.
+fn metered<T>(meter: &Meter, f: impl FnOnce() -> T) -> T {
+    let before = thread_cpu();
+    let out = f();
+    meter.cpu_us.fetch_add((thread_cpu().saturating_sub(before)).as_micros() as u64, Ordering::Relaxed);
+    out
 }
 
 type GpuSeconds = Counter<f64, AtomicU64>;
@@ -120,6 +153,7 @@ impl Served {
         let took = instance.gpu_time();
         if !took.is_zero() {
             self.gpu_seconds.inc_by(took.as_secs_f64());
+            self.meter.gpu_us.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
         }
     }
 
@@ -220,6 +254,8 @@ pub struct Gateway {
     /// Each tenant's calls at once on this node, for tenants with a quota:
     /// the quota and its permits.
     shares: Mutex<HashMap<String, (u64, Arc<Semaphore>)>>,
+    /// What each function served here used, by (tenant, name).
+    meters: Mutex<HashMap<(String, String), Arc<Meter>>>,
     gates: Mutex<HashMap<(String, String), Arc<Gate>>>,
     revision: AtomicU64,
     inflight: AtomicU64,
@@ -246,6 +282,7 @@ impl Gateway {
             grants: RwLock::new(None),
             failed: RwLock::new(Arc::new(Failed::new())),
             shares: Mutex::new(HashMap::new()),
+            meters: Mutex::new(HashMap::new()),
             gates: Mutex::new(HashMap::new()),
             revision: AtomicU64::new(0),
             inflight: AtomicU64::new(0),
@@ -298,7 +335,11 @@ impl Gateway {
         let config = Arc::new(route.config.clone());
         let labels = FunctionLabels { tenant: route.tenant.clone(), function: route.name.clone() };
         let gpu_seconds = self.metrics.gpu_seconds.get_or_create(&labels).clone();
-        Served { route, function, limits, config, gate, fast: AtomicU32::new(0), gpu_seconds }
+        let meter = match self.meters.lock() {
+            Ok(mut meters) => meters.entry((route.tenant.clone(), route.name.clone())).or_default().clone(),
+            Err(_) => Arc::default(),
+        };
+        Served { route, function, limits, config, gate, fast: AtomicU32::new(0), gpu_seconds, meter }
     }
 
     /// The table being served.
@@ -407,9 +448,49 @@ impl Gateway {
         self.table().get(&(tenant.to_string(), name.to_string())).cloned()
     }
 
+    /// What each function served here used since the node started.
+    pub fn usage(&self) -> Vec<FunctionUsage> {
+        let meters = self.meters.lock().map(|m| m.clone()).unwrap_or_default();
+        let mut usage: Vec<FunctionUsage> = meters
+            .into_iter()
+            .map(|((tenant, function), m)| FunctionUsage {
+                tenant,
+                function,
+                calls: m.calls.load(Ordering::Relaxed),
+                errors: m.errors.load(Ordering::Relaxed),
+                wall_us: m.wall_us.load(Ordering::Relaxed),
+                cpu_us: m.cpu_us.load(Ordering::Relaxed),
+                gpu_us: m.gpu_us.load(Ordering::Relaxed),
+                bytes_in: m.bytes_in.load(Ordering::Relaxed),
+                bytes_out: m.bytes_out.load(Ordering::Relaxed),
+            })
+            .filter(|u| u.calls > 0)
+            .collect();
+        usage.sort_by(|a, b| (&a.tenant, &a.function).cmp(&(&b.tenant, &b.function)));
+        usage
+    }
+
     /// Counts an answered call: by status, by error kind when the gateway
-    /// made the answer an error, and its latency.
-    fn record(&self, labels: FunctionLabels, response: &Response, started: Instant) {
+    /// made the answer an error, and its latency; and meters it. A name
+    /// this node never served is counted as `-`, so that callers making up
+    /// names cannot grow the metrics without bound.
+    fn record(&self, labels: FunctionLabels, response: &Response, started: Instant, bytes_in: u64) {
+        let key = (labels.tenant.clone(), labels.function.clone());
+        let meter = self.meters.lock().ok().and_then(|m| m.get(&key).cloned());
+        let labels = match &meter {
+            Some(_) => labels,
+            None => FunctionLabels { tenant: "-".into(), function: "-".into() },
+        };
+        if let Some(m) = &meter {
+            m.calls.fetch_add(1, Ordering::Relaxed);
+            if !response.status().is_success() {
+                m.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            m.wall_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            m.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+            let out = http_body::Body::size_hint(response.body()).exact().unwrap_or(0);
+            m.bytes_out.fetch_add(out, Ordering::Relaxed);
+        }
         let metrics = &self.metrics;
         metrics.latency.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
         if let Some(FailureCode(kind)) = response.extensions().get::<FailureCode>() {
@@ -589,8 +670,9 @@ async fn invoke(
         Err(r) => return failure(StatusCode::BAD_REQUEST, "bad_request", r.body_text()),
     };
     let labels = FunctionLabels { tenant: tenant.clone(), function: name.clone() };
+    let bytes_in = body.as_ref().map_or(0, |b| b.len() as u64);
     let response = call(&gateway, &tenant, &name, &labels, &headers, body).await;
-    gateway.record(labels, &response, started);
+    gateway.record(labels, &response, started, bytes_in);
     response
 }
 
@@ -656,7 +738,7 @@ async fn call(
         Some(inline) => {
             let _held = (permit, inline);
             let started = Instant::now();
-            let result = score(&job, rows);
+            let result = metered(&served.meter, || score(&job, rows));
             served.record(started.elapsed());
             Ok(result)
         }
@@ -664,7 +746,7 @@ async fn call(
             tokio::task::spawn_blocking(move || {
                 let _permit = permit;
                 let started = Instant::now();
-                let result = score(&job, rows);
+                let result = metered(&job.meter, || score(&job, rows));
                 job.record(started.elapsed());
                 result
             })
@@ -920,8 +1002,9 @@ async fn http_call(
 ) -> Response {
     let started = Instant::now();
     let labels = FunctionLabels { tenant: tenant.clone(), function: name.clone() };
+    let bytes_in = http_body::Body::size_hint(request.body()).exact().unwrap_or(0);
     let response = http_answer(&gateway, &tenant, &name, rest, &labels, request).await;
-    gateway.record(labels, &response, started);
+    gateway.record(labels, &response, started, bytes_in);
     response
 }
 
@@ -991,7 +1074,7 @@ async fn http_answer(
     let guest = tokio::task::spawn_blocking(move || {
         let _held = (permit, inflight);
         let mut instance = job.function.instantiate(&job.limits, job.config.clone(), Io::default())?;
-        instance.handle_http(inner, respond)
+        metered(&job.meter, || instance.handle_http(inner, respond))
     });
     match response.await {
         Ok(Ok(response)) => {

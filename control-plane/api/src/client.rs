@@ -276,6 +276,11 @@ impl Client {
         self.call(Method::POST, "/v1/tasks/report", Self::json(request)).await
     }
 
+    /// What the caller's tenant used.
+    pub async fn usage(&self) -> Result<Usage, ApiError> {
+        self.call(Method::GET, "/v1/usage", Body::None).await
+    }
+
     /// Who the token is.
     pub async fn whoami(&self) -> Result<Identity, ApiError> {
         self.call(Method::GET, "/v1/whoami", Body::None).await

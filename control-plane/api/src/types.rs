@@ -233,6 +233,74 @@ pub struct Heartbeat {
     /// `gpu: required` run only on such nodes.
     #[serde(default)]
     pub gpu: Option<String>,
+    /// What each function served here used since the node started.
+    #[serde(default)]
+    pub usage: Vec<FunctionUsage>,
+}
+
+/// What one function's per-request calls used.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionUsage {
+    /// The tenant.
+    pub tenant: String,
+    /// The function.
+    pub function: String,
+    /// Calls answered (every status, refusals included).
+    pub calls: u64,
+    /// Calls answered with an error.
+    pub errors: u64,
+    /// Wall time from request to answer, in microseconds.
+    pub wall_us: u64,
+    /// CPU time the guest's calls took, in microseconds.
+    pub cpu_us: u64,
+    /// Time in `gpu` kernels, in microseconds.
+    pub gpu_us: u64,
+    /// Request body bytes.
+    pub bytes_in: u64,
+    /// Response body bytes.
+    pub bytes_out: u64,
+}
+
+impl FunctionUsage {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &FunctionUsage) {
+        self.calls += other.calls;
+        self.errors += other.errors;
+        self.wall_us += other.wall_us;
+        self.cpu_us += other.cpu_us;
+        self.gpu_us += other.gpu_us;
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+    }
+}
+
+/// What a tenant's batch jobs used.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobUsage {
+    /// Jobs submitted.
+    pub jobs: u64,
+    /// Their tasks (map and reduce).
+    pub tasks: u64,
+    /// Records read.
+    pub records_in: u64,
+    /// Bytes of input.
+    pub bytes_in: u64,
+    /// Rows written.
+    pub rows_out: u64,
+    /// Time in `gpu` kernels of winning attempts, in milliseconds.
+    pub gpu_ms: u64,
+}
+
+/// `GET /v1/usage`: what the caller's tenant used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// The tenant.
+    pub tenant: String,
+    /// Per function, summed over every node heard from since the control
+    /// plane's leader was elected (each node counts from its own start).
+    pub functions: Vec<FunctionUsage>,
+    /// Its batch jobs, all of them.
+    pub jobs: JobUsage,
 }
 
 /// The answer to a heartbeat.
