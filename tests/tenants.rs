@@ -213,3 +213,54 @@ async fn usage_is_metered_per_tenant_and_function() {
     );
     assert_eq!(usage(&tokens[1])["jobs"]["jobs"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_logs_are_kept_per_function_and_shown_to_their_tenant_only() {
+    let replicas = Replicas::start(1, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let urls = replicas.urls();
+    grid_ok(&urls, &["tenants", "create", "owner"]);
+    grid_ok(&urls, &["tenants", "create", "other"]);
+    let token = |args: &[&str]| grid_ok(&urls, args).trim().to_string();
+    let owner = token(&["tokens", "create", "--tenant", "owner"]);
+    let reader = token(&["tokens", "create", "--tenant", "owner", "--read-only"]);
+    let caller = token(&["tokens", "create", "--tenant", "owner", "--invoke-only"]);
+    let other = token(&["tokens", "create", "--tenant", "other"]);
+    common::ok(as_small(&urls, &owner, &["deploy", "talk", guests::HOSTILE_SCORER, "-c", "mode=chatty"]));
+    common::ok(as_small(&urls, &owner, &["deploy", "fail", guests::HOSTILE_SCORER, "-c", "mode=err"]));
+    let node = Node::start(&urls, &replicas.dir.path().join("node"));
+    for (name, want) in [("talk", "\"ok\":1.0"), ("talk", "\"ok\":1.0"), ("fail", "422")] {
+        // `invoke` waits while the node loads a function, not for the node.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (stdout, stderr) = loop {
+            let out = as_small(&urls, &caller, &["invoke", name, "--data", r#"{"x": 1.0}"#]);
+            let (stdout, stderr) = common::text(&out);
+            if !stderr.contains("no node is alive") || Instant::now() > deadline {
+                break (stdout, stderr);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(stdout.contains(want) || stderr.contains(want), "{name}: {stdout} {stderr}");
+    }
+    let logs = |token: &str, name: &str| as_small(&urls, token, &["logs", name]);
+    let shown = common::ok_stdout(logs(&owner, "talk"));
+    assert_eq!(shown.matches("info  scoring 1 rows").count(), 2, "{shown}");
+    assert_eq!(shown.matches("warn  feature `x` is missing; using 0").count(), 2, "{shown}");
+    assert_eq!(shown.matches("stdout to stdout").count(), 2, "{shown}");
+    assert_eq!(shown.matches("stderr to stderr").count(), 2, "{shown}");
+    assert!(shown.lines().all(|l| l.contains(" dev ") || l.contains(" v1 ")), "{shown}");
+    let failed = common::ok_stdout(logs(&reader, "fail"));
+    assert!(failed.contains("failed: function returned an error: the model refuses these rows"), "{failed}");
+    // An invoke-only token may not read them; another tenant learns nothing.
+    assert!(common::fails(logs(&caller, "talk")).contains("403"));
+    let theirs = common::fails(logs(&other, "talk"));
+    assert!(theirs.contains("no node has served `other/talk`"), "{theirs}");
+    let raw = reqwest::Client::new()
+        .get(format!("{}/v1/logs/owner/talk", node.url))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(raw.status(), 404);
+    assert!(!raw.text().await.expect("body").contains("scoring"));
+}

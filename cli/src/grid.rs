@@ -611,17 +611,101 @@ async fn invoke_when_served(
     name: &str,
     request: &InvokeRequest,
 ) -> Result<wasmgrid_api::InvokeResponse> {
-    let deadline = std::time::Instant::now() + SERVE_WAIT;
+    let started = std::time::Instant::now();
     loop {
         match c.invoke(node, tenant, name, request).await {
-            Err(wasmgrid_api::ApiError::Http { status: 404, .. })
-                if std::time::Instant::now() < deadline && c.function(name).await.is_ok() =>
-            {
+            Err(e @ wasmgrid_api::ApiError::Http { status: 404, .. }) if started.elapsed() < SERVE_WAIT => {
+                let wait = match c.function(name).await {
+                    Ok(_) => true,
+                    // An invoke-only token cannot ask: wait a little.
+                    Err(wasmgrid_api::ApiError::Http { status: 403, .. }) => started.elapsed() < UNSEEN_WAIT,
+                    Err(_) => false,
+                };
+                if !wait {
+                    return Err(e.into());
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             other => return Ok(other?),
         }
     }
+}
+
+/// How long `invoke` waits for a function it cannot see in the control
+/// plane (with an invoke-only token) to be served.
+const UNSEEN_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// The function.
+    name: String,
+    /// Only this node [default: every alive node].
+    #[arg(long)]
+    node: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// `wasmgrid logs NAME`: the latest calls' logs from every node, merged by time.
+pub fn logs(args: LogsArgs) -> Result<()> {
+    let c = client(&args.client)?;
+    let rt = tokio_runtime()?;
+    let tenant = match &args.client.tenant {
+        Some(t) => t.clone(),
+        None => rt.block_on(c.whoami()).context("asking the control plane whose token this is")?.tenant,
+    };
+    let nodes: Vec<(String, String)> = match &args.node {
+        Some(url) => vec![(url.clone(), url.clone())],
+        None => rt
+            .block_on(c.nodes())
+            .context("finding the nodes")?
+            .nodes
+            .into_iter()
+            .filter(|n| n.state == NodeState::Alive)
+            .map(|n| (n.id, n.address))
+            .collect(),
+    };
+    let mut calls = Vec::new();
+    let mut found = false;
+    for (id, url) in &nodes {
+        match rt.block_on(c.call_logs(url, &tenant, &args.name)) {
+            Ok(logs) => {
+                found = true;
+                calls.extend(logs.calls.into_iter().map(|call| (id.clone(), call)));
+            }
+            // A node that never served it has nothing to say.
+            Err(wasmgrid_api::ApiError::Http { status: 404, .. }) => {}
+            Err(e) => return Err(e).with_context(|| format!("reading logs from node {id}")),
+        }
+    }
+    if !found {
+        bail!("no node has served `{tenant}/{}` since it started", args.name);
+    }
+    calls.sort_by_key(|(_, call)| call.at_ms);
+    if args.client.json {
+        let calls: Vec<_> =
+            calls.iter().map(|(node, call)| serde_json::json!({ "node": node, "call": call })).collect();
+        return print_json(&calls);
+    }
+    for (node, call) in calls {
+        let at = call.at_ms as f64 / 1000.0;
+        let head = format!("{at:.3} {node} v{}", call.version);
+        for line in &call.lines {
+            println!("{head} {:5} {}", line.level, line.message);
+        }
+        if call.dropped > 0 {
+            println!("{head} ({} more lines dropped)", call.dropped);
+        }
+        for (stream, text) in [("stdout", &call.stdout), ("stderr", &call.stderr)] {
+            for line in text.lines() {
+                println!("{head} {stream} {line}");
+            }
+        }
+        if let Some(error) = &call.error {
+            println!("{head} failed: {}", error.lines().next().unwrap_or_default());
+        }
+    }
+    Ok(())
 }
 
 pub fn invoke(args: InvokeArgs) -> Result<()> {

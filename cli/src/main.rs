@@ -76,6 +76,8 @@ enum Command {
     Whoami(grid::ClientArgs),
     /// What the tenant's functions and jobs used.
     Usage(grid::ClientArgs),
+    /// The latest per-request calls' logs of a function, from every node.
+    Logs(grid::LogsArgs),
     /// Build a Python function (a module with one @wasmgrid.scorer, mapper or reducer) into a component.
     Build(build::BuildArgs),
     /// Compile a component in a limited worker process (internal).
@@ -217,6 +219,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Tokens(c) => access::tokens(c),
         Command::Whoami(args) => access::whoami(args),
         Command::Usage(args) => access::usage(args),
+        Command::Logs(args) => grid::logs(args),
         Command::Build(args) => build::build(args),
         Command::Compile { .. } => Ok(()),
     }

@@ -24,7 +24,7 @@
 //! gets the same 404 as a function that does not exist. `/metrics` and
 //! `/v1/routes` take the admin or a node token; `/v1/health` is open.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -45,8 +45,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmgrid_api::{
-    ErrorBody, ErrorDetail, FunctionUsage, GpuPlacement, Grant, InvokeResponse, Role, Route, RouteTable,
-    VERSION_HEADER, bearer_token, token_hash,
+    CallLog, CallLogLine, CallLogs, ErrorBody, ErrorDetail, FunctionUsage, GpuPlacement, Grant, InvokeResponse, Role,
+    Route, RouteTable, VERSION_HEADER, bearer_token, token_hash,
 };
 
 use crate::runtime::{Function, Io, Limits, Runtime};
@@ -110,9 +110,16 @@ pub struct Served {
     meter: Arc<Meter>,
 }
 
-/// What one function's calls used on this node, since it started.
+/// Calls whose logs a node keeps per function (the latest).
+const KEPT_CALL_LOGS: usize = 64;
+/// Bytes of logs, stdout and stderr kept per call.
+const MAX_CALL_LOG: usize = 16 << 10;
+
+/// What one function's calls used on this node, since it started, and
+/// what its latest calls logged.
 #[derive(Debug, Default)]
 struct Meter {
+    logs: Mutex<VecDeque<CallLog>>,
     calls: AtomicU64,
     errors: AtomicU64,
     wall_us: AtomicU64,
@@ -149,6 +156,42 @@ const INLINE_BUDGET: Duration = Duration::from_millis(1);
 const FAST_STREAK: u32 = 32;
 
 impl Served {
+    /// Ends a call's instance: charges its GPU time and keeps what it
+    /// logged (and wrote to stdout and stderr), if anything, with its error.
+    fn settle(&self, instance: crate::Instance, error: Option<&Error>) {
+        self.charge_gpu(&instance);
+        let done = instance.finish();
+        if done.logs.lines.is_empty() && done.stdout.is_empty() && done.stderr.is_empty() && error.is_none() {
+            return;
+        }
+        let mut budget = MAX_CALL_LOG;
+        let mut cut = |s: &str| {
+            let keep = s.len().min(budget);
+            let keep = (0..=keep).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+            budget -= keep;
+            s[..keep].to_string()
+        };
+        let lines: Vec<CallLogLine> =
+            done.logs.lines.iter().map(|l| CallLogLine { level: l.level.into(), message: cut(&l.message) }).collect();
+        let entry = CallLog {
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            version: self.route.version,
+            error: error.map(|e| cut(&e.to_string())),
+            lines,
+            dropped: done.logs.dropped,
+            stdout: cut(&done.stdout),
+            stderr: cut(&done.stderr),
+        };
+        if let Ok(mut logs) = self.meter.logs.lock() {
+            if logs.len() == KEPT_CALL_LOGS {
+                logs.pop_front();
+            }
+            logs.push_back(entry);
+        }
+    }
+
     fn charge_gpu(&self, instance: &crate::Instance) {
         let took = instance.gpu_time();
         if !took.is_zero() {
@@ -309,6 +352,7 @@ impl Gateway {
                 "/v1/http/{tenant}/{name}/{*rest}",
                 any(http_path).layer(DefaultBodyLimit::max(self.config.max_body)),
             )
+            .route("/v1/logs/{tenant}/{name}", get(call_logs))
             .route("/v1/health", get(health))
             .route("/v1/routes", get(served_routes))
             .route("/metrics", get(metrics))
@@ -588,6 +632,33 @@ async fn served_routes(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) 
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
+/// The latest calls' logs of `tenant/name` on this node: for the admin,
+/// and the tenant's `full` and `read-only` tokens. Another tenant's
+/// function is a 404, as for one this node never served.
+async fn call_logs(
+    State(gateway): State<Arc<Gateway>>,
+    UrlPath((tenant, name)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let grant = match gateway.grant(&headers) {
+        Ok(g) => g,
+        Err(refused) => return refused.into_response(),
+    };
+    if grant.role != Role::Admin && grant.tenant.as_deref() != Some(tenant.as_str()) {
+        return not_deployed(&tenant, &name);
+    }
+    if !matches!(grant.role, Role::Admin | Role::Full | Role::ReadOnly) {
+        let message = format!("a {} token may not read logs", grant.role.name());
+        return failure(StatusCode::FORBIDDEN, "forbidden", message);
+    }
+    let meter = gateway.meters.lock().ok().and_then(|m| m.get(&(tenant.clone(), name.clone())).cloned());
+    let Some(meter) = meter else {
+        return not_deployed(&tenant, &name);
+    };
+    let calls = meter.logs.lock().map(|l| l.iter().cloned().collect()).unwrap_or_default();
+    (StatusCode::OK, axum::Json(CallLogs { tenant, function: name, calls })).into_response()
+}
+
 async fn metrics(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     if let Err(refused) = gateway.operator(&headers) {
         return refused.into_response();
@@ -852,7 +923,7 @@ fn score(served: &Served, rows: Rows) -> crate::Result<Rows> {
             Some(batch) => {
                 let mut instance = served.function.instantiate(&served.limits, served.config.clone(), Io::default())?;
                 let scores = instance.score(&batch);
-                served.charge_gpu(&instance);
+                served.settle(instance, scores.as_ref().err());
                 return Ok(Rows::Json { rows: merge_json(rows, scores?)? });
             }
             None => {
@@ -868,7 +939,7 @@ fn score(served: &Served, rows: Rows) -> crate::Result<Rows> {
 fn score_arrow(served: &Served, batch: &RecordBatch) -> crate::Result<RecordBatch> {
     let mut instance = served.function.instantiate(&served.limits, served.config.clone(), Io::default())?;
     let scores = instance.score_arrow(batch);
-    served.charge_gpu(&instance);
+    served.settle(instance, scores.as_ref().err());
     scores
 }
 

@@ -348,6 +348,19 @@ pub async fn invoke(
 }
 
 impl Client {
+    /// The latest calls' logs of `tenant/name` kept by the node at
+    /// `node_url`, with this client's token.
+    pub async fn call_logs(&self, node_url: &str, tenant: &str, name: &str) -> Result<CallLogs, ApiError> {
+        let url = format!("{}/v1/logs/{}/{}", normalize_url(node_url)?, segment(tenant), segment(name));
+        let mut request = self.http.get(&url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response =
+            request.send().await.map_err(|e| ApiError::Unreachable { urls: url.clone(), last: describe(&e) })?;
+        decode(&url, response).await
+    }
+
     /// Scores `rows` with `tenant`'s function on the node at `node_url`,
     /// with this client's token.
     pub async fn invoke(

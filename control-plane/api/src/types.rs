@@ -274,6 +274,46 @@ impl FunctionUsage {
     }
 }
 
+/// What one per-request call logged, as a node keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallLog {
+    /// When it ended, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The version that served it.
+    pub version: u64,
+    /// Its error, if it failed.
+    pub error: Option<String>,
+    /// What it logged through the `log` interface.
+    pub lines: Vec<CallLogLine>,
+    /// Lines it logged past the per-call budget.
+    pub dropped: u64,
+    /// What it wrote to stdout.
+    pub stdout: String,
+    /// What it wrote to stderr.
+    pub stderr: String,
+}
+
+/// One logged line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallLogLine {
+    /// `debug`, `info`, `warn` or `error`.
+    pub level: String,
+    /// The message.
+    pub message: String,
+}
+
+/// `GET /v1/logs/{tenant}/{name}` on a node: its latest calls that logged
+/// something or failed, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallLogs {
+    /// The tenant.
+    pub tenant: String,
+    /// The function.
+    pub function: String,
+    /// The calls.
+    pub calls: Vec<CallLog>,
+}
+
 /// What a tenant's batch jobs used.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobUsage {

@@ -6,6 +6,7 @@
 //! - `trap`: panics with the message in config key `message`;
 //! - `huge-result`: returns a result column of 64 MiB strings per row;
 //! - `log-spam`: writes a million log lines and stdout lines, then answers;
+//! - `chatty`: logs two lines and writes a line to stdout and to stderr;
 //! - `err`: returns an error value (not a trap);
 //! - `gpu-hoard`: keeps making 4 MiB tensors until the host refuses one,
 //!   and returns the refusal as its error;
@@ -75,6 +76,13 @@ impl Scorer for Hostile {
                     log::info(&format!("log line {i}"));
                     println!("stdout line {i}");
                 }
+                Ok(BatchBuilder::new(n).f64("ok", vec![1.0; n as usize]).build())
+            }
+            Some("chatty") => {
+                log::info(&format!("scoring {n} rows"));
+                log::warn("feature `x` is missing; using 0");
+                println!("to stdout");
+                eprintln!("to stderr");
                 Ok(BatchBuilder::new(n).f64("ok", vec![1.0; n as usize]).build())
             }
             Some("err") => Err("the model refuses these rows".into()),
