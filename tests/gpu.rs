@@ -254,3 +254,51 @@ async fn gpu_placement_per_request_and_in_a_batch_job() {
         common::http().get(format!("{}/metrics", gpu.url)).send().await.expect("metrics").text().await.expect("text");
     assert!(metrics.contains("wasmgrid_gpu_seconds_total{tenant=\"default\",function=\"mlp\"}"), "{metrics}");
 }
+
+/// A tenant with a GPU quota: once its calls used it, their `gpu` calls are
+/// refused with a message naming the quota (the function's error); raising
+/// the quota lets them run again. Runs on the CPU fallback, whose time
+/// counts alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_past_its_gpu_quota_gets_its_gpu_calls_refused() {
+    let replicas = Replicas::start(1, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let urls = replicas.urls();
+    common::grid_ok(&urls, &["tenants", "create", "g", "--gpu-ms", "5"]);
+    let config = format!("model={}", model());
+    let deploy = ["deploy", "mlp", guests::MLP_SCORE, "--config", &config, "--tenant", "g"];
+    common::grid_ok(&urls, &deploy);
+    let node = Node::start_with(&urls, &replicas.dir.path().join("node"), &["--gpu-mode", "off"]);
+    let url = format!("{}/v1/fn/g/mlp", node.url);
+    let sample = rows(2_000, 3);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut served = 0;
+    let refused = loop {
+        // The node may not listen or serve yet.
+        let answered = common::http().post(&url).json(&json!({ "rows": sample })).send().await;
+        if let Ok(response) = answered {
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or_default();
+            match status {
+                200 => served += 1,
+                422 => break body,
+                _ => {}
+            }
+        }
+        assert!(Instant::now() < deadline, "the quota never took effect after {served} calls");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(served > 0, "calls ran until the quota was used");
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("tenant `g` has used its `gpu_ms` quota of 5 ms"), "{refused}");
+    let usage: Value =
+        serde_json::from_str(&common::grid_ok(&urls, &["usage", "--tenant", "g", "--json"])).expect("usage json");
+    assert!(usage["functions"][0]["gpu_us"].as_u64() >= Some(5_000), "{usage}");
+
+    common::grid_ok(&urls, &["tenants", "set", "g", "--gpu-ms", "none"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while post_rows(&url, &sample[..10]).await.0 != 200 {
+        assert!(Instant::now() < deadline, "lifting the quota never took effect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

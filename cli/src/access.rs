@@ -114,6 +114,10 @@ pub struct QuotaArgs {
     /// Its batch task attempts running at once on the grid [none].
     #[arg(long, value_parser = parse_count)]
     task_slots: Option<Limit>,
+    /// Milliseconds of GPU time its calls and jobs may use, in all; then
+    /// their `gpu` calls are refused [none].
+    #[arg(long, value_parser = parse_count)]
+    gpu_ms: Option<Limit>,
 }
 
 impl QuotaArgs {
@@ -126,6 +130,7 @@ impl QuotaArgs {
             memory: pick(self.memory, base.memory),
             concurrency: pick(self.concurrency, base.concurrency),
             task_slots: pick(self.task_slots, base.task_slots),
+            gpu_ms: pick(self.gpu_ms, base.gpu_ms),
         }
     }
 }
@@ -246,10 +251,13 @@ pub fn tenants(command: TenantsCommand) -> Result<()> {
                         show(q.memory),
                         show(q.concurrency),
                         show(q.task_slots),
+                        show(q.gpu_ms),
                     ]
                 })
                 .collect();
-            table(&["NAME", "CREATED", "FUNCTIONS", "MODULE BYTES", "MEMORY", "CONCURRENCY", "TASK SLOTS"], rows);
+            let header =
+                ["NAME", "CREATED", "FUNCTIONS", "MODULE BYTES", "MEMORY", "CONCURRENCY", "TASK SLOTS", "GPU MS"];
+            table(&header, rows);
         }
         TenantsCommand::Rm { name, client: args } => {
             let t = rt.block_on(client(&args)?.delete_tenant(&name))?;

@@ -215,6 +215,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }));
     tokio::spawn(watch_leadership(app.clone()));
     tokio::spawn(jobs::drive(app.clone()));
+    tokio::spawn(watch_gpu_quotas(app.clone()));
 
     let (tx, rx) = oneshot::channel::<()>();
     let router = router(app);
@@ -933,12 +934,15 @@ async fn routes(Shared(app): Shared<App>, query: Result<Query<RoutesQuery>, Quer
         }
     }
     let revision = state.routes_revision()?;
+    let tenants = state.tenants()?;
+    let refused = gpu_refusals(&tenants);
     let routes = state
         .all_functions()?
         .iter()
         .filter_map(|f| {
             let v = f.active_version()?;
             Some(Route {
+                gpu_refused: refused.get(&f.tenant).cloned(),
                 tenant: f.tenant.clone(),
                 name: f.name.clone(),
                 version: v.version,
@@ -954,8 +958,68 @@ async fn routes(Shared(app): Shared<App>, query: Result<Query<RoutesQuery>, Quer
         .collect();
     let mut grants = vec![Grant { sha256: app.0.admin_hash.clone(), tenant: None, role: Role::Admin }];
     grants.extend(state.tokens()?.into_iter().map(|t| Grant { sha256: t.sha256, tenant: t.tenant, role: t.role }));
-    let concurrency = state.tenants()?.into_iter().filter_map(|t| Some((t.name, t.quotas.concurrency?))).collect();
+    let concurrency = tenants.into_iter().filter_map(|t| Some((t.name, t.quotas.concurrency?))).collect();
     Ok(json(StatusCode::OK, &RouteTable { revision, routes, grants, concurrency }))
+}
+
+/// Why each tenant that used its GPU quota has its `gpu` calls refused.
+fn gpu_refusals(tenants: &[TenantRecord]) -> HashMap<String, String> {
+    tenants
+        .iter()
+        .filter(|t| t.gpu_exhausted)
+        .map(|t| {
+            let quota = t.quotas.gpu_ms.unwrap_or(0);
+            (t.name.clone(), format!("tenant `{}` has used its `gpu_ms` quota of {quota} ms of GPU time", t.name))
+        })
+        .collect()
+}
+
+/// GPU time each tenant with a GPU quota used, in microseconds: its
+/// per-request calls as the nodes last reported them, and its jobs.
+fn gpu_used(app: &App, tenants: &[TenantRecord]) -> Answer<HashMap<String, u64>> {
+    let mut used: HashMap<String, u64> =
+        tenants.iter().filter(|t| t.quotas.gpu_ms.is_some()).map(|t| (t.name.clone(), 0)).collect();
+    if used.is_empty() {
+        return Ok(used);
+    }
+    for (_, beat) in app.0.nodes.lock().map_err(poisoned)?.values() {
+        for u in &beat.usage {
+            if let Some(total) = used.get_mut(&u.tenant) {
+                *total += u.gpu_us;
+            }
+        }
+    }
+    let state = app.0.replica.state();
+    for (tenant, total) in &mut used {
+        *total += state.jobs(Some(tenant))?.iter().map(|j| j.gpu_us).sum::<u64>();
+    }
+    Ok(used)
+}
+
+/// On the leader, once a second: marks tenants that used their GPU quota
+/// (their `gpu` calls are then refused, on every node and in every task),
+/// and clears the mark when the quota is raised.
+async fn watch_gpu_quotas(app: App) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !app.status().is_leader {
+            continue;
+        }
+        let Ok(tenants) = app.0.replica.state().tenants() else { continue };
+        let Ok(used) = gpu_used(&app, &tenants) else { continue };
+        for t in &tenants {
+            let over = match (t.quotas.gpu_ms, used.get(&t.name)) {
+                (Some(quota), Some(&us)) => us / 1000 >= quota,
+                _ => false,
+            };
+            if over != t.gpu_exhausted {
+                tracing::info!(tenant = %t.name, used_ms = used.get(&t.name).copied().unwrap_or(0) / 1000, over, "GPU quota");
+                let _ = app.propose(Command::GpuExhausted { name: t.name.clone(), exhausted: over }).await;
+            }
+        }
+    }
 }
 
 /// What the caller's tenant used: its functions' calls as the nodes last
@@ -1031,7 +1095,7 @@ async fn delete_tenant(Shared(app): Shared<App>, name: Result<Path<String>, Path
     let before = app.0.replica.state().tenant(&name)?;
     app.propose(Command::DeleteTenant { name: name.clone() }).await?;
     tracing::info!(tenant = %name, "tenant removed");
-    let gone = before.unwrap_or(TenantRecord { name, created_at: 0, quotas: Quotas::default() });
+    let gone = before.unwrap_or(TenantRecord { name, created_at: 0, quotas: Quotas::default(), gpu_exhausted: false });
     Ok(json(StatusCode::OK, &tenant_info(gone)))
 }
 

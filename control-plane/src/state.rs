@@ -228,6 +228,13 @@ pub enum Command {
         /// What it may use.
         quotas: Quotas,
     },
+    /// Marks a tenant as having used its GPU quota, or not any more.
+    GpuExhausted {
+        /// The tenant.
+        name: String,
+        /// Whether its `gpu` calls are refused.
+        exhausted: bool,
+    },
     /// Replaces a tenant's quotas.
     SetQuotas {
         /// The tenant.
@@ -267,12 +274,15 @@ pub struct TenantRecord {
     /// What it may use.
     #[serde(default)]
     pub quotas: Quotas,
+    /// Whether it has used its GPU quota: its `gpu` calls are refused.
+    #[serde(default)]
+    pub gpu_exhausted: bool,
 }
 
 impl TenantRecord {
     /// `default` as it is until its quotas are set: no limits.
     fn default_tenant() -> TenantRecord {
-        TenantRecord { name: DEFAULT_TENANT.into(), created_at: 0, quotas: Quotas::default() }
+        TenantRecord { name: DEFAULT_TENANT.into(), created_at: 0, quotas: Quotas::default(), gpu_exhausted: false }
     }
 }
 
@@ -503,6 +513,7 @@ impl State {
                     | Command::CreateToken { .. }
                     | Command::RevokeToken { .. }
                     | Command::SetQuotas { .. }
+                    | Command::GpuExhausted { .. }
             ) {
                 meta.insert(ROUTES_KEY, &index.to_be_bytes())?;
             }
@@ -584,12 +595,17 @@ impl State {
                     if tenant_exists(name)? {
                         Err(StateError::TenantExists { name: name.clone() })
                     } else {
-                        let record = TenantRecord { name: name.clone(), created_at: index, quotas: quotas.clone() };
+                        let record = TenantRecord {
+                            name: name.clone(),
+                            created_at: index,
+                            quotas: quotas.clone(),
+                            gpu_exhausted: false,
+                        };
                         access.insert(tenant_key(name), encode(&record).map_err(abort)?)?;
                         Ok(Applied::TenantCreated)
                     }
                 }
-                Command::SetQuotas { name, quotas } => {
+                Command::SetQuotas { name, .. } | Command::GpuExhausted { name, .. } => {
                     // `default` gets a stored record once its quotas are set.
                     let record = match access.get(tenant_key(name))? {
                         Some(v) => Some(decode::<TenantRecord>(&v).map_err(abort)?),
@@ -598,7 +614,13 @@ impl State {
                     };
                     match record {
                         Some(record) => {
-                            let record = TenantRecord { quotas: quotas.clone(), ..record };
+                            let record = match command {
+                                Command::SetQuotas { quotas, .. } => TenantRecord { quotas: quotas.clone(), ..record },
+                                Command::GpuExhausted { exhausted, .. } => {
+                                    TenantRecord { gpu_exhausted: *exhausted, ..record }
+                                }
+                                _ => record,
+                            };
                             access.insert(tenant_key(name), encode(&record).map_err(abort)?)?;
                             Ok(Applied::TenantCreated)
                         }
@@ -916,9 +938,10 @@ fn precheck(command: &Command) -> Result<()> {
             validate_name(name)
         }
         Command::RegisterNode { id, .. } => validate_name(id),
-        Command::CreateTenant { name, .. } | Command::DeleteTenant { name } | Command::SetQuotas { name, .. } => {
-            validate_name(name)
-        }
+        Command::CreateTenant { name, .. }
+        | Command::DeleteTenant { name }
+        | Command::SetQuotas { name, .. }
+        | Command::GpuExhausted { name, .. } => validate_name(name),
         Command::CreateToken { tenant: Some(tenant), .. } => validate_name(tenant),
         Command::Job(_) | Command::CreateToken { .. } | Command::RevokeToken { .. } => Ok(()),
     }

@@ -120,6 +120,7 @@ pub fn limits(task: &TaskAssignment, cancel: Option<Arc<AtomicBool>>) -> Limits 
         memory: task.function.memory,
         timeout: Duration::from_millis(task.function.timeout_ms.max(1)),
         cancel,
+        gpu_refused: task.gpu_refused.as_deref().map(Into::into),
         ..Limits::default()
     }
 }

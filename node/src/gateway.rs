@@ -368,6 +368,7 @@ impl Gateway {
             memory: route.memory,
             timeout: Duration::from_millis(route.timeout_ms),
             max_output_bytes: 64 << 20,
+            gpu_refused: route.gpu_refused.as_deref().map(Into::into),
             ..Limits::default()
         };
         let key = (route.tenant.clone(), route.name.clone());

@@ -413,6 +413,9 @@ pub struct Route {
     /// Whether it is served without a token.
     #[serde(default)]
     pub public: bool,
+    /// Why its `gpu` calls are refused (its tenant used its GPU quota).
+    #[serde(default)]
+    pub gpu_refused: Option<String>,
 }
 
 /// `GET /v1/routes?since=N`: every function's active version, and the
@@ -496,6 +499,9 @@ pub struct Quotas {
     /// Batch task attempts of its jobs running at once on the grid.
     #[serde(default)]
     pub task_slots: Option<u64>,
+    /// Milliseconds its calls and jobs may spend in `gpu` kernels, in all.
+    #[serde(default)]
+    pub gpu_ms: Option<u64>,
 }
 
 impl Quotas {
@@ -513,6 +519,7 @@ impl Quotas {
             memory: other.memory.or(self.memory),
             concurrency: other.concurrency.or(self.concurrency),
             task_slots: other.task_slots.or(self.task_slots),
+            gpu_ms: other.gpu_ms.or(self.gpu_ms),
         }
     }
 }
@@ -851,6 +858,9 @@ pub struct TaskAssignment {
     pub shuffle: Vec<String>,
     /// Where attempts write (the output's `_temporary/{job}`).
     pub work_dir: String,
+    /// Why its `gpu` calls are refused (its tenant used its GPU quota).
+    #[serde(default)]
+    pub gpu_refused: Option<String>,
     /// Output format.
     pub format: String,
     /// Reduce partitions; 0 when the job has no reduce stage.

@@ -163,6 +163,7 @@ impl Run {
             input,
             shuffle,
             work_dir: format!("{}/_temporary/{}", self.record.output.trim_end_matches('/'), self.record.id),
+            gpu_refused: None,
             format: self.record.format.clone(),
             reduce_partitions: self.record.reduce_partitions,
         }
@@ -686,11 +687,18 @@ pub(super) async fn lease(
     loop {
         let notified = app.0.jobs_changed.notified();
         // Read each time round: quotas may change during the long-poll.
+        let tenants = app.0.replica.state().tenants()?;
+        let refused = super::gpu_refusals(&tenants);
         let slots: HashMap<String, u64> =
-            app.0.replica.state().tenants()?.into_iter().filter_map(|t| Some((t.name, t.quotas.task_slots?))).collect();
+            tenants.into_iter().filter_map(|t| Some((t.name, t.quotas.task_slots?))).collect();
         {
             let mut s = app.scheduler().await?;
-            let tasks = s.take(&request.node, max, &warm, gpu, &slots);
+            let mut tasks = s.take(&request.node, max, &warm, gpu, &slots);
+            for task in &mut tasks {
+                if let Some(tenant) = s.runs.get(&task.job).map(|r| &r.record.tenant) {
+                    task.gpu_refused = refused.get(tenant).cloned();
+                }
+            }
             let stop = s.stopped(&request.running_jobs, app.0.replica.state());
             if !tasks.is_empty() || !stop.is_empty() || Instant::now() >= deadline {
                 return Ok(json(StatusCode::OK, &Lease { tasks, stop }));

@@ -25,6 +25,9 @@ impl HostState {
         (rows, cols): (u32, u32),
         op: impl FnOnce(&Gpu, &ResourceTable) -> WasmResult<Result<Tensor, GpuError>>,
     ) -> Made {
+        if let Some(why) = &self.gpu_refused {
+            return Ok(Err(why.to_string()));
+        }
         let gpu = self.gpu.open();
         if let Err(e) = gpu.check_size(rows, cols) {
             return Ok(Err(e.to_string()));

@@ -180,6 +180,8 @@ pub struct HostState {
     pub(crate) gpu_bytes: u64,
     /// Time spent in `gpu` calls.
     pub(crate) gpu_time: std::time::Duration,
+    /// Why `gpu` calls are refused, if they are.
+    pub(crate) gpu_refused: Option<Arc<str>>,
 }
 
 /// `wasi:http` hooks for guests that get no network: every outgoing request

@@ -111,6 +111,9 @@ pub struct Limits {
     /// Set to stop a running call (a cancelled job): it ends within a few
     /// milliseconds with [`Error::Cancelled`].
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Why `gpu` calls are refused (a tenant that used its GPU quota):
+    /// each one then answers this error.
+    pub gpu_refused: Option<Arc<str>>,
 }
 
 impl Default for Limits {
@@ -123,6 +126,7 @@ impl Default for Limits {
             max_log_bytes: 64 << 10,
             max_stdio_bytes: 64 << 10,
             cancel: None,
+            gpu_refused: None,
         }
     }
 }
@@ -560,6 +564,7 @@ impl Function {
             gpu: self.gpu.clone(),
             gpu_bytes: 0,
             gpu_time: Duration::ZERO,
+            gpu_refused: limits.gpu_refused.clone(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
