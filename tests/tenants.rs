@@ -140,8 +140,9 @@ async fn quotas_are_enforced_with_errors_that_name_them() {
     grid_ok(&urls, &["tenants", "set", "small", "--task-slots", "none"]);
     let listed: Value = serde_json::from_slice(&grid_cli(&urls, &["tenants", "ls", "--json"]).stdout).expect("json");
     let small = listed["tenants"].as_array().expect("list").iter().find(|t| t["name"] == "small").expect("small");
-    let quotas =
-        json!({"functions": 10, "module_bytes": null, "memory": 64 << 20, "concurrency": null, "task_slots": null});
+    let quotas = json!({
+        "functions": 10, "module_bytes": null, "memory": 64 << 20, "concurrency": null, "task_slots": null, "gpu_ms": null
+    });
     assert_eq!(small["quotas"], quotas, "{small}");
 }
 
