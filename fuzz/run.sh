@@ -9,6 +9,7 @@
 # `cargo +nightly fuzz run TARGET fuzz/artifacts/TARGET/crash-...`.
 set -euo pipefail
 cd "$(dirname "$0")"
+mkdir -p artifacts/component_upload artifacts/api_json artifacts/data_decoders
 TARGET=${1:-all}
 SECONDS_EACH=${2:-600}
 ROOT=..
@@ -48,9 +49,12 @@ seed() {
 
 run() {
     seed "$1"
+    # Built once with `fuzz build -O` (which `fuzz run` would redo with
+    # other flags), then the fuzzer runs straight from the binary.
+    cargo +nightly fuzz build -O "$1"
     echo "== $1 for ${SECONDS_EACH}s"
-    cargo +nightly fuzz run "$1" "corpus/$1" -- -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 \
-        -max_len=262144 -print_final_stats=1
+    target/x86_64-unknown-linux-gnu/release/"$1" "corpus/$1" -artifact_prefix="artifacts/$1/" \
+        -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 -max_len=262144 -print_final_stats=1
 }
 
 if [ "$TARGET" = all ]; then

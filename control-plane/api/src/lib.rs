@@ -46,6 +46,10 @@ pub fn bearer_token(authorization: Option<&[u8]>) -> Result<&str, &'static str> 
     if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
         return Err("the Authorization header must be `Bearer TOKEN`");
     }
+    // RFC 6750's token characters: nothing else can be one of ours.
+    if !token.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b)) {
+        return Err("the token has characters no token has");
+    }
     Ok(token)
 }
 
@@ -86,6 +90,10 @@ mod tests {
             assert!(bearer_token(Some(bad.as_bytes())).is_err(), "{bad:?}");
         }
         assert!(bearer_token(Some(b"Bearer \xff")).is_err());
+        // Found by the api_json fuzz target: a second token after a control
+        // character was taken as part of the first.
+        assert!(bearer_token(Some(b"Bearer wgt_bcd\x0bBearer wgt_bcdefef")).is_err());
+        assert!(bearer_token(Some(b"Bearer wgt_a b")).is_err());
         assert_eq!(bearer_token(Some(b"bearer wgt_abc")), Ok("wgt_abc"));
     }
 
