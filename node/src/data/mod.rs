@@ -208,7 +208,26 @@ pub fn plan(input: &str, format: Option<Format>, partition_size: u64) -> Result<
     Ok(partitions)
 }
 
+/// Runs a call into a decoder library, turning a panic into an error
+/// naming the file: some decoders assert on malformed input (the parquet
+/// crate's metadata reader did, on a fuzzed file), and a bad input file
+/// must fail its job, not the process.
+pub(crate) fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the decoder failed".into());
+        Err(Error::Decode { path: path.to_path_buf(), reason: format!("malformed file: {what}") })
+    })
+}
+
 fn plan_parquet(path: &Path, partition_size: u64, out: &mut Vec<Partition>) -> Result<()> {
+    guarded(path, || plan_parquet_unguarded(path, partition_size, out))
+}
+
+fn plan_parquet_unguarded(path: &Path, partition_size: u64, out: &mut Vec<Partition>) -> Result<()> {
     let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| Error::Decode { path: path.to_path_buf(), reason: e.to_string() })?;

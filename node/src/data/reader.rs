@@ -39,6 +39,11 @@ const PARQUET_BATCH_ROWS: usize = 8192;
 impl PartitionReader {
     /// Opens `partition`.
     pub fn open(partition: Partition) -> Result<Self> {
+        let path = partition.path.clone();
+        super::guarded(&path, move || Self::open_unguarded(partition))
+    }
+
+    fn open_unguarded(partition: Partition) -> Result<Self> {
         let source = match (&partition.span, partition.format) {
             (Span::Bytes { start, end }, Format::Csv | Format::Jsonl | Format::Text) => {
                 Source::Text { data: read_span(&partition.path, *start, *end)?, pos: 0 }
@@ -94,6 +99,11 @@ impl PartitionReader {
 
     /// Up to `max_rows` rows as an Arrow batch.
     pub fn next_batch(&mut self, max_rows: usize) -> Result<Option<RecordBatch>> {
+        let path = self.partition.path.clone();
+        super::guarded(&path, || self.next_batch_unguarded(max_rows))
+    }
+
+    fn next_batch_unguarded(&mut self, max_rows: usize) -> Result<Option<RecordBatch>> {
         let max_rows = max_rows.max(1);
         let path = &self.partition.path;
         let decode = |e: arrow_schema::ArrowError| Error::Decode { path: path.clone(), reason: e.to_string() };
