@@ -281,6 +281,24 @@ async fn a_string_outside_memory_passed_to_the_host_traps() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_that_traps_while_starting_reports_its_message() {
+    let grid = Grid::start().await;
+    grid.deploy(&grid.admin, "init-trap", guests::INIT_TRAP, &[]).await;
+    grid.steady().await;
+    grid.wait_served("default", "init-trap").await;
+    let traffic = grid.traffic();
+    for _ in 0..3 {
+        let (status, body) = grid.call("init-trap").await;
+        assert_eq!(status, 500, "{body}");
+        assert_eq!(body["error"]["code"], "trap", "{body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("the model failed to load at start-up"), "{body}");
+    }
+    traffic.finish(3).await;
+    grid.assert_healthy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_component_too_big_to_instantiate_gets_a_clear_error() {
     let grid = Grid::start().await;
     grid.deploy(&grid.admin, "big-start", guests::BIG_START, &[]).await;

@@ -16,6 +16,7 @@ const GUESTS: &[&str] = &[
     "hostile-scorer",
     "hostile-mapper",
     "big-start",
+    "init-trap",
     "missing-import",
     "http-hello",
     "logreg-http",
