@@ -14,6 +14,11 @@ use wasmgrid_node::data::{PartitionReader, plan};
 fn dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
+        // libfuzzer-sys aborts on every panic, even one the decoders catch
+        // and turn into an error (a library asserting on a malformed file);
+        // the default hook only prints it. A panic that escapes the
+        // decoders still aborts: the fuzz target's own wrapper sees it.
+        let _ = std::panic::take_hook();
         let dir = std::env::temp_dir().join(format!("wasmgrid-fuzz-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("scratch directory");
         dir
