@@ -26,5 +26,13 @@ fn parquet_with_negative_column_offsets_is_a_decode_error() {
     let err = read_all(&file).expect_err("malformed");
     assert!(matches!(err, Error::Decode { .. }), "{err}");
     let message = err.to_string();
-    assert!(message.contains("fuzz-crash-1.parquet") && message.contains("malformed file"), "{message}");
+    assert!(message.contains("fuzz-crash-1.parquet") && message.contains("outside the 1122-byte file"), "{message}");
+}
+
+#[test]
+#[ignore = "known: the parquet crate's page reader loops without end on this file (data_decoders fuzz target); not fixed yet"]
+fn parquet_whose_page_headers_loop_is_refused() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fuzz-hang-1.parquet");
+    let err = read_all(&file).expect_err("malformed");
+    assert!(matches!(err, Error::Decode { .. }), "{err}");
 }

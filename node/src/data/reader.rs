@@ -50,8 +50,10 @@ impl PartitionReader {
             }
             (Span::RowGroups { first, count }, Format::Parquet) => {
                 let file = File::open(&partition.path).map_err(|e| Error::io("opening", &partition.path, e))?;
+                let length = file.metadata().map_err(|e| Error::io("reading", &partition.path, e))?.len();
                 let reader = ParquetRecordBatchReaderBuilder::try_new(file)
                     .and_then(|b| {
+                        check_chunks(b.metadata(), *first..first + count, length)?;
                         b.with_row_groups((*first..first + count).collect()).with_batch_size(PARQUET_BATCH_ROWS).build()
                     })
                     .map_err(|e| Error::Decode { path: partition.path.clone(), reason: e.to_string() })?;
@@ -180,4 +182,31 @@ fn lines_batch(chunk: &[u8]) -> Option<RecordBatch> {
     let lines: StringArray = text.lines().map(Some).collect();
     let schema: SchemaRef = Arc::new(Schema::new(vec![Field::new("line", DataType::Utf8, false)]));
     RecordBatch::try_new(schema, vec![Arc::new(lines) as ArrayRef]).ok()
+}
+
+/// Refuses row groups whose column chunks do not lie within the file: the
+/// parquet crate's page reader can loop without end on such a chunk (found
+/// by the `data_decoders` fuzz target).
+fn check_chunks(
+    metadata: &parquet::file::metadata::ParquetMetaData,
+    groups: std::ops::Range<usize>,
+    length: u64,
+) -> parquet::errors::Result<()> {
+    for group in groups {
+        let Some(row_group) = metadata.row_groups().get(group) else {
+            return Err(parquet::errors::ParquetError::General(format!("no row group {group}")));
+        };
+        for column in row_group.columns() {
+            let start = column.dictionary_page_offset().unwrap_or(column.data_page_offset());
+            let size = column.compressed_size();
+            let inside =
+                start >= 4 && size > 0 && u64::try_from(start.saturating_add(size)).is_ok_and(|end| end <= length);
+            if !inside {
+                return Err(parquet::errors::ParquetError::General(format!(
+                    "a column chunk of row group {group} claims bytes {start}..+{size}, outside the {length}-byte file"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
