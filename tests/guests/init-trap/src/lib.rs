@@ -8,10 +8,13 @@
 
 use wasmgrid_sdk::{Batch, BatchBuilder, Scorer};
 
+// Only in the component: a native build (the workspace's test run) must start.
+#[cfg(target_arch = "wasm32")]
 extern "C" fn start_up() {
     panic!("the model failed to load at start-up");
 }
 
+#[cfg(target_arch = "wasm32")]
 #[used]
 #[unsafe(link_section = ".init_array")]
 static START_UP: extern "C" fn() = start_up;
