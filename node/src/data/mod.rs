@@ -9,6 +9,7 @@
 //! WIT `batch` type and back.
 
 pub mod convert;
+mod parquet_file;
 mod reader;
 mod writer;
 
@@ -23,6 +24,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::{Error, Result};
 
+use parquet_file::ParquetFile;
 pub use reader::PartitionReader;
 pub use writer::OutputWriter;
 
@@ -228,7 +230,7 @@ fn plan_parquet(path: &Path, partition_size: u64, out: &mut Vec<Partition>) -> R
 }
 
 fn plan_parquet_unguarded(path: &Path, partition_size: u64, out: &mut Vec<Partition>) -> Result<()> {
-    let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    let file = File::open(path).and_then(ParquetFile::new).map_err(|e| Error::io("opening", path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| Error::Decode { path: path.to_path_buf(), reason: e.to_string() })?;
     let schema = builder.schema().clone();

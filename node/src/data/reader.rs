@@ -7,6 +7,7 @@ use arrow_array::{ArrayRef, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
+use super::parquet_file::ParquetFile;
 use super::{Format, Partition, Span, read_span};
 use crate::{Error, Result};
 
@@ -49,8 +50,10 @@ impl PartitionReader {
                 Source::Text { data: read_span(&partition.path, *start, *end)?, pos: 0 }
             }
             (Span::RowGroups { first, count }, Format::Parquet) => {
-                let file = File::open(&partition.path).map_err(|e| Error::io("opening", &partition.path, e))?;
-                let length = file.metadata().map_err(|e| Error::io("reading", &partition.path, e))?.len();
+                let file = File::open(&partition.path)
+                    .and_then(ParquetFile::new)
+                    .map_err(|e| Error::io("opening", &partition.path, e))?;
+                let length = file.length();
                 let reader = ParquetRecordBatchReaderBuilder::try_new(file)
                     .and_then(|b| {
                         check_chunks(b.metadata(), *first..first + count, length)?;
