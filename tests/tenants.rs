@@ -12,8 +12,8 @@ use common::{grid_cli, grid_ok};
 use serde_json::{Value, json};
 use wasmgrid_test_artifacts as guests;
 
-/// `wasmgrid ARGS` as tenant `small` (its token in `WASMGRID_TOKEN`).
-fn as_small(urls: &str, token: &str, args: &[&str]) -> std::process::Output {
+/// `wasmgrid ARGS` as the tenant of `token` (in `WASMGRID_TOKEN`).
+fn as_tenant(urls: &str, token: &str, args: &[&str]) -> std::process::Output {
     common::wasmgrid().env("WASMGRID_TOKEN", token).args(args).args(["--url", urls]).output().expect("runs")
 }
 
@@ -39,7 +39,7 @@ async fn quotas_are_enforced_with_errors_that_name_them() {
     let listed = grid_ok(&urls, &["tenants", "ls"]);
     assert!(listed.lines().any(|l| l.starts_with("small ") && l.contains(&room.to_string())), "{listed}");
     let token = grid_ok(&urls, &["tokens", "create", "--tenant", "small"]).trim().to_string();
-    let small = |args: &[&str]| as_small(&urls, &token, args);
+    let small = |args: &[&str]| as_tenant(&urls, &token, args);
 
     let model = format!("model={}", r#"{"features": ["amount"], "weights": [0.01], "bias": -1.0}"#);
     common::ok(small(&["deploy", "score", guests::LOGREG, "-c", &model]));
@@ -146,6 +146,74 @@ async fn quotas_are_enforced_with_errors_that_name_them() {
     assert_eq!(small["quotas"], quotas, "{small}");
 }
 
+/// One tenant's call: its status and when the answer came.
+async fn timed_call(url: String, token: String) -> (u16, Instant) {
+    let sent = reqwest::Client::new().post(url).bearer_auth(token).json(&json!({"rows": [{"amount": 1.0}]})).send();
+    let status = sent.await.map_or(0, |r| r.status().as_u16());
+    (status, Instant::now())
+}
+
+/// A node's call slots are shared fairly between tenants: with one slot,
+/// held by tenant A's slow call while three more of A's wait, tenant B's
+/// call gets the slot next, ahead of A's calls that came first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freed_call_slot_goes_to_the_tenant_with_fewest_running() {
+    let replicas = Replicas::start(1, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let urls = replicas.urls();
+    grid_ok(&urls, &["tenants", "create", "a"]);
+    grid_ok(&urls, &["tenants", "create", "b"]);
+    let a = grid_ok(&urls, &["tokens", "create", "--tenant", "a"]).trim().to_string();
+    let b = grid_ok(&urls, &["tokens", "create", "--tenant", "b"]).trim().to_string();
+    common::ok(as_tenant(
+        &urls,
+        &a,
+        &["deploy", "spin", guests::HOSTILE_SCORER, "-c", "mode=loop", "--timeout", "500ms"],
+    ));
+    common::ok(as_tenant(&urls, &b, &["deploy", "quick", guests::HOSTILE_SCORER, "-c", "mode=ok"]));
+    let flags = ["--max-calls", "1", "--max-concurrency", "8", "--queue-timeout", "30s"];
+    let node = Node::start_with(&urls, &replicas.dir.path().join("node"), &flags);
+    let spin = format!("{}/v1/fn/a/spin", node.url);
+    let quick = format!("{}/v1/fn/b/quick", node.url);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while timed_call(quick.clone(), b.clone()).await.0 != 200 || timed_call(spin.clone(), a.clone()).await.0 != 504 {
+        assert!(Instant::now() < deadline, "the node never served both functions");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let a_calls: Vec<_> = (0..4).map(|_| tokio::spawn(timed_call(spin.clone(), a.clone()))).collect();
+    // One of A's calls holds the node's only slot and three wait for it
+    // before B's call is sent.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = common::http().get(format!("{}/metrics", node.url)).send().await.expect("metrics");
+        let text = metrics.text().await.expect("text");
+        let gauge = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok());
+        match (gauge("wasmgrid_node_calls_running "), gauge("wasmgrid_node_calls_waiting ")) {
+            (Some(1), Some(3)) => break,
+            (Some(running), _) => assert!(running <= 1, "{running} calls hold one slot:\n{text}"),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "A's calls never all arrived:\n{text}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (b_status, b_done) = timed_call(quick.clone(), b.clone()).await;
+    assert_eq!(b_status, 200);
+    let mut a_done = Vec::new();
+    for call in a_calls {
+        let (status, done) = call.await.expect("A's call");
+        assert_eq!(status, 504, "A's calls run to their timeout");
+        a_done.push(done);
+    }
+    a_done.sort();
+    // First come first served would put B's call after all four of A's.
+    assert!(
+        b_done < a_done[1],
+        "B's call was answered after {} of A's calls that arrived before it",
+        a_done.iter().filter(|d| **d < b_done).count()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_is_metered_per_tenant_and_function() {
     let replicas = Replicas::start(1, 1000);
@@ -156,7 +224,7 @@ async fn usage_is_metered_per_tenant_and_function() {
     for tenant in ["u1", "u2"] {
         grid_ok(&urls, &["tenants", "create", tenant]);
         let token = grid_ok(&urls, &["tokens", "create", "--tenant", tenant]).trim().to_string();
-        common::ok(as_small(&urls, &token, &["deploy", "score", guests::LOGREG, "-c", &model]));
+        common::ok(as_tenant(&urls, &token, &["deploy", "score", guests::LOGREG, "-c", &model]));
         tokens.push(token);
     }
     let node = Node::start(&urls, &replicas.dir.path().join("node"));
@@ -181,7 +249,7 @@ async fn usage_is_metered_per_tenant_and_function() {
     assert_eq!(post("u2", &tokens[1], row).await, 200);
 
     let usage = |token: &str| -> Value {
-        serde_json::from_slice(&as_small(&urls, token, &["usage", "--json"]).stdout).expect("usage json")
+        serde_json::from_slice(&as_tenant(&urls, token, &["usage", "--json"]).stdout).expect("usage json")
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     let (u1, u2) = loop {
@@ -227,14 +295,14 @@ async fn call_logs_are_kept_per_function_and_shown_to_their_tenant_only() {
     let reader = token(&["tokens", "create", "--tenant", "owner", "--read-only"]);
     let caller = token(&["tokens", "create", "--tenant", "owner", "--invoke-only"]);
     let other = token(&["tokens", "create", "--tenant", "other"]);
-    common::ok(as_small(&urls, &owner, &["deploy", "talk", guests::HOSTILE_SCORER, "-c", "mode=chatty"]));
-    common::ok(as_small(&urls, &owner, &["deploy", "fail", guests::HOSTILE_SCORER, "-c", "mode=err"]));
+    common::ok(as_tenant(&urls, &owner, &["deploy", "talk", guests::HOSTILE_SCORER, "-c", "mode=chatty"]));
+    common::ok(as_tenant(&urls, &owner, &["deploy", "fail", guests::HOSTILE_SCORER, "-c", "mode=err"]));
     let node = Node::start(&urls, &replicas.dir.path().join("node"));
     for (name, want) in [("talk", "\"ok\":1.0"), ("talk", "\"ok\":1.0"), ("fail", "422")] {
         // `invoke` waits while the node loads a function, not for the node.
         let deadline = Instant::now() + Duration::from_secs(30);
         let (stdout, stderr) = loop {
-            let out = as_small(&urls, &caller, &["invoke", name, "--data", r#"{"x": 1.0}"#]);
+            let out = as_tenant(&urls, &caller, &["invoke", name, "--data", r#"{"x": 1.0}"#]);
             let (stdout, stderr) = common::text(&out);
             if !stderr.contains("no node is alive") || Instant::now() > deadline {
                 break (stdout, stderr);
@@ -243,7 +311,7 @@ async fn call_logs_are_kept_per_function_and_shown_to_their_tenant_only() {
         };
         assert!(stdout.contains(want) || stderr.contains(want), "{name}: {stdout} {stderr}");
     }
-    let logs = |token: &str, name: &str| as_small(&urls, token, &["logs", name]);
+    let logs = |token: &str, name: &str| as_tenant(&urls, token, &["logs", name]);
     let shown = common::ok_stdout(logs(&owner, "talk"));
     assert_eq!(shown.matches("info  scoring 1 rows").count(), 2, "{shown}");
     assert_eq!(shown.matches("warn  feature `x` is missing; using 0").count(), 2, "{shown}");

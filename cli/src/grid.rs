@@ -105,6 +105,10 @@ pub struct GatewayArgs {
     /// Calls of one function running at once [default: 2 per core].
     #[arg(long)]
     max_concurrency: Option<usize>,
+    /// Calls of all functions running at once on this node, shared fairly
+    /// between tenants [default: 2 per core].
+    #[arg(long)]
+    max_calls: Option<usize>,
     /// Calls of one function waiting for a slot; more get 429.
     #[arg(long, default_value_t = 64)]
     max_queue: usize,
@@ -122,6 +126,10 @@ impl GatewayArgs {
         if let Some(n) = self.max_concurrency {
             anyhow::ensure!(n > 0, "--max-concurrency must be at least 1");
             config.max_concurrency = n;
+        }
+        if let Some(n) = self.max_calls {
+            anyhow::ensure!(n > 0, "--max-calls must be at least 1");
+            config.max_calls = n;
         }
         config.max_queue = self.max_queue;
         config.queue_timeout = self.queue_timeout;

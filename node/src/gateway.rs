@@ -49,6 +49,7 @@ use wasmgrid_api::{
     Route, RouteTable, VERSION_HEADER, bearer_token, token_hash,
 };
 
+use crate::fair::{FairPermit, FairSlots};
 use crate::runtime::{Function, Io, Limits, Runtime};
 use crate::{Error, Kind};
 
@@ -60,6 +61,9 @@ pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 pub struct GatewayConfig {
     /// Calls of one function that run at once.
     pub max_concurrency: usize,
+    /// Calls of every function that run at once on this node, shared
+    /// fairly between tenants ([`FairSlots`]).
+    pub max_calls: usize,
     /// Calls of one function that may wait for a slot; more get 429.
     pub max_queue: usize,
     /// Longest a call waits for a slot; then 503.
@@ -73,6 +77,7 @@ impl Default for GatewayConfig {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         GatewayConfig {
             max_concurrency: cores * 2,
+            max_calls: cores * 2,
             max_queue: 64,
             queue_timeout: Duration::from_secs(1),
             max_body: 16 << 20,
@@ -263,6 +268,8 @@ struct Metrics {
     latency: Family<FunctionLabels, Histogram, fn() -> Histogram>,
     inflight: Family<FunctionLabels, Gauge>,
     gpu_seconds: Family<FunctionLabels, GpuSeconds>,
+    slots_running: Gauge,
+    slots_waiting: Gauge,
 }
 
 impl Metrics {
@@ -278,7 +285,15 @@ impl Metrics {
         registry.register("request_duration_seconds", "Time from a call's arrival to its answer", latency.clone());
         registry.register("inflight", "Calls running or waiting for a slot", inflight.clone());
         registry.register("gpu_seconds", "Time per-request calls spent in gpu kernels", gpu_seconds.clone());
-        Metrics { registry, requests, errors, latency, inflight, gpu_seconds }
+        let slots_running = Gauge::default();
+        let slots_waiting = Gauge::default();
+        registry.register("node_calls_running", "Calls holding one of the node's call slots", slots_running.clone());
+        registry.register(
+            "node_calls_waiting",
+            "Calls waiting for one of the node's call slots",
+            slots_waiting.clone(),
+        );
+        Metrics { registry, requests, errors, latency, inflight, gpu_seconds, slots_running, slots_waiting }
     }
 }
 
@@ -307,6 +322,8 @@ pub struct Gateway {
     /// Calls that may run on the async workers at once: one fewer than
     /// the workers, so a call that turns slow never stalls them all.
     inline: Arc<Semaphore>,
+    /// Calls of any function that may run at once, shared between tenants.
+    slots: Arc<FairSlots>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -320,7 +337,6 @@ impl Gateway {
     pub fn new(runtime: Arc<Runtime>, config: GatewayConfig) -> Arc<Gateway> {
         Arc::new(Gateway {
             runtime,
-            config,
             table: RwLock::new(Arc::new(Table::new())),
             grants: RwLock::new(None),
             failed: RwLock::new(Arc::new(Failed::new())),
@@ -334,6 +350,8 @@ impl Gateway {
             inline: Arc::new(Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| n.get()).saturating_sub(1).max(1),
             )),
+            slots: FairSlots::new(config.max_calls),
+            config,
         })
     }
 
@@ -664,6 +682,8 @@ async fn metrics(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Res
     if let Err(refused) = gateway.operator(&headers) {
         return refused.into_response();
     }
+    gateway.metrics.slots_running.set(gateway.slots.in_use() as i64);
+    gateway.metrics.slots_waiting.set(gateway.slots.waiting() as i64);
     let mut text = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &gateway.metrics.registry) {
         return failure(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("encoding metrics: {e}"));
@@ -697,9 +717,34 @@ impl Drop for InFlight {
     }
 }
 
-/// Waits for one of the function's slots, within its queue bound and the
+/// What a running call holds: one of the function's slots and one of the
+/// node's, given back when dropped.
+struct Admitted {
+    _function: OwnedSemaphorePermit,
+    _node: FairPermit,
+}
+
+/// Waits for one of the function's slots, within its queue bound, then for
+/// one of the node's, in the fair order between tenants, both within the
 /// queue timeout; answers 429 or 503 (with `Retry-After`) otherwise.
-async fn admit(gateway: &Gateway, served: &Served, name: &str) -> Result<OwnedSemaphorePermit, Response> {
+async fn admit(gateway: &Gateway, served: &Served, tenant: &str, name: &str) -> Result<Admitted, Response> {
+    let started = Instant::now();
+    let function = admit_function(gateway, served, name).await?;
+    let left = gateway.config.queue_timeout.saturating_sub(started.elapsed());
+    match tokio::time::timeout(left, gateway.slots.acquire(tenant)).await {
+        Ok(node) => Ok(Admitted { _function: function, _node: node }),
+        Err(_) => {
+            let message = format!(
+                "this node is running its limit of {} calls at once and had no free slot within {:?}; retry later",
+                gateway.slots.capacity(),
+                gateway.config.queue_timeout
+            );
+            Err(busy(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message))
+        }
+    }
+}
+
+async fn admit_function(gateway: &Gateway, served: &Served, name: &str) -> Result<OwnedSemaphorePermit, Response> {
     if let Ok(p) = served.gate.slots.clone().try_acquire_owned() {
         return Ok(p);
     }
@@ -764,6 +809,11 @@ async fn call(
     let Some(served) = served else {
         return not_served(gateway, tenant, name);
     };
+    // Before any work on the body: a tenant over its quota is refused cheaply.
+    let share = match gateway.tenant_share(tenant) {
+        Ok(p) => p,
+        Err(refused) => return refused.into_response(),
+    };
     let body = match body {
         Ok(b) => b,
         Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -792,11 +842,7 @@ async fn call(
     }
 
     let _inflight = InFlight::new(gateway, labels.clone());
-    let share = match gateway.tenant_share(tenant) {
-        Ok(p) => p,
-        Err(refused) => return refused.into_response(),
-    };
-    let permit = match admit(gateway, &served, name).await {
+    let permit = match admit(gateway, &served, tenant, name).await {
         Ok(p) => (p, share),
         Err(busy) => return busy,
     };
@@ -1137,7 +1183,7 @@ async fn http_answer(
         Ok(p) => p,
         Err(refused) => return refused.into_response(),
     };
-    let permit = match admit(gateway, &served, name).await {
+    let permit = match admit(gateway, &served, tenant, name).await {
         Ok(p) => (p, share),
         Err(busy) => return busy,
     };

@@ -22,6 +22,7 @@ pub mod batch;
 pub mod bindings;
 pub mod data;
 mod error;
+pub mod fair;
 pub mod gateway;
 pub mod gpu;
 pub mod local;
