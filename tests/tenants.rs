@@ -332,4 +332,52 @@ async fn call_logs_are_kept_per_function_and_shown_to_their_tenant_only() {
         .expect("answer");
     assert_eq!(raw.status(), 404);
     assert!(!raw.text().await.expect("body").contains("scoring"));
+
+    // A job's attempts keep theirs on the node that ran them.
+    let input = replicas.dir.path().join("input");
+    std::fs::create_dir_all(&input).expect("input");
+    for f in 0..3 {
+        common::write_jsonl(&input.join(format!("part-{f}.jsonl")), &[json!({"x": 1.0}), json!({"x": 2.0})]);
+    }
+    let one = replicas.dir.path().join("one.jsonl");
+    common::write_jsonl(&one, &[json!({"x": 1.0})]);
+    let job = |function: &str, input: &std::path::Path| {
+        let output = replicas.dir.path().join(format!("out-{function}")).display().to_string();
+        let input = input.display().to_string();
+        let args = ["job", "submit", function, "--tenant", "owner", "--input", &input, "--output", &output];
+        let id = grid_ok(&urls, &[&args[..], &["--max-attempts", "2"]].concat()).trim().to_string();
+        // `wait` fails with the job; the logs are what is checked.
+        grid_cli(&urls, &["job", "wait", &id, "--tenant", "owner"]);
+        id
+    };
+    let talked = job("talk", &input);
+    let shown = common::ok_stdout(as_tenant(&urls, &reader, &["job", "logs", &talked]));
+    assert!(shown.contains("no task failed"), "{shown}");
+    assert_eq!(shown.matches("info  scoring 2 rows").count(), 3, "{shown}");
+    assert_eq!(shown.matches("warn  feature `x` is missing; using 0").count(), 3, "{shown}");
+    assert_eq!(shown.matches("stdout to stdout").count(), 3, "{shown}");
+    assert_eq!(shown.matches("stderr to stderr").count(), 3, "{shown}");
+    for task in 0..3 {
+        assert!(shown.contains(&format!(" map{task}#")), "task {task}: {shown}");
+    }
+    // One task, so that both its attempts run before the job fails.
+    let failed = job("fail", &one);
+    let shown = common::ok_stdout(as_tenant(&urls, &owner, &["job", "logs", &failed]));
+    assert_eq!(shown.matches("failed: function returned an error: the model refuses these rows").count(), 2, "{shown}");
+    let json: Value =
+        serde_json::from_str(&common::ok_stdout(as_tenant(&urls, &owner, &["job", "logs", &failed, "--json"])))
+            .expect("json");
+    assert_eq!(json["attempts"].as_array().map(Vec::len), Some(2), "{json}");
+    assert_eq!(json["tasks"].as_array().map(Vec::len), Some(1), "{json}");
+    // Nor are a job's logs shown to another tenant, or to an invoke-only token.
+    assert!(common::fails(as_tenant(&urls, &other, &["job", "logs", &talked])).contains("404"));
+    assert!(common::fails(as_tenant(&urls, &caller, &["job", "logs", &talked])).contains("403"));
+    let raw = reqwest::Client::new()
+        .get(format!("{}/v1/jobs/owner/{talked}/logs", node.url))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(raw.status(), 404);
+    assert!(!raw.text().await.expect("body").contains("scoring"));
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use wasmgrid_api::{Client, DeployRequest, GpuPlacement, InvokeRequest, NodeState};
+use wasmgrid_api::{CallLogLine, Client, DeployRequest, GpuPlacement, InvokeRequest, NodeState};
 use wasmgrid_control_plane::server::{self, Config as ReplicaConfig};
 use wasmgrid_node::Runtime;
 use wasmgrid_node::agent::{self, AgentConfig};
@@ -654,15 +654,19 @@ pub struct LogsArgs {
     client: ClientArgs,
 }
 
-/// `wasmgrid logs NAME`: the latest calls' logs from every node, merged by time.
-pub fn logs(args: LogsArgs) -> Result<()> {
-    let c = client(&args.client)?;
-    let rt = tokio_runtime()?;
-    let tenant = match &args.client.tenant {
+/// The tenant the client acts for, and the nodes to read logs from: `node`
+/// only, or every alive node (id and URL).
+pub fn log_sources(
+    c: &Client,
+    rt: &tokio::runtime::Runtime,
+    args: &ClientArgs,
+    node: Option<&String>,
+) -> Result<(String, Vec<(String, String)>)> {
+    let tenant = match &args.tenant {
         Some(t) => t.clone(),
         None => rt.block_on(c.whoami()).context("asking the control plane whose token this is")?.tenant,
     };
-    let nodes: Vec<(String, String)> = match &args.node {
+    let nodes = match node {
         Some(url) => vec![(url.clone(), url.clone())],
         None => rt
             .block_on(c.nodes())
@@ -673,6 +677,29 @@ pub fn logs(args: LogsArgs) -> Result<()> {
             .map(|n| (n.id, n.address))
             .collect(),
     };
+    Ok((tenant, nodes))
+}
+
+/// Prints what one invocation logged, each line after `head`.
+pub fn print_guest_output(head: &str, lines: &[CallLogLine], dropped: u64, stdout: &str, stderr: &str) {
+    for line in lines {
+        println!("{head} {:5} {}", line.level, line.message);
+    }
+    if dropped > 0 {
+        println!("{head} ({dropped} more lines dropped)");
+    }
+    for (stream, text) in [("stdout", stdout), ("stderr", stderr)] {
+        for line in text.lines() {
+            println!("{head} {stream} {line}");
+        }
+    }
+}
+
+/// `wasmgrid logs NAME`: the latest calls' logs from every node, merged by time.
+pub fn logs(args: LogsArgs) -> Result<()> {
+    let c = client(&args.client)?;
+    let rt = tokio_runtime()?;
+    let (tenant, nodes) = log_sources(&c, &rt, &args.client, args.node.as_ref())?;
     let mut calls = Vec::new();
     let mut found = false;
     for (id, url) in &nodes {
@@ -698,17 +725,7 @@ pub fn logs(args: LogsArgs) -> Result<()> {
     for (node, call) in calls {
         let at = call.at_ms as f64 / 1000.0;
         let head = format!("{at:.3} {node} v{}", call.version);
-        for line in &call.lines {
-            println!("{head} {:5} {}", line.level, line.message);
-        }
-        if call.dropped > 0 {
-            println!("{head} ({} more lines dropped)", call.dropped);
-        }
-        for (stream, text) in [("stdout", &call.stdout), ("stderr", &call.stderr)] {
-            for line in text.lines() {
-                println!("{head} {stream} {line}");
-            }
-        }
+        print_guest_output(&head, &call.lines, call.dropped, &call.stdout, &call.stderr);
         if let Some(error) = &call.error {
             println!("{head} failed: {}", error.lines().next().unwrap_or_default());
         }

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use wasmgrid_api::{Client, JobCommit, JobInfo, JobRequest, JobState, PartitionSpec, Stage};
 use wasmgrid_control_plane::server::{DEFAULT_PARTITION_SIZE, JobIo};
 
-use crate::grid::{ClientArgs, client, print_json, table, tokio_runtime};
+use crate::grid::{ClientArgs, client, log_sources, print_guest_output, print_json, table, tokio_runtime};
 use crate::units;
 
 /// Plans and publishes jobs on a file system the control plane shares
@@ -96,10 +96,14 @@ pub enum JobCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// The errors of a job's failed attempts, per task.
+    /// The errors of a job's failed attempts, per task, then what its
+    /// latest attempts on each node logged (guest logs, stdout, stderr).
     Logs {
         /// The job id.
         id: String,
+        /// Only this node's attempts [default: every alive node].
+        #[arg(long)]
+        node: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -286,10 +290,24 @@ pub fn job(command: JobCommand) -> Result<()> {
             let job = rt.block_on(wait(&c, &id, args.json))?;
             finished(&job, args.json)
         }
-        JobCommand::Logs { id, client: args } => {
-            let logs = rt.block_on(client(&args)?.job_logs(&id))?;
+        JobCommand::Logs { id, node, client: args } => {
+            let c = client(&args)?;
+            let logs = rt.block_on(c.job_logs(&id))?;
+            let (tenant, nodes) = log_sources(&c, &rt, &args, node.as_ref())?;
+            let mut attempts = Vec::new();
+            for (node, url) in &nodes {
+                match rt.block_on(c.attempt_logs(url, &tenant, &id)) {
+                    Ok(kept) => attempts.extend(kept.attempts.into_iter().map(|a| (node.clone(), a))),
+                    // No attempt of the job logged on that node.
+                    Err(wasmgrid_api::ApiError::Http { status: 404, .. }) => {}
+                    Err(e) => return Err(e).with_context(|| format!("reading the job's logs from node {node}")),
+                }
+            }
+            attempts.sort_by_key(|(_, a)| a.at_ms);
             if args.json {
-                return print_json(&logs);
+                let attempts: Vec<_> =
+                    attempts.iter().map(|(node, a)| serde_json::json!({ "node": node, "attempt": a })).collect();
+                return print_json(&serde_json::json!({ "id": logs.id, "tasks": logs.tasks, "attempts": attempts }));
             }
             if logs.tasks.is_empty() {
                 println!("{}: no task failed", logs.id);
@@ -303,6 +321,14 @@ pub fn job(command: JobCommand) -> Result<()> {
                     t.failures,
                     t.last_error.as_deref().unwrap_or("-")
                 );
+            }
+            for (node, a) in &attempts {
+                let at = a.at_ms as f64 / 1000.0;
+                let head = format!("{at:.3} {node} {}{}#{}", a.stage.name(), a.task, a.attempt);
+                print_guest_output(&head, &a.lines, a.dropped, &a.stdout, &a.stderr);
+                if let Some(error) = &a.error {
+                    println!("{head} failed: {}", error.lines().next().unwrap_or_default());
+                }
             }
             Ok(())
         }

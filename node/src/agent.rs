@@ -156,6 +156,7 @@ pub async fn start(config: AgentConfig, runtime: Arc<Runtime>) -> Result<Agent, 
         modules_dir: modules_dir.clone(),
         slots,
         nice: config.task_nice,
+        logs: gateway.job_logs().clone(),
     };
     let background = vec![
         tokio::spawn(watch(gateway.clone(), poll_client, modules_dir)),

@@ -21,8 +21,9 @@ use wasmgrid_api::{JobCommit, JobRequest, PartitionSpec, SpanSpec, Stage, TaskAs
 
 use crate::data::{self, Format, OutputWriter, PartitionReader, Span};
 use crate::local::{part_name, prepare_output};
+use crate::logs::Kept;
 use crate::pairs::Pairs;
-use crate::runtime::{Function, Io, Kind, Limits};
+use crate::runtime::{Finished, Function, Instance, Io, Kind, Limits, Logs};
 use crate::store::{self, Place};
 use crate::{Error, Result};
 
@@ -114,6 +115,36 @@ impl Written {
     }
 }
 
+/// What an attempt's guest logged and wrote to stdout and stderr.
+#[derive(Debug, Default)]
+pub struct GuestOutput {
+    logs: Logs,
+    stdout: String,
+    stderr: String,
+}
+
+impl GuestOutput {
+    /// What is kept of it, with the attempt's error.
+    pub fn kept(self, error: Option<&Error>) -> Option<Kept> {
+        Kept::of(&self.logs, &self.stdout, &self.stderr, error.map(ToString::to_string))
+    }
+}
+
+/// Runs `body` with `instance`, then keeps the guest's output in `out`
+/// whether or not `body` failed.
+fn observed<T>(
+    mut instance: Instance,
+    out: &mut GuestOutput,
+    body: impl FnOnce(&mut Instance) -> Result<T>,
+) -> Result<(T, Finished)> {
+    let result = body(&mut instance);
+    let mut finished = instance.finish();
+    out.logs = std::mem::take(&mut finished.logs);
+    out.stdout = std::mem::take(&mut finished.stdout);
+    out.stderr = std::mem::take(&mut finished.stderr);
+    result.map(|t| (t, finished))
+}
+
 /// The limits an attempt's calls run under; setting `cancel` stops them.
 pub fn limits(task: &TaskAssignment, cancel: Option<Arc<AtomicBool>>) -> Limits {
     Limits {
@@ -127,8 +158,14 @@ pub fn limits(task: &TaskAssignment, cancel: Option<Arc<AtomicBool>>) -> Limits 
 
 /// Runs one attempt of `task` with `function` (its module, compiled);
 /// setting `cancel` stops it. Output in an object store is written to a
-/// local scratch directory first and uploaded once complete.
-pub fn run(function: &Function, task: &TaskAssignment, cancel: Option<Arc<AtomicBool>>) -> Result<Written> {
+/// local scratch directory first and uploaded once complete. What the guest
+/// logged goes to `out`, whether the attempt succeeds or not.
+pub fn run(
+    function: &Function,
+    task: &TaskAssignment,
+    cancel: Option<Arc<AtomicBool>>,
+    out: &mut GuestOutput,
+) -> Result<Written> {
     let work_place = Place::parse(&task.work_dir).map_err(Error::Job)?;
     let suffix = format!("_temporary/{}", task.job);
     let output_uri = task.work_dir.strip_suffix(&suffix).unwrap_or(&task.work_dir).trim_end_matches('/').to_string();
@@ -138,7 +175,7 @@ pub fn run(function: &Function, task: &TaskAssignment, cancel: Option<Arc<Atomic
         _ => std::env::temp_dir().join("wasmgrid-attempts").join(&task.job).join(format!("{:x}", task.attempt)),
     };
     std::fs::create_dir_all(&work).map_err(|e| Error::io("creating", &work, e))?;
-    let written = attempt(function, task, cancel, &work, &output);
+    let written = attempt(function, task, cancel, &work, &output, out);
     if work_place.is_remote() {
         let uploaded = written.and_then(|w| {
             for file in w.files.iter().filter(|f| !f.is_empty()) {
@@ -159,6 +196,7 @@ fn attempt(
     cancel: Option<Arc<AtomicBool>>,
     work: &Path,
     output: &Place,
+    out: &mut GuestOutput,
 ) -> Result<Written> {
     let work = work.to_path_buf();
     let suffix = format!("_temporary/{}", task.job);
@@ -188,19 +226,21 @@ fn attempt(
             match function.kind() {
                 Kind::Scorer => {
                     let mut writer = writer;
-                    let mut instance = function.instantiate(&limits, config, Io::default())?;
-                    while let Some(batch) = reader.next_batch(4096)? {
-                        writer.write_batch(&instance.score_arrow(&batch)?)?;
-                    }
+                    let instance = function.instantiate(&limits, config, Io::default())?;
+                    let ((), finished) = observed(instance, out, |instance| {
+                        while let Some(batch) = reader.next_batch(4096)? {
+                            writer.write_batch(&instance.score_arrow(&batch)?)?;
+                        }
+                        Ok(())
+                    })?;
                     let rows = writer.finish()?;
-                    let (files, records_in, gpu_time) = (vec![relative(&dest)], reader.records(), instance.gpu_time());
+                    let (files, records_in, gpu_time) = (vec![relative(&dest)], reader.records(), finished.gpu_time);
                     Ok(Written { files, rows: vec![rows], records_in, gpu_time })
                 }
                 Kind::Mapper => {
                     let io = Io { input: Some(reader), output: Some(writer) };
-                    let mut instance = function.instantiate(&limits, config, io)?;
-                    instance.run(task.task)?;
-                    let finished = instance.finish();
+                    let instance = function.instantiate(&limits, config, io)?;
+                    let ((), finished) = observed(instance, out, |instance| instance.run(task.task))?;
                     let reduce = task.reduce_partitions as usize;
                     if reduce == 0 {
                         if !finished.pairs.is_empty() {
@@ -265,10 +305,13 @@ fn attempt(
             let groups = crate::pairs::group(&inputs);
             let dest = work.join(format!("{stem}.{}", format.extension()));
             let mut writer = OutputWriter::create_in_place(&dest, format)?;
-            let mut instance = function.instantiate(&limits, config, Io::default())?;
-            for (key, values) in &groups {
-                writer.write_record(&instance.reduce(key, values)?)?;
-            }
+            let instance = function.instantiate(&limits, config, Io::default())?;
+            observed(instance, out, |instance| {
+                for (key, values) in &groups {
+                    writer.write_record(&instance.reduce(key, values)?)?;
+                }
+                Ok(())
+            })?;
             let rows = writer.finish()?;
             let (files, records_in) = (vec![relative(&dest)], groups.len() as u64);
             Ok(Written { files, rows: vec![rows], records_in, gpu_time: Duration::ZERO })

@@ -45,11 +45,12 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmgrid_api::{
-    CallLog, CallLogLine, CallLogs, ErrorBody, ErrorDetail, FunctionUsage, GpuPlacement, Grant, InvokeResponse, Role,
+    AttemptLogs, CallLog, CallLogs, ErrorBody, ErrorDetail, FunctionUsage, GpuPlacement, Grant, InvokeResponse, Role,
     Route, RouteTable, VERSION_HEADER, bearer_token, token_hash,
 };
 
 use crate::fair::{FairPermit, FairSlots};
+use crate::logs::{JobLogs, Kept};
 use crate::runtime::{Function, Io, Limits, Runtime};
 use crate::{Error, Kind};
 
@@ -117,8 +118,6 @@ pub struct Served {
 
 /// Calls whose logs a node keeps per function (the latest).
 const KEPT_CALL_LOGS: usize = 64;
-/// Bytes of logs, stdout and stderr kept per call.
-const MAX_CALL_LOG: usize = 16 << 10;
 
 /// What one function's calls used on this node, since it started, and
 /// what its latest calls logged.
@@ -166,28 +165,17 @@ impl Served {
     fn settle(&self, instance: crate::Instance, error: Option<&Error>) {
         self.charge_gpu(&instance);
         let done = instance.finish();
-        if done.logs.lines.is_empty() && done.stdout.is_empty() && done.stderr.is_empty() && error.is_none() {
+        let Some(kept) = Kept::of(&done.logs, &done.stdout, &done.stderr, error.map(|e| e.to_string())) else {
             return;
-        }
-        let mut budget = MAX_CALL_LOG;
-        let mut cut = |s: &str| {
-            let keep = s.len().min(budget);
-            let keep = (0..=keep).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
-            budget -= keep;
-            s[..keep].to_string()
         };
-        let lines: Vec<CallLogLine> =
-            done.logs.lines.iter().map(|l| CallLogLine { level: l.level.into(), message: cut(&l.message) }).collect();
         let entry = CallLog {
-            at_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            at_ms: crate::logs::now_ms(),
             version: self.route.version,
-            error: error.map(|e| cut(&e.to_string())),
-            lines,
-            dropped: done.logs.dropped,
-            stdout: cut(&done.stdout),
-            stderr: cut(&done.stderr),
+            error: kept.error,
+            lines: kept.lines,
+            dropped: kept.dropped,
+            stdout: kept.stdout,
+            stderr: kept.stderr,
         };
         if let Ok(mut logs) = self.meter.logs.lock() {
             if logs.len() == KEPT_CALL_LOGS {
@@ -324,6 +312,8 @@ pub struct Gateway {
     inline: Arc<Semaphore>,
     /// Calls of any function that may run at once, shared between tenants.
     slots: Arc<FairSlots>,
+    /// What batch attempts on this node logged (the worker keeps them).
+    job_logs: Arc<JobLogs>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -351,6 +341,7 @@ impl Gateway {
                 std::thread::available_parallelism().map_or(1, |n| n.get()).saturating_sub(1).max(1),
             )),
             slots: FairSlots::new(config.max_calls),
+            job_logs: Arc::default(),
             config,
         })
     }
@@ -358,6 +349,11 @@ impl Gateway {
     /// The runtime functions are loaded into.
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.runtime
+    }
+
+    /// Where batch attempts on this node keep what they logged.
+    pub fn job_logs(&self) -> &Arc<JobLogs> {
+        &self.job_logs
     }
 
     /// The HTTP routes.
@@ -371,6 +367,7 @@ impl Gateway {
                 any(http_path).layer(DefaultBodyLimit::max(self.config.max_body)),
             )
             .route("/v1/logs/{tenant}/{name}", get(call_logs))
+            .route("/v1/jobs/{tenant}/{id}/logs", get(attempt_logs))
             .route("/v1/health", get(health))
             .route("/v1/routes", get(served_routes))
             .route("/metrics", get(metrics))
@@ -676,6 +673,35 @@ async fn call_logs(
     };
     let calls = meter.logs.lock().map(|l| l.iter().cloned().collect()).unwrap_or_default();
     (StatusCode::OK, axum::Json(CallLogs { tenant, function: name, calls })).into_response()
+}
+
+/// What the latest attempts of `tenant`'s job `id` on this node logged,
+/// for the same tokens as [`call_logs`]. A job with no attempt that logged
+/// here, or another tenant's, is a 404.
+async fn attempt_logs(
+    State(gateway): State<Arc<Gateway>>,
+    UrlPath((tenant, job)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let grant = match gateway.grant(&headers) {
+        Ok(g) => g,
+        Err(refused) => return refused.into_response(),
+    };
+    let not_here = || {
+        let message = format!("no attempt of job `{job}` logged anything on this node");
+        failure(StatusCode::NOT_FOUND, "not_found", message)
+    };
+    if grant.role != Role::Admin && grant.tenant.as_deref() != Some(tenant.as_str()) {
+        return not_here();
+    }
+    if !matches!(grant.role, Role::Admin | Role::Full | Role::ReadOnly) {
+        let message = format!("a {} token may not read logs", grant.role.name());
+        return failure(StatusCode::FORBIDDEN, "forbidden", message);
+    }
+    match gateway.job_logs.get(&tenant, &job) {
+        Some(attempts) => (StatusCode::OK, axum::Json(AttemptLogs { tenant, job, attempts })).into_response(),
+        None => not_here(),
+    }
 }
 
 async fn metrics(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {

@@ -26,6 +26,7 @@ pub mod fair;
 pub mod gateway;
 pub mod gpu;
 pub mod local;
+pub mod logs;
 pub mod pairs;
 pub mod runtime;
 pub mod store;

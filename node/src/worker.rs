@@ -49,6 +49,8 @@ pub struct Worker {
     /// increment (0: the same): a busy batch job leaves the node's CPU to
     /// the calls that someone is waiting for.
     pub nice: i32,
+    /// Where attempts keep what they logged.
+    pub logs: Arc<crate::logs::JobLogs>,
 }
 
 /// Runs until the task is aborted.
@@ -151,8 +153,12 @@ async fn attempt(worker: &Worker, pool: &Pool, task: &TaskAssignment, stop: &Arc
     // On the batch threads, at their priority (the blocking pool's threads
     // also serve per-request calls).
     let (tx, rx) = tokio::sync::oneshot::channel();
+    let logs = worker.logs.clone();
     let queued = pool.run(Box::new(move || {
-        let _ = tx.send(crate::batch::run(&function, &t, Some(cancel)));
+        let mut output = crate::batch::GuestOutput::default();
+        let result = crate::batch::run(&function, &t, Some(cancel), &mut output);
+        logs.keep(&t, output.kept(result.as_ref().err()));
+        let _ = tx.send(result);
     }));
     let done = match queued {
         Ok(()) => rx.await.map_err(|_| "the attempt's thread stopped".to_string()),

@@ -352,6 +352,17 @@ impl Client {
     /// `node_url`, with this client's token.
     pub async fn call_logs(&self, node_url: &str, tenant: &str, name: &str) -> Result<CallLogs, ApiError> {
         let url = format!("{}/v1/logs/{}/{}", normalize_url(node_url)?, segment(tenant), segment(name));
+        self.node_get(url).await
+    }
+
+    /// What the latest attempts of `tenant`'s job `id` on the node at
+    /// `node_url` logged, with this client's token.
+    pub async fn attempt_logs(&self, node_url: &str, tenant: &str, id: &str) -> Result<AttemptLogs, ApiError> {
+        let url = format!("{}/v1/jobs/{}/{}/logs", normalize_url(node_url)?, segment(tenant), segment(id));
+        self.node_get(url).await
+    }
+
+    async fn node_get<T: DeserializeOwned>(&self, url: String) -> Result<T, ApiError> {
         let mut request = self.http.get(&url);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);

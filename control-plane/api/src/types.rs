@@ -842,6 +842,9 @@ pub struct TaskFunction {
 pub struct TaskAssignment {
     /// The job.
     pub job: String,
+    /// The job's tenant.
+    #[serde(default)]
+    pub tenant: String,
     /// The stage.
     pub stage: Stage,
     /// The task's index within the stage.
@@ -986,4 +989,39 @@ pub struct JobLogs {
     pub id: String,
     /// Tasks with failures, by stage and index.
     pub tasks: Vec<TaskLog>,
+}
+
+/// What one attempt at a job's task logged, on the node that ran it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptLog {
+    /// The stage.
+    pub stage: Stage,
+    /// The task.
+    pub task: u32,
+    /// The attempt.
+    pub attempt: u64,
+    /// When it ended, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// Its error, if it failed.
+    pub error: Option<String>,
+    /// What it logged through the `log` interface.
+    pub lines: Vec<CallLogLine>,
+    /// Lines it logged past the per-attempt budget.
+    pub dropped: u64,
+    /// What it wrote to stdout.
+    pub stdout: String,
+    /// What it wrote to stderr.
+    pub stderr: String,
+}
+
+/// `GET /v1/jobs/{tenant}/{id}/logs` on a node: the latest attempts of the
+/// job on that node that logged something or failed, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptLogs {
+    /// The tenant.
+    pub tenant: String,
+    /// The job.
+    pub job: String,
+    /// The attempts.
+    pub attempts: Vec<AttemptLog>,
 }

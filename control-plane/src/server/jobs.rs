@@ -156,6 +156,7 @@ impl Run {
         };
         TaskAssignment {
             job: self.record.id.clone(),
+            tenant: self.record.tenant.clone(),
             stage: self.stage,
             task,
             attempt,
