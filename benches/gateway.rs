@@ -155,7 +155,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 /// server's CPU time per request in microseconds.
 fn saturation(url: &str, pid: u32, body_file: &Path, dir: &Path) -> (f64, f64) {
     let cpu_before = cpu_seconds(pid);
-    let run = common::load::wrk(url, body_file, common::TOKEN, 16, 5, dir);
+    let run = common::load::wrk(url, body_file, common::TOKEN, 16, 5, 0, dir);
     let cpu = cpu_seconds(pid) - cpu_before;
     assert_eq!(run.non_2xx, 0, "{url} answered errors under load:\n{}", run.text);
     (run.rate, cpu * 1e6 / run.requests.max(1.0))

@@ -214,6 +214,66 @@ async fn a_freed_call_slot_goes_to_the_tenant_with_fewest_running() {
     );
 }
 
+/// (scheduling policy, nice) of each of process `pid`'s batch threads.
+fn batch_threads(pid: u32) -> Vec<(u64, i64)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("threads").flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("wasmgrid-task") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).expect("stat");
+        // Fields after the command name, which ends with the last ')'.
+        let fields: Vec<&str> = stat.rsplit_once(')').expect("stat").1.split_whitespace().collect();
+        // nice is field 19 and policy field 41 of stat(5); these start at 3.
+        found.push((fields[41 - 3].parse().expect("policy"), fields[19 - 3].parse().expect("nice")));
+    }
+    found
+}
+
+/// Batch attempts run below calls: at `nice` 10 by default, under
+/// `SCHED_IDLE` with `--task-nice idle`, and a job still completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_threads_run_below_calls() {
+    const SCHED_OTHER: u64 = 0;
+    const SCHED_IDLE: u64 = 5;
+    let replicas = Replicas::start(1, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let urls = replicas.urls();
+    let plain = Node::start_with(&urls, &replicas.dir.path().join("plain"), &["--task-slots", "2"]);
+    let idle =
+        Node::start_with(&urls, &replicas.dir.path().join("idle"), &["--task-slots", "2", "--task-nice", "idle"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (plain_threads, idle_threads) = loop {
+        let found = (batch_threads(plain.pid()), batch_threads(idle.pid()));
+        if found.0.len() == 2 && found.1.len() == 2 {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "the nodes' batch threads never started: {found:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(plain_threads, vec![(SCHED_OTHER, 10); 2]);
+    assert!(idle_threads.iter().all(|(policy, _)| *policy == SCHED_IDLE), "{idle_threads:?}");
+    let bad = common::wasmgrid().args(["node", "--task-nice", "20", "--control-plane", &urls]).output().expect("runs");
+    assert!(!bad.status.success());
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(said.contains("neither `idle` nor a nice increment from 0 to 19"), "{said}");
+
+    // A job on both nodes completes.
+    let model = format!("model={}", r#"{"features": ["amount"], "weights": [0.01], "bias": -1.0}"#);
+    grid_ok(&urls, &["deploy", "score", guests::LOGREG, "-c", &model]);
+    let input = replicas.dir.path().join("input");
+    std::fs::create_dir_all(&input).expect("input");
+    for f in 0..8 {
+        let rows: Vec<Value> = (0..10).map(|i| json!({"id": f * 10 + i, "amount": (f * 10 + i) as f64})).collect();
+        common::write_jsonl(&input.join(format!("part-{f}.jsonl")), &rows);
+    }
+    let out = replicas.dir.path().join("out");
+    let (input, out_dir) = (input.display().to_string(), out.display().to_string());
+    grid_ok(&urls, &["job", "submit", "score", "--input", &input, "--output", &out_dir, "--wait"]);
+    assert_eq!(common::scores_in(&out).len(), 80);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_is_metered_per_tenant_and_function() {
     let replicas = Replicas::start(1, 1000);

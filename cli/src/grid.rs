@@ -14,6 +14,7 @@ use wasmgrid_control_plane::server::{self, Config as ReplicaConfig};
 use wasmgrid_node::Runtime;
 use wasmgrid_node::agent::{self, AgentConfig};
 use wasmgrid_node::gateway::GatewayConfig;
+use wasmgrid_node::worker::TaskPriority;
 
 use crate::{CompileArgs, access, runtime_config, units};
 
@@ -85,10 +86,12 @@ pub struct NodeArgs {
     /// Batch task attempts run at once [default: one per core].
     #[arg(long, default_value_t = 0, hide_default_value = true)]
     task_slots: usize,
-    /// How much lower than per-request calls batch attempts run, as a
-    /// `nice` increment (0: the same priority).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
-    task_nice: i32,
+    /// How much lower than per-request calls batch attempts run: a `nice`
+    /// increment from 0 (the same priority) to 19, or `idle` (only on CPU
+    /// time nothing else wants, Linux's SCHED_IDLE: for nodes whose calls'
+    /// latency matters more than their jobs' progress).
+    #[arg(long, default_value = "10")]
+    task_nice: TaskPriority,
     /// A file holding the node's token (`wasmgrid tokens create --node`, or
     /// the admin token) [default: WASMGRID_TOKEN].
     #[arg(long, env = "WASMGRID_TOKEN_FILE")]
@@ -338,7 +341,7 @@ pub fn node(args: NodeArgs) -> Result<()> {
         id: args.id,
         gateway: args.gateway.config()?,
         task_slots: args.task_slots,
-        task_nice: args.task_nice,
+        task_priority: args.task_nice,
         token,
     };
     tokio_runtime()?.block_on(async move {
@@ -368,7 +371,7 @@ pub fn dev(args: DevArgs, compile: &CompileArgs) -> Result<()> {
             id: Some("dev".into()),
             gateway: args.admission.config()?,
             task_slots: 0,
-            task_nice: 10,
+            task_priority: TaskPriority::Nice(10),
             token: admin,
         };
         let agent = agent::start(node, runtime).await?;

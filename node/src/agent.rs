@@ -51,8 +51,8 @@ pub struct AgentConfig {
     pub gateway: GatewayConfig,
     /// Batch task attempts run at once (0: one per core).
     pub task_slots: usize,
-    /// How much lower than per-request calls batch attempts run (`nice`).
-    pub task_nice: i32,
+    /// How much lower than per-request calls batch attempts run.
+    pub task_priority: crate::worker::TaskPriority,
     /// The token the node calls the control plane with (a `node` token or
     /// the admin token).
     pub token: String,
@@ -155,7 +155,7 @@ pub async fn start(config: AgentConfig, runtime: Arc<Runtime>) -> Result<Agent, 
         runtime,
         modules_dir: modules_dir.clone(),
         slots,
-        nice: config.task_nice,
+        priority: config.task_priority,
         logs: gateway.job_logs().clone(),
     };
     let background = vec![

@@ -45,17 +45,16 @@ pub struct Worker {
     pub modules_dir: PathBuf,
     /// Task attempts run at once.
     pub slots: usize,
-    /// How much lower than per-request calls attempts run, as a `nice`
-    /// increment (0: the same): a busy batch job leaves the node's CPU to
-    /// the calls that someone is waiting for.
-    pub nice: i32,
+    /// How much lower than per-request calls attempts run: a busy batch
+    /// job leaves the node's CPU to the calls that someone is waiting for.
+    pub priority: TaskPriority,
     /// Where attempts keep what they logged.
     pub logs: Arc<crate::logs::JobLogs>,
 }
 
 /// Runs until the task is aborted.
 pub async fn run(worker: Worker) {
-    let pool = Arc::new(Pool::new(worker.slots.max(1), worker.nice));
+    let pool = Arc::new(Pool::new(worker.slots.max(1), worker.priority));
     let worker = Arc::new(worker);
     let slots = Arc::new(Semaphore::new(worker.slots.max(1)));
     let free = Arc::new(Semaphore::new(worker.slots.max(1) * LEASED_PER_SLOT));
@@ -182,13 +181,13 @@ struct Pool {
 }
 
 impl Pool {
-    fn new(threads: usize, nice: i32) -> Pool {
+    fn new(threads: usize, priority: TaskPriority) -> Pool {
         let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
         let queue = Arc::new(Mutex::new(queue));
         for i in 0..threads {
             let queue = queue.clone();
             let spawned = std::thread::Builder::new().name(format!("wasmgrid-task-{i}")).spawn(move || {
-                lower_priority(nice);
+                lower_priority(priority);
                 loop {
                     let job = match queue.lock() {
                         Ok(q) => q.recv(),
@@ -214,22 +213,65 @@ impl Pool {
     }
 }
 
-/// Lowers the calling thread's CPU priority by `nice` (on Linux, priority
-/// is per thread); nothing for 0 or where that is not possible.
+/// The CPU priority of batch attempts, below per-request calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskPriority {
+    /// A `nice` increment, 0 (the same as calls) to 19.
+    Nice(i32),
+    /// Linux's `SCHED_IDLE`: attempts run only on CPU time no call wants,
+    /// and a call that wakes up takes the CPU from them at once.
+    Idle,
+}
+
+impl std::str::FromStr for TaskPriority {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "idle" {
+            return Ok(TaskPriority::Idle);
+        }
+        match s.parse::<i32>() {
+            Ok(n) if (0..=19).contains(&n) => Ok(TaskPriority::Nice(n)),
+            _ => Err(format!("`{s}` is neither `idle` nor a nice increment from 0 to 19")),
+        }
+    }
+}
+
+impl std::fmt::Display for TaskPriority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TaskPriority::Nice(n) => write!(f, "{n}"),
+            TaskPriority::Idle => f.write_str("idle"),
+        }
+    }
+}
+
+/// Lowers the calling thread's CPU priority (on Linux, priority is per
+/// thread); nothing for `Nice(0)` or where that is not possible.
 #[allow(unsafe_code)]
-fn lower_priority(nice: i32) {
+fn lower_priority(priority: TaskPriority) {
     #[cfg(target_os = "linux")]
-    if nice > 0 {
-        // SAFETY: gettid and setpriority take plain integers and touch no
-        // memory of ours; a failure leaves the priority as it was.
-        unsafe {
-            let tid = libc::gettid();
-            let now = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
-            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, (now + nice).min(19));
+    // SAFETY: gettid, getpriority, setpriority and sched_setscheduler take
+    // plain integers and a parameter struct that lives across the call;
+    // a failure leaves the priority as it was.
+    unsafe {
+        let tid = libc::gettid();
+        match priority {
+            TaskPriority::Nice(nice) if nice > 0 => {
+                let now = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+                libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, (now + nice).min(19));
+            }
+            TaskPriority::Nice(_) => {}
+            TaskPriority::Idle => {
+                let param = libc::sched_param { sched_priority: 0 };
+                if libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) != 0 {
+                    tracing::warn!("batch attempts could not be given SCHED_IDLE; they run at the calls' priority");
+                }
+            }
         }
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = nice;
+    let _ = priority;
 }
 
 /// The compiled function of `module`: the runtime's if it has it, else

@@ -101,6 +101,11 @@ impl Replicas {
         self.procs[id as usize - 1].is_some()
     }
 
+    /// Replica `id`'s process id (0 when it is not running).
+    pub fn pid(&self, id: u64) -> u32 {
+        self.procs[id as usize - 1].as_ref().map_or(0, Child::id)
+    }
+
     pub fn url(&self, id: u64) -> String {
         format!("http://127.0.0.1:{}", self.ports[id as usize - 1])
     }

@@ -18,8 +18,9 @@ pub struct Wrk {
 }
 
 /// `wrk` with `connections` connections (one thread) for `seconds`,
-/// posting `body_file` with `token`; its Lua script goes in `dir`.
-pub fn wrk(url: &str, body_file: &Path, token: &str, connections: u32, seconds: u32, dir: &Path) -> Wrk {
+/// posting `body_file` with `token`, at CPU priority `nice` (0: as usual);
+/// its Lua script goes in `dir`.
+pub fn wrk(url: &str, body_file: &Path, token: &str, connections: u32, seconds: u32, nice: i32, dir: &Path) -> Wrk {
     let script = dir.join(format!("post-{}.lua", std::process::id()));
     std::fs::write(
         &script,
@@ -29,7 +30,8 @@ pub fn wrk(url: &str, body_file: &Path, token: &str, connections: u32, seconds: 
         ),
     )
     .expect("lua");
-    let out = Command::new("wrk")
+    let out = Command::new("nice")
+        .args(["-n", &nice.to_string(), "wrk"])
         .args(["-t", "1", "-c", &connections.to_string(), "-d", &format!("{seconds}s"), "-s"])
         .arg(&script)
         .arg(url)
