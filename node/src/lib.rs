@@ -29,6 +29,7 @@ pub mod local;
 pub mod logs;
 pub mod pairs;
 pub mod runtime;
+pub mod segments;
 pub mod store;
 pub mod worker;
 

@@ -1,8 +1,8 @@
 //! A node's batch worker: pulls task attempts from the control plane (a
 //! bounded long-poll asking for as many tasks as it has room for: a few per
-//! slot, so a busy node takes fewer), runs each on a blocking thread when a
-//! slot is free, and reports
-//! finished attempts in batches. Reports are idempotent (the control plane
+//! slot, so a busy node takes fewer; more when tasks are tiny, so that a
+//! lease round trip never leaves a slot idle), runs each on a batch thread
+//! when a slot is free, and reports finished attempts in batches. Reports are idempotent (the control plane
 //! keeps the first winner per task), so a report whose answer was lost is
 //! simply sent again.
 
@@ -16,13 +16,21 @@ use tokio::sync::{Semaphore, mpsc};
 use wasmgrid_api::{Client, LeaseRequest, ReportRequest, TaskAssignment, TaskOutcome, TaskReport};
 
 use crate::runtime::{Function, Runtime};
+use crate::segments::Segments;
 
 /// Longest one lease request waits for work.
 const LEASE_WAIT: Duration = Duration::from_secs(2);
-/// Tasks leased per slot at most (running or waiting for a slot): enough
-/// to keep slots busy through a lease round trip when tasks are tiny,
-/// few enough that a busy node leaves work to the others.
-const LEASED_PER_SLOT: usize = 4;
+/// How much work (by recent attempts' duration) a node keeps leased per
+/// slot, running or waiting for the slot: enough to keep slots busy
+/// through a lease round trip when tasks are tiny, little enough that a
+/// busy node leaves work to the others.
+const LEASED_AHEAD: Duration = Duration::from_millis(20);
+/// Tasks leased per slot, whatever their duration: at least...
+const MIN_PER_SLOT: usize = 2;
+/// ... at most...
+const MAX_PER_SLOT: usize = 32;
+/// ... and before any attempt has finished.
+const FIRST_PER_SLOT: usize = 4;
 
 /// How long a report waits for more finished attempts to go with it.
 const REPORT_GATHER: Duration = Duration::from_millis(10);
@@ -57,21 +65,17 @@ pub async fn run(worker: Worker) {
     let pool = Arc::new(Pool::new(worker.slots.max(1), worker.priority));
     let worker = Arc::new(worker);
     let slots = Arc::new(Semaphore::new(worker.slots.max(1)));
-    let free = Arc::new(Semaphore::new(worker.slots.max(1) * LEASED_PER_SLOT));
+    let leased = Arc::new(Leased::default());
     let (reports, rx) = mpsc::unbounded_channel::<TaskReport>();
     tokio::spawn(report(worker.client.clone(), worker.id.clone(), rx));
     let running: Running = Arc::default();
     let mut failing = false;
     loop {
-        let Ok(first) = free.clone().acquire_owned().await else { return };
-        let mut permits = vec![first];
-        while let Ok(p) = free.clone().try_acquire_owned() {
-            permits.push(p);
-        }
+        let want = leased.room(worker.slots.max(1)).await;
         let running_jobs: Vec<String> = running.lock().map(|r| r.keys().cloned().collect()).unwrap_or_default();
         let request = LeaseRequest {
             node: worker.id.clone(),
-            max: permits.len() as u32,
+            max: want as u32,
             wait_ms: LEASE_WAIT.as_millis() as u64,
             running_jobs,
         };
@@ -88,7 +92,6 @@ pub async fn run(worker: Worker) {
                     tracing::warn!("cannot lease tasks: {e}");
                     failing = true;
                 }
-                drop(permits);
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 continue;
             }
@@ -100,8 +103,8 @@ pub async fn run(worker: Worker) {
                 }
             }
         }
-        for task in lease.tasks {
-            let Some(permit) = permits.pop() else { break };
+        for task in lease.tasks.into_iter().take(want) {
+            leased.take();
             let stop = {
                 let mut r = running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 let entry = r.entry(task.job.clone()).or_insert_with(|| (0, Arc::default()));
@@ -109,10 +112,15 @@ pub async fn run(worker: Worker) {
                 entry.1.clone()
             };
             let (worker, reports, running, slots) = (worker.clone(), reports.clone(), running.clone(), slots.clone());
-            let pool = pool.clone();
+            let (pool, leased) = (pool.clone(), leased.clone());
             tokio::spawn(async move {
                 let outcome = match slots.acquire_owned().await {
-                    Ok(_slot) => attempt(&worker, &pool, &task, &stop).await,
+                    Ok(_slot) => {
+                        let started = std::time::Instant::now();
+                        let outcome = attempt(&worker, &pool, &task, &stop).await;
+                        leased.took(started.elapsed());
+                        outcome
+                    }
                     Err(_) => None,
                 };
                 if let Ok(mut r) = running.lock()
@@ -123,7 +131,7 @@ pub async fn run(worker: Worker) {
                         r.remove(&task.job);
                     }
                 }
-                drop(permit);
+                leased.done();
                 if let Some(outcome) = outcome {
                     let _ = reports.send(TaskReport {
                         job: task.job,
@@ -135,6 +143,57 @@ pub async fn run(worker: Worker) {
                 }
             });
         }
+    }
+}
+
+/// The tasks a node holds (running or waiting for a slot), and how many
+/// it should: a lease's worth of work by recent attempts' duration.
+#[derive(Debug, Default)]
+struct Leased {
+    held: std::sync::atomic::AtomicUsize,
+    /// Recent attempts' mean duration in microseconds (0: none yet).
+    mean_us: std::sync::atomic::AtomicU64,
+    finished: tokio::sync::Notify,
+}
+
+impl Leased {
+    /// How many tasks to lease, once there is room for a worthwhile
+    /// batch: half of the node's window, or any when it holds none.
+    async fn room(&self, slots: usize) -> usize {
+        loop {
+            let finished = self.finished.notified();
+            let window = slots * self.per_slot();
+            let held = self.held.load(Ordering::Acquire);
+            let room = window.saturating_sub(held);
+            if room > 0 && (held == 0 || room >= window / 2) {
+                return room;
+            }
+            finished.await;
+        }
+    }
+
+    fn per_slot(&self) -> usize {
+        match self.mean_us.load(Ordering::Relaxed) {
+            0 => FIRST_PER_SLOT,
+            us => (LEASED_AHEAD.as_micros() as u64 / us).clamp(MIN_PER_SLOT as u64, MAX_PER_SLOT as u64) as usize,
+        }
+    }
+
+    fn take(&self) {
+        self.held.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// An attempt took `time`: folded into the mean (a weight of 1/8).
+    fn took(&self, time: Duration) {
+        let us = (time.as_micros() as u64).max(1);
+        let mean = self.mean_us.load(Ordering::Relaxed);
+        let next = if mean == 0 { us } else { (mean * 7 + us) / 8 };
+        self.mean_us.store(next.max(1), Ordering::Relaxed);
+    }
+
+    fn done(&self) {
+        self.held.fetch_sub(1, Ordering::AcqRel);
+        self.finished.notify_one();
     }
 }
 
@@ -153,9 +212,9 @@ async fn attempt(worker: &Worker, pool: &Pool, task: &TaskAssignment, stop: &Arc
     // also serve per-request calls).
     let (tx, rx) = tokio::sync::oneshot::channel();
     let logs = worker.logs.clone();
-    let queued = pool.run(Box::new(move || {
+    let queued = pool.run(Box::new(move |segments| {
         let mut output = crate::batch::GuestOutput::default();
-        let result = crate::batch::run(&function, &t, Some(cancel), &mut output);
+        let result = crate::batch::run(&function, &t, Some(cancel), &mut output, segments);
         logs.keep(&t, output.kept(result.as_ref().err()));
         let _ = tx.send(result);
     }));
@@ -173,21 +232,26 @@ async fn attempt(worker: &Worker, pool: &Pool, task: &TaskAssignment, stop: &Arc
     })
 }
 
+/// Work for a batch thread, given the thread's segments.
+type Job = Box<dyn FnOnce(&mut Segments) + Send>;
+
 /// The threads batch attempts run on, made once (a thread per attempt
 /// would map and unmap a stack each time, contending with every other
-/// thread's page faults), each at the batch priority.
+/// thread's page faults), each at the batch priority and with its own
+/// segments for small outputs.
 struct Pool {
-    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+    jobs: std::sync::mpsc::Sender<Job>,
 }
 
 impl Pool {
     fn new(threads: usize, priority: TaskPriority) -> Pool {
-        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
         for i in 0..threads {
             let queue = queue.clone();
             let spawned = std::thread::Builder::new().name(format!("wasmgrid-task-{i}")).spawn(move || {
                 lower_priority(priority);
+                let mut segments = Segments::default();
                 loop {
                     let job = match queue.lock() {
                         Ok(q) => q.recv(),
@@ -196,7 +260,7 @@ impl Pool {
                     match job {
                         // A panicking attempt fails (its answer channel
                         // closes); the thread carries on.
-                        Ok(job) => drop(std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))),
+                        Ok(job) => drop(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut segments)))),
                         Err(_) => return,
                     }
                 }
@@ -208,7 +272,7 @@ impl Pool {
         Pool { jobs }
     }
 
-    fn run(&self, job: Box<dyn FnOnce() + Send>) -> Result<(), String> {
+    fn run(&self, job: Job) -> Result<(), String> {
         self.jobs.send(job).map_err(|_| "no batch thread is running".to_string())
     }
 }

@@ -28,7 +28,7 @@ use crate::state::{Applied, Command, StateError};
 /// Longest a lease request waits for a task.
 const MAX_LEASE_WAIT: Duration = Duration::from_secs(2);
 /// Most tasks one lease hands out.
-const MAX_LEASE: u32 = 64;
+const MAX_LEASE: u32 = 256;
 /// Default attempts per task.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 4;
 /// Default partition size.

@@ -26,7 +26,7 @@ use crate::{Error, Result};
 
 use parquet_file::ParquetFile;
 pub use reader::PartitionReader;
-pub use writer::OutputWriter;
+pub use writer::{FinishedOutput, OutputWriter};
 
 /// How many rows schema inference reads from the head of a CSV or JSONL file.
 pub const INFER_ROWS: usize = 1000;

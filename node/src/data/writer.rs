@@ -1,5 +1,6 @@
 //! [`OutputWriter`]: writes one output file atomically (temporary name, then
-//! rename on [`OutputWriter::finish`]), as JSON lines, CSV or Parquet.
+//! rename on [`OutputWriter::finish`]), as JSON lines, CSV or Parquet; or
+//! keeps a small output in memory ([`OutputWriter::in_memory_up_to`]).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -42,10 +43,62 @@ impl Drop for OutputWriter {
 }
 
 enum Sink {
-    Json(BufWriter<File>),
-    Csv(arrow_csv::Writer<BufWriter<File>>),
+    Json(Spill),
+    Csv(arrow_csv::Writer<Spill>),
     /// Created on the first batch, when the schema is known.
-    Parquet(Option<ArrowWriter<File>>, Option<File>),
+    Parquet(Option<ArrowWriter<Spill>>, Option<Spill>),
+}
+
+impl Sink {
+    fn new(format: Format, to: Spill) -> Sink {
+        match format {
+            Format::Jsonl | Format::Text => Sink::Json(to),
+            Format::Csv => Sink::Csv(arrow_csv::WriterBuilder::new().with_header(true).build(to)),
+            Format::Parquet => Sink::Parquet(None, Some(to)),
+        }
+    }
+}
+
+/// Where a writer's bytes go: its file, or memory until they pass a limit
+/// (then the file, created at that moment).
+enum Spill {
+    File(BufWriter<File>),
+    Memory { bytes: Vec<u8>, limit: usize, path: PathBuf },
+}
+
+impl Write for Spill {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Spill::File(f) => f.write(buf),
+            Spill::Memory { bytes, limit, path } => {
+                if bytes.len() + buf.len() <= *limit {
+                    bytes.extend_from_slice(buf);
+                    return Ok(buf.len());
+                }
+                let mut file = BufWriter::new(File::create(&*path)?);
+                file.write_all(bytes)?;
+                *self = Spill::File(file);
+                self.write(buf)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Spill::File(f) => f.flush(),
+            Spill::Memory { .. } => Ok(()),
+        }
+    }
+}
+
+/// A finished output: its rows, and its bytes if they never left memory
+/// (then no file was written).
+#[derive(Debug)]
+pub struct FinishedOutput {
+    /// Rows written.
+    pub rows: u64,
+    /// The whole output, when it stayed in memory.
+    pub bytes: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for OutputWriter {
@@ -61,22 +114,23 @@ impl OutputWriter {
         Self::write_to(dest.with_file_name(format!(".{name}.{}.tmp", std::process::id())), dest, format)
     }
 
-    /// Starts writing `dest` under its own name: for files nobody reads
-    /// before [`OutputWriter::finish`] returns (a batch attempt's output,
-    /// published only once the attempt has reported). A writer dropped
-    /// unfinished still removes the file.
-    pub fn create_in_place(dest: &Path, format: Format) -> Result<Self> {
-        Self::write_to(dest.to_path_buf(), dest, format)
+    /// Starts writing an output in memory; once it passes `limit` bytes it
+    /// moves to `dest`, written under its own name: for files nobody reads
+    /// before [`OutputWriter::finish_kept`] returns (a batch attempt's
+    /// output, published only once the attempt has reported). A writer
+    /// dropped unfinished still removes the file.
+    pub fn in_memory_up_to(dest: &Path, format: Format, limit: usize) -> Self {
+        let to = Spill::Memory { bytes: Vec::new(), limit, path: dest.to_path_buf() };
+        Self::with_sink(dest.to_path_buf(), dest, format, Sink::new(format, to))
     }
 
     fn write_to(tmp: PathBuf, dest: &Path, format: Format) -> Result<Self> {
         let file = File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
-        let sink = match format {
-            Format::Jsonl | Format::Text => Sink::Json(BufWriter::new(file)),
-            Format::Csv => Sink::Csv(arrow_csv::WriterBuilder::new().with_header(true).build(BufWriter::new(file))),
-            Format::Parquet => Sink::Parquet(None, Some(file)),
-        };
-        Ok(OutputWriter {
+        Ok(Self::with_sink(tmp, dest, format, Sink::new(format, Spill::File(BufWriter::new(file)))))
+    }
+
+    fn with_sink(tmp: PathBuf, dest: &Path, format: Format, sink: Sink) -> Self {
+        OutputWriter {
             format,
             tmp,
             dest: dest.to_path_buf(),
@@ -86,7 +140,7 @@ impl OutputWriter {
             rows: 0,
             finished: false,
             schema: None,
-        })
+        }
     }
 
     /// Rows written so far.
@@ -195,33 +249,48 @@ impl OutputWriter {
         Ok(())
     }
 
-    /// Flushes and moves the file to its final name; returns the rows written.
-    pub fn finish(mut self) -> Result<u64> {
+    /// Flushes and moves the file to its final name; returns the rows
+    /// written. An output still in memory is written to its file.
+    pub fn finish(self) -> Result<u64> {
+        let dest = self.dest.clone();
+        let finished = self.finish_kept()?;
+        if let Some(bytes) = finished.bytes {
+            std::fs::write(&dest, bytes).map_err(|e| Error::io("writing", &dest, e))?;
+        }
+        Ok(finished.rows)
+    }
+
+    /// Flushes and moves the file to its final name; an output that never
+    /// left memory comes back as its bytes instead (no file is written).
+    pub fn finish_kept(mut self) -> Result<FinishedOutput> {
         self.flush_records()?;
         let dest = self.dest.clone();
         let enc = |e: String| Error::Output { path: dest.clone(), reason: e };
-        match std::mem::replace(&mut self.sink, Sink::Parquet(None, None)) {
-            Sink::Json(mut w) => w.flush().map_err(|e| self.io(e))?,
-            Sink::Csv(w) => {
-                let mut inner = w.into_inner();
-                inner.flush().map_err(|e| self.io(e))?;
-            }
-            Sink::Parquet(Some(w), _) => {
-                w.close().map_err(|e| enc(e.to_string()))?;
-            }
-            Sink::Parquet(None, Some(file)) => {
+        let spill = match std::mem::replace(&mut self.sink, Sink::Parquet(None, None)) {
+            Sink::Json(w) => Some(w),
+            Sink::Csv(w) => Some(w.into_inner()),
+            Sink::Parquet(Some(w), _) => Some(w.into_inner().map_err(|e| enc(e.to_string()))?),
+            Sink::Parquet(None, Some(to)) => {
                 // No rows at all: still a valid (empty) Parquet file.
                 let schema = Arc::new(arrow_schema::Schema::empty());
-                let w = ArrowWriter::try_new(file, schema, None).map_err(|e| enc(e.to_string()))?;
-                w.close().map_err(|e| enc(e.to_string()))?;
+                let w = ArrowWriter::try_new(to, schema, None).map_err(|e| enc(e.to_string()))?;
+                Some(w.into_inner().map_err(|e| enc(e.to_string()))?)
             }
-            Sink::Parquet(None, None) => {}
-        }
-        if self.tmp != self.dest {
+            Sink::Parquet(None, None) => None,
+        };
+        let bytes = match spill {
+            Some(Spill::Memory { bytes, .. }) => Some(bytes),
+            Some(Spill::File(mut f)) => {
+                f.flush().map_err(|e| self.io(e))?;
+                None
+            }
+            None => None,
+        };
+        if bytes.is_none() && self.tmp != self.dest {
             std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io("renaming output to", &self.dest, e))?;
         }
         self.finished = true;
-        Ok(self.rows)
+        Ok(FinishedOutput { rows: self.rows, bytes })
     }
 
     /// Throws the partial file away (dropping the writer does the same).
