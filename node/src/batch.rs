@@ -177,7 +177,11 @@ pub fn run(
         Place::Local(p) => p.clone(),
         _ => std::env::temp_dir().join("wasmgrid-attempts").join(&task.job).join(format!("{:x}", task.attempt)),
     };
-    std::fs::create_dir_all(&work).map_err(|e| Error::io("creating", &work, e))?;
+    if work_place.is_remote() {
+        std::fs::create_dir_all(&work).map_err(|e| Error::io("creating", &work, e))?;
+    } else {
+        segments.make_dir(&work).map_err(|e| Error::io("creating", &work, e))?;
+    }
     // Objects cannot be appended to: remote outputs are whole files.
     let segments = (!work_place.is_remote()).then_some(segments);
     let written = attempt(function, task, cancel, &work, &output, out, segments);

@@ -27,40 +27,63 @@ const REMEMBERED: usize = 8;
 /// One batch thread's segments, by work directory.
 #[derive(Debug, Default)]
 pub struct Segments {
-    open: VecDeque<(PathBuf, String)>,
+    open: VecDeque<Segment>,
+}
+
+/// A work directory this thread made, and its segment there once started.
+#[derive(Debug)]
+struct Segment {
+    work: PathBuf,
+    /// Its name and length.
+    file: Option<(String, u64)>,
 }
 
 impl Segments {
+    /// Makes the work directory `work` unless this thread already did.
+    pub fn make_dir(&mut self, work: &Path) -> std::io::Result<()> {
+        if self.open.iter().any(|s| s.work == work) {
+            return Ok(());
+        }
+        std::fs::create_dir_all(work)?;
+        self.remember(Segment { work: work.to_path_buf(), file: None });
+        Ok(())
+    }
+
+    fn remember(&mut self, segment: Segment) {
+        if self.open.len() == REMEMBERED {
+            self.open.pop_front();
+        }
+        self.open.push_back(segment);
+    }
+
     /// Appends `bytes` to this thread's segment in `work` (started, named
     /// after `attempt`, if there is none); returns the range as reported,
     /// relative to `work`.
     pub fn append(&mut self, work: &Path, attempt: u64, bytes: &[u8]) -> std::io::Result<String> {
-        let known = self.open.iter().position(|(dir, _)| dir == work);
-        let name = match known {
-            Some(i) => self.open[i].1.clone(),
-            None => {
-                if self.open.len() == REMEMBERED {
-                    self.open.pop_front();
-                }
-                let name = format!("seg-{attempt:x}");
-                self.open.push_back((work.to_path_buf(), name.clone()));
-                name
-            }
+        let known = self.open.iter().position(|s| s.work == work);
+        let (name, start) = match known.and_then(|i| self.open[i].file.clone()) {
+            Some(file) => file,
+            None => (format!("seg-{attempt:x}"), 0),
         };
-        let written = (|| {
-            let mut file = OpenOptions::new().append(true).create(true).open(work.join(&name))?;
-            let start = file.metadata()?.len();
-            file.write_all(bytes)?;
-            Ok(start)
-        })();
-        match written {
-            Ok(start) => Ok(format!("{name}#{start}+{}", bytes.len())),
-            Err(e) => {
+        // Only this thread appends to it, so its length is known.
+        let written = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(work.join(&name))
+            .and_then(|mut file| file.write_all(bytes));
+        let end = start + bytes.len() as u64;
+        match (written, known) {
+            (Ok(()), Some(i)) => self.open[i].file = Some((name.clone(), end)),
+            (Ok(()), None) => self.remember(Segment { work: work.to_path_buf(), file: Some((name.clone(), end)) }),
+            (Err(e), _) => {
                 // Its end is unknown now: the next attempt starts another.
-                self.open.retain(|(dir, _)| dir != work);
-                Err(e)
+                if let Some(i) = known {
+                    self.open[i].file = None;
+                }
+                return Err(e);
             }
         }
+        Ok(format!("{name}#{start}+{}", bytes.len()))
     }
 }
 
