@@ -118,6 +118,103 @@ fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
     store(r + 3u, c, acc3);
 }
 
+// The wide variant, for outputs large enough to fill a GPU with 128 x 128
+// tiles (larger tiles load each input value fewer times). The output tile of
+// one workgroup is WIDE x WIDE; each of its 16 x 16 invocations computes an
+// 8 x 8 block of it, held in sixteen vec4 registers: rows 4 * y .. + 4 and
+// 64 + 4 * y .. + 4, columns 4 * x .. + 4 and 64 + 4 * x .. + 4 (in two
+// halves, so the invocations of a subgroup read neighbouring vec4s of
+// workgroup memory). Per step of WIDE_DEPTH values of k, both input tiles
+// are kept in workgroup memory as in `matmul`. Each k costs four vec4 reads
+// of workgroup memory for 64 multiply-adds (two for 16 in `matmul`). The sum
+// for each output runs over k in order, as in `matmul`.
+const WIDE: u32 = 128u;
+const WIDE_DEPTH: u32 = 16u;
+var<workgroup> wide_a: array<vec4<f32>, 512>; // [k][row / 4]
+var<workgroup> wide_b: array<vec4<f32>, 512>; // [k][col / 4]
+
+// out[m x n] = apply(op, a[m x k] * b[k x n] (+ bias[n])).
+@compute @workgroup_size(16, 16)
+fn matmul_wide(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let row0 = wid.y * WIDE;
+    let col0 = wid.x * WIDE;
+    let t = lid.y * 16u + lid.x;
+    var c00 = vec4<f32>(0.0);
+    var c01 = vec4<f32>(0.0);
+    var c02 = vec4<f32>(0.0);
+    var c03 = vec4<f32>(0.0);
+    var c04 = vec4<f32>(0.0);
+    var c05 = vec4<f32>(0.0);
+    var c06 = vec4<f32>(0.0);
+    var c07 = vec4<f32>(0.0);
+    var c10 = vec4<f32>(0.0);
+    var c11 = vec4<f32>(0.0);
+    var c12 = vec4<f32>(0.0);
+    var c13 = vec4<f32>(0.0);
+    var c14 = vec4<f32>(0.0);
+    var c15 = vec4<f32>(0.0);
+    var c16 = vec4<f32>(0.0);
+    var c17 = vec4<f32>(0.0);
+    for (var k0 = 0u; k0 < p.k; k0 += WIDE_DEPTH) {
+        // Each invocation loads WIDE_DEPTH / 8 vec4s of each tile: entry e
+        // holds rows 4 * (e / WIDE_DEPTH) .. + 4 of `a` at k e % WIDE_DEPTH,
+        // and columns 4 * (e % 32) .. + 4 of `b` at k e / 32.
+        for (var e = t; e < WIDE_DEPTH * 32u; e += 256u) {
+            let ar = row0 + (e / WIDE_DEPTH) * 4u;
+            let ak = k0 + e % WIDE_DEPTH;
+            wide_a[(e % WIDE_DEPTH) * 32u + e / WIDE_DEPTH] =
+                vec4<f32>(load_a(ar, ak), load_a(ar + 1u, ak), load_a(ar + 2u, ak), load_a(ar + 3u, ak));
+            let bk = k0 + e / 32u;
+            let bc = col0 + (e % 32u) * 4u;
+            wide_b[e] = vec4<f32>(load_b(bk, bc), load_b(bk, bc + 1u), load_b(bk, bc + 2u), load_b(bk, bc + 3u));
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < WIDE_DEPTH; kk++) {
+            let a0 = wide_a[kk * 32u + lid.y];
+            let a1 = wide_a[kk * 32u + 16u + lid.y];
+            let b0 = wide_b[kk * 32u + lid.x];
+            let b1 = wide_b[kk * 32u + 16u + lid.x];
+            c00 = fma(vec4<f32>(a0.x), b0, c00);
+            c01 = fma(vec4<f32>(a0.y), b0, c01);
+            c02 = fma(vec4<f32>(a0.z), b0, c02);
+            c03 = fma(vec4<f32>(a0.w), b0, c03);
+            c04 = fma(vec4<f32>(a1.x), b0, c04);
+            c05 = fma(vec4<f32>(a1.y), b0, c05);
+            c06 = fma(vec4<f32>(a1.z), b0, c06);
+            c07 = fma(vec4<f32>(a1.w), b0, c07);
+            c10 = fma(vec4<f32>(a0.x), b1, c10);
+            c11 = fma(vec4<f32>(a0.y), b1, c11);
+            c12 = fma(vec4<f32>(a0.z), b1, c12);
+            c13 = fma(vec4<f32>(a0.w), b1, c13);
+            c14 = fma(vec4<f32>(a1.x), b1, c14);
+            c15 = fma(vec4<f32>(a1.y), b1, c15);
+            c16 = fma(vec4<f32>(a1.z), b1, c16);
+            c17 = fma(vec4<f32>(a1.w), b1, c17);
+        }
+        workgroupBarrier();
+    }
+    let r0 = row0 + lid.y * 4u;
+    let r1 = r0 + 64u;
+    let q0 = col0 + lid.x * 4u;
+    let q1 = q0 + 64u;
+    store(r0, q0, c00);
+    store(r0 + 1u, q0, c01);
+    store(r0 + 2u, q0, c02);
+    store(r0 + 3u, q0, c03);
+    store(r1, q0, c04);
+    store(r1 + 1u, q0, c05);
+    store(r1 + 2u, q0, c06);
+    store(r1 + 3u, q0, c07);
+    store(r0, q1, c10);
+    store(r0 + 1u, q1, c11);
+    store(r0 + 2u, q1, c12);
+    store(r0 + 3u, q1, c13);
+    store(r1, q1, c14);
+    store(r1 + 1u, q1, c15);
+    store(r1 + 2u, q1, c16);
+    store(r1 + 3u, q1, c17);
+}
+
 // Writes one row of a 4 x 4 block, with the bias and epilogue.
 fn store(r: u32, c: u32, v: vec4<f32>) {
     if (r >= p.m) {

@@ -130,7 +130,11 @@ fn dense_and_matmul_match_the_reference_on_every_device() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let devices = devices();
     let acts = [Activation::None, Activation::Relu, Activation::Sigmoid, Activation::Tanh, Activation::Softmax];
-    for (i, (m, k, n)) in shapes(&mut rng, 12).into_iter().enumerate() {
+    // The last two are large enough for the wide matmul kernel (at least 128
+    // tiles of 128 x 128), with edges that are not multiples of the tile.
+    let mut all = shapes(&mut rng, 12);
+    all.extend([(1536, 24, 1410), (1200, 9, 1700)]);
+    for (i, (m, k, n)) in all.into_iter().enumerate() {
         let a = rng.values((m * k) as usize);
         let b = rng.values((k * n) as usize);
         let bias = rng.values(n as usize);
