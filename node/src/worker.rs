@@ -1,8 +1,8 @@
 //! A node's batch worker: pulls task attempts from the control plane (a
 //! bounded long-poll asking for as many tasks as it has room for: a few per
 //! slot, so a busy node takes fewer; more when tasks are tiny, so that a
-//! lease round trip never leaves a slot idle), runs each on a batch thread
-//! when a slot is free, and reports finished attempts in batches. Reports are idempotent (the control plane
+//! lease round trip never leaves a slot idle), queues them for its batch
+//! threads (one per slot), and reports finished attempts in batches. Reports are idempotent (the control plane
 //! keeps the first winner per task), so a report whose answer was lost is
 //! simply sent again.
 
@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use wasmgrid_api::{Client, LeaseRequest, ReportRequest, TaskAssignment, TaskOutcome, TaskReport};
 
 use crate::runtime::{Function, Runtime};
@@ -62,16 +62,16 @@ pub struct Worker {
 
 /// Runs until the task is aborted.
 pub async fn run(worker: Worker) {
-    let pool = Arc::new(Pool::new(worker.slots.max(1), worker.priority));
+    let slots = worker.slots.max(1);
+    let pool = Arc::new(Pool::new(slots, worker.priority));
     let worker = Arc::new(worker);
-    let slots = Arc::new(Semaphore::new(worker.slots.max(1)));
-    let leased = Arc::new(Leased::default());
+    let leased = Arc::new(Leased::new(slots));
     let (reports, rx) = mpsc::unbounded_channel::<TaskReport>();
     tokio::spawn(report(worker.client.clone(), worker.id.clone(), rx));
     let running: Running = Arc::default();
     let mut failing = false;
     loop {
-        let want = leased.room(worker.slots.max(1)).await;
+        let want = leased.room().await;
         let running_jobs: Vec<String> = running.lock().map(|r| r.keys().cloned().collect()).unwrap_or_default();
         let request = LeaseRequest {
             node: worker.id.clone(),
@@ -111,64 +111,67 @@ pub async fn run(worker: Worker) {
                 entry.0 += 1;
                 entry.1.clone()
             };
-            let (worker, reports, running, slots) = (worker.clone(), reports.clone(), running.clone(), slots.clone());
-            let (pool, leased) = (pool.clone(), leased.clone());
-            tokio::spawn(async move {
-                let outcome = match slots.acquire_owned().await {
-                    Ok(_slot) => {
-                        let started = std::time::Instant::now();
-                        let outcome = attempt(&worker, &pool, &task, &stop).await;
-                        leased.took(started.elapsed());
-                        outcome
-                    }
-                    Err(_) => None,
-                };
-                if let Ok(mut r) = running.lock()
-                    && let Some(entry) = r.get_mut(&task.job)
-                {
-                    entry.0 -= 1;
-                    if entry.0 == 0 {
-                        r.remove(&task.job);
-                    }
-                }
-                leased.done();
-                if let Some(outcome) = outcome {
-                    let _ = reports.send(TaskReport {
-                        job: task.job,
-                        stage: task.stage,
-                        task: task.task,
-                        attempt: task.attempt,
-                        outcome,
+            let ticket = Ticket {
+                task,
+                stop,
+                leased: leased.clone(),
+                running: running.clone(),
+                reports: reports.clone(),
+                logs: worker.logs.clone(),
+            };
+            // Straight onto the batch threads when the function is compiled
+            // here; else once it has been fetched and compiled.
+            match worker.runtime.loaded(&ticket.task.function.module) {
+                Some(function) => pool.run(attempt(ticket, function)),
+                None => {
+                    let (worker, pool) = (worker.clone(), pool.clone());
+                    tokio::spawn(async move {
+                        let module = &ticket.task.function.module;
+                        match crate::agent::prepare(&worker.runtime, &worker.client, &worker.modules_dir, module).await
+                        {
+                            Ok(function) => pool.run(attempt(ticket, function)),
+                            Err(error) => ticket.finish(Some(TaskOutcome::Failed { error })),
+                        }
                     });
                 }
-            });
+            }
         }
     }
 }
 
-/// The tasks a node holds (running or waiting for a slot), and how many
-/// it should: a lease's worth of work by recent attempts' duration.
-#[derive(Debug, Default)]
+/// The tasks a node holds (running or waiting for a batch thread), and how
+/// many it should: a lease's worth of work by recent attempts' duration.
+#[derive(Debug)]
 struct Leased {
+    slots: usize,
     held: std::sync::atomic::AtomicUsize,
     /// Recent attempts' mean duration in microseconds (0: none yet).
     mean_us: std::sync::atomic::AtomicU64,
-    finished: tokio::sync::Notify,
+    /// Told when there is room for a lease.
+    room: tokio::sync::Notify,
 }
 
 impl Leased {
-    /// How many tasks to lease, once there is room for a worthwhile
-    /// batch: half of the node's window, or any when it holds none.
-    async fn room(&self, slots: usize) -> usize {
+    fn new(slots: usize) -> Leased {
+        Leased { slots, held: Default::default(), mean_us: Default::default(), room: Default::default() }
+    }
+
+    /// Whether holding `held` tasks leaves room for a worthwhile lease:
+    /// half of the node's window, or any when it holds none.
+    fn has_room(&self, held: usize) -> bool {
+        let window = self.slots * self.per_slot();
+        held == 0 || window.saturating_sub(held) >= (window / 2).max(1)
+    }
+
+    /// How many tasks to lease, once there is room for them.
+    async fn room(&self) -> usize {
         loop {
-            let finished = self.finished.notified();
-            let window = slots * self.per_slot();
+            let notified = self.room.notified();
             let held = self.held.load(Ordering::Acquire);
-            let room = window.saturating_sub(held);
-            if room > 0 && (held == 0 || room >= window / 2) {
-                return room;
+            if self.has_room(held) {
+                return (self.slots * self.per_slot()).saturating_sub(held).max(1);
             }
-            finished.await;
+            notified.await;
         }
     }
 
@@ -191,44 +194,75 @@ impl Leased {
         self.mean_us.store(next.max(1), Ordering::Relaxed);
     }
 
+    /// A task is no longer held. The lease loop is woken only when this
+    /// makes room for a lease, not once per finished attempt.
     fn done(&self) {
-        self.held.fetch_sub(1, Ordering::AcqRel);
-        self.finished.notify_one();
+        let held = self.held.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
+        if self.has_room(held) {
+            self.room.notify_one();
+        }
     }
 }
 
-/// Runs one attempt; `None` when its job was stopped.
-async fn attempt(worker: &Worker, pool: &Pool, task: &TaskAssignment, stop: &Arc<AtomicBool>) -> Option<TaskOutcome> {
-    let function = match compiled(worker, &task.function.module).await {
-        Ok(f) => f,
-        Err(e) => return Some(TaskOutcome::Failed { error: e }),
-    };
-    if stop.load(Ordering::Relaxed) {
-        return None;
+/// One leased attempt, from the lease to its report: finished exactly once.
+struct Ticket {
+    task: TaskAssignment,
+    stop: Arc<AtomicBool>,
+    leased: Arc<Leased>,
+    running: Running,
+    reports: mpsc::UnboundedSender<TaskReport>,
+    logs: Arc<crate::logs::JobLogs>,
+}
+
+impl Ticket {
+    /// Releases the task and reports `outcome` (`None`: its job was
+    /// stopped, nothing to report).
+    fn finish(self, outcome: Option<TaskOutcome>) {
+        if let Ok(mut r) = self.running.lock()
+            && let Some(entry) = r.get_mut(&self.task.job)
+        {
+            entry.0 -= 1;
+            if entry.0 == 0 {
+                r.remove(&self.task.job);
+            }
+        }
+        self.leased.done();
+        if let Some(outcome) = outcome {
+            let task = self.task;
+            let _ = self.reports.send(TaskReport {
+                job: task.job,
+                stage: task.stage,
+                task: task.task,
+                attempt: task.attempt,
+                outcome,
+            });
+        }
     }
-    let t = task.clone();
-    let cancel = stop.clone();
-    // On the batch threads, at their priority (the blocking pool's threads
-    // also serve per-request calls).
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let logs = worker.logs.clone();
-    let queued = pool.run(Box::new(move |segments| {
-        let mut output = crate::batch::GuestOutput::default();
-        let result = crate::batch::run(&function, &t, Some(cancel), &mut output, segments);
-        logs.keep(&t, output.kept(result.as_ref().err()));
-        let _ = tx.send(result);
-    }));
-    let done = match queued {
-        Ok(()) => rx.await.map_err(|_| "the attempt's thread stopped".to_string()),
-        Err(e) => Err(e),
-    };
-    if stop.load(Ordering::Relaxed) {
-        return None;
-    }
-    Some(match done {
-        Ok(Ok(written)) => written.outcome(),
-        Ok(Err(e)) => TaskOutcome::Failed { error: e.to_string() },
-        Err(e) => TaskOutcome::Failed { error: format!("the attempt stopped: {e}") },
+}
+
+/// The batch-thread work of one attempt: run it, keep its logs, report it.
+/// Everything happens on the batch thread, so tiny attempts run back to
+/// back without a hand-off to the async runtime in between.
+fn attempt(ticket: Ticket, function: Arc<Function>) -> Job {
+    Box::new(move |segments| {
+        if ticket.stop.load(Ordering::Relaxed) {
+            return ticket.finish(None);
+        }
+        let started = std::time::Instant::now();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut output = crate::batch::GuestOutput::default();
+            let result = crate::batch::run(&function, &ticket.task, Some(ticket.stop.clone()), &mut output, segments);
+            ticket.logs.keep(&ticket.task, output.kept(result.as_ref().err()));
+            result
+        }));
+        ticket.leased.took(started.elapsed());
+        let outcome = match result {
+            _ if ticket.stop.load(Ordering::Relaxed) => None,
+            Ok(Ok(written)) => Some(written.outcome()),
+            Ok(Err(e)) => Some(TaskOutcome::Failed { error: e.to_string() }),
+            Err(_) => Some(TaskOutcome::Failed { error: "the attempt panicked on its node".into() }),
+        };
+        ticket.finish(outcome);
     })
 }
 
@@ -238,7 +272,8 @@ type Job = Box<dyn FnOnce(&mut Segments) + Send>;
 /// The threads batch attempts run on, made once (a thread per attempt
 /// would map and unmap a stack each time, contending with every other
 /// thread's page faults), each at the batch priority and with its own
-/// segments for small outputs.
+/// segments for small outputs. They take leased attempts from one queue,
+/// first leased first run.
 struct Pool {
     jobs: std::sync::mpsc::Sender<Job>,
 }
@@ -258,9 +293,7 @@ impl Pool {
                         Err(_) => return,
                     };
                     match job {
-                        // A panicking attempt fails (its answer channel
-                        // closes); the thread carries on.
-                        Ok(job) => drop(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut segments)))),
+                        Ok(job) => job(&mut segments),
                         Err(_) => return,
                     }
                 }
@@ -272,8 +305,12 @@ impl Pool {
         Pool { jobs }
     }
 
-    fn run(&self, job: Job) -> Result<(), String> {
-        self.jobs.send(job).map_err(|_| "no batch thread is running".to_string())
+    /// Queues `job`; without a batch thread (none could be started), it
+    /// runs on the async runtime's blocking pool instead.
+    fn run(&self, job: Job) {
+        if let Err(std::sync::mpsc::SendError(job)) = self.jobs.send(job) {
+            tokio::task::spawn_blocking(move || job(&mut Segments::default()));
+        }
     }
 }
 
@@ -338,15 +375,6 @@ fn lower_priority(priority: TaskPriority) {
     let _ = priority;
 }
 
-/// The compiled function of `module`: the runtime's if it has it, else
-/// fetched and compiled.
-async fn compiled(worker: &Worker, module: &str) -> Result<Arc<Function>, String> {
-    match worker.runtime.loaded(module) {
-        Some(f) => Ok(f),
-        None => crate::agent::prepare(&worker.runtime, &worker.client, &worker.modules_dir, module).await,
-    }
-}
-
 /// Sends finished attempts in batches: whatever finished while the last
 /// batch was on its way goes in the next one.
 async fn report(client: Arc<Client>, node: String, mut rx: mpsc::UnboundedReceiver<TaskReport>) {
@@ -354,16 +382,14 @@ async fn report(client: Arc<Client>, node: String, mut rx: mpsc::UnboundedReceiv
     while let Some(first) = rx.recv().await {
         let mut reports = vec![first];
         // Gather what else finishes in the next few milliseconds: one
-        // report (one consensus entry) for many tiny tasks.
-        let gather = tokio::time::sleep(REPORT_GATHER);
-        tokio::pin!(gather);
+        // report (one consensus entry) for many tiny tasks. Sleeping
+        // rather than waiting on the channel means a finished attempt
+        // never wakes this task; it is picked up at the end.
+        tokio::time::sleep(REPORT_GATHER).await;
         while reports.len() < MAX_REPORT {
-            tokio::select! {
-                r = rx.recv() => match r {
-                    Some(r) => reports.push(r),
-                    None => break,
-                },
-                _ = &mut gather => break,
+            match rx.try_recv() {
+                Ok(r) => reports.push(r),
+                Err(_) => break,
             }
         }
         let request = ReportRequest { node: node.clone(), reports };
