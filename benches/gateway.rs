@@ -1,5 +1,5 @@
 //! Gateway benchmark (`cargo bench --bench gateway`): per-request scoring
-//! over HTTP on loopback, `logreg` on 1 row and on 100 rows, against
+//! over HTTP on loopback, `logreg` on 1 row and on 100 rows (`ROWS=1` for one size), against
 //!
 //! - **native**: a plain hyper (axum) server in this process calling the same
 //!   model code (`guest-examples/logreg/src/model.rs`) natively, and
@@ -208,7 +208,12 @@ fn main() {
         None => println!("wasmtime serve: skipped (no `wasmtime`; set WASMTIME=path)\n"),
     }
 
-    for rows in [1usize, 100] {
+    // `ROWS=1` (or any list, `ROWS=1,10`) measures only those batch sizes.
+    let sizes: Vec<usize> = match std::env::var("ROWS") {
+        Ok(v) => v.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
+        Err(_) => vec![1, 100],
+    };
+    for rows in sizes {
         let body_file = dir.join(format!("body-{rows}.json"));
         std::fs::write(&body_file, body(rows)).expect("body");
         println!("logreg, {rows} row(s) per request:");

@@ -266,7 +266,14 @@ fn parse_peer(s: &str) -> Result<(u64, String), String> {
 }
 
 pub(crate) fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+    // One worker more than cores: a node's gateway runs short calls on all
+    // but one worker, so one is always free for I/O and other functions.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores + 1)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 /// Waits for Ctrl-C or SIGTERM.
