@@ -156,10 +156,15 @@ impl Leased {
         Leased { slots, held: Default::default(), mean_us: Default::default(), room: Default::default() }
     }
 
+    /// How many tasks the node should hold: a lease's worth of work.
+    fn window(&self) -> usize {
+        self.slots * self.per_slot()
+    }
+
     /// Whether holding `held` tasks leaves room for a worthwhile lease:
     /// half of the node's window, or any when it holds none.
     fn has_room(&self, held: usize) -> bool {
-        let window = self.slots * self.per_slot();
+        let window = self.window();
         held == 0 || window.saturating_sub(held) >= (window / 2).max(1)
     }
 
@@ -169,7 +174,7 @@ impl Leased {
             let notified = self.room.notified();
             let held = self.held.load(Ordering::Acquire);
             if self.has_room(held) {
-                return (self.slots * self.per_slot()).saturating_sub(held).max(1);
+                return self.window().saturating_sub(held).max(1);
             }
             notified.await;
         }

@@ -78,6 +78,16 @@ fn load_b(r: u32, c: u32) -> f32 {
     return 0.0;
 }
 
+// Rows r .. r + 4 of `a` at column c.
+fn load_a4(r: u32, c: u32) -> vec4<f32> {
+    return vec4<f32>(load_a(r, c), load_a(r + 1u, c), load_a(r + 2u, c), load_a(r + 3u, c));
+}
+
+// Columns c .. c + 4 of `b` at row r.
+fn load_b4(r: u32, c: u32) -> vec4<f32> {
+    return vec4<f32>(load_b(r, c), load_b(r, c + 1u), load_b(r, c + 2u), load_b(r, c + 3u));
+}
+
 // out[m x n] = apply(op, a[m x k] * b[k x n] (+ bias[n])).
 @compute @workgroup_size(16, 16)
 fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -95,10 +105,8 @@ fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < p.k; k0 += DEPTH) {
-        tile_a[ak * 16u + t / 16u] =
-            vec4<f32>(load_a(ar, k0 + ak), load_a(ar + 1u, k0 + ak), load_a(ar + 2u, k0 + ak), load_a(ar + 3u, k0 + ak));
-        tile_b[bk * 16u + t % 16u] =
-            vec4<f32>(load_b(k0 + bk, bc), load_b(k0 + bk, bc + 1u), load_b(k0 + bk, bc + 2u), load_b(k0 + bk, bc + 3u));
+        tile_a[ak * 16u + t / 16u] = load_a4(ar, k0 + ak);
+        tile_b[bk * 16u + t % 16u] = load_b4(k0 + bk, bc);
         workgroupBarrier();
         for (var kk = 0u; kk < DEPTH; kk++) {
             let va = tile_a[kk * 16u + lid.y];
@@ -112,10 +120,7 @@ fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
     }
     let r = row0 + lid.y * 4u;
     let c = col0 + lid.x * 4u;
-    store(r, c, acc0);
-    store(r + 1u, c, acc1);
-    store(r + 2u, c, acc2);
-    store(r + 3u, c, acc3);
+    store4(r, c, acc0, acc1, acc2, acc3);
 }
 
 // The wide variant, for outputs large enough to fill a GPU with 128 x 128
@@ -162,11 +167,8 @@ fn matmul_wide(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
         for (var e = t; e < WIDE_DEPTH * 32u; e += 256u) {
             let ar = row0 + (e / WIDE_DEPTH) * 4u;
             let ak = k0 + e % WIDE_DEPTH;
-            wide_a[(e % WIDE_DEPTH) * 32u + e / WIDE_DEPTH] =
-                vec4<f32>(load_a(ar, ak), load_a(ar + 1u, ak), load_a(ar + 2u, ak), load_a(ar + 3u, ak));
-            let bk = k0 + e / 32u;
-            let bc = col0 + (e % 32u) * 4u;
-            wide_b[e] = vec4<f32>(load_b(bk, bc), load_b(bk, bc + 1u), load_b(bk, bc + 2u), load_b(bk, bc + 3u));
+            wide_a[(e % WIDE_DEPTH) * 32u + e / WIDE_DEPTH] = load_a4(ar, ak);
+            wide_b[e] = load_b4(k0 + e / 32u, col0 + (e % 32u) * 4u);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < WIDE_DEPTH; kk++) {
@@ -197,22 +199,18 @@ fn matmul_wide(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
     let r1 = r0 + 64u;
     let q0 = col0 + lid.x * 4u;
     let q1 = q0 + 64u;
-    store(r0, q0, c00);
-    store(r0 + 1u, q0, c01);
-    store(r0 + 2u, q0, c02);
-    store(r0 + 3u, q0, c03);
-    store(r1, q0, c04);
-    store(r1 + 1u, q0, c05);
-    store(r1 + 2u, q0, c06);
-    store(r1 + 3u, q0, c07);
-    store(r0, q1, c10);
-    store(r0 + 1u, q1, c11);
-    store(r0 + 2u, q1, c12);
-    store(r0 + 3u, q1, c13);
-    store(r1, q1, c14);
-    store(r1 + 1u, q1, c15);
-    store(r1 + 2u, q1, c16);
-    store(r1 + 3u, q1, c17);
+    store4(r0, q0, c00, c01, c02, c03);
+    store4(r1, q0, c04, c05, c06, c07);
+    store4(r0, q1, c10, c11, c12, c13);
+    store4(r1, q1, c14, c15, c16, c17);
+}
+
+// Writes a 4 x 4 block at rows r .. r + 4, columns c .. c + 4.
+fn store4(r: u32, c: u32, v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>) {
+    store(r, c, v0);
+    store(r + 1u, c, v1);
+    store(r + 2u, c, v2);
+    store(r + 3u, c, v3);
 }
 
 // Writes one row of a 4 x 4 block, with the bias and epilogue.
