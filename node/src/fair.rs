@@ -105,8 +105,8 @@ impl FairSlots {
 
     /// A slot for one of `tenant`'s calls: at once if one is free, else when
     /// the fair order reaches it. Dropping the future gives up the place.
-    pub async fn acquire(self: &Arc<Self>, tenant: &str) -> FairPermit {
-        let tenant: Arc<str> = Arc::from(tenant);
+    pub async fn acquire(self: &Arc<Self>, tenant: impl Into<Arc<str>>) -> FairPermit {
+        let tenant: Arc<str> = tenant.into();
         let granted = {
             let mut state = self.lock();
             if state.free > 0 {

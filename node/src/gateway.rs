@@ -11,8 +11,9 @@
 //! Each function has a concurrency limit and a short bounded queue: a call
 //! that finds the queue full gets `429`, one that waits longer than the
 //! queue timeout gets `503`, both with `Retry-After`, so latency never grows
-//! without bound and one busy function does not starve the others. Calls run
-//! on tokio's blocking pool, off the threads that accept requests.
+//! without bound and one busy function does not starve the others. Short
+//! calls run on the thread that read the request (never on every one of
+//! them); others on tokio's blocking pool.
 //! `/metrics` serves Prometheus text: requests by status, errors by kind,
 //! latency and calls in flight, per function.
 //!
@@ -114,6 +115,21 @@ pub struct Served {
     gpu_seconds: GpuSeconds,
     /// What its calls used, for usage metering.
     meter: Arc<Meter>,
+    /// Its metric series.
+    series: Series,
+    /// Its tenant, as the node's call slots count it.
+    tenant: Arc<str>,
+}
+
+/// One function's metric series, looked up once when a version is made
+/// ready: each is a handle on the series in the registry, so a call counts
+/// itself without a lookup by labels.
+#[derive(Debug)]
+struct Series {
+    latency: Histogram,
+    /// Requests answered 200.
+    ok: Counter,
+    inflight: Gauge,
 }
 
 /// Calls whose logs a node keeps per function (the latest).
@@ -131,6 +147,20 @@ struct Meter {
     gpu_us: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+}
+
+impl Meter {
+    /// Counts one answered call.
+    fn charge(&self, response: &Response, took: Duration, bytes_in: u64) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if !response.status().is_success() {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.wall_us.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+        let out = http_body::Body::size_hint(response.body()).exact().unwrap_or(0);
+        self.bytes_out.fetch_add(out, Ordering::Relaxed);
+    }
 }
 
 /// CPU time the calling thread has used.
@@ -237,7 +267,18 @@ impl std::fmt::Debug for Served {
 }
 
 /// Functions by (tenant, name).
-pub type Table = HashMap<(String, String), Arc<Served>>;
+pub type Table = hashbrown::HashMap<(String, String), Arc<Served>>;
+
+/// A (tenant, name) borrowed from a request, to look a function up in a
+/// [`Table`] without copying the names. Hashes as the owned pair does.
+#[derive(Hash)]
+struct Name<'a>(&'a str, &'a str);
+
+impl hashbrown::Equivalent<(String, String)> for Name<'_> {
+    fn equivalent(&self, key: &(String, String)) -> bool {
+        self.0 == key.0 && self.1 == key.1
+    }
+}
 
 /// Functions that could not be made ready, by (tenant, name): the version
 /// and why.
@@ -419,7 +460,15 @@ impl Gateway {
             Ok(mut meters) => meters.entry((route.tenant.clone(), route.name.clone())).or_default().clone(),
             Err(_) => Arc::default(),
         };
-        Served { route, function, limits, config, gate, fast: AtomicU32::new(0), gpu_seconds, meter }
+        let ok = StatusLabels { tenant: route.tenant.clone(), function: route.name.clone(), status: 200 };
+        let series = Series {
+            latency: self.metrics.latency.get_or_create(&labels).clone(),
+            ok: self.metrics.requests.get_or_create(&ok).clone(),
+            inflight: self.metrics.inflight.get_or_create(&labels).clone(),
+        };
+        let tenant = Arc::from(route.tenant.as_str());
+        let fast = AtomicU32::new(0);
+        Served { route, function, limits, config, gate, fast, gpu_seconds, meter, series, tenant }
     }
 
     /// The table being served.
@@ -470,8 +519,13 @@ impl Gateway {
         self.revision.store(revision, Ordering::Relaxed);
     }
 
-    /// What the request's token grants, or the 401 to answer.
-    fn grant(&self, headers: &HeaderMap) -> Result<Grant, Refusal> {
+    /// Checks what the request's token grants with `check`; the 401 to
+    /// answer when it grants nothing.
+    fn with_grant<T>(
+        &self,
+        headers: &HeaderMap,
+        check: impl FnOnce(&Grant) -> Result<T, Refusal>,
+    ) -> Result<T, Refusal> {
         let unauthorized = |message: String| Refusal(StatusCode::UNAUTHORIZED, "unauthorized", message);
         let token = bearer_token(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()))
             .map_err(|why| unauthorized(format!("{why}: send `Authorization: Bearer TOKEN`")))?;
@@ -479,7 +533,15 @@ impl Gateway {
             let message = "this node has not received its route table from the control plane yet; retry shortly";
             return Err(Refusal(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message.into()));
         };
-        grants.get(&token_hash(token)).cloned().ok_or_else(|| unauthorized("invalid or revoked token".into()))
+        match grants.get(&token_hash(token)) {
+            Some(grant) => check(grant),
+            None => Err(unauthorized("invalid or revoked token".into())),
+        }
+    }
+
+    /// What the request's token grants, or the 401 to answer.
+    fn grant(&self, headers: &HeaderMap) -> Result<Grant, Refusal> {
+        self.with_grant(headers, |grant| Ok(grant.clone()))
     }
 
     /// Whether the caller may call `tenant/name` (served here as `served`);
@@ -489,28 +551,29 @@ impl Gateway {
         if served.is_some_and(|s| s.route.public) {
             return Ok(());
         }
-        let grant = self.grant(headers)?;
-        let own = grant.role == Role::Admin || grant.tenant.as_deref() == Some(tenant);
-        if !own {
-            return Err(Refusal(StatusCode::NOT_FOUND, "not_found", not_deployed_message(tenant, name)));
-        }
-        if !grant.role.may_invoke() {
-            let message = format!("a {} token may not call functions", grant.role.name());
-            return Err(Refusal(StatusCode::FORBIDDEN, "forbidden", message));
-        }
-        Ok(())
+        self.with_grant(headers, |grant| {
+            let own = grant.role == Role::Admin || grant.tenant.as_deref() == Some(tenant);
+            if !own {
+                return Err(Refusal(StatusCode::NOT_FOUND, "not_found", not_deployed_message(tenant, name)));
+            }
+            if !grant.role.may_invoke() {
+                let message = format!("a {} token may not call functions", grant.role.name());
+                return Err(Refusal(StatusCode::FORBIDDEN, "forbidden", message));
+            }
+            Ok(())
+        })
     }
 
     /// Admits the admin and nodes (to `/metrics` and `/v1/routes`).
     fn operator(&self, headers: &HeaderMap) -> Result<(), Refusal> {
-        match self.grant(headers)?.role {
+        self.with_grant(headers, |grant| match grant.role {
             Role::Admin | Role::Node => Ok(()),
             role => Err(Refusal(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 format!("a {} token may not read a node's metrics or routes", role.name()),
             )),
-        }
+        })
     }
 
     /// The route-table revision served.
@@ -525,7 +588,7 @@ impl Gateway {
 
     /// The version of `tenant/name` this node serves.
     fn lookup(&self, tenant: &str, name: &str) -> Option<Arc<Served>> {
-        self.table().get(&(tenant.to_string(), name.to_string())).cloned()
+        self.table.read().ok()?.get(&Name(tenant, name)).cloned()
     }
 
     /// What each function served here used since the node started.
@@ -551,29 +614,49 @@ impl Gateway {
     }
 
     /// Counts an answered call: by status, by error kind when the gateway
-    /// made the answer an error, and its latency; and meters it. A name
-    /// this node never served is counted as `-`, so that callers making up
-    /// names cannot grow the metrics without bound.
-    fn record(&self, labels: FunctionLabels, response: &Response, started: Instant, bytes_in: u64) {
-        let key = (labels.tenant.clone(), labels.function.clone());
-        let meter = self.meters.lock().ok().and_then(|m| m.get(&key).cloned());
-        let labels = match &meter {
-            Some(_) => labels,
+    /// made the answer an error, and its latency; and meters it. A served
+    /// function's success counts on its own series, without a lookup. A
+    /// name this node never served is counted as `-`, so that callers
+    /// making up names cannot grow the metrics without bound.
+    fn record(
+        &self,
+        (tenant, name): (&str, &str),
+        served: Option<&Served>,
+        response: &Response,
+        started: Instant,
+        bytes_in: u64,
+    ) {
+        let took = started.elapsed();
+        self.invocations.fetch_add(1, Ordering::Relaxed);
+        let failure = response.extensions().get::<FailureCode>();
+        let meter = match served {
+            Some(s) => {
+                s.meter.charge(response, took, bytes_in);
+                s.series.latency.observe(took.as_secs_f64());
+                if response.status() == StatusCode::OK && failure.is_none() {
+                    s.series.ok.inc();
+                    return;
+                }
+                Some(s.meter.clone())
+            }
+            None => {
+                let key = (tenant.to_string(), name.to_string());
+                let meter = self.meters.lock().ok().and_then(|m| m.get(&key).cloned());
+                if let Some(m) = &meter {
+                    m.charge(response, took, bytes_in);
+                }
+                meter
+            }
+        };
+        let labels = match meter {
+            Some(_) => FunctionLabels { tenant: tenant.into(), function: name.into() },
             None => FunctionLabels { tenant: "-".into(), function: "-".into() },
         };
-        if let Some(m) = &meter {
-            m.calls.fetch_add(1, Ordering::Relaxed);
-            if !response.status().is_success() {
-                m.errors.fetch_add(1, Ordering::Relaxed);
-            }
-            m.wall_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-            m.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
-            let out = http_body::Body::size_hint(response.body()).exact().unwrap_or(0);
-            m.bytes_out.fetch_add(out, Ordering::Relaxed);
-        }
         let metrics = &self.metrics;
-        metrics.latency.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-        if let Some(FailureCode(kind)) = response.extensions().get::<FailureCode>() {
+        if served.is_none() {
+            metrics.latency.get_or_create(&labels).observe(took.as_secs_f64());
+        }
+        if let Some(FailureCode(kind)) = failure {
             let errors =
                 ErrorLabels { tenant: labels.tenant.clone(), function: labels.function.clone(), kind: kind.clone() };
             metrics.errors.get_or_create(&errors).inc();
@@ -583,7 +666,6 @@ impl Gateway {
             .requests
             .get_or_create(&StatusLabels { tenant: labels.tenant, function: labels.function, status })
             .inc();
-        self.invocations.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -745,21 +827,21 @@ async fn metrics(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Res
 /// Counts a call in flight until dropped.
 struct InFlight {
     gateway: Arc<Gateway>,
-    labels: FunctionLabels,
+    gauge: Gauge,
 }
 
 impl InFlight {
-    fn new(gateway: &Arc<Gateway>, labels: FunctionLabels) -> Self {
+    fn new(gateway: &Arc<Gateway>, served: &Served) -> Self {
         gateway.inflight.fetch_add(1, Ordering::Relaxed);
-        gateway.metrics.inflight.get_or_create(&labels).inc();
-        InFlight { gateway: gateway.clone(), labels }
+        served.series.inflight.inc();
+        InFlight { gateway: gateway.clone(), gauge: served.series.inflight.clone() }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.gateway.inflight.fetch_sub(1, Ordering::Relaxed);
-        self.gateway.metrics.inflight.get_or_create(&self.labels).dec();
+        self.gauge.dec();
     }
 }
 
@@ -773,11 +855,11 @@ struct Admitted {
 /// Waits for one of the function's slots, within its queue bound, then for
 /// one of the node's, in the fair order between tenants, both within the
 /// queue timeout; answers 429 or 503 (with `Retry-After`) otherwise.
-async fn admit(gateway: &Gateway, served: &Served, tenant: &str, name: &str) -> Result<Admitted, Response> {
+async fn admit(gateway: &Gateway, served: &Served, name: &str) -> Result<Admitted, Response> {
     let started = Instant::now();
     let function = admit_function(gateway, served, name).await?;
     let left = gateway.config.queue_timeout.saturating_sub(started.elapsed());
-    match tokio::time::timeout(left, gateway.slots.acquire(tenant)).await {
+    match tokio::time::timeout(left, gateway.slots.acquire(served.tenant.clone())).await {
         Ok(node) => Ok(Admitted { _function: function, _node: node }),
         Err(_) => {
             let message = format!(
@@ -832,10 +914,11 @@ async fn invoke(
         Ok(p) => p,
         Err(r) => return failure(StatusCode::BAD_REQUEST, "bad_request", r.body_text()),
     };
-    let labels = FunctionLabels { tenant: tenant.clone(), function: name.clone() };
     let bytes_in = body.as_ref().map_or(0, |b| b.len() as u64);
-    let response = call(&gateway, &tenant, &name, &labels, &headers, body).await;
-    gateway.record(labels, &response, started, bytes_in);
+    // One clone of the pointer: this call is served by this table's version.
+    let served = gateway.lookup(&tenant, &name);
+    let response = call(&gateway, &tenant, &name, served.as_ref(), &headers, body).await;
+    gateway.record((&tenant, &name), served.as_deref(), &response, started, bytes_in);
     response
 }
 
@@ -843,13 +926,11 @@ async fn call(
     gateway: &Arc<Gateway>,
     tenant: &str,
     name: &str,
-    labels: &FunctionLabels,
+    served: Option<&Arc<Served>>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    // One clone of the pointer: this call is served by this table's version.
-    let served = gateway.lookup(tenant, name);
-    if let Err(refused) = gateway.authorize(headers, tenant, name, served.as_deref()) {
+    if let Err(refused) = gateway.authorize(headers, tenant, name, served.map(|s| &**s)) {
         return refused.into_response();
     }
     let Some(served) = served else {
@@ -887,8 +968,8 @@ async fn call(
         return failure(StatusCode::SERVICE_UNAVAILABLE, "no_gpu", message);
     }
 
-    let _inflight = InFlight::new(gateway, labels.clone());
-    let permit = match admit(gateway, &served, tenant, name).await {
+    let _inflight = InFlight::new(gateway, served);
+    let permit = match admit(gateway, served, name).await {
         Ok(p) => (p, share),
         Err(busy) => return busy,
     };
@@ -938,9 +1019,7 @@ async fn call(
             Err(e) => return runtime_failure(&e),
         },
     };
-    if let Ok(v) = HeaderValue::from_str(&version.to_string()) {
-        response.headers_mut().insert(VERSION_HEADER, v);
-    }
+    response.headers_mut().insert(VERSION_HEADER, HeaderValue::from(version));
     response
 }
 
@@ -1164,10 +1243,10 @@ async fn http_call(
     request: axum::extract::Request,
 ) -> Response {
     let started = Instant::now();
-    let labels = FunctionLabels { tenant: tenant.clone(), function: name.clone() };
     let bytes_in = http_body::Body::size_hint(request.body()).exact().unwrap_or(0);
-    let response = http_answer(&gateway, &tenant, &name, rest, &labels, request).await;
-    gateway.record(labels, &response, started, bytes_in);
+    let served = gateway.lookup(&tenant, &name);
+    let response = http_answer(&gateway, &tenant, &name, served.as_ref(), rest, request).await;
+    gateway.record((&tenant, &name), served.as_deref(), &response, started, bytes_in);
     response
 }
 
@@ -1175,12 +1254,11 @@ async fn http_answer(
     gateway: &Arc<Gateway>,
     tenant: &str,
     name: &str,
+    served: Option<&Arc<Served>>,
     rest: String,
-    labels: &FunctionLabels,
     request: axum::extract::Request,
 ) -> Response {
-    let served = gateway.lookup(tenant, name);
-    if let Err(refused) = gateway.authorize(request.headers(), tenant, name, served.as_deref()) {
+    if let Err(refused) = gateway.authorize(request.headers(), tenant, name, served.map(|s| &**s)) {
         return refused.into_response();
     }
     let Some(served) = served else {
@@ -1223,12 +1301,12 @@ async fn http_answer(
         Err(e) => return failure(StatusCode::BAD_REQUEST, "bad_request", format!("bad request: {e}")),
     };
 
-    let inflight = InFlight::new(gateway, labels.clone());
+    let inflight = InFlight::new(gateway, served);
     let share = match gateway.tenant_share(tenant) {
         Ok(p) => p,
         Err(refused) => return refused.into_response(),
     };
-    let permit = match admit(gateway, &served, tenant, name).await {
+    let permit = match admit(gateway, served, name).await {
         Ok(p) => (p, share),
         Err(busy) => return busy,
     };
