@@ -211,6 +211,20 @@ async fn every_error_status_is_provoked_and_answered_in_json() {
         }
     }
 
+    // A caller that hangs up while queued gives its place back: with the
+    // slot held again, the next call queues (and times out, 503) rather
+    // than finding the one-place queue still taken (429).
+    let holder = tokio::spawn(http.post(url("spin")).json(&row).send());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let quitter = http.post(url("spin")).json(&row).timeout(Duration::from_millis(50)).send().await;
+    assert!(quitter.as_ref().is_err_and(reqwest::Error::is_timeout), "{quitter:?}");
+    assert_eq!(answer(holder.await.expect("task").expect("answer")).await.0, 504);
+    let holder = tokio::spawn(http.post(url("spin")).json(&row).send());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (s, _, code, m) = answer(http.post(url("spin")).json(&row).send().await.expect("answer")).await;
+    assert_eq!((s, code.as_str()), (503, "overloaded"), "{m}");
+    assert_eq!(answer(holder.await.expect("task").expect("answer")).await.0, 504);
+
     // Nothing above slowed or broke the healthy function.
     let ok = http.post(url("fraud")).json(&row).send().await.expect("answer");
     assert_eq!(ok.status(), 200);
@@ -218,7 +232,7 @@ async fn every_error_status_is_provoked_and_answered_in_json() {
     // Metrics count all of it.
     let metrics = http.get(format!("{}/metrics", node.url)).send().await.expect("metrics").text().await.expect("text");
     for want in [
-        r#"wasmgrid_requests_total{tenant="default",function="spin",status="504"} 1"#,
+        r#"wasmgrid_requests_total{tenant="default",function="spin",status="504"} 3"#,
         r#"wasmgrid_requests_total{tenant="default",function="spin",status="429"} 1"#,
         r#"wasmgrid_requests_total{tenant="default",function="fraud",status="413"} 1"#,
         r#"wasmgrid_errors_total{tenant="default",function="crash",kind="trap"} 1"#,

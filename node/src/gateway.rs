@@ -845,6 +845,25 @@ impl Drop for InFlight {
     }
 }
 
+/// A place in a function's queue, held until dropped.
+struct Place<'a> {
+    waiting: &'a AtomicUsize,
+    /// Calls that were waiting when this one took its place.
+    ahead: usize,
+}
+
+impl<'a> Place<'a> {
+    fn take(waiting: &'a AtomicUsize) -> Place<'a> {
+        Place { waiting, ahead: waiting.fetch_add(1, Ordering::AcqRel) }
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// What a running call holds: one of the function's slots and one of the
 /// node's, given back when dropped.
 struct Admitted {
@@ -877,8 +896,10 @@ async fn admit_function(gateway: &Gateway, served: &Served, name: &str) -> Resul
         return Ok(p);
     }
     let gate = &served.gate;
-    if gate.waiting.fetch_add(1, Ordering::AcqRel) >= gateway.config.max_queue {
-        gate.waiting.fetch_sub(1, Ordering::AcqRel);
+    // The place is given back however the wait ends, also when the caller
+    // hangs up and the call is dropped mid-wait.
+    let place = Place::take(&gate.waiting);
+    if place.ahead >= gateway.config.max_queue {
         let message = format!(
             "function `{name}` is at its concurrency limit ({} running, {} waiting); retry later",
             gateway.config.max_concurrency, gateway.config.max_queue
@@ -886,7 +907,7 @@ async fn admit_function(gateway: &Gateway, served: &Served, name: &str) -> Resul
         return Err(busy(StatusCode::TOO_MANY_REQUESTS, "overloaded", message));
     }
     let waited = tokio::time::timeout(gateway.config.queue_timeout, gate.slots.clone().acquire_owned()).await;
-    gate.waiting.fetch_sub(1, Ordering::AcqRel);
+    drop(place);
     match waited {
         Ok(Ok(p)) => Ok(p),
         _ => {
