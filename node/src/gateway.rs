@@ -111,8 +111,6 @@ pub struct Served {
     gate: Arc<Gate>,
     /// Consecutive calls shorter than [`INLINE_BUDGET`].
     fast: AtomicU32,
-    /// Seconds its calls spent in `gpu` calls.
-    gpu_seconds: GpuSeconds,
     /// What its calls used, for usage metering.
     meter: Arc<Meter>,
     /// Its metric series.
@@ -130,6 +128,8 @@ struct Series {
     /// Requests answered 200.
     ok: Counter,
     inflight: Gauge,
+    /// Seconds its calls spent in `gpu` calls.
+    gpu_seconds: GpuSeconds,
 }
 
 /// Calls whose logs a node keeps per function (the latest).
@@ -240,7 +240,7 @@ impl Served {
     fn charge_gpu(&self, instance: &crate::Instance) {
         let took = instance.gpu_time();
         if !took.is_zero() {
-            self.gpu_seconds.inc_by(took.as_secs_f64());
+            self.series.gpu_seconds.inc_by(took.as_secs_f64());
             self.meter.gpu_us.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
         }
     }
@@ -450,25 +450,25 @@ impl Gateway {
         let key = (route.tenant.clone(), route.name.clone());
         let slots = self.config.max_concurrency;
         let gate = match self.gates.lock() {
-            Ok(mut gates) => gates.entry(key).or_insert_with(|| Gate::new(slots)).clone(),
+            Ok(mut gates) => gates.entry(key.clone()).or_insert_with(|| Gate::new(slots)).clone(),
             Err(_) => Gate::new(slots),
         };
         let config = Arc::new(route.config.clone());
-        let labels = FunctionLabels { tenant: route.tenant.clone(), function: route.name.clone() };
-        let gpu_seconds = self.metrics.gpu_seconds.get_or_create(&labels).clone();
         let meter = match self.meters.lock() {
-            Ok(mut meters) => meters.entry((route.tenant.clone(), route.name.clone())).or_default().clone(),
+            Ok(mut meters) => meters.entry(key).or_default().clone(),
             Err(_) => Arc::default(),
         };
+        let labels = FunctionLabels { tenant: route.tenant.clone(), function: route.name.clone() };
         let ok = StatusLabels { tenant: route.tenant.clone(), function: route.name.clone(), status: 200 };
         let series = Series {
             latency: self.metrics.latency.get_or_create(&labels).clone(),
             ok: self.metrics.requests.get_or_create(&ok).clone(),
             inflight: self.metrics.inflight.get_or_create(&labels).clone(),
+            gpu_seconds: self.metrics.gpu_seconds.get_or_create(&labels).clone(),
         };
         let tenant = Arc::from(route.tenant.as_str());
         let fast = AtomicU32::new(0);
-        Served { route, function, limits, config, gate, fast, gpu_seconds, meter, series, tenant }
+        Served { route, function, limits, config, gate, fast, meter, series, tenant }
     }
 
     /// The table being served.
@@ -629,7 +629,8 @@ impl Gateway {
         let took = started.elapsed();
         self.invocations.fetch_add(1, Ordering::Relaxed);
         let failure = response.extensions().get::<FailureCode>();
-        let meter = match served {
+        // Whether this node ever served the name (its meter outlives versions).
+        let known = match served {
             Some(s) => {
                 s.meter.charge(response, took, bytes_in);
                 s.series.latency.observe(took.as_secs_f64());
@@ -637,7 +638,7 @@ impl Gateway {
                     s.series.ok.inc();
                     return;
                 }
-                Some(s.meter.clone())
+                true
             }
             None => {
                 let key = (tenant.to_string(), name.to_string());
@@ -645,12 +646,13 @@ impl Gateway {
                 if let Some(m) = &meter {
                     m.charge(response, took, bytes_in);
                 }
-                meter
+                meter.is_some()
             }
         };
-        let labels = match meter {
-            Some(_) => FunctionLabels { tenant: tenant.into(), function: name.into() },
-            None => FunctionLabels { tenant: "-".into(), function: "-".into() },
+        let labels = if known {
+            FunctionLabels { tenant: tenant.into(), function: name.into() }
+        } else {
+            FunctionLabels { tenant: "-".into(), function: "-".into() }
         };
         let metrics = &self.metrics;
         if served.is_none() {
