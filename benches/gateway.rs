@@ -11,7 +11,8 @@
 //! (throughput at 16, 32 and 64 connections, `CONNECTIONS=` to choose; a
 //! server's saturation throughput is its best of those, over `ROUNDS=2`
 //! rounds in which the servers take turns) and `hey` (latency
-//! at half of wasmgrid's saturation throughput, fixed rate). Both must be installed
+//! at half of wasmgrid's saturation throughput, fixed rate, over
+//! `LATENCY_ROUNDS=3` rounds of turns; each figure is a median). Both must be installed
 //! (`apt-get install wrk hey`). Every server and the load generator share
 //! this machine's cores, so absolute figures understate a dedicated server;
 //! the ratios in the same run are the point.
@@ -169,6 +170,12 @@ fn latency_at(url: &str, body_file: &Path, rate: f64) -> (f64, f64) {
     (p50, p99)
 }
 
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 }
+}
+
 fn main() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
@@ -221,6 +228,7 @@ fn main() {
     let sizes = list("ROWS", &[1, 100]);
     let levels = list("CONNECTIONS", &[16, 32, 64]);
     let rounds = list("ROUNDS", &[2]).first().copied().unwrap_or(2).max(1);
+    let latency_rounds = list("LATENCY_ROUNDS", &[3]).first().copied().unwrap_or(3).max(1);
     for rows in sizes {
         let body_file = dir.join(format!("body-{rows}.json"));
         std::fs::write(&body_file, body(rows)).expect("body");
@@ -243,7 +251,20 @@ fn main() {
             runs.iter().map(|r| r.iter().copied().fold((0.0, 0.0), |b, x| if x.0 > b.0 { x } else { b })).collect();
         let throughput: Vec<f64> = best.iter().map(|b| b.0).collect();
         let half = throughput[0] / 2.0;
-        let latencies: Vec<(f64, f64)> = servers.iter().map(|(_, url, _)| latency_at(url, &body_file, half)).collect();
+        // Latency at half load: the servers take turns again, and each
+        // server's figures are its medians over the rounds.
+        let mut measured = vec![Vec::new(); servers.len()];
+        for _ in 0..latency_rounds {
+            for (i, (_, url, _)) in servers.iter().enumerate() {
+                measured[i].push(latency_at(url, &body_file, half));
+            }
+        }
+        let latencies: Vec<(f64, f64)> = measured
+            .iter()
+            .map(|m| (median(m.iter().map(|l| l.0).collect()), median(m.iter().map(|l| l.1).collect())))
+            .collect();
+        // wasmgrid's p99 less native's, each round measured back to back.
+        let gaps: Vec<f64> = measured[0].iter().zip(&measured[1]).map(|(w, n)| w.1 - n.1).collect();
         let heads: String = levels.iter().map(|c| format!("{:>9}", format!("{c} conn"))).collect();
         println!(
             "  {:<16}{heads} {:>10} {:>14} {:>12} {:>12}",
@@ -254,12 +275,20 @@ fn main() {
             let ((t, c), (p50, p99)) = (best[i], latencies[i]);
             println!("  {name:<16}{rates} {t:>10.0} {c:>11.1} µs {p50:>9.0} µs {p99:>9.0} µs");
         }
-        println!("  (half load = {half:.0} req/s, half of wasmgrid's saturation throughput)");
+        println!(
+            "  (half load = {half:.0} req/s, half of wasmgrid's saturation throughput; latencies are medians of {latency_rounds} rounds)"
+        );
         println!("  wasmgrid / native throughput:          {:.2} (target >= 0.5)", throughput[0] / throughput[1]);
         println!("  native / wasmgrid server CPU per request: {:.2}", best[1].1 / best[0].1);
         let first = |i: usize| runs[i][0].0;
         println!("  wasmgrid / native at {} connections:   {:.2}", levels[0], first(0) / first(1));
-        println!("  wasmgrid p99 - native p99 at half load: {:.0} µs (target < 1000)", latencies[0].1 - latencies[1].1);
+        let each: Vec<String> = gaps.iter().map(|g| format!("{g:.0}")).collect();
+        println!(
+            "  wasmgrid p99 - native p99 at half load: {:.0} µs, median of {} rounds ({} µs) (target < 1000)",
+            median(gaps.clone()),
+            gaps.len(),
+            each.join(", ")
+        );
         if servers.len() > 2 {
             println!("  wasmgrid / wasmtime serve throughput:  {:.2} (target >= 0.8)", throughput[0] / throughput[2]);
         }

@@ -109,8 +109,8 @@ pub struct Served {
     limits: Limits,
     config: Arc<BTreeMap<String, String>>,
     gate: Arc<Gate>,
-    /// Consecutive calls shorter than [`INLINE_BUDGET`].
-    fast: AtomicU32,
+    /// How long its calls take, to choose where the next one runs.
+    cost: CallCost,
     /// What its calls used, for usage metering.
     meter: Arc<Meter>,
     /// Its metric series.
@@ -206,10 +206,36 @@ fn metered<T>(meter: &Meter, f: impl FnOnce() -> T) -> T {
 
 type GpuSeconds = Counter<f64, AtomicU64>;
 
-/// A call this short counts toward running the function inline.
+/// A function whose calls average less wall time than this runs inline.
 const INLINE_BUDGET: Duration = Duration::from_millis(1);
-/// Consecutive short calls before a function runs inline.
-const FAST_STREAK: u32 = 32;
+/// The most one call adds to a function's average: a new function
+/// starts there, and a call that ran past it is counted as this long.
+const COST_CAP: Duration = Duration::from_millis(16);
+
+/// A moving average of a function's call wall time, in microseconds.
+///
+/// The average moves an eighth of the way to each call, so a call
+/// preempted for a few milliseconds by a busy machine does not send a fast
+/// function to the pool, while one call that runs past [`COST_CAP`] does,
+/// until about 8 short calls bring it back. A new function starts at the
+/// cap and runs on the pool for its first 20 or so calls.
+struct CallCost(AtomicU32);
+
+impl CallCost {
+    fn new() -> CallCost {
+        CallCost(AtomicU32::new(COST_CAP.as_micros() as u32))
+    }
+
+    /// Whether calls are short enough to run on a gateway worker.
+    fn runs_inline(&self) -> bool {
+        self.0.load(Ordering::Relaxed) < INLINE_BUDGET.as_micros() as u32
+    }
+
+    fn record(&self, took: Duration) {
+        let sample = took.min(COST_CAP).as_micros() as u32;
+        let _ = self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| Some(avg - avg / 8 + sample / 8));
+    }
+}
 
 impl Served {
     /// Ends a call's instance: charges its GPU time and keeps what it
@@ -242,20 +268,6 @@ impl Served {
         if !took.is_zero() {
             self.series.gpu_seconds.inc_by(took.as_secs_f64());
             self.meter.gpu_us.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-        }
-    }
-
-    fn fast_streak(&self) -> u32 {
-        self.fast.load(Ordering::Relaxed)
-    }
-
-    fn record(&self, took: Duration) {
-        if took < INLINE_BUDGET {
-            let _ = self
-                .fast
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_add(1).min(1 << 20)));
-        } else {
-            self.fast.store(0, Ordering::Relaxed);
         }
     }
 }
@@ -467,8 +479,8 @@ impl Gateway {
             gpu_seconds: self.metrics.gpu_seconds.get_or_create(&labels).clone(),
         };
         let tenant = Arc::from(route.tenant.as_str());
-        let fast = AtomicU32::new(0);
-        Served { route, function, limits, config, gate, fast, meter, series, tenant }
+        let cost = CallCost::new();
+        Served { route, function, limits, config, gate, cost, meter, series, tenant }
     }
 
     /// The table being served.
@@ -998,15 +1010,14 @@ async fn call(
     };
 
     let job = served.clone();
-    // A function whose recent calls were all short runs on this thread,
+    // A function whose recent calls were short runs on this thread,
     // sparing two thread handoffs; anything else goes to the blocking pool.
-    // Inline calls never occupy every worker, and one slow call sends the
-    // function back to the pool until it has been fast again for a while.
-    let result = match gateway.inline.clone().try_acquire_owned().ok().filter(|_| served.fast_streak() >= FAST_STREAK) {
+    // Inline calls never occupy every worker.
+    let result = match gateway.inline.clone().try_acquire_owned().ok().filter(|_| served.cost.runs_inline()) {
         Some(inline) => {
             let _held = (permit, inline);
             let (result, took) = timed(&served.meter, || score(&job, rows));
-            served.record(took);
+            served.cost.record(took);
             Ok(result)
         }
         None => {
@@ -1014,7 +1025,7 @@ async fn call(
                 let _permit = permit;
                 let started = Instant::now();
                 let result = metered(&job.meter, || score(&job, rows));
-                job.record(started.elapsed());
+                job.cost.record(started.elapsed());
                 result
             })
             .await
@@ -1374,6 +1385,46 @@ async fn http_answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn call_cost_tolerates_a_preempted_call_but_not_a_slow_one() {
+        let cost = CallCost::new();
+        let fast = Duration::from_micros(300);
+        let calls_until_inline = |cost: &CallCost| {
+            (0..100)
+                .take_while(|_| {
+                    !cost.runs_inline() && {
+                        cost.record(fast);
+                        true
+                    }
+                })
+                .count()
+        };
+
+        // A new function starts on the pool, then runs inline.
+        assert!(!cost.runs_inline());
+        let first = calls_until_inline(&cost);
+        assert!((15..30).contains(&first), "inline after {first} calls");
+
+        // Once settled, one call preempted for a few milliseconds, even two,
+        // leave it inline.
+        (0..30).for_each(|_| cost.record(fast));
+        cost.record(Duration::from_millis(3));
+        assert!(cost.runs_inline());
+        cost.record(Duration::from_millis(3));
+        assert!(cost.runs_inline());
+        (0..30).for_each(|_| cost.record(fast));
+
+        // A call past the cap sends it to the pool, and short calls bring it back.
+        cost.record(Duration::from_secs(5));
+        assert!(!cost.runs_inline());
+        let back = calls_until_inline(&cost);
+        assert!((5..12).contains(&back), "back inline after {back} calls");
+
+        // A function whose calls all take 1.5 ms stays on the pool.
+        (0..100).for_each(|_| cost.record(Duration::from_micros(1500)));
+        assert!(!cost.runs_inline());
+    }
 
     fn json_rows(body: &str) -> Result<Vec<Row>, String> {
         match read_json(body.as_bytes())? {
