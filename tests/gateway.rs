@@ -30,9 +30,14 @@ async fn deploy(client: &Client, name: &str, wasm: &str, timeout_ms: u64, config
 
 /// Waits until the node serves `name` at `version`.
 async fn served(http: &reqwest::Client, node: &Node, name: &str, version: u64) {
+    served_at(http, &node.url, name, version).await
+}
+
+/// Waits until the gateway at `base` serves `name` at `version`.
+async fn served_at(http: &reqwest::Client, base: &str, name: &str, version: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(r) = http.get(format!("{}/v1/routes", node.url)).send().await
+        if let Ok(r) = http.get(format!("{base}/v1/routes")).send().await
             && let Ok(table) = r.json::<wasmgrid_api::RouteTable>().await
             && table.routes.iter().any(|r| r.name == name && r.version == version)
         {
@@ -389,4 +394,49 @@ async fn the_phones_script_drives_fall_detect_and_every_fall_is_flagged() {
     assert!(summary["falls_sent"].as_u64() > Some(0), "{summary}");
     assert_eq!(summary["falls_flagged"], summary["falls_sent"], "{summary}");
     assert_eq!(summary["false_alarms"], 0, "{summary}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_waits_for_calls_in_flight_and_a_second_signal_quits_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut dev = common::grid::Dev::start(&dir.path().join("dev"));
+    let client = Client::new(&[dev.control_plane.as_str()], Duration::from_secs(30))
+        .expect("client")
+        .with_token(Some(common::TOKEN.into()));
+    let http = common::http();
+    let v = deploy(&client, "fraud", guests::LOGREG, 1000, &[("model", MODEL)]).await;
+    let spin = deploy(&client, "spin", guests::HOSTILE_SCORER, 60_000, &[("mode", "loop")]).await;
+    served_at(&http, &dev.gateway, "fraud", v).await;
+    served_at(&http, &dev.gateway, "spin", spin).await;
+    let url = |name: &str| format!("{}/v1/fn/default/{name}", dev.gateway);
+    let row = serde_json::json!({"rows": [{"amount": 1.0, "foreign": 0}]});
+
+    // A short call finishes before the signal; a guest that loops for up to
+    // a minute is in flight when it comes.
+    let r = http.post(url("fraud")).json(&row).send().await.expect("answer");
+    assert_eq!(r.status(), 200);
+    let stuck = tokio::spawn(http.post(url("spin")).json(&row).send());
+    let metrics = format!("{}/metrics", dev.gateway);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = http.get(&metrics).send().await.expect("metrics").text().await.expect("text");
+        if text.contains(r#"wasmgrid_inflight{tenant="default",function="spin"} 1"#) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the looping call never started:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // SIGTERM: it stops taking calls but waits for the one in flight.
+    dev.signal("TERM");
+    let waited = tokio::task::block_in_place(|| dev.exited_within(Duration::from_secs(2)));
+    assert!(waited.is_none(), "it quit with a call in flight: {waited:?}");
+    // A second signal ends it at once, with a failing status.
+    dev.signal("INT");
+    let status = tokio::task::block_in_place(|| dev.exited_within(Duration::from_secs(10)));
+    let status = status.expect("a second signal ends the process");
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    // The caller of the abandoned call sees its connection close, not a hang.
+    let outcome = tokio::time::timeout(Duration::from_secs(10), stuck).await.expect("the caller is not left hanging");
+    assert!(outcome.expect("task").is_err(), "the abandoned call got no answer");
 }

@@ -276,6 +276,28 @@ pub(crate) fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// How long a stopping process waits for in-flight work before it quits.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// Waits for Ctrl-C or SIGTERM, then for `stop`. A second signal, or
+/// [`STOP_GRACE`] passing first, ends the process at once (exit status 1):
+/// stopping never hangs on a call that will not end or a stuck disk.
+async fn stop_on_signal(stop: impl Future<Output = ()>) {
+    shutdown_signal().await;
+    eprintln!("stopping: in-flight calls finish (Ctrl-C again to quit at once)");
+    // A task of its own: `stop` may block this thread (a flush to disk).
+    tokio::spawn(async {
+        tokio::select! {
+            _ = shutdown_signal() => eprintln!("quitting at once on a second signal"),
+            _ = tokio::time::sleep(STOP_GRACE) => {
+                eprintln!("in-flight work did not finish within {}s; quitting", STOP_GRACE.as_secs());
+            }
+        }
+        std::process::exit(1);
+    });
+    stop.await;
+}
+
 /// Waits for Ctrl-C or SIGTERM.
 async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -313,8 +335,7 @@ pub fn control_plane(args: ControlPlaneArgs) -> Result<()> {
     tokio_runtime()?.block_on(async move {
         let running = server::start(config).await?;
         eprintln!("control-plane replica {} serving on {}", args.id, running.url());
-        shutdown_signal().await;
-        running.stop().await;
+        stop_on_signal(running.stop()).await;
         Ok(())
     })
 }
@@ -354,8 +375,7 @@ pub fn node(args: NodeArgs) -> Result<()> {
     tokio_runtime()?.block_on(async move {
         let agent = agent::start(config, runtime).await?;
         eprintln!("node {} serving on {}", agent.id, agent.url);
-        shutdown_signal().await;
-        agent.stop().await;
+        stop_on_signal(agent.stop()).await;
         Ok(())
     })
 }
@@ -389,9 +409,11 @@ pub fn dev(args: DevArgs, compile: &CompileArgs) -> Result<()> {
             args.data.display(),
             access::admin_token_path(&args.data).display()
         );
-        shutdown_signal().await;
-        agent.stop().await;
-        cp.stop().await;
+        stop_on_signal(async {
+            agent.stop().await;
+            cp.stop().await;
+        })
+        .await;
         Ok(())
     })
 }
