@@ -551,9 +551,20 @@ impl Gateway {
         }
     }
 
-    /// What the request's token grants, or the 401 to answer.
-    fn grant(&self, headers: &HeaderMap) -> Result<Grant, Refusal> {
-        self.with_grant(headers, |grant| Ok(grant.clone()))
+    /// Whether the caller may read `tenant`'s logs; the answer to give when
+    /// not. Another tenant's logs are a 404 saying `hidden`, like anything
+    /// this node has none of.
+    fn log_reader(&self, headers: &HeaderMap, tenant: &str, hidden: impl FnOnce() -> String) -> Result<(), Refusal> {
+        self.with_grant(headers, |grant| {
+            if grant.role != Role::Admin && grant.tenant.as_deref() != Some(tenant) {
+                return Err(Refusal(StatusCode::NOT_FOUND, "not_found", hidden()));
+            }
+            if !matches!(grant.role, Role::Admin | Role::Full | Role::ReadOnly) {
+                let message = format!("a {} token may not read logs", grant.role.name());
+                return Err(Refusal(StatusCode::FORBIDDEN, "forbidden", message));
+            }
+            Ok(())
+        })
     }
 
     /// Whether the caller may call `tenant/name` (served here as `served`);
@@ -772,16 +783,8 @@ async fn call_logs(
     UrlPath((tenant, name)): UrlPath<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let grant = match gateway.grant(&headers) {
-        Ok(g) => g,
-        Err(refused) => return refused.into_response(),
-    };
-    if grant.role != Role::Admin && grant.tenant.as_deref() != Some(tenant.as_str()) {
-        return not_deployed(&tenant, &name);
-    }
-    if !matches!(grant.role, Role::Admin | Role::Full | Role::ReadOnly) {
-        let message = format!("a {} token may not read logs", grant.role.name());
-        return failure(StatusCode::FORBIDDEN, "forbidden", message);
+    if let Err(refused) = gateway.log_reader(&headers, &tenant, || not_deployed_message(&tenant, &name)) {
+        return refused.into_response();
     }
     let meter = gateway.meters.lock().ok().and_then(|m| m.get(&(tenant.clone(), name.clone())).cloned());
     let Some(meter) = meter else {
@@ -799,24 +802,13 @@ async fn attempt_logs(
     UrlPath((tenant, job)): UrlPath<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let grant = match gateway.grant(&headers) {
-        Ok(g) => g,
-        Err(refused) => return refused.into_response(),
-    };
-    let not_here = || {
-        let message = format!("no attempt of job `{job}` logged anything on this node");
-        failure(StatusCode::NOT_FOUND, "not_found", message)
-    };
-    if grant.role != Role::Admin && grant.tenant.as_deref() != Some(tenant.as_str()) {
-        return not_here();
-    }
-    if !matches!(grant.role, Role::Admin | Role::Full | Role::ReadOnly) {
-        let message = format!("a {} token may not read logs", grant.role.name());
-        return failure(StatusCode::FORBIDDEN, "forbidden", message);
+    let not_here = || format!("no attempt of job `{job}` logged anything on this node");
+    if let Err(refused) = gateway.log_reader(&headers, &tenant, not_here) {
+        return refused.into_response();
     }
     match gateway.job_logs.get(&tenant, &job) {
         Some(attempts) => (StatusCode::OK, axum::Json(AttemptLogs { tenant, job, attempts })).into_response(),
-        None => not_here(),
+        None => failure(StatusCode::NOT_FOUND, "not_found", not_here()),
     }
 }
 
