@@ -559,7 +559,7 @@ impl Gateway {
             if grant.role != Role::Admin && grant.tenant.as_deref() != Some(tenant) {
                 return Err(Refusal(StatusCode::NOT_FOUND, "not_found", hidden()));
             }
-            if !matches!(grant.role, Role::Admin | Role::Full | Role::ReadOnly) {
+            if !grant.role.may_read_logs() {
                 let message = format!("a {} token may not read logs", grant.role.name());
                 return Err(Refusal(StatusCode::FORBIDDEN, "forbidden", message));
             }

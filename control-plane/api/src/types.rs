@@ -466,6 +466,11 @@ impl Role {
     pub fn may_invoke(self) -> bool {
         matches!(self, Role::Admin | Role::Full | Role::InvokeOnly)
     }
+
+    /// Whether it may read its tenant's logs on a gateway.
+    pub fn may_read_logs(self) -> bool {
+        matches!(self, Role::Admin | Role::Full | Role::ReadOnly)
+    }
 }
 
 /// A token as a node's gateway checks it: its hash and what it grants.
