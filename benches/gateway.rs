@@ -1,11 +1,22 @@
 //! Gateway benchmark (`cargo bench --bench gateway`): per-request scoring
-//! over HTTP on loopback, `logreg` on 1 row and on 100 rows (`ROWS=1` for one size), against
+//! over HTTP on loopback, one run, three models:
 //!
-//! - **native**: a plain hyper (axum) server in this process calling the same
-//!   model code (`guest-examples/logreg/src/model.rs`) natively, and
-//! - **wasmtime serve**: the same model as a standard `wasi:http/proxy`
-//!   component (`tests/guests/logreg-http`) under `wasmtime serve`
-//!   (`$WASMTIME`, else `wasmtime` on `PATH`; skipped when there is none).
+//! - `logreg-2`: the demo's fraud model (`logreg`, 2 features... 3 with age),
+//! - `logreg-30`: a 30-feature logistic regression (`logreg`, seeded random
+//!   weights, features `f00`..`f29`),
+//! - `mlp`: a 3-layer perceptron, 30 -> 64 -> 32 -> 1 (`mlp-score`, on the
+//!   node's CPU fallback: `wasmgrid dev` runs with `--gpu-mode off`),
+//!
+//! on 1 row and on 100 rows (`ROWS=1` for one size, `MODELS=logreg-30` for
+//! one model), each against
+//!
+//! - **native**: the leanest server a user would write: plain hyper (HTTP/1.1,
+//!   no framework), rows through `serde_json`, the same arithmetic natively
+//!   (`guest-examples/logreg/src/model.rs`; for the MLP, the same f32 dense
+//!   layers), answering the input rows plus `score` like the gateway, and
+//! - **wasmtime serve** (for `logreg-2` only): the same model as a standard
+//!   `wasi:http/proxy` component (`tests/guests/logreg-http`) under `wasmtime
+//!   serve` (`$WASMTIME`, else `wasmtime` on `PATH`; skipped when there is none).
 //!
 //! wasmgrid runs as `wasmgrid dev` (release build). Load comes from `wrk`
 //! (throughput at 16, 32 and 64 connections, `CONNECTIONS=` to choose; a
@@ -17,12 +28,14 @@
 //! this machine's cores, so absolute figures understate a dedicated server;
 //! the ratios in the same run are the point.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 use wasmgrid_test_artifacts as guests;
 
 #[path = "../tests/common/mod.rs"]
@@ -32,54 +45,191 @@ mod model;
 
 const MODEL: &str = r#"{"features": ["amount", "age_days", "foreign"], "weights": [0.004, -0.001, 1.5], "bias": -1.0}"#;
 
-fn body(rows: usize) -> String {
-    let rows: Vec<Value> = (0..rows)
-        .map(|i| serde_json::json!({"amount": 10.0 + i as f64 * 3.7, "age_days": (i * 37 % 3000) as f64, "foreign": (i % 5 == 0) as i64}))
-        .collect();
-    serde_json::json!({ "rows": rows }).to_string()
+/// A deterministic stream of numbers in [-1, 1) (xorshift), so every run
+/// scores the same models and rows.
+struct Numbers(u64);
+
+impl Numbers {
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+    }
 }
 
-/// The native baseline: the same JSON in and out, the same model code.
-fn native_score(body: &[u8]) -> Result<Vec<u8>, String> {
-    let model = model::Model::parse(MODEL)?;
+fn features30() -> Vec<String> {
+    (0..30).map(|i| format!("f{i:02}")).collect()
+}
+
+/// One model the benchmark serves: its component, config, request rows and
+/// the native server's scoring.
+struct Case {
+    name: &'static str,
+    guest: &'static str,
+    model: String,
+    native: Native,
+}
+
+#[derive(Clone)]
+enum Native {
+    LogReg(Arc<model::Model>),
+    Mlp(Arc<Mlp>),
+}
+
+impl Case {
+    fn logreg2() -> Case {
+        let native = Native::LogReg(Arc::new(model::Model::parse(MODEL).expect("model")));
+        Case { name: "logreg-2", guest: guests::LOGREG, model: MODEL.to_string(), native }
+    }
+
+    fn logreg30() -> Case {
+        let mut n = Numbers(0x5eed_0030);
+        let weights: Vec<f64> = (0..30).map(|_| n.next() * 0.5).collect();
+        let model = json!({"features": features30(), "weights": weights, "bias": -0.25}).to_string();
+        let native = Native::LogReg(Arc::new(model::Model::parse(&model).expect("model")));
+        Case { name: "logreg-30", guest: guests::LOGREG, model, native }
+    }
+
+    fn mlp() -> Case {
+        let mut n = Numbers(0x5eed_0003);
+        let mut layer = |inputs: usize, outputs: usize, activation: &str| {
+            let scale = (1.0 / inputs as f64).sqrt();
+            let weights: Vec<Vec<f32>> =
+                (0..inputs).map(|_| (0..outputs).map(|_| (n.next() * scale) as f32).collect()).collect();
+            let bias: Vec<f32> = (0..outputs).map(|_| (n.next() * 0.1) as f32).collect();
+            (weights, bias, activation.to_string())
+        };
+        let layers = vec![layer(30, 64, "relu"), layer(64, 32, "relu"), layer(32, 1, "sigmoid")];
+        let model = json!({
+            "features": features30(),
+            "layers": layers.iter().map(|(w, b, a)| json!({"weights": w, "bias": b, "activation": a})).collect::<Vec<_>>(),
+        })
+        .to_string();
+        let native = Native::Mlp(Arc::new(Mlp { features: features30(), layers }));
+        Case { name: "mlp", guest: guests::MLP_SCORE, model, native }
+    }
+
+    /// A request of `rows` rows of this model's features.
+    fn body(&self, rows: usize) -> String {
+        let mut n = Numbers(0xb0d7 + rows as u64);
+        let rows: Vec<Value> = match self.name {
+            "logreg-2" => (0..rows)
+                .map(|i| json!({"amount": 10.0 + i as f64 * 3.7, "age_days": (i * 37 % 3000) as f64, "foreign": (i % 5 == 0) as i64}))
+                .collect(),
+            _ => (0..rows)
+                .map(|_| Value::Object(features30().into_iter().map(|f| (f, Value::from(n.next() * 3.0))).collect()))
+                .collect(),
+        };
+        json!({ "rows": rows }).to_string()
+    }
+}
+
+/// The MLP natively: f32 dense layers, as `mlp-score` computes them.
+struct Mlp {
+    features: Vec<String>,
+    /// (weights `in x out`, bias, activation) per layer.
+    layers: Vec<(Vec<Vec<f32>>, Vec<f32>, String)>,
+}
+
+impl Mlp {
+    fn score(&self, row: &[f32]) -> f32 {
+        let mut x = row.to_vec();
+        for (weights, bias, activation) in &self.layers {
+            let mut out = bias.clone();
+            for (xi, w) in x.iter().zip(weights) {
+                for (o, wij) in out.iter_mut().zip(w) {
+                    *o += xi * wij;
+                }
+            }
+            for o in &mut out {
+                *o = match activation.as_str() {
+                    "relu" => o.max(0.0),
+                    "sigmoid" => 1.0 / (1.0 + (-*o).exp()),
+                    _ => *o,
+                };
+            }
+            x = out;
+        }
+        x.first().copied().unwrap_or(0.0)
+    }
+}
+
+/// The native baseline: the same JSON in and out, the same arithmetic.
+fn native_score(native: &Native, body: &[u8]) -> Result<Vec<u8>, String> {
     let mut request: Map<String, Value> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let Some(Value::Array(rows)) = request.remove("rows") else {
         return Err("expected rows".into());
     };
     let mut rows: Vec<Map<String, Value>> =
         rows.into_iter().filter_map(|r| if let Value::Object(o) = r { Some(o) } else { None }).collect();
-    let scores = model.score(rows.len(), |name| {
-        rows.iter().map(|r| r.get(name).and_then(Value::as_f64).ok_or_else(|| format!("no {name}"))).collect()
-    })?;
+    let scores: Vec<f64> = match native {
+        Native::LogReg(model) => model.score(rows.len(), |name| {
+            rows.iter().map(|r| r.get(name).and_then(Value::as_f64).ok_or_else(|| format!("no {name}"))).collect()
+        })?,
+        Native::Mlp(mlp) => rows
+            .iter()
+            .map(|r| {
+                let x: Vec<f32> = mlp
+                    .features
+                    .iter()
+                    .map(|f| r.get(f).and_then(Value::as_f64).map(|v| v as f32).ok_or_else(|| format!("no {f}")))
+                    .collect::<Result<_, String>>()?;
+                Ok(f64::from(mlp.score(&x)))
+            })
+            .collect::<Result<_, String>>()?,
+    };
     for (row, s) in rows.iter_mut().zip(scores) {
         row.insert("score".into(), Value::from(s));
     }
-    serde_json::to_vec(&serde_json::json!({ "rows": rows })).map_err(|e| e.to_string())
+    serde_json::to_vec(&json!({ "rows": rows })).map_err(|e| e.to_string())
 }
 
-fn start_native() -> (SocketAddr, std::thread::JoinHandle<()>) {
+/// A plain hyper server (HTTP/1.1 keep-alive, multi-threaded tokio) scoring
+/// `POST /{model}` natively.
+fn start_native(cases: &[Case]) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::{Bytes, Incoming};
+    use hyper::{Request, Response, StatusCode};
+
+    let models: Arc<Vec<(String, Native)>> =
+        Arc::new(cases.iter().map(|c| (format!("/{}", c.name), c.native.clone())).collect());
     let (tx, rx) = std::sync::mpsc::channel();
     let handle = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio");
         rt.block_on(async move {
-            let app = axum::Router::new().route(
-                "/score",
-                axum::routing::post(|body: axum::body::Bytes| async move {
-                    match native_score(&body) {
-                        Ok(bytes) => ([("content-type", "application/json")], bytes).into_response(),
-                        Err(e) => (axum::http::StatusCode::BAD_REQUEST, e).into_response(),
-                    }
-                }),
-            );
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
             tx.send(listener.local_addr().expect("addr")).expect("send");
-            axum::serve(listener, app).await.expect("serve");
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let _ = stream.set_nodelay(true);
+                let models = models.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                        let models = models.clone();
+                        async move {
+                            let native = models.iter().find(|(p, _)| p == request.uri().path()).map(|(_, n)| n.clone());
+                            let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let answer = match native.map(|n| native_score(&n, &body)) {
+                                Some(Ok(bytes)) => Response::builder()
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(Bytes::from(bytes))),
+                                Some(Err(e)) => {
+                                    Response::builder().status(StatusCode::BAD_REQUEST).body(Full::new(Bytes::from(e)))
+                                }
+                                None => Response::builder().status(StatusCode::NOT_FOUND).body(Full::default()),
+                            };
+                            Ok::<_, Infallible>(answer.expect("response"))
+                        }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                });
+            }
         });
     });
     (rx.recv().expect("native server address"), handle)
 }
-
-use axum::response::IntoResponse as _;
 
 struct Proc(Child);
 
@@ -117,23 +267,12 @@ fn bearer() -> String {
     format!("Authorization: Bearer {}", common::TOKEN)
 }
 
-/// Waits until `url` scores a row.
-fn wait_ready(url: &str) {
+/// Waits until `url` answers `body` with 200.
+fn wait_ready(url: &str, body: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let ok = Command::new("curl")
-            .args([
-                "-sf",
-                "-o",
-                "/dev/null",
-                "-H",
-                "content-type: application/json",
-                "-H",
-                &bearer(),
-                "-d",
-                &body(1),
-                url,
-            ])
+            .args(["-sf", "-o", "/dev/null", "-H", "content-type: application/json", "-H", &bearer(), "-d", body, url])
             .status()
             .is_ok_and(|s| s.success());
         if ok {
@@ -176,122 +315,162 @@ fn median(mut values: Vec<f64>) -> f64 {
     if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 }
 }
 
+/// A list from the environment (`MODELS=logreg-30,mlp`), or `default`.
+fn list(name: &str, default: &[&str]) -> Vec<String> {
+    match std::env::var(name) {
+        Ok(v) => v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+        Err(_) => default.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// Numbers from the environment (`ROWS=1,10`), or `default`.
+fn numbers(name: &str, default: &[usize]) -> Vec<usize> {
+    match std::env::var(name) {
+        Ok(v) => v.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
+        Err(_) => default.to_vec(),
+    }
+}
+
 fn main() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("wasmgrid gateway benchmark ({cores} cores, loopback, servers and load generator share the machine)\n");
 
-    let dev = common::grid::Dev::start(&dir.join("dev"));
+    let wanted = list("MODELS", &["logreg-2", "logreg-30", "mlp"]);
+    let cases: Vec<Case> = [Case::logreg2(), Case::logreg30(), Case::mlp()]
+        .into_iter()
+        .filter(|c| wanted.iter().any(|w| w == c.name))
+        .collect();
+
+    // `--gpu-mode off`: the MLP's layers run on the node's cores (the `gpu`
+    // interface's CPU fallback), as the native server's do.
+    let dev = common::grid::Dev::start_with(&dir.join("dev"), &["--gpu-mode", "off"]);
     let (cp, gateway) = (dev.control_plane.clone(), dev.gateway.clone());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
     rt.block_on(async {
         let client = wasmgrid_api::Client::new(&[cp.as_str()], Duration::from_secs(30))
             .expect("client")
             .with_token(Some(common::TOKEN.into()));
-        let module = client.upload_module(std::fs::read(guests::LOGREG).expect("logreg")).await.expect("upload");
-        let request = wasmgrid_api::DeployRequest {
-            module: module.sha256,
-            timeout_ms: Some(1000),
-            config: [("model".to_string(), MODEL.to_string())].into_iter().collect(),
-            ..Default::default()
-        };
-        client.deploy("logreg", &request).await.expect("deploy");
-    });
-    let wasmgrid_url = format!("{gateway}/v1/fn/default/logreg");
-    wait_ready(&wasmgrid_url);
-
-    let (native, _native_thread) = start_native();
-    let native_url = format!("http://{native}/score");
-    wait_ready(&native_url);
-
-    let wasmtime = find_wasmtime();
-    let serve = wasmtime.as_deref().and_then(start_wasmtime_serve);
-    if let Some((_, url)) = &serve {
-        wait_ready(url);
-    }
-    let mut servers: Vec<(&str, String, u32)> =
-        vec![("wasmgrid", wasmgrid_url, dev.pid()), ("native (axum)", native_url, std::process::id())];
-    match &serve {
-        Some((proc, url)) => servers.push(("wasmtime serve", url.clone(), proc.0.id())),
-        None => println!("wasmtime serve: skipped (no `wasmtime`; set WASMTIME=path)\n"),
-    }
-
-    // `ROWS=1` (or any list, `ROWS=1,10`) measures only those batch sizes;
-    // `CONNECTIONS=16,64` only those load levels.
-    let list = |name: &str, default: &[usize]| -> Vec<usize> {
-        match std::env::var(name) {
-            Ok(v) => v.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
-            Err(_) => default.to_vec(),
+        for case in &cases {
+            let module = client.upload_module(std::fs::read(case.guest).expect("guest")).await.expect("upload");
+            let request = wasmgrid_api::DeployRequest {
+                module: module.sha256,
+                timeout_ms: Some(1000),
+                config: [("model".to_string(), case.model.clone())].into_iter().collect(),
+                ..Default::default()
+            };
+            client.deploy(case.name, &request).await.expect("deploy");
         }
+    });
+    let (native, _native_thread) = start_native(&cases);
+
+    let serve = match cases.iter().any(|c| c.name == "logreg-2") {
+        true => find_wasmtime().as_deref().and_then(start_wasmtime_serve),
+        false => None,
     };
-    let sizes = list("ROWS", &[1, 100]);
-    let levels = list("CONNECTIONS", &[16, 32, 64]);
-    let rounds = list("ROUNDS", &[2]).first().copied().unwrap_or(2).max(1);
-    let latency_rounds = list("LATENCY_ROUNDS", &[3]).first().copied().unwrap_or(3).max(1);
-    for rows in sizes {
-        let body_file = dir.join(format!("body-{rows}.json"));
-        std::fs::write(&body_file, body(rows)).expect("body");
-        println!("logreg, {rows} row(s) per request:");
-        // Saturation: each server's best throughput over the load levels and
-        // rounds. The servers take turns at each level, so a slow spell of
-        // the machine falls on all of them alike.
-        let mut runs = vec![vec![(0.0, 0.0); levels.len()]; servers.len()];
-        for _ in 0..rounds {
-            for (l, &c) in levels.iter().enumerate() {
-                for (i, (_, url, pid)) in servers.iter().enumerate() {
-                    let run = saturation(url, *pid, c as u32, &body_file, dir);
-                    if run.0 > runs[i][l].0 {
-                        runs[i][l] = run;
-                    }
+    if serve.is_none() {
+        println!("wasmtime serve: skipped (no `wasmtime`; set WASMTIME=path)\n");
+    }
+
+    let sizes = numbers("ROWS", &[1, 100]);
+    let levels = numbers("CONNECTIONS", &[16, 32, 64]);
+    let rounds = numbers("ROUNDS", &[2]).first().copied().unwrap_or(2).max(1);
+    let latency_rounds = numbers("LATENCY_ROUNDS", &[3]).first().copied().unwrap_or(3).max(1);
+    let mut summary = Vec::new();
+    for case in &cases {
+        let mut servers: Vec<(&str, String, u32)> = vec![
+            ("wasmgrid", format!("{gateway}/v1/fn/default/{}", case.name), dev.pid()),
+            ("native (hyper)", format!("http://{native}/{}", case.name), std::process::id()),
+        ];
+        if let (Some((proc, url)), "logreg-2") = (&serve, case.name) {
+            servers.push(("wasmtime serve", url.clone(), proc.0.id()));
+        }
+        for (_, url, _) in &servers {
+            wait_ready(url, &case.body(1));
+        }
+        for &rows in &sizes {
+            let body_file = dir.join(format!("body-{}-{rows}.json", case.name));
+            std::fs::write(&body_file, case.body(rows)).expect("body");
+            println!("{}, {rows} row(s) per request:", case.name);
+            let line = measure(&servers, &levels, rounds, latency_rounds, &body_file, dir);
+            summary.push(format!("{:<10} {rows:>4} row(s): {line}", case.name));
+        }
+    }
+    println!("summary (wasmgrid / native at saturation; wasmgrid p99 - native p99 at half load):");
+    for line in summary {
+        println!("  {line}");
+    }
+}
+
+/// Saturation throughput and latency at half load of each server; prints a
+/// table and returns a one-line summary.
+fn measure(
+    servers: &[(&str, String, u32)],
+    levels: &[usize],
+    rounds: usize,
+    latency_rounds: usize,
+    body_file: &Path,
+    dir: &Path,
+) -> String {
+    // Saturation: each server's best throughput over the load levels and
+    // rounds. The servers take turns at each level, so a slow spell of the
+    // machine falls on all of them alike.
+    let mut runs = vec![vec![(0.0, 0.0); levels.len()]; servers.len()];
+    for _ in 0..rounds {
+        for (l, &c) in levels.iter().enumerate() {
+            for (i, (_, url, pid)) in servers.iter().enumerate() {
+                let run = saturation(url, *pid, c as u32, body_file, dir);
+                if run.0 > runs[i][l].0 {
+                    runs[i][l] = run;
                 }
             }
         }
-        let best: Vec<(f64, f64)> =
-            runs.iter().map(|r| r.iter().copied().fold((0.0, 0.0), |b, x| if x.0 > b.0 { x } else { b })).collect();
-        let throughput: Vec<f64> = best.iter().map(|b| b.0).collect();
-        let half = throughput[0] / 2.0;
-        // Latency at half load: the servers take turns again, and each
-        // server's figures are its medians over the rounds.
-        let mut measured = vec![Vec::new(); servers.len()];
-        for _ in 0..latency_rounds {
-            for (i, (_, url, _)) in servers.iter().enumerate() {
-                measured[i].push(latency_at(url, &body_file, half));
-            }
-        }
-        let latencies: Vec<(f64, f64)> = measured
-            .iter()
-            .map(|m| (median(m.iter().map(|l| l.0).collect()), median(m.iter().map(|l| l.1).collect())))
-            .collect();
-        // wasmgrid's p99 less native's, each round measured back to back.
-        let gaps: Vec<f64> = measured[0].iter().zip(&measured[1]).map(|(w, n)| w.1 - n.1).collect();
-        let heads: String = levels.iter().map(|c| format!("{:>9}", format!("{c} conn"))).collect();
-        println!(
-            "  {:<16}{heads} {:>10} {:>14} {:>12} {:>12}",
-            "req/s", "best", "CPU / req", "p50 @ half", "p99 @ half"
-        );
-        for (i, (name, _, _)) in servers.iter().enumerate() {
-            let rates: String = runs[i].iter().map(|(r, _)| format!("{r:>9.0}")).collect();
-            let ((t, c), (p50, p99)) = (best[i], latencies[i]);
-            println!("  {name:<16}{rates} {t:>10.0} {c:>11.1} µs {p50:>9.0} µs {p99:>9.0} µs");
-        }
-        println!(
-            "  (half load = {half:.0} req/s, half of wasmgrid's saturation throughput; latencies are medians of {latency_rounds} rounds)"
-        );
-        println!("  wasmgrid / native throughput:          {:.2} (target >= 0.5)", throughput[0] / throughput[1]);
-        println!("  native / wasmgrid server CPU per request: {:.2}", best[1].1 / best[0].1);
-        let first = |i: usize| runs[i][0].0;
-        println!("  wasmgrid / native at {} connections:   {:.2}", levels[0], first(0) / first(1));
-        let each: Vec<String> = gaps.iter().map(|g| format!("{g:.0}")).collect();
-        println!(
-            "  wasmgrid p99 - native p99 at half load: {:.0} µs, median of {} rounds ({} µs) (target < 1000)",
-            median(gaps.clone()),
-            gaps.len(),
-            each.join(", ")
-        );
-        if servers.len() > 2 {
-            println!("  wasmgrid / wasmtime serve throughput:  {:.2} (target >= 0.8)", throughput[0] / throughput[2]);
-        }
-        println!();
     }
+    let best: Vec<(f64, f64)> =
+        runs.iter().map(|r| r.iter().copied().fold((0.0, 0.0), |b, x| if x.0 > b.0 { x } else { b })).collect();
+    let throughput: Vec<f64> = best.iter().map(|b| b.0).collect();
+    let half = throughput[0] / 2.0;
+    // Latency at half load: the servers take turns again, and each server's
+    // figures are its medians over the rounds.
+    let mut measured = vec![Vec::new(); servers.len()];
+    for _ in 0..latency_rounds {
+        for (i, (_, url, _)) in servers.iter().enumerate() {
+            measured[i].push(latency_at(url, body_file, half));
+        }
+    }
+    let latencies: Vec<(f64, f64)> = measured
+        .iter()
+        .map(|m| (median(m.iter().map(|l| l.0).collect()), median(m.iter().map(|l| l.1).collect())))
+        .collect();
+    // wasmgrid's p99 less native's, each round measured back to back.
+    let gaps: Vec<f64> = measured[0].iter().zip(&measured[1]).map(|(w, n)| w.1 - n.1).collect();
+    let heads: String = levels.iter().map(|c| format!("{:>9}", format!("{c} conn"))).collect();
+    println!("  {:<16}{heads} {:>10} {:>14} {:>12} {:>12}", "req/s", "best", "CPU / req", "p50 @ half", "p99 @ half");
+    for (i, (name, _, _)) in servers.iter().enumerate() {
+        let rates: String = runs[i].iter().map(|(r, _)| format!("{r:>9.0}")).collect();
+        let ((t, c), (p50, p99)) = (best[i], latencies[i]);
+        println!("  {name:<16}{rates} {t:>10.0} {c:>11.1} µs {p50:>9.0} µs {p99:>9.0} µs");
+    }
+    println!(
+        "  (half load = {half:.0} req/s, half of wasmgrid's saturation throughput; latencies are medians of {latency_rounds} rounds)"
+    );
+    let ratio = throughput[0] / throughput[1];
+    println!("  wasmgrid / native throughput:             {ratio:.2}");
+    println!("  native / wasmgrid server CPU per request: {:.2}", best[1].1 / best[0].1);
+    let each: Vec<String> = gaps.iter().map(|g| format!("{g:.0}")).collect();
+    let gap = median(gaps.clone());
+    println!(
+        "  wasmgrid p99 - native p99 at half load:   {gap:.0} µs, median of {} rounds ({} µs) (target < 1000)",
+        gaps.len(),
+        each.join(", ")
+    );
+    if servers.len() > 2 {
+        println!("  wasmgrid / wasmtime serve throughput:     {:.2}", throughput[0] / throughput[2]);
+    }
+    println!();
+    format!(
+        "{ratio:.2}x native ({:.0} vs {:.0} req/s), CPU/req {:.1} vs {:.1} µs, p99 gap {gap:+.0} µs",
+        throughput[0], throughput[1], best[0].1, best[1].1
+    )
 }

@@ -70,6 +70,17 @@ impl Grid {
         config: &[(&str, &str)],
         limits: Limits,
     ) -> u64 {
+        self.try_deploy(client, name, wasm, config, limits).await.expect("deploy")
+    }
+
+    async fn try_deploy(
+        &self,
+        client: &Client,
+        name: &str,
+        wasm: &str,
+        config: &[(&str, &str)],
+        limits: Limits,
+    ) -> Result<u64, wasmgrid_api::ApiError> {
         let module = client.upload_module(std::fs::read(wasm).expect("wasm")).await.expect("upload").sha256;
         let request = DeployRequest {
             module,
@@ -78,7 +89,7 @@ impl Grid {
             config: config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
             ..DeployRequest::default()
         };
-        client.deploy(name, &request).await.expect("deploy").active
+        client.deploy(name, &request).await.map(|f| f.active)
     }
 
     /// Deploys the hostile scorer as `hostile-MODE` with `limits`, and `steady`.
@@ -289,46 +300,34 @@ async fn a_string_outside_memory_passed_to_the_host_traps() {
     assert!(message.contains("out of bounds"), "{message}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_component_that_traps_while_starting_reports_its_message() {
+/// Deploys `wasm` as `name`, which must be refused with 422 `init_failed`
+/// (its `init` is run before the deploy is accepted), while the bystander's
+/// function keeps serving; the refusal's message.
+async fn refused_at_deploy(name: &str, wasm: &str) -> String {
     let grid = Grid::start().await;
-    grid.deploy(&grid.admin, "init-trap", guests::INIT_TRAP, &[]).await;
     grid.steady().await;
-    grid.wait_served("default", "init-trap").await;
     let traffic = grid.traffic();
-    for _ in 0..3 {
-        let (status, body) = grid.call("init-trap").await;
-        assert_eq!(status, 500, "{body}");
-        assert_eq!(body["error"]["code"], "trap", "{body}");
-        let message = body["error"]["message"].as_str().unwrap_or_default();
-        assert!(message.contains("the model failed to load at start-up"), "{body}");
-    }
+    let refused = grid.try_deploy(&grid.admin, name, wasm, &[], TIGHT).await;
+    let message = match refused {
+        Err(wasmgrid_api::ApiError::Http { status: 422, code, message }) if code == "init_failed" => message,
+        other => panic!("{name} was not refused at deploy: {other:?}"),
+    };
+    assert!(grid.admin.function(name).await.is_err(), "no version of {name} was stored");
     traffic.finish(3).await;
     grid.assert_healthy().await;
+    message
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_component_too_big_to_instantiate_gets_a_clear_error() {
-    let grid = Grid::start().await;
-    grid.deploy(&grid.admin, "big-start", guests::BIG_START, &[]).await;
-    grid.steady().await;
-    let traffic = grid.traffic();
-    // The node cannot make it ready, or refuses each call: either way the
-    // caller is told why, and it is about memory.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (status, body) = loop {
-        let (status, body) = grid.call("big-start").await;
-        if status != 404 || Instant::now() > deadline {
-            break (status, body);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(status, 500, "{body}");
-    let message = body["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("memory"), "{body}");
-    traffic.finish(3).await;
-    grid.assert_healthy().await;
-    println!("big-start: {status} {body}");
+async fn a_component_that_traps_while_starting_is_refused_at_deploy_with_its_message() {
+    let message = refused_at_deploy("init-trap", guests::INIT_TRAP).await;
+    assert!(message.contains("the model failed to load at start-up"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_too_big_to_instantiate_is_refused_at_deploy() {
+    let message = refused_at_deploy("big-start", guests::BIG_START).await;
+    assert!(message.contains("memory"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

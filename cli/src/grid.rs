@@ -64,6 +64,10 @@ pub struct ControlPlaneArgs {
     /// DATA/admin-token, made at the first start of a single replica].
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
+    /// Compiling deploys' components to check their `init` [cache default:
+    /// DATA/cache].
+    #[command(flatten)]
+    compile: CompileArgs,
 }
 
 #[derive(Args, Debug)]
@@ -325,6 +329,15 @@ fn replica_config(args: &ControlPlaneArgs) -> Result<ReplicaConfig> {
     let admin = access::admin_token(&token_file, peers.len() == 1)?;
     let mut config = ReplicaConfig::new(args.id, args.listen, peers, args.data.clone(), admin);
     config.job_io = Some(Arc::new(crate::jobs::FileJobIo));
+    // The replica only checks `init`: a few instances, no GPU.
+    let mut runtime = runtime_config(&args.compile, false, 0)?;
+    if args.compile.cache_dir.is_none() && !args.compile.no_cache {
+        runtime.cache_dir = Some(args.data.join("cache"));
+    }
+    runtime.instance_slots = 4;
+    runtime.gpu = wasmgrid_node::gpu::SharedGpu::new(wasmgrid_node::gpu::GpuMode::Off, Default::default());
+    let runtime = Arc::new(Runtime::new(runtime).context("starting the runtime that checks `init`")?);
+    config.init_check = Some(Arc::new(RuntimeInit { runtime, keep: false }));
     config.snapshot_every = args.snapshot_every;
     config.request_timeout = args.request_timeout;
     Ok(config)
@@ -338,6 +351,27 @@ pub fn control_plane(args: ControlPlaneArgs) -> Result<()> {
         stop_on_signal(running.stop()).await;
         Ok(())
     })
+}
+
+/// Checks deploys' `init` on the node runtime. `keep`: the initialised
+/// version stays loaded for a node sharing the runtime (`wasmgrid dev`), so
+/// `init` runs once per version in the process.
+#[derive(Debug)]
+struct RuntimeInit {
+    runtime: Arc<Runtime>,
+    keep: bool,
+}
+
+impl server::InitCheck for RuntimeInit {
+    fn check(&self, module: &[u8], config: &BTreeMap<String, String>, memory: u64) -> Result<(), String> {
+        let config = Arc::new(config.clone());
+        let limits = wasmgrid_node::runtime::Limits { memory, ..Default::default() };
+        let checked = match self.keep {
+            true => self.runtime.load_version(module, &config, &limits).map(drop),
+            false => self.runtime.check_init(module, &config, &limits),
+        };
+        checked.map_err(|e| e.to_string())
+    }
 }
 
 fn node_runtime(compile: &CompileArgs, data: &Path) -> Result<Arc<Runtime>> {
@@ -387,6 +421,7 @@ pub fn dev(args: DevArgs, compile: &CompileArgs) -> Result<()> {
     replica.job_io = Some(Arc::new(crate::jobs::FileJobIo));
     let node_data = args.data.join("node");
     let runtime = node_runtime(compile, &node_data)?;
+    replica.init_check = Some(Arc::new(RuntimeInit { runtime: runtime.clone(), keep: true }));
     tokio_runtime()?.block_on(async move {
         let cp = server::start(replica).await?;
         let url = cp.url();

@@ -78,6 +78,10 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Plans and publishes batch jobs; without it, job requests get 501.
     pub job_io: Option<Arc<dyn JobIo>>,
+    /// Runs a new version's `init` before accepting the deploy; without
+    /// it, deploys are accepted unchecked and a failing `init` shows on
+    /// the nodes.
+    pub init_check: Option<Arc<dyn InitCheck>>,
     /// The bootstrap admin token: every replica of a cluster has the same
     /// one (replicas also send it with their Raft traffic).
     pub admin_token: String,
@@ -116,8 +120,20 @@ impl Config {
             tick: Duration::from_millis(50),
             request_timeout: Duration::from_secs(3),
             job_io: None,
+            init_check: None,
         }
     }
+}
+
+/// Runs a function version's `init` (when its component exports one) with
+/// the version's config and memory limit, so that a deploy whose `init`
+/// fails is refused while the active version keeps serving. The control
+/// plane runs no guest code itself: the binary that starts it supplies this,
+/// over the node runtime.
+pub trait InitCheck: Send + Sync + std::fmt::Debug {
+    /// Runs `module`'s `init`, if it has one; the message to answer 422
+    /// with when it fails.
+    fn check(&self, module: &[u8], config: &BTreeMap<String, String>, memory: u64) -> Result<(), String>;
 }
 
 /// Why a replica did not start.
@@ -209,6 +225,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         kinds: Mutex::new(HashMap::new()),
         leader_since: Mutex::new(None),
         job_io: config.job_io.clone(),
+        init_check: config.init_check.clone(),
         scheduler: Mutex::new(jobs::Scheduler::default()),
         jobs_changed: tokio::sync::Notify::new(),
         admin_hash: token_hash(&config.admin_token),
@@ -246,6 +263,8 @@ struct Inner {
     leader_since: Mutex<Option<Instant>>,
     /// Plans and publishes batch jobs.
     job_io: Option<Arc<dyn JobIo>>,
+    /// Runs new versions' `init`.
+    init_check: Option<Arc<dyn InitCheck>>,
     /// The leader's running jobs and leased tasks.
     scheduler: Mutex<jobs::Scheduler>,
     /// Woken when tasks become available or jobs change.
@@ -784,6 +803,14 @@ async fn deploy(
         if count >= limit {
             return Err(Failure::quota(&tenant, "functions", limit, format!("a new function besides its {count}")));
         }
+    }
+    if let Some(check) = app.0.init_check.clone() {
+        let bytes = app.module(&request.module).await?;
+        let config = request.config.clone();
+        let checked = tokio::task::spawn_blocking(move || check.check(&bytes, &config, memory)).await;
+        checked
+            .map_err(|e| Failure::internal(format!("the init check stopped: {e}")))?
+            .map_err(|message| Failure::new(StatusCode::UNPROCESSABLE_ENTITY, "init_failed", message))?;
     }
     let spec = FunctionSpec {
         kind: kind.into(),

@@ -2,6 +2,7 @@
 
 The model comes from config key `model`, the same JSON object as the Rust
 `logreg` example's: {"features": ["col", ...], "weights": [..], "bias": b}.
+It is parsed once per function version, in `init`.
 Build: wasmgrid build guest-examples/python-logreg/app.py -o python_logreg.wasm
 """
 
@@ -22,9 +23,18 @@ def load(text):
     return features, [float(w) for w in weights], bias
 
 
+MODEL = None
+
+
+@wasmgrid.init
+def init():
+    global MODEL
+    MODEL = load(wasmgrid.require("model"))
+
+
 @wasmgrid.scorer
 def score(rows):
-    features, weights, bias = load(wasmgrid.require("model"))
+    features, weights, bias = MODEL
     z = [bias] * len(rows)
     for name, w in zip(features, weights):
         z = [zi + w * x for zi, x in zip(z, rows.floats(name))]

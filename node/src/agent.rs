@@ -17,6 +17,7 @@
 //! node rides through a leader failover; and since the route table lives
 //! in the node, calls keep being served while the control plane is down.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -279,7 +280,8 @@ async fn install(gateway: &Gateway, client: &Client, modules_dir: &Path, table: 
             next.insert(key, served.clone());
             continue;
         }
-        match prepare(gateway.runtime(), client, modules_dir, &route.module).await {
+        let version = Version { config: Arc::new(route.config.clone()), limits: crate::gateway::limits(&route) };
+        match prepare(gateway.runtime(), client, modules_dir, &route.module, version).await {
             Ok(function) => {
                 tracing::info!(function = %route.name, version = route.version, "ready to serve");
                 next.insert(key, Arc::new(gateway.serve(route, function)));
@@ -306,12 +308,20 @@ async fn install(gateway: &Gateway, client: &Client, modules_dir: &Path, table: 
     complete
 }
 
-/// A module, fetched (and verified) if this node lacks it, and compiled.
+/// What, besides its module, makes a function version: its `init` runs with these.
+pub(crate) struct Version {
+    pub(crate) config: Arc<BTreeMap<String, String>>,
+    pub(crate) limits: crate::runtime::Limits,
+}
+
+/// A function version: its module, fetched (and verified) if this node
+/// lacks it, compiled, and initialised with the version's config.
 pub(crate) async fn prepare(
     runtime: &Arc<Runtime>,
     client: &Client,
     modules_dir: &Path,
     module: &str,
+    version: Version,
 ) -> Result<Arc<Function>, String> {
     let path = modules_dir.join(format!("{module}.wasm"));
     let bytes = match std::fs::read(&path) {
@@ -334,7 +344,7 @@ pub(crate) async fn prepare(
         }
     };
     let runtime = runtime.clone();
-    tokio::task::spawn_blocking(move || runtime.load(&bytes))
+    tokio::task::spawn_blocking(move || runtime.load_version(&bytes, &version.config, &version.limits))
         .await
         .map_err(|e| format!("compile task: {e}"))?
         .map_err(|e| e.to_string())

@@ -1,11 +1,15 @@
 //! Host bindings generated from the WIT package in `sdk/wit`.
 //!
+//! The host binds the `*-calls` worlds: what it calls on every invocation.
+//! A component's optional `init` export is looked up by name when a version
+//! is prepared (see `runtime::init`), so components without it load too.
+//!
 //! `scorer` owns the shared interfaces (`types`, `log`, `config`); the mapper
 //! and reducer bindings reuse them, so one [`Batch`] type serves every world.
 
 wasmtime::component::bindgen!({
     path: "../sdk/wit",
-    world: "scorer",
+    world: "scorer-calls",
     imports: { default: trappable },
     with: {
         "wasmgrid:function/gpu.tensor": crate::gpu::Tensor,
@@ -16,7 +20,7 @@ wasmtime::component::bindgen!({
 pub mod mapper {
     wasmtime::component::bindgen!({
         path: "../sdk/wit",
-        world: "mapper",
+        world: "mapper-calls",
         imports: { default: trappable },
         with: {
             "wasmgrid:function/types": super::wasmgrid::function::types,
@@ -31,7 +35,7 @@ pub mod mapper {
 pub mod reducer {
     wasmtime::component::bindgen!({
         path: "../sdk/wit",
-        world: "reducer",
+        world: "reducer-calls",
         imports: { default: trappable },
         with: {
             "wasmgrid:function/log": super::wasmgrid::function::log,

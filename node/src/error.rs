@@ -166,6 +166,21 @@ pub enum Error {
     /// The job was set up wrongly (flags that do not fit the functions).
     #[error("{0}")]
     Job(String),
+    /// The component's `init` failed: it trapped, returned an error or ran
+    /// past a limit. The version cannot be served.
+    #[error("init failed: {source}")]
+    Init {
+        /// How `init` failed.
+        #[source]
+        source: Box<Error>,
+    },
+    /// The component's `init` returned with host resources still open, which
+    /// a memory snapshot cannot carry into later calls.
+    #[error(
+        "init returned with host resources still open (an stdout or stderr stream, a gpu tensor...); \
+         a snapshot cannot keep them: log with the `log` interface, and make tensors in calls"
+    )]
+    InitKeptResources,
     /// An unexpected failure inside the runtime.
     #[error("runtime error: {0}")]
     Runtime(String),
@@ -197,6 +212,7 @@ impl Error {
             Error::StackOverflow => "stack_overflow",
             Error::Trap { .. } => "trap",
             Error::Guest { .. } => "guest_error",
+            Error::Init { .. } | Error::InitKeptResources => "init_failed",
             Error::OutputLimit { .. } => "output_limit",
             Error::BadOutput { .. } => "bad_output",
             Error::BadInputRequest { .. } => "bad_input_request",

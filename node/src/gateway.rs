@@ -101,6 +101,17 @@ impl Gate {
     }
 }
 
+/// The limits each call of `route` runs under.
+pub fn limits(route: &Route) -> Limits {
+    Limits {
+        memory: route.memory,
+        timeout: Duration::from_millis(route.timeout_ms),
+        max_output_bytes: 64 << 20,
+        gpu_refused: route.gpu_refused.as_deref().map(Into::into),
+        ..Limits::default()
+    }
+}
+
 /// One function version, ready to serve.
 pub struct Served {
     /// What the control plane says to serve.
@@ -333,6 +344,9 @@ struct Metrics {
     gpu_seconds: Family<FunctionLabels, GpuSeconds>,
     slots_running: Gauge,
     slots_waiting: Gauge,
+    /// The runtime's own counters, copied in at each scrape.
+    inits: Counter,
+    compiles: Counter,
 }
 
 impl Metrics {
@@ -356,7 +370,21 @@ impl Metrics {
             "Calls waiting for one of the node's call slots",
             slots_waiting.clone(),
         );
-        Metrics { registry, requests, errors, latency, inflight, gpu_seconds, slots_running, slots_waiting }
+        let (inits, compiles) = (Counter::default(), Counter::default());
+        registry.register("function_inits", "Function versions whose `init` this node ran", inits.clone());
+        registry.register("components_compiled", "Components this node compiled (cache misses)", compiles.clone());
+        Metrics {
+            registry,
+            requests,
+            errors,
+            latency,
+            inflight,
+            gpu_seconds,
+            slots_running,
+            slots_waiting,
+            inits,
+            compiles,
+        }
     }
 }
 
@@ -452,13 +480,7 @@ impl Gateway {
 
     /// A loaded function made ready to serve `route`.
     pub fn serve(&self, route: Route, function: Arc<Function>) -> Served {
-        let limits = Limits {
-            memory: route.memory,
-            timeout: Duration::from_millis(route.timeout_ms),
-            max_output_bytes: 64 << 20,
-            gpu_refused: route.gpu_refused.as_deref().map(Into::into),
-            ..Limits::default()
-        };
+        let limits = limits(&route);
         let key = (route.tenant.clone(), route.name.clone());
         let slots = self.config.max_concurrency;
         let gate = match self.gates.lock() {
@@ -818,6 +840,9 @@ async fn metrics(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Res
     }
     gateway.metrics.slots_running.set(gateway.slots.in_use() as i64);
     gateway.metrics.slots_waiting.set(gateway.slots.waiting() as i64);
+    let stats = gateway.runtime.stats();
+    gateway.metrics.inits.inner().store(stats.inits, Ordering::Relaxed);
+    gateway.metrics.compiles.inner().store(stats.compiled, Ordering::Relaxed);
     let mut text = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &gateway.metrics.registry) {
         return failure(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("encoding metrics: {e}"));

@@ -144,10 +144,13 @@ struct MapResult {
 /// Runs `job` to completion with `runtime`.
 pub fn run(runtime: &Runtime, job: &LocalJob, progress: &dyn Progress) -> Result<Summary> {
     let started = Instant::now();
-    let function = runtime.load_file(&job.function)?;
+    // `init` runs once here, with the job's config; every partition's
+    // instance starts from what it left.
+    let config = Arc::new(job.config.clone());
+    let function = runtime.load_version(&runtime.read_file(&job.function)?, &config, &job.limits)?;
     let reducer = match &job.reduce {
         Some(path) => {
-            let r = runtime.load_file(path)?;
+            let r = runtime.load_version(&runtime.read_file(path)?, &config, &job.limits)?;
             if r.kind() != Kind::Reducer {
                 return Err(Error::Job(format!(
                     "--reduce {} is a {}, not a reducer (it must export `reduce`)",
@@ -175,7 +178,6 @@ pub fn run(runtime: &Runtime, job: &LocalJob, progress: &dyn Progress) -> Result
 
     prepare_output(&job.output, job.overwrite)?;
     let partitions = data::plan(&job.input, job.input_format, job.partition_size)?;
-    let config = Arc::new(job.config.clone());
 
     progress.stage("partitions", partitions.len() as u64);
     let results = parallel(&partitions, job.threads, |p| {

@@ -121,14 +121,19 @@ pub async fn run(worker: Worker) {
             };
             // Straight onto the batch threads when the function is compiled
             // here; else once it has been fetched and compiled.
-            match worker.runtime.loaded(&ticket.task.function.module) {
+            let task_function = &ticket.task.function;
+            match worker.runtime.loaded_version(&task_function.module, &task_function.config) {
                 Some(function) => pool.run(attempt(ticket, function)),
                 None => {
                     let (worker, pool) = (worker.clone(), pool.clone());
                     tokio::spawn(async move {
                         let module = &ticket.task.function.module;
-                        match crate::agent::prepare(&worker.runtime, &worker.client, &worker.modules_dir, module).await
-                        {
+                        let version = crate::agent::Version {
+                            config: Arc::new(ticket.task.function.config.clone()),
+                            limits: crate::batch::limits(&ticket.task, None),
+                        };
+                        let (runtime, client, dir) = (&worker.runtime, &worker.client, &worker.modules_dir);
+                        match crate::agent::prepare(runtime, client, dir, module, version).await {
                             Ok(function) => pool.run(attempt(ticket, function)),
                             Err(error) => ticket.finish(Some(TaskOutcome::Failed { error })),
                         }

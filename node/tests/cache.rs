@@ -44,7 +44,7 @@ fn second_runtime_loads_from_cache_without_compiling() {
     let dir = tempfile::tempdir().expect("tempdir");
     let first = runtime(dir.path());
     assert_eq!(score_once(&first), 0.5);
-    assert_eq!(first.stats(), RuntimeStats { compiled: 1, cache_hits: 0, cache_rejected: 0 });
+    assert_eq!(first.stats(), RuntimeStats { compiled: 1, cache_hits: 0, cache_rejected: 0, inits: 0 });
     // Loading again in the same runtime reuses the linked function.
     score_once(&first);
     assert_eq!(first.stats().compiled, 1);
@@ -52,7 +52,7 @@ fn second_runtime_loads_from_cache_without_compiling() {
 
     let second = runtime(dir.path());
     assert_eq!(score_once(&second), 0.5);
-    assert_eq!(second.stats(), RuntimeStats { compiled: 0, cache_hits: 1, cache_rejected: 0 });
+    assert_eq!(second.stats(), RuntimeStats { compiled: 0, cache_hits: 1, cache_rejected: 0, inits: 0 });
     assert_eq!(artifacts(dir.path()).len(), 1);
 }
 
@@ -71,7 +71,7 @@ fn corrupted_cache_entry_is_rebuilt_not_trusted() {
     std::fs::write(&artifact, &bytes).expect("write");
     let rt = runtime(dir.path());
     assert_eq!(score_once(&rt), 0.5);
-    assert_eq!(rt.stats(), RuntimeStats { compiled: 1, cache_hits: 0, cache_rejected: 1 });
+    assert_eq!(rt.stats(), RuntimeStats { compiled: 1, cache_hits: 0, cache_rejected: 1, inits: 0 });
     drop(rt);
 
     // Truncated: also rebuilt.
@@ -79,13 +79,13 @@ fn corrupted_cache_entry_is_rebuilt_not_trusted() {
     std::fs::OpenOptions::new().write(true).open(&artifact).expect("open").set_len(len / 3).expect("truncate");
     let rt = runtime(dir.path());
     assert_eq!(score_once(&rt), 0.5);
-    assert_eq!(rt.stats(), RuntimeStats { compiled: 1, cache_hits: 0, cache_rejected: 1 });
+    assert_eq!(rt.stats(), RuntimeStats { compiled: 1, cache_hits: 0, cache_rejected: 1, inits: 0 });
     drop(rt);
 
     // And the rebuilt entry is good again.
     let rt = runtime(dir.path());
     score_once(&rt);
-    assert_eq!(rt.stats(), RuntimeStats { compiled: 0, cache_hits: 1, cache_rejected: 0 });
+    assert_eq!(rt.stats(), RuntimeStats { compiled: 0, cache_hits: 1, cache_rejected: 0, inits: 0 });
 }
 
 #[test]
@@ -97,7 +97,7 @@ fn concurrent_loads_of_one_module_compile_it_once() {
             (0..4).map(|_| s.spawn(|| rt.load_file(guests::LOGREG.as_ref()).expect("loads"))).collect();
         handles.into_iter().map(|h| h.join().expect("thread")).collect()
     });
-    assert_eq!(rt.stats(), RuntimeStats { compiled: 1, cache_hits: 0, cache_rejected: 0 });
+    assert_eq!(rt.stats(), RuntimeStats { compiled: 1, cache_hits: 0, cache_rejected: 0, inits: 0 });
     assert!(loaded.windows(2).all(|w| Arc::ptr_eq(&w[0], &w[1])), "every caller gets the same function");
     assert_eq!(rt.loaded_modules().len(), 1);
     assert!(rt.loaded(&rt.loaded_modules()[0]).is_some());

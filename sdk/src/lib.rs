@@ -15,6 +15,18 @@
 //! [`export_mapper!`] or [`export_reducer!`]; build with
 //! `cargo build --release --target wasm32-wasip2`.
 //!
+//! # Init
+//!
+//! Each trait has an optional `init`, which the grid runs once per function
+//! version on each node (and `wasmgrid run` once per run), with the
+//! version's [`config`], before any call. The memory it leaves is the
+//! starting image of every call's fresh instance, copy-on-write: parse the
+//! model in `init`, keep it in a `static` (a `OnceLock`), and no call pays
+//! for parsing again, while no call ever sees another call's writes. An error
+//! from `init` fails the deploy with its message. `init` may read `config`
+//! and write [`log`]; it must not leave host resources open (writing to
+//! stdout opens a stream: log instead), nor keep `gpu` tensors.
+//!
 //! ```ignore
 //! use wasmgrid_sdk::{Batch, BatchBuilder, Scorer};
 //!
@@ -87,6 +99,12 @@ pub use wit::types::{Batch, Column, Field};
 
 /// A function that adds columns to rows.
 pub trait Scorer {
+    /// Prepares the function once per version (see [`init`](crate#init)):
+    /// parse the model from [`config`] and keep it in a `static`.
+    fn init() -> Result<(), String> {
+        Ok(())
+    }
+
     /// Returns the columns to add to `rows`, each with `rows.rows` values.
     /// A returned column whose name matches an input column replaces it.
     fn score(rows: Batch) -> Result<Batch, String>;
@@ -94,12 +112,22 @@ pub trait Scorer {
 
 /// A function that processes one partition of a job's input.
 pub trait Mapper {
+    /// Prepares the function once per version (see [`init`](crate#init)).
+    fn init() -> Result<(), String> {
+        Ok(())
+    }
+
     /// Reads the partition with [`input`] and writes results with [`output`].
     fn run(partition: u32) -> Result<(), String>;
 }
 
 /// A function that folds every value emitted for one key.
 pub trait Reducer {
+    /// Prepares the function once per version (see [`init`](crate#init)).
+    fn init() -> Result<(), String> {
+        Ok(())
+    }
+
     /// Returns the output record for `key` (see [`Record`]).
     fn reduce(key: Vec<u8>, values: Vec<Vec<u8>>) -> Result<Record, String>;
 }
@@ -116,7 +144,11 @@ macro_rules! export_scorer {
         #[doc(hidden)]
         pub struct __WasmgridScorer;
         impl $crate::bindings::scorer::Guest for __WasmgridScorer {
+            fn init() -> ::core::result::Result<(), ::std::string::String> {
+                $crate::__init::once(<$ty as $crate::Scorer>::init)
+            }
             fn score(rows: $crate::Batch) -> ::core::result::Result<$crate::Batch, ::std::string::String> {
+                $crate::__init::once(<$ty as $crate::Scorer>::init)?;
                 <$ty as $crate::Scorer>::score(rows)
             }
         }
@@ -137,7 +169,11 @@ macro_rules! export_mapper {
         #[doc(hidden)]
         pub struct __WasmgridMapper;
         impl $crate::bindings::mapper::Guest for __WasmgridMapper {
+            fn init() -> ::core::result::Result<(), ::std::string::String> {
+                $crate::__init::once(<$ty as $crate::Mapper>::init)
+            }
             fn run(partition: u32) -> ::core::result::Result<(), ::std::string::String> {
+                $crate::__init::once(<$ty as $crate::Mapper>::init)?;
                 let result = <$ty as $crate::Mapper>::run(partition);
                 $crate::output::flush();
                 result
@@ -160,16 +196,41 @@ macro_rules! export_reducer {
         #[doc(hidden)]
         pub struct __WasmgridReducer;
         impl $crate::bindings::reducer::Guest for __WasmgridReducer {
+            fn init() -> ::core::result::Result<(), ::std::string::String> {
+                $crate::__init::once(<$ty as $crate::Reducer>::init)
+            }
             fn reduce(
                 key: ::std::vec::Vec<u8>,
                 values: ::std::vec::Vec<::std::vec::Vec<u8>>,
             ) -> ::core::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
+                $crate::__init::once(<$ty as $crate::Reducer>::init)?;
                 <$ty as $crate::Reducer>::reduce(key, values).map($crate::Record::into_bytes)
             }
         }
         $crate::bindings::reducer::__export_reducer_world!(__WasmgridReducer with_types_in $crate::bindings::reducer);
         }
     };
+}
+
+/// Runs a function's `init` at most once per memory image.
+#[doc(hidden)]
+pub mod __init {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Set once `init` has succeeded. The grid snapshots memory after `init`,
+    /// so every call's instance starts with this already set; a host that
+    /// never calls `init` (an older grid) gets it run before the first call.
+    static DONE: AtomicBool = AtomicBool::new(false);
+
+    /// Runs `init` unless it already succeeded in this memory image.
+    pub fn once(init: fn() -> Result<(), String>) -> Result<(), String> {
+        if DONE.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        init()?;
+        DONE.store(true, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 /// The function's configuration (`--config key=value`).

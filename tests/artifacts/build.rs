@@ -17,6 +17,7 @@ const GUESTS: &[&str] = &[
     "hostile-mapper",
     "big-start",
     "init-trap",
+    "init-state",
     "missing-import",
     "http-hello",
     "logreg-http",

@@ -243,10 +243,16 @@ impl Dev {
     /// Starts `wasmgrid dev` with its data in `data` (and [`super::TOKEN`]
     /// as its admin token) and reads its two URLs.
     pub fn start(data: &Path) -> Dev {
+        Dev::start_with(data, &[])
+    }
+
+    /// [`Dev::start`] with extra flags.
+    pub fn start_with(data: &Path, flags: &[&str]) -> Dev {
         super::write_token(&data.join("admin-token"));
         let mut child = super::wasmgrid()
             .args(["dev", "--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0", "--data"])
             .arg(data)
+            .args(flags)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

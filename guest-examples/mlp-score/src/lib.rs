@@ -4,12 +4,15 @@
 //! The model comes from config key `model`, a JSON object
 //! `{"features": ["col", ...], "layers": [{"weights": [[...], ...],
 //! "bias": [...], "activation": "relu"}, ...]}`: weights row-major,
-//! `in x out`; activations none, relu, sigmoid, tanh and softmax. The weights
-//! are uploaded once per instance (a batch job's instance scores every batch
-//! of its partition with them) and every layer runs on the node's GPU, or on
-//! its CPU fallback, which gives the same scores.
+//! `in x out`; activations none, relu, sigmoid, tanh and softmax. The model
+//! is parsed and checked once, in `init`; the weights are uploaded once per
+//! instance (a batch job's instance scores every batch of its partition with
+//! them: tensors are host resources, which an `init` snapshot cannot keep),
+//! and every layer runs on the node's GPU, or on its CPU fallback, which
+//! gives the same scores.
 
 use std::cell::OnceCell;
+use std::sync::OnceLock;
 
 use serde::Deserialize;
 use wasmgrid_sdk::gpu::{self, Activation, Layer, Mlp, Tensor};
@@ -33,10 +36,13 @@ fn none() -> String {
     "none".into()
 }
 
-struct Model {
+/// The parsed model, kept in the memory image `init` leaves.
+struct Spec {
     features: Vec<String>,
-    mlp: Mlp,
+    layers: Vec<Layer>,
 }
+
+static SPEC: OnceLock<Spec> = OnceLock::new();
 
 fn activation(name: &str) -> Result<Activation, String> {
     Ok(match name {
@@ -49,8 +55,9 @@ fn activation(name: &str) -> Result<Activation, String> {
     })
 }
 
-impl Model {
-    fn load() -> Result<Model, String> {
+impl Spec {
+    /// Parses config `model` and checks that its layers chain.
+    fn parse() -> Result<Spec, String> {
         let spec: ModelSpec = serde_json::from_str(&config::require("model")?)
             .map_err(|e| format!("config `model` is not a valid model: {e}"))?;
         let layers = spec
@@ -58,17 +65,40 @@ impl Model {
             .into_iter()
             .map(|l| Ok(Layer { weights: l.weights, bias: l.bias, activation: activation(&l.activation)? }))
             .collect::<Result<Vec<_>, String>>()?;
-        let mlp = Mlp::new(&layers)?;
-        if mlp.inputs() as usize != spec.features.len() {
-            return Err(format!(
-                "model has {} features but its first layer takes {}",
-                spec.features.len(),
-                mlp.inputs()
-            ));
+        let mut width = spec.features.len();
+        for (i, layer) in layers.iter().enumerate() {
+            let outputs = layer.weights.first().map_or(0, Vec::len);
+            if layer.weights.len() != width {
+                return Err(format!("layer {i} takes {} inputs but gets {width}", layer.weights.len()));
+            }
+            if let Some(row) = layer.weights.iter().position(|r| r.len() != outputs) {
+                return Err(format!(
+                    "layer {i} weights: row {row} has {} values, not {outputs}",
+                    layer.weights[row].len()
+                ));
+            }
+            if layer.bias.len() != outputs {
+                return Err(format!("layer {i} has {outputs} outputs but {} biases", layer.bias.len()));
+            }
+            width = outputs;
         }
+        Ok(Spec { features: spec.features, layers })
+    }
+}
+
+/// The model on the device: uploaded at the instance's first call.
+struct Model {
+    features: Vec<String>,
+    mlp: Mlp,
+}
+
+impl Model {
+    fn load() -> Result<Model, String> {
+        let spec = SPEC.get().ok_or("init did not run")?;
+        let mlp = Mlp::new(&spec.layers)?;
         let device = gpu::info();
         log::info(&format!("mlp-score on {} ({})", device.adapter, device.backend));
-        Ok(Model { features: spec.features, mlp })
+        Ok(Model { features: spec.features.clone(), mlp })
     }
 }
 
@@ -80,6 +110,12 @@ thread_local! {
 struct MlpScore;
 
 impl Scorer for MlpScore {
+    fn init() -> Result<(), String> {
+        let spec = Spec::parse()?;
+        SPEC.get_or_init(|| spec);
+        Ok(())
+    }
+
     fn score(rows: Batch) -> Result<Batch, String> {
         MODEL.with(|model| {
             let model = model.get_or_init(Model::load).as_ref().map_err(Clone::clone)?;

@@ -13,6 +13,7 @@ mod cache;
 mod compile;
 mod gpu_host;
 mod host;
+mod init;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ use crate::{Error, Result};
 pub use compile::{CompileWorker, worker_main};
 pub use host::{Capture, LogLine, Logs};
 use host::{HostState, HostTrap, Limiter};
+pub use init::{INIT_TIMEOUT, version_key};
 
 /// Settings that change compiled code; the compile worker gets a copy.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -166,6 +168,8 @@ pub struct RuntimeStats {
     pub cache_hits: u64,
     /// Cache entries found corrupt and rebuilt.
     pub cache_rejected: u64,
+    /// Function versions whose `init` this runtime ran.
+    pub inits: u64,
 }
 
 /// One engine, linker and compiled-component cache per process.
@@ -178,9 +182,12 @@ pub struct Runtime {
     /// One lock per module being loaded, so concurrent loads of the same
     /// module compile it once.
     loading: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Instrumented compiles by module sha256: one serves every config.
+    instrumented: Mutex<HashMap<String, Component>>,
     compiled: AtomicU64,
     cache_hits: AtomicU64,
     cache_rejected: AtomicU64,
+    inits: AtomicU64,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -272,9 +279,11 @@ impl Runtime {
             cache,
             loaded: Mutex::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
+            instrumented: Mutex::new(HashMap::new()),
             compiled: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
             cache_rejected: AtomicU64::new(0),
+            inits: AtomicU64::new(0),
             ticker_stop,
         })
     }
@@ -290,87 +299,228 @@ impl Runtime {
             compiled: self.compiled.load(Ordering::Relaxed),
             cache_hits: self.cache_hits.load(Ordering::Relaxed),
             cache_rejected: self.cache_rejected.load(Ordering::Relaxed),
+            inits: self.inits.load(Ordering::Relaxed),
         }
     }
 
     /// Reads and loads the component at `path`.
     pub fn load_file(&self, path: &Path) -> Result<Arc<Function>> {
+        self.load(&self.read_file(path)?)
+    }
+
+    /// The bytes of the component at `path`, if not over the size limit.
+    pub fn read_file(&self, path: &Path) -> Result<Vec<u8>> {
         let meta = std::fs::metadata(path).map_err(|e| Error::io("reading", path, e))?;
         if meta.len() > self.config.max_component_bytes {
             return Err(Error::ComponentTooLarge { size: meta.len(), limit: self.config.max_component_bytes });
         }
-        let bytes = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
-        self.load(&bytes)
+        std::fs::read(path).map_err(|e| Error::io("reading", path, e))
     }
 
     /// Loads a component: from memory if this runtime has it, else from the
     /// compiled cache, else by compiling it (bounded in size, time and memory).
+    /// Its `init`, if it has one, is not run: calls run it themselves (see
+    /// [`Runtime::load_version`]).
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<Function>> {
+        let sha256 = self.check(bytes)?;
+        self.load_once(&sha256, || {
+            let component = self.compiled_component(&sha256, bytes)?;
+            self.link(component, sha256.clone(), false)
+        })
+    }
+
+    /// Loads a function version: `bytes` with `config`. A component that
+    /// exports `init` has it run once here, under `limits` (but
+    /// [`INIT_TIMEOUT`] of time), and every instance of the returned
+    /// function starts from the memory `init` left. The initialised image is
+    /// kept (in memory and in the compiled cache) under
+    /// [`version_key`]`(module, config)`, so `init` runs once per version
+    /// per runtime and cache directory. A component without `init` loads as
+    /// with [`Runtime::load`].
+    pub fn load_version(
+        &self,
+        bytes: &[u8],
+        config: &Arc<BTreeMap<String, String>>,
+        limits: &Limits,
+    ) -> Result<Arc<Function>> {
+        let sha256 = self.check(bytes)?;
+        if !init::exports_init(bytes) {
+            return self.load(bytes);
+        }
+        let key = version_key(&sha256, config);
+        self.load_once(&key, || {
+            let component = match self.cached(&key) {
+                Some(component) => component,
+                None => {
+                    let image = self.initialize(&sha256, bytes, config, limits)?;
+                    self.compile(&key, &image)?
+                }
+            };
+            self.link(component, sha256.clone(), true)
+        })
+    }
+
+    /// The function version `module` with `config`, if this runtime has it
+    /// loaded: initialised, or a component without `init`.
+    pub fn loaded_version(&self, module: &str, config: &BTreeMap<String, String>) -> Option<Arc<Function>> {
+        let loaded = self.loaded.lock().ok()?;
+        match loaded.get(&version_key(module, config)) {
+            Some(f) => Some(f.clone()),
+            None => loaded.get(module).filter(|f| !f.has_init).cloned(),
+        }
+    }
+
+    /// The function loaded under `key` (a module's sha256, or a
+    /// [`version_key`]), if this runtime has it.
+    pub fn loaded(&self, key: &str) -> Option<Arc<Function>> {
+        self.loaded.lock().ok()?.get(key).cloned()
+    }
+
+    /// The sha256 of every module loaded (compiled and ready, with any
+    /// config), sorted.
+    pub fn loaded_modules(&self) -> Vec<String> {
+        let mut modules: Vec<String> =
+            self.loaded.lock().map(|l| l.values().map(|f| f.sha256.clone()).collect()).unwrap_or_default();
+        modules.sort();
+        modules.dedup();
+        modules
+    }
+
+    /// Checks size and header; the bytes' sha256.
+    fn check(&self, bytes: &[u8]) -> Result<String> {
         let size = bytes.len() as u64;
         if size > self.config.max_component_bytes {
             return Err(Error::ComponentTooLarge { size, limit: self.config.max_component_bytes });
         }
         check_header(bytes)?;
-        let sha256 = hex::encode(Sha256::digest(bytes));
-        if let Some(f) = self.loaded(&sha256) {
+        Ok(hex::encode(Sha256::digest(bytes)))
+    }
+
+    /// The function under `key`, made by `make` unless it is loaded already;
+    /// concurrent callers for one key make it once.
+    fn load_once(&self, key: &str, make: impl FnOnce() -> Result<Function>) -> Result<Arc<Function>> {
+        if let Some(f) = self.loaded(key) {
             return Ok(f);
         }
-        let lock = self.loading.lock().map_err(poisoned)?.entry(sha256.clone()).or_default().clone();
+        let lock = self.loading.lock().map_err(poisoned)?.entry(key.to_string()).or_default().clone();
         let _loading = lock.lock().map_err(poisoned)?;
         // Another caller may have loaded it while this one waited.
-        if let Some(f) = self.loaded(&sha256) {
+        if let Some(f) = self.loaded(key) {
             return Ok(f);
         }
-        let component = self.compiled_component(&sha256, bytes)?;
-        let function = Arc::new(self.link(component, sha256.clone())?);
-        self.loaded.lock().map_err(poisoned)?.insert(sha256.clone(), function.clone());
-        self.loading.lock().map_err(poisoned)?.remove(&sha256);
+        let made = make();
+        self.loading.lock().map_err(poisoned)?.remove(key);
+        let function = Arc::new(made?);
+        self.loaded.lock().map_err(poisoned)?.insert(key.to_string(), function.clone());
         Ok(function)
     }
 
-    /// The loaded function of the module with this sha256, if this runtime has it.
-    pub fn loaded(&self, sha256: &str) -> Option<Arc<Function>> {
-        self.loaded.lock().ok()?.get(sha256).cloned()
+    /// Runs `init` of the component `bytes` (sha256 `module`) with `config`
+    /// and returns the component rewritten with the state it left.
+    fn initialize(
+        &self,
+        module: &str,
+        bytes: &[u8],
+        config: &Arc<BTreeMap<String, String>>,
+        limits: &Limits,
+    ) -> Result<Vec<u8>> {
+        let started = Instant::now();
+        let (cx, instrumented) = init::instrument(bytes)?;
+        // One instrumented compile per module serves every config.
+        let kept = self.instrumented.lock().map_err(poisoned)?.get(module).cloned();
+        let instrumented = match kept {
+            Some(component) => component,
+            None => {
+                let key = format!("{module}-instrumented");
+                let component = match self.cached(&key) {
+                    Some(component) => component,
+                    None => self.compile(&key, &instrumented)?,
+                };
+                self.instrumented.lock().map_err(poisoned)?.insert(module.to_string(), component.clone());
+                component
+            }
+        };
+        let (mut store, limits) = self.init_store(config, limits)?;
+        self.inits.fetch_add(1, Ordering::Relaxed);
+        let instance = init::run(&instrumented, &self.linker, &mut store, &limits)?;
+        let image = init::snapshot(&cx, &mut store, instance)?;
+        tracing::info!(module, elapsed_ms = started.elapsed().as_millis() as u64, "ran init");
+        Ok(image)
     }
 
-    /// The sha256 of every module loaded (compiled and ready), sorted.
-    pub fn loaded_modules(&self) -> Vec<String> {
-        let mut modules: Vec<String> = self.loaded.lock().map(|l| l.keys().cloned().collect()).unwrap_or_default();
-        modules.sort();
-        modules
+    /// A store for running `init`: the version's limits, but
+    /// [`INIT_TIMEOUT`] of time.
+    fn init_store(
+        &self,
+        config: &Arc<BTreeMap<String, String>>,
+        limits: &Limits,
+    ) -> Result<(Store<HostState>, Limits)> {
+        let limits = Limits { timeout: INIT_TIMEOUT.max(limits.timeout), cancel: None, ..limits.clone() };
+        let mut store = new_store(&self.engine, &self.config.gpu, &limits, config.clone(), Io::default());
+        arm(&mut store, &limits, self.config.epoch_tick, self.config.engine.fuel)?;
+        Ok((store, limits))
+    }
+
+    /// Runs the `init` of `bytes` with `config` under `limits` and keeps
+    /// nothing but the compiled module: what a control plane checks before
+    /// it accepts a deploy. A component without `init` passes.
+    pub fn check_init(&self, bytes: &[u8], config: &Arc<BTreeMap<String, String>>, limits: &Limits) -> Result<()> {
+        let sha256 = self.check(bytes)?;
+        if !init::exports_init(bytes) {
+            return Ok(());
+        }
+        let component = self.compiled_component(&sha256, bytes)?;
+        let (mut store, limits) = self.init_store(config, limits)?;
+        self.inits.fetch_add(1, Ordering::Relaxed);
+        init::run(&component, &self.linker, &mut store, &limits).map(drop)
     }
 
     fn compiled_component(&self, sha256: &str, bytes: &[u8]) -> Result<Component> {
-        if let Some(cache) = &self.cache {
-            match cache.get(&self.engine, sha256) {
-                cache::Lookup::Hit(c) => {
-                    self.cache_hits.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(sha256, "loaded compiled component from cache");
-                    return Ok(c);
-                }
-                cache::Lookup::Corrupt(why) => {
-                    self.cache_rejected.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(sha256, "compiled cache entry is corrupt ({why}); recompiling");
-                }
-                cache::Lookup::Miss => {}
-            }
+        match self.cached(sha256) {
+            Some(component) => Ok(component),
+            None => self.compile(sha256, bytes),
         }
+    }
+
+    /// The compiled component named `name` from the on-disk cache, if there.
+    fn cached(&self, name: &str) -> Option<Component> {
+        match self.cache.as_ref()?.get(&self.engine, name) {
+            cache::Lookup::Hit(c) => {
+                self.cache_hits.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(name, "loaded compiled component from cache");
+                Some(c)
+            }
+            cache::Lookup::Corrupt(why) => {
+                self.cache_rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(name, "compiled cache entry is corrupt ({why}); recompiling");
+                None
+            }
+            cache::Lookup::Miss => None,
+        }
+    }
+
+    /// Compiles `bytes` (bounded in time and memory when there is a compile
+    /// worker) and keeps the result in the cache as `name`.
+    fn compile(&self, name: &str, bytes: &[u8]) -> Result<Component> {
         let started = Instant::now();
         let artifact = match &self.config.compile_worker {
             Some(worker) => compile::in_worker(worker, &self.config, bytes)?,
             None => compile::in_process(&self.engine, bytes)?,
         };
         self.compiled.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(sha256, elapsed_ms = started.elapsed().as_millis() as u64, "compiled component");
+        tracing::info!(name, elapsed_ms = started.elapsed().as_millis() as u64, "compiled component");
         match &self.cache {
-            Some(cache) => cache.put(&self.engine, sha256, &artifact),
+            Some(cache) => cache.put(&self.engine, name, &artifact),
             None => compile::deserialize(&self.engine, &artifact),
         }
     }
 
-    fn link(&self, component: Component, sha256: String) -> Result<Function> {
+    /// A compiled component linked to the host. `initialized`: it is the
+    /// image an `init` left (which the image no longer exports).
+    fn link(&self, component: Component, sha256: String, initialized: bool) -> Result<Function> {
         let exports: Vec<String> =
             component.component_type().exports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let has_init = initialized || exports.iter().any(|e| e == init::INIT_EXPORT);
         let kind = if exports.iter().any(|e| e == "score") {
             Kind::Scorer
         } else if exports.iter().any(|e| e == "run") {
@@ -387,12 +537,12 @@ impl Runtime {
             reason: format!("its `{}` export does not match the {} world: {e}", kind.name(), kind.name()),
         };
         let pre = match kind {
-            Kind::Scorer => Pre::Scorer(bindings::ScorerPre::new(pre).map_err(world)?),
-            Kind::Mapper => Pre::Mapper(bindings::mapper::MapperPre::new(pre).map_err(world)?),
+            Kind::Scorer => Pre::Scorer(bindings::ScorerCallsPre::new(pre).map_err(world)?),
+            Kind::Mapper => Pre::Mapper(bindings::mapper::MapperCallsPre::new(pre).map_err(world)?),
             Kind::Reducer => {
                 // Checks the export's type; calls go through `ReduceFunc`,
                 // which lowers borrowed values without copying them first.
-                bindings::reducer::ReducerPre::new(pre.clone()).map_err(world)?;
+                bindings::reducer::ReducerCallsPre::new(pre.clone()).map_err(world)?;
                 Pre::Reducer(pre)
             }
             Kind::Http => Pre::Http(wasmtime_wasi_http::p2::bindings::sync::ProxyPre::new(pre).map_err(world)?),
@@ -400,6 +550,8 @@ impl Runtime {
         Ok(Function {
             kind,
             sha256,
+            has_init,
+            initialized,
             pre,
             engine: self.engine.clone(),
             tick: self.config.epoch_tick,
@@ -429,7 +581,7 @@ fn check_header(bytes: &[u8]) -> Result<()> {
     }
 }
 
-fn missing_import(e: &wasmtime::Error) -> Error {
+pub(crate) fn missing_import(e: &wasmtime::Error) -> Error {
     let detail = format!("{e:#}");
     // wasmtime: "component imports instance `x:y/z`, but a matching implementation was not found in the linker"
     let import = detail.split('`').nth(1).map(str::to_string).unwrap_or_else(|| "an unknown item".to_string());
@@ -441,8 +593,8 @@ fn missing_import(e: &wasmtime::Error) -> Error {
 }
 
 enum Pre {
-    Scorer(bindings::ScorerPre<HostState>),
-    Mapper(bindings::mapper::MapperPre<HostState>),
+    Scorer(bindings::ScorerCallsPre<HostState>),
+    Mapper(bindings::mapper::MapperCallsPre<HostState>),
     Reducer(wasmtime::component::InstancePre<HostState>),
     Http(wasmtime_wasi_http::p2::bindings::sync::ProxyPre<HostState>),
 }
@@ -451,6 +603,10 @@ enum Pre {
 pub struct Function {
     kind: Kind,
     sha256: String,
+    /// The component exports `init`.
+    has_init: bool,
+    /// Instances start from the memory its `init` left.
+    initialized: bool,
     pre: Pre,
     engine: Engine,
     tick: Duration,
@@ -478,8 +634,8 @@ type ReduceParams<'a> = (&'a [u8], &'a [&'a [u8]]);
 type ReduceResults = (std::result::Result<Vec<u8>, String>,);
 
 enum Exports {
-    Scorer(bindings::Scorer),
-    Mapper(bindings::mapper::Mapper),
+    Scorer(bindings::ScorerCalls),
+    Mapper(bindings::mapper::MapperCalls),
     /// The untyped `reduce` export; typed per call, since the values are
     /// borrowed for that call only.
     Reducer(wasmtime::component::Func),
@@ -539,39 +695,15 @@ impl Function {
         &self.sha256
     }
 
+    /// Whether instances start from the memory the component's `init` left
+    /// (loaded with [`Runtime::load_version`]).
+    pub fn initialized(&self) -> bool {
+        self.initialized
+    }
+
     /// A fresh instance with `limits`, `config` and `io`.
     pub fn instantiate(&self, limits: &Limits, config: Arc<BTreeMap<String, String>>, io: Io) -> Result<Instance> {
-        let stdout = Capture::new(limits.max_stdio_bytes);
-        let stderr = Capture::new(limits.max_stdio_bytes);
-        // No preopened directories, no network, no environment, no arguments.
-        let wasi = WasiCtx::builder().stdout(stdout.clone()).stderr(stderr.clone()).build();
-        let state = HostState {
-            wasi,
-            table: ResourceTable::new(),
-            limiter: Limiter { memory: limits.memory, table_elements: 100_000 },
-            config,
-            logs: Logs::default(),
-            max_log_bytes: limits.max_log_bytes,
-            stdout,
-            stderr,
-            input: io.input,
-            output: io.output,
-            pairs: crate::pairs::Pairs::default(),
-            output_bytes: 0,
-            max_output_bytes: limits.max_output_bytes,
-            http: wasmtime_wasi_http::WasiHttpCtx::new(),
-            http_hooks: host::NoNetwork,
-            gpu: self.gpu.clone(),
-            gpu_bytes: 0,
-            gpu_time: Duration::ZERO,
-            gpu_refused: limits.gpu_refused.clone(),
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        // Bounds what one guest-to-host call (an import's arguments or an
-        // export's result) may make the host allocate.
-        let per_call = limits.max_output_bytes.saturating_add(1 << 20);
-        store.set_hostcall_fuel(usize::try_from(per_call).unwrap_or(usize::MAX));
+        let mut store = new_store(&self.engine, &self.gpu, limits, config, io);
         arm(&mut store, limits, self.tick, self.fuel)?;
         let exports = match &self.pre {
             Pre::Scorer(p) => p.instantiate(&mut store).map(Exports::Scorer),
@@ -587,6 +719,48 @@ impl Function {
         let exports = exports.map_err(|e| classify(e, limits, &store.data().stderr))?;
         Ok(Instance { store, exports, limits: limits.clone(), tick: self.tick, fuel: self.fuel })
     }
+}
+
+/// A store for one invocation: WASI without files, network, environment or
+/// arguments, stdio captured, and the invocation's limits.
+fn new_store(
+    engine: &Engine,
+    gpu: &crate::gpu::SharedGpu,
+    limits: &Limits,
+    config: Arc<BTreeMap<String, String>>,
+    io: Io,
+) -> Store<HostState> {
+    let stdout = Capture::new(limits.max_stdio_bytes);
+    let stderr = Capture::new(limits.max_stdio_bytes);
+    let wasi = WasiCtx::builder().stdout(stdout.clone()).stderr(stderr.clone()).build();
+    let state = HostState {
+        wasi,
+        table: ResourceTable::new(),
+        limiter: Limiter { memory: limits.memory, table_elements: 100_000 },
+        config,
+        logs: Logs::default(),
+        max_log_bytes: limits.max_log_bytes,
+        stdout,
+        stderr,
+        input: io.input,
+        output: io.output,
+        pairs: crate::pairs::Pairs::default(),
+        output_bytes: 0,
+        max_output_bytes: limits.max_output_bytes,
+        http: wasmtime_wasi_http::WasiHttpCtx::new(),
+        http_hooks: host::NoNetwork,
+        gpu: gpu.clone(),
+        gpu_bytes: 0,
+        gpu_time: Duration::ZERO,
+        gpu_refused: limits.gpu_refused.clone(),
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limiter);
+    // Bounds what one guest-to-host call (an import's arguments or an
+    // export's result) may make the host allocate.
+    let per_call = limits.max_output_bytes.saturating_add(1 << 20);
+    store.set_hostcall_fuel(usize::try_from(per_call).unwrap_or(usize::MAX));
+    store
 }
 
 /// Ticks between looks at a cancel flag.
@@ -636,7 +810,7 @@ fn arm(store: &mut Store<HostState>, limits: &Limits, tick: Duration, fuel: bool
 }
 
 /// Turns a failed call into the error that says what the guest did.
-fn classify(e: wasmtime::Error, limits: &Limits, stderr: &Capture) -> Error {
+pub(crate) fn classify(e: wasmtime::Error, limits: &Limits, stderr: &Capture) -> Error {
     let e = match e.downcast::<HostTrap>() {
         Ok(trap) => return trap.into(),
         Err(e) => e,

@@ -11,6 +11,9 @@ A function is one decorated Python function in a module:
 - ``@wasmgrid.reducer``: ``f(key: bytes, values: list[bytes]) -> dict``
   folds every value emitted for one key into an output record.
 
+An optional ``@wasmgrid.init`` function ``f() -> None`` runs once per
+function version, before any call: parse the model there.
+
 ``wasmgrid build app.py`` turns the module into a component for the
 matching world of the WIT package ``wasmgrid:function`` (with
 componentize-py). An exception in the function becomes the call's error,
@@ -39,7 +42,7 @@ except ImportError:
     _wit_input = _wit_output = None
 
 __all__ = [
-    "Rows", "scorer", "mapper", "reducer", "config", "require", "log",
+    "Rows", "scorer", "mapper", "reducer", "init", "config", "require", "log",
     "chunks", "batches", "emit", "emit_batch", "emit_pairs", "words",
 ]
 
@@ -62,6 +65,34 @@ def reducer(fn):
     """Registers ``fn(key: bytes, values: list[bytes]) -> dict | bytes`` as the reducer."""
     _functions["reducer"] = fn
     return fn
+
+
+def init(fn):
+    """Registers ``fn() -> None`` to run once per function version, before
+    any call, with the version's config: parse a model into a module-level
+    variable there. The grid snapshots the interpreter's memory after it, so
+    every call starts with its work done. An exception fails the deploy."""
+    _functions["init"] = fn
+    return fn
+
+
+_initialized = False
+
+
+def _run_init():
+    """Runs the ``@wasmgrid.init`` function unless it already ran in this
+    memory image (a grid that does not call ``init`` gets it run at the first
+    call)."""
+    global _initialized
+    if _initialized:
+        return
+    fn = _functions.get("init")
+    if fn is not None:
+        try:
+            fn()
+        except Exception as e:
+            raise _fail(e)
+    _initialized = True
 
 
 class Rows:
@@ -242,11 +273,16 @@ def _world(kind):
         raise RuntimeError(f"no @wasmgrid.{kind} function was registered")
     import wit_world
 
+    class Base(wit_world.WitWorld):
+        def init(self):
+            _run_init()
+
     if kind == "scorer":
 
-        class WitWorld(wit_world.WitWorld):
+        class WitWorld(Base):
             def score(self, rows):
                 try:
+                    _run_init()
                     out = fn(_from_wit(rows))
                     return _to_wit(rows.rows, out)
                 except Exception as e:
@@ -254,18 +290,20 @@ def _world(kind):
 
     elif kind == "mapper":
 
-        class WitWorld(wit_world.WitWorld):
+        class WitWorld(Base):
             def run(self, partition):
                 try:
+                    _run_init()
                     fn(partition)
                 except Exception as e:
                     raise _fail(e)
 
     else:
 
-        class WitWorld(wit_world.WitWorld):
+        class WitWorld(Base):
             def reduce(self, key, values):
                 try:
+                    _run_init()
                     return _record(fn(key, values))
                 except Exception as e:
                     raise _fail(e)
