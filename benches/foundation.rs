@@ -1,6 +1,9 @@
 //! Foundation benchmark (`cargo bench --bench foundation`), printing in one run:
 //!
-//! 1. a fresh instance + call of `logreg` on a 16-row batch (median, p99);
+//! 1. a fresh instance + call of `logreg` on a 16-row batch (median, p99),
+//!    started from the image its `init` left (`Runtime::load_version`, as
+//!    the grid runs it), and without `init` (`Runtime::load`: the model is
+//!    parsed in every call, as before `init` existed);
 //! 2. the same call on one reused instance;
 //! 3. `wasmgrid run` word count over a generated corpus (default 256 MB in
 //!    32 files) against a plain-Rust word count of the same files, with the
@@ -55,25 +58,32 @@ fn batch16() -> Batch {
 
 fn instances(iters: usize) {
     let rt = Runtime::new(RuntimeConfig::default()).expect("runtime");
-    let f = rt.load_file(guests::LOGREG.as_ref()).expect("logreg loads");
     let model = r#"{"features": ["x1", "x2", "x3"], "weights": [0.8, -1.25, 0.05], "bias": 0.3}"#;
     let config: Arc<BTreeMap<String, String>> = Arc::new([("model".to_string(), model.to_string())].into());
     let limits = Limits::default();
     let rows = batch16();
+    let bytes = std::fs::read(guests::LOGREG).expect("logreg");
+    let f = rt.load_version(&bytes, &config, &limits).expect("logreg loads");
+    let uninitialised = rt.load(&bytes).expect("logreg loads");
 
-    let mut fresh = Vec::with_capacity(iters);
-    for i in 0..iters + iters / 10 {
-        let t = Instant::now();
-        let mut inst = f.instantiate(&limits, config.clone(), Io::default()).expect("instantiate");
-        let out = inst.score(&rows).expect("score");
-        drop(inst);
-        let d = t.elapsed();
-        assert_eq!(out.rows, 16);
-        if i >= iters / 10 {
-            fresh.push(d);
+    let fresh_calls = |f: &wasmgrid_node::Function| {
+        let mut fresh = Vec::with_capacity(iters);
+        for i in 0..iters + iters / 10 {
+            let t = Instant::now();
+            let mut inst = f.instantiate(&limits, config.clone(), Io::default()).expect("instantiate");
+            let out = inst.score(&rows).expect("score");
+            drop(inst);
+            let d = t.elapsed();
+            assert_eq!(out.rows, 16);
+            if i >= iters / 10 {
+                fresh.push(d);
+            }
         }
-    }
-    fresh.sort();
+        fresh.sort();
+        fresh
+    };
+    let fresh = fresh_calls(&f);
+    let without_init = fresh_calls(&uninitialised);
 
     let mut inst = f.instantiate(&limits, config.clone(), Io::default()).expect("instantiate");
     let mut reused = Vec::with_capacity(iters);
@@ -93,6 +103,11 @@ fn instances(iters: usize) {
         "  fresh instance + call : median {:7.2} us   p99 {:7.2} us   (target: median <= 30 us)",
         micros(percentile(&fresh, 0.5)),
         micros(percentile(&fresh, 0.99))
+    );
+    println!(
+        "  same, without init    : median {:7.2} us   p99 {:7.2} us   (the model parsed in every call)",
+        micros(percentile(&without_init, 0.5)),
+        micros(percentile(&without_init, 0.99))
     );
     println!(
         "  reused instance call  : median {:7.2} us   p99 {:7.2} us",

@@ -93,19 +93,24 @@ impl Case {
 
     fn mlp() -> Case {
         let mut n = Numbers(0x5eed_0003);
+        // Three decimals keep the model's JSON under the 64 KiB config limit.
+        // (Kept as f64 for the JSON: an f32 widened prints all its digits.)
+        let mut value = |scale: f64| (n.next() * scale * 1000.0).round() / 1000.0;
         let mut layer = |inputs: usize, outputs: usize, activation: &str| {
             let scale = (1.0 / inputs as f64).sqrt();
-            let weights: Vec<Vec<f32>> =
-                (0..inputs).map(|_| (0..outputs).map(|_| (n.next() * scale) as f32).collect()).collect();
-            let bias: Vec<f32> = (0..outputs).map(|_| (n.next() * 0.1) as f32).collect();
+            let weights: Vec<Vec<f64>> = (0..inputs).map(|_| (0..outputs).map(|_| value(scale)).collect()).collect();
+            let bias: Vec<f64> = (0..outputs).map(|_| value(0.1)).collect();
             (weights, bias, activation.to_string())
         };
-        let layers = vec![layer(30, 64, "relu"), layer(64, 32, "relu"), layer(32, 1, "sigmoid")];
+        let spec = [layer(30, 64, "relu"), layer(64, 32, "relu"), layer(32, 1, "sigmoid")];
         let model = json!({
             "features": features30(),
-            "layers": layers.iter().map(|(w, b, a)| json!({"weights": w, "bias": b, "activation": a})).collect::<Vec<_>>(),
+            "layers": spec.iter().map(|(w, b, a)| json!({"weights": w, "bias": b, "activation": a})).collect::<Vec<_>>(),
         })
         .to_string();
+        let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        let layers =
+            spec.iter().map(|(w, b, a)| (w.iter().map(|r| f32s(r)).collect(), f32s(b), a.clone())).collect();
         let native = Native::Mlp(Arc::new(Mlp { features: features30(), layers }));
         Case { name: "mlp", guest: guests::MLP_SCORE, model, native }
     }

@@ -105,11 +105,16 @@ fn bare_instances(runtime: &Runtime, wasm: &Path, iters: usize) -> Duration {
     percentile(&times, 0.5)
 }
 
-/// Median and p99 of a fresh instance plus one call.
-fn instances(runtime: &Runtime, wasm: &Path, iters: usize) -> (Duration, Duration) {
-    let f = runtime.load_file(wasm).expect("loads");
+/// Median and p99 of a fresh instance plus one call; `init`: instances
+/// start from the image `init` left (as the grid runs them), else the
+/// model is parsed in every call.
+fn instances(runtime: &Runtime, wasm: &Path, iters: usize, init: bool) -> (Duration, Duration) {
     let limits = Limits { memory: 256 << 20, ..Limits::default() };
     let config = Arc::new(BTreeMap::from([("model".to_string(), MODEL.to_string())]));
+    let f = match init {
+        true => runtime.load_version(&std::fs::read(wasm).expect("wasm"), &config, &limits).expect("loads"),
+        false => runtime.load_file(wasm).expect("loads"),
+    };
     let rows = Batch {
         rows: 1,
         fields: vec![
@@ -331,11 +336,16 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
     println!("\nfresh instance + one 1-row score call, in process (2000 calls):");
-    let (py50, py99) = instances(&runtime, &py_logreg, 2000);
-    let (rs50, rs99) = instances(&runtime, Path::new(guests::LOGREG), 2000);
-    println!("  python-logreg  p50 {:>8.1} us   p99 {:>8.1} us", micros(py50), micros(py99));
-    println!("  rust logreg    p50 {:>8.1} us   p99 {:>8.1} us", micros(rs50), micros(rs99));
+    let (py50, py99) = instances(&runtime, &py_logreg, 2000, true);
+    let (pyn50, pyn99) = instances(&runtime, &py_logreg, 2000, false);
+    let (rs50, rs99) = instances(&runtime, Path::new(guests::LOGREG), 2000, true);
+    let (rsn50, rsn99) = instances(&runtime, Path::new(guests::LOGREG), 2000, false);
+    println!("  python-logreg  p50 {:>8.1} us   p99 {:>8.1} us   (from its init image)", micros(py50), micros(py99));
+    println!("  same, no init  p50 {:>8.1} us   p99 {:>8.1} us   (model parsed per call)", micros(pyn50), micros(pyn99));
+    println!("  rust logreg    p50 {:>8.1} us   p99 {:>8.1} us   (from its init image)", micros(rs50), micros(rs99));
+    println!("  same, no init  p50 {:>8.1} us   p99 {:>8.1} us", micros(rsn50), micros(rsn99));
     println!("  python / rust p50: {:.1}x", py50.as_secs_f64() / rs50.as_secs_f64());
+    println!("  python init image / no init p50: {:.2}x", py50.as_secs_f64() / pyn50.as_secs_f64());
     let ours = bare_instances(&runtime, &py_logreg, 1000);
     let t = Instant::now();
     let base = baseline_instances(&py_logreg, 200);

@@ -45,6 +45,11 @@ fn detect_world(source: &str) -> Option<&'static str> {
     }
 }
 
+/// Whether the module registers an `@wasmgrid.init` function.
+fn uses_init(source: &str) -> bool {
+    source.lines().any(|l| l.trim_start().starts_with("@wasmgrid.init"))
+}
+
 pub fn build(args: BuildArgs) -> Result<()> {
     let source = std::fs::read_to_string(&args.app).with_context(|| format!("reading {}", args.app.display()))?;
     let stem = args.app.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
@@ -80,10 +85,17 @@ pub fn build(args: BuildArgs) -> Result<()> {
         &format!("import wasmgrid\nimport {stem}\n\nWitWorld = wasmgrid._world(\"{world}\")\n"),
     )?;
 
+    // A module with `@wasmgrid.init` exports `init` (the node snapshots its
+    // memory after it); one without is built for the world without `init`,
+    // so the grid spends nothing preparing it.
+    let wit_world = match uses_init(&source) {
+        true => world.clone(),
+        false => format!("{world}-calls"),
+    };
     let mut cmd = Command::new(&args.componentize_py);
     cmd.arg("-d")
         .arg(root.join("wit"))
-        .args(["-w", &world, "componentize", "_wasmgrid_entry", "-p"])
+        .args(["-w", &wit_world, "componentize", "_wasmgrid_entry", "-p"])
         .arg(root.join("entry"))
         .arg("-p")
         .arg(root.join("sdk"))
@@ -108,7 +120,8 @@ pub fn build(args: BuildArgs) -> Result<()> {
         );
     }
     let size = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
-    eprintln!("built {} ({world}, {:.1} MiB)", output.display(), size as f64 / (1 << 20) as f64);
+    let init = if wit_world == world { " with init" } else { "" };
+    eprintln!("built {} ({world}{init}, {:.1} MiB)", output.display(), size as f64 / (1 << 20) as f64);
     Ok(())
 }
 

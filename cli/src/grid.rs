@@ -337,7 +337,7 @@ fn replica_config(args: &ControlPlaneArgs) -> Result<ReplicaConfig> {
     runtime.instance_slots = 4;
     runtime.gpu = wasmgrid_node::gpu::SharedGpu::new(wasmgrid_node::gpu::GpuMode::Off, Default::default());
     let runtime = Arc::new(Runtime::new(runtime).context("starting the runtime that checks `init`")?);
-    config.init_check = Some(Arc::new(RuntimeInit { runtime, keep: false }));
+    config.init_check = Some(Arc::new(RuntimeInit(runtime)));
     config.snapshot_every = args.snapshot_every;
     config.request_timeout = args.request_timeout;
     Ok(config)
@@ -353,24 +353,15 @@ pub fn control_plane(args: ControlPlaneArgs) -> Result<()> {
     })
 }
 
-/// Checks deploys' `init` on the node runtime. `keep`: the initialised
-/// version stays loaded for a node sharing the runtime (`wasmgrid dev`), so
-/// `init` runs once per version in the process.
+/// Checks deploys' `init` on a node runtime. In `wasmgrid dev` it is the
+/// node's own, which then reuses the compile the check made.
 #[derive(Debug)]
-struct RuntimeInit {
-    runtime: Arc<Runtime>,
-    keep: bool,
-}
+struct RuntimeInit(Arc<Runtime>);
 
 impl server::InitCheck for RuntimeInit {
     fn check(&self, module: &[u8], config: &BTreeMap<String, String>, memory: u64) -> Result<(), String> {
-        let config = Arc::new(config.clone());
         let limits = wasmgrid_node::runtime::Limits { memory, ..Default::default() };
-        let checked = match self.keep {
-            true => self.runtime.load_version(module, &config, &limits).map(drop),
-            false => self.runtime.check_init(module, &config, &limits),
-        };
-        checked.map_err(|e| e.to_string())
+        self.0.check_init(module, &Arc::new(config.clone()), &limits).map_err(|e| e.to_string())
     }
 }
 
@@ -421,7 +412,7 @@ pub fn dev(args: DevArgs, compile: &CompileArgs) -> Result<()> {
     replica.job_io = Some(Arc::new(crate::jobs::FileJobIo));
     let node_data = args.data.join("node");
     let runtime = node_runtime(compile, &node_data)?;
-    replica.init_check = Some(Arc::new(RuntimeInit { runtime: runtime.clone(), keep: true }));
+    replica.init_check = Some(Arc::new(RuntimeInit(runtime.clone())));
     tokio_runtime()?.block_on(async move {
         let cp = server::start(replica).await?;
         let url = cp.url();
@@ -459,8 +450,13 @@ pub(crate) fn client(args: &ClientArgs) -> Result<Client> {
 
 /// A client of `urls` with the token and tenant of `args`.
 fn client_at(args: &ClientArgs, urls: &[String]) -> Result<Client> {
+    client_timed(args, urls, Duration::from_secs(30))
+}
+
+/// [`client_at`] whose requests may take up to `timeout`.
+fn client_timed(args: &ClientArgs, urls: &[String], timeout: Duration) -> Result<Client> {
     let token = access::client_token(args.token_file.as_deref())?;
-    Ok(Client::new(urls, Duration::from_secs(30))?.with_token(token).with_tenant(args.tenant.clone()))
+    Ok(Client::new(urls, timeout)?.with_token(token).with_tenant(args.tenant.clone()))
 }
 
 pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<()> {
@@ -508,7 +504,9 @@ pub fn deploy(args: DeployArgs) -> Result<()> {
         gpu: args.gpu,
         public: args.public,
     };
-    let client = client(&args.client)?;
+    // The leader compiles the component and runs its `init` before it
+    // answers: give the deploy longer than other requests.
+    let client = client_timed(&args.client, &args.client.url, Duration::from_secs(180))?;
     tokio_runtime()?.block_on(async {
         let module = client.upload_module(bytes).await.context("uploading the module")?;
         let request = DeployRequest { module: module.sha256.clone(), ..request };

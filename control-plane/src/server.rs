@@ -125,6 +125,10 @@ impl Config {
     }
 }
 
+/// Longest a forwarded deploy may take: the leader compiles the component
+/// and runs its `init` before it answers.
+const DEPLOY_TIMEOUT: Duration = Duration::from_secs(180);
+
 /// Runs a function version's `init` (when its component exports one) with
 /// the version's config and memory limit, so that a deploy whose `init`
 /// fails is refused while the active version keeps serving. The control
@@ -566,6 +570,11 @@ async fn forward(
         .request(parts.method.clone(), format!("{url}{path}"))
         .header(FORWARDED_HEADER, app.0.replica.id().to_string())
         .body(body);
+    if parts.method == Method::POST && parts.uri.path().starts_with("/v1/functions/") {
+        // A deploy runs the version's `init` on the leader first: a compile
+        // and a run, each bounded on its own.
+        outgoing = outgoing.timeout(DEPLOY_TIMEOUT);
+    }
     for name in [header::CONTENT_TYPE, header::AUTHORIZATION, header::HeaderName::from_static(TENANT_HEADER)] {
         if let Some(value) = parts.headers.get(&name) {
             outgoing = outgoing.header(name, value);

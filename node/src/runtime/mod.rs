@@ -426,26 +426,28 @@ impl Runtime {
     ) -> Result<Vec<u8>> {
         let started = Instant::now();
         let (cx, instrumented) = init::instrument(bytes)?;
-        // One instrumented compile per module serves every config.
-        let kept = self.instrumented.lock().map_err(poisoned)?.get(module).cloned();
-        let instrumented = match kept {
-            Some(component) => component,
-            None => {
-                let key = format!("{module}-instrumented");
-                let component = match self.cached(&key) {
-                    Some(component) => component,
-                    None => self.compile(&key, &instrumented)?,
-                };
-                self.instrumented.lock().map_err(poisoned)?.insert(module.to_string(), component.clone());
-                component
-            }
-        };
+        let instrumented = self.instrumented(module, &instrumented)?;
         let (mut store, limits) = self.init_store(config, limits)?;
         self.inits.fetch_add(1, Ordering::Relaxed);
         let instance = init::run(&instrumented, &self.linker, &mut store, &limits)?;
         let image = init::snapshot(&cx, &mut store, instance)?;
         tracing::info!(module, elapsed_ms = started.elapsed().as_millis() as u64, "ran init");
         Ok(image)
+    }
+
+    /// The compiled `instrumented` component of `module`: one compile per
+    /// module serves every config, and the control plane's check too.
+    fn instrumented(&self, module: &str, instrumented: &[u8]) -> Result<Component> {
+        if let Some(component) = self.instrumented.lock().map_err(poisoned)?.get(module).cloned() {
+            return Ok(component);
+        }
+        let key = format!("{module}-instrumented");
+        let component = match self.cached(&key) {
+            Some(component) => component,
+            None => self.compile(&key, instrumented)?,
+        };
+        self.instrumented.lock().map_err(poisoned)?.insert(module.to_string(), component.clone());
+        Ok(component)
     }
 
     /// A store for running `init`: the version's limits, but
@@ -462,14 +464,16 @@ impl Runtime {
     }
 
     /// Runs the `init` of `bytes` with `config` under `limits` and keeps
-    /// nothing but the compiled module: what a control plane checks before
-    /// it accepts a deploy. A component without `init` passes.
+    /// nothing but the compiled (instrumented) module, which
+    /// [`Runtime::load_version`] reuses: what a control plane checks before it
+    /// accepts a deploy. A component without `init` passes.
     pub fn check_init(&self, bytes: &[u8], config: &Arc<BTreeMap<String, String>>, limits: &Limits) -> Result<()> {
         let sha256 = self.check(bytes)?;
         if !init::exports_init(bytes) {
             return Ok(());
         }
-        let component = self.compiled_component(&sha256, bytes)?;
+        let (_, instrumented) = init::instrument(bytes)?;
+        let component = self.instrumented(&sha256, &instrumented)?;
         let (mut store, limits) = self.init_store(config, limits)?;
         self.inits.fetch_add(1, Ordering::Relaxed);
         init::run(&component, &self.linker, &mut store, &limits).map(drop)
