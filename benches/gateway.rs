@@ -109,8 +109,7 @@ impl Case {
         })
         .to_string();
         let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
-        let layers =
-            spec.iter().map(|(w, b, a)| (w.iter().map(|r| f32s(r)).collect(), f32s(b), a.clone())).collect();
+        let layers = spec.iter().map(|(w, b, a)| (w.iter().map(|r| f32s(r)).collect(), f32s(b), a.clone())).collect();
         let native = Native::Mlp(Arc::new(Mlp { features: features30(), layers }));
         Case { name: "mlp", guest: guests::MLP_SCORE, model, native }
     }

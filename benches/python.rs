@@ -341,7 +341,11 @@ fn main() {
     let (rs50, rs99) = instances(&runtime, Path::new(guests::LOGREG), 2000, true);
     let (rsn50, rsn99) = instances(&runtime, Path::new(guests::LOGREG), 2000, false);
     println!("  python-logreg  p50 {:>8.1} us   p99 {:>8.1} us   (from its init image)", micros(py50), micros(py99));
-    println!("  same, no init  p50 {:>8.1} us   p99 {:>8.1} us   (model parsed per call)", micros(pyn50), micros(pyn99));
+    println!(
+        "  same, no init  p50 {:>8.1} us   p99 {:>8.1} us   (model parsed per call)",
+        micros(pyn50),
+        micros(pyn99)
+    );
     println!("  rust logreg    p50 {:>8.1} us   p99 {:>8.1} us   (from its init image)", micros(rs50), micros(rs99));
     println!("  same, no init  p50 {:>8.1} us   p99 {:>8.1} us", micros(rsn50), micros(rsn99));
     println!("  python / rust p50: {:.1}x", py50.as_secs_f64() / rs50.as_secs_f64());

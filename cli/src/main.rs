@@ -169,6 +169,9 @@ fn parse_output_format(s: &str) -> Result<Format, String> {
     }
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Compile { settings, input, output } = &cli.command {

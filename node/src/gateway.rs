@@ -1173,10 +1173,15 @@ fn score_arrow(served: &Served, batch: &RecordBatch) -> crate::Result<RecordBatc
 fn json_to_wit(rows: &[Row]) -> Option<crate::bindings::Batch> {
     use crate::bindings::{Batch, Column, Field};
     use serde_json::Value;
-    let mut names: Vec<&str> = Vec::new();
-    for row in rows {
-        for key in row.keys() {
-            if !names.contains(&key.as_str()) {
+    // Usually every row has the first row's fields, in its order.
+    let Some(first) = rows.first() else {
+        return Some(Batch { rows: 0, fields: Vec::new() });
+    };
+    let mut names: Vec<&str> = first.keys().map(String::as_str).collect();
+    if rows.iter().skip(1).any(|r| r.len() != first.len() || !r.keys().zip(&names).all(|(k, n)| k == n)) {
+        let mut seen: std::collections::HashSet<&str> = names.iter().copied().collect();
+        for key in rows.iter().flat_map(|r| r.keys()) {
+            if seen.insert(key) {
                 names.push(key);
             }
         }

@@ -89,6 +89,104 @@ pub struct Layer {
     pub activation: Activation,
 }
 
+/// An MLP's layers checked and laid out as the device takes them, in the
+/// guest's memory: make it in `init` (it calls no host function), and
+/// [`Mlp::upload`] it in each instance, which then only copies.
+#[derive(Debug, Clone)]
+pub struct MlpWeights {
+    /// (inputs, outputs, row-major `inputs x outputs` weights, bias, activation).
+    layers: Vec<(u32, u32, Vec<f32>, Vec<f32>, Activation)>,
+}
+
+impl MlpWeights {
+    /// Checks that the layers' shapes chain and flattens them.
+    pub fn new(layers: &[Layer]) -> Result<MlpWeights, String> {
+        let mut flat = Vec::with_capacity(layers.len());
+        let mut width: Option<usize> = None;
+        for (i, layer) in layers.iter().enumerate() {
+            let (inputs, outputs) = (layer.weights.len(), layer.weights.first().map_or(0, Vec::len));
+            if let Some((r, row)) = layer.weights.iter().enumerate().find(|(_, r)| r.len() != outputs) {
+                return Err(format!("layer {i} weights: row {r} has {} values, row 0 has {outputs}", row.len()));
+            }
+            if let Some(width) = width
+                && inputs != width
+            {
+                return Err(format!("layer {i} takes {inputs} inputs but layer {} gives {width}", i - 1));
+            }
+            if layer.bias.len() != outputs {
+                return Err(format!("layer {i} has {outputs} outputs but {} biases", layer.bias.len()));
+            }
+            let weights: Vec<f32> = layer.weights.iter().flatten().copied().collect();
+            flat.push((len(inputs)?, len(outputs)?, weights, layer.bias.clone(), layer.activation));
+            width = Some(outputs);
+        }
+        if flat.is_empty() {
+            return Err("a model needs at least one layer".into());
+        }
+        Ok(MlpWeights { layers: flat })
+    }
+
+    /// Inputs the first layer takes.
+    pub fn inputs(&self) -> u32 {
+        self.layers.first().map_or(0, |l| l.0)
+    }
+
+    /// The last layer's outputs, row-major, and how many there are per row,
+    /// for rows given as feature columns, computed here in the guest in the
+    /// node's CPU kernels' order of operations (so equal to the `gpu`
+    /// interface's CPU fallback, and to the GPU within float rounding). For
+    /// small batches, where uploading the weights costs more than the math.
+    pub fn forward_columns(&self, columns: &[&[f64]]) -> Result<(Vec<f32>, usize), String> {
+        let rows = columns.first().map_or(0, |c| c.len());
+        if columns.len() != self.inputs() as usize {
+            return Err(format!("the model takes {} inputs, got {} columns", self.inputs(), columns.len()));
+        }
+        if let Some((j, c)) = columns.iter().enumerate().find(|(_, c)| c.len() != rows) {
+            return Err(format!("column {j} has {} values, column 0 has {rows}", c.len()));
+        }
+        let mut x: Vec<f32> = (0..rows).flat_map(|r| columns.iter().map(move |c| c[r] as f32)).collect();
+        let mut width = columns.len();
+        for (_, outputs, weights, bias, activation) in &self.layers {
+            let n = *outputs as usize;
+            let mut out = vec![0f32; rows * n];
+            for (row, out_row) in x.chunks_exact(width.max(1)).zip(out.chunks_exact_mut(n.max(1))) {
+                for (xk, w_row) in row.iter().zip(weights.chunks_exact(n.max(1))) {
+                    for (o, w) in out_row.iter_mut().zip(w_row) {
+                        *o += xk * w;
+                    }
+                }
+                for (o, b) in out_row.iter_mut().zip(bias) {
+                    *o += b;
+                }
+                activate_row(out_row, *activation);
+            }
+            x = out;
+            width = n;
+        }
+        Ok((x, width))
+    }
+}
+
+/// `activation` over one row, as the node's kernels compute it.
+fn activate_row(row: &mut [f32], activation: Activation) {
+    match activation {
+        Activation::None => {}
+        Activation::Relu => row.iter_mut().for_each(|o| *o = o.max(0.0)),
+        Activation::Sigmoid => row.iter_mut().for_each(|o| *o = 1.0 / (1.0 + (-*o).exp())),
+        Activation::Tanh => row.iter_mut().for_each(|o| *o = o.clamp(-15.0, 15.0).tanh()),
+        Activation::Softmax => {
+            let Some(&first) = row.first() else { return };
+            let top = row.iter().skip(1).fold(first, |t, &x| t.max(x));
+            let mut sum = 0.0;
+            for o in row.iter_mut() {
+                *o = (*o - top).exp();
+                sum += *o;
+            }
+            row.iter_mut().for_each(|o| *o /= sum);
+        }
+    }
+}
+
 /// A multi-layer perceptron whose weights live on the device.
 #[derive(Debug)]
 pub struct Mlp {
@@ -99,26 +197,16 @@ pub struct Mlp {
 impl Mlp {
     /// Uploads the layers, checking that their shapes chain.
     pub fn new(layers: &[Layer]) -> Result<Mlp, String> {
-        let mut uploaded = Vec::with_capacity(layers.len());
-        let mut inputs = None;
-        let mut width = None;
-        for (i, layer) in layers.iter().enumerate() {
-            let w = Tensor::from_rows(&layer.weights).map_err(|e| format!("layer {i} weights: {e}"))?;
-            if let Some(width) = width
-                && w.rows() != width
-            {
-                return Err(format!("layer {i} takes {} inputs but layer {} gives {width}", w.rows(), i - 1));
-            }
-            if layer.bias.len() != w.cols() as usize {
-                return Err(format!("layer {i} has {} outputs but {} biases", w.cols(), layer.bias.len()));
-            }
-            let b = Tensor::row(&layer.bias)?;
-            inputs.get_or_insert(w.rows());
-            width = Some(w.cols());
-            uploaded.push((w, b, layer.activation));
+        Mlp::upload(&MlpWeights::new(layers)?)
+    }
+
+    /// Uploads weights checked and flattened beforehand (in `init`).
+    pub fn upload(weights: &MlpWeights) -> Result<Mlp, String> {
+        let mut uploaded = Vec::with_capacity(weights.layers.len());
+        for (inputs, outputs, w, b, activation) in &weights.layers {
+            uploaded.push((Tensor::create(*inputs, *outputs, w)?, Tensor::create(1, *outputs, b)?, *activation));
         }
-        let inputs = inputs.ok_or("a model needs at least one layer")?;
-        Ok(Mlp { layers: uploaded, inputs })
+        Ok(Mlp { layers: uploaded, inputs: weights.inputs() })
     }
 
     /// Inputs the first layer takes.

@@ -5,7 +5,9 @@
 //! `{"features": ["col", ...], "layers": [{"weights": [[...], ...],
 //! "bias": [...], "activation": "relu"}, ...]}`: weights row-major,
 //! `in x out`; activations none, relu, sigmoid, tanh and softmax. The model
-//! is parsed and checked once, in `init`; the weights are uploaded once per
+//! is parsed and checked once, in `init`. A batch of at most 16 rows (a
+//! per-request call, usually) is scored right here in the guest, with the
+//! node's CPU kernels' arithmetic; for larger ones the weights are uploaded once per
 //! instance (a batch job's instance scores every batch of its partition with
 //! them: tensors are host resources, which an `init` snapshot cannot keep),
 //! and every layer runs on the node's GPU, or on its CPU fallback, which
@@ -15,7 +17,7 @@ use std::cell::OnceCell;
 use std::sync::OnceLock;
 
 use serde::Deserialize;
-use wasmgrid_sdk::gpu::{self, Activation, Layer, Mlp, Tensor};
+use wasmgrid_sdk::gpu::{self, Activation, Layer, Mlp, MlpWeights, Tensor};
 use wasmgrid_sdk::{Batch, BatchBuilder, Scorer, config, log};
 
 #[derive(Deserialize)]
@@ -36,10 +38,14 @@ fn none() -> String {
     "none".into()
 }
 
+/// Batches of at most this many rows are scored in the guest, with the same
+/// arithmetic as the node's CPU kernels; larger ones on the `gpu` interface.
+const GUEST_ROWS: u32 = 16;
+
 /// The parsed model, kept in the memory image `init` leaves.
 struct Spec {
     features: Vec<String>,
-    layers: Vec<Layer>,
+    weights: MlpWeights,
 }
 
 static SPEC: OnceLock<Spec> = OnceLock::new();
@@ -65,40 +71,31 @@ impl Spec {
             .into_iter()
             .map(|l| Ok(Layer { weights: l.weights, bias: l.bias, activation: activation(&l.activation)? }))
             .collect::<Result<Vec<_>, String>>()?;
-        let mut width = spec.features.len();
-        for (i, layer) in layers.iter().enumerate() {
-            let outputs = layer.weights.first().map_or(0, Vec::len);
-            if layer.weights.len() != width {
-                return Err(format!("layer {i} takes {} inputs but gets {width}", layer.weights.len()));
-            }
-            if let Some(row) = layer.weights.iter().position(|r| r.len() != outputs) {
-                return Err(format!(
-                    "layer {i} weights: row {row} has {} values, not {outputs}",
-                    layer.weights[row].len()
-                ));
-            }
-            if layer.bias.len() != outputs {
-                return Err(format!("layer {i} has {outputs} outputs but {} biases", layer.bias.len()));
-            }
-            width = outputs;
+        let weights = MlpWeights::new(&layers)?;
+        if weights.inputs() as usize != spec.features.len() {
+            return Err(format!(
+                "model has {} features but its first layer takes {}",
+                spec.features.len(),
+                weights.inputs()
+            ));
         }
-        Ok(Spec { features: spec.features, layers })
+        Ok(Spec { features: spec.features, weights })
     }
 }
 
 /// The model on the device: uploaded at the instance's first call.
 struct Model {
-    features: Vec<String>,
+    features: &'static [String],
     mlp: Mlp,
 }
 
 impl Model {
     fn load() -> Result<Model, String> {
         let spec = SPEC.get().ok_or("init did not run")?;
-        let mlp = Mlp::new(&spec.layers)?;
+        let mlp = Mlp::upload(&spec.weights)?;
         let device = gpu::info();
         log::info(&format!("mlp-score on {} ({})", device.adapter, device.backend));
-        Ok(Model { features: spec.features.clone(), mlp })
+        Ok(Model { features: &spec.features, mlp })
     }
 }
 
@@ -117,6 +114,15 @@ impl Scorer for MlpScore {
     }
 
     fn score(rows: Batch) -> Result<Batch, String> {
+        if rows.rows <= GUEST_ROWS {
+            // A few rows: the math is cheaper here than the weights' upload.
+            let spec = SPEC.get().ok_or("init did not run")?;
+            let columns = spec.features.iter().map(|f| rows.f64s(f)).collect::<Result<Vec<_>, String>>()?;
+            let columns: Vec<&[f64]> = columns.iter().map(Vec::as_slice).collect();
+            let (out, width) = spec.weights.forward_columns(&columns)?;
+            let score = (0..rows.rows as usize).map(|r| if width == 0 { 0.0 } else { f64::from(out[r * width]) });
+            return Ok(BatchBuilder::new(rows.rows).f64("score", score.collect()).build());
+        }
         MODEL.with(|model| {
             let model = model.get_or_init(Model::load).as_ref().map_err(Clone::clone)?;
             let columns = model.features.iter().map(|f| rows.f64s(f)).collect::<Result<Vec<_>, String>>()?;
