@@ -278,12 +278,17 @@ async fn rolling_versions_under_load_loses_no_call_and_mixes_no_versions() {
             answers
         }));
     }
+    // Each version is served for a while under load before the next: a new
+    // config is a new `init` image, compiled while the old version serves.
     tokio::time::sleep(Duration::from_millis(200)).await;
     deploy(&client, "fraud", guests::LOGREG, 1000, &[("model", &model(weights[1]))]).await;
+    served(&http, &node, "fraud", 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     deploy(&client, "fraud", guests::LOGREG, 1000, &[("model", &model(weights[2]))]).await;
+    served(&http, &node, "fraud", 3).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     client.rollback("fraud", 1).await.expect("rollback");
+    served(&http, &node, "fraud", 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
 

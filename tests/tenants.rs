@@ -50,7 +50,8 @@ async fn quotas_are_enforced_with_errors_that_name_them() {
     common::ok(small(&["deploy", "score", guests::LOGREG, "-c", &model, "--timeout", "2s"]));
     refused(small(&["deploy", "score", guests::LOGREG, "--memory", "128MiB"]), "memory");
     // The admin's own tenant has no quotas.
-    grid_ok(&urls, &["deploy", "mlp", guests::MLP_SCORE]);
+    let mlp = r#"model={"features": ["amount"], "layers": [{"weights": [[0.5]], "bias": [0.0]}]}"#;
+    grid_ok(&urls, &["deploy", "mlp", guests::MLP_SCORE, "-c", mlp]);
 
     // One call at once per node: a second call while one runs is refused.
     grid_ok(&urls, &["tenants", "set", "small", "--functions", "10", "--module-bytes", "none", "--concurrency", "1"]);

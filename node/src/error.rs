@@ -168,11 +168,11 @@ pub enum Error {
     Job(String),
     /// The component's `init` failed: it trapped, returned an error or ran
     /// past a limit. The version cannot be served.
-    #[error("init failed: {source}")]
+    #[error("init failed: {cause}")]
     Init {
-        /// How `init` failed.
-        #[source]
-        source: Box<Error>,
+        /// How `init` failed (in the message, not a source: an error chain
+        /// printed in full would say it twice).
+        cause: Box<Error>,
     },
     /// The component's `init` returned with host resources still open, which
     /// a memory snapshot cannot carry into later calls.

@@ -144,13 +144,17 @@ struct MapResult {
 /// Runs `job` to completion with `runtime`.
 pub fn run(runtime: &Runtime, job: &LocalJob, progress: &dyn Progress) -> Result<Summary> {
     let started = Instant::now();
+    // Files and input paths are checked before any guest code runs.
+    let function_bytes = runtime.read_file(&job.function)?;
+    let reducer_bytes = job.reduce.as_deref().map(|path| runtime.read_file(path)).transpose()?;
+    let partitions = data::plan(&job.input, job.input_format, job.partition_size)?;
     // `init` runs once here, with the job's config; every partition's
     // instance starts from what it left.
     let config = Arc::new(job.config.clone());
-    let function = runtime.load_version(&runtime.read_file(&job.function)?, &config, &job.limits)?;
-    let reducer = match &job.reduce {
-        Some(path) => {
-            let r = runtime.load_version(&runtime.read_file(path)?, &config, &job.limits)?;
+    let function = runtime.load_version(&function_bytes, &config, &job.limits)?;
+    let reducer = match (&job.reduce, reducer_bytes) {
+        (Some(path), Some(bytes)) => {
+            let r = runtime.load_version(&bytes, &config, &job.limits)?;
             if r.kind() != Kind::Reducer {
                 return Err(Error::Job(format!(
                     "--reduce {} is a {}, not a reducer (it must export `reduce`)",
@@ -167,7 +171,7 @@ pub fn run(runtime: &Runtime, job: &LocalJob, progress: &dyn Progress) -> Result
             }
             Some(r)
         }
-        None => None,
+        _ => None,
     };
     if function.kind() == Kind::Reducer {
         return Err(Error::Job(format!(
@@ -177,7 +181,6 @@ pub fn run(runtime: &Runtime, job: &LocalJob, progress: &dyn Progress) -> Result
     }
 
     prepare_output(&job.output, job.overwrite)?;
-    let partitions = data::plan(&job.input, job.input_format, job.partition_size)?;
 
     progress.stage("partitions", partitions.len() as u64);
     let results = parallel(&partitions, job.threads, |p| {

@@ -94,8 +94,18 @@ pub struct Layer {
 /// [`Mlp::upload`] it in each instance, which then only copies.
 #[derive(Debug, Clone)]
 pub struct MlpWeights {
-    /// (inputs, outputs, row-major `inputs x outputs` weights, bias, activation).
-    layers: Vec<(u32, u32, Vec<f32>, Vec<f32>, Activation)>,
+    layers: Vec<FlatLayer>,
+}
+
+/// One layer of [`MlpWeights`].
+#[derive(Debug, Clone)]
+struct FlatLayer {
+    inputs: u32,
+    outputs: u32,
+    /// Row-major, `inputs x outputs`.
+    weights: Vec<f32>,
+    bias: Vec<f32>,
+    activation: Activation,
 }
 
 impl MlpWeights {
@@ -117,7 +127,13 @@ impl MlpWeights {
                 return Err(format!("layer {i} has {outputs} outputs but {} biases", layer.bias.len()));
             }
             let weights: Vec<f32> = layer.weights.iter().flatten().copied().collect();
-            flat.push((len(inputs)?, len(outputs)?, weights, layer.bias.clone(), layer.activation));
+            flat.push(FlatLayer {
+                inputs: len(inputs)?,
+                outputs: len(outputs)?,
+                weights,
+                bias: layer.bias.clone(),
+                activation: layer.activation,
+            });
             width = Some(outputs);
         }
         if flat.is_empty() {
@@ -128,7 +144,7 @@ impl MlpWeights {
 
     /// Inputs the first layer takes.
     pub fn inputs(&self) -> u32 {
-        self.layers.first().map_or(0, |l| l.0)
+        self.layers.first().map_or(0, |l| l.inputs)
     }
 
     /// The last layer's outputs, row-major, and how many there are per row,
@@ -146,7 +162,7 @@ impl MlpWeights {
         }
         let mut x: Vec<f32> = (0..rows).flat_map(|r| columns.iter().map(move |c| c[r] as f32)).collect();
         let mut width = columns.len();
-        for (_, outputs, weights, bias, activation) in &self.layers {
+        for FlatLayer { outputs, weights, bias, activation, .. } in &self.layers {
             let n = *outputs as usize;
             let mut out = vec![0f32; rows * n];
             for (row, out_row) in x.chunks_exact(width.max(1)).zip(out.chunks_exact_mut(n.max(1))) {
@@ -203,8 +219,12 @@ impl Mlp {
     /// Uploads weights checked and flattened beforehand (in `init`).
     pub fn upload(weights: &MlpWeights) -> Result<Mlp, String> {
         let mut uploaded = Vec::with_capacity(weights.layers.len());
-        for (inputs, outputs, w, b, activation) in &weights.layers {
-            uploaded.push((Tensor::create(*inputs, *outputs, w)?, Tensor::create(1, *outputs, b)?, *activation));
+        for l in &weights.layers {
+            uploaded.push((
+                Tensor::create(l.inputs, l.outputs, &l.weights)?,
+                Tensor::create(1, l.outputs, &l.bias)?,
+                l.activation,
+            ));
         }
         Ok(Mlp { layers: uploaded, inputs: weights.inputs() })
     }

@@ -101,7 +101,7 @@ pub(crate) fn run(
     store: &mut Store<HostState>,
     limits: &Limits,
 ) -> Result<Instance> {
-    let failed = |e: Error| Error::Init { source: Box::new(e) };
+    let failed = |e: Error| Error::Init { cause: Box::new(e) };
     let pre = linker.instantiate_pre(component).map_err(|e| super::missing_import(&e))?;
     let instance = pre.instantiate(&mut *store).map_err(|e| failed(classify(e, limits, &store.data().stderr)))?;
     let init =
