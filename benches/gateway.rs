@@ -169,7 +169,9 @@ fn native_score(native: &Native, body: &[u8]) -> Result<Vec<u8>, String> {
         rows.into_iter().filter_map(|r| if let Value::Object(o) = r { Some(o) } else { None }).collect();
     let scores: Vec<f64> = match native {
         Native::LogReg(model) => model.score(rows.len(), |name| {
-            rows.iter().map(|r| r.get(name).and_then(Value::as_f64).ok_or_else(|| format!("no {name}"))).collect()
+            rows.iter()
+                .map(|r| r.get(name).and_then(Value::as_f64).ok_or_else(|| format!("no {name}")))
+                .collect::<Result<Vec<f64>, String>>()
         })?,
         Native::Mlp(mlp) => rows
             .iter()

@@ -1,11 +1,35 @@
 //! Typed access to [`Batch`] columns and [`BatchBuilder`] for results.
 
+use std::borrow::Cow;
+use std::cell::Cell;
+
 use crate::{Batch, Column, Field};
+
+thread_local! {
+    /// Where the last lookup by name ended: a model reads its features in
+    /// the order its callers list them, so the next one is usually there.
+    static NEXT_FIELD: Cell<usize> = const { Cell::new(0) };
+}
 
 impl Batch {
     /// The field named `name`, if present.
     pub fn field(&self, name: &str) -> Option<&Field> {
-        self.fields.iter().find(|f| f.name == name)
+        let hint = NEXT_FIELD.get();
+        let at = match self.fields.get(hint) {
+            Some(f) if f.name == name => hint,
+            _ => self.fields.iter().position(|f| f.name == name)?,
+        };
+        NEXT_FIELD.set(at + 1);
+        self.fields.get(at)
+    }
+
+    /// Column `name` as `f64`, like [`Batch::f64s`], but borrowed when it
+    /// already is an `f64` column without nulls (no copy).
+    pub fn f64_values(&self, name: &str) -> Result<Cow<'_, [f64]>, String> {
+        match self.require(name)? {
+            Field { values: Column::F64(v), valid: None, .. } => Ok(Cow::Borrowed(v)),
+            _ => self.f64s(name).map(Cow::Owned),
+        }
     }
 
     /// Column `name` as `f64`, converting `f32` and `s64` columns (nulls become NaN).

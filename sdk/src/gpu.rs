@@ -187,7 +187,8 @@ impl MlpWeights {
 fn activate_row(row: &mut [f32], activation: Activation) {
     match activation {
         Activation::None => {}
-        Activation::Relu => row.iter_mut().for_each(|o| *o = o.max(0.0)),
+        // Not `f32::max`: in wasm that is a libm call; NaN becomes 0 either way.
+        Activation::Relu => row.iter_mut().for_each(|o| *o = if *o > 0.0 { *o } else { 0.0 }),
         Activation::Sigmoid => row.iter_mut().for_each(|o| *o = 1.0 / (1.0 + (-*o).exp())),
         Activation::Tanh => row.iter_mut().for_each(|o| *o = o.clamp(-15.0, 15.0).tanh()),
         Activation::Softmax => {

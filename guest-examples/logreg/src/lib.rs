@@ -24,7 +24,7 @@ impl Scorer for LogReg {
 
     fn score(rows: Batch) -> Result<Batch, String> {
         let model = MODEL.get().ok_or("the model was not loaded (init did not run)")?;
-        let score = model.score(rows.rows as usize, |name| rows.f64s(name))?;
+        let score = model.score(rows.rows as usize, |name| rows.f64_values(name))?;
         Ok(BatchBuilder::new(rows.rows).f64("score", score).build())
     }
 }

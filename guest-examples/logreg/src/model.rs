@@ -23,14 +23,14 @@ impl Model {
     }
 
     /// sigmoid(w . x + b) for `rows` rows; `column` gives a feature's values.
-    pub fn score(
+    pub fn score<C: AsRef<[f64]>>(
         &self,
         rows: usize,
-        mut column: impl FnMut(&str) -> Result<Vec<f64>, String>,
+        mut column: impl FnMut(&str) -> Result<C, String>,
     ) -> Result<Vec<f64>, String> {
         let mut z = vec![self.bias; rows];
         for (name, w) in self.features.iter().zip(&self.weights) {
-            for (z, x) in z.iter_mut().zip(column(name)?) {
+            for (z, x) in z.iter_mut().zip(column(name)?.as_ref()) {
                 *z += w * x;
             }
         }

@@ -117,8 +117,8 @@ impl Scorer for MlpScore {
         if rows.rows <= GUEST_ROWS {
             // A few rows: the math is cheaper here than the weights' upload.
             let spec = SPEC.get().ok_or("init did not run")?;
-            let columns = spec.features.iter().map(|f| rows.f64s(f)).collect::<Result<Vec<_>, String>>()?;
-            let columns: Vec<&[f64]> = columns.iter().map(Vec::as_slice).collect();
+            let columns = spec.features.iter().map(|f| rows.f64_values(f)).collect::<Result<Vec<_>, String>>()?;
+            let columns: Vec<&[f64]> = columns.iter().map(AsRef::as_ref).collect();
             let (out, width) = spec.weights.forward_columns(&columns)?;
             let score = (0..rows.rows as usize).map(|r| if width == 0 { 0.0 } else { f64::from(out[r * width]) });
             return Ok(BatchBuilder::new(rows.rows).f64("score", score.collect()).build());

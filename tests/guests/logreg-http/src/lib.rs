@@ -28,7 +28,7 @@ fn score(body: &[u8]) -> Result<Vec<u8>, String> {
     let scores = model.score(rows.len(), |name| {
         rows.iter()
             .map(|r| r.get(name).and_then(Value::as_f64).ok_or_else(|| format!("a row has no number `{name}`")))
-            .collect()
+            .collect::<Result<Vec<f64>, String>>()
     })?;
     for (row, s) in rows.iter_mut().zip(scores) {
         row.insert("score".into(), Value::from(s));
