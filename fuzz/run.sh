@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Runs one fuzz target (or all three) for a bounded time, from a seed corpus
+# Runs one fuzz target (or all four) for a bounded time, from a seed corpus
 # of the project's own guests and data.
 #
-#   fuzz/run.sh [component_upload|api_json|data_decoders|all] [SECONDS]
+#   fuzz/run.sh [component_upload|api_json|data_decoders|egress|all] [SECONDS]
 #
 # Needs a nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`).
 # Crashes land in fuzz/artifacts/TARGET/; reproduce one with
 # `cargo +nightly fuzz run TARGET fuzz/artifacts/TARGET/crash-...`.
 set -euo pipefail
 cd "$(dirname "$0")"
-mkdir -p artifacts/component_upload artifacts/api_json artifacts/data_decoders
+mkdir -p artifacts/component_upload artifacts/api_json artifacts/data_decoders artifacts/egress
 TARGET=${1:-all}
 SECONDS_EACH=${2:-600}
 ROOT=..
@@ -44,6 +44,12 @@ seed() {
         fi
         rm -rf "$scratch"
         ;;
+    egress)
+        for u in http://127.1/ http://2130706433/ http://0x7f.0.0.1/ http://0177.0.0.1/ 'http://[::ffff:7f00:1]/' \
+            'http://[64:ff9b::a9fe:a9fe]/' 'http://[2002:a00:1::]/' 10.0.0.0/8 '*.example.com' 93.184.215.14; do
+            printf '%s' "$u" >"$dir/$(printf '%s' "$u" | sha256sum | cut -c1-12)"
+        done
+        ;;
     esac
 }
 
@@ -58,7 +64,7 @@ run() {
 }
 
 if [ "$TARGET" = all ]; then
-    for t in component_upload api_json data_decoders; do run "$t"; done
+    for t in component_upload api_json data_decoders egress; do run "$t"; done
 else
     run "$TARGET"
 fi

@@ -261,6 +261,21 @@ async fn every_endpoint_admits_only_the_right_token() {
         }
     }
 
+    // Which modules a node has warm: acme sees its own, another tenant
+    // none of acme's, the admin all.
+    let nodes_url = format!("{cp}/v1/nodes");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !call(Method::GET, &nodes_url, tokens.of("right"), None, None).await.1.contains(&logreg.sha256) {
+        assert!(Instant::now() < deadline, "the node never reported acme's module warm");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, seen) = call(Method::GET, &nodes_url, tokens.of("admin"), None, None).await;
+    assert!(seen.contains(&logreg.sha256), "the admin sees every warm module: {seen}");
+    let (status, seen) = call(Method::GET, &nodes_url, tokens.of("other"), None, None).await;
+    if status != 200 || seen.contains(&logreg.sha256) {
+        failures.push(format!("GET /v1/nodes as another tenant shows acme's warm module: {status} {seen}"));
+    }
+
     // The gateway, with the same callers.
     let gateway: Vec<(Method, String, [u16; 8])> = vec![
         (Method::POST, "/v1/fn/acme/f".into(), [401, 401, 401, 404, 403, 200, 200, 200]),

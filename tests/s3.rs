@@ -70,6 +70,8 @@ async fn word_count_reads_and_writes_s3_and_scoring_reads_http() {
             ("AWS_SECRET_ACCESS_KEY", "test"),
             ("AWS_REGION", "us-east-1"),
             ("AWS_ALLOW_HTTP", "true"),
+            // The http:// input below is served on loopback.
+            ("WASMGRID_EGRESS_ALLOW", "127.0.0.1"),
         ] {
             env.push((k.into(), v.into()));
         }

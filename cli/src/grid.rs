@@ -9,10 +9,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use wasmgrid_api::serve::ServeLimits;
+use wasmgrid_api::tls::ServerTls;
 use wasmgrid_api::{CallLogLine, Client, DeployRequest, GpuPlacement, InvokeRequest, NodeState};
 use wasmgrid_control_plane::server::{self, Config as ReplicaConfig};
 use wasmgrid_node::Runtime;
 use wasmgrid_node::agent::{self, AgentConfig};
+use wasmgrid_node::egress::{Egress, FetchLimits, Rule};
 use wasmgrid_node::gateway::GatewayConfig;
 use wasmgrid_node::worker::TaskPriority;
 
@@ -60,6 +63,8 @@ pub struct ControlPlaneArgs {
     /// How long a write waits for a quorum before failing with 503.
     #[arg(long, default_value = "3s", value_parser = units::parse_duration)]
     request_timeout: Duration,
+    #[command(flatten)]
+    listener: ListenerArgs,
     /// The admin token file, the same on every replica [default:
     /// DATA/admin-token, made at the first start of a single replica].
     #[arg(long)]
@@ -68,6 +73,11 @@ pub struct ControlPlaneArgs {
     /// DATA/cache].
     #[command(flatten)]
     compile: CompileArgs,
+    /// Where job inputs are fetched from when the leader plans a job.
+    #[command(flatten)]
+    egress: EgressArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(Args, Debug)]
@@ -104,6 +114,10 @@ pub struct NodeArgs {
     gateway: GatewayArgs,
     #[command(flatten)]
     compile: CompileArgs,
+    #[command(flatten)]
+    egress: EgressArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 /// How a node's gateway admits calls.
@@ -125,6 +139,35 @@ pub struct GatewayArgs {
     /// Largest request body; more gets 413.
     #[arg(long, default_value = "16MiB", value_parser = units::parse_size)]
     max_body: u64,
+    #[command(flatten)]
+    listener: ListenerArgs,
+}
+
+/// A listener's time limits and connection cap.
+#[derive(Args, Debug)]
+pub struct ListenerArgs {
+    /// Longest a client takes to send a request's headers; also how long
+    /// an idle kept-alive connection stays open.
+    #[arg(long, default_value = "10s", value_parser = units::parse_duration)]
+    header_timeout: Duration,
+    /// Longest wait for the next bytes of a request's body (408 on the
+    /// gateway).
+    #[arg(long, default_value = "30s", value_parser = units::parse_duration)]
+    body_timeout: Duration,
+    /// Connections open at once; one more is answered 503 and closed.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+}
+
+impl ListenerArgs {
+    fn limits(&self) -> Result<ServeLimits> {
+        anyhow::ensure!(self.max_connections > 0, "--max-connections must be at least 1");
+        Ok(ServeLimits {
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+            max_connections: self.max_connections,
+        })
+    }
 }
 
 impl GatewayArgs {
@@ -141,8 +184,96 @@ impl GatewayArgs {
         config.max_queue = self.max_queue;
         config.queue_timeout = self.queue_timeout;
         config.max_body = usize::try_from(self.max_body).context("--max-body is too large")?;
+        config.serve = self.listener.limits()?;
         Ok(config)
     }
+}
+
+/// A serving role's certificate, and the CA its clients trust.
+#[derive(Args, Debug)]
+pub struct TlsArgs {
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "WASMGRID_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "WASMGRID_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Trust the CA certificates in this PEM file (besides the system's)
+    /// when calling other replicas and the control plane.
+    #[arg(long, env = "WASMGRID_CA")]
+    tls_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// Installs the CA for this process's clients; the listener's settings.
+    fn load(&self, listen: SocketAddr) -> Result<Option<ServerTls>> {
+        if let Some(ca) = &self.tls_ca {
+            wasmgrid_api::tls::trust(ca).map_err(anyhow::Error::msg).context("--tls-ca")?;
+        }
+        let server = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(wasmgrid_api::tls::server_config(cert, key).map_err(anyhow::Error::msg).context("--tls-cert")?)
+            }
+            _ => None,
+        };
+        if server.is_none() && !listen.ip().is_loopback() {
+            tracing::warn!(%listen, "serving plain HTTP beyond loopback: tokens cross the network in clear text; pass --tls-cert and --tls-key");
+            eprintln!(
+                "warning: serving plain HTTP on {listen}: tokens cross the network in clear text (pass --tls-cert and --tls-key)"
+            );
+        }
+        Ok(server)
+    }
+}
+
+/// Where the grid fetches jobs' `http(s)://` inputs from, and how much.
+#[derive(Args, Debug)]
+pub struct EgressArgs {
+    /// Also fetch job inputs from these, comma-separated: CIDRs
+    /// (10.20.0.0/16), addresses, host names, `*.domain`. Without them only
+    /// public addresses are fetched from: never loopback, private,
+    /// link-local (169.254.169.254), unique-local or the grid's own
+    /// listeners.
+    #[arg(long, env = "WASMGRID_EGRESS_ALLOW", value_delimiter = ',', value_name = "RULES")]
+    egress_allow: Vec<Rule>,
+    /// Never fetch job inputs from these (wins over --egress-allow).
+    #[arg(long, env = "WASMGRID_EGRESS_DENY", value_delimiter = ',', value_name = "RULES")]
+    egress_deny: Vec<Rule>,
+    /// Largest input object fetched from a URL or an object store.
+    #[arg(long, default_value = "10GiB", value_parser = units::parse_size)]
+    max_input_size: u64,
+    /// Longest wait for a connection, or for the next bytes, of an input.
+    #[arg(long, default_value = "30s", value_parser = units::parse_duration)]
+    fetch_idle_timeout: Duration,
+    /// Longest one input's whole fetch takes.
+    #[arg(long, default_value = "30m", value_parser = units::parse_duration)]
+    fetch_timeout: Duration,
+}
+
+impl EgressArgs {
+    /// Installs the policy for this process's fetches; `own` are the grid's
+    /// listeners, never fetched from; fetched inputs go under `data`.
+    fn install(&self, own: impl IntoIterator<Item = SocketAddr>, data: &Path) {
+        let limits =
+            FetchLimits { max_bytes: self.max_input_size, idle: self.fetch_idle_timeout, total: self.fetch_timeout };
+        let egress = Egress::new(self.egress_allow.clone(), self.egress_deny.clone(), limits).with_own(own);
+        wasmgrid_node::store::install(egress, data.join("inputs"));
+    }
+}
+
+/// The addresses of IP-literal URLs (the grid's own, never fetched from).
+fn literal_addresses(urls: &[String]) -> Vec<SocketAddr> {
+    urls.iter()
+        .filter_map(|u| url::Url::parse(u).ok())
+        .filter_map(|u| {
+            let port = u.port_or_known_default()?;
+            match u.host()? {
+                url::Host::Ipv4(ip) => Some(SocketAddr::new(ip.into(), port)),
+                url::Host::Ipv6(ip) => Some(SocketAddr::new(ip.into(), port)),
+                url::Host::Domain(_) => None,
+            }
+        })
+        .collect()
 }
 
 #[derive(Args, Debug)]
@@ -158,6 +289,14 @@ pub struct DevArgs {
     gateway: SocketAddr,
     #[command(flatten)]
     admission: GatewayArgs,
+    #[command(flatten)]
+    egress: EgressArgs,
+    /// Serve HTTPS with a self-signed certificate made in DATA/tls (and
+    /// print how to trust it).
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    tls: bool,
+    #[command(flatten)]
+    certificate: TlsArgs,
 }
 
 #[derive(Args, Debug)]
@@ -318,8 +457,10 @@ fn replica_config(args: &ControlPlaneArgs) -> Result<ReplicaConfig> {
             bail!("--peers names replica {id} twice");
         }
     }
+    let server_tls = args.tls.load(args.listen)?;
+    let scheme = if server_tls.is_some() { "https" } else { "http" };
     if peers.is_empty() {
-        peers.insert(args.id, format!("http://{}", args.listen));
+        peers.insert(args.id, format!("{scheme}://{}", args.listen));
     }
     if !peers.contains_key(&args.id) {
         bail!("--peers must include this replica (--id {})", args.id);
@@ -327,6 +468,8 @@ fn replica_config(args: &ControlPlaneArgs) -> Result<ReplicaConfig> {
     anyhow::ensure!(args.snapshot_every >= 10, "--snapshot-every must be at least 10");
     let token_file = args.admin_token_file.clone().unwrap_or_else(|| access::admin_token_path(&args.data));
     let admin = access::admin_token(&token_file, peers.len() == 1)?;
+    let own = literal_addresses(&peers.values().cloned().collect::<Vec<_>>());
+    args.egress.install(own.into_iter().chain([args.listen]), &args.data);
     let mut config = ReplicaConfig::new(args.id, args.listen, peers, args.data.clone(), admin);
     config.job_io = Some(Arc::new(crate::jobs::FileJobIo));
     // The replica only checks `init`: a few instances, no GPU.
@@ -340,6 +483,8 @@ fn replica_config(args: &ControlPlaneArgs) -> Result<ReplicaConfig> {
     config.init_check = Some(Arc::new(RuntimeInit(runtime)));
     config.snapshot_every = args.snapshot_every;
     config.request_timeout = args.request_timeout;
+    config.serve = args.listener.limits()?;
+    config.tls = server_tls;
     Ok(config)
 }
 
@@ -385,6 +530,10 @@ pub fn node(args: NodeArgs) -> Result<()> {
             ),
         },
     };
+    let own = literal_addresses(&args.control_plane);
+    args.egress.install(own.into_iter().chain([args.listen]), &args.data);
+    let mut gateway = args.gateway.config()?;
+    gateway.tls = args.tls.load(args.listen)?;
     let runtime = node_runtime(&args.compile, &args.data)?;
     let config = AgentConfig {
         control_plane: args.control_plane,
@@ -405,12 +554,54 @@ pub fn node(args: NodeArgs) -> Result<()> {
     })
 }
 
+/// `wasmgrid dev --tls`: a CA and a certificate for this machine's loopback
+/// names, made once in `dir` (`ca.pem`, `cert.pem`, `key.pem`).
+fn dev_certificate(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let (ca_pem, cert_pem, key_pem) = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
+    if ca_pem.exists() && cert_pem.exists() && key_pem.exists() {
+        return Ok((ca_pem, cert_pem, key_pem));
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "wasmgrid dev CA");
+    let ca = ca.self_signed(&ca_key)?;
+    let key = rcgen::KeyPair::generate()?;
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let mut leaf = rcgen::CertificateParams::new(names)?;
+    leaf.distinguished_name.push(rcgen::DnType::CommonName, "wasmgrid dev");
+    let leaf = leaf.signed_by(&key, &ca, &ca_key)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let write = |path: &Path, text: String, mode: u32| -> Result<()> {
+        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path)?;
+        std::io::Write::write_all(&mut file, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+    };
+    write(&key_pem, key.serialize_pem(), 0o600)?;
+    write(&cert_pem, leaf.pem(), 0o644)?;
+    write(&ca_pem, ca.pem(), 0o644)?;
+    Ok((ca_pem, cert_pem, key_pem))
+}
+
 pub fn dev(args: DevArgs, compile: &CompileArgs) -> Result<()> {
-    let peers = BTreeMap::from([(1, format!("http://{}", args.listen))]);
+    let mut certificate = args.certificate;
+    let mut trust_hint = None;
+    if args.tls {
+        let (ca, cert, key) = dev_certificate(&args.data.join("tls"))?;
+        (certificate.tls_cert, certificate.tls_key) = (Some(cert), Some(key));
+        certificate.tls_ca.get_or_insert(ca.clone());
+        trust_hint = Some(ca);
+    }
+    let server_tls = certificate.load(args.listen)?;
+    let scheme = if server_tls.is_some() { "https" } else { "http" };
+    let peers = BTreeMap::from([(1, format!("{scheme}://{}", args.listen))]);
     let admin = access::admin_token(&access::admin_token_path(&args.data), true)?;
     let mut replica = ReplicaConfig::new(1, args.listen, peers, args.data.join("control-plane"), admin.clone());
     replica.job_io = Some(Arc::new(crate::jobs::FileJobIo));
+    replica.serve = args.admission.listener.limits()?;
+    replica.tls = server_tls.clone();
     let node_data = args.data.join("node");
+    args.egress.install([args.listen, args.gateway], &args.data);
     let runtime = node_runtime(compile, &node_data)?;
     replica.init_check = Some(Arc::new(RuntimeInit(runtime.clone())));
     tokio_runtime()?.block_on(async move {
@@ -422,7 +613,7 @@ pub fn dev(args: DevArgs, compile: &CompileArgs) -> Result<()> {
             listen: args.gateway,
             advertise: None,
             id: Some("dev".into()),
-            gateway: args.admission.config()?,
+            gateway: GatewayConfig { tls: server_tls, ..args.admission.config()? },
             task_slots: 0,
             task_priority: TaskPriority::Nice(10),
             token: admin,
@@ -430,6 +621,10 @@ pub fn dev(args: DevArgs, compile: &CompileArgs) -> Result<()> {
         let agent = agent::start(node, runtime).await?;
         println!("control plane: {url}");
         println!("gateway:       {}", agent.url);
+        if let Some(ca) = &trust_hint {
+            let ca = std::path::absolute(ca).unwrap_or_else(|_| ca.clone());
+            eprintln!("TLS with a certificate of its own CA; to trust it: export WASMGRID_CA={}", ca.display());
+        }
         eprintln!(
             "data in {}, admin token in {}; Ctrl-C to stop",
             args.data.display(),

@@ -33,6 +33,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use serde::Deserialize;
 use tokio::sync::oneshot;
+use wasmgrid_api::serve::{self, ServeLimits};
+use wasmgrid_api::tls::{self, ServerTls};
 use wasmgrid_api::*;
 
 use crate::replica::{ProposeError, Replica, ReplicaConfig, Status};
@@ -85,6 +87,11 @@ pub struct Config {
     /// The bootstrap admin token: every replica of a cluster has the same
     /// one (replicas also send it with their Raft traffic).
     pub admin_token: String,
+    /// The listener's time limits and connection cap.
+    pub serve: ServeLimits,
+    /// The listener's certificate, for HTTPS (the peers' URLs are then
+    /// `https://` too).
+    pub tls: Option<ServerTls>,
 }
 
 impl std::fmt::Debug for Config {
@@ -121,6 +128,8 @@ impl Config {
             request_timeout: Duration::from_secs(3),
             job_io: None,
             init_check: None,
+            serve: ServeLimits::default(),
+            tls: None,
         }
     }
 }
@@ -171,6 +180,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The replica.
     pub replica: Replica,
+    /// Whether it serves HTTPS.
+    tls: bool,
     shutdown: Option<oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -178,7 +189,8 @@ pub struct Running {
 impl Running {
     /// Its base URL, from the address it is bound to.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stops serving (in-flight requests finish) and waits for the server.
@@ -215,7 +227,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let replica = Replica::start(rc, transport)
         .map_err(|e| StartError::Storage { dir: config.data_dir.clone(), reason: e.to_string() })?;
 
-    let http = reqwest::Client::builder()
+    let http = tls::client_builder()
+        .map_err(StartError::Config)?
         .connect_timeout(Duration::from_millis(500))
         .timeout(config.request_timeout + Duration::from_secs(2))
         .build()
@@ -240,15 +253,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let (tx, rx) = oneshot::channel::<()>();
     let router = router(app);
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = rx.await;
-            })
-            .await
-    });
+    let (limits, tls) = (config.serve, config.tls.clone());
+    let server = tokio::spawn(serve::serve(listener, router, limits, tls, async move {
+        let _ = rx.await;
+    }));
     tracing::info!(id = config.id, %addr, "control-plane replica serving");
-    Ok(Running { addr, replica, shutdown: Some(tx), server })
+    Ok(Running { addr, replica, tls: config.tls.is_some(), shutdown: Some(tx), server })
 }
 
 #[derive(Clone)]
@@ -912,9 +922,24 @@ async fn heartbeat(
     Ok(json(StatusCode::OK, &HeartbeatReply { revision: app.0.replica.state().routes_revision()? }))
 }
 
-async fn list_nodes(Shared(app): Shared<App>) -> Answer<Response> {
+async fn list_nodes(Shared(app): Shared<App>, Extension(caller): Extension<Caller>) -> Answer<Response> {
     app.barrier().await?;
-    let registry = app.0.replica.state().nodes()?;
+    let state = app.0.replica.state();
+    let registry = state.nodes()?;
+    // A tenant sees which of its own modules a node has warm, not others'.
+    let sees_all = caller.is_admin() || caller.role == Role::Node;
+    let visible = |warm: Vec<String>| -> Result<Vec<String>, Failure> {
+        if sees_all {
+            return Ok(warm);
+        }
+        let mut own = Vec::new();
+        for sha in warm {
+            if state.owns_module(&caller.tenant, &sha)? {
+                own.push(sha);
+            }
+        }
+        Ok(own)
+    };
     let live = app.0.nodes.lock().map_err(poisoned)?.clone();
     let fresh_leader = app.0.leader_since.lock().map_err(poisoned)?.is_none_or(|t| t.elapsed() < NODE_LIVENESS);
     let nodes = registry
@@ -927,19 +952,19 @@ async fn list_nodes(Shared(app): Shared<App>) -> Answer<Response> {
                 _ => NodeState::Down,
             };
             let beat = seen.map(|(_, b)| b.clone()).unwrap_or_default();
-            NodeInfo {
+            Ok(NodeInfo {
                 id: n.id,
                 address: n.address,
                 state,
                 last_seen_ms: seen.map(|(at, _)| at.elapsed().as_millis() as u64),
                 inflight: beat.inflight,
                 invocations: beat.invocations,
-                warm: beat.warm,
+                warm: visible(beat.warm)?,
                 revision: beat.revision,
                 gpu: beat.gpu,
-            }
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>, Failure>>()?;
     Ok(json(StatusCode::OK, &NodeList { nodes }))
 }
 

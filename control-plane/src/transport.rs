@@ -39,7 +39,11 @@ impl HttpTransport {
             .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("Bearer invalid"));
         auth.set_sensitive(true);
         headers.insert(reqwest::header::AUTHORIZATION, auth);
-        let http = reqwest::Client::builder()
+        let http = wasmgrid_api::tls::client_builder()
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot read the CA certificates; trusting the system's only");
+                reqwest::Client::builder()
+            })
             .http2_prior_knowledge()
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(30))

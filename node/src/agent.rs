@@ -131,10 +131,11 @@ pub async fn start(config: AgentConfig, runtime: Arc<Runtime>) -> Result<Agent, 
         .await
         .map_err(|source| AgentError::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| AgentError::Bind { addr: config.listen, source })?;
+    let scheme = if config.gateway.tls.is_some() { "https" } else { "http" };
     let url = match &config.advertise {
         Some(url) => wasmgrid_api::normalize_url(url).map_err(|e| AgentError::Config(e.to_string()))?,
-        None if addr.ip().is_unspecified() => format!("http://127.0.0.1:{}", addr.port()),
-        None => format!("http://{addr}"),
+        None if addr.ip().is_unspecified() => format!("{scheme}://127.0.0.1:{}", addr.port()),
+        None => format!("{scheme}://{addr}"),
     };
     let client = |timeout| {
         Client::new(&config.control_plane, timeout)
@@ -166,13 +167,10 @@ pub async fn start(config: AgentConfig, runtime: Arc<Runtime>) -> Result<Agent, 
     ];
     let router = gateway.router();
     let (tx, rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = rx.await;
-            })
-            .await
-    });
+    let (limits, tls) = (gateway.config().serve, gateway.config().tls.clone());
+    let server = tokio::spawn(wasmgrid_api::serve::serve(listener, router, limits, tls, async move {
+        let _ = rx.await;
+    }));
     tracing::info!(node = %id, %url, "node gateway serving");
     Ok(Agent { id, addr, url, gateway, shutdown: Some(tx), server, background })
 }

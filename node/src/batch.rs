@@ -45,7 +45,7 @@ pub fn plan(request: &JobRequest, partition_size: u64) -> std::result::Result<Ve
     if input.is_remote() {
         for object in store::list_inputs(&input)? {
             let local = store::local_copy(&object)?;
-            let planned = data::plan(&local.display().to_string(), input_format, partition_size)
+            let planned = data::plan(&local.path().display().to_string(), input_format, partition_size)
                 .map_err(|e| format!("{}: {e}", object.uri()))?;
             partitions.extend(planned.into_iter().map(|p| (p, Some(object.uri()))));
         }
@@ -241,7 +241,7 @@ fn attempt(
             };
             let place = Place::parse(&spec.path).map_err(|e| Error::Input { input: spec.path.clone(), reason: e })?;
             let local = store::local_copy(&place).map_err(|e| Error::Input { input: spec.path.clone(), reason: e })?;
-            let partition = data::partition(task.task, &local, format_of(spec)?, span, spec.bytes)?;
+            let partition = data::partition(task.task, local.path(), format_of(spec)?, span, spec.bytes)?;
             let mut reader = PartitionReader::open(partition)?;
             let dest = work.join(format!("{stem}.{}", format.extension()));
             let writer = OutputWriter::in_memory_up_to(&dest, format, SMALL_OUTPUT);

@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 use arrow_array::RecordBatch;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -45,6 +45,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use wasmgrid_api::serve::ServeLimits;
+use wasmgrid_api::tls::ServerTls;
 use wasmgrid_api::{
     AttemptLogs, CallLog, CallLogs, ErrorBody, ErrorDetail, FunctionUsage, GpuPlacement, Grant, InvokeResponse, Role,
     Route, RouteTable, VERSION_HEADER, bearer_token, token_hash,
@@ -72,6 +74,10 @@ pub struct GatewayConfig {
     pub queue_timeout: Duration,
     /// Largest request body, in bytes; more gets 413.
     pub max_body: usize,
+    /// The listener's time limits and connection cap.
+    pub serve: ServeLimits,
+    /// The listener's certificate, for HTTPS.
+    pub tls: Option<ServerTls>,
 }
 
 impl Default for GatewayConfig {
@@ -83,6 +89,8 @@ impl Default for GatewayConfig {
             max_queue: 64,
             queue_timeout: Duration::from_secs(1),
             max_body: 16 << 20,
+            serve: ServeLimits::default(),
+            tls: None,
         }
     }
 }
@@ -447,6 +455,11 @@ impl Gateway {
         })
     }
 
+    /// How it admits calls.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
     /// The runtime functions are loaded into.
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.runtime
@@ -460,13 +473,10 @@ impl Gateway {
     /// The HTTP routes.
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
-            .route("/v1/fn/{tenant}/{name}", post(invoke).layer(DefaultBodyLimit::max(self.config.max_body)))
-            .route("/v1/http/{tenant}/{name}", any(http_root).layer(DefaultBodyLimit::max(self.config.max_body)))
-            .route("/v1/http/{tenant}/{name}/", any(http_root).layer(DefaultBodyLimit::max(self.config.max_body)))
-            .route(
-                "/v1/http/{tenant}/{name}/{*rest}",
-                any(http_path).layer(DefaultBodyLimit::max(self.config.max_body)),
-            )
+            .route("/v1/fn/{tenant}/{name}", post(invoke))
+            .route("/v1/http/{tenant}/{name}", any(http_root))
+            .route("/v1/http/{tenant}/{name}/", any(http_root))
+            .route("/v1/http/{tenant}/{name}/{*rest}", any(http_path))
             .route("/v1/logs/{tenant}/{name}", get(call_logs))
             .route("/v1/jobs/{tenant}/{id}/logs", get(attempt_logs))
             .route("/v1/health", get(health))
@@ -958,20 +968,51 @@ enum Rows {
 async fn invoke(
     State(gateway): State<Arc<Gateway>>,
     path: Result<UrlPath<(String, String)>, PathRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: axum::extract::Request,
 ) -> Response {
     let started = Instant::now();
     let UrlPath((tenant, name)) = match path {
         Ok(p) => p,
         Err(r) => return failure(StatusCode::BAD_REQUEST, "bad_request", r.body_text()),
     };
-    let bytes_in = body.as_ref().map_or(0, |b| b.len() as u64);
+    let mut bytes_in = 0;
     // One clone of the pointer: this call is served by this table's version.
     let served = gateway.lookup(&tenant, &name);
-    let response = call(&gateway, &tenant, &name, served.as_ref(), &headers, body).await;
+    let response = call(&gateway, &tenant, &name, served.as_ref(), request, &mut bytes_in).await;
     gateway.record((&tenant, &name), served.as_deref(), &response, started, bytes_in);
     response
+}
+
+/// Reads a request's body, up to the gateway's limit: a declared length
+/// over it is refused before a byte is read, and a body that stops
+/// arriving fails with `408`.
+async fn read_body(gateway: &Gateway, headers: &HeaderMap, body: axum::body::Body) -> Result<Bytes, Response> {
+    let limit = gateway.config.max_body;
+    let too_large = || {
+        let message = format!("the body is over the limit of {limit} bytes");
+        failure(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+    };
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match axum::body::to_bytes(body, limit).await {
+        Ok(body) => Ok(body),
+        Err(e) => {
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(c) = cause {
+                if c.is::<http_body_util::LengthLimitError>() {
+                    return Err(too_large());
+                }
+                if c.is::<tower_http::timeout::TimeoutError>() {
+                    let message = "the body stopped arriving before it was complete";
+                    return Err(failure(StatusCode::REQUEST_TIMEOUT, "body_timeout", message));
+                }
+                cause = c.source();
+            }
+            Err(failure(StatusCode::BAD_REQUEST, "bad_request", format!("the body could not be read: {e}")))
+        }
+    }
 }
 
 async fn call(
@@ -979,30 +1020,33 @@ async fn call(
     tenant: &str,
     name: &str,
     served: Option<&Arc<Served>>,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: axum::extract::Request,
+    bytes_in: &mut u64,
 ) -> Response {
-    if let Err(refused) = gateway.authorize(headers, tenant, name, served.map(|s| &**s)) {
+    // Who is calling is known from the headers: a caller without the right
+    // is refused before one byte of the body is read.
+    if let Err(refused) = gateway.authorize(request.headers(), tenant, name, served.map(|s| &**s)) {
         return refused.into_response();
     }
     let Some(served) = served else {
         return not_served(gateway, tenant, name);
     };
+    let arrow = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(ARROW_STREAM));
+    let (parts, body) = request.into_parts();
+    let body = match read_body(gateway, &parts.headers, body).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
+    *bytes_in = body.len() as u64;
     // Before any work on the body: a tenant over its quota is refused cheaply.
     let share = match gateway.tenant_share(tenant) {
         Ok(p) => p,
         Err(refused) => return refused.into_response(),
     };
-    let body = match body {
-        Ok(b) => b,
-        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            let message = format!("the body is over the limit of {} bytes", gateway.config.max_body);
-            return failure(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message);
-        }
-        Err(r) => return failure(StatusCode::BAD_REQUEST, "bad_request", r.body_text()),
-    };
-    let arrow =
-        headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with(ARROW_STREAM));
     let rows = match if arrow { read_arrow(&body) } else { read_json(&body) } {
         Ok(rows) => rows,
         Err(message) => return failure(StatusCode::BAD_REQUEST, "bad_request", message),
@@ -1328,12 +1372,9 @@ async fn http_answer(
         return failure(StatusCode::BAD_REQUEST, "wrong_kind", message);
     }
     let (parts, body) = request.into_parts();
-    let body = match axum::body::to_bytes(body, gateway.config.max_body).await {
+    let body = match read_body(gateway, &parts.headers, body).await {
         Ok(b) => b,
-        Err(_) => {
-            let message = format!("the body is over the limit of {} bytes", gateway.config.max_body);
-            return failure(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message);
-        }
+        Err(refused) => return refused,
     };
     let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
     let mut inner = http::Request::builder().method(parts.method).uri(format!("/{rest}{query}"));

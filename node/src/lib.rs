@@ -21,6 +21,7 @@ pub mod agent;
 pub mod batch;
 pub mod bindings;
 pub mod data;
+pub mod egress;
 mod error;
 pub mod fair;
 pub mod gateway;

@@ -2,8 +2,10 @@
 //! S3-compatible object stores (`s3://bucket/key`, through `object_store`)
 //! and, for inputs, `http(s)://` URLs.
 //!
-//! Inputs in an object store are fetched whole into a local cache (keyed by
-//! URI, size and ETag), then planned and read like local files. Outputs are
+//! Inputs in an object store are streamed into a local cache (keyed by URI,
+//! size and ETag), then planned and read like local files; `http(s)://`
+//! inputs are fetched under the [egress policy](crate::egress) into a
+//! private directory for each use. Both stop at the policy's size limit. Outputs are
 //! written locally by each attempt and uploaded under the job's work prefix;
 //! the commit copies the winners to their final keys.
 //!
@@ -15,13 +17,16 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, PutPayload};
 use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::egress::Egress;
 
 /// A place for data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,52 +193,120 @@ pub fn list_inputs(input: &Place) -> Result<Vec<Place>, String> {
     Ok(keys.into_iter().map(|key| Place::S3 { bucket: name.clone(), key }).collect())
 }
 
-/// A local copy of a remote input (fetched once, kept in the cache), or the
-/// path itself for a local one.
-pub fn local_copy(place: &Place) -> Result<PathBuf, String> {
-    // What tells one version of the object from the next.
-    let tag = match place {
-        Place::Local(p) => return Ok(p.clone()),
-        Place::S3 { bucket: name, key } => {
-            let client = bucket(name)?;
-            let k = Key::from(key.as_str());
-            let meta = block_on(async move { client.head(&k).await })?.map_err(|e| s3_error("reading", place, e))?;
-            format!("{}:{}", meta.size, meta.e_tag.unwrap_or_default())
-        }
-        // A URL is fetched again for every job that plans it.
-        Place::Http(_) => String::new(),
-    };
-    let uri = place.uri();
-    let name = uri.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or("object").to_string();
-    let digest = hex::encode(Sha256::digest(format!("{uri}\n{tag}").as_bytes()));
-    let dir = std::env::temp_dir().join("wasmgrid-inputs").join(&digest[..24]);
-    let path = dir.join(&name);
-    if path.exists() && !tag.is_empty() {
-        return Ok(path);
-    }
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let bytes = fetch(place)?;
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(path)
+/// What the store fetches, and where it keeps fetched inputs.
+struct Settings {
+    egress: Egress,
+    inputs: PathBuf,
 }
 
-/// A remote object's bytes.
-fn fetch(place: &Place) -> Result<Vec<u8>, String> {
+fn settings() -> Arc<Settings> {
+    SETTINGS.read().map(|s| s.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+}
+
+static SETTINGS: std::sync::LazyLock<RwLock<Arc<Settings>>> = std::sync::LazyLock::new(|| {
+    // Until a process says otherwise: public addresses only, and a
+    // directory of this user's own.
+    let user = || -> Option<u32> { Some(std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").ok()?)) };
+    let inputs = std::env::temp_dir().join(format!("wasmgrid-inputs-{}", user().unwrap_or(0)));
+    RwLock::new(Arc::new(Settings { egress: Egress::default(), inputs }))
+});
+
+/// Sets the egress policy for `http(s)://` inputs and the directory
+/// fetched inputs are kept in (made readable by this user only).
+pub fn install(egress: Egress, inputs: PathBuf) {
+    let settings = Arc::new(Settings { egress, inputs });
+    match SETTINGS.write() {
+        Ok(mut s) => *s = settings,
+        Err(poisoned) => *poisoned.into_inner() = settings,
+    }
+}
+
+/// The egress policy in force.
+pub fn egress() -> Egress {
+    settings().egress.clone()
+}
+
+/// A directory only this user can enter.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// A local copy of an input: the file itself, a cached copy of an object
+/// (kept, keyed by its URI, size and ETag), or a fetched URL (removed when
+/// this is dropped).
+#[derive(Debug)]
+pub struct LocalCopy {
+    path: PathBuf,
+    _fetched: Option<tempfile::TempDir>,
+}
+
+impl LocalCopy {
+    /// Where the copy is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// A local copy of `place`, fetched within the installed limits and egress
+/// policy. Errors name `place`, never a path on this machine.
+pub fn local_copy(place: &Place) -> Result<LocalCopy, String> {
+    let settings = settings();
+    let uri = place.uri();
+    let stored = |_| format!("{uri}: the node could not store a copy");
+    let name = uri.rsplit('/').next().filter(|n| !n.is_empty() && *n != "." && *n != "..").unwrap_or("object");
+    let name = name.split(['?', '#']).next().filter(|n| !n.is_empty()).unwrap_or("object").to_string();
     match place {
-        Place::Http(url) => {
-            let url = url.clone();
+        Place::Local(p) => Ok(LocalCopy { path: p.clone(), _fetched: None }),
+        Place::S3 { bucket: bucket_name, key } => {
+            let client = bucket(bucket_name)?;
+            let k = Key::from(key.as_str());
+            let meta = block_on(async move { client.head(&k).await })?.map_err(|e| s3_error("reading", place, e))?;
+            let limit = settings.egress.limits.max_bytes;
+            if meta.size > limit {
+                return Err(format!("{uri}: larger than the limit of {limit} bytes for one input"));
+            }
+            let tag = format!("{}:{}", meta.size, meta.e_tag.unwrap_or_default());
+            let digest = hex::encode(Sha256::digest(format!("{uri}\n{tag}").as_bytes()));
+            let dir = settings.inputs.join(&digest[..24]);
+            let path = dir.join(&name);
+            if path.exists() {
+                return Ok(LocalCopy { path, _fetched: None });
+            }
+            private_dir(&dir).map_err(stored)?;
+            let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(stored)?;
+            let mut file = tokio::fs::File::from_std(tmp.reopen().map_err(stored)?);
+            let (client, k, u) = (bucket(bucket_name)?, Key::from(key.as_str()), uri.clone());
             block_on(async move {
-                let r = reqwest::get(&url).await.map_err(|e| format!("fetching {url}: {e}"))?;
-                if !r.status().is_success() {
-                    return Err(format!("fetching {url}: {}", r.status()));
+                let mut stream = client.get(&k).await.map_err(|e| format!("reading {u}: {e}"))?.into_stream();
+                let mut written = 0u64;
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk.map_err(|e| format!("reading {u}: {e}"))?;
+                    written += chunk.len() as u64;
+                    if written > limit {
+                        return Err(format!("{u}: larger than the limit of {limit} bytes for one input"));
+                    }
+                    file.write_all(&chunk).await.map_err(|_| format!("{u}: the node could not store a copy"))?;
                 }
-                r.bytes().await.map(|b| b.to_vec()).map_err(|e| format!("fetching {url}: {e}"))
-            })?
+                file.flush().await.map_err(|_| format!("{u}: the node could not store a copy"))
+            })??;
+            tmp.persist(&path).map_err(|e| stored(e.error))?;
+            Ok(LocalCopy { path, _fetched: None })
         }
-        _ => get(place),
+        Place::Http(url) => {
+            // A URL is fetched again for every use, into a directory of its
+            // own that goes when the copy is dropped.
+            private_dir(&settings.inputs).map_err(stored)?;
+            let dir = tempfile::Builder::new().prefix("fetch-").tempdir_in(&settings.inputs).map_err(stored)?;
+            let path = dir.path().join(&name);
+            let file = std::fs::File::create_new(&path).map_err(stored)?;
+            let mut file = tokio::fs::File::from_std(file);
+            let url = url.clone();
+            let egress = settings.clone();
+            block_on(async move { egress.egress.fetch_to(&url, &mut file).await })?.map_err(|e| e.to_string())?;
+            Ok(LocalCopy { path, _fetched: Some(dir) })
+        }
     }
 }
 
@@ -249,7 +322,7 @@ pub fn get(place: &Place) -> Result<Vec<u8>, String> {
                 r.bytes().await.map(|b| b.to_vec()).map_err(|e| format!("reading {uri}: {e}"))
             })?
         }
-        Place::Http(_) => fetch(place),
+        Place::Http(_) => std::fs::read(local_copy(place)?.path()).map_err(|e| format!("reading {}: {e}", place.uri())),
     }
 }
 

@@ -153,6 +153,15 @@ fn emitting_pairs_without_end_hits_the_output_limit() {
 }
 
 #[test]
+fn emitting_empty_pairs_without_end_hits_the_output_limit_not_the_memory_limit() {
+    // Empty pairs take no bytes but still cost the host: the SDK sends them
+    // by count as well as by size, and the host charges each one.
+    let err = flood("empty-pair-flood");
+    assert!(matches!(err, Error::OutputLimit { .. }), "{err}");
+    assert_healthy();
+}
+
+#[test]
 fn a_missing_import_is_named() {
     let err = RUNTIME.load_file(guests::MISSING_IMPORT.as_ref()).expect_err("the host has no vault");
     match &err {

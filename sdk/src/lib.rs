@@ -315,6 +315,8 @@ pub mod output {
 
     /// Pairs are sent to the host in packed calls of about this many bytes.
     const PAIR_BUFFER: usize = 1 << 20;
+    /// ... or of at most this many pairs.
+    const PAIR_COUNT: usize = 1 << 16;
 
     #[derive(Default)]
     struct PairBuffer {
@@ -347,7 +349,8 @@ pub mod output {
             b.key_ends.push(b.keys.len() as u32);
             b.values.extend_from_slice(value);
             b.value_ends.push(b.values.len() as u32);
-            b.keys.len() + b.values.len() >= PAIR_BUFFER
+            // Empty pairs take no bytes but 8 bytes of ends each: count them too.
+            b.keys.len() + b.values.len() >= PAIR_BUFFER || b.key_ends.len() >= PAIR_COUNT
         });
         if full {
             flush();

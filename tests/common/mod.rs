@@ -89,6 +89,16 @@ pub fn fails(out: Output) -> String {
     stderr
 }
 
+/// The text of every `part-*` file in an output directory, in listing order.
+pub fn parts_text(dir: &Path) -> String {
+    std::fs::read_dir(dir)
+        .expect("output")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("part-"))
+        .map(|e| std::fs::read_to_string(e.path()).expect("part"))
+        .collect()
+}
+
 /// A deterministic pseudo-random generator (xorshift), so data sets are reproducible.
 pub struct Rng(u64);
 

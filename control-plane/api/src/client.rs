@@ -67,8 +67,8 @@ pub fn normalize_url(url: &str) -> Result<String, ApiError> {
         return Err(ApiError::BadUrl { url: url.into(), reason: "empty".into() });
     }
     let full = if url.contains("://") { url.to_string() } else { format!("http://{url}") };
-    if !full.starts_with("http://") {
-        return Err(ApiError::BadUrl { url: url.into(), reason: "only http:// is supported".into() });
+    if !full.starts_with("http://") && !full.starts_with("https://") {
+        return Err(ApiError::BadUrl { url: url.into(), reason: "only http:// and https:// are supported".into() });
     }
     let parsed = reqwest::Url::parse(&full).map_err(|e| ApiError::BadUrl { url: url.into(), reason: e.to_string() })?;
     if parsed.host().is_none() {
@@ -102,7 +102,8 @@ impl Client {
         if urls.is_empty() {
             return Err(ApiError::BadUrl { url: String::new(), reason: "no control-plane URL given".into() });
         }
-        let http = reqwest::Client::builder()
+        let http = crate::tls::client_builder()
+            .map_err(|reason| ApiError::BadUrl { url: urls.join(","), reason })?
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(1))
             .pool_idle_timeout(Duration::from_secs(30))
@@ -451,7 +452,8 @@ mod tests {
     fn urls_are_normalized() {
         assert_eq!(normalize_url("127.0.0.1:7400").expect("valid"), "http://127.0.0.1:7400");
         assert_eq!(normalize_url("http://localhost:1/").expect("valid"), "http://localhost:1");
-        assert!(normalize_url("https://x:1").is_err());
+        assert_eq!(normalize_url("https://x:1/").expect("valid"), "https://x:1");
+        assert!(normalize_url("ftp://x:1").is_err());
         assert!(normalize_url("").is_err());
         assert!(normalize_url("http://").is_err());
     }

@@ -5,8 +5,12 @@
 //! cannot disagree on a field. [`Client`] talks to a control plane given one
 //! or more replica URLs: it moves on to the next replica when one cannot be
 //! reached, and turns the JSON error bodies back into [`ApiError`]s.
+//! [`serve`] is the accept loop both servers listen with; [`tls`] their
+//! certificates and every client's trust.
 
 mod client;
+pub mod serve;
+pub mod tls;
 pub mod types;
 
 pub use client::{ApiError, Client, normalize_url};

@@ -7,6 +7,7 @@
 //! artifact is mapped: a corrupt or truncated file is rebuilt, not trusted.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -66,13 +67,16 @@ impl CompiledCache {
     /// Stores `artifact` (atomically: digest last) and maps it back in.
     pub(crate) fn put(&self, engine: &Engine, sha256: &str, artifact: &[u8]) -> Result<Component> {
         let (path, digest) = self.paths(sha256);
-        let tmp = path.with_extension(format!("cwasm.{}.tmp", std::process::id()));
-        std::fs::write(&tmp, artifact).map_err(|e| Error::io("writing", &tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io("renaming", &path, e))?;
-        let tmp_digest = digest.with_extension(format!("sha256.{}.tmp", std::process::id()));
-        std::fs::write(&tmp_digest, hex::encode(Sha256::digest(artifact)))
-            .map_err(|e| Error::io("writing", &tmp_digest, e))?;
-        std::fs::rename(&tmp_digest, &digest).map_err(|e| Error::io("renaming", &digest, e))?;
+        // Temporary names of their own: two threads storing the same entry
+        // at once each rename a whole file into place.
+        let store = |dest: &Path, bytes: &[u8]| -> Result<()> {
+            let mut tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(|e| Error::io("writing", dest, e))?;
+            tmp.write_all(bytes).map_err(|e| Error::io("writing", dest, e))?;
+            tmp.persist(dest).map_err(|e| Error::io("renaming", dest, e.error))?;
+            Ok(())
+        };
+        store(&path, artifact)?;
+        store(&digest, hex::encode(Sha256::digest(artifact)).as_bytes())?;
         super::compile::deserialize_file(engine, &path)
     }
 }

@@ -188,6 +188,9 @@ pub struct Runtime {
     cache_hits: AtomicU64,
     cache_rejected: AtomicU64,
     inits: AtomicU64,
+    /// `init`s running at once: a share of the instance slots, so a burst
+    /// of deploys waits its turn instead of failing for want of a slot.
+    init_slots: Slots,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -275,6 +278,7 @@ impl Runtime {
         Ok(Runtime {
             engine,
             linker,
+            init_slots: Slots::new((config.instance_slots / 4).max(1) as usize),
             config,
             cache,
             loaded: Mutex::new(HashMap::new()),
@@ -429,6 +433,7 @@ impl Runtime {
         let instrumented = self.instrumented(module, &instrumented)?;
         let (mut store, limits) = self.init_store(config, limits)?;
         self.inits.fetch_add(1, Ordering::Relaxed);
+        let _slot = self.init_slots.take();
         let instance = init::run(&instrumented, &self.linker, &mut store, &limits)?;
         let image = init::snapshot(&cx, &mut store, instance)?;
         tracing::info!(module, elapsed_ms = started.elapsed().as_millis() as u64, "ran init");
@@ -441,11 +446,19 @@ impl Runtime {
         if let Some(component) = self.instrumented.lock().map_err(poisoned)?.get(module).cloned() {
             return Ok(component);
         }
+        // One compile per module: concurrent deploys of it wait for the first.
         let key = format!("{module}-instrumented");
+        let turn = self.loading.lock().map_err(poisoned)?.entry(key.clone()).or_default().clone();
+        let _turn = turn.lock().map_err(poisoned)?;
+        if let Some(component) = self.instrumented.lock().map_err(poisoned)?.get(module).cloned() {
+            return Ok(component);
+        }
         let component = match self.cached(&key) {
-            Some(component) => component,
-            None => self.compile(&key, instrumented)?,
+            Some(component) => Ok(component),
+            None => self.compile(&key, instrumented),
         };
+        self.loading.lock().map_err(poisoned)?.remove(&key);
+        let component = component?;
         self.instrumented.lock().map_err(poisoned)?.insert(module.to_string(), component.clone());
         Ok(component)
     }
@@ -476,6 +489,7 @@ impl Runtime {
         let component = self.instrumented(&sha256, &instrumented)?;
         let (mut store, limits) = self.init_store(config, limits)?;
         self.inits.fetch_add(1, Ordering::Relaxed);
+        let _slot = self.init_slots.take();
         init::run(&component, &self.linker, &mut store, &limits).map(drop)
     }
 
@@ -972,5 +986,38 @@ impl Instance {
             stderr: state.stderr.text(),
             gpu_time: state.gpu_time,
         }
+    }
+}
+
+/// A counting semaphore for blocking threads.
+#[derive(Debug)]
+struct Slots {
+    free: Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+/// A taken slot, given back when dropped.
+struct Slot<'a>(&'a Slots);
+
+impl Slots {
+    fn new(n: usize) -> Slots {
+        Slots { free: Mutex::new(n), freed: std::sync::Condvar::new() }
+    }
+
+    /// Waits for a free slot.
+    fn take(&self) -> Slot<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        Slot(self)
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.0.freed.notify_one();
     }
 }

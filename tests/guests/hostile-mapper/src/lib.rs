@@ -2,6 +2,7 @@
 //!
 //! - `flood`: emits 1 MiB records without end;
 //! - `pair-flood`: emits 1 MiB pairs without end;
+//! - `empty-pair-flood`: emits empty pairs without end;
 //! - `bytes-from-parquet`: asks for raw bytes (traps on Parquet input);
 //! - `bad-pairs`: sends packed pairs whose ends point past the bytes given;
 //! - anything else: copies its input batches to the output unchanged.
@@ -27,6 +28,9 @@ impl Mapper for Hostile {
                     i += 1;
                 }
             }
+            Some("empty-pair-flood") => loop {
+                output::emit_pair(&[], &[]);
+            },
             Some("bad-pairs") => {
                 use wasmgrid_sdk::bindings::mapper::wasmgrid::function::output::emit_pairs;
                 emit_pairs(b"key", &[1_000_000], b"value", &[5]);

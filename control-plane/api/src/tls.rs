@@ -1,0 +1,82 @@
+//! TLS for the grid's listeners and clients, with rustls: a listener serves
+//! a certificate and key from PEM files; every client (the CLI, nodes
+//! talking to the control plane, replicas forwarding to the leader and
+//! sending Raft traffic) trusts the system's roots plus the CA certificates
+//! in `WASMGRID_CA` (a PEM file), or those a process installs with
+//! [`trust`].
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// A listener's TLS settings.
+pub type ServerTls = Arc<rustls::ServerConfig>;
+
+/// The environment variable naming a PEM file of extra CA certificates.
+pub const CA_ENV: &str = "WASMGRID_CA";
+
+static TRUSTED: RwLock<Option<Vec<Vec<u8>>>> = RwLock::new(None);
+
+fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate in it", path.display()));
+    }
+    Ok(certs)
+}
+
+/// Makes every client this process builds trust the CA certificates in the
+/// PEM file `path` (besides the system's roots).
+pub fn trust(path: &Path) -> Result<(), String> {
+    let certs = read_certificates(path)?.into_iter().map(|c| c.to_vec()).collect();
+    *TRUSTED.write().unwrap_or_else(|p| p.into_inner()) = Some(certs);
+    Ok(())
+}
+
+/// The extra CA certificates clients trust: installed with [`trust`], else
+/// from `WASMGRID_CA`.
+fn trusted() -> Result<Vec<Vec<u8>>, String> {
+    if let Some(certs) = TRUSTED.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        return Ok(certs.clone());
+    }
+    match std::env::var_os(CA_ENV) {
+        Some(path) if !path.is_empty() => Ok(read_certificates(Path::new(&path))
+            .map_err(|e| format!("{CA_ENV}: {e}"))?
+            .into_iter()
+            .map(|c| c.to_vec())
+            .collect()),
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// A client builder that trusts the grid's CA: every HTTP client of the
+/// grid starts here.
+pub fn client_builder() -> Result<reqwest::ClientBuilder, String> {
+    let mut builder = reqwest::Client::builder().use_rustls_tls();
+    for der in trusted()? {
+        let cert = reqwest::Certificate::from_der(&der).map_err(|e| format!("a CA certificate: {e}"))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    Ok(builder)
+}
+
+/// A listener's TLS settings from a certificate chain and a private key,
+/// both PEM files; offers HTTP/2 and HTTP/1.1.
+pub fn server_config(cert: &Path, key: &Path) -> Result<ServerTls, String> {
+    let chain = read_certificates(cert)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

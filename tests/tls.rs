@@ -1,0 +1,181 @@
+//! TLS end to end: three control-plane replicas (Raft and API over HTTPS),
+//! two nodes and the CLI, all with certificates from a test CA: deploy,
+//! invoke and a batch job work; a client trusting another CA is refused; a
+//! replica whose certificate another CA signed never joins.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::grid::{free_port, terminate};
+use wasmgrid_test_artifacts as guests;
+
+/// A CA, and a certificate for 127.0.0.1 it signed: (ca.pem, cert.pem, key.pem).
+fn certificates(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).expect("dir");
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} CA"));
+    let ca = ca.self_signed(&ca_key).expect("CA");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("params");
+    let leaf = leaf.signed_by(&key, &ca, &ca_key).expect("certificate");
+    let paths =
+        (dir.join(format!("{name}-ca.pem")), dir.join(format!("{name}-cert.pem")), dir.join(format!("{name}-key.pem")));
+    std::fs::write(&paths.0, ca.pem()).expect("write");
+    std::fs::write(&paths.1, leaf.pem()).expect("write");
+    std::fs::write(&paths.2, key.serialize_pem()).expect("write");
+    paths
+}
+
+struct Killed(Vec<Child>);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            terminate(child);
+        }
+    }
+}
+
+fn tls_flags(cmd: &mut Command, (ca, cert, key): &(PathBuf, PathBuf, PathBuf)) {
+    cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key).arg("--tls-ca").arg(ca);
+}
+
+/// `wasmgrid ARGS` trusting `ca`.
+fn cli(ca: &Path, urls: &str, args: &[&str]) -> std::process::Output {
+    common::wasmgrid().env("WASMGRID_CA", ca).args(args).args(["--url", urls]).output().expect("wasmgrid runs")
+}
+
+fn status(ca: &Path, url: &str) -> Option<serde_json::Value> {
+    let out = cli(ca, url, &["cluster", "status", "--json"]);
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+#[test]
+fn a_grid_over_https_deploys_invokes_and_runs_jobs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let good = certificates(&d.join("pki"), "grid");
+    let other = certificates(&d.join("pki"), "other");
+    let token_file = d.join("admin-token");
+    common::write_token(&token_file);
+
+    // Replicas 1 and 2 have the grid's certificate; replica 3 one another
+    // CA signed (it trusts the grid's CA, but nobody trusts it).
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let peers = ports.iter().enumerate().map(|(i, p)| format!("{}=https://127.0.0.1:{p}", i + 1)).collect::<Vec<_>>();
+    let mut procs = Killed(Vec::new());
+    for (i, port) in ports.iter().enumerate() {
+        let mut cmd = common::wasmgrid();
+        cmd.args(["control-plane", "--id", &(i + 1).to_string(), "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data")
+            .arg(d.join(format!("replica-{}", i + 1)))
+            .args(["--peers", &peers.join(",")])
+            .arg("--admin-token-file")
+            .arg(&token_file);
+        let certs = if i == 2 { (good.0.clone(), other.1.clone(), other.2.clone()) } else { good.clone() };
+        tls_flags(&mut cmd, &certs);
+        let log = std::fs::File::create(d.join(format!("replica-{}.log", i + 1))).expect("log");
+        procs.0.push(cmd.stdout(Stdio::null()).stderr(log).spawn().expect("replica"));
+    }
+    let url = |i: usize| format!("https://127.0.0.1:{}", ports[i]);
+    let urls = format!("{},{}", url(0), url(1));
+    let ca = &good.0;
+
+    // A leader among 1 and 2.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let leaders: Vec<_> = (0..2).map(|i| status(ca, &url(i)).and_then(|s| s["leader"].as_u64())).collect();
+        if leaders[0].is_some() && leaders[0] == leaders[1] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no leader over TLS: {leaders:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Two nodes serving HTTPS.
+    for n in 0..2 {
+        let mut cmd = common::wasmgrid();
+        cmd.args(["node", "--control-plane", &urls, "--listen", &format!("127.0.0.1:{}", free_port())])
+            .arg("--data")
+            .arg(d.join(format!("node-{n}")));
+        tls_flags(&mut cmd, &good);
+        let log = std::fs::File::create(d.join(format!("node-{n}.log"))).expect("log");
+        procs.0.push(cmd.stdout(Stdio::null()).stderr(log).spawn().expect("node"));
+    }
+
+    let ok = |out: std::process::Output| common::ok_stdout(out);
+    ok(cli(
+        ca,
+        &urls,
+        &[
+            "deploy",
+            "fraud",
+            guests::LOGREG,
+            "--config",
+            r#"model={"features": ["amount"], "weights": [0.01], "bias": -1.0}"#,
+        ],
+    ));
+    ok(cli(ca, &urls, &["deploy", "wc-map", guests::WORDCOUNT_MAP]));
+    ok(cli(ca, &urls, &["deploy", "wc-reduce", guests::WORDCOUNT_REDUCE]));
+
+    // Invoke through a node's HTTPS gateway, once both are up.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let answer = loop {
+        let out = cli(ca, &urls, &["invoke", "fraud", "--json", "--data", r#"{"amount": 300}"#]);
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(Instant::now() < deadline, "invoke over TLS: {}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let value: serde_json::Value = serde_json::from_str(&answer).expect("json");
+    let score = value["rows"][0]["score"].as_f64().expect("score");
+    assert!((score - 1.0 / (1.0 + (-(0.01f64 * 300.0 - 1.0)).exp())).abs() < 1e-12, "{answer}");
+
+    // A batch job: tasks leased and reported over HTTPS.
+    let corpus = d.join("corpus");
+    std::fs::create_dir_all(&corpus).expect("corpus");
+    std::fs::write(corpus.join("a.txt"), "grid tls grid\nwasm grid\n").expect("write");
+    let out_dir = d.join("counts");
+    ok(cli(
+        ca,
+        &urls,
+        &[
+            "job",
+            "submit",
+            "wc-map",
+            "--input",
+            &corpus.display().to_string(),
+            "--output",
+            &out_dir.display().to_string(),
+            "--reduce",
+            "wc-reduce",
+            "--wait",
+        ],
+    ));
+    let counted = common::parts_text(&out_dir);
+    assert!(counted.contains("grid") && counted.contains('3'), "{counted}");
+
+    // A client trusting another CA is refused, naming the certificate.
+    let refused = cli(&other.0, &urls, &["functions", "ls"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("certificate"), "{stderr}");
+
+    // Replica 3, whose certificate the others do not trust, never joined:
+    // it has no leader and applied nothing, while the others applied the
+    // deploys.
+    let both = d.join("pki/both.pem");
+    std::fs::write(&both, [std::fs::read(&good.0).expect("ca"), std::fs::read(&other.0).expect("ca")].concat())
+        .expect("bundle");
+    let leader = status(ca, &url(0)).expect("status of 1");
+    let lone = status(&both, &url(2)).expect("status of 3");
+    assert!(leader["applied"].as_u64().unwrap_or(0) >= 3, "{leader}");
+    assert_eq!(lone["leader"], serde_json::Value::Null, "replica 3 joined: {lone}");
+    assert_eq!(lone["applied"].as_u64(), Some(0), "replica 3 applied entries: {lone}");
+}
