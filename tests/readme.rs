@@ -116,15 +116,26 @@ fn tour_commands_run_as_written() {
     // The tour's `wasmgrid dev`, on free ports, started where the commands
     // run: they find its admin token under .wasmgrid, as a reader's do.
     let work = tmp.path().join("work");
-    let dev = common::grid::Dev::start(&work.join(".wasmgrid"));
-    let url = dev.control_plane.as_str();
+    let mut dev = common::grid::Dev::start(&work.join(".wasmgrid"));
+    let mut url = dev.control_plane.clone();
+    // Set once the tour restarts `wasmgrid dev --tls`: the CA it printed.
+    let mut ca = None;
     for command in commands {
         if command.trim() == "wasmgrid dev" {
             continue;
         }
+        if command.trim() == "wasmgrid dev --tls" {
+            drop(dev);
+            dev = common::grid::Dev::start_with(&work.join(".wasmgrid"), &["--tls"]);
+            assert!(dev.control_plane.starts_with("https://"), "{}", dev.control_plane);
+            url = dev.control_plane.clone();
+            ca = Some(work.join(".wasmgrid/tls/ca.pem"));
+            continue;
+        }
         let shell = command
             .replace("target/wasm32-wasip2/guest", &guests_dir())
-            .replace(".wasmgrid/demo", &demo.display().to_string());
+            .replace(".wasmgrid/demo", &demo.display().to_string())
+            .replace("https://127.0.0.1:7400", &url);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         let out = loop {
             let out = Command::new("bash")
@@ -135,7 +146,8 @@ fn tour_commands_run_as_written() {
                 .env_remove("WASMGRID_TOKEN_FILE")
                 .env("WASMGRID", env!("CARGO_BIN_EXE_wasmgrid"))
                 .env("WASMGRID_CACHE_DIR", demo.join("cache"))
-                .env("WASMGRID_URL", url)
+                .env("WASMGRID_URL", &url)
+                .envs(ca.iter().map(|ca| ("WASMGRID_CA", ca)))
                 .output()
                 .expect("bash runs");
             // A node compiles a new function before serving it: `invoke` may wait.
@@ -153,4 +165,14 @@ fn tour_commands_run_as_written() {
             assert!(stdout.contains("\"score\":0.96083"), "{stdout}");
         }
     }
+    // The TLS step ran, and without the CA the same call is refused.
+    assert!(ca.is_some(), "the tour restarts `wasmgrid dev --tls`");
+    let out = Command::new(env!("CARGO_BIN_EXE_wasmgrid"))
+        .args(["functions", "ls", "--url", &url])
+        .current_dir(&work)
+        .env_remove("WASMGRID_CA")
+        .output()
+        .expect("wasmgrid runs");
+    let (_, stderr) = common::text(&out);
+    assert!(!out.status.success() && stderr.contains("certificate"), "{stderr}");
 }

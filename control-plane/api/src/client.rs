@@ -77,6 +77,11 @@ pub fn normalize_url(url: &str) -> Result<String, ApiError> {
     Ok(full.trim_end_matches('/').to_string())
 }
 
+/// How long an idle pooled connection is kept: under the servers' default
+/// header timeout (10 s), which closes idle connections, so a request is
+/// not sent on a connection the server is closing.
+const IDLE: Duration = Duration::from_secs(5);
+
 /// Talks to a control plane through any of its replicas.
 #[derive(Debug)]
 pub struct Client {
@@ -106,7 +111,7 @@ impl Client {
             .map_err(|reason| ApiError::BadUrl { url: urls.join(","), reason })?
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(1))
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(IDLE)
             .build()
             .map_err(|e| ApiError::BadUrl { url: urls.join(","), reason: e.to_string() })?;
         Ok(Client { urls, current: AtomicUsize::new(0), http, token: None, tenant: None })

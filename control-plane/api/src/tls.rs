@@ -57,7 +57,8 @@ fn trusted() -> Result<Vec<Vec<u8>>, String> {
 /// A client builder that trusts the grid's CA: every HTTP client of the
 /// grid starts here.
 pub fn client_builder() -> Result<reqwest::ClientBuilder, String> {
-    let mut builder = reqwest::Client::builder().use_rustls_tls();
+    // Idle connections go before a server's idle limit (10 s by default) closes them.
+    let mut builder = reqwest::Client::builder().use_rustls_tls().pool_idle_timeout(std::time::Duration::from_secs(5));
     for der in trusted()? {
         let cert = reqwest::Certificate::from_der(&der).map_err(|e| format!("a CA certificate: {e}"))?;
         builder = builder.add_root_certificate(cert);
