@@ -679,6 +679,8 @@ async fn upload_module(
         return Err(StateError::ModuleTooLarge { size: bytes.len(), limit: MAX_MODULE_BYTES }.into());
     }
     let kind = crate::module::inspect(&bytes).map_err(|e| Failure::bad(e.0))?;
+    crate::module::check_pool_limits(&bytes)
+        .map_err(|message| Failure::new(StatusCode::UNPROCESSABLE_ENTITY, "over_limits", message))?;
     let sha256 = sha256_hex(&bytes);
     let size = bytes.len() as u64;
     let state = app.0.replica.state();

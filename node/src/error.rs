@@ -36,6 +36,14 @@ pub enum Error {
         /// What the compiler reported.
         reason: String,
     },
+    /// The compiled component is over what this node's instance pool holds
+    /// (a table, memory or instance too large, too many of them): it never
+    /// loads here, and is not compiled again.
+    #[error("the component cannot run on this node: {reason}")]
+    Unloadable {
+        /// What wasmtime reported.
+        reason: String,
+    },
     /// The component imports something the host does not provide.
     #[error("component imports `{import}`, which wasmgrid does not provide ({detail})")]
     MissingImport {
@@ -202,6 +210,7 @@ impl Error {
             Error::ComponentTooLarge { .. } => "component_too_large",
             Error::CompileTimeout { .. } => "compile_timeout",
             Error::CompileFailed { .. } => "compile_failed",
+            Error::Unloadable { .. } => "unloadable",
             Error::MissingImport { .. } => "missing_import",
             Error::NotAFunction { .. } => "not_a_function",
             Error::WrongKind { .. } => "wrong_kind",

@@ -18,6 +18,20 @@ pub use types::*;
 
 use sha2::{Digest, Sha256};
 
+/// What one instance slot of a node's pool holds. A component over these
+/// cannot be instantiated on any node, so the control plane refuses it at
+/// upload, naming the limit.
+pub mod pool {
+    /// Elements of one table.
+    pub const TABLE_ELEMENTS: u64 = 20_000;
+    /// Tables of one component instance (all its core instances).
+    pub const TABLES_PER_COMPONENT: u32 = 16;
+    /// Linear memories of one component instance.
+    pub const MEMORIES_PER_COMPONENT: u32 = 2;
+    /// Core instances of one component instance.
+    pub const CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+}
+
 /// The header an admin token names the tenant it acts on with (the
 /// `default` tenant without it). A tenant token always acts on its own.
 pub const TENANT_HEADER: &str = "wasmgrid-tenant";

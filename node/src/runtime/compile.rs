@@ -33,9 +33,10 @@ pub struct CompileWorker {
 }
 
 /// Compiles in this process (trusted input, tests and benchmarks).
+/// As the worker does, it only compiles: whether the instance pool can hold
+/// the result is found when the artifact is loaded ([`Error::Unloadable`]).
 pub(crate) fn in_process(engine: &Engine, bytes: &[u8]) -> Result<Vec<u8>> {
-    let component = Component::new(engine, bytes).map_err(|e| Error::InvalidComponent { reason: format!("{e:#}") })?;
-    component.serialize().map_err(|e| Error::CompileFailed { reason: format!("{e:#}") })
+    engine.precompile_component(bytes).map_err(|e| Error::InvalidComponent { reason: format!("{e:#}") })
 }
 
 /// Compiles in a worker process limited to `config.compile_memory` bytes of
@@ -159,8 +160,7 @@ pub fn worker_main(settings: &str, input: &Path, output: &Path) -> i32 {
 pub(crate) fn deserialize(engine: &Engine, artifact: &[u8]) -> Result<Component> {
     // SAFETY: the artifact was produced just now by `Component::serialize`
     // with this engine's settings, in this process or our own worker.
-    unsafe { Component::deserialize(engine, artifact) }
-        .map_err(|e| Error::CompileFailed { reason: format!("loading compiled artifact: {e:#}") })
+    unsafe { Component::deserialize(engine, artifact) }.map_err(|e| Error::Unloadable { reason: format!("{e:#}") })
 }
 
 /// Maps a cached artifact whose checksum the caller has verified.
@@ -169,6 +169,5 @@ pub(crate) fn deserialize_file(engine: &Engine, path: &Path) -> Result<Component
     // SAFETY: the file is in our private cache directory, was written by
     // `CompiledCache::put` and its digest was checked against the stored one;
     // wasmtime also checks its header and engine compatibility.
-    unsafe { Component::deserialize_file(engine, path) }
-        .map_err(|e| Error::CompileFailed { reason: format!("loading {}: {e:#}", path.display()) })
+    unsafe { Component::deserialize_file(engine, path) }.map_err(|e| Error::Unloadable { reason: format!("{e:#}") })
 }

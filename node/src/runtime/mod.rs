@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use arrow_array::RecordBatch;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use wasmgrid_api::pool;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 use wasmtime_wasi::WasiCtx;
@@ -182,6 +183,8 @@ pub struct Runtime {
     /// One lock per module being loaded, so concurrent loads of the same
     /// module compile it once.
     loading: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Modules whose compiled form this node's pool cannot hold, and why.
+    unloadable: Mutex<HashMap<String, String>>,
     /// Instrumented compiles by module sha256: one serves every config.
     instrumented: Mutex<HashMap<String, Component>>,
     compiled: AtomicU64,
@@ -222,9 +225,10 @@ pub(crate) fn engine_config(settings: &EngineSettings, pool: Option<&RuntimeConf
             .total_memories(slots.saturating_mul(2))
             .total_tables(slots.saturating_mul(8))
             .total_stacks(slots)
-            .max_core_instances_per_component(32)
-            .max_memories_per_component(2)
-            .max_tables_per_component(16)
+            .max_core_instances_per_component(pool::CORE_INSTANCES_PER_COMPONENT)
+            .max_memories_per_component(pool::MEMORIES_PER_COMPONENT)
+            .max_tables_per_component(pool::TABLES_PER_COMPONENT)
+            .table_elements(pool::TABLE_ELEMENTS as usize)
             .max_memory_size(usize::try_from(rc.max_memory).unwrap_or(usize::MAX))
             // Reset small memories with memset rather than madvise: cheaper reuse.
             .linear_memory_keep_resident(1 << 20)
@@ -284,6 +288,7 @@ impl Runtime {
             loaded: Mutex::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
             instrumented: Mutex::new(HashMap::new()),
+            unloadable: Mutex::new(HashMap::new()),
             compiled: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
             cache_rejected: AtomicU64::new(0),
@@ -453,10 +458,7 @@ impl Runtime {
         if let Some(component) = self.instrumented.lock().map_err(poisoned)?.get(module).cloned() {
             return Ok(component);
         }
-        let component = match self.cached(&key) {
-            Some(component) => Ok(component),
-            None => self.compile(&key, instrumented),
-        };
+        let component = self.compiled_component(&key, instrumented);
         self.loading.lock().map_err(poisoned)?.remove(&key);
         let component = component?;
         self.instrumented.lock().map_err(poisoned)?.insert(module.to_string(), component.clone());
@@ -494,10 +496,19 @@ impl Runtime {
     }
 
     fn compiled_component(&self, sha256: &str, bytes: &[u8]) -> Result<Component> {
-        match self.cached(sha256) {
+        if let Some(reason) = self.unloadable.lock().map_err(poisoned)?.get(sha256) {
+            return Err(Error::Unloadable { reason: reason.clone() });
+        }
+        let component = match self.cached(sha256) {
             Some(component) => Ok(component),
             None => self.compile(sha256, bytes),
+        };
+        // A component over the pool's limits is over them at every load:
+        // remembered, so route changes do not compile it again.
+        if let Err(Error::Unloadable { reason }) = &component {
+            self.unloadable.lock().map_err(poisoned)?.insert(sha256.to_string(), reason.clone());
         }
+        component
     }
 
     /// The compiled component named `name` from the on-disk cache, if there.
