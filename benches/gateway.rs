@@ -18,7 +18,9 @@
 //!   `wasi:http/proxy` component (`tests/guests/logreg-http`) under `wasmtime
 //!   serve` (`$WASMTIME`, else `wasmtime` on `PATH`; skipped when there is none).
 //!
-//! wasmgrid runs as `wasmgrid dev` (release build). Load comes from `wrk`
+//! wasmgrid runs as `wasmgrid dev` (release build), and a second time as
+//! `wasmgrid dev --tls` (its HTTPS gateway is the `wasmgrid TLS` row; `TLS=off`
+//! leaves it out). Load comes from `wrk`
 //! (throughput at 16, 32 and 64 connections, `CONNECTIONS=` to choose; a
 //! server's saturation throughput is its best of those, over `ROUNDS=2`
 //! rounds in which the servers take turns) and `hey` (latency
@@ -278,7 +280,7 @@ fn wait_ready(url: &str, body: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let ok = Command::new("curl")
-            .args(["-sf", "-o", "/dev/null", "-H", "content-type: application/json", "-H", &bearer(), "-d", body, url])
+            .args(["-skf", "-o", "/dev/null", "-H", "content-type: application/json", "-H", &bearer(), "-d", body, url])
             .status()
             .is_ok_and(|s| s.success());
         if ok {
@@ -352,22 +354,16 @@ fn main() {
     // `--gpu-mode off`: the MLP's layers run on the node's cores (the `gpu`
     // interface's CPU fallback), as the native server's do.
     let dev = common::grid::Dev::start_with(&dir.join("dev"), &["--gpu-mode", "off"]);
-    let (cp, gateway) = (dev.control_plane.clone(), dev.gateway.clone());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
-    rt.block_on(async {
-        let client = wasmgrid_api::Client::new(&[cp.as_str()], Duration::from_secs(30))
-            .expect("client")
-            .with_token(Some(common::TOKEN.into()));
-        for case in &cases {
-            let module = client.upload_module(std::fs::read(case.guest).expect("guest")).await.expect("upload");
-            let request = wasmgrid_api::DeployRequest {
-                module: module.sha256,
-                timeout_ms: Some(1000),
-                config: [("model".to_string(), case.model.clone())].into_iter().collect(),
-                ..Default::default()
-            };
-            client.deploy(case.name, &request).await.expect("deploy");
-        }
+    deploy_cases(&dev.control_plane, &cases);
+    let gateway = dev.gateway.clone();
+    // The same grid over HTTPS (`TLS=off` to leave it out): a second `wasmgrid
+    // dev --tls` with its own CA, which this process trusts.
+    let tls = (std::env::var("TLS").as_deref() != Ok("off")).then(|| {
+        let data = dir.join("dev-tls");
+        let dev = common::grid::Dev::start_with(&data, &["--gpu-mode", "off", "--tls"]);
+        wasmgrid_api::tls::trust(&data.join("tls/ca.pem")).expect("the dev CA");
+        deploy_cases(&dev.control_plane, &cases);
+        dev
     });
     let (native, _native_thread) = start_native(&cases);
 
@@ -389,6 +385,9 @@ fn main() {
             ("wasmgrid", format!("{gateway}/v1/fn/default/{}", case.name), dev.pid()),
             ("native (hyper)", format!("http://{native}/{}", case.name), std::process::id()),
         ];
+        if let Some(tls) = &tls {
+            servers.push((TLS_SERVER, format!("{}/v1/fn/default/{}", tls.gateway, case.name), tls.pid()));
+        }
         if let (Some((proc, url)), "logreg-2") = (&serve, case.name) {
             servers.push(("wasmtime serve", url.clone(), proc.0.id()));
         }
@@ -471,12 +470,45 @@ fn measure(
         gaps.len(),
         each.join(", ")
     );
-    if servers.len() > 2 {
-        println!("  wasmgrid / wasmtime serve throughput:     {:.2}", throughput[0] / throughput[2]);
+    let named = |name: &str| servers.iter().position(|(n, _, _)| *n == name);
+    if let Some(i) = named("wasmtime serve") {
+        println!("  wasmgrid / wasmtime serve throughput:     {:.2}", throughput[0] / throughput[i]);
+    }
+    let mut tls = String::new();
+    if let Some(i) = named(TLS_SERVER) {
+        let (ratio, cpu) = (throughput[i] / throughput[0], best[i].1 - best[0].1);
+        let p99 = latencies[i].1 - latencies[0].1;
+        println!(
+            "  wasmgrid TLS / plain throughput:          {ratio:.2} (CPU/req {cpu:+.1} µs, p99 at half {p99:+.0} µs)"
+        );
+        tls = format!("; TLS {ratio:.2}x plain, p99 {p99:+.0} µs");
     }
     println!();
     format!(
-        "{ratio:.2}x native ({:.0} vs {:.0} req/s), CPU/req {:.1} vs {:.1} µs, p99 gap {gap:+.0} µs",
+        "{ratio:.2}x native ({:.0} vs {:.0} req/s), CPU/req {:.1} vs {:.1} µs, p99 gap {gap:+.0} µs{tls}",
         throughput[0], throughput[1], best[0].1, best[1].1
     )
+}
+
+/// The name of the HTTPS `wasmgrid dev` in the tables.
+const TLS_SERVER: &str = "wasmgrid TLS";
+
+/// Uploads and deploys every case's model on the grid at `cp`.
+fn deploy_cases(cp: &str, cases: &[Case]) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
+    rt.block_on(async {
+        let client = wasmgrid_api::Client::new(&[cp], Duration::from_secs(180))
+            .expect("client")
+            .with_token(Some(common::TOKEN.into()));
+        for case in cases {
+            let module = client.upload_module(std::fs::read(case.guest).expect("guest")).await.expect("upload");
+            let request = wasmgrid_api::DeployRequest {
+                module: module.sha256,
+                timeout_ms: Some(1000),
+                config: [("model".to_string(), case.model.clone())].into_iter().collect(),
+                ..Default::default()
+            };
+            client.deploy(case.name, &request).await.expect("deploy");
+        }
+    });
 }

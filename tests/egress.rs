@@ -75,7 +75,7 @@ fn serve_web(mut stream: TcpStream, secret_port: u16) {
     let Some(path) = read_request(&mut stream) else { return };
     let redirect = |to: String| format!("HTTP/1.1 302 Found\r\nlocation: {to}\r\ncontent-length: 0\r\n\r\n");
     let answer = match path.as_str() {
-        "/words.txt" => {
+        "/words.txt" | "/words.bin" => {
             let body = "grid wasm grid\nscore grid\n";
             format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len())
         }
@@ -177,6 +177,13 @@ fn job_inputs_reach_only_what_the_egress_policy_allows() {
     }
     let peak = peak_rss(dev.pid());
     assert!(peak < 300 << 20, "wasmgrid dev peaked at {} MiB", peak >> 20);
+
+    // An error about a fetched input names the URL, not where the node
+    // keeps its copy.
+    let url = format!("http://127.0.0.2:{web}/words.bin");
+    let stderr = common::fails(submit(&dev, &url, &dir.path().join("bin")));
+    assert!(stderr.contains(&url) && stderr.contains("cannot tell the format"), "{stderr}");
+    assert!(!stderr.contains("/inputs/") && !stderr.contains("fetch-"), "a node path in: {stderr}");
 
     // A server that never answers: the job fails after the idle timeout.
     let stderr = common::fails(submit(&dev, &format!("http://127.0.0.2:{web}/silent.txt"), &dir.path().join("silent")));

@@ -45,8 +45,10 @@ pub fn plan(request: &JobRequest, partition_size: u64) -> std::result::Result<Ve
     if input.is_remote() {
         for object in store::list_inputs(&input)? {
             let local = store::local_copy(&object)?;
-            let planned = data::plan(&local.path().display().to_string(), input_format, partition_size)
-                .map_err(|e| format!("{}: {e}", object.uri()))?;
+            let at = local.path().display().to_string();
+            // The tenant's URI in the message, never the copy's path here.
+            let planned =
+                data::plan(&at, input_format, partition_size).map_err(|e| e.to_string().replace(&at, &object.uri()))?;
             partitions.extend(planned.into_iter().map(|p| (p, Some(object.uri()))));
         }
     } else {

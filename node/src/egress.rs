@@ -500,6 +500,99 @@ mod tests {
         }
     }
 
+    /// The IANA special-purpose blocks, written out independently of
+    /// [`is_internal`] (the fuzz target `egress` checks the same property on
+    /// arbitrary strings).
+    fn special(ip: IpAddr) -> bool {
+        const SPECIAL: &[&str] = &[
+            "0.0.0.0/8",
+            "10.0.0.0/8",
+            "100.64.0.0/10",
+            "127.0.0.0/8",
+            "169.254.0.0/16",
+            "172.16.0.0/12",
+            "192.0.0.0/24",
+            "192.0.2.0/24",
+            "192.168.0.0/16",
+            "198.18.0.0/15",
+            "198.51.100.0/24",
+            "203.0.113.0/24",
+            "224.0.0.0/4",
+            "240.0.0.0/4",
+            "::/128",
+            "::1/128",
+            "100::/64",
+            "2001:db8::/32",
+            "fc00::/7",
+            "fe80::/10",
+            "ff00::/8",
+        ];
+        if SPECIAL.iter().any(|n| n.parse::<IpNet>().expect("net").contains(&ip)) {
+            return true;
+        }
+        match ip {
+            IpAddr::V6(v6) => {
+                let o = v6.octets();
+                let tail = IpAddr::V4(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+                let mapped = o[..10] == [0; 10] && o[10..12] == [0xff, 0xff];
+                let nat64 = o[..12] == [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0];
+                ((mapped || nat64) && special(tail))
+                    || (o[..2] == [0x20, 0x02] && special(IpAddr::V4(Ipv4Addr::new(o[2], o[3], o[4], o[5]))))
+            }
+            IpAddr::V4(_) => false,
+        }
+    }
+
+    #[test]
+    fn what_the_default_policy_permits_is_never_special_in_any_notation() {
+        let mut state = 0x5eed_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let policy = Egress::default();
+        let mut checked = 0;
+        for _ in 0..20_000 {
+            let r = next();
+            // Bias towards the interesting ranges: a special first octet half the time.
+            let first = if r & 1 == 0 {
+                [0u8, 10, 100, 127, 169, 172, 192, 198, 203, 224, 240, 255][(r >> 8) as usize % 12]
+            } else {
+                (r >> 16) as u8
+            };
+            let v4 = Ipv4Addr::new(first, (r >> 24) as u8, (r >> 32) as u8, (r >> 40) as u8);
+            let n = u32::from(v4);
+            let [a, b, c, d] = v4.octets();
+            let seg = |x: u32| format!("{:x}", x & 0xffff);
+            let forms = [
+                format!("http://{v4}/"),
+                format!("http://{n}/"),
+                format!("http://0x{n:x}/"),
+                format!("http://0{a:o}.0{b:o}.0{c:o}.0{d:o}/"),
+                format!("http://{a}.{}/", (u32::from(b) << 16) | (u32::from(c) << 8) | u32::from(d)),
+                format!("http://[::ffff:{v4}]/"),
+                format!("http://[64:ff9b::{}:{}]/", seg(n >> 16), seg(n)),
+                format!("http://[2002:{}:{}::1]/", seg(n >> 16), seg(n)),
+                format!("http://[{:x}::{:x}]/", (r >> 48) as u16, r as u16),
+            ];
+            for url in forms {
+                let Ok(parsed) = Url::parse(&url) else { continue };
+                let ip = match parsed.host() {
+                    Some(Host::Ipv4(ip)) => IpAddr::V4(ip),
+                    Some(Host::Ipv6(ip)) => IpAddr::V6(ip),
+                    _ => continue,
+                };
+                checked += 1;
+                if policy.permits(None, SocketAddr::new(ip, 80)) {
+                    assert!(!special(ip), "{url} reaches {ip}, which the default policy permits");
+                }
+            }
+        }
+        assert!(checked > 150_000, "only {checked} URLs parsed");
+    }
+
     #[test]
     fn rules_parse_and_match() {
         assert_eq!("10.0.0.0/8".parse::<Rule>(), Ok(Rule::Net("10.0.0.0/8".parse().expect("valid"))));

@@ -62,6 +62,9 @@ pub fn hey(url: &str, body_file: &Path, token: &str, rate: f64, seconds: u32) ->
         .args(["-z", &format!("{seconds}s"), "-c", "8", "-q", &per_worker.to_string(), "-m", "POST"])
         .args(["-T", "application/json", "-H", &format!("Authorization: Bearer {token}"), "-D"])
         .arg(body_file)
+        // hey sends the Host header, port and all, as the TLS server name,
+        // which is no valid name; a bare host name is.
+        .args(if url.starts_with("https://") { &["-host", "localhost"][..] } else { &[] })
         .arg(url)
         .output()
         .expect("hey runs (apt-get install hey)");
