@@ -187,3 +187,34 @@ fn a_connection_over_the_cap_is_answered_503() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn plain_http_beyond_loopback_needs_tls_or_an_explicit_flag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("grid");
+    common::write_token(&data.join("admin-token"));
+    let args = ["dev", "--listen", "0.0.0.0:0", "--gateway", "127.0.0.1:0", "--data"];
+    let out = common::wasmgrid().args(args).arg(&data).output().expect("wasmgrid runs");
+    let stderr = common::fails(out);
+    assert!(stderr.contains("refusing to serve plain HTTP on 0.0.0.0:0") && stderr.contains("--tls-cert"), "{stderr}");
+    let out = common::wasmgrid()
+        .args(["node", "--control-plane", "http://127.0.0.1:9", "--listen", "0.0.0.0:0", "--data"])
+        .arg(dir.path().join("node"))
+        .output()
+        .expect("wasmgrid runs");
+    assert!(common::fails(out).contains("refusing to serve plain HTTP"));
+
+    // Asked for explicitly, it serves.
+    let mut child = common::wasmgrid()
+        .args(args)
+        .arg(&data)
+        .arg("--insecure-plain-http")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("wasmgrid dev");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().expect("stdout")));
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    common::grid::terminate(&mut child);
+    assert!(first.starts_with("control plane: http://"), "{first}");
+}

@@ -202,11 +202,17 @@ pub struct TlsArgs {
     /// when calling other replicas and the control plane.
     #[arg(long, env = "WASMGRID_CA")]
     tls_ca: Option<PathBuf>,
+    /// Serve plain HTTP beyond loopback (behind a proxy that terminates
+    /// TLS, on a private network): tokens then cross that network in clear
+    /// text. Without it, a listener beyond loopback needs --tls-cert.
+    #[arg(long, env = "WASMGRID_INSECURE_PLAIN_HTTP")]
+    insecure_plain_http: bool,
 }
 
 impl TlsArgs {
-    /// Installs the CA for this process's clients; the listener's settings.
-    fn load(&self, listen: SocketAddr) -> Result<Option<ServerTls>> {
+    /// Installs the CA for this process's clients; the settings of the
+    /// listeners on `listen` (plain HTTP beyond loopback only when asked).
+    fn load(&self, listen: &[SocketAddr]) -> Result<Option<ServerTls>> {
         if let Some(ca) = &self.tls_ca {
             wasmgrid_api::tls::trust(ca).map_err(anyhow::Error::msg).context("--tls-ca")?;
         }
@@ -216,11 +222,15 @@ impl TlsArgs {
             }
             _ => None,
         };
-        if server.is_none() && !listen.ip().is_loopback() {
-            tracing::warn!(%listen, "serving plain HTTP beyond loopback: tokens cross the network in clear text; pass --tls-cert and --tls-key");
-            eprintln!(
-                "warning: serving plain HTTP on {listen}: tokens cross the network in clear text (pass --tls-cert and --tls-key)"
-            );
+        for listen in listen.iter().filter(|l| server.is_none() && !l.ip().is_loopback()) {
+            if !self.insecure_plain_http {
+                bail!(
+                    "refusing to serve plain HTTP on {listen}, beyond loopback: tokens would cross the network in \
+                     clear text. Pass --tls-cert and --tls-key (see docs/security.md), or --insecure-plain-http \
+                     behind a proxy that terminates TLS"
+                );
+            }
+            tracing::warn!(%listen, "serving plain HTTP beyond loopback (--insecure-plain-http): tokens cross the network in clear text");
         }
         Ok(server)
     }
@@ -457,7 +467,7 @@ fn replica_config(args: &ControlPlaneArgs) -> Result<ReplicaConfig> {
             bail!("--peers names replica {id} twice");
         }
     }
-    let server_tls = args.tls.load(args.listen)?;
+    let server_tls = args.tls.load(&[args.listen])?;
     let scheme = if server_tls.is_some() { "https" } else { "http" };
     if peers.is_empty() {
         peers.insert(args.id, format!("{scheme}://{}", args.listen));
@@ -533,7 +543,7 @@ pub fn node(args: NodeArgs) -> Result<()> {
     let own = literal_addresses(&args.control_plane);
     args.egress.install(own.into_iter().chain([args.listen]), &args.data);
     let mut gateway = args.gateway.config()?;
-    gateway.tls = args.tls.load(args.listen)?;
+    gateway.tls = args.tls.load(&[args.listen])?;
     let runtime = node_runtime(&args.compile, &args.data)?;
     let config = AgentConfig {
         control_plane: args.control_plane,
@@ -592,7 +602,7 @@ pub fn dev(args: DevArgs, compile: &CompileArgs) -> Result<()> {
         certificate.tls_ca.get_or_insert(ca.clone());
         trust_hint = Some(ca);
     }
-    let server_tls = certificate.load(args.listen)?;
+    let server_tls = certificate.load(&[args.listen, args.gateway])?;
     let scheme = if server_tls.is_some() { "https" } else { "http" };
     let peers = BTreeMap::from([(1, format!("{scheme}://{}", args.listen))]);
     let admin = access::admin_token(&access::admin_token_path(&args.data), true)?;
