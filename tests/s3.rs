@@ -72,6 +72,8 @@ async fn word_count_reads_and_writes_s3_and_scoring_reads_http() {
             ("AWS_ALLOW_HTTP", "true"),
             // The http:// input below is served on loopback.
             ("WASMGRID_EGRESS_ALLOW", "127.0.0.1"),
+            // A cache of 64 KiB: the four 32 KiB objects cannot all stay.
+            ("WASMGRID_INPUT_CACHE_SIZE", "64KiB"),
         ] {
             env.push((k.into(), v.into()));
         }
@@ -137,6 +139,14 @@ async fn word_count_reads_and_writes_s3_and_scoring_reads_http() {
         }
     }
     assert_eq!(counts, expected);
+    // The leader fetched all four objects to plan the job; its cache kept
+    // what fits its budget, the most recently used.
+    let cached: Vec<_> = std::fs::read_dir(dir.join("replica-1/inputs"))
+        .expect("the leader's input cache")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(!cached.is_empty() && cached.len() <= 2, "cached after the job: {cached:?}");
     // Nothing is left under the work prefix; the output is the manifest and its files.
     use futures_util::StreamExt;
     let listed: Vec<String> =

@@ -258,6 +258,10 @@ pub struct EgressArgs {
     /// Longest one input's whole fetch takes.
     #[arg(long, default_value = "30m", value_parser = units::parse_duration)]
     fetch_timeout: Duration,
+    /// Bytes of object-store inputs kept in DATA/inputs between jobs; the
+    /// least recently used go first.
+    #[arg(long, env = "WASMGRID_INPUT_CACHE_SIZE", default_value = "20GiB", value_parser = units::parse_size)]
+    input_cache_size: u64,
 }
 
 impl EgressArgs {
@@ -267,7 +271,7 @@ impl EgressArgs {
         let limits =
             FetchLimits { max_bytes: self.max_input_size, idle: self.fetch_idle_timeout, total: self.fetch_timeout };
         let egress = Egress::new(self.egress_allow.clone(), self.egress_deny.clone(), limits).with_own(own);
-        wasmgrid_node::store::install(egress, data.join("inputs"));
+        wasmgrid_node::store::install(egress, data.join("inputs"), self.input_cache_size);
     }
 }
 

@@ -197,7 +197,12 @@ pub fn list_inputs(input: &Place) -> Result<Vec<Place>, String> {
 struct Settings {
     egress: Egress,
     inputs: PathBuf,
+    /// Bytes of cached objects kept; the least recently used go first.
+    cache_budget: u64,
 }
+
+/// The default size of the object cache.
+pub const DEFAULT_CACHE_BUDGET: u64 = 20 << 30;
 
 fn settings() -> Arc<Settings> {
     SETTINGS.read().map(|s| s.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone())
@@ -208,13 +213,14 @@ static SETTINGS: std::sync::LazyLock<RwLock<Arc<Settings>>> = std::sync::LazyLoc
     // directory of this user's own.
     let user = || -> Option<u32> { Some(std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").ok()?)) };
     let inputs = std::env::temp_dir().join(format!("wasmgrid-inputs-{}", user().unwrap_or(0)));
-    RwLock::new(Arc::new(Settings { egress: Egress::default(), inputs }))
+    RwLock::new(Arc::new(Settings { egress: Egress::default(), inputs, cache_budget: DEFAULT_CACHE_BUDGET }))
 });
 
-/// Sets the egress policy for `http(s)://` inputs and the directory
-/// fetched inputs are kept in (made readable by this user only).
-pub fn install(egress: Egress, inputs: PathBuf) {
-    let settings = Arc::new(Settings { egress, inputs });
+/// Sets the egress policy for `http(s)://` inputs, the directory fetched
+/// inputs are kept in (made readable by this user only) and how many bytes
+/// of cached objects it keeps.
+pub fn install(egress: Egress, inputs: PathBuf, cache_budget: u64) {
+    let settings = Arc::new(Settings { egress, inputs, cache_budget });
     match SETTINGS.write() {
         Ok(mut s) => *s = settings,
         Err(poisoned) => *poisoned.into_inner() = settings,
@@ -240,6 +246,68 @@ fn private_dir(dir: &Path) -> std::io::Result<()> {
 pub struct LocalCopy {
     path: PathBuf,
     _fetched: Option<tempfile::TempDir>,
+    /// A cached entry, kept from eviction while this copy is in use.
+    _held: Option<Held>,
+}
+
+/// Cache entries in use in this process, by directory: never evicted.
+static IN_USE: Mutex<Option<HashMap<PathBuf, usize>>> = Mutex::new(None);
+
+/// A cache entry marked in use until dropped.
+#[derive(Debug)]
+struct Held(PathBuf);
+
+impl Held {
+    fn new(dir: &Path) -> Held {
+        let mut in_use = IN_USE.lock().unwrap_or_else(|p| p.into_inner());
+        *in_use.get_or_insert_with(HashMap::new).entry(dir.to_path_buf()).or_default() += 1;
+        Held(dir.to_path_buf())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut in_use = IN_USE.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(map) = in_use.as_mut()
+            && let Some(n) = map.get_mut(&self.0)
+        {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.0);
+            }
+        }
+    }
+}
+
+/// Removes the least recently used cache entries under `inputs` until they
+/// hold at most `budget` bytes, sparing those in use. Best effort.
+fn evict(inputs: &Path, budget: u64) {
+    let Ok(entries) = std::fs::read_dir(inputs) else { return };
+    // (last used, bytes, directory) of each cached object.
+    let mut cached: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with("fetch-"))
+        .filter_map(|e| {
+            let files = std::fs::read_dir(e.path()).ok()?;
+            let (mut used, mut bytes) = (std::time::UNIX_EPOCH, 0);
+            for meta in files.flatten().filter_map(|f| f.metadata().ok()) {
+                bytes += meta.len();
+                used = used.max(meta.modified().unwrap_or(std::time::UNIX_EPOCH));
+            }
+            Some((used, bytes, e.path()))
+        })
+        .collect();
+    let mut total: u64 = cached.iter().map(|c| c.1).sum();
+    cached.sort();
+    let in_use = IN_USE.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
+    for (_, bytes, dir) in cached {
+        if total <= budget {
+            break;
+        }
+        if !in_use.contains_key(&dir) && std::fs::remove_dir_all(&dir).is_ok() {
+            total -= bytes;
+        }
+    }
 }
 
 impl LocalCopy {
@@ -258,7 +326,7 @@ pub fn local_copy(place: &Place) -> Result<LocalCopy, String> {
     let name = uri.rsplit('/').next().filter(|n| !n.is_empty() && *n != "." && *n != "..").unwrap_or("object");
     let name = name.split(['?', '#']).next().filter(|n| !n.is_empty()).unwrap_or("object").to_string();
     match place {
-        Place::Local(p) => Ok(LocalCopy { path: p.clone(), _fetched: None }),
+        Place::Local(p) => Ok(LocalCopy { path: p.clone(), _fetched: None, _held: None }),
         Place::S3 { bucket: bucket_name, key } => {
             let client = bucket(bucket_name)?;
             let k = Key::from(key.as_str());
@@ -271,8 +339,12 @@ pub fn local_copy(place: &Place) -> Result<LocalCopy, String> {
             let digest = hex::encode(Sha256::digest(format!("{uri}\n{tag}").as_bytes()));
             let dir = settings.inputs.join(&digest[..24]);
             let path = dir.join(&name);
-            if path.exists() {
-                return Ok(LocalCopy { path, _fetched: None });
+            let held = Held::new(&dir);
+            // A hit counts as a use: its time moves it to the back of the
+            // eviction order.
+            if let Ok(file) = std::fs::File::options().append(true).open(&path) {
+                let _ = file.set_modified(std::time::SystemTime::now());
+                return Ok(LocalCopy { path, _fetched: None, _held: Some(held) });
             }
             private_dir(&dir).map_err(stored)?;
             let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(stored)?;
@@ -292,7 +364,8 @@ pub fn local_copy(place: &Place) -> Result<LocalCopy, String> {
                 file.flush().await.map_err(|_| format!("{u}: the node could not store a copy"))
             })??;
             tmp.persist(&path).map_err(|e| stored(e.error))?;
-            Ok(LocalCopy { path, _fetched: None })
+            evict(&settings.inputs, settings.cache_budget);
+            Ok(LocalCopy { path, _fetched: None, _held: Some(held) })
         }
         Place::Http(url) => {
             // A URL is fetched again for every use, into a directory of its
@@ -305,7 +378,7 @@ pub fn local_copy(place: &Place) -> Result<LocalCopy, String> {
             let url = url.clone();
             let egress = settings.clone();
             block_on(async move { egress.egress.fetch_to(&url, &mut file).await })?.map_err(|e| e.to_string())?;
-            Ok(LocalCopy { path, _fetched: Some(dir) })
+            Ok(LocalCopy { path, _fetched: Some(dir), _held: None })
         }
     }
 }
