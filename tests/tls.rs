@@ -79,6 +79,8 @@ fn a_grid_over_https_deploys_invokes_and_runs_jobs() {
             .arg(&token_file);
         let certs = if i == 2 { (good.0.clone(), other.1.clone(), other.2.clone()) } else { good.clone() };
         tls_flags(&mut cmd, &certs);
+        // Mutual TLS: Raft and the nodes' endpoints need a certificate too.
+        cmd.arg("--tls-client-ca").arg(&good.0);
         let log = std::fs::File::create(d.join(format!("replica-{}.log", i + 1))).expect("log");
         procs.0.push(cmd.stdout(Stdio::null()).stderr(log).spawn().expect("replica"));
     }
@@ -166,6 +168,33 @@ fn a_grid_over_https_deploys_invokes_and_runs_jobs() {
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("certificate"), "{stderr}");
+
+    // The nodes' endpoints need a client certificate besides the token: a
+    // lease with the admin token alone is refused, with the grid's
+    // certificate it is served.
+    let lease = |replica: usize, with_certificate: bool| {
+        let mut curl = Command::new("curl");
+        // HTTP/1.1: curl counts an HTTP/2 stream the server answers before
+        // reading the upload as a framing error.
+        curl.args(["-sS", "--http1.1", "-w", "\n%{http_code}", "--cacert"]).arg(ca);
+        if with_certificate {
+            curl.arg("--cert").arg(&good.1).arg("--key").arg(&good.2);
+        }
+        let out = curl
+            .args(["-H", &format!("Authorization: Bearer {}", common::TOKEN), "-H", "content-type: application/json"])
+            .args(["-d", r#"{"node": "probe", "max": 1, "wait_ms": 0}"#, &format!("{}/v1/tasks/lease", url(replica))])
+            .output()
+            .expect("curl");
+        format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout))
+    };
+    // Both the leader and a follower (which forwards with its own
+    // certificate) refuse it.
+    for replica in [0, 1] {
+        let refused = lease(replica, false);
+        assert!(refused.ends_with("403") && refused.contains("client certificate"), "{refused}");
+        let served = lease(replica, true);
+        assert!(served.ends_with("200"), "{served}");
+    }
 
     // Replica 3, whose certificate the others do not trust, never joined:
     // it has no leader and applied nothing, while the others applied the

@@ -202,6 +202,11 @@ pub struct TlsArgs {
     /// when calling other replicas and the control plane.
     #[arg(long, env = "WASMGRID_CA")]
     tls_ca: Option<PathBuf>,
+    /// Mutual TLS: Raft traffic between replicas and nodes' calls to the
+    /// control plane need a client certificate this CA (PEM) signed, on top
+    /// of their token. Replicas and nodes present their --tls-cert.
+    #[arg(long, env = "WASMGRID_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     /// Serve plain HTTP beyond loopback (behind a proxy that terminates
     /// TLS, on a private network): tokens then cross that network in clear
     /// text. Without it, a listener beyond loopback needs --tls-cert.
@@ -218,7 +223,14 @@ impl TlsArgs {
         }
         let server = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => {
-                Some(wasmgrid_api::tls::server_config(cert, key).map_err(anyhow::Error::msg).context("--tls-cert")?)
+                // Its certificate is also who it is when it calls others.
+                wasmgrid_api::tls::identify(cert, key).map_err(anyhow::Error::msg).context("--tls-cert")?;
+                let client_ca = self.tls_client_ca.as_deref();
+                Some(
+                    wasmgrid_api::tls::server_config(cert, key, client_ca)
+                        .map_err(anyhow::Error::msg)
+                        .context("--tls-cert")?,
+                )
             }
             _ => None,
         };
@@ -499,6 +511,7 @@ fn replica_config(args: &ControlPlaneArgs) -> Result<ReplicaConfig> {
     config.request_timeout = args.request_timeout;
     config.serve = args.listener.limits()?;
     config.tls = server_tls;
+    config.require_client_certificate = args.tls.tls_client_ca.is_some();
     Ok(config)
 }
 

@@ -92,6 +92,9 @@ pub struct Config {
     /// The listener's certificate, for HTTPS (the peers' URLs are then
     /// `https://` too).
     pub tls: Option<ServerTls>,
+    /// Raft traffic and nodes' endpoints need a client certificate the
+    /// listener's client CA signed (mutual TLS), on top of their token.
+    pub require_client_certificate: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -130,6 +133,7 @@ impl Config {
             init_check: None,
             serve: ServeLimits::default(),
             tls: None,
+            require_client_certificate: false,
         }
     }
 }
@@ -246,6 +250,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         scheduler: Mutex::new(jobs::Scheduler::default()),
         jobs_changed: tokio::sync::Notify::new(),
         admin_hash: token_hash(&config.admin_token),
+        require_client_certificate: config.require_client_certificate,
     }));
     tokio::spawn(watch_leadership(app.clone()));
     tokio::spawn(jobs::drive(app.clone()));
@@ -285,6 +290,8 @@ struct Inner {
     jobs_changed: tokio::sync::Notify,
     /// The sha256 of the admin token.
     admin_hash: String,
+    /// Raft and node endpoints need a verified client certificate.
+    require_client_certificate: bool,
 }
 
 fn router(app: App) -> Router {
@@ -505,6 +512,9 @@ fn poisoned<T>(_: T) -> Failure {
 /// request goes to whichever replica is elected next, within the request
 /// timeout.
 async fn to_leader(Shared(app): Shared<App>, request: Request, next: Next) -> Response {
+    if let Some(refused) = app.certificate_refusal(&request) {
+        return refused.into_response();
+    }
     let path = request.uri().path();
     // Node heartbeats (liveness, usage) live in the leader's memory only.
     let needs_leader =

@@ -18,6 +18,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use crate::tls::ClientCertificate;
+
 /// A listener's limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServeLimits {
@@ -98,6 +100,14 @@ pub async fn serve(
                     else {
                         return;
                     };
+                    // Every request on it says whether the client proved who it is.
+                    let verified =
+                        ClientCertificate(stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()));
+                    let service =
+                        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                            request.extensions_mut().insert(verified);
+                            hyper::service::Service::call(&service, request)
+                        });
                     let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                     let _ = watcher.watch(connection).await;
                     drop(permit);

@@ -19,6 +19,21 @@ pub const CA_ENV: &str = "WASMGRID_CA";
 
 static TRUSTED: RwLock<Option<Vec<Vec<u8>>>> = RwLock::new(None);
 
+/// The certificate and key (PEM, concatenated) clients present when a
+/// server asks for one.
+static IDENTITY: RwLock<Option<Vec<u8>>> = RwLock::new(None);
+
+/// Makes every client this process builds present the certificate chain
+/// `cert` with its key `key` (PEM files) to servers that ask (mutual TLS).
+pub fn identify(cert: &Path, key: &Path) -> Result<(), String> {
+    let mut pem = std::fs::read(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
+    pem.push(b'\n');
+    pem.extend(std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?);
+    reqwest::Identity::from_pem(&pem).map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))?;
+    *IDENTITY.write().unwrap_or_else(|p| p.into_inner()) = Some(pem);
+    Ok(())
+}
+
 fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| format!("{}: {e}", path.display()))?
@@ -63,21 +78,45 @@ pub fn client_builder() -> Result<reqwest::ClientBuilder, String> {
         let cert = reqwest::Certificate::from_der(&der).map_err(|e| format!("a CA certificate: {e}"))?;
         builder = builder.add_root_certificate(cert);
     }
+    if let Some(pem) = IDENTITY.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        builder =
+            builder.identity(reqwest::Identity::from_pem(pem).map_err(|e| format!("the client certificate: {e}"))?);
+    }
     Ok(builder)
 }
 
 /// A listener's TLS settings from a certificate chain and a private key,
-/// both PEM files; offers HTTP/2 and HTTP/1.1.
-pub fn server_config(cert: &Path, key: &Path) -> Result<ServerTls, String> {
+/// both PEM files; offers HTTP/2 and HTTP/1.1. With `client_ca`, clients
+/// may present a certificate that CA signed (one it did not sign fails the
+/// handshake); each request then carries [`ClientCertificate`], and the
+/// endpoints that need one check it.
+pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<ServerTls, String> {
     let chain = read_certificates(cert)?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
+        .map_err(|e| e.to_string())?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in read_certificates(ca)? {
+                roots.add(cert).map_err(|e| format!("{}: {e}", ca.display()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| format!("{}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(chain, key).map_err(|e| format!("{}: {e}", cert.display()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
+
+/// Whether the request's connection presented a client certificate the
+/// listener's client CA signed (a request extension on TLS listeners).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientCertificate(pub bool);

@@ -15,6 +15,7 @@ use axum::extract::{MatchedPath, Request, State as Shared};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use wasmgrid_api::tls::ClientCertificate;
 use wasmgrid_api::{Role, TENANT_HEADER, bearer_token, token_hash};
 
 use super::{App, Failure};
@@ -87,6 +88,22 @@ fn same_digest(a: &str, b: &str) -> bool {
 }
 
 impl App {
+    /// With mutual TLS, what replicas and nodes do (Raft, the nodes'
+    /// endpoints) needs their certificate as well as a token: the refusal of
+    /// a request without one. Checked before a follower forwards it too.
+    pub(super) fn certificate_refusal(&self, request: &Request) -> Option<Failure> {
+        let path = request.extensions().get::<MatchedPath>()?.as_str();
+        let needs = need(request.method(), path) == Need::Node || path == "/v1/raft";
+        let verified = request.extensions().get::<ClientCertificate>().is_some_and(|c| c.0);
+        (self.0.require_client_certificate && needs && !verified).then(|| {
+            forbidden(format!(
+                "{} {path} needs a client certificate the grid's client CA signed (mutual TLS): start the replica \
+                 or node with --tls-cert and --tls-key",
+                request.method()
+            ))
+        })
+    }
+
     /// Who `headers` say is calling, or why nobody.
     fn caller(&self, headers: &HeaderMap) -> Result<Caller, Failure> {
         let token = bearer_token(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())).map_err(|why| {
@@ -145,6 +162,9 @@ pub(super) async fn authenticate(Shared(app): Shared<App>, mut request: Request,
     if !allowed {
         let what = format!("{} {path}", request.method());
         return forbidden(format!("a {} token may not call {what}", caller.role.name())).into_response();
+    }
+    if let Some(refused) = app.certificate_refusal(&request) {
+        return refused.into_response();
     }
     if caller.is_admin()
         && matches!(need, Need::Read | Need::Write)
