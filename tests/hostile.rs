@@ -410,39 +410,17 @@ async fn a_pooled_instance_slot_never_shows_one_tenants_memory_to_another() {
     grid.assert_healthy().await;
 }
 
-/// A scorer-shaped component whose core module has a table of 100,000
-/// elements: valid WebAssembly, but over what a node's instance slot holds.
-const BIG_TABLE: &str = r#"(component
-  (core module $m (table 100000 funcref) (func (export "f")))
-  (core instance $i (instantiate $m))
-  (type $t (func))
-  (func $score (type $t) (canon lift (core func $i "f")))
-  (export "score" (func $score)))"#;
-
-/// The node's count of components compiled.
-async fn compiled_on_node(grid: &Grid) -> u64 {
-    let text = common::http()
-        .get(format!("{}/metrics", grid.node.url))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find(|l| l.starts_with("wasmgrid_components_compiled_total"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse::<f64>().ok())
-        .expect("wasmgrid_components_compiled_total") as u64
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_component_over_the_pool_limits_is_refused_at_upload_and_costs_others_nothing() {
     let grid = Grid::start().await;
     grid.steady().await;
     let traffic = grid.traffic();
-    let before = compiled_on_node(&grid).await;
-    let e = grid.admin.upload_module(wat::parse_str(BIG_TABLE).expect("wat")).await.expect_err("over the limit");
+    let before = common::node_metric(&grid.node.url, "wasmgrid_components_compiled_total").await;
+    let e = grid
+        .admin
+        .upload_module(wat::parse_str(guests::BIG_TABLE_WAT).expect("wat"))
+        .await
+        .expect_err("over the limit");
     assert_eq!(e.status(), Some(422), "{e}");
     assert!(e.to_string().contains("a table of 100000 elements is over the limit of 20000 elements per table"), "{e}");
     // Another tenant's deploys compile their own modules on the node, and
@@ -455,7 +433,11 @@ async fn a_component_over_the_pool_limits_is_refused_at_upload_and_costs_others_
     // Each is compiled twice: instrumented to run its `init`, then the image
     // `init` left.
     let log = std::fs::read_to_string(grid.replicas.dir.path().join("node.log")).unwrap_or_default();
-    assert_eq!(compiled_on_node(&grid).await - before, 4, "two deploys, two compiles each\n{log}");
+    assert_eq!(
+        common::node_metric(&grid.node.url, "wasmgrid_components_compiled_total").await - before,
+        4.0,
+        "two deploys, two compiles each\n{log}"
+    );
     traffic.finish(3).await;
     grid.assert_healthy().await;
 }

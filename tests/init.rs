@@ -77,21 +77,6 @@ impl Grid {
             }
         }
     }
-
-    /// A counter from `node`'s `/metrics`.
-    async fn metric(&self, node: &Node, name: &str) -> f64 {
-        let text = common::http()
-            .get(format!("{}/metrics", node.url))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
-            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,7 +92,7 @@ async fn init_runs_once_per_version_per_node_and_every_call_starts_from_its_imag
             assert_eq!(row["start"], json!(7.0), "{row}");
             assert_eq!(row["calls"], json!(1.0), "{row}");
         }
-        assert_eq!(grid.metric(node, "wasmgrid_function_inits_total").await, 1.0, "{}", node.url);
+        assert_eq!(common::node_metric(&node.url, "wasmgrid_function_inits_total").await, 1.0, "{}", node.url);
     }
 
     // A new version is initialised again, once, on each node.
@@ -118,14 +103,14 @@ async fn init_runs_once_per_version_per_node_and_every_call_starts_from_its_imag
             let row = grid.call(node, "state").await;
             assert_eq!((row["start"].clone(), row["calls"].clone()), (json!(8.0), json!(1.0)), "{row}");
         }
-        assert_eq!(grid.metric(node, "wasmgrid_function_inits_total").await, 2.0, "{}", node.url);
+        assert_eq!(common::node_metric(&node.url, "wasmgrid_function_inits_total").await, 2.0, "{}", node.url);
     }
 
     // Rolling back to a version a node already initialised runs nothing again.
     grid.admin.rollback("state", 1).await.expect("rollback");
     grid.wait_start("state", 7.0).await;
     for node in &grid.nodes {
-        assert_eq!(grid.metric(node, "wasmgrid_function_inits_total").await, 2.0, "{}", node.url);
+        assert_eq!(common::node_metric(&node.url, "wasmgrid_function_inits_total").await, 2.0, "{}", node.url);
     }
     // Calls log nothing of `init`: it did not run in them.
     let logs = common::http()

@@ -359,6 +359,17 @@ impl Egress {
         }
     }
 
+    /// `work`, unless it takes longer than a whole fetch may.
+    async fn within_total<T>(
+        &self,
+        url: &str,
+        work: impl Future<Output = Result<T, FetchError>>,
+    ) -> Result<T, FetchError> {
+        tokio::time::timeout(self.limits.total, work)
+            .await
+            .map_err(|_| FetchError::TimedOut { url: url.to_string(), after: self.limits.total })?
+    }
+
     /// The size of the object at `url` (a HEAD request), if the server
     /// says.
     pub async fn size(&self, url: &str) -> Result<Option<u64>, FetchError> {
@@ -369,9 +380,7 @@ impl Egress {
             }
             Ok(response.content_length().filter(|&n| n > 0))
         };
-        tokio::time::timeout(self.limits.total, work)
-            .await
-            .map_err(|_| FetchError::TimedOut { url: url.to_string(), after: self.limits.total })?
+        self.within_total(url, work).await
     }
 
     /// Streams the object at `url` into `file`; returns its size.
@@ -397,9 +406,7 @@ impl Egress {
             file.flush().await.map_err(|_| FetchError::Local { url: url.to_string() })?;
             Ok(written)
         };
-        tokio::time::timeout(self.limits.total, work)
-            .await
-            .map_err(|_| FetchError::TimedOut { url: url.to_string(), after: self.limits.total })?
+        self.within_total(url, work).await
     }
 }
 

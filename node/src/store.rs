@@ -329,8 +329,8 @@ pub fn local_copy(place: &Place) -> Result<LocalCopy, String> {
         Place::Local(p) => Ok(LocalCopy { path: p.clone(), _fetched: None, _held: None }),
         Place::S3 { bucket: bucket_name, key } => {
             let client = bucket(bucket_name)?;
-            let k = Key::from(key.as_str());
-            let meta = block_on(async move { client.head(&k).await })?.map_err(|e| s3_error("reading", place, e))?;
+            let (head, k) = (client.clone(), Key::from(key.as_str()));
+            let meta = block_on(async move { head.head(&k).await })?.map_err(|e| s3_error("reading", place, e))?;
             let limit = settings.egress.limits.max_bytes;
             if meta.size > limit {
                 return Err(format!("{uri}: larger than the limit of {limit} bytes for one input"));
@@ -349,7 +349,7 @@ pub fn local_copy(place: &Place) -> Result<LocalCopy, String> {
             private_dir(&dir).map_err(stored)?;
             let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(stored)?;
             let mut file = tokio::fs::File::from_std(tmp.reopen().map_err(stored)?);
-            let (client, k, u) = (bucket(bucket_name)?, Key::from(key.as_str()), uri.clone());
+            let (k, u) = (Key::from(key.as_str()), uri.clone());
             block_on(async move {
                 let mut stream = client.get(&k).await.map_err(|e| format!("reading {u}: {e}"))?.into_stream();
                 let mut written = 0u64;

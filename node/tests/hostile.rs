@@ -270,21 +270,12 @@ fn impossible_gpu_shapes_and_sizes_get_clear_errors() {
     }
 }
 
-/// A scorer-shaped component whose core module has a table of 100,000
-/// elements: valid WebAssembly, but over what an instance slot holds.
-const BIG_TABLE: &str = r#"(component
-  (core module $m (table 100000 funcref) (func (export "f")))
-  (core instance $i (instantiate $m))
-  (type $t (func))
-  (func $score (type $t) (canon lift (core func $i "f")))
-  (export "score" (func $score)))"#;
-
 #[test]
 fn a_component_over_the_pool_limits_is_compiled_once_and_then_refused_at_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let runtime = Runtime::new(RuntimeConfig { cache_dir: Some(dir.path().to_path_buf()), ..RuntimeConfig::default() })
         .expect("runtime starts");
-    let bytes = wat::parse_str(BIG_TABLE).expect("wat");
+    let bytes = wat::parse_str(guests::BIG_TABLE_WAT).expect("wat");
     let first = runtime.load(&bytes).expect_err("a 100,000-element table does not fit a slot");
     assert!(matches!(first, Error::Unloadable { .. }), "{first}");
     assert!(first.to_string().contains("table"), "the error names the table: {first}");

@@ -89,6 +89,14 @@ pub fn fails(out: Output) -> String {
     stderr
 }
 
+/// A counter or gauge from a node's `/metrics` (read with the admin token).
+pub async fn node_metric(node_url: &str, name: &str) -> f64 {
+    let text = http().get(format!("{node_url}/metrics")).send().await.expect("metrics").text().await.expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
 /// The text of every `part-*` file in an output directory, in listing order.
 pub fn parts_text(dir: &Path) -> String {
     std::fs::read_dir(dir)

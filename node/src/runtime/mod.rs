@@ -408,20 +408,34 @@ impl Runtime {
     /// The function under `key`, made by `make` unless it is loaded already;
     /// concurrent callers for one key make it once.
     fn load_once(&self, key: &str, make: impl FnOnce() -> Result<Function>) -> Result<Arc<Function>> {
-        if let Some(f) = self.loaded(key) {
-            return Ok(f);
+        self.make_once(&self.loaded, key, key, || make().map(Arc::new))
+    }
+
+    /// The value under `key` in `made`, made by `make` unless it is there
+    /// already. Concurrent callers wait for one turn, named `turn` in
+    /// `loading`, so the value is made once.
+    fn make_once<T: Clone>(
+        &self,
+        made: &Mutex<HashMap<String, T>>,
+        key: &str,
+        turn: &str,
+        make: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let get = || made.lock().map_err(poisoned).map(|m| m.get(key).cloned());
+        if let Some(value) = get()? {
+            return Ok(value);
         }
-        let lock = self.loading.lock().map_err(poisoned)?.entry(key.to_string()).or_default().clone();
-        let _loading = lock.lock().map_err(poisoned)?;
-        // Another caller may have loaded it while this one waited.
-        if let Some(f) = self.loaded(key) {
-            return Ok(f);
+        let lock = self.loading.lock().map_err(poisoned)?.entry(turn.to_string()).or_default().clone();
+        let _turn = lock.lock().map_err(poisoned)?;
+        // Another caller may have made it while this one waited.
+        if let Some(value) = get()? {
+            return Ok(value);
         }
-        let made = make();
-        self.loading.lock().map_err(poisoned)?.remove(key);
-        let function = Arc::new(made?);
-        self.loaded.lock().map_err(poisoned)?.insert(key.to_string(), function.clone());
-        Ok(function)
+        let value = make();
+        self.loading.lock().map_err(poisoned)?.remove(turn);
+        let value = value?;
+        made.lock().map_err(poisoned)?.insert(key.to_string(), value.clone());
+        Ok(value)
     }
 
     /// Runs `init` of the component `bytes` (sha256 `module`) with `config`
@@ -448,21 +462,9 @@ impl Runtime {
     /// The compiled `instrumented` component of `module`: one compile per
     /// module serves every config, and the control plane's check too.
     fn instrumented(&self, module: &str, instrumented: &[u8]) -> Result<Component> {
-        if let Some(component) = self.instrumented.lock().map_err(poisoned)?.get(module).cloned() {
-            return Ok(component);
-        }
         // One compile per module: concurrent deploys of it wait for the first.
         let key = format!("{module}-instrumented");
-        let turn = self.loading.lock().map_err(poisoned)?.entry(key.clone()).or_default().clone();
-        let _turn = turn.lock().map_err(poisoned)?;
-        if let Some(component) = self.instrumented.lock().map_err(poisoned)?.get(module).cloned() {
-            return Ok(component);
-        }
-        let component = self.compiled_component(&key, instrumented);
-        self.loading.lock().map_err(poisoned)?.remove(&key);
-        let component = component?;
-        self.instrumented.lock().map_err(poisoned)?.insert(module.to_string(), component.clone());
-        Ok(component)
+        self.make_once(&self.instrumented, module, &key, || self.compiled_component(&key, instrumented))
     }
 
     /// A store for running `init`: the version's limits, but
