@@ -19,9 +19,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmgrid_node::bindings::{Batch, Column, Field};
-use wasmgrid_node::runtime::Io;
-use wasmgrid_node::{Limits, Runtime, RuntimeConfig};
+use wasmgrid_runtime::Io;
+use wasmgrid_runtime::bindings::{Batch, Column, Field};
+use wasmgrid_runtime::{Limits, Runtime, RuntimeConfig};
 use wasmgrid_test_artifacts as guests;
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -66,7 +66,7 @@ fn instances(iters: usize) {
     let f = rt.load_version(&bytes, &config, &limits).expect("logreg loads");
     let uninitialised = rt.load(&bytes).expect("logreg loads");
 
-    let fresh_calls = |f: &wasmgrid_node::Function| {
+    let fresh_calls = |f: &wasmgrid_runtime::Function| {
         let mut fresh = Vec::with_capacity(iters);
         for i in 0..iters + iters / 10 {
             let t = Instant::now();

@@ -20,10 +20,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmgrid_node::bindings::{Batch, Column, Field};
-use wasmgrid_node::gpu::{Gpu, GpuLimits, GpuMode};
-use wasmgrid_node::runtime::Io;
-use wasmgrid_node::{Limits, Runtime, RuntimeConfig};
+use wasmgrid_gpu::{Gpu, GpuLimits, GpuMode};
+use wasmgrid_runtime::Io;
+use wasmgrid_runtime::bindings::{Batch, Column, Field};
+use wasmgrid_runtime::{Limits, Runtime, RuntimeConfig};
 use wasmgrid_test_artifacts as guests;
 
 /// The inputs `matmul-wasm` builds, so every path multiplies the same matrices.

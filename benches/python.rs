@@ -18,9 +18,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmgrid_node::bindings::{Batch, Column, Field};
-use wasmgrid_node::runtime::Io;
-use wasmgrid_node::{Limits, Runtime, RuntimeConfig};
+use wasmgrid_runtime::Io;
+use wasmgrid_runtime::bindings::{Batch, Column, Field};
+use wasmgrid_runtime::{Limits, Runtime, RuntimeConfig};
 use wasmgrid_test_artifacts as guests;
 
 #[path = "../tests/common/mod.rs"]

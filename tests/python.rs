@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use common::grid::{Node, Replicas};
 use serde_json::{Value, json};
-use wasmgrid_node::bindings::{Batch, Column, Field};
-use wasmgrid_node::runtime::Io;
-use wasmgrid_node::{Error, Limits, Runtime, RuntimeConfig};
+use wasmgrid_runtime::Io;
+use wasmgrid_runtime::bindings::{Batch, Column, Field};
+use wasmgrid_runtime::{Error, Limits, Runtime, RuntimeConfig};
 use wasmgrid_test_artifacts as guests;
 
 const MODEL: &str = r#"{"features": ["x1", "x2"], "weights": [0.8, -1.25], "bias": 0.3}"#;

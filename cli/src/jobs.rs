@@ -1,5 +1,4 @@
-//! `wasmgrid job ...`: batch jobs on the grid, and the data side the
-//! control plane plans and publishes them with.
+//! `wasmgrid job ...`: batch jobs on the grid.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -7,30 +6,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use wasmgrid_api::{Client, JobCommit, JobInfo, JobRequest, JobState, PartitionSpec, Stage};
-use wasmgrid_control_plane::server::{DEFAULT_PARTITION_SIZE, JobIo};
+use wasmgrid_api::{Client, JobInfo, JobRequest, JobState, Stage};
 
-use crate::grid::{ClientArgs, client, log_sources, print_guest_output, print_json, table, tokio_runtime};
+use crate::client::{ClientArgs, client, log_sources, print_guest_output, print_json, table, tokio_runtime};
 use crate::units;
-
-/// Plans and publishes jobs on a file system the control plane shares
-/// with the nodes.
-#[derive(Debug)]
-pub struct FileJobIo;
-
-impl JobIo for FileJobIo {
-    fn plan(&self, request: &JobRequest) -> Result<Vec<PartitionSpec>, String> {
-        wasmgrid_node::batch::plan(request, request.partition_size.unwrap_or(DEFAULT_PARTITION_SIZE))
-    }
-
-    fn commit(&self, commit: &JobCommit) -> Result<(), String> {
-        wasmgrid_node::batch::commit(commit)
-    }
-
-    fn abort(&self, output: &str, job: &str) {
-        wasmgrid_node::batch::abort(output, job);
-    }
-}
 
 #[derive(Args, Debug)]
 pub struct SubmitArgs {
@@ -219,59 +198,8 @@ fn finished(job: &JobInfo, json: bool) -> Result<()> {
 pub fn job(command: JobCommand) -> Result<()> {
     let rt = tokio_runtime()?;
     match command {
-        JobCommand::Submit(args) => {
-            let request = JobRequest {
-                function: args.name.clone(),
-                input: absolute(&args.input)?,
-                output: absolute(&args.output)?,
-                input_format: args.input_format.clone(),
-                format: Some(args.format.clone()),
-                reduce: args.reduce.clone(),
-                reduce_partitions: args.reduce.as_ref().map(|_| args.reduce_partitions),
-                partition_size: Some(args.partition_size),
-                max_attempts: Some(args.max_attempts),
-                timeout_ms: args.timeout.map(|t| t.as_millis().max(1) as u64),
-                overwrite: args.overwrite,
-            };
-            let c = client(&args.client)?;
-            rt.block_on(async {
-                let job = c.submit_job(&request).await.context("submitting the job")?;
-                if !args.wait {
-                    if args.client.json {
-                        return print_json(&job);
-                    }
-                    println!("{}", job.id);
-                    return Ok(());
-                }
-                eprintln!("submitted {} ({} map task(s))", job.id, job.map_tasks);
-                let job = wait(&c, &job.id, args.client.json).await?;
-                finished(&job, args.client.json)
-            })
-        }
-        JobCommand::Ls { client: args } => {
-            let list = rt.block_on(client(&args)?.jobs())?;
-            if args.json {
-                return print_json(&list);
-            }
-            let rows = list
-                .jobs
-                .iter()
-                .map(|j| {
-                    let (done, total) = tasks(j);
-                    let reduce = j.reduce.as_ref().map_or(String::new(), |(r, _)| format!(" -> {r}"));
-                    vec![
-                        j.id.clone(),
-                        j.state.name().into(),
-                        format!("{}@{}{reduce}", j.function, j.version),
-                        format!("{done}/{total}"),
-                        j.rows_out.to_string(),
-                        j.output.clone(),
-                    ]
-                })
-                .collect();
-            table(&["ID", "STATE", "FUNCTION", "TASKS", "ROWS", "OUTPUT"], rows);
-            Ok(())
-        }
+        JobCommand::Submit(args) => submit(&rt, &args),
+        JobCommand::Ls { client: args } => list(&rt, &args),
         JobCommand::Status { id, client: args } => {
             let job = rt.block_on(client(&args)?.job(&id))?;
             if args.json {
@@ -290,48 +218,7 @@ pub fn job(command: JobCommand) -> Result<()> {
             let job = rt.block_on(wait(&c, &id, args.json))?;
             finished(&job, args.json)
         }
-        JobCommand::Logs { id, node, client: args } => {
-            let c = client(&args)?;
-            let logs = rt.block_on(c.job_logs(&id))?;
-            let (tenant, nodes) = log_sources(&c, &rt, &args, node.as_ref())?;
-            let mut attempts = Vec::new();
-            for (node, url) in &nodes {
-                match rt.block_on(c.attempt_logs(url, &tenant, &id)) {
-                    Ok(kept) => attempts.extend(kept.attempts.into_iter().map(|a| (node.clone(), a))),
-                    // No attempt of the job logged on that node.
-                    Err(wasmgrid_api::ApiError::Http { status: 404, .. }) => {}
-                    Err(e) => return Err(e).with_context(|| format!("reading the job's logs from node {node}")),
-                }
-            }
-            attempts.sort_by_key(|(_, a)| a.at_ms);
-            if args.json {
-                let attempts: Vec<_> =
-                    attempts.iter().map(|(node, a)| serde_json::json!({ "node": node, "attempt": a })).collect();
-                return print_json(&serde_json::json!({ "id": logs.id, "tasks": logs.tasks, "attempts": attempts }));
-            }
-            if logs.tasks.is_empty() {
-                println!("{}: no task failed", logs.id);
-            }
-            for t in &logs.tasks {
-                let outcome = if t.done { "then succeeded" } else { "not done" };
-                println!(
-                    "{} task {}: {} failed attempt(s), {outcome}; last error: {}",
-                    t.stage.name(),
-                    t.task,
-                    t.failures,
-                    t.last_error.as_deref().unwrap_or("-")
-                );
-            }
-            for (node, a) in &attempts {
-                let at = a.at_ms as f64 / 1000.0;
-                let head = format!("{at:.3} {node} {}{}#{}", a.stage.name(), a.task, a.attempt);
-                print_guest_output(&head, &a.lines, a.dropped, &a.stdout, &a.stderr);
-                if let Some(error) = &a.error {
-                    println!("{head} failed: {}", error.lines().next().unwrap_or_default());
-                }
-            }
-            Ok(())
-        }
+        JobCommand::Logs { id, node, client: args } => logs(&rt, &id, node.as_ref(), &args),
         JobCommand::Cancel { id, client: args } => {
             let job = rt.block_on(client(&args)?.cancel_job(&id))?;
             if args.json {
@@ -341,4 +228,103 @@ pub fn job(command: JobCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `wasmgrid job submit`.
+fn submit(rt: &tokio::runtime::Runtime, args: &SubmitArgs) -> Result<()> {
+    let request = JobRequest {
+        function: args.name.clone(),
+        input: absolute(&args.input)?,
+        output: absolute(&args.output)?,
+        input_format: args.input_format.clone(),
+        format: Some(args.format.clone()),
+        reduce: args.reduce.clone(),
+        reduce_partitions: args.reduce.as_ref().map(|_| args.reduce_partitions),
+        partition_size: Some(args.partition_size),
+        max_attempts: Some(args.max_attempts),
+        timeout_ms: args.timeout.map(|t| t.as_millis().max(1) as u64),
+        overwrite: args.overwrite,
+    };
+    let c = client(&args.client)?;
+    rt.block_on(async {
+        let job = c.submit_job(&request).await.context("submitting the job")?;
+        if !args.wait {
+            if args.client.json {
+                return print_json(&job);
+            }
+            println!("{}", job.id);
+            return Ok(());
+        }
+        eprintln!("submitted {} ({} map task(s))", job.id, job.map_tasks);
+        let job = wait(&c, &job.id, args.client.json).await?;
+        finished(&job, args.client.json)
+    })
+}
+
+/// `wasmgrid job ls`.
+fn list(rt: &tokio::runtime::Runtime, args: &ClientArgs) -> Result<()> {
+    let list = rt.block_on(client(args)?.jobs())?;
+    if args.json {
+        return print_json(&list);
+    }
+    let rows = list
+        .jobs
+        .iter()
+        .map(|j| {
+            let (done, total) = tasks(j);
+            let reduce = j.reduce.as_ref().map_or(String::new(), |(r, _)| format!(" -> {r}"));
+            vec![
+                j.id.clone(),
+                j.state.name().into(),
+                format!("{}@{}{reduce}", j.function, j.version),
+                format!("{done}/{total}"),
+                j.rows_out.to_string(),
+                j.output.clone(),
+            ]
+        })
+        .collect();
+    table(&["ID", "STATE", "FUNCTION", "TASKS", "ROWS", "OUTPUT"], rows);
+    Ok(())
+}
+
+/// `wasmgrid job logs`: the failures the control plane recorded, and what
+/// the attempts logged on the nodes, merged by time.
+fn logs(rt: &tokio::runtime::Runtime, id: &str, node: Option<&String>, args: &ClientArgs) -> Result<()> {
+    let c = client(args)?;
+    let logs = rt.block_on(c.job_logs(id))?;
+    let (tenant, nodes) = log_sources(&c, rt, args, node)?;
+    let mut attempts = Vec::new();
+    for (node, url) in &nodes {
+        match rt.block_on(c.attempt_logs(url, &tenant, id)) {
+            Ok(kept) => attempts.extend(kept.attempts.into_iter().map(|a| (node.clone(), a))),
+            // No attempt of the job logged on that node.
+            Err(wasmgrid_api::ApiError::Http { status: 404, .. }) => {}
+            Err(e) => return Err(e).with_context(|| format!("reading the job's logs from node {node}")),
+        }
+    }
+    attempts.sort_by_key(|(_, a)| a.at_ms);
+    if args.json {
+        let attempts: Vec<_> =
+            attempts.iter().map(|(node, a)| serde_json::json!({ "node": node, "attempt": a })).collect();
+        return print_json(&serde_json::json!({ "id": logs.id, "tasks": logs.tasks, "attempts": attempts }));
+    }
+    if logs.tasks.is_empty() {
+        println!("{}: no task failed", logs.id);
+    }
+    for t in &logs.tasks {
+        let outcome = if t.done { "then succeeded" } else { "not done" };
+        println!(
+            "{} task {}: {} failed attempt(s), {outcome}; last error: {}",
+            t.stage.name(),
+            t.task,
+            t.failures,
+            t.last_error.as_deref().unwrap_or("-")
+        );
+    }
+    for (node, a) in &attempts {
+        let at = a.at_ms as f64 / 1000.0;
+        let head = format!("{at:.3} {node} {}{}#{}", a.stage.name(), a.task, a.attempt);
+        print_guest_output(&head, &a.output);
+    }
+    Ok(())
 }

@@ -3,12 +3,16 @@
 
 mod access;
 mod build;
-mod grid;
+mod client;
+mod cluster;
+mod compile;
+mod functions;
 mod jobs;
+mod serve;
+mod tokens;
 mod units;
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -16,11 +20,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use wasmgrid_node::data::Format;
-use wasmgrid_node::gpu::{GpuLimits, GpuMode, SharedGpu};
-use wasmgrid_node::local::{self, LocalJob, Progress};
-use wasmgrid_node::runtime::{CompileWorker, EngineSettings};
-use wasmgrid_node::{Limits, Runtime, RuntimeConfig};
+use wasmgrid_data::Format;
+use wasmgrid_jobs::local::{self, LocalJob, Progress};
+use wasmgrid_runtime::{Limits, Runtime};
 
 #[derive(Parser)]
 #[command(name = "wasmgrid", version, about = "Run WebAssembly data functions on a laptop or a grid")]
@@ -42,27 +44,27 @@ enum Command {
     /// A laptop grid in one process: a control plane and a node, data in ./.wasmgrid.
     Dev {
         #[command(flatten)]
-        args: grid::DevArgs,
+        args: serve::DevArgs,
         #[command(flatten)]
-        compile: CompileArgs,
+        compile: compile::CompileArgs,
     },
     /// Run a control-plane replica.
-    ControlPlane(grid::ControlPlaneArgs),
+    ControlPlane(serve::ControlPlaneArgs),
     /// Run a node: join the grid and serve functions.
-    Node(Box<grid::NodeArgs>),
+    Node(Box<serve::NodeArgs>),
     /// Upload a component and make it a function's new active version.
-    Deploy(grid::DeployArgs),
+    Deploy(functions::DeployArgs),
     /// List, inspect, roll back and remove functions.
     #[command(subcommand)]
-    Functions(grid::FunctionsCommand),
+    Functions(functions::FunctionsCommand),
     /// The grid's nodes.
     #[command(subcommand)]
-    Nodes(grid::NodesCommand),
+    Nodes(cluster::NodesCommand),
     /// The control plane's replicas.
     #[command(subcommand)]
-    Cluster(grid::ClusterCommand),
+    Cluster(cluster::ClusterCommand),
     /// Call a scorer on a node with rows of JSON.
-    Invoke(grid::InvokeArgs),
+    Invoke(functions::InvokeArgs),
     /// Batch jobs: fan a function out over partitioned data on the grid.
     #[command(subcommand)]
     Job(jobs::JobCommand),
@@ -73,11 +75,11 @@ enum Command {
     #[command(subcommand)]
     Tokens(access::TokensCommand),
     /// Show the tenant and role of the token in use.
-    Whoami(grid::ClientArgs),
+    Whoami(client::ClientArgs),
     /// What the tenant's functions and jobs used.
-    Usage(grid::ClientArgs),
+    Usage(client::ClientArgs),
     /// The latest per-request calls' logs of a function, from every node.
-    Logs(grid::LogsArgs),
+    Logs(functions::LogsArgs),
     /// Build a Python function (a module with one @wasmgrid.scorer, mapper or reducer) into a component.
     Build(build::BuildArgs),
     /// Compile a component in a limited worker process (internal).
@@ -135,31 +137,10 @@ struct RunArgs {
     #[arg(long)]
     overwrite: bool,
     #[command(flatten)]
-    compile: CompileArgs,
+    compile: compile::CompileArgs,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
-}
-
-#[derive(Args, Debug)]
-struct CompileArgs {
-    /// Where compiled components are cached [default: $XDG_CACHE_HOME/wasmgrid or ~/.cache/wasmgrid].
-    #[arg(long, env = "WASMGRID_CACHE_DIR")]
-    cache_dir: Option<PathBuf>,
-    /// Do not read or write the compiled-component cache.
-    #[arg(long)]
-    no_cache: bool,
-    /// Time limit for compiling one component.
-    #[arg(long, default_value = "60s", value_parser = units::parse_duration)]
-    compile_timeout: Duration,
-    /// Memory limit for compiling one component.
-    #[arg(long, default_value = "4GiB", value_parser = units::parse_size)]
-    compile_memory: u64,
-    /// What runs guests' `gpu` calls: `auto` a hardware GPU if there is one,
-    /// `any` any Vulkan adapter (software ones such as lavapipe included),
-    /// `off` the CPU fallback. Either way the results are the same.
-    #[arg(long, env = "WASMGRID_GPU", value_name = "auto|any|off", default_value = "auto")]
-    gpu_mode: GpuMode,
 }
 
 fn parse_output_format(s: &str) -> Result<Format, String> {
@@ -175,7 +156,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Compile { settings, input, output } = &cli.command {
-        return ExitCode::from(wasmgrid_node::runtime::worker_main(settings, input, output) as u8);
+        return ExitCode::from(wasmgrid_runtime::worker_main(settings, input, output) as u8);
     }
     init_logging(cli.verbose, cli.quiet);
     match dispatch(cli.command) {
@@ -209,57 +190,27 @@ fn init_logging(verbose: u8, quiet: bool) {
 fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Run(args) => run(*args),
-        Command::Dev { args, compile } => grid::dev(args, &compile),
-        Command::ControlPlane(args) => grid::control_plane(args),
-        Command::Node(args) => grid::node(*args),
-        Command::Deploy(args) => grid::deploy(args),
-        Command::Functions(c) => grid::functions(c),
-        Command::Nodes(c) => grid::nodes(c),
-        Command::Cluster(c) => grid::cluster(c),
-        Command::Invoke(args) => grid::invoke(args),
+        Command::Dev { args, compile } => serve::dev(args, &compile),
+        Command::ControlPlane(args) => serve::control_plane(args),
+        Command::Node(args) => serve::node(*args),
+        Command::Deploy(args) => functions::deploy(args),
+        Command::Functions(c) => functions::functions(c),
+        Command::Nodes(c) => cluster::nodes(c),
+        Command::Cluster(c) => cluster::cluster(c),
+        Command::Invoke(args) => functions::invoke(args),
         Command::Job(c) => jobs::job(c),
         Command::Tenants(c) => access::tenants(c),
         Command::Tokens(c) => access::tokens(c),
         Command::Whoami(args) => access::whoami(args),
         Command::Usage(args) => access::usage(args),
-        Command::Logs(args) => grid::logs(args),
+        Command::Logs(args) => functions::logs(args),
         Command::Build(args) => build::build(args),
         Command::Compile { .. } => Ok(()),
     }
 }
 
-fn runtime_config(args: &CompileArgs, fuel: bool, max_memory: u64) -> Result<RuntimeConfig> {
-    let cache_dir = if args.no_cache {
-        None
-    } else {
-        Some(match &args.cache_dir {
-            Some(d) => d.clone(),
-            None => default_cache_dir()?,
-        })
-    };
-    let program = std::env::current_exe().context("finding the wasmgrid executable for the compile worker")?;
-    Ok(RuntimeConfig {
-        engine: EngineSettings { fuel, ..EngineSettings::default() },
-        cache_dir,
-        compile_timeout: args.compile_timeout,
-        compile_memory: args.compile_memory,
-        compile_worker: Some(CompileWorker { program, args: vec![OsString::from("__compile")] }),
-        max_memory: max_memory.max(RuntimeConfig::default().max_memory),
-        gpu: SharedGpu::new(args.gpu_mode, GpuLimits::default()),
-        ..RuntimeConfig::default()
-    })
-}
-
-fn default_cache_dir() -> Result<PathBuf> {
-    if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
-        return Ok(PathBuf::from(x).join("wasmgrid"));
-    }
-    let home = std::env::var_os("HOME").context("neither --cache-dir, XDG_CACHE_HOME nor HOME is set")?;
-    Ok(PathBuf::from(home).join(".cache/wasmgrid"))
-}
-
 fn run(args: RunArgs) -> Result<()> {
-    let config = runtime_config(&args.compile, args.fuel.is_some(), args.memory)?;
+    let config = compile::runtime_config(&args.compile, args.fuel.is_some(), args.memory)?;
     let runtime = Runtime::new(config).context("starting the runtime")?;
     let mut job = LocalJob::new(&args.function, args.input.clone(), &args.output);
     job.input_format = args.input_format;

@@ -30,10 +30,10 @@ fuzz_target!(|data: &[u8]| {
         7 => decode::<ReportRequest>(body),
         8 => decode::<InvokeRequest>(body),
         9 => {
-            let _ = wasmgrid_node::gateway::decode_body(body, false);
+            let _ = wasmgrid_gateway::decode_body(body, false);
         }
         10 => {
-            let _ = wasmgrid_node::gateway::decode_body(body, true);
+            let _ = wasmgrid_gateway::decode_body(body, true);
         }
         11 => {
             if let Ok(token) = bearer_token(Some(body)) {

@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use ipnet::IpNet;
 use libfuzzer_sys::fuzz_target;
-use wasmgrid_node::egress::{Egress, Rule};
+use wasmgrid_data::egress::{Egress, Rule};
 
 /// IANA IPv4 and IPv6 special-purpose address blocks (and multicast).
 const SPECIAL: &[&str] = &[

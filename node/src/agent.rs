@@ -17,7 +17,6 @@
 //! node rides through a leader failover; and since the route table lives
 //! in the node, calls keep being served while the control plane is down.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,8 +26,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use wasmgrid_api::{Client, Heartbeat, RouteTable};
 
-use crate::gateway::{Failed, Gateway, GatewayConfig, Table};
-use crate::runtime::{Function, Runtime};
+use wasmgrid_gateway::{Failed, Gateway, GatewayConfig, Table};
+use wasmgrid_runtime::Runtime;
+
+use crate::modules::{self, Version};
 
 /// How long one route-table long-poll waits for a change.
 const POLL_WAIT: Duration = Duration::from_secs(20);
@@ -256,9 +257,6 @@ async fn watch(gateway: Arc<Gateway>, client: Client, modules_dir: PathBuf) {
     }
 }
 
-const FETCH_ERROR: &str = "fetching module";
-const KEEP_ERROR: &str = "keeping the module";
-
 /// How long a node waits before trying again to make ready a version whose
 /// module could not be fetched or kept.
 const RETRY_FAILED_ROUTES: Duration = Duration::from_secs(1);
@@ -278,8 +276,8 @@ async fn install(gateway: &Gateway, client: &Client, modules_dir: &Path, table: 
             next.insert(key, served.clone());
             continue;
         }
-        let version = Version { config: Arc::new(route.config.clone()), limits: crate::gateway::limits(&route) };
-        match prepare(gateway.runtime(), client, modules_dir, &route.module, version).await {
+        let version = Version { config: Arc::new(route.config.clone()), limits: wasmgrid_gateway::limits(&route) };
+        match modules::prepare(gateway.runtime(), client, modules_dir, &route.module, version).await {
             Ok(function) => {
                 tracing::info!(function = %route.name, version = route.version, "ready to serve");
                 next.insert(key, Arc::new(gateway.serve(route, function)));
@@ -288,7 +286,7 @@ async fn install(gateway: &Gateway, client: &Client, modules_dir: &Path, table: 
                 tracing::error!(function = %route.name, version = route.version, "cannot serve this version: {e}");
                 // Fetching and keeping a module can succeed on a later try; a
                 // module that does not compile would only burn CPU again.
-                if e.starts_with(FETCH_ERROR) || e.starts_with(KEEP_ERROR) {
+                if e.may_pass() {
                     complete = false;
                 }
                 match current.get(&key) {
@@ -296,7 +294,7 @@ async fn install(gateway: &Gateway, client: &Client, modules_dir: &Path, table: 
                         next.insert(key, old.clone());
                     }
                     None => {
-                        failed.insert(key, (route.version, e));
+                        failed.insert(key, (route.version, e.to_string()));
                     }
                 }
             }
@@ -304,46 +302,4 @@ async fn install(gateway: &Gateway, client: &Client, modules_dir: &Path, table: 
     }
     gateway.install(next, failed, table.revision);
     complete
-}
-
-/// What, besides its module, makes a function version: its `init` runs with these.
-pub(crate) struct Version {
-    pub(crate) config: Arc<BTreeMap<String, String>>,
-    pub(crate) limits: crate::runtime::Limits,
-}
-
-/// A function version: its module, fetched (and verified) if this node
-/// lacks it, compiled, and initialised with the version's config.
-pub(crate) async fn prepare(
-    runtime: &Arc<Runtime>,
-    client: &Client,
-    modules_dir: &Path,
-    module: &str,
-    version: Version,
-) -> Result<Arc<Function>, String> {
-    let path = modules_dir.join(format!("{module}.wasm"));
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) if hex::encode(Sha256::digest(&bytes)) == module => bytes,
-        _ => {
-            let bytes = client.module(module).await.map_err(|e| format!("{FETCH_ERROR}: {e}"))?;
-            let actual = hex::encode(Sha256::digest(&bytes));
-            if actual != module {
-                return Err(format!("module fetched for {module} hashes to {actual}; refusing it"));
-            }
-            // A name of its own: the route watcher and a task may fetch the
-            // same module at once, and each renames its own copy into place.
-            static FETCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let n = FETCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let tmp = path.with_extension(format!("{}.{n}.tmp", std::process::id()));
-            std::fs::write(&tmp, &bytes)
-                .and_then(|()| std::fs::rename(&tmp, &path))
-                .map_err(|e| format!("{KEEP_ERROR} in {}: {e}", path.display()))?;
-            bytes
-        }
-    };
-    let runtime = runtime.clone();
-    tokio::task::spawn_blocking(move || runtime.load_version(&bytes, &version.config, &version.limits))
-        .await
-        .map_err(|e| format!("compile task: {e}"))?
-        .map_err(|e| e.to_string())
 }

@@ -15,8 +15,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use wasmgrid_api::{Client, LeaseRequest, ReportRequest, TaskAssignment, TaskOutcome, TaskReport};
 
-use crate::runtime::{Function, Runtime};
-use crate::segments::Segments;
+use wasmgrid_jobs::segments::Segments;
+use wasmgrid_runtime::{Function, Runtime};
+
+use crate::modules::{Version, prepare};
 
 /// Longest one lease request waits for work.
 const LEASE_WAIT: Duration = Duration::from_secs(2);
@@ -57,7 +59,7 @@ pub struct Worker {
     /// job leaves the node's CPU to the calls that someone is waiting for.
     pub priority: TaskPriority,
     /// Where attempts keep what they logged.
-    pub logs: Arc<crate::logs::JobLogs>,
+    pub logs: Arc<wasmgrid_runtime::logs::JobLogs>,
 }
 
 /// Runs until the task is aborted.
@@ -96,13 +98,7 @@ pub async fn run(worker: Worker) {
                 continue;
             }
         };
-        if let Ok(r) = running.lock() {
-            for job in &lease.stop {
-                if let Some((_, stop)) = r.get(job) {
-                    stop.store(true, Ordering::Relaxed);
-                }
-            }
-        }
+        stop_jobs(&running, &lease.stop);
         for task in lease.tasks.into_iter().take(want) {
             leased.take();
             let stop = {
@@ -119,29 +115,43 @@ pub async fn run(worker: Worker) {
                 reports: reports.clone(),
                 logs: worker.logs.clone(),
             };
-            // Straight onto the batch threads when the function is compiled
-            // here; else once it has been fetched and compiled.
-            let task_function = &ticket.task.function;
-            match worker.runtime.loaded_version(&task_function.module, &task_function.config) {
-                Some(function) => pool.run(attempt(ticket, function)),
-                None => {
-                    let (worker, pool) = (worker.clone(), pool.clone());
-                    tokio::spawn(async move {
-                        let module = &ticket.task.function.module;
-                        let version = crate::agent::Version {
-                            config: Arc::new(ticket.task.function.config.clone()),
-                            limits: crate::batch::limits(&ticket.task, None),
-                        };
-                        let (runtime, client, dir) = (&worker.runtime, &worker.client, &worker.modules_dir);
-                        match crate::agent::prepare(runtime, client, dir, module, version).await {
-                            Ok(function) => pool.run(attempt(ticket, function)),
-                            Err(error) => ticket.finish(Some(TaskOutcome::Failed { error })),
-                        }
-                    });
-                }
+            start(&worker, &pool, ticket);
+        }
+    }
+}
+
+/// Stops the attempts of `jobs` running here (cancelled, failed or done).
+fn stop_jobs(running: &Running, jobs: &[String]) {
+    if let Ok(r) = running.lock() {
+        for job in jobs {
+            if let Some((_, stop)) = r.get(job) {
+                stop.store(true, Ordering::Relaxed);
             }
         }
     }
+}
+
+/// Puts a leased task on the batch threads: at once when its function is
+/// compiled here, else once it has been fetched and compiled.
+fn start(worker: &Arc<Worker>, pool: &Arc<Pool>, ticket: Ticket) {
+    let task_function = &ticket.task.function;
+    if let Some(function) = worker.runtime.loaded_version(&task_function.module, &task_function.config) {
+        pool.run(attempt(ticket, function));
+        return;
+    }
+    let (worker, pool) = (worker.clone(), pool.clone());
+    tokio::spawn(async move {
+        let module = &ticket.task.function.module;
+        let version = Version {
+            config: Arc::new(ticket.task.function.config.clone()),
+            limits: wasmgrid_jobs::task::limits(&ticket.task, None),
+        };
+        let (runtime, client, dir) = (&worker.runtime, &worker.client, &worker.modules_dir);
+        match prepare(runtime, client, dir, module, version).await {
+            Ok(function) => pool.run(attempt(ticket, function)),
+            Err(error) => ticket.finish(Some(TaskOutcome::Failed { error: error.to_string() })),
+        }
+    });
 }
 
 /// The tasks a node holds (running or waiting for a batch thread), and how
@@ -221,7 +231,7 @@ struct Ticket {
     leased: Arc<Leased>,
     running: Running,
     reports: mpsc::UnboundedSender<TaskReport>,
-    logs: Arc<crate::logs::JobLogs>,
+    logs: Arc<wasmgrid_runtime::logs::JobLogs>,
 }
 
 impl Ticket {
@@ -260,9 +270,10 @@ fn attempt(ticket: Ticket, function: Arc<Function>) -> Job {
         }
         let started = std::time::Instant::now();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut output = crate::batch::GuestOutput::default();
-            let result = crate::batch::run(&function, &ticket.task, Some(ticket.stop.clone()), &mut output, segments);
-            ticket.logs.keep(&ticket.task, output.kept(result.as_ref().err()));
+            let mut output = wasmgrid_runtime::Captured::default();
+            let result =
+                wasmgrid_jobs::task::run(&function, &ticket.task, Some(ticket.stop.clone()), &mut output, segments);
+            ticket.logs.keep(&ticket.task, output.kept(result.as_ref().err().map(|e| e as &dyn std::fmt::Display)));
             result
         }));
         ticket.leased.took(started.elapsed());

@@ -108,7 +108,7 @@ impl Client {
             return Err(ApiError::BadUrl { url: String::new(), reason: "no control-plane URL given".into() });
         }
         let http = crate::tls::client_builder()
-            .map_err(|reason| ApiError::BadUrl { url: urls.join(","), reason })?
+            .map_err(|reason| ApiError::BadUrl { url: urls.join(","), reason: reason.to_string() })?
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(1))
             .pool_idle_timeout(IDLE)

@@ -6,14 +6,20 @@
 //! or more replica URLs: it moves on to the next replica when one cannot be
 //! reached, and turns the JSON error bodies back into [`ApiError`]s.
 //! [`serve`] is the accept loop both servers listen with; [`tls`] their
-//! certificates and every client's trust.
+//! certificates and every client's trust; [`Failure`] the error answer
+//! both make. [`JobIo`] is how the control
+//! plane reaches job data without reading it itself.
 
 mod client;
+mod failure;
+mod job_io;
 pub mod serve;
 pub mod tls;
 pub mod types;
 
 pub use client::{ApiError, Client, normalize_url};
+pub use failure::{Answer, Failure, FailureCode};
+pub use job_io::{DEFAULT_PARTITION_SIZE, JobIo, JobIoError};
 pub use types::*;
 
 use sha2::{Digest, Sha256};

@@ -23,9 +23,21 @@ static TRUSTED: RwLock<Option<Vec<Vec<u8>>>> = RwLock::new(None);
 /// server asks for one.
 static IDENTITY: RwLock<Option<Vec<u8>>> = RwLock::new(None);
 
+/// A certificate, key or CA that cannot be used: the message names the
+/// file (or setting) and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsError(String);
+
+impl From<String> for TlsError {
+    fn from(message: String) -> Self {
+        TlsError(message)
+    }
+}
+
 /// Makes every client this process builds present the certificate chain
 /// `cert` with its key `key` (PEM files) to servers that ask (mutual TLS).
-pub fn identify(cert: &Path, key: &Path) -> Result<(), String> {
+pub fn identify(cert: &Path, key: &Path) -> Result<(), TlsError> {
     let mut pem = std::fs::read(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
     pem.push(b'\n');
     pem.extend(std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?);
@@ -34,20 +46,20 @@ pub fn identify(cert: &Path, key: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| format!("{}: {e}", path.display()))?
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{}: {e}", path.display()))?;
     if certs.is_empty() {
-        return Err(format!("{}: no PEM certificate in it", path.display()));
+        return Err(TlsError(format!("{}: no PEM certificate in it", path.display())));
     }
     Ok(certs)
 }
 
 /// Makes every client this process builds trust the CA certificates in the
 /// PEM file `path` (besides the system's roots).
-pub fn trust(path: &Path) -> Result<(), String> {
+pub fn trust(path: &Path) -> Result<(), TlsError> {
     let certs = read_certificates(path)?.into_iter().map(|c| c.to_vec()).collect();
     *TRUSTED.write().unwrap_or_else(|p| p.into_inner()) = Some(certs);
     Ok(())
@@ -55,7 +67,7 @@ pub fn trust(path: &Path) -> Result<(), String> {
 
 /// The extra CA certificates clients trust: installed with [`trust`], else
 /// from `WASMGRID_CA`.
-fn trusted() -> Result<Vec<Vec<u8>>, String> {
+fn trusted() -> Result<Vec<Vec<u8>>, TlsError> {
     if let Some(certs) = TRUSTED.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
         return Ok(certs.clone());
     }
@@ -71,7 +83,7 @@ fn trusted() -> Result<Vec<Vec<u8>>, String> {
 
 /// A client builder that trusts the grid's CA: every HTTP client of the
 /// grid starts here.
-pub fn client_builder() -> Result<reqwest::ClientBuilder, String> {
+pub fn client_builder() -> Result<reqwest::ClientBuilder, TlsError> {
     // Idle connections go before a server's idle limit (10 s by default) closes them.
     let mut builder = reqwest::Client::builder().use_rustls_tls().pool_idle_timeout(std::time::Duration::from_secs(5));
     for der in trusted()? {
@@ -90,7 +102,7 @@ pub fn client_builder() -> Result<reqwest::ClientBuilder, String> {
 /// may present a certificate that CA signed (one it did not sign fails the
 /// handshake); each request then carries [`ClientCertificate`], and the
 /// endpoints that need one check it.
-pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<ServerTls, String> {
+pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<ServerTls, TlsError> {
     let chain = read_certificates(cert)?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -1,0 +1,322 @@
+//! The client verbs for functions: `deploy`, `functions`, `invoke` and
+//! `logs`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use wasmgrid_api::{Client, DeployRequest, GpuPlacement, InvokeRequest, NodeState};
+
+use crate::client::{
+    ClientArgs, client, client_timed, log_sources, print_guest_output, print_json, short, table, tokio_runtime,
+};
+use crate::units;
+
+#[derive(Args, Debug)]
+pub struct DeployArgs {
+    /// The function's name (a-z, 0-9, '-', '_', '.').
+    name: String,
+    /// The component (.wasm).
+    function: PathBuf,
+    /// Memory limit per instance.
+    #[arg(long, value_parser = units::parse_size)]
+    memory: Option<u64>,
+    /// Time limit per call.
+    #[arg(long, value_parser = units::parse_duration)]
+    timeout: Option<Duration>,
+    /// Config value the function sees (repeatable).
+    #[arg(long = "config", short = 'c', value_name = "KEY=VALUE", value_parser = units::parse_key_value)]
+    config: Vec<(String, String)>,
+    /// Where it may run: `required` only on nodes with a GPU (refused while
+    /// none is alive), `preferred` on GPU nodes first, `any` anywhere.
+    #[arg(long, value_name = "any|preferred|required", default_value = "any", value_parser = parse_placement)]
+    gpu: GpuPlacement,
+    /// Serve it on the gateways without a token (for public HTTP endpoints).
+    #[arg(long)]
+    public: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+fn parse_placement(s: &str) -> Result<GpuPlacement, String> {
+    match s {
+        "any" => Ok(GpuPlacement::Any),
+        "preferred" => Ok(GpuPlacement::Preferred),
+        "required" => Ok(GpuPlacement::Required),
+        other => Err(format!("`{other}` is not a GPU placement (any, preferred or required)")),
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FunctionsCommand {
+    /// List functions and their active versions.
+    Ls {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List a function's versions.
+    Versions {
+        /// The function.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Serve an earlier version again.
+    Rollback {
+        /// The function.
+        name: String,
+        /// The version to serve.
+        version: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a function and all its versions.
+    Rm {
+        /// The function.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct InvokeArgs {
+    /// The function.
+    name: String,
+    /// Rows as JSON: {"rows": [{...}, ...]}, a list of rows, or one row.
+    #[arg(long, short)]
+    data: String,
+    /// The node to call [default: an alive node the control plane lists].
+    #[arg(long)]
+    node: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+pub fn deploy(args: DeployArgs) -> Result<()> {
+    if let Err(reason) = wasmgrid_api::check_name(&args.name) {
+        bail!("invalid function name `{}`: {reason}", args.name);
+    }
+    let bytes =
+        std::fs::read(&args.function).with_context(|| format!("reading the component {}", args.function.display()))?;
+    let limit = wasmgrid_control_plane::state::MAX_MODULE_BYTES;
+    if bytes.len() > limit {
+        bail!("{} is {} bytes, over the module limit of {limit} bytes", args.function.display(), bytes.len());
+    }
+    let request = DeployRequest {
+        module: String::new(),
+        memory: args.memory,
+        timeout_ms: args.timeout.map(|t| t.as_millis().max(1) as u64),
+        config: args.config.into_iter().collect(),
+        gpu: args.gpu,
+        public: args.public,
+    };
+    // The leader compiles the component and runs its `init` before it
+    // answers: give the deploy longer than other requests.
+    let client = client_timed(&args.client, &args.client.url, Duration::from_secs(180))?;
+    tokio_runtime()?.block_on(async {
+        let module = client.upload_module(bytes).await.context("uploading the module")?;
+        let request = DeployRequest { module: module.sha256.clone(), ..request };
+        let deployed = client.deploy(&args.name, &request).await.context("deploying")?;
+        if args.client.json {
+            return print_json(&deployed);
+        }
+        println!(
+            "deployed {} version {} ({}, module {}{})",
+            deployed.name,
+            deployed.active,
+            deployed.kind,
+            short(&module.sha256),
+            if module.existed { ", already stored" } else { "" }
+        );
+        Ok(())
+    })
+}
+
+pub fn functions(command: FunctionsCommand) -> Result<()> {
+    let rt = tokio_runtime()?;
+    match command {
+        FunctionsCommand::Ls { client: args } => {
+            let list = rt.block_on(client(&args)?.functions())?;
+            if args.json {
+                return print_json(&list);
+            }
+            let rows = list
+                .functions
+                .iter()
+                .map(|f| {
+                    vec![f.name.clone(), f.active.to_string(), f.versions.to_string(), f.kind.clone(), short(&f.module)]
+                })
+                .collect();
+            table(&["NAME", "ACTIVE", "VERSIONS", "KIND", "MODULE"], rows);
+        }
+        FunctionsCommand::Versions { name, client: args } => {
+            let f = rt.block_on(client(&args)?.function(&name))?;
+            if args.json {
+                return print_json(&f);
+            }
+            let rows = f
+                .versions
+                .iter()
+                .map(|v| {
+                    let config: Vec<String> = v.config.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    vec![
+                        v.version.to_string(),
+                        if v.version == f.active { "*".into() } else { String::new() },
+                        v.kind.clone(),
+                        short(&v.module),
+                        format!("{}MiB", v.memory >> 20),
+                        format!("{}ms", v.timeout_ms),
+                        v.gpu.name().into(),
+                        config.join(","),
+                    ]
+                })
+                .collect();
+            table(&["VERSION", "ACTIVE", "KIND", "MODULE", "MEMORY", "TIMEOUT", "GPU", "CONFIG"], rows);
+        }
+        FunctionsCommand::Rollback { name, version, client: args } => {
+            let f = rt.block_on(client(&args)?.rollback(&name, version))?;
+            if args.json {
+                return print_json(&f);
+            }
+            println!("{} now serves version {} (module {})", f.name, f.active, short(&f.module));
+        }
+        FunctionsCommand::Rm { name, client: args } => {
+            let f = rt.block_on(client(&args)?.delete(&name))?;
+            if args.json {
+                return print_json(&f);
+            }
+            println!("removed {} ({} versions)", f.name, f.versions);
+        }
+    }
+    Ok(())
+}
+
+/// Reads `--data`: `{"rows": [...]}`, a list of rows, or one row.
+fn invoke_request(data: &str) -> Result<InvokeRequest> {
+    let value: serde_json::Value = serde_json::from_str(data).context("--data is not valid JSON")?;
+    let rows = match value {
+        serde_json::Value::Object(mut o) if o.contains_key("rows") => {
+            let rows = o.remove("rows").unwrap_or_default();
+            serde_json::from_value(rows).context("`rows` must be a list of objects")?
+        }
+        serde_json::Value::Object(o) => vec![o],
+        serde_json::Value::Array(_) => serde_json::from_value(value).context("--data rows must be objects")?,
+        _ => bail!("--data must be {{\"rows\": [...]}}, a list of rows or one row"),
+    };
+    Ok(InvokeRequest { rows })
+}
+
+/// Longest `invoke` waits for a node to start serving a function the
+/// control plane has (a deploy that has not reached it, or a module it is
+/// still compiling).
+const SERVE_WAIT: Duration = Duration::from_secs(60);
+
+/// Calls `name` on `node`; while the node answers that it does not serve a
+/// function the control plane knows, waits for it to catch up.
+async fn invoke_when_served(
+    c: &Client,
+    node: &str,
+    tenant: &str,
+    name: &str,
+    request: &InvokeRequest,
+) -> Result<wasmgrid_api::InvokeResponse> {
+    let started = std::time::Instant::now();
+    loop {
+        match c.invoke(node, tenant, name, request).await {
+            Err(e @ wasmgrid_api::ApiError::Http { status: 404, .. }) if started.elapsed() < SERVE_WAIT => {
+                let wait = match c.function(name).await {
+                    Ok(_) => true,
+                    // An invoke-only token cannot ask: wait a little.
+                    Err(wasmgrid_api::ApiError::Http { status: 403, .. }) => started.elapsed() < UNSEEN_WAIT,
+                    Err(_) => false,
+                };
+                if !wait {
+                    return Err(e.into());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// How long `invoke` waits for a function it cannot see in the control
+/// plane (with an invoke-only token) to be served.
+const UNSEEN_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// The function.
+    name: String,
+    /// Only this node [default: every alive node].
+    #[arg(long)]
+    node: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// `wasmgrid logs NAME`: the latest calls' logs from every node, merged by time.
+pub fn logs(args: LogsArgs) -> Result<()> {
+    let c = client(&args.client)?;
+    let rt = tokio_runtime()?;
+    let (tenant, nodes) = log_sources(&c, &rt, &args.client, args.node.as_ref())?;
+    let mut calls = Vec::new();
+    let mut found = false;
+    for (id, url) in &nodes {
+        match rt.block_on(c.call_logs(url, &tenant, &args.name)) {
+            Ok(logs) => {
+                found = true;
+                calls.extend(logs.calls.into_iter().map(|call| (id.clone(), call)));
+            }
+            // A node that never served it has nothing to say.
+            Err(wasmgrid_api::ApiError::Http { status: 404, .. }) => {}
+            Err(e) => return Err(e).with_context(|| format!("reading logs from node {id}")),
+        }
+    }
+    if !found {
+        bail!("no node has served `{tenant}/{}` since it started", args.name);
+    }
+    calls.sort_by_key(|(_, call)| call.at_ms);
+    if args.client.json {
+        let calls: Vec<_> =
+            calls.iter().map(|(node, call)| serde_json::json!({ "node": node, "call": call })).collect();
+        return print_json(&calls);
+    }
+    for (node, call) in calls {
+        let at = call.at_ms as f64 / 1000.0;
+        let head = format!("{at:.3} {node} v{}", call.version);
+        print_guest_output(&head, &call.output);
+    }
+    Ok(())
+}
+
+pub fn invoke(args: InvokeArgs) -> Result<()> {
+    let request = invoke_request(&args.data)?;
+    let c = client(&args.client)?;
+    let rt = tokio_runtime()?;
+    let node = match args.node {
+        Some(n) => n,
+        None => {
+            let nodes = rt.block_on(c.nodes()).context("finding a node")?;
+            match nodes.nodes.into_iter().find(|n| n.state == NodeState::Alive) {
+                Some(n) => n.address,
+                None => bail!("no node is alive; start one with `wasmgrid node` (or use `wasmgrid dev`)"),
+            }
+        }
+    };
+    // The function's tenant: the one named, else the token's own.
+    let tenant = match &args.client.tenant {
+        Some(t) => t.clone(),
+        None => rt.block_on(c.whoami()).context("asking the control plane whose token this is")?.tenant,
+    };
+    let response = rt.block_on(invoke_when_served(&c, &node, &tenant, &args.name, &request))?;
+    if args.client.json {
+        return print_json(&response);
+    }
+    for row in &response.rows {
+        println!("{}", serde_json::to_string(row)?);
+    }
+    Ok(())
+}

@@ -1,0 +1,401 @@
+//! Batch jobs: requests, progress, leases, reports, commits and logs.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+/// `POST /v1/jobs`: run a function over partitioned data.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRequest {
+    /// The scorer or mapper (a deployed function; its active version runs).
+    pub function: String,
+    /// Input: a file, directory or glob the grid can read.
+    pub input: String,
+    /// Output directory.
+    pub output: String,
+    /// Input format, when the extension does not tell (csv, jsonl, parquet, text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_format: Option<String>,
+    /// Output format (jsonl, csv, parquet); default jsonl.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// A deployed reducer for the pairs the mapper emits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reduce: Option<String>,
+    /// Reduce partitions (output files of the reduce stage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reduce_partitions: Option<u32>,
+    /// Target partition size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_size: Option<u64>,
+    /// Attempts per task before the job fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Time limit of one function call, milliseconds (default: the function's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Replace earlier results in the output directory.
+    #[serde(default)]
+    pub overwrite: bool,
+}
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Tasks are running.
+    Running,
+    /// Every task has a winning attempt; the output is being published.
+    Committing,
+    /// The output and its `_SUCCESS` manifest are published.
+    Succeeded,
+    /// A task failed too often, or the commit failed; nothing was published.
+    Failed,
+    /// Cancelled; nothing was published.
+    Cancelled,
+}
+
+impl JobState {
+    /// Whether the job is over.
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            JobState::Running => "running",
+            JobState::Committing => "committing",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A job's stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// One task per input partition: score or map.
+    Map,
+    /// One task per reduce partition.
+    Reduce,
+}
+
+impl Stage {
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Map => "map",
+            Stage::Reduce => "reduce",
+        }
+    }
+}
+
+/// `GET /v1/jobs/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobInfo {
+    /// Its id.
+    pub id: String,
+    /// The function and the version that runs.
+    pub function: String,
+    /// Its version.
+    pub version: u64,
+    /// The reducer, if any, and its version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reduce: Option<(String, u64)>,
+    /// Input as given.
+    pub input: String,
+    /// Output directory.
+    pub output: String,
+    /// Where it is.
+    pub state: JobState,
+    /// The stage running (the last one, once over).
+    pub stage: Stage,
+    /// Map tasks (input partitions).
+    pub map_tasks: u32,
+    /// Map tasks with a winning attempt.
+    pub map_done: u32,
+    /// Reduce tasks (0 without a reducer).
+    pub reduce_tasks: u32,
+    /// Reduce tasks with a winning attempt.
+    pub reduce_done: u32,
+    /// Attempts running now (known to the leader only; 0 elsewhere).
+    pub running: u32,
+    /// Attempts that failed (retried or not).
+    pub failed_attempts: u32,
+    /// Input bytes planned.
+    pub bytes_in: u64,
+    /// Input bytes of the map tasks done.
+    pub bytes_done: u64,
+    /// Records read by winning map attempts.
+    pub records_in: u64,
+    /// Rows in the winning attempts' output.
+    pub rows_out: u64,
+    /// Milliseconds the winning attempts spent in `gpu` calls.
+    #[serde(default)]
+    pub gpu_ms: u64,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Milliseconds since the Unix epoch, when it was submitted.
+    pub submitted_ms: u64,
+    /// ... and when it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<u64>,
+}
+
+/// `GET /v1/jobs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobList {
+    /// Newest first.
+    pub jobs: Vec<JobInfo>,
+}
+
+/// `POST /v1/tasks/lease`: a node asks for work.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    /// The node.
+    pub node: String,
+    /// Most tasks it takes now.
+    pub max: u32,
+    /// Longest to wait for one, milliseconds.
+    pub wait_ms: u64,
+    /// Jobs of the tasks it is running (so it hears of cancellations).
+    #[serde(default)]
+    pub running_jobs: Vec<String>,
+}
+
+/// The part of a file a map task reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpanSpec {
+    /// Records starting in `[start, end)`.
+    Bytes {
+        /// First byte.
+        start: u64,
+        /// One past the last byte a record may start at.
+        end: u64,
+    },
+    /// Parquet row groups.
+    RowGroups {
+        /// First.
+        first: u64,
+        /// How many.
+        count: u64,
+    },
+}
+
+/// One input partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionSpec {
+    /// The file.
+    pub path: String,
+    /// Its format.
+    pub format: String,
+    /// The part of it.
+    pub span: SpanSpec,
+    /// Approximate bytes.
+    pub bytes: u64,
+}
+
+/// A function as a task runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFunction {
+    /// Its module's sha256.
+    pub module: String,
+    /// Memory limit, bytes.
+    pub memory: u64,
+    /// Time limit of one call, milliseconds.
+    pub timeout_ms: u64,
+    /// Its config.
+    pub config: BTreeMap<String, String>,
+    /// Whether it needs a node with a GPU.
+    #[serde(default)]
+    pub gpu: GpuPlacement,
+}
+
+/// One attempt at one task, leased to a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskAssignment {
+    /// The job.
+    pub job: String,
+    /// The job's tenant.
+    #[serde(default)]
+    pub tenant: String,
+    /// The stage.
+    pub stage: Stage,
+    /// The task's index within the stage.
+    pub task: u32,
+    /// This attempt's id (unique across the job's life).
+    pub attempt: u64,
+    /// What runs.
+    pub function: TaskFunction,
+    /// A map task's input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<PartitionSpec>,
+    /// A reduce task's input: the winning map attempts' pair files for it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shuffle: Vec<String>,
+    /// Where attempts write (the output's `_temporary/{job}`).
+    pub work_dir: String,
+    /// Why its `gpu` calls are refused (its tenant used its GPU quota).
+    #[serde(default)]
+    pub gpu_refused: Option<String>,
+    /// Output format.
+    pub format: String,
+    /// Reduce partitions; 0 when the job has no reduce stage.
+    pub reduce_partitions: u32,
+}
+
+/// The answer to a lease request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Tasks to run now.
+    pub tasks: Vec<TaskAssignment>,
+    /// Jobs among `running_jobs` that are over: stop their tasks.
+    #[serde(default)]
+    pub stop: Vec<String>,
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskOutcome {
+    /// It wrote its output under `work_dir`.
+    Done {
+        /// Files written, relative to the output directory; for a map task
+        /// feeding a reducer, the pair file of reduce partition `i` is
+        /// `files[i]` (empty string when it has none).
+        files: Vec<String>,
+        /// Rows in each file.
+        rows: Vec<u64>,
+        /// Records read.
+        records_in: u64,
+        /// Microseconds its `gpu` calls took.
+        #[serde(default)]
+        gpu_us: u64,
+    },
+    /// It failed.
+    Failed {
+        /// Why.
+        error: String,
+    },
+}
+
+/// One attempt's report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskReport {
+    /// The job.
+    pub job: String,
+    /// The stage.
+    pub stage: Stage,
+    /// The task.
+    pub task: u32,
+    /// The attempt.
+    pub attempt: u64,
+    /// How it ended.
+    pub outcome: TaskOutcome,
+}
+
+/// `POST /v1/tasks/report`: a node reports finished attempts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportRequest {
+    /// The node.
+    pub node: String,
+    /// Finished attempts.
+    pub reports: Vec<TaskReport>,
+}
+
+/// A task's winning attempt, as a commit publishes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskResult {
+    /// The task.
+    pub task: u32,
+    /// The attempt.
+    pub attempt: u64,
+    /// Files it wrote, relative to the output directory.
+    pub files: Vec<String>,
+    /// Rows in each.
+    pub rows: Vec<u64>,
+    /// Records it read.
+    pub records_in: u64,
+}
+
+/// Everything the commit of a job needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobCommit {
+    /// The job.
+    pub id: String,
+    /// The function and version that ran.
+    pub function: String,
+    /// Its version.
+    pub version: u64,
+    /// The reducer and its version.
+    pub reduce: Option<(String, u64)>,
+    /// Output directory.
+    pub output: String,
+    /// Output format.
+    pub format: String,
+    /// Reduce partitions (0: none).
+    pub reduce_partitions: u32,
+    /// Winners of the map stage, by task.
+    pub map: Vec<TaskResult>,
+    /// Winners of the reduce stage, by task.
+    pub reduce_results: Vec<TaskResult>,
+}
+
+/// One task's failures in `GET /v1/jobs/{id}/logs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskLog {
+    /// The stage.
+    pub stage: Stage,
+    /// The task.
+    pub task: u32,
+    /// Failed attempts.
+    pub failures: u32,
+    /// The last failure's error.
+    pub last_error: Option<String>,
+    /// Whether an attempt won.
+    pub done: bool,
+}
+
+/// `GET /v1/jobs/{id}/logs`: every task that failed at least once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobLogs {
+    /// The job.
+    pub id: String,
+    /// Tasks with failures, by stage and index.
+    pub tasks: Vec<TaskLog>,
+}
+
+/// What one attempt at a job's task logged, on the node that ran it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptLog {
+    /// The stage.
+    pub stage: Stage,
+    /// The task.
+    pub task: u32,
+    /// The attempt.
+    pub attempt: u64,
+    /// When it ended, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// What it logged and wrote, and its error.
+    #[serde(flatten)]
+    pub output: Excerpt,
+}
+
+/// `GET /v1/jobs/{tenant}/{id}/logs` on a node: the latest attempts of the
+/// job on that node that logged something or failed, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptLogs {
+    /// The tenant.
+    pub tenant: String,
+    /// The job.
+    pub job: String,
+    /// The attempts.
+    pub attempts: Vec<AttemptLog>,
+}

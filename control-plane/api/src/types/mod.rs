@@ -1,0 +1,37 @@
+//! Request and response bodies (JSON), by area.
+
+mod access;
+mod functions;
+mod jobs;
+mod nodes;
+
+use serde::{Deserialize, Serialize};
+
+pub use access::*;
+pub use functions::*;
+pub use jobs::*;
+pub use nodes::*;
+
+/// Header a replica sets on a request it forwards to the leader, so a
+/// request is forwarded at most once.
+pub const FORWARDED_HEADER: &str = "x-wasmgrid-forwarded";
+
+/// Header a node's gateway sets to the version that answered.
+pub const VERSION_HEADER: &str = "x-wasmgrid-version";
+
+/// Every error body: `{"error": {"code": ..., "message": ...}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The code and message of an error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `bad_request`, `not_found`, `conflict`,
+    /// `too_large`, `no_quorum`, `internal`, or a runtime error kind.
+    pub code: String,
+    /// For people.
+    pub message: String,
+}

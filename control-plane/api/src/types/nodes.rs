@@ -1,0 +1,288 @@
+//! Nodes: heartbeats and usage, the cluster, and the route table nodes serve.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+/// Whether a node is heard from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// Heartbeats arrive.
+    Alive,
+    /// No heartbeat for longer than the liveness timeout.
+    Down,
+    /// This leader has not heard from it yet (it was elected recently).
+    Unknown,
+}
+
+impl NodeState {
+    /// The lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeState::Alive => "alive",
+            NodeState::Down => "down",
+            NodeState::Unknown => "unknown",
+        }
+    }
+}
+
+/// A node as the control plane sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Its id.
+    pub id: String,
+    /// Its gateway URL.
+    pub address: String,
+    /// Whether it is heard from.
+    pub state: NodeState,
+    /// Milliseconds since its last heartbeat, if the leader has had one.
+    pub last_seen_ms: Option<u64>,
+    /// Calls running on it.
+    pub inflight: u64,
+    /// Calls it has served.
+    pub invocations: u64,
+    /// Modules it has compiled and ready (sha256).
+    pub warm: Vec<String>,
+    /// The route-table revision it serves.
+    pub revision: u64,
+    /// Its GPU adapter, if it has one.
+    #[serde(default)]
+    pub gpu: Option<String>,
+}
+
+/// `GET /v1/nodes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeList {
+    /// Sorted by id.
+    pub nodes: Vec<NodeInfo>,
+}
+
+/// `POST /v1/nodes/{id}/heartbeat`: a node says it is alive.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Its gateway URL.
+    pub address: String,
+    /// Calls running.
+    pub inflight: u64,
+    /// Calls served since it started.
+    pub invocations: u64,
+    /// Modules compiled and ready (sha256).
+    pub warm: Vec<String>,
+    /// The route-table revision it serves.
+    pub revision: u64,
+    /// Its GPU adapter, if it has one: functions deployed with
+    /// `gpu: required` run only on such nodes.
+    #[serde(default)]
+    pub gpu: Option<String>,
+    /// What each function served here used since the node started.
+    #[serde(default)]
+    pub usage: Vec<FunctionUsage>,
+}
+
+/// What one function's per-request calls used.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionUsage {
+    /// The tenant.
+    pub tenant: String,
+    /// The function.
+    pub function: String,
+    /// Calls answered (every status, refusals included).
+    pub calls: u64,
+    /// Calls answered with an error.
+    pub errors: u64,
+    /// Wall time from request to answer, in microseconds.
+    pub wall_us: u64,
+    /// CPU time the guest's calls took, in microseconds.
+    pub cpu_us: u64,
+    /// Time in `gpu` kernels, in microseconds.
+    pub gpu_us: u64,
+    /// Request body bytes.
+    pub bytes_in: u64,
+    /// Response body bytes.
+    pub bytes_out: u64,
+}
+
+impl FunctionUsage {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &FunctionUsage) {
+        self.calls += other.calls;
+        self.errors += other.errors;
+        self.wall_us += other.wall_us;
+        self.cpu_us += other.cpu_us;
+        self.gpu_us += other.gpu_us;
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+    }
+}
+
+/// What one per-request call logged, as a node keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallLog {
+    /// When it ended, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The version that served it.
+    pub version: u64,
+    /// What it logged and wrote, and its error.
+    #[serde(flatten)]
+    pub output: Excerpt,
+}
+
+/// What one invocation (a call, or a batch attempt) logged and wrote to
+/// stdout and stderr, and its error, cut to the node's per-invocation budget.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Excerpt {
+    /// Its error, if it failed.
+    pub error: Option<String>,
+    /// What it logged through the `log` interface.
+    pub lines: Vec<CallLogLine>,
+    /// Lines it logged past the budget.
+    pub dropped: u64,
+    /// What it wrote to stdout.
+    pub stdout: String,
+    /// What it wrote to stderr.
+    pub stderr: String,
+}
+
+/// One logged line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallLogLine {
+    /// `debug`, `info`, `warn` or `error`.
+    pub level: String,
+    /// The message.
+    pub message: String,
+}
+
+/// `GET /v1/logs/{tenant}/{name}` on a node: its latest calls that logged
+/// something or failed, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallLogs {
+    /// The tenant.
+    pub tenant: String,
+    /// The function.
+    pub function: String,
+    /// The calls.
+    pub calls: Vec<CallLog>,
+}
+
+/// What a tenant's batch jobs used.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobUsage {
+    /// Jobs submitted.
+    pub jobs: u64,
+    /// Their tasks (map and reduce).
+    pub tasks: u64,
+    /// Records read.
+    pub records_in: u64,
+    /// Bytes of input.
+    pub bytes_in: u64,
+    /// Rows written.
+    pub rows_out: u64,
+    /// Time in `gpu` kernels of winning attempts, in milliseconds.
+    pub gpu_ms: u64,
+}
+
+/// `GET /v1/usage`: what the caller's tenant used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// The tenant.
+    pub tenant: String,
+    /// Per function, summed over every node heard from since the control
+    /// plane's leader was elected (each node counts from its own start).
+    pub functions: Vec<FunctionUsage>,
+    /// Its batch jobs, all of them.
+    pub jobs: JobUsage,
+}
+
+/// The answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// The control plane's current route-table revision.
+    pub revision: u64,
+}
+
+/// One replica in [`ClusterStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its id.
+    pub id: u64,
+    /// Its URL.
+    pub url: String,
+    /// The highest log index the leader knows it holds (leader's view only).
+    pub matched: Option<u64>,
+    /// How far it is behind the leader's commit index (leader's view only).
+    pub lag: Option<u64>,
+}
+
+/// `GET /v1/cluster`: the answering replica's view of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The replica that answered.
+    pub id: u64,
+    /// `leader` or `follower`.
+    pub role: String,
+    /// The leader it knows of.
+    pub leader: Option<u64>,
+    /// The leader's URL.
+    pub leader_url: Option<String>,
+    /// The current term.
+    pub term: u64,
+    /// Highest committed log index.
+    pub commit: u64,
+    /// Highest applied log index.
+    pub applied: u64,
+    /// First index still in the log; entries before it live in the snapshot.
+    pub first_index: u64,
+    /// Snapshots this replica installed from the leader since it started.
+    pub snapshots_installed: u64,
+    /// Every replica.
+    pub members: Vec<Member>,
+}
+
+/// What a node serves for one function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// The tenant.
+    pub tenant: String,
+    /// The function.
+    pub name: String,
+    /// The active version.
+    pub version: u64,
+    /// Its module's sha256.
+    pub module: String,
+    /// Its world.
+    pub kind: String,
+    /// Memory limit per instance, in bytes.
+    pub memory: u64,
+    /// Time limit per call, in milliseconds.
+    pub timeout_ms: u64,
+    /// Config values.
+    pub config: BTreeMap<String, String>,
+    /// Whether it needs a node with a GPU.
+    #[serde(default)]
+    pub gpu: GpuPlacement,
+    /// Whether it is served without a token.
+    #[serde(default)]
+    pub public: bool,
+    /// Why its `gpu` calls are refused (its tenant used its GPU quota).
+    #[serde(default)]
+    pub gpu_refused: Option<String>,
+}
+
+/// `GET /v1/routes?since=N`: every function's active version, and the
+/// tokens the gateways accept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteTable {
+    /// Changes whenever the table may have changed (the applied log index).
+    pub revision: u64,
+    /// Sorted by tenant, then name.
+    pub routes: Vec<Route>,
+    /// Every live token, by hash (a node never sees a token itself).
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+    /// The per-node call quota of each tenant that has one.
+    #[serde(default)]
+    pub concurrency: BTreeMap<String, u64>,
+}

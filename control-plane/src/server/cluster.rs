@@ -1,0 +1,63 @@
+//! The replica's own endpoints: health, the cluster's status, Raft
+//! messages from peers, and the answers for unknown endpoints.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::State as Shared;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{Method, StatusCode};
+use axum::response::Response;
+use wasmgrid_api::*;
+
+use super::answer::*;
+use super::*;
+
+pub(super) async fn health(Shared(app): Shared<App>) -> Response {
+    json(StatusCode::OK, &serde_json::json!({ "status": "ok", "id": app.0.replica.id() }))
+}
+
+pub(super) async fn no_route(method: Method, uri: axum::http::Uri) -> Failure {
+    Failure::not_found(format!("no such endpoint: {method} {}", uri.path()))
+}
+
+pub(super) async fn wrong_method(method: Method, uri: axum::http::Uri) -> Failure {
+    Failure::new(StatusCode::METHOD_NOT_ALLOWED, "bad_request", format!("{method} is not allowed on {}", uri.path()))
+}
+
+pub(super) async fn cluster(Shared(app): Shared<App>) -> Response {
+    let status = app.status();
+    let progress: HashMap<u64, u64> = status.progress.iter().copied().collect();
+    let members = app
+        .0
+        .peers
+        .iter()
+        .map(|(&id, url)| {
+            let matched = progress.get(&id).copied();
+            Member { id, url: url.clone(), matched, lag: matched.map(|m| status.commit.saturating_sub(m)) }
+        })
+        .collect();
+    let leader = (status.leader != 0).then_some(status.leader);
+    let body = ClusterStatus {
+        id: status.id,
+        role: if status.is_leader { "leader" } else { "follower" }.into(),
+        leader,
+        leader_url: leader.and_then(|l| app.0.peers.get(&l).cloned()),
+        term: status.term,
+        commit: status.commit,
+        applied: status.applied,
+        first_index: status.first_index,
+        snapshots_installed: status.snapshots_installed,
+        members,
+    };
+    json(StatusCode::OK, &body)
+}
+
+pub(super) async fn raft(Shared(app): Shared<App>, body: Result<Bytes, BytesRejection>) -> Answer<StatusCode> {
+    let body = body.map_err(|r| rejected(r.status(), r.body_text()))?;
+    let messages = transport::decode(&body).map_err(|e| Failure::bad(format!("bad raft messages: {e}")))?;
+    for m in messages {
+        app.0.replica.step(m);
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,220 @@
+//! Leader forwarding: a follower sends requests that need the leader to it
+//! and relays the answer, and waits out an election under way.
+
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State as Shared};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use wasmgrid_api::*;
+
+use super::answer::*;
+use super::*;
+
+impl App {
+    pub(super) fn status(&self) -> Status {
+        self.0.replica.status()
+    }
+
+    /// The leader's id and URL, or `None` when this replica leads. Waits a
+    /// little for an election under way.
+    pub(super) async fn leader(&self) -> Answer<Option<(u64, String)>> {
+        let wait = self.0.request_timeout.min(Duration::from_secs(2));
+        if !self.0.replica.wait_for(wait, |s| s.leader != 0).await {
+            return Err(ProposeError::NoLeader.into());
+        }
+        let status = self.status();
+        if status.is_leader {
+            return Ok(None);
+        }
+        match self.0.peers.get(&status.leader) {
+            Some(url) => Ok(Some((status.leader, url.clone()))),
+            None => Err(Failure::internal(format!("the leader {} is not in --peers", status.leader))),
+        }
+    }
+
+    /// A function of `tenant` from this replica's state; 404 if it has none.
+    pub(super) fn function(&self, tenant: &str, name: String) -> Answer<Function> {
+        let f = self.0.replica.state().function(tenant, &name)?;
+        Ok(f.ok_or(StateError::FunctionNotFound { tenant: tenant.into(), name })?)
+    }
+
+    pub(super) async fn propose(&self, command: Command) -> Answer<Applied> {
+        Ok(self.0.replica.propose(command).await?)
+    }
+
+    pub(super) async fn barrier(&self) -> Answer<()> {
+        Ok(self.0.replica.read_barrier().await?)
+    }
+
+    /// A stored module's bytes: from this replica's state, after a read
+    /// barrier if it has not applied the upload yet; 404 if it was never stored.
+    pub(super) async fn module(&self, sha256: &str) -> Answer<Vec<u8>> {
+        let state = self.0.replica.state();
+        if let Some(bytes) = state.module(sha256)? {
+            return Ok(bytes);
+        }
+        self.barrier().await?;
+        Ok(state.module(sha256)?.ok_or_else(|| StateError::ModuleNotFound { sha256: sha256.into() })?)
+    }
+
+    /// Refuses a function that needs a GPU when no live node has one.
+    pub(super) fn require_gpu_node(&self, name: &str) -> Answer<()> {
+        let nodes = self.0.nodes.lock().map_err(poisoned)?;
+        let any = nodes.values().any(|(at, beat)| at.elapsed() < NODE_LIVENESS && beat.gpu.is_some());
+        if any {
+            return Ok(());
+        }
+        Err(Failure::new(
+            StatusCode::CONFLICT,
+            "no_gpu_node",
+            format!(
+                "function `{name}` requires a GPU, and no live node has one (start a node with a GPU, or deploy with `--gpu preferred` to run anywhere)"
+            ),
+        ))
+    }
+
+    /// The world of a stored module: from memory, else by reading it.
+    pub(super) async fn kind_of(&self, sha256: &str) -> Answer<&'static str> {
+        if let Some(kind) = self.0.kinds.lock().map_err(poisoned)?.get(sha256) {
+            return Ok(kind);
+        }
+        let bytes = self.module(sha256).await?;
+        let kind = crate::module::inspect(&bytes).map_err(|e| Failure::internal(format!("stored module: {e}")))?;
+        self.0.kinds.lock().map_err(poisoned)?.insert(sha256.to_string(), kind);
+        Ok(kind)
+    }
+}
+
+/// Sends requests that need the leader to it, when this replica is not it.
+/// A leader that cannot be reached (it just died) is waited out: the
+/// request goes to whichever replica is elected next, within the request
+/// timeout.
+pub(super) async fn to_leader(Shared(app): Shared<App>, request: Request, next: Next) -> Response {
+    if let Some(refused) = app.certificate_refusal(&request) {
+        return refused.into_response();
+    }
+    let path = request.uri().path();
+    // Node heartbeats (liveness, usage) live in the leader's memory only.
+    let needs_leader =
+        (request.method() != Method::GET && path != "/v1/raft") || path == "/v1/nodes" || path == "/v1/usage";
+    if !needs_leader {
+        return next.run(request).await;
+    }
+    let deadline = Instant::now() + app.0.request_timeout;
+    let (id, url) = match app.leader().await {
+        Ok(None) => return next.run(request).await,
+        Ok(Some(leader)) => leader,
+        Err(e) => return e.into_response(),
+    };
+    if request.headers().contains_key(FORWARDED_HEADER) {
+        return no_quorum(format!(
+            "no quorum: replica {} is not the leader and the request was already forwarded once",
+            app.0.replica.id()
+        ))
+        .into_response();
+    }
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_MODULE_BYTES + (1 << 20)).await {
+        Ok(b) => b,
+        Err(_) => {
+            let message = format!("the body is over the limit of {MAX_MODULE_BYTES} bytes");
+            return Failure::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message).into_response();
+        }
+    };
+    let mut leader = (id, url);
+    loop {
+        let failure = match forward(&app, leader.0, &leader.1, &parts, body.clone()).await {
+            Ok(response) => return response,
+            Err(Unreached::Maybe(failure)) => return failure.into_response(),
+            Err(Unreached::Never(failure)) => failure,
+        };
+        // The leader is gone and never saw the request: wait for the next
+        // one and try it. (A request that may have reached it is not sent
+        // twice: a deploy must not make two versions.)
+        let gone = leader.0;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || !app.0.replica.wait_for(left, |s| s.leader != 0 && s.leader != gone).await {
+            return failure.into_response();
+        }
+        match app.leader().await {
+            Ok(None) => return next.run(Request::from_parts(parts, Body::from(body))).await,
+            Ok(Some(l)) => leader = l,
+            Err(e) => return e.into_response(),
+        }
+    }
+}
+
+/// Why a forwarded request got no answer.
+pub(super) enum Unreached {
+    /// The connection failed: the leader never saw the request.
+    Never(Failure),
+    /// It failed later: the leader may have acted on it.
+    Maybe(Failure),
+}
+
+/// Relays a request to the leader. Fails only when the leader cannot be
+/// reached; any answer it gives, errors included, is relayed.
+pub(super) async fn forward(
+    app: &App,
+    leader: u64,
+    url: &str,
+    parts: &axum::http::request::Parts,
+    body: Bytes,
+) -> Result<Response, Unreached> {
+    let path = parts.uri.path_and_query().map_or(parts.uri.path(), |p| p.as_str());
+    let mut outgoing = app
+        .0
+        .http
+        .request(parts.method.clone(), format!("{url}{path}"))
+        .header(FORWARDED_HEADER, app.0.replica.id().to_string())
+        .body(body);
+    if parts.method == Method::POST && parts.uri.path().starts_with("/v1/functions/") {
+        // A deploy runs the version's `init` on the leader first: a compile
+        // and a run, each bounded on its own.
+        outgoing = outgoing.timeout(DEPLOY_TIMEOUT);
+    }
+    for name in [header::CONTENT_TYPE, header::AUTHORIZATION, header::HeaderName::from_static(TENANT_HEADER)] {
+        if let Some(value) = parts.headers.get(&name) {
+            outgoing = outgoing.header(name, value);
+        }
+    }
+    let answer = outgoing.send().await.map_err(|e| {
+        let failure = no_quorum(format!("no quorum: the leader (replica {leader} at {url}) cannot be reached: {e}"));
+        if e.is_connect() { Unreached::Never(failure) } else { Unreached::Maybe(failure) }
+    })?;
+    let status = answer.status();
+    let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+    let bytes = answer.bytes().await.map_err(|e| {
+        Unreached::Maybe(no_quorum(format!("no quorum: the leader (replica {leader}) stopped answering: {e}")))
+    })?;
+    let mut response = Response::new(Body::from(bytes));
+    *response.status_mut() = status;
+    if let Some(ct) = content_type {
+        response.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    Ok(response)
+}
+
+/// Records when this replica becomes leader (node liveness starts over).
+pub(super) async fn watch_leadership(app: App) {
+    let mut rx = app.0.replica.subscribe();
+    let mut leading = false;
+    loop {
+        let now_leading = rx.borrow_and_update().is_leader;
+        if now_leading != leading {
+            leading = now_leading;
+            if let Ok(mut since) = app.0.leader_since.lock() {
+                *since = leading.then(Instant::now);
+            }
+            if let Ok(mut nodes) = app.0.nodes.lock() {
+                nodes.clear();
+            }
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Modules and functions: upload and download, deploy, list, show, roll
+//! back and delete.
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection};
+use axum::extract::{Extension, Path, State as Shared};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use wasmgrid_api::*;
+
+use super::answer::*;
+use super::*;
+
+pub(super) async fn upload_module(
+    Shared(app): Shared<App>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer<Response> {
+    let bytes = body.map_err(|r| rejected(r.status(), r.body_text()))?;
+    if bytes.len() > MAX_MODULE_BYTES {
+        return Err(StateError::ModuleTooLarge { size: bytes.len(), limit: MAX_MODULE_BYTES }.into());
+    }
+    let kind = crate::module::inspect(&bytes).map_err(|e| Failure::bad(e.0))?;
+    crate::module::check_pool_limits(&bytes)
+        .map_err(|message| Failure::new(StatusCode::UNPROCESSABLE_ENTITY, "over_limits", message))?;
+    let sha256 = sha256_hex(&bytes);
+    let size = bytes.len() as u64;
+    let state = app.0.replica.state();
+    if let Some(limit) = app.quotas(&caller.tenant)?.module_bytes
+        && !state.owns_module(&caller.tenant, &sha256)?
+    {
+        let stored = state.module_bytes(&caller.tenant)?;
+        if stored + size > limit {
+            let message = format!("storing this {size}-byte module would make {} bytes of modules", stored + size);
+            return Err(quota(&caller.tenant, "module_bytes", limit, message));
+        }
+    }
+    let command = Command::PutModule { tenant: caller.tenant, sha256: sha256.clone(), bytes: bytes.to_vec() };
+    let applied = app.propose(command).await?;
+    app.0.kinds.lock().map_err(poisoned)?.insert(sha256.clone(), kind);
+    let existed = matches!(applied, Applied::ModuleStored { existed: true, .. });
+    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    Ok(json(status, &ModuleInfo { sha256, size, kind: kind.into(), existed }))
+}
+
+pub(super) async fn download_module(
+    Shared(app): Shared<App>,
+    Extension(caller): Extension<Caller>,
+    sha256: Result<Path<String>, PathRejection>,
+) -> Answer<Response> {
+    let Path(sha256) = sha256.map_err(|r| Failure::bad(r.body_text()))?;
+    if !is_sha256(&sha256) {
+        return Err(Failure::bad(format!("`{sha256}` is not a sha256 (64 lowercase hex digits)")));
+    }
+    // A tenant reads back only its own uploads; nodes and the admin read any.
+    if matches!(caller.role, Role::Full | Role::ReadOnly) {
+        app.barrier().await?;
+        if !app.0.replica.state().owns_module(&caller.tenant, &sha256)? {
+            return Err(StateError::ModuleNotFound { sha256 }.into());
+        }
+    }
+    let bytes = app.module(&sha256).await?;
+    let mut response = Response::new(Body::from(bytes));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/wasm"));
+    Ok(response)
+}
+
+pub(super) fn version_info(v: &Version) -> VersionInfo {
+    VersionInfo {
+        version: v.version,
+        module: v.module.clone(),
+        kind: v.spec.kind.clone(),
+        memory: v.spec.memory,
+        timeout_ms: v.spec.timeout_ms,
+        config: v.spec.config.clone(),
+        gpu: v.spec.gpu,
+        public: v.spec.public,
+        created_at: v.created_at,
+    }
+}
+
+pub(super) fn summary(f: &Function) -> FunctionSummary {
+    let active = f.active_version();
+    FunctionSummary {
+        tenant: f.tenant.clone(),
+        name: f.name.clone(),
+        active: f.active,
+        versions: f.versions.len() as u64,
+        kind: active.map(|v| v.spec.kind.clone()).unwrap_or_default(),
+        module: active.map(|v| v.module.clone()).unwrap_or_default(),
+    }
+}
+
+/// 64 lowercase hex digits, as sha256 names are written.
+pub(super) fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+pub(super) fn check_spec(request: &DeployRequest) -> Answer<()> {
+    let module = &request.module;
+    if !is_sha256(module) {
+        return Err(Failure::bad(format!("`module` must be a sha256 (64 lowercase hex digits), not `{module}`")));
+    }
+    if let Some(memory) = request.memory
+        && !(1 << 20..=MAX_MEMORY).contains(&memory)
+    {
+        return Err(Failure::bad(format!("`memory` must be between 1 MiB and 4 GiB, not {memory} bytes")));
+    }
+    if let Some(timeout) = request.timeout_ms
+        && !(1..=MAX_TIMEOUT_MS).contains(&timeout)
+    {
+        return Err(Failure::bad(format!("`timeout_ms` must be between 1 and {MAX_TIMEOUT_MS}, not {timeout}")));
+    }
+    let size: usize = request.config.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > MAX_CONFIG_BYTES {
+        return Err(Failure::bad(format!("config is {size} bytes, over the limit of {MAX_CONFIG_BYTES}")));
+    }
+    if let Some(key) = request.config.keys().find(|k| k.is_empty() || k.len() > 256) {
+        return Err(Failure::bad(format!("config key `{key}` must be 1 to 256 bytes")));
+    }
+    Ok(())
+}
+
+pub(super) async fn deploy(
+    Shared(app): Shared<App>,
+    Extension(caller): Extension<Caller>,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<axum::Json<DeployRequest>, JsonRejection>,
+) -> Answer<Response> {
+    let name = path_name(name)?;
+    let request = json_body(body)?;
+    check_spec(&request)?;
+    let tenant = caller.tenant;
+    app.barrier().await?;
+    if !app.0.replica.state().owns_module(&tenant, &request.module)? {
+        return Err(StateError::ModuleNotFound { sha256: request.module }.into());
+    }
+    let kind = app.kind_of(&request.module).await?;
+    if request.gpu == GpuPlacement::Required {
+        app.require_gpu_node(&name)?;
+    }
+    let state = app.0.replica.state();
+    if let Some(current) = state.function(&tenant, &name)?.as_ref().and_then(|f| f.active_version().cloned())
+        && current.spec.kind != kind
+    {
+        return Err(Failure::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "function `{name}` is a {}, and this module is a {kind}; remove the function first to change its kind",
+                current.spec.kind
+            ),
+        ));
+    }
+    let quotas = app.quotas(&tenant)?;
+    let memory = request.memory.unwrap_or(DEFAULT_MEMORY);
+    if let Some(limit) = quotas.memory
+        && memory > limit
+    {
+        return Err(quota(&tenant, "memory", limit, format!("a memory limit of {memory} bytes")));
+    }
+    if let Some(limit) = quotas.functions
+        && state.function(&tenant, &name)?.is_none()
+    {
+        let count = state.functions(&tenant)?.len() as u64;
+        if count >= limit {
+            return Err(quota(&tenant, "functions", limit, format!("a new function besides its {count}")));
+        }
+    }
+    if let Some(check) = app.0.init_check.clone() {
+        let bytes = app.module(&request.module).await?;
+        let config = request.config.clone();
+        let checked = tokio::task::spawn_blocking(move || check.check(&bytes, &config, memory)).await;
+        checked
+            .map_err(|e| Failure::internal(format!("the init check stopped: {e}")))?
+            .map_err(|e| Failure::new(StatusCode::UNPROCESSABLE_ENTITY, "init_failed", e.to_string()))?;
+    }
+    let spec = FunctionSpec {
+        kind: kind.into(),
+        memory,
+        timeout_ms: request.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+        config: request.config,
+        gpu: request.gpu,
+        public: request.public,
+    };
+    let command = Command::Deploy { tenant: tenant.clone(), name: name.clone(), module: request.module.clone(), spec };
+    let Applied::Deployed { version } = app.propose(command).await? else {
+        return Err(Failure::internal("the deploy applied as something else"));
+    };
+    let versions = state.function(&tenant, &name)?.map_or(version, |f| f.versions.len() as u64);
+    let summary =
+        FunctionSummary { tenant, name, active: version, versions, kind: kind.into(), module: request.module };
+    Ok(json(StatusCode::CREATED, &summary))
+}
+
+pub(super) async fn list_functions(Shared(app): Shared<App>, Extension(caller): Extension<Caller>) -> Answer<Response> {
+    app.barrier().await?;
+    let functions = app.0.replica.state().functions(&caller.tenant)?;
+    Ok(json(StatusCode::OK, &FunctionList { functions: functions.iter().map(summary).collect() }))
+}
+
+pub(super) async fn show_function(
+    Shared(app): Shared<App>,
+    Extension(caller): Extension<Caller>,
+    name: Result<Path<String>, PathRejection>,
+) -> Answer<Response> {
+    let name = path_name(name)?;
+    app.barrier().await?;
+    let f = app.function(&caller.tenant, name)?;
+    let info = FunctionInfo {
+        tenant: f.tenant.clone(),
+        name: f.name.clone(),
+        active: f.active,
+        versions: f.versions.iter().map(version_info).collect(),
+    };
+    Ok(json(StatusCode::OK, &info))
+}
+
+pub(super) async fn rollback(
+    Shared(app): Shared<App>,
+    Extension(caller): Extension<Caller>,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<axum::Json<RollbackRequest>, JsonRejection>,
+) -> Answer<Response> {
+    let name = path_name(name)?;
+    let request = json_body(body)?;
+    let tenant = caller.tenant;
+    app.propose(Command::Rollback { tenant: tenant.clone(), name: name.clone(), version: request.version }).await?;
+    Ok(json(StatusCode::OK, &summary(&app.function(&tenant, name)?)))
+}
+
+pub(super) async fn delete_function(
+    Shared(app): Shared<App>,
+    Extension(caller): Extension<Caller>,
+    name: Result<Path<String>, PathRejection>,
+) -> Answer<Response> {
+    let name = path_name(name)?;
+    let tenant = caller.tenant;
+    let before = app.0.replica.state().function(&tenant, &name)?;
+    app.propose(Command::Delete { tenant: tenant.clone(), name: name.clone() }).await?;
+    let gone = before.map(|f| summary(&f)).unwrap_or(FunctionSummary {
+        tenant,
+        name,
+        active: 0,
+        versions: 0,
+        kind: String::new(),
+        module: String::new(),
+    });
+    Ok(json(StatusCode::OK, &gone))
+}

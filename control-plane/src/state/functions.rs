@@ -1,0 +1,65 @@
+//! Commands on modules, functions and nodes, applied inside the state's
+//! transaction.
+
+use sled::transaction::ConflictableTransactionResult;
+
+use super::model::*;
+use super::{Tx, abort};
+
+/// Applies a module, function or node command.
+pub(super) fn apply(tx: &Tx<'_>, command: &Command) -> ConflictableTransactionResult<Result<Applied>, StateError> {
+    let Tx { modules, functions, nodes, access, index } = *tx;
+    Ok(match command {
+        Command::PutModule { tenant, .. } | Command::Deploy { tenant, .. } if !tx.tenant_exists(tenant)? => {
+            Err(StateError::TenantNotFound { name: tenant.clone() })
+        }
+        Command::PutModule { tenant, sha256, bytes, .. } => {
+            // `existed` is the tenant's own view: whether another tenant
+            // stored the same bytes is none of its business.
+            let existed = access.insert(owner_key(tenant, sha256), &[])?.is_some();
+            if modules.get(sha256.as_bytes())?.is_none() {
+                modules.insert(sha256.as_bytes(), bytes.as_slice())?;
+            }
+            Ok(Applied::ModuleStored { sha256: sha256.clone(), existed })
+        }
+        Command::Deploy { tenant, name, module, spec } => {
+            if modules.get(module.as_bytes())?.is_none() || access.get(owner_key(tenant, module))?.is_none() {
+                return Ok(Err(StateError::ModuleNotFound { sha256: module.clone() }));
+            }
+            let key = function_key(tenant, name);
+            let mut f = match functions.get(&key)? {
+                Some(v) => decode::<Function>(&v).map_err(abort)?,
+                None => Function { tenant: tenant.clone(), name: name.clone(), versions: Vec::new(), active: 0 },
+            };
+            let version = f.versions.last().map_or(1, |v| v.version + 1);
+            f.versions.push(Version { version, module: module.clone(), spec: spec.clone(), created_at: index });
+            f.active = version;
+            functions.insert(key, encode(&f).map_err(abort)?)?;
+            Ok(Applied::Deployed { version })
+        }
+        Command::Rollback { tenant, name, version } => {
+            let key = function_key(tenant, name);
+            let Some(v) = functions.get(&key)? else {
+                return Ok(Err(StateError::FunctionNotFound { tenant: tenant.clone(), name: name.clone() }));
+            };
+            let mut f = decode::<Function>(&v).map_err(abort)?;
+            if !f.versions.iter().any(|v| v.version == *version) {
+                let (tenant, name, version) = (tenant.clone(), name.clone(), *version);
+                return Ok(Err(StateError::VersionNotFound { tenant, name, version }));
+            }
+            f.active = *version;
+            functions.insert(key, encode(&f).map_err(abort)?)?;
+            Ok(Applied::RolledBack { version: *version })
+        }
+        Command::Delete { tenant, name } => match functions.remove(function_key(tenant, name))? {
+            Some(_) => Ok(Applied::Deleted),
+            None => Err(StateError::FunctionNotFound { tenant: tenant.clone(), name: name.clone() }),
+        },
+        Command::RegisterNode { id, address } => {
+            let record = NodeRecord { id: id.clone(), address: address.clone(), registered_at: index };
+            nodes.insert(id.as_bytes(), encode(&record).map_err(abort)?)?;
+            Ok(Applied::NodeRegistered)
+        }
+        other => Err(StateError::Storage(format!("not a function command: {other:?}"))),
+    })
+}

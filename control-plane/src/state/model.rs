@@ -1,0 +1,296 @@
+//! What the state machine holds and is told: records, commands, their
+//! outcomes and errors, and how records are keyed and encoded.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use wasmgrid_api::{Quotas, Role};
+
+use super::jobs::JobCommand;
+pub use super::outcome::*;
+
+/// The tenant that always exists: an admin token acts on it unless it
+/// names another.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// Largest module the state accepts, in bytes.
+pub const MAX_MODULE_BYTES: usize = 64 << 20;
+
+/// How one version of a function runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionSpec {
+    /// The component's world: "scorer", "mapper" or "reducer".
+    pub kind: String,
+    /// Memory limit per instance, in bytes.
+    pub memory: u64,
+    /// Time limit per call, in milliseconds.
+    pub timeout_ms: u64,
+    /// Config values the function sees.
+    pub config: BTreeMap<String, String>,
+    /// Whether it needs a node with a GPU.
+    #[serde(default)]
+    pub gpu: wasmgrid_api::GpuPlacement,
+    /// Whether the gateways serve it without a token.
+    #[serde(default)]
+    pub public: bool,
+}
+
+/// One immutable version of a function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// Numbered from 1.
+    pub version: u64,
+    /// The sha256 of its module.
+    pub module: String,
+    /// How it runs.
+    pub spec: FunctionSpec,
+    /// The log index that created it.
+    pub created_at: u64,
+}
+
+/// A function: its versions and which one serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Function {
+    /// Its tenant.
+    pub tenant: String,
+    /// Its name.
+    pub name: String,
+    /// Every version, oldest first.
+    pub versions: Vec<Version>,
+    /// The version that serves.
+    pub active: u64,
+}
+
+impl Function {
+    /// The version that serves.
+    pub fn active_version(&self) -> Option<&Version> {
+        self.versions.iter().find(|v| v.version == self.active)
+    }
+}
+
+/// A change to the state, as the consensus log carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Stores a module under its sha256 (once, however many functions use
+    /// it) and records that `tenant` uploaded it: a tenant deploys only
+    /// modules it uploaded.
+    PutModule {
+        /// The uploader.
+        tenant: String,
+        /// The sha256 of `bytes`, hex.
+        sha256: String,
+        /// The component. Encoded as one byte string, not a sequence of
+        /// numbers: decoding a large module byte by byte took seconds.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// Adds a version to a function (creating it) and makes it active.
+    Deploy {
+        /// The tenant.
+        tenant: String,
+        /// The function.
+        name: String,
+        /// The sha256 of a stored module.
+        module: String,
+        /// How it runs.
+        spec: FunctionSpec,
+    },
+    /// Makes an earlier version active again.
+    Rollback {
+        /// The tenant.
+        tenant: String,
+        /// The function.
+        name: String,
+        /// The version to serve.
+        version: u64,
+    },
+    /// Removes a function and all its versions (modules stay).
+    Delete {
+        /// The tenant.
+        tenant: String,
+        /// The function.
+        name: String,
+    },
+    /// Adds a node to the registry, or records its new address.
+    RegisterNode {
+        /// The node's id.
+        id: String,
+        /// Its gateway URL.
+        address: String,
+    },
+    /// A batch job command.
+    Job(JobCommand),
+    /// Adds a tenant.
+    CreateTenant {
+        /// Its name.
+        name: String,
+        /// What it may use.
+        quotas: Quotas,
+    },
+    /// Marks a tenant as having used its GPU quota, or not any more.
+    GpuExhausted {
+        /// The tenant.
+        name: String,
+        /// Whether its `gpu` calls are refused.
+        exhausted: bool,
+    },
+    /// Replaces a tenant's quotas.
+    SetQuotas {
+        /// The tenant.
+        name: String,
+        /// What it may use from now on.
+        quotas: Quotas,
+    },
+    /// Removes a tenant, its functions, its tokens and its module uploads
+    /// (its jobs stay, as history).
+    DeleteTenant {
+        /// Its name.
+        name: String,
+    },
+    /// Stores a token by its hash.
+    CreateToken {
+        /// The sha256 of the token, hex.
+        sha256: String,
+        /// Its tenant; none for a node token.
+        tenant: Option<String>,
+        /// What it may do.
+        role: Role,
+    },
+    /// Forgets a token.
+    RevokeToken {
+        /// The sha256 of the token, hex.
+        sha256: String,
+    },
+}
+
+/// A tenant in the state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantRecord {
+    /// Its name.
+    pub name: String,
+    /// The log index that created it (0 for `default`).
+    pub created_at: u64,
+    /// What it may use.
+    #[serde(default)]
+    pub quotas: Quotas,
+    /// Whether it has used its GPU quota: its `gpu` calls are refused.
+    #[serde(default)]
+    pub gpu_exhausted: bool,
+}
+
+impl TenantRecord {
+    /// `default` as it is until its quotas are set: no limits.
+    pub(super) fn default_tenant() -> TenantRecord {
+        TenantRecord { name: DEFAULT_TENANT.into(), created_at: 0, quotas: Quotas::default(), gpu_exhausted: false }
+    }
+}
+
+/// A token in the state, stored under its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// The sha256 of the token, hex.
+    pub sha256: String,
+    /// Its tenant; none for a node token.
+    pub tenant: Option<String>,
+    /// What it may do.
+    pub role: Role,
+    /// The log index that created it.
+    pub created_at: u64,
+}
+
+/// A node in the registry. Liveness is not here: heartbeats stay in the
+/// leader's memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Its id.
+    pub id: String,
+    /// Its gateway URL.
+    pub address: String,
+    /// The log index that registered it (or last changed its address).
+    pub registered_at: u64,
+}
+
+impl Command {
+    /// Whether applying it changes the route table.
+    pub fn changes_routes(&self) -> bool {
+        matches!(
+            self,
+            Command::Deploy { .. }
+                | Command::Rollback { .. }
+                | Command::Delete { .. }
+                | Command::DeleteTenant { .. }
+                | Command::CreateToken { .. }
+                | Command::RevokeToken { .. }
+                | Command::SetQuotas { .. }
+                | Command::GpuExhausted { .. }
+        )
+    }
+}
+
+/// Checks a tenant or function name: 1 to 63 characters of `a-z`, `0-9`,
+/// `-`, `_` and `.`, starting with a letter or digit, with no `..`. Names
+/// become URL path segments and file names, so nothing else is allowed.
+pub fn validate_name(name: &str) -> Result<()> {
+    wasmgrid_api::check_name(name).map_err(|reason| StateError::InvalidName { name: name.to_string(), reason })
+}
+
+/// The sha256 of `bytes`, hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+pub(super) fn tenant_key(name: &str) -> Vec<u8> {
+    format!("tenant/{name}").into_bytes()
+}
+
+pub(super) fn token_key(sha256: &str) -> Vec<u8> {
+    format!("token/{sha256}").into_bytes()
+}
+
+pub(super) fn owner_key(tenant: &str, sha256: &str) -> Vec<u8> {
+    format!("owner/{tenant}/{sha256}").into_bytes()
+}
+
+pub(super) fn function_key(tenant: &str, name: &str) -> Vec<u8> {
+    // Names cannot contain '/', so the key is unambiguous and sorts by tenant.
+    format!("{tenant}/{name}").into_bytes()
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| StateError::Storage(e.to_string()))
+}
+
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StateError::Storage(format!("corrupt record: {e}")))
+}
+
+/// The checks a command must pass before it touches storage.
+pub(super) fn precheck(command: &Command) -> Result<()> {
+    match command {
+        Command::PutModule { tenant, sha256, bytes } => {
+            validate_name(tenant)?;
+            if bytes.len() > MAX_MODULE_BYTES {
+                return Err(StateError::ModuleTooLarge { size: bytes.len(), limit: MAX_MODULE_BYTES });
+            }
+            let actual = sha256_hex(bytes);
+            if &actual != sha256 {
+                return Err(StateError::ChecksumMismatch { expected: sha256.clone(), actual });
+            }
+            Ok(())
+        }
+        Command::Deploy { tenant, name, .. }
+        | Command::Rollback { tenant, name, .. }
+        | Command::Delete { tenant, name } => {
+            validate_name(tenant)?;
+            validate_name(name)
+        }
+        Command::RegisterNode { id, .. } => validate_name(id),
+        Command::CreateTenant { name, .. }
+        | Command::DeleteTenant { name }
+        | Command::SetQuotas { name, .. }
+        | Command::GpuExhausted { name, .. } => validate_name(name),
+        Command::CreateToken { tenant: Some(tenant), .. } => validate_name(tenant),
+        Command::Job(_) | Command::CreateToken { .. } | Command::RevokeToken { .. } => Ok(()),
+    }
+}

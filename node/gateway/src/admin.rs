@@ -1,0 +1,55 @@
+//! The node's own endpoints: health, the routes it serves, and what its
+//! calls and batch attempts logged.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::HeaderMap;
+use wasmgrid_api::{Answer, AttemptLogs, CallLogs, Failure, Route, RouteTable};
+
+use crate::{Gateway, not_deployed_message};
+
+/// `GET /v1/health`: open to anyone.
+pub(crate) async fn health(State(gateway): State<Arc<Gateway>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok", "revision": gateway.revision() }))
+}
+
+/// `GET /v1/routes`: the route table served here, for the admin and nodes.
+pub(crate) async fn served_routes(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Answer<Json<RouteTable>> {
+    gateway.operator(&headers)?;
+    let mut routes: Vec<Route> = gateway.table().values().map(|s| s.route.clone()).collect();
+    routes.sort_by(|a, b| (&a.tenant, &a.name).cmp(&(&b.tenant, &b.name)));
+    Ok(Json(RouteTable { revision: gateway.revision(), routes, grants: Vec::new(), concurrency: BTreeMap::new() }))
+}
+
+/// The latest calls' logs of `tenant/name` on this node: for the admin,
+/// and the tenant's `full` and `read-only` tokens. Another tenant's
+/// function is a 404, as for one this node never served.
+pub(crate) async fn call_logs(
+    State(gateway): State<Arc<Gateway>>,
+    UrlPath((tenant, name)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> Answer<Json<CallLogs>> {
+    let hidden = || not_deployed_message(&tenant, &name);
+    gateway.log_reader(&headers, &tenant, hidden)?;
+    let meter = gateway.meters.lock().ok().and_then(|m| m.get(&(tenant.clone(), name.clone())).cloned());
+    let meter = meter.ok_or_else(|| Failure::not_found(hidden()))?;
+    let calls = meter.logs.lock().map(|l| l.iter().cloned().collect()).unwrap_or_default();
+    Ok(Json(CallLogs { tenant, function: name, calls }))
+}
+
+/// What the latest attempts of `tenant`'s job `id` on this node logged,
+/// for the same tokens as [`call_logs`]. A job with no attempt that logged
+/// here, or another tenant's, is a 404.
+pub(crate) async fn attempt_logs(
+    State(gateway): State<Arc<Gateway>>,
+    UrlPath((tenant, job)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> Answer<Json<AttemptLogs>> {
+    let not_here = || format!("no attempt of job `{job}` logged anything on this node");
+    gateway.log_reader(&headers, &tenant, not_here)?;
+    let attempts = gateway.job_logs.get(&tenant, &job).ok_or_else(|| Failure::not_found(not_here()))?;
+    Ok(Json(AttemptLogs { tenant, job, attempts }))
+}

@@ -1,0 +1,120 @@
+//! The task executor `wasmgrid run` and the grid's workers share: one map
+//! task (a scorer over every batch of a partition, or a mapper run once)
+//! and one reduce task (the reducer over each key of a partition's pairs).
+//! Where the output goes, and what is kept of it, is the caller's.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmgrid_data::pairs::Pairs;
+use wasmgrid_data::{OutputWriter, PartitionReader};
+use wasmgrid_runtime::{Captured, Error, Function, Instance, Io, Kind, Limits, Result};
+
+/// Config values a function's calls see.
+pub type Config = Arc<BTreeMap<String, String>>;
+
+/// How a task's calls run.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    /// Limits of each call.
+    pub limits: &'a Limits,
+    /// The config values.
+    pub config: &'a Config,
+}
+
+/// What one map task made.
+#[derive(Debug)]
+pub struct Mapped {
+    /// The output rows (a scorer's always; a mapper's when it wrote any or
+    /// was given a writer), not yet finished.
+    pub output: Option<OutputWriter>,
+    /// Pairs a mapper emitted.
+    pub pairs: Pairs,
+    /// Input records read.
+    pub records_in: u64,
+    /// Time its `gpu` calls took.
+    pub gpu_time: Duration,
+}
+
+/// Runs one map task over `reader`: a scorer scores it `batch_rows` rows at a
+/// time into `writer`; a mapper runs once with both (`index` is its
+/// partition). What the guest logged goes to `captured`, failed or not.
+pub fn map(
+    function: &Function,
+    call: Call<'_>,
+    index: u32,
+    mut reader: PartitionReader,
+    mut writer: OutputWriter,
+    batch_rows: usize,
+    captured: &mut Captured,
+) -> Result<Mapped> {
+    match function.kind() {
+        Kind::Scorer => {
+            let instance = function.instantiate(call.limits, call.config.clone(), Io::default())?;
+            let gpu_time = observed(instance, captured, |instance| {
+                while let Some(batch) = reader.next_batch(batch_rows)? {
+                    writer.write_batch(&instance.score_arrow(&batch)?)?;
+                }
+                Ok(())
+            })?
+            .1
+            .gpu_time;
+            Ok(Mapped { output: Some(writer), pairs: Pairs::default(), records_in: reader.records(), gpu_time })
+        }
+        Kind::Mapper => {
+            let io = Io { input: Some(reader), output: Some(writer) };
+            let instance = function.instantiate(call.limits, call.config.clone(), io)?;
+            let ((), finished) = observed(instance, captured, |instance| instance.run(index))?;
+            Ok(Mapped {
+                output: finished.output,
+                pairs: finished.pairs,
+                records_in: finished.records_read,
+                gpu_time: finished.gpu_time,
+            })
+        }
+        kind @ (Kind::Reducer | Kind::Http) => {
+            Err(Error::WrongKind { expected: "scorer or mapper", actual: kind.name() })
+        }
+    }
+}
+
+/// Runs one reduce task: groups `inputs` by key and writes the reducer's
+/// record for each key, in sorted key order, to `writer`. Returns the
+/// number of keys.
+pub fn reduce(
+    function: &Function,
+    call: Call<'_>,
+    inputs: &[Pairs],
+    writer: &mut OutputWriter,
+    captured: &mut Captured,
+) -> Result<u64> {
+    if function.kind() != Kind::Reducer {
+        return Err(Error::WrongKind { expected: "reducer", actual: function.kind().name() });
+    }
+    let groups = wasmgrid_data::pairs::group(inputs);
+    if groups.is_empty() {
+        return Ok(0);
+    }
+    let instance = function.instantiate(call.limits, call.config.clone(), Io::default())?;
+    observed(instance, captured, |instance| {
+        for (key, values) in &groups {
+            writer.write_record(&instance.reduce(key, values)?)?;
+        }
+        Ok(())
+    })?;
+    Ok(groups.len() as u64)
+}
+
+/// Runs `body` with `instance`, then keeps the guest's output in `captured`
+/// whether or not `body` failed.
+fn observed<T>(
+    mut instance: Instance,
+    captured: &mut Captured,
+    body: impl FnOnce(&mut Instance) -> Result<T>,
+) -> Result<(T, wasmgrid_runtime::Finished)> {
+    let result = body(&mut instance);
+    let mut finished = instance.finish();
+    *captured = std::mem::take(&mut finished.captured);
+    result.map(|t| (t, finished))
+}

@@ -1,0 +1,107 @@
+//! Init once, call fresh, at the runtime: `load_version` runs a component's
+//! `init` once per (module, config), every instance starts from the memory
+//! it left, the image is kept in the compiled cache, and a failing `init`
+//! fails the load with its message.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use wasmgrid_runtime::bindings::{Batch, Column, Field};
+use wasmgrid_runtime::{Error, Limits, Runtime, RuntimeConfig};
+use wasmgrid_runtime::{Io, RuntimeStats};
+use wasmgrid_test_artifacts as guests;
+
+fn runtime(cache: Option<&Path>) -> Runtime {
+    let config = RuntimeConfig { cache_dir: cache.map(Path::to_path_buf), instance_slots: 4, ..Default::default() };
+    Runtime::new(config).expect("runtime starts")
+}
+
+fn config(pairs: &[(&str, &str)]) -> Arc<BTreeMap<String, String>> {
+    Arc::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+}
+
+fn limits() -> Limits {
+    Limits { memory: 32 << 20, ..Limits::default() }
+}
+
+fn bytes() -> Vec<u8> {
+    std::fs::read(guests::INIT_STATE).expect("init-state component")
+}
+
+/// One call in a fresh instance: (start, calls, held_mib).
+fn call(rt: &Runtime, config: &Arc<BTreeMap<String, String>>) -> (f64, f64, f64) {
+    let f = rt.load_version(&bytes(), config, &limits()).expect("loads");
+    assert!(f.initialized());
+    let mut i = f.instantiate(&limits(), config.clone(), Io::default()).expect("instantiates");
+    let rows = Batch { rows: 1, fields: vec![Field { name: "x".into(), values: Column::F64(vec![1.0]), valid: None }] };
+    let out = i.score(&rows).expect("scores");
+    assert!(i.logs().lines.iter().all(|l| l.message != "init ran"), "init ran in the call");
+    let value = |name: &str| match out.fields.iter().find(|f| f.name == name).map(|f| &f.values) {
+        Some(Column::F64(v)) => v[0],
+        other => panic!("{name}: {other:?}"),
+    };
+    (value("start"), value("calls"), value("held_mib"))
+}
+
+#[test]
+fn init_runs_once_per_version_and_every_instance_starts_from_its_image() {
+    let rt = runtime(None);
+    let seven = config(&[("start", "7"), ("init", "grow"), ("mib", "2")]);
+    for _ in 0..5 {
+        // The previous call's counter is never seen: each instance is fresh
+        // from the image, which holds what `init` allocated.
+        assert_eq!(call(&rt, &seven), (7.0, 1.0, 2.0));
+    }
+    assert_eq!(rt.stats().inits, 1);
+    assert_eq!(call(&rt, &config(&[("start", "8")])), (8.0, 1.0, 0.0));
+    assert_eq!(rt.stats().inits, 2);
+    // Back to the first config: still loaded.
+    assert_eq!(call(&rt, &seven), (7.0, 1.0, 2.0));
+    assert_eq!(rt.stats().inits, 2);
+    // `load_version` made one instrumented compile and one image per config.
+    assert_eq!(rt.stats().compiled, 3);
+}
+
+#[test]
+fn the_initialised_image_is_kept_in_the_compiled_cache() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seven = config(&[("start", "7")]);
+    let first = runtime(Some(dir.path()));
+    assert_eq!(call(&first, &seven), (7.0, 1.0, 0.0));
+    assert_eq!(first.stats(), RuntimeStats { compiled: 2, cache_hits: 0, cache_rejected: 0, inits: 1 });
+    drop(first);
+    let second = runtime(Some(dir.path()));
+    assert_eq!(call(&second, &seven), (7.0, 1.0, 0.0));
+    assert_eq!(second.stats(), RuntimeStats { compiled: 0, cache_hits: 1, cache_rejected: 0, inits: 0 });
+}
+
+#[test]
+fn a_failing_init_fails_the_load_with_its_message() {
+    let rt = runtime(None);
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (&[("init", "error")], "init failed: function returned an error: the model in config `start` is not valid"),
+        (&[("init", "trap")], "init panicked while loading the model"),
+        (&[("init", "grow"), ("mib", "64")], "init failed: function exceeded its memory limit of 33554432 bytes"),
+        (&[("init", "print")], "init returned with host resources still open"),
+    ];
+    for (pairs, expected) in cases {
+        let error = rt.load_version(&bytes(), &config(pairs), &limits()).expect_err("init fails");
+        assert!(matches!(error, Error::Init { .. } | Error::InitKeptResources), "{error:?}");
+        assert!(error.to_string().contains(expected), "{pairs:?}: {error}");
+        // The control plane's check says the same, keeping nothing.
+        let checked = rt.check_init(&bytes(), &config(pairs), &limits()).expect_err("check fails");
+        assert!(checked.to_string().contains(expected), "{pairs:?}: {checked}");
+    }
+    assert!(rt.check_init(&bytes(), &config(&[("start", "3")]), &limits()).is_ok());
+}
+
+#[test]
+fn a_component_without_init_loads_as_it_is() {
+    let rt = runtime(None);
+    let http = std::fs::read(guests::HTTP_HELLO).expect("http-hello");
+    let f = rt.load_version(&http, &config(&[]), &limits()).expect("loads");
+    assert!(!f.initialized());
+    assert_eq!(rt.stats().inits, 0);
+    assert!(rt.check_init(&http, &config(&[]), &limits()).is_ok());
+}
