@@ -240,6 +240,22 @@ async fn gpu_placement_per_request_and_in_a_batch_job() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "no_gpu", "{body}");
     assert!(body["error"]["message"].as_str().unwrap_or_default().contains("requires a GPU"), "{body}");
+    // A wasi:http component that requires a GPU meets the same check.
+    common::grid_ok(&urls, &["deploy", "hello-gpu", guests::HTTP_HELLO, "--gpu", "required"]);
+    let hello = format!("{}/v1/http/default/hello-gpu/", cpu.url);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (status, body) = loop {
+        let response = common::http().get(&hello).send().await.expect("the gateway answers");
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or_default();
+        // 404 until the CPU node has the route.
+        if status != 404 || Instant::now() > deadline {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "no_gpu", "{body}");
 
     // The same model without the requirement runs on the CPU fallback and
     // agrees with the GPU node, row by row, and with the batch job.

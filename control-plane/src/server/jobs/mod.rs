@@ -228,11 +228,7 @@ fn check_remote(request: &JobRequest) -> Answer<()> {
 
 /// The job's map function (a scorer or a mapper) and its reducer, checked
 /// against each other; the map function's version.
-fn functions(
-    app: &App,
-    tenant: &str,
-    request: &JobRequest,
-) -> Answer<(u64, TaskFunction, Option<Reducer>)> {
+fn functions(app: &App, tenant: &str, request: &JobRequest) -> Answer<(u64, TaskFunction, Option<Reducer>)> {
     let (version, kind, map) = task_function(app, tenant, &request.function, request.timeout_ms)?;
     let reduce = match &request.reduce {
         Some(name) => {
