@@ -1,5 +1,8 @@
 //! The `wasmgrid` command. Glue only: it parses arguments and calls the
-//! libraries (`wasmgrid-node` for running functions).
+//! libraries: `wasmgrid-jobs` for `run`, `wasmgrid-node` and
+//! `wasmgrid-control-plane` for the serving roles (wiring the jobs crate's
+//! `FileJobIo` and the runtime's `init` check into the control plane), and
+//! `wasmgrid-api`'s client for every other command.
 
 mod access;
 mod build;
