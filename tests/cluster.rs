@@ -203,6 +203,89 @@ async fn a_replica_down_for_a_thousand_writes_catches_up_from_a_snapshot() {
     assert!(log.contains("installed a snapshot"), "{log}");
 }
 
+/// A replica whose Raft loop dies stops its process (exit status 1) with
+/// the reason in its log, instead of answering `/v1/health` with 200 while
+/// serving nothing. The fault here: a follower restarted with an empty data
+/// directory, which the leader still counts as holding entries it
+/// acknowledged (raft-rs refuses that with a panic). The others keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_raft_loop_dies_stops_and_says_why() {
+    let mut replicas = Replicas::start(3, 1000);
+    let leader = replicas.wait_leader(Duration::from_secs(15)).await;
+    let follower = if leader == 3 { 2 } else { 3 };
+    let client = replicas.client_all();
+    let module = upload(&client).await;
+    for i in 0..20 {
+        client.deploy("f", &deploy_request(&module, i as f64)).await.expect("deploy");
+    }
+    let commit = replicas.status(leader).await.expect("leader status").commit;
+    replicas.wait_applied(follower, commit, Duration::from_secs(10)).await;
+
+    replicas.kill(follower);
+    std::fs::remove_dir_all(replicas.dir.path().join(format!("replica-{follower}"))).expect("wipe the data");
+    replicas.spawn(follower);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = replicas.exited(follower) {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let health = common::http().get(format!("{}/v1/health", replicas.url(follower))).send().await;
+            let health = match health {
+                Ok(r) => format!("{} {}", r.status(), r.text().await.unwrap_or_default()),
+                Err(e) => e.to_string(),
+            };
+            panic!("replica {follower} kept running with a dead Raft loop; /v1/health: {health}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    let log = std::fs::read_to_string(replicas.log(follower)).unwrap_or_default();
+    assert!(log.contains(&format!("control-plane replica {follower} stopped: the Raft loop panicked")), "{log}");
+    assert!(log.contains("docs/operations.md"), "{log}");
+
+    // The other two keep the quorum.
+    client.deploy("f", &deploy_request(&module, 99.0)).await.expect("a deploy after the replica stopped");
+}
+
+/// A paused leader (SIGSTOP: its socket still accepts connections, nothing
+/// answers) holds no caller past the request timeout (3 s): a write sent to
+/// a follower fails with 503 by then, and the next one succeeds once the
+/// other two have elected a new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_holds_no_caller_past_the_request_timeout() {
+    let replicas = Replicas::start(3, 1000);
+    let leader = replicas.wait_leader(Duration::from_secs(15)).await;
+    let follower = if leader == 1 { 2 } else { 1 };
+    let pid = replicas.pid(leader).to_string();
+    let signal = |name: &str| std::process::Command::new("kill").args([name, &pid]).status().expect("kill");
+    assert!(signal("-STOP").success());
+    let http = common::http();
+    let mut written = None;
+    for i in 0..10 {
+        let started = Instant::now();
+        let response = http
+            .post(format!("{}/v1/tenants", replicas.url(follower)))
+            .json(&serde_json::json!({ "name": format!("t{i}") }))
+            .send()
+            .await;
+        let took = started.elapsed();
+        let status = response.map(|r| r.status().as_u16()).unwrap_or(0);
+        println!("write {i}: {status} in {:.0} ms", took.as_secs_f64() * 1e3);
+        if took >= Duration::from_millis(4_000) {
+            signal("-CONT");
+            panic!("write {i} took {took:?} (answer {status}), past the 3 s request timeout");
+        }
+        if (200..300).contains(&status) {
+            written = Some(i);
+            break;
+        }
+        assert_eq!(status, 503, "write {i}");
+    }
+    assert!(signal("-CONT").success());
+    assert!(written.is_some(), "no write succeeded while the old leader was paused");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_quorum_a_deploy_fails_with_503_within_5s() {
     let mut replicas = Replicas::start(3, 1000);

@@ -391,8 +391,11 @@ pub fn control_plane(args: ControlPlaneArgs) -> Result<()> {
     tokio_runtime()?.block_on(async move {
         let running = server::start(config).await?;
         eprintln!("control-plane replica {} serving on {}", args.id, running.url());
-        stop_on_signal(running.stop()).await;
-        Ok(())
+        let stopped = running.replica.stopped();
+        tokio::select! {
+            () = stop_on_signal(running.stop()) => Ok(()),
+            reason = stopped => Err(replica_stopped(args.id, &reason)),
+        }
     })
 }
 
@@ -533,11 +536,23 @@ pub fn dev(args: DevArgs, compile: &CompileArgs) -> Result<()> {
             args.data.display(),
             tokens::admin_token_path(&args.data).display()
         );
-        stop_on_signal(async {
-            agent.stop().await;
-            cp.stop().await;
-        })
-        .await;
-        Ok(())
+        let stopped = cp.replica.stopped();
+        tokio::select! {
+            () = stop_on_signal(async {
+                agent.stop().await;
+                cp.stop().await;
+            }) => Ok(()),
+            reason = stopped => Err(replica_stopped(1, &reason)),
+        }
     })
+}
+
+/// The error a serving process ends with when its replica's Raft loop has
+/// ended: the process stops (exit status 1) rather than answer health
+/// checks while serving nothing.
+fn replica_stopped(id: u64, reason: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "control-plane replica {id} stopped: {reason}\n\
+         its data directory may be damaged or out of step with the others: see \"What happens on failure\" in docs/operations.md"
+    )
 }

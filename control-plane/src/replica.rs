@@ -12,6 +12,7 @@
 //! snapshot every `snapshot_every` applied entries.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,6 +107,9 @@ pub struct Status {
     pub progress: Vec<(u64, u64)>,
     /// Snapshots installed from the leader since this replica started.
     pub snapshots_installed: u64,
+    /// Why the Raft loop ended, once it has (a storage error, a panic in
+    /// raft-rs): the replica serves nothing from then on.
+    pub stopped: Option<String>,
 }
 
 enum Request {
@@ -135,6 +139,15 @@ struct StateSnapshots(State);
 impl SnapshotSource for StateSnapshots {
     fn snapshot_data(&self) -> raft::Result<(Vec<u8>, u64)> {
         self.0.snapshot_data().map_err(|e| raft::Error::Store(raft::StorageError::Other(Box::new(e))))
+    }
+}
+
+/// The message a panic carried.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(s), _) => s.to_string(),
+        (_, Some(s)) => s.clone(),
+        _ => "(no message)".to_string(),
     }
 }
 
@@ -177,6 +190,7 @@ impl Replica {
 
         let (requests, inbox) = mpsc::unbounded_channel();
         let (status_tx, status) = watch::channel(Status { id: config.id, applied, ..Default::default() });
+        let status_tx = Arc::new(status_tx);
         let driver = Driver {
             node,
             log,
@@ -188,12 +202,44 @@ impl Replica {
             reads: HashMap::new(),
             ticks: 0,
             ready_reads: Vec::new(),
-            status: status_tx,
+            status: status_tx.clone(),
             tag: incarnation_tag(config.id),
             snapshots_installed: 0,
         };
-        tokio::spawn(driver.run(inbox));
+        let id = config.id;
+        let driver = tokio::spawn(driver.run(inbox));
+        // A Raft loop that ends (an error it cannot go on from, or a panic in
+        // raft-rs) says why in the status, which health checks and the
+        // process that started the replica watch.
+        tokio::spawn(async move {
+            let reason = match driver.await {
+                Ok(None) => return,
+                Ok(Some(reason)) => reason,
+                Err(e) => match e.try_into_panic() {
+                    Ok(panic) => format!("the Raft loop panicked: {}", panic_message(panic.as_ref())),
+                    Err(e) => format!("the Raft loop was cancelled: {e}"),
+                },
+            };
+            tracing::error!(replica = id, "replica stopped: {reason}");
+            status_tx.send_modify(|s| s.stopped = Some(reason));
+        });
         Ok(Replica { id: config.id, request_timeout: config.request_timeout, requests, status, state })
+    }
+
+    /// Resolves once the Raft loop has ended, with why: from then on the
+    /// replica serves nothing, and its process should stop.
+    pub fn stopped(&self) -> impl Future<Output = String> + Send + 'static {
+        let mut rx = self.status.clone();
+        async move {
+            loop {
+                if let Some(reason) = rx.borrow_and_update().stopped.clone() {
+                    return reason;
+                }
+                if rx.changed().await.is_err() {
+                    return "the replica is gone".to_string();
+                }
+            }
+        }
     }
 
     /// This replica's id.
@@ -278,7 +324,7 @@ struct Driver {
     ticks: u64,
     /// Reads answered by the leader, waiting for `applied >= index`.
     ready_reads: Vec<(u64, oneshot::Sender<Result<(), ProposeError>>)>,
-    status: watch::Sender<Status>,
+    status: Arc<watch::Sender<Status>>,
     /// This replica and this run of it: the prefix of the context of every
     /// proposal and read made here. Entries proposed here and forwarded by
     /// Raft come back to every replica, and an earlier run's entries are
@@ -310,7 +356,9 @@ impl Driver {
         Some(u64::from_be_bytes(id.try_into().ok()?))
     }
 
-    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Request>) {
+    /// Runs until the replica is dropped (`None`) or the loop cannot go on
+    /// (why).
+    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Request>) -> Option<String> {
         let mut ticker = tokio::time::interval(self.config.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -321,7 +369,8 @@ impl Driver {
                     self.fail_stale_requests();
                 }
                 request = inbox.recv() => {
-                    let Some(request) = request else { return };
+                    // The replica was dropped: a normal end.
+                    let request = request?;
                     self.handle(request);
                     // Take whatever else is queued before the next Ready: batching.
                     while let Ok(request) = inbox.try_recv() {
@@ -330,11 +379,10 @@ impl Driver {
                 }
             }
             if let Err(e) = self.on_ready() {
-                tracing::error!(replica = self.config.id, "raft loop stopped: {e}");
                 for (_, reply) in self.pending.drain() {
                     let _ = reply.send(Err(stopped(&e)));
                 }
-                return;
+                return Some(e);
             }
         }
     }
@@ -531,6 +579,7 @@ impl Driver {
             first_index: self.log.first_index().unwrap_or(0),
             progress,
             snapshots_installed: self.snapshots_installed,
+            stopped: None,
         };
         self.status.send_if_modified(|old| {
             if *old == status {
@@ -743,10 +792,22 @@ mod tests {
         for _ in 0..100 {
             r.propose(deploy("f", b"m")).await.expect("deploy");
         }
-        assert!(r.status().first_index > 50, "the leader compacted its log: {:?}", r.status());
+        // Writes that leave the route table alone, so that its last change
+        // is inside the snapshot the lagging replica installs.
+        for i in 0..40 {
+            let register = Command::RegisterNode { id: format!("node-{i}"), address: "http://127.0.0.1:1".into() };
+            r.propose(register).await.expect("register");
+        }
+        assert!(r.status().first_index > 101, "the leader compacted its log: {:?}", r.status());
         c.recover(lagging);
         let lag = c.replica(lagging);
-        assert!(lag.wait_for(Duration::from_secs(10), |s| s.applied >= 101).await, "{:?}", lag.status());
+        assert!(lag.wait_for(Duration::from_secs(10), |s| s.applied >= 141).await, "{:?}", lag.status());
+        assert!(lag.status().snapshots_installed > 0, "{:?}", lag.status());
         assert_eq!(lag.state().function(DEFAULT_TENANT, "f").ok().flatten().map(|f| f.versions.len()), Some(100));
+        let revision = |r: &Replica| r.state().routes_revision().expect("revision");
+        assert_eq!(revision(&lag), revision(&r), "the route revision travels in the snapshot");
+        let last_deploy =
+            r.state().function(DEFAULT_TENANT, "f").ok().flatten().and_then(|f| f.versions.last().cloned());
+        assert_eq!(Some(revision(&r)), last_deploy.map(|v| v.created_at), "the revision is the last deploy's index");
     }
 }

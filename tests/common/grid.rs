@@ -97,6 +97,15 @@ impl Replicas {
         }
     }
 
+    /// How replica `id`'s process ended, if it has (it is then no longer
+    /// counted as running).
+    pub fn exited(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let child = self.procs[id as usize - 1].as_mut()?;
+        let status = child.try_wait().ok().flatten()?;
+        self.procs[id as usize - 1] = None;
+        Some(status)
+    }
+
     pub fn is_up(&self, id: u64) -> bool {
         self.procs[id as usize - 1].is_some()
     }

@@ -13,8 +13,15 @@ use wasmgrid_api::*;
 use super::answer::*;
 use super::*;
 
-pub(super) async fn health(Shared(app): Shared<App>) -> Response {
-    json(StatusCode::OK, &serde_json::json!({ "status": "ok", "id": app.0.replica.id() }))
+/// `GET /v1/health`: `200` while the replica works; `503 replica_stopped`
+/// with the reason once its Raft loop has ended (a storage error, a panic
+/// in raft-rs), so a supervisor or a probe restarts or replaces it.
+pub(super) async fn health(Shared(app): Shared<App>) -> Answer<Response> {
+    if let Some(reason) = app.status().stopped {
+        let message = format!("replica {} stopped: {reason}", app.0.replica.id());
+        return Err(Failure::new(StatusCode::SERVICE_UNAVAILABLE, "replica_stopped", message));
+    }
+    Ok(json(StatusCode::OK, &serde_json::json!({ "status": "ok", "id": app.0.replica.id() })))
 }
 
 pub(super) async fn no_route(method: Method, uri: axum::http::Uri) -> Failure {

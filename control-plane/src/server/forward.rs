@@ -88,6 +88,10 @@ impl App {
     }
 }
 
+/// The least time a forwarded request is given, however little of the
+/// caller's request timeout is left.
+const MIN_FORWARD: Duration = Duration::from_millis(100);
+
 /// Sends requests that need the leader to it, when this replica is not it.
 /// A leader that cannot be reached (it just died) is waited out: the
 /// request goes to whichever replica is elected next, within the request
@@ -126,7 +130,7 @@ pub(super) async fn to_leader(Shared(app): Shared<App>, request: Request, next: 
     };
     let mut leader = (id, url);
     loop {
-        let failure = match forward(&app, leader.0, &leader.1, &parts, body.clone()).await {
+        let failure = match forward(&app, &leader, &parts, body.clone(), deadline).await {
             Ok(response) => return response,
             Err(Unreached::Maybe(failure)) => return failure.into_response(),
             Err(Unreached::Never(failure)) => failure,
@@ -155,15 +159,19 @@ pub(super) enum Unreached {
     Maybe(Failure),
 }
 
-/// Relays a request to the leader. Fails only when the leader cannot be
-/// reached; any answer it gives, errors included, is relayed.
+/// Relays a request to the leader, by `deadline` (a deploy, which compiles
+/// and runs `init` on the leader, by its own longer limit). Fails only when
+/// the leader cannot be reached or does not answer in time (a paused leader
+/// accepts connections but never answers); any answer it gives, errors
+/// included, is relayed.
 pub(super) async fn forward(
     app: &App,
-    leader: u64,
-    url: &str,
+    (leader, url): &(u64, String),
     parts: &axum::http::request::Parts,
     body: Bytes,
+    deadline: Instant,
 ) -> Result<Response, Unreached> {
+    let leader = *leader;
     let path = parts.uri.path_and_query().map_or(parts.uri.path(), |p| p.as_str());
     let mut outgoing = app
         .0
@@ -175,6 +183,8 @@ pub(super) async fn forward(
         // A deploy runs the version's `init` on the leader first: a compile
         // and a run, each bounded on its own.
         outgoing = outgoing.timeout(DEPLOY_TIMEOUT);
+    } else {
+        outgoing = outgoing.timeout(deadline.saturating_duration_since(Instant::now()).max(MIN_FORWARD));
     }
     for name in [header::CONTENT_TYPE, header::AUTHORIZATION, header::HeaderName::from_static(TENANT_HEADER)] {
         if let Some(value) = parts.headers.get(&name) {

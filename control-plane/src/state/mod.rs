@@ -56,17 +56,43 @@ fn abort(e: StateError) -> ConflictableTransactionError<StateError> {
     ConflictableTransactionError::Abort(e)
 }
 
-/// What a snapshot carries: every record, raw.
+/// Every record of a tree, raw.
+type Records = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// What a snapshot carries: every record, raw, and the route table's
+/// revision.
 #[derive(Serialize, Deserialize)]
 struct Image {
     applied: u64,
-    modules: Vec<(Vec<u8>, Vec<u8>)>,
-    functions: Vec<(Vec<u8>, Vec<u8>)>,
-    nodes: Vec<(Vec<u8>, Vec<u8>)>,
-    jobs: Vec<(Vec<u8>, Vec<u8>)>,
-    plans: Vec<(Vec<u8>, Vec<u8>)>,
-    tasks: Vec<(Vec<u8>, Vec<u8>)>,
-    access: Vec<(Vec<u8>, Vec<u8>)>,
+    modules: Records,
+    functions: Records,
+    nodes: Records,
+    jobs: Records,
+    plans: Records,
+    tasks: Records,
+    access: Records,
+    routes: u64,
+}
+
+/// A snapshot made before snapshots carried the route table's revision.
+#[derive(Deserialize)]
+struct ImageWithoutRoutes(u64, Records, Records, Records, Records, Records, Records, Records);
+
+impl Image {
+    fn decode(data: &[u8]) -> Result<Image> {
+        let bad = |e: bincode::Error| StateError::Storage(format!("bad snapshot: {e}"));
+        match bincode::deserialize::<Image>(data) {
+            Ok(image) => Ok(image),
+            Err(e) => {
+                let ImageWithoutRoutes(applied, modules, functions, nodes, jobs, plans, tasks, access) =
+                    bincode::deserialize(data).map_err(|_| bad(e))?;
+                // Nodes only compare revisions for a change: the applied
+                // index is never behind the true revision.
+                let routes = applied;
+                Ok(Image { applied, modules, functions, nodes, jobs, plans, tasks, access, routes })
+            }
+        }
+    }
 }
 
 /// The state machine over sled.
@@ -313,6 +339,7 @@ impl State {
             plans: dump(&self.plans)?,
             tasks: dump(&self.tasks)?,
             access: dump(&self.access)?,
+            routes: self.routes_revision()?,
         };
         let data = bincode::serialize(&image).map_err(|e| StateError::Storage(e.to_string()))?;
         Ok((data, image.applied))
@@ -320,7 +347,7 @@ impl State {
 
     /// Replaces everything with a snapshot's data.
     pub fn restore(&self, data: &[u8]) -> Result<u64> {
-        let image: Image = bincode::deserialize(data).map_err(|e| StateError::Storage(format!("bad snapshot: {e}")))?;
+        let image = Image::decode(data)?;
         // Read the old keys first: iterating a tree inside a transaction on
         // it deadlocks.
         let old_modules: Vec<sled::IVec> = self.modules.iter().keys().collect::<std::result::Result<_, _>>()?;
@@ -360,6 +387,7 @@ impl State {
             for (k, v) in &image.functions {
                 functions.insert(k.as_slice(), v.as_slice())?;
             }
+            meta.insert(ROUTES_KEY, &image.routes.to_be_bytes())?;
             meta.insert(APPLIED_KEY, &image.applied.to_be_bytes())?;
             Ok(())
         });
