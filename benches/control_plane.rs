@@ -7,10 +7,15 @@
 //!    (no replication); each write is a new version of a function;
 //! 2. leader failover: `kill -9` of the leader, then the time until a
 //!    deploy through the CLI's client succeeds, over 10 kills (the killed
-//!    replica is restarted and caught up before the next kill).
+//!    replica is restarted and caught up before the next kill);
+//! 3. history: 20,000 deploys of one function on 3 replicas, the write rate
+//!    of each 1,000 and each replica's data directory at the end (a deploy
+//!    must cost the same however many came before it).
 //!
 //! `WASMGRID_BENCH_WRITES` sets the writes per measurement (default 4000),
-//! `WASMGRID_BENCH_KILLS` the kills (default 10).
+//! `WASMGRID_BENCH_KILLS` the kills (default 10), `WASMGRID_BENCH_HISTORY`
+//! the deploys of the history (default 20,000); `WASMGRID_BENCH_ONLY=history`
+//! (or `writes`, `failover`) runs one part.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -35,10 +40,24 @@ async fn current_leader(cluster: &Replicas) -> (u64, u64) {
     (leader, cluster.status(leader).await.map_or(0, |s| s.commit))
 }
 
+/// The `logreg` model every version is deployed with (its `init` parses it).
+const MODEL: &str = r#"{"features": ["amount"], "weights": [0.01], "bias": -1.0}"#;
+
+/// Version `i` of a function: the model, and a config value of its own.
 fn request(module: &str, i: usize) -> DeployRequest {
     DeployRequest {
         module: module.into(),
-        config: BTreeMap::from([("threshold".to_string(), i.to_string())]),
+        config: BTreeMap::from([("model".to_string(), MODEL.to_string()), ("threshold".to_string(), i.to_string())]),
+        ..DeployRequest::default()
+    }
+}
+
+/// A new version of a function, the same config each time: the leader's
+/// `init` check runs once, so a deploy costs what the state's write costs.
+fn same_request(module: &str) -> DeployRequest {
+    DeployRequest {
+        module: module.into(),
+        config: BTreeMap::from([("model".to_string(), MODEL.to_string())]),
         ..DeployRequest::default()
     }
 }
@@ -113,6 +132,48 @@ async fn failover(kills: usize) -> Vec<Duration> {
     times
 }
 
+/// `deploys` versions of one function, 1,000 at a time from 16 clients:
+/// the writes per second of each 1,000, and each replica's data directory
+/// in bytes at the end.
+async fn history(deploys: usize) -> (Vec<f64>, Vec<u64>) {
+    let cluster = Replicas::start(3, 1000);
+    let (leader, _) = current_leader(&cluster).await;
+    let client = Arc::new(cluster.client(leader));
+    let module = client.upload_module(std::fs::read(guests::LOGREG).expect("logreg")).await.expect("upload").sha256;
+    let mut rates = Vec::new();
+    for _ in 0..deploys.div_ceil(1000) {
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..16 {
+            let (client, module) = (client.clone(), module.clone());
+            tasks.push(tokio::spawn(async move {
+                for _ in (c..1000).step_by(16) {
+                    client.deploy("history", &same_request(&module)).await.expect("deploy");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("client");
+        }
+        rates.push(1000.0 / started.elapsed().as_secs_f64());
+    }
+    let sizes = (1..=3).map(|id| dir_bytes(&cluster.dir.path().join(format!("replica-{id}")))).collect();
+    (rates, sizes)
+}
+
+/// The bytes of every file under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            _ => e.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -120,11 +181,25 @@ fn ms(d: Duration) -> f64 {
 fn main() {
     let writes = env_usize("WASMGRID_BENCH_WRITES", 4000);
     let kills = env_usize("WASMGRID_BENCH_KILLS", 10);
+    let deploys = env_usize("WASMGRID_BENCH_HISTORY", 20_000);
+    let only = std::env::var("WASMGRID_BENCH_ONLY").ok();
+    let runs = |part: &str| only.as_deref().is_none_or(|o| o == part);
     assert!(Path::new(guests::LOGREG).exists());
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("wasmgrid control-plane benchmark ({cores} cores; release build; sled fsync on every Raft write)\n");
+    if runs("writes") {
+        print_writes(&rt, writes);
+    }
+    if runs("failover") {
+        print_failover(&rt, kills);
+    }
+    if runs("history") {
+        print_history(&rt, deploys);
+    }
+}
 
+fn print_writes(rt: &tokio::runtime::Runtime, writes: usize) {
     let (base_one, base_many) = rt.block_on(measure_writes(1, writes));
     let (one, many) = rt.block_on(measure_writes(3, writes));
     println!("deploy writes per second ({writes} writes at 64 clients, {} at 1):", (writes / 8).max(100));
@@ -136,7 +211,9 @@ fn main() {
         "  target: >= 2000 writes/s at 64 clients on 3 replicas: {}",
         if many >= 2000.0 { "met" } else { "MISSED" }
     );
+}
 
+fn print_failover(rt: &tokio::runtime::Runtime, kills: usize) {
     println!("\nleader failover, kill -9 of the leader to the next acknowledged deploy ({kills} kills):");
     let mut times = rt.block_on(failover(kills));
     times.sort();
@@ -150,4 +227,15 @@ fn main() {
         ms(max)
     );
     println!("  target: every failover < 2 s: {}", if max < Duration::from_secs(2) { "met" } else { "MISSED" });
+}
+
+fn print_history(rt: &tokio::runtime::Runtime, deploys: usize) {
+    println!("\nhistory: {deploys} deploys of one function on 3 replicas, 16 clients:");
+    let (rates, sizes) = rt.block_on(history(deploys));
+    let line: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
+    println!("  writes/s per 1,000 deploys: {}", line.join(" "));
+    let (first, last) = (rates[0], rates[rates.len() - 1]);
+    println!("  last 1,000 / first 1,000: {:.2} (target >= 0.9: as fast)", last / first);
+    let mb: Vec<String> = sizes.iter().map(|b| format!("{:.0} MB", *b as f64 / 1e6)).collect();
+    println!("  data directory per replica: {} (target < 200 MB)", mb.join(", "));
 }

@@ -706,7 +706,7 @@ mod tests {
 
     async fn versions(r: &Replica, name: &str) -> Option<usize> {
         r.read_barrier().await.ok()?;
-        r.state().function(DEFAULT_TENANT, name).ok().flatten().map(|f| f.versions.len())
+        r.state().function(DEFAULT_TENANT, name).ok().flatten().map(|f| f.latest as usize)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -803,11 +803,10 @@ mod tests {
         let lag = c.replica(lagging);
         assert!(lag.wait_for(Duration::from_secs(10), |s| s.applied >= 141).await, "{:?}", lag.status());
         assert!(lag.status().snapshots_installed > 0, "{:?}", lag.status());
-        assert_eq!(lag.state().function(DEFAULT_TENANT, "f").ok().flatten().map(|f| f.versions.len()), Some(100));
+        assert_eq!(lag.state().versions(DEFAULT_TENANT, "f").map(|v| v.len()).ok(), Some(100));
         let revision = |r: &Replica| r.state().routes_revision().expect("revision");
         assert_eq!(revision(&lag), revision(&r), "the route revision travels in the snapshot");
-        let last_deploy =
-            r.state().function(DEFAULT_TENANT, "f").ok().flatten().and_then(|f| f.versions.last().cloned());
+        let last_deploy = r.state().function(DEFAULT_TENANT, "f").ok().flatten().and_then(|f| f.current);
         assert_eq!(Some(revision(&r)), last_deploy.map(|v| v.created_at), "the revision is the last deploy's index");
     }
 }

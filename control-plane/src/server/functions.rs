@@ -85,7 +85,7 @@ pub(super) fn summary(f: &Function) -> FunctionSummary {
         tenant: f.tenant.clone(),
         name: f.name.clone(),
         active: f.active,
-        versions: f.versions.len() as u64,
+        versions: f.latest,
         kind: active.map(|v| v.spec.kind.clone()).unwrap_or_default(),
         module: active.map(|v| v.module.clone()).unwrap_or_default(),
     }
@@ -187,7 +187,7 @@ pub(super) async fn deploy(
     let Applied::Deployed { version } = app.propose(command).await? else {
         return Err(Failure::internal("the deploy applied as something else"));
     };
-    let versions = state.function(&tenant, &name)?.map_or(version, |f| f.versions.len() as u64);
+    let versions = state.function(&tenant, &name)?.map_or(version, |f| f.latest);
     let summary =
         FunctionSummary { tenant, name, active: version, versions, kind: kind.into(), module: request.module };
     Ok(json(StatusCode::CREATED, &summary))
@@ -211,7 +211,7 @@ pub(super) async fn show_function(
         tenant: f.tenant.clone(),
         name: f.name.clone(),
         active: f.active,
-        versions: f.versions.iter().map(version_info).collect(),
+        versions: app.0.replica.state().versions(&f.tenant, &f.name)?.iter().map(version_info).collect(),
     };
     Ok(json(StatusCode::OK, &info))
 }

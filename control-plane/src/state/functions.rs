@@ -8,7 +8,7 @@ use super::{Tx, abort};
 
 /// Applies a module, function or node command.
 pub(super) fn apply(tx: &Tx<'_>, command: &Command) -> ConflictableTransactionResult<Result<Applied>, StateError> {
-    let Tx { modules, functions, nodes, access, index } = *tx;
+    let Tx { modules, functions, versions, nodes, access, index } = *tx;
     Ok(match command {
         Command::PutModule { tenant, .. } | Command::Deploy { tenant, .. } if !tx.tenant_exists(tenant)? => {
             Err(StateError::TenantNotFound { name: tenant.clone() })
@@ -27,14 +27,16 @@ pub(super) fn apply(tx: &Tx<'_>, command: &Command) -> ConflictableTransactionRe
                 return Ok(Err(StateError::ModuleNotFound { sha256: module.clone() }));
             }
             let key = function_key(tenant, name);
-            let mut f = match functions.get(&key)? {
-                Some(v) => decode::<Function>(&v).map_err(abort)?,
-                None => Function { tenant: tenant.clone(), name: name.clone(), versions: Vec::new(), active: 0 },
+            let mut head = match functions.get(&key)? {
+                Some(v) => decode::<FunctionRecord>(&v).map_err(abort)?,
+                None => FunctionRecord { tenant: tenant.clone(), name: name.clone(), active: 0, latest: 0 },
             };
-            let version = f.versions.last().map_or(1, |v| v.version + 1);
-            f.versions.push(Version { version, module: module.clone(), spec: spec.clone(), created_at: index });
-            f.active = version;
-            functions.insert(key, encode(&f).map_err(abort)?)?;
+            let version = head.latest + 1;
+            let record = Version { version, module: module.clone(), spec: spec.clone(), created_at: index };
+            versions.insert(version_key(tenant, name, version), encode(&record).map_err(abort)?)?;
+            head.active = version;
+            head.latest = version;
+            functions.insert(key, encode(&head).map_err(abort)?)?;
             Ok(Applied::Deployed { version })
         }
         Command::Rollback { tenant, name, version } => {
@@ -42,19 +44,25 @@ pub(super) fn apply(tx: &Tx<'_>, command: &Command) -> ConflictableTransactionRe
             let Some(v) = functions.get(&key)? else {
                 return Ok(Err(StateError::FunctionNotFound { tenant: tenant.clone(), name: name.clone() }));
             };
-            let mut f = decode::<Function>(&v).map_err(abort)?;
-            if !f.versions.iter().any(|v| v.version == *version) {
+            let mut head = decode::<FunctionRecord>(&v).map_err(abort)?;
+            if !(1..=head.latest).contains(version) {
                 let (tenant, name, version) = (tenant.clone(), name.clone(), *version);
                 return Ok(Err(StateError::VersionNotFound { tenant, name, version }));
             }
-            f.active = *version;
-            functions.insert(key, encode(&f).map_err(abort)?)?;
+            head.active = *version;
+            functions.insert(key, encode(&head).map_err(abort)?)?;
             Ok(Applied::RolledBack { version: *version })
         }
-        Command::Delete { tenant, name } => match functions.remove(function_key(tenant, name))? {
-            Some(_) => Ok(Applied::Deleted),
-            None => Err(StateError::FunctionNotFound { tenant: tenant.clone(), name: name.clone() }),
-        },
+        Command::Delete { tenant, name } => {
+            let Some(v) = functions.remove(function_key(tenant, name))? else {
+                return Ok(Err(StateError::FunctionNotFound { tenant: tenant.clone(), name: name.clone() }));
+            };
+            let head = decode::<FunctionRecord>(&v).map_err(abort)?;
+            for version in 1..=head.latest {
+                versions.remove(version_key(tenant, name, version))?;
+            }
+            Ok(Applied::Deleted)
+        }
         Command::RegisterNode { id, address } => {
             let record = NodeRecord { id: id.clone(), address: address.clone(), registered_at: index };
             nodes.insert(id.as_bytes(), encode(&record).map_err(abort)?)?;

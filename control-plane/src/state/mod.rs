@@ -40,6 +40,7 @@ const ROUTES_KEY: &[u8] = b"routes_revision";
 struct Tx<'a> {
     modules: &'a TransactionalTree,
     functions: &'a TransactionalTree,
+    versions: &'a TransactionalTree,
     nodes: &'a TransactionalTree,
     access: &'a TransactionalTree,
     index: u64,
@@ -72,9 +73,11 @@ struct Image {
     tasks: Records,
     access: Records,
     routes: u64,
+    versions: Records,
 }
 
-/// A snapshot made before snapshots carried the route table's revision.
+/// A snapshot made before snapshots carried the route table's revision and
+/// versions their own records.
 #[derive(Deserialize)]
 struct ImageWithoutRoutes(u64, Records, Records, Records, Records, Records, Records, Records);
 
@@ -89,7 +92,10 @@ impl Image {
                 // Nodes only compare revisions for a change: the applied
                 // index is never behind the true revision.
                 let routes = applied;
-                Ok(Image { applied, modules, functions, nodes, jobs, plans, tasks, access, routes })
+                // Its functions hold their versions inline; they move to
+                // records of their own as a replica's own data does at start.
+                let versions = Vec::new();
+                Ok(Image { applied, modules, functions, nodes, jobs, plans, tasks, access, routes, versions })
             }
         }
     }
@@ -101,6 +107,8 @@ pub struct State {
     db: sled::Db,
     modules: sled::Tree,
     functions: sled::Tree,
+    /// Every version of every function, by function and number.
+    versions: sled::Tree,
     nodes: sled::Tree,
     meta: sled::Tree,
     jobs: sled::Tree,
@@ -123,9 +131,10 @@ impl State {
 
     /// The state in the trees of an open database (shared with the Raft log).
     pub fn from_db(db: sled::Db) -> Result<Self> {
-        Ok(State {
+        let state = State {
             modules: db.open_tree("modules")?,
             functions: db.open_tree("functions")?,
+            versions: db.open_tree("versions")?,
             nodes: db.open_tree("nodes")?,
             meta: db.open_tree("meta")?,
             jobs: db.open_tree("jobs")?,
@@ -133,7 +142,39 @@ impl State {
             tasks: db.open_tree("tasks")?,
             access: db.open_tree("access")?,
             db,
-        })
+        };
+        state.move_inline_versions()?;
+        Ok(state)
+    }
+
+    /// Moves the versions of functions stored before versions had records
+    /// of their own into the `versions` tree, each function in one
+    /// transaction (a start cut short resumes where it stopped).
+    fn move_inline_versions(&self) -> Result<()> {
+        for kv in self.functions.iter() {
+            let (key, value) = kv?;
+            let Ok(old) = serde_json::from_slice::<InlineFunction>(&value) else { continue };
+            let latest = old.versions.iter().map(|v| v.version).max().unwrap_or(0);
+            let head = FunctionRecord { tenant: old.tenant, name: old.name, active: old.active, latest };
+            let head_bytes = encode(&head)?;
+            let records = old
+                .versions
+                .iter()
+                .map(|v| Ok((version_key(&head.tenant, &head.name, v.version), encode(v)?)))
+                .collect::<Result<Vec<_>>>()?;
+            let result = (&self.functions, &self.versions).transaction(|(functions, versions)| {
+                for (k, v) in &records {
+                    versions.insert(k.as_slice(), v.as_slice())?;
+                }
+                functions.insert(key.as_ref(), head_bytes.as_slice())?;
+                Ok(())
+            });
+            result.map_err(|e: TransactionError<StateError>| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => e.into(),
+            })?;
+        }
+        Ok(())
     }
 
     /// Writes everything to disk; returns once it is durable.
@@ -169,6 +210,7 @@ impl State {
         let trees = (
             &self.modules,
             &self.functions,
+            &self.versions,
             &self.nodes,
             &self.meta,
             &self.jobs,
@@ -176,7 +218,7 @@ impl State {
             &self.tasks,
             &self.access,
         );
-        let result = trees.transaction(|(modules, functions, nodes, meta, jobs, plans, tasks, access)| {
+        let result = trees.transaction(|(modules, functions, versions, nodes, meta, jobs, plans, tasks, access)| {
             meta.insert(APPLIED_KEY, &index.to_be_bytes())?;
             if let Err(e) = &checked {
                 return Ok(Err(e.clone()));
@@ -184,7 +226,7 @@ impl State {
             if command.changes_routes() {
                 meta.insert(ROUTES_KEY, &index.to_be_bytes())?;
             }
-            let tx = Tx { modules, functions, nodes, access, index };
+            let tx = Tx { modules, functions, versions, nodes, access, index };
             match command {
                 Command::PutModule { .. }
                 | Command::Deploy { .. }
@@ -292,13 +334,17 @@ impl State {
                 access.push(token_key(&token.sha256));
             }
         }
-        Ok(Owned { functions: keys(&self.functions, format!("{tenant}/"))?, access })
+        Ok(Owned {
+            functions: keys(&self.functions, format!("{tenant}/"))?,
+            versions: keys(&self.versions, format!("{tenant}/"))?,
+            access,
+        })
     }
 
     /// A function.
     pub fn function(&self, tenant: &str, name: &str) -> Result<Option<Function>> {
         match self.functions.get(function_key(tenant, name))? {
-            Some(v) => Ok(Some(decode(&v)?)),
+            Some(v) => Ok(Some(self.read_function(&v)?)),
             None => Ok(None),
         }
     }
@@ -306,12 +352,28 @@ impl State {
     /// Every function of `tenant`, by name.
     pub fn functions(&self, tenant: &str) -> Result<Vec<Function>> {
         let prefix = format!("{tenant}/");
-        self.functions.scan_prefix(prefix.as_bytes()).map(|kv| decode(&kv?.1)).collect()
+        self.functions.scan_prefix(prefix.as_bytes()).map(|kv| self.read_function(&kv?.1)).collect()
     }
 
     /// Every function of every tenant, by tenant and name.
     pub fn all_functions(&self) -> Result<Vec<Function>> {
-        self.functions.iter().map(|kv| decode(&kv?.1)).collect()
+        self.functions.iter().map(|kv| self.read_function(&kv?.1)).collect()
+    }
+
+    /// Every version of a function, oldest first (none for an unknown one).
+    pub fn versions(&self, tenant: &str, name: &str) -> Result<Vec<Version>> {
+        let prefix = format!("{tenant}/{name}/");
+        self.versions.scan_prefix(prefix.as_bytes()).map(|kv| decode(&kv?.1)).collect()
+    }
+
+    /// A function's head record, with its active version.
+    fn read_function(&self, head: &[u8]) -> Result<Function> {
+        let FunctionRecord { tenant, name, active, latest } = decode(head)?;
+        let current = match self.versions.get(version_key(&tenant, &name, active))? {
+            Some(v) => Some(decode(&v)?),
+            None => None,
+        };
+        Ok(Function { tenant, name, active, latest, current })
     }
 
     /// Every registered node, by id.
@@ -340,6 +402,7 @@ impl State {
             tasks: dump(&self.tasks)?,
             access: dump(&self.access)?,
             routes: self.routes_revision()?,
+            versions: dump(&self.versions)?,
         };
         let data = bincode::serialize(&image).map_err(|e| StateError::Storage(e.to_string()))?;
         Ok((data, image.applied))
@@ -361,6 +424,7 @@ impl State {
             (&self.plans, &image.plans),
             (&self.tasks, &image.tasks),
             (&self.access, &image.access),
+            (&self.versions, &image.versions),
         ] {
             tree.clear()?;
             for (k, v) in records {
@@ -458,6 +522,7 @@ fn dump(tree: &sled::Tree) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
 #[derive(Default)]
 struct Owned {
     functions: Vec<Vec<u8>>,
+    versions: Vec<Vec<u8>>,
     access: Vec<Vec<u8>>,
 }
 
@@ -492,6 +557,54 @@ mod tests {
     }
 
     #[test]
+    fn a_deploy_writes_one_version_record_and_a_head_that_does_not_grow() -> Result<()> {
+        let s = State::temporary()?;
+        s.apply(1, &put(b"m"))?;
+        let head_size = |s: &State| s.functions.get(function_key(DEFAULT_TENANT, "f")).ok().flatten().map(|v| v.len());
+        s.apply(2, &deploy("f", b"m"))?;
+        let first = head_size(&s).expect("a head record");
+        for i in 3..503 {
+            s.apply(i, &deploy("f", b"m"))?;
+        }
+        assert_eq!(head_size(&s), Some(first + 4), "the head holds only numbers (active and latest, 1 -> 501)");
+        assert_eq!(s.versions.len(), 501);
+        let f = s.function(DEFAULT_TENANT, "f")?.expect("deployed");
+        assert_eq!((f.active, f.latest, f.current.map(|v| v.created_at)), (501, 501, Some(502)));
+        let back = Command::Rollback { tenant: DEFAULT_TENANT.into(), name: "f".into(), version: 7 };
+        assert_eq!(s.apply(503, &back)?, Applied::RolledBack { version: 7 });
+        assert_eq!(s.function(DEFAULT_TENANT, "f")?.and_then(|f| f.current).map(|v| v.created_at), Some(8));
+        let gone = Command::Rollback { tenant: DEFAULT_TENANT.into(), name: "f".into(), version: 502 };
+        assert!(matches!(s.apply(504, &gone), Err(StateError::VersionNotFound { .. })));
+        // Deleting the function removes every version with it.
+        s.apply(505, &Command::Delete { tenant: DEFAULT_TENANT.into(), name: "f".into() })?;
+        assert_eq!((s.versions.len(), s.functions.len()), (0, 0));
+        Ok(())
+    }
+
+    #[test]
+    fn functions_stored_with_inline_versions_are_moved_at_start() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| StateError::Storage(e.to_string()))?;
+        {
+            let s = State::open(dir.path())?;
+            s.apply(1, &put(b"m"))?;
+            // A function as stored before versions had records of their own.
+            let version = |n: u64| Version { version: n, module: sha256_hex(b"m"), spec: spec(), created_at: n + 1 };
+            let old = serde_json::json!({
+                "tenant": DEFAULT_TENANT, "name": "old", "versions": [version(1), version(2), version(3)], "active": 2,
+            });
+            s.functions.insert(function_key(DEFAULT_TENANT, "old"), serde_json::to_vec(&old).expect("json"))?;
+            s.meta.insert(APPLIED_KEY, &4u64.to_be_bytes())?;
+            s.flush()?;
+        }
+        let s = State::open(dir.path())?;
+        let f = s.function(DEFAULT_TENANT, "old")?.expect("kept");
+        assert_eq!((f.active, f.latest, f.current.map(|v| v.version)), (2, 3, Some(2)));
+        assert_eq!(s.versions(DEFAULT_TENANT, "old")?.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(s.apply(5, &deploy("old", b"m"))?, Applied::Deployed { version: 4 });
+        Ok(())
+    }
+
+    #[test]
     fn deploys_number_versions_and_rollback_switches_the_active_one() -> Result<()> {
         let s = State::temporary()?;
         assert_eq!(s.apply(1, &put(b"one"))?, Applied::ModuleStored { sha256: sha256_hex(b"one"), existed: false });
@@ -504,7 +617,7 @@ mod tests {
         let back = Command::Rollback { tenant: DEFAULT_TENANT.into(), name: "fraud".into(), version: 1 };
         assert_eq!(s.apply(5, &back)?, Applied::RolledBack { version: 1 });
         let f = s.function(DEFAULT_TENANT, "fraud")?.expect("still there");
-        assert_eq!((f.active, f.versions.len()), (1, 2), "rollback keeps every version");
+        assert_eq!((f.active, s.versions(DEFAULT_TENANT, "fraud")?.len()), (1, 2), "rollback keeps every version");
         Ok(())
     }
 
@@ -539,7 +652,7 @@ mod tests {
         assert!(matches!(s.apply(6, &no_version), Err(StateError::VersionNotFound { version: 9, .. })));
         assert_eq!(s.applied_index()?, 6);
         assert_eq!(s.module_count(), 1);
-        assert_eq!(s.function(DEFAULT_TENANT, "f")?.map(|f| f.versions.len()), Some(1));
+        assert_eq!(s.function(DEFAULT_TENANT, "f")?.map(|f| f.latest), Some(1));
         Ok(())
     }
 
@@ -550,7 +663,7 @@ mod tests {
         s.apply(2, &deploy("f", b"m"))?;
         assert_eq!(s.apply(2, &deploy("f", b"m"))?, Applied::AlreadyApplied);
         assert_eq!(s.apply(1, &put(b"m"))?, Applied::AlreadyApplied);
-        assert_eq!(s.function(DEFAULT_TENANT, "f")?.map(|f| f.versions.len()), Some(1));
+        assert_eq!(s.function(DEFAULT_TENANT, "f")?.map(|f| f.latest), Some(1));
         Ok(())
     }
 

@@ -49,23 +49,48 @@ pub struct Version {
     pub created_at: u64,
 }
 
-/// A function: its versions and which one serves.
+/// A function as it is read: its head and the version that serves (every
+/// version is a record of its own: [`State::versions`](super::State::versions)).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Function {
     /// Its tenant.
     pub tenant: String,
     /// Its name.
     pub name: String,
-    /// Every version, oldest first.
-    pub versions: Vec<Version>,
     /// The version that serves.
     pub active: u64,
+    /// The newest version: versions are numbered 1 to `latest`, and none is
+    /// ever removed but with the function.
+    pub latest: u64,
+    /// The active version.
+    pub current: Option<Version>,
+}
+
+/// What the state stores for a function: its head. A deploy writes one
+/// version record and rewrites this small one, so a deploy costs the same
+/// however many came before it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct FunctionRecord {
+    pub(crate) tenant: String,
+    pub(crate) name: String,
+    pub(crate) active: u64,
+    pub(crate) latest: u64,
+}
+
+/// How a function was stored before versions had records of their own:
+/// every version in the one value. Read once, at start, to move them.
+#[derive(Deserialize)]
+pub(crate) struct InlineFunction {
+    pub(crate) tenant: String,
+    pub(crate) name: String,
+    pub(crate) versions: Vec<Version>,
+    pub(crate) active: u64,
 }
 
 impl Function {
     /// The version that serves.
     pub fn active_version(&self) -> Option<&Version> {
-        self.versions.iter().find(|v| v.version == self.active)
+        self.current.as_ref()
     }
 }
 
@@ -250,6 +275,12 @@ pub(super) fn token_key(sha256: &str) -> Vec<u8> {
 
 pub(super) fn owner_key(tenant: &str, sha256: &str) -> Vec<u8> {
     format!("owner/{tenant}/{sha256}").into_bytes()
+}
+
+/// A version's key in the `versions` tree: its function's key, then the
+/// version zero-padded, so a function's versions sort in order.
+pub(super) fn version_key(tenant: &str, name: &str, version: u64) -> Vec<u8> {
+    format!("{tenant}/{name}/{version:020}").into_bytes()
 }
 
 pub(super) fn function_key(tenant: &str, name: &str) -> Vec<u8> {

@@ -46,6 +46,9 @@ pub(super) fn apply(
             for key in &doomed.functions {
                 functions.remove(key.as_slice())?;
             }
+            for key in &doomed.versions {
+                tx.versions.remove(key.as_slice())?;
+            }
             for key in &doomed.access {
                 access.remove(key.as_slice())?;
             }
