@@ -87,45 +87,51 @@ pub fn inspect(bytes: &[u8]) -> Result<&'static str, InvalidModule> {
     )))
 }
 
+/// A component over what one instance slot of a node holds: the message
+/// names the limit.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct OverLimits(String);
+
 /// Checks a component that [`inspect`] accepted against what one slot of a
 /// node's instance pool holds ([`pool`]): each core module's tables and
 /// memories, and the core instances it creates. What fails here would fail
 /// on every node; the error names the limit.
-pub fn check_pool_limits(bytes: &[u8]) -> Result<(), String> {
+pub fn check_pool_limits(bytes: &[u8]) -> Result<(), OverLimits> {
     let mut instances = 0u32;
     for payload in Parser::new(0).parse_all(bytes) {
-        match payload.map_err(|e| format!("the component does not parse: {e}"))? {
+        match payload.map_err(|e| OverLimits(format!("the component does not parse: {e}")))? {
             Payload::TableSection(reader) => {
                 let mut count = 0u32;
                 for table in reader {
-                    let table = table.map_err(|e| format!("bad table section: {e}"))?;
+                    let table = table.map_err(|e| OverLimits(format!("bad table section: {e}")))?;
                     count += 1;
                     if table.ty.initial > pool::TABLE_ELEMENTS {
-                        return Err(format!(
+                        return Err(OverLimits(format!(
                             "a table of {} elements is over the limit of {} elements per table",
                             table.ty.initial,
                             pool::TABLE_ELEMENTS
-                        ));
+                        )));
                     }
                 }
                 if count > pool::TABLES_PER_COMPONENT {
-                    return Err(format!(
+                    return Err(OverLimits(format!(
                         "a core module defines {count} tables, over the limit of {} per component",
                         pool::TABLES_PER_COMPONENT
-                    ));
+                    )));
                 }
             }
             Payload::MemorySection(reader) if reader.count() > pool::MEMORIES_PER_COMPONENT => {
-                return Err(format!(
+                return Err(OverLimits(format!(
                     "a core module defines {} memories, over the limit of {} per component",
                     reader.count(),
                     pool::MEMORIES_PER_COMPONENT
-                ));
+                )));
             }
             Payload::InstanceSection(reader) => {
                 for instance in reader {
                     if matches!(
-                        instance.map_err(|e| format!("bad instance section: {e}"))?,
+                        instance.map_err(|e| OverLimits(format!("bad instance section: {e}")))?,
                         Instance::Instantiate { .. }
                     ) {
                         instances += 1;
@@ -136,10 +142,10 @@ pub fn check_pool_limits(bytes: &[u8]) -> Result<(), String> {
         }
     }
     if instances > pool::CORE_INSTANCES_PER_COMPONENT {
-        return Err(format!(
+        return Err(OverLimits(format!(
             "the component creates {instances} core instances, over the limit of {} per component",
             pool::CORE_INSTANCES_PER_COMPONENT
-        ));
+        )));
     }
     Ok(())
 }

@@ -113,17 +113,36 @@ fn encode(message: &Message, out: &mut Vec<u8>) {
     out.extend_from_slice(&bytes);
 }
 
+/// A body that is not length-prefixed Raft messages.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The body ends inside a length prefix.
+    #[error("truncated length prefix")]
+    Prefix,
+    /// A message is shorter than its prefix says.
+    #[error("message of {len} bytes truncated to {left}")]
+    Truncated {
+        /// What the prefix says.
+        len: usize,
+        /// What is left of the body.
+        left: usize,
+    },
+    /// A message does not parse.
+    #[error("{0}")]
+    Message(#[from] protobuf::ProtobufError),
+}
+
 /// Decodes a body of length-prefixed messages.
-pub fn decode(mut body: &[u8]) -> Result<Vec<Message>, String> {
+pub fn decode(mut body: &[u8]) -> Result<Vec<Message>, DecodeError> {
     let mut messages = Vec::new();
     while !body.is_empty() {
-        let (len, rest) = body.split_first_chunk::<4>().ok_or("truncated length prefix")?;
+        let (len, rest) = body.split_first_chunk::<4>().ok_or(DecodeError::Prefix)?;
         let len = u32::from_be_bytes(*len) as usize;
         if rest.len() < len {
-            return Err(format!("message of {len} bytes truncated to {}", rest.len()));
+            return Err(DecodeError::Truncated { len, left: rest.len() });
         }
         let (bytes, rest) = rest.split_at(len);
-        messages.push(Message::parse_from_bytes(bytes).map_err(|e| e.to_string())?);
+        messages.push(Message::parse_from_bytes(bytes)?);
         body = rest;
     }
     Ok(messages)

@@ -22,7 +22,7 @@ pub(super) async fn upload_module(
     }
     let kind = crate::module::inspect(&bytes).map_err(|e| Failure::bad(e.0))?;
     crate::module::check_pool_limits(&bytes)
-        .map_err(|message| Failure::new(StatusCode::UNPROCESSABLE_ENTITY, "over_limits", message))?;
+        .map_err(|e| Failure::new(StatusCode::UNPROCESSABLE_ENTITY, "over_limits", e.to_string()))?;
     let sha256 = sha256_hex(&bytes);
     let size = bytes.len() as u64;
     let state = app.0.replica.state();
