@@ -1,0 +1,249 @@
+use super::*;
+use std::collections::BTreeMap;
+
+use wasmgrid_api::{Quotas, Role};
+
+fn spec() -> FunctionSpec {
+    FunctionSpec {
+        kind: "scorer".into(),
+        memory: 64 << 20,
+        timeout_ms: 200,
+        config: BTreeMap::new(),
+        gpu: Default::default(),
+        public: false,
+    }
+}
+
+fn put(bytes: &[u8]) -> Command {
+    put_for(DEFAULT_TENANT, bytes)
+}
+
+fn put_for(tenant: &str, bytes: &[u8]) -> Command {
+    Command::PutModule { tenant: tenant.into(), sha256: sha256_hex(bytes), bytes: bytes.to_vec() }
+}
+
+fn deploy(name: &str, bytes: &[u8]) -> Command {
+    Command::Deploy { tenant: DEFAULT_TENANT.into(), name: name.into(), module: sha256_hex(bytes), spec: spec() }
+}
+
+#[test]
+fn a_deploy_writes_one_version_record_and_a_head_that_does_not_grow() -> Result<()> {
+    let s = State::temporary()?;
+    s.apply(1, &put(b"m"))?;
+    let head_size = |s: &State| s.functions.get(function_key(DEFAULT_TENANT, "f")).ok().flatten().map(|v| v.len());
+    s.apply(2, &deploy("f", b"m"))?;
+    let first = head_size(&s).expect("a head record");
+    for i in 3..503 {
+        s.apply(i, &deploy("f", b"m"))?;
+    }
+    assert_eq!(head_size(&s), Some(first + 4), "the head holds only numbers (active and latest, 1 -> 501)");
+    assert_eq!(s.versions.len(), 501);
+    let f = s.function(DEFAULT_TENANT, "f")?.expect("deployed");
+    assert_eq!((f.active, f.latest, f.current.map(|v| v.created_at)), (501, 501, Some(502)));
+    let back = Command::Rollback { tenant: DEFAULT_TENANT.into(), name: "f".into(), version: 7 };
+    assert_eq!(s.apply(503, &back)?, Applied::RolledBack { version: 7 });
+    assert_eq!(s.function(DEFAULT_TENANT, "f")?.and_then(|f| f.current).map(|v| v.created_at), Some(8));
+    let gone = Command::Rollback { tenant: DEFAULT_TENANT.into(), name: "f".into(), version: 502 };
+    assert!(matches!(s.apply(504, &gone), Err(StateError::VersionNotFound { .. })));
+    // Deleting the function removes every version with it.
+    s.apply(505, &Command::Delete { tenant: DEFAULT_TENANT.into(), name: "f".into() })?;
+    assert_eq!((s.versions.len(), s.functions.len()), (0, 0));
+    Ok(())
+}
+
+#[test]
+fn functions_stored_with_inline_versions_are_moved_at_start() -> Result<()> {
+    let dir = tempfile::tempdir().map_err(|e| StateError::Storage(e.to_string()))?;
+    {
+        let s = State::open(dir.path())?;
+        s.apply(1, &put(b"m"))?;
+        // A function as stored before versions had records of their own.
+        let version = |n: u64| Version { version: n, module: sha256_hex(b"m"), spec: spec(), created_at: n + 1 };
+        let old = serde_json::json!({
+            "tenant": DEFAULT_TENANT, "name": "old", "versions": [version(1), version(2), version(3)], "active": 2,
+        });
+        s.functions.insert(function_key(DEFAULT_TENANT, "old"), serde_json::to_vec(&old).expect("json"))?;
+        s.meta.insert(APPLIED_KEY, &4u64.to_be_bytes())?;
+        s.flush()?;
+    }
+    let s = State::open(dir.path())?;
+    let f = s.function(DEFAULT_TENANT, "old")?.expect("kept");
+    assert_eq!((f.active, f.latest, f.current.map(|v| v.version)), (2, 3, Some(2)));
+    assert_eq!(s.versions(DEFAULT_TENANT, "old")?.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(s.apply(5, &deploy("old", b"m"))?, Applied::Deployed { version: 4 });
+    Ok(())
+}
+
+#[test]
+fn deploys_number_versions_and_rollback_switches_the_active_one() -> Result<()> {
+    let s = State::temporary()?;
+    assert_eq!(s.apply(1, &put(b"one"))?, Applied::ModuleStored { sha256: sha256_hex(b"one"), existed: false });
+    assert_eq!(s.apply(2, &put(b"two"))?, Applied::ModuleStored { sha256: sha256_hex(b"two"), existed: false });
+    assert_eq!(s.apply(3, &deploy("fraud", b"one"))?, Applied::Deployed { version: 1 });
+    assert_eq!(s.apply(4, &deploy("fraud", b"two"))?, Applied::Deployed { version: 2 });
+    let f = s.function(DEFAULT_TENANT, "fraud")?.expect("deployed");
+    assert_eq!(f.active, 2);
+    assert_eq!(f.active_version().map(|v| v.module.clone()), Some(sha256_hex(b"two")));
+    let back = Command::Rollback { tenant: DEFAULT_TENANT.into(), name: "fraud".into(), version: 1 };
+    assert_eq!(s.apply(5, &back)?, Applied::RolledBack { version: 1 });
+    let f = s.function(DEFAULT_TENANT, "fraud")?.expect("still there");
+    assert_eq!((f.active, s.versions(DEFAULT_TENANT, "fraud")?.len()), (1, 2), "rollback keeps every version");
+    Ok(())
+}
+
+#[test]
+fn a_module_is_stored_once_however_many_functions_use_it() -> Result<()> {
+    let s = State::temporary()?;
+    s.apply(1, &put(b"shared"))?;
+    assert_eq!(s.apply(2, &put(b"shared"))?, Applied::ModuleStored { sha256: sha256_hex(b"shared"), existed: true });
+    s.apply(3, &deploy("a", b"shared"))?;
+    s.apply(4, &deploy("b", b"shared"))?;
+    assert_eq!(s.module_count(), 1);
+    assert_eq!(s.functions(DEFAULT_TENANT)?.len(), 2);
+    Ok(())
+}
+
+#[test]
+fn failed_commands_change_nothing_but_consume_their_index() -> Result<()> {
+    let s = State::temporary()?;
+    let missing = s.apply(1, &deploy("f", b"never uploaded"));
+    assert!(matches!(missing, Err(StateError::ModuleNotFound { .. })), "{missing:?}");
+    let lying = Command::PutModule { tenant: DEFAULT_TENANT.into(), sha256: sha256_hex(b"a"), bytes: b"b".to_vec() };
+    assert!(matches!(s.apply(2, &lying), Err(StateError::ChecksumMismatch { .. })));
+    let unknown = Command::Rollback { tenant: DEFAULT_TENANT.into(), name: "f".into(), version: 3 };
+    assert!(matches!(s.apply(3, &unknown), Err(StateError::FunctionNotFound { .. })));
+    s.apply(4, &put(b"m"))?;
+    s.apply(5, &deploy("f", b"m"))?;
+    let no_version = Command::Rollback { tenant: DEFAULT_TENANT.into(), name: "f".into(), version: 9 };
+    assert!(matches!(s.apply(6, &no_version), Err(StateError::VersionNotFound { version: 9, .. })));
+    assert_eq!(s.applied_index()?, 6);
+    assert_eq!(s.module_count(), 1);
+    assert_eq!(s.function(DEFAULT_TENANT, "f")?.map(|f| f.latest), Some(1));
+    Ok(())
+}
+
+#[test]
+fn replaying_an_applied_index_is_a_no_op() -> Result<()> {
+    let s = State::temporary()?;
+    s.apply(1, &put(b"m"))?;
+    s.apply(2, &deploy("f", b"m"))?;
+    assert_eq!(s.apply(2, &deploy("f", b"m"))?, Applied::AlreadyApplied);
+    assert_eq!(s.apply(1, &put(b"m"))?, Applied::AlreadyApplied);
+    assert_eq!(s.function(DEFAULT_TENANT, "f")?.map(|f| f.latest), Some(1));
+    Ok(())
+}
+
+#[test]
+fn state_survives_reopening() -> Result<()> {
+    let dir = tempfile::tempdir().map_err(|e| StateError::Storage(e.to_string()))?;
+    {
+        let s = State::open(dir.path())?;
+        s.apply(1, &put(b"m"))?;
+        s.apply(2, &deploy("f", b"m"))?;
+        s.flush()?;
+    }
+    // sled releases its lock on the files shortly after the last handle drops.
+    let s = (0..200)
+        .find_map(|_| {
+            State::open(dir.path()).ok().or_else(|| {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                None
+            })
+        })
+        .ok_or_else(|| StateError::Storage("could not reopen".into()))?;
+    assert_eq!(s.applied_index()?, 2);
+    assert_eq!(s.module(&sha256_hex(b"m"))?, Some(b"m".to_vec()));
+    assert_eq!(s.function(DEFAULT_TENANT, "f")?.map(|f| f.active), Some(1));
+    Ok(())
+}
+
+#[test]
+fn names_with_slashes_dots_or_odd_characters_are_refused() {
+    for bad in ["", "a/b", "..", "a..b", ".hidden", "-x", "UPPER", "white space", "x".repeat(64).as_str(), "ü"] {
+        assert!(validate_name(bad).is_err(), "{bad:?} should be refused");
+    }
+    for good in ["fraud", "fall-detect", "logreg_v2", "a.b", "0x"] {
+        assert!(validate_name(good).is_ok(), "{good:?} should be accepted");
+    }
+    let s = State::temporary().expect("state");
+    let bad = Command::Delete { tenant: DEFAULT_TENANT.into(), name: "../etc".into() };
+    assert!(matches!(s.apply(1, &bad), Err(StateError::InvalidName { .. })));
+}
+
+#[test]
+fn tenants_own_their_uploads_and_removing_one_removes_what_it_owned() -> Result<()> {
+    let s = State::temporary()?;
+    let deploy_as = |tenant: &str, name: &str, bytes: &[u8]| Command::Deploy {
+        tenant: tenant.into(),
+        name: name.into(),
+        module: sha256_hex(bytes),
+        spec: spec(),
+    };
+    assert!(matches!(s.apply(1, &put_for("acme", b"m")), Err(StateError::TenantNotFound { .. })));
+    s.apply(2, &Command::CreateTenant { name: "acme".into(), quotas: Quotas::default() })?;
+    let twice = s.apply(3, &Command::CreateTenant { name: "acme".into(), quotas: Quotas::default() });
+    assert!(matches!(twice, Err(StateError::TenantExists { .. })), "{twice:?}");
+    assert!(matches!(
+        s.apply(4, &Command::CreateTenant { name: "default".into(), quotas: Quotas::default() }),
+        Err(StateError::TenantExists { .. })
+    ));
+    assert_eq!(s.apply(5, &put(b"m"))?, Applied::ModuleStored { sha256: sha256_hex(b"m"), existed: false });
+    // The same bytes from another tenant: stored once, but new to it.
+    assert_eq!(s.apply(6, &put_for("acme", b"m"))?, Applied::ModuleStored { sha256: sha256_hex(b"m"), existed: false });
+    assert_eq!(s.module_count(), 1);
+    s.apply(7, &put(b"only-default"))?;
+    let stolen = s.apply(8, &deploy_as("acme", "f", b"only-default"));
+    assert!(matches!(stolen, Err(StateError::ModuleNotFound { .. })), "a tenant deploys only its uploads: {stolen:?}");
+    s.apply(9, &deploy_as("acme", "f", b"m"))?;
+    s.apply(10, &deploy("f", b"m"))?;
+    let token = Command::CreateToken { sha256: "ab".repeat(32), tenant: Some("acme".into()), role: Role::Full };
+    s.apply(11, &token)?;
+    assert_eq!(s.routes_revision()?, 11, "a new token changes what the gateways accept");
+    let orphan = Command::CreateToken { sha256: "cd".repeat(32), tenant: Some("nobody".into()), role: Role::Full };
+    assert!(matches!(s.apply(12, &orphan), Err(StateError::TenantNotFound { .. })));
+    assert_eq!(s.tokens()?.len(), 1);
+
+    assert_eq!(s.apply(13, &Command::DeleteTenant { name: "acme".into() })?, Applied::TenantDeleted);
+    assert_eq!(s.function("acme", "f")?, None);
+    assert!(s.function(DEFAULT_TENANT, "f")?.is_some(), "another tenant's function of the same name stays");
+    assert!(s.tokens()?.is_empty());
+    assert!(!s.owns_module("acme", &sha256_hex(b"m"))?);
+    assert!(s.owns_module(DEFAULT_TENANT, &sha256_hex(b"m"))?);
+    assert_eq!(s.tenants()?.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["default"]);
+    assert!(matches!(s.apply(14, &Command::DeleteTenant { name: "default".into() }), Err(StateError::DefaultTenant)));
+    let gone = Command::RevokeToken { sha256: "ab".repeat(32) };
+    assert!(matches!(s.apply(15, &gone), Err(StateError::TokenNotFound { .. })));
+    Ok(())
+}
+
+#[test]
+fn a_snapshot_restores_the_same_state_elsewhere() -> Result<()> {
+    let a = State::temporary()?;
+    a.apply(1, &put(b"m"))?;
+    a.apply(2, &deploy("f", b"m"))?;
+    a.apply(3, &deploy("g", b"m"))?;
+    let (_, applied) = a.snapshot_data()?;
+    assert_eq!(applied, 3);
+    let b = State::temporary()?;
+    b.apply(1, &put(b"stale"))?;
+    b.apply(2, &deploy("old", b"stale"))?;
+    a.apply(4, &Command::CreateTenant { name: "acme".into(), quotas: Quotas::default() })?;
+    a.apply(5, &Command::CreateToken { sha256: "ab".repeat(32), tenant: Some("acme".into()), role: Role::ReadOnly })?;
+    let (data, _) = a.snapshot_data()?;
+    assert_eq!(b.restore(&data)?, 5);
+    assert_eq!(b.tenants()?, a.tenants()?);
+    assert_eq!(b.tokens()?, a.tokens()?);
+    assert_eq!(b.functions(DEFAULT_TENANT)?, a.functions(DEFAULT_TENANT)?);
+    assert_eq!(b.module(&sha256_hex(b"stale"))?, None, "restore replaces, not merges");
+    assert_eq!(b.applied_index()?, 5);
+    Ok(())
+}
+
+#[test]
+fn oversized_modules_are_refused() {
+    let s = State::temporary().expect("state");
+    let big = vec![0u8; MAX_MODULE_BYTES + 1];
+    let err = s.apply(1, &put(&big)).expect_err("too big");
+    assert!(matches!(err, StateError::ModuleTooLarge { .. }));
+    assert_eq!(s.module_count(), 0);
+}
