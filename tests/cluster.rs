@@ -286,6 +286,31 @@ async fn a_paused_leader_holds_no_caller_past_the_request_timeout() {
     assert!(written.is_some(), "no write succeeded while the old leader was paused");
 }
 
+/// `wasmgrid cluster transfer-leader ID`, sent to any replica, hands
+/// leadership to that replica and returns once it leads; writes go on; a
+/// replica that is not a member is refused with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_to_the_replica_named() {
+    let replicas = Replicas::start(3, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    ok(cli_deploy(&replicas.urls(), "f", 1.0));
+    for round in 0..2 {
+        let leader = replicas.wait_leader(Duration::from_secs(5)).await;
+        let target = (1..=3).find(|&id| id != leader).expect("a follower");
+        // Through the replica that is neither: it forwards to the leader.
+        let via = (1..=3).find(|&id| id != leader && id != target).expect("a third replica");
+        let transfer = ["cluster", "transfer-leader", &target.to_string(), "--url", &replicas.url(via)];
+        let stdout = ok_stdout(wasmgrid().args(transfer).output().expect("wasmgrid"));
+        assert!(stdout.contains(&format!("replica {target} leads")), "round {round}: {stdout}");
+        assert_eq!(replicas.wait_leader(Duration::from_secs(5)).await, target, "round {round}");
+        ok(cli_deploy(&replicas.urls(), "f", 2.0 + round as f64));
+    }
+    let stderr = fails(
+        wasmgrid().args(["cluster", "transfer-leader", "9", "--url", &replicas.urls()]).output().expect("wasmgrid"),
+    );
+    assert!(stderr.contains("replica 9 is not a voting member"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_quorum_a_deploy_fails_with_503_within_5s() {
     let mut replicas = Replicas::start(3, 1000);

@@ -21,6 +21,14 @@ pub enum ClusterCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Hand leadership to another replica (admin token), e.g. before
+    /// stopping the leader's machine; returns once it leads.
+    TransferLeader {
+        /// The replica id to lead.
+        id: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 pub fn nodes(command: NodesCommand) -> Result<()> {
@@ -50,7 +58,17 @@ pub fn nodes(command: NodesCommand) -> Result<()> {
 }
 
 pub fn cluster(command: ClusterCommand) -> Result<()> {
-    let ClusterCommand::Status { client: args } = command;
+    let args = match command {
+        ClusterCommand::Status { client } => client,
+        ClusterCommand::TransferLeader { id, client: args } => {
+            let status = tokio_runtime()?.block_on(client(&args)?.transfer_leader(id))?;
+            if args.json {
+                return print_json(&status);
+            }
+            println!("replica {id} leads (term {})", status.term);
+            return Ok(());
+        }
+    };
     let rt = tokio_runtime()?;
     let c = client(&args)?;
     let mut status = rt.block_on(c.cluster())?;

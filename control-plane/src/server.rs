@@ -305,6 +305,7 @@ fn router(app: App) -> Router {
     Router::new()
         .route("/v1/health", get(cluster::health))
         .route("/v1/cluster", get(cluster::cluster))
+        .route("/v1/cluster/leader", post(cluster::transfer_leader))
         .route("/v1/modules", post(functions::upload_module).layer(DefaultBodyLimit::max(MAX_MODULE_BYTES)))
         .route("/v1/modules/{sha256}", get(functions::download_module))
         .route("/v1/functions", get(functions::list_functions))

@@ -236,6 +236,11 @@ impl Client {
         self.call(Method::GET, "/v1/cluster", Body::None).await
     }
 
+    /// Hands leadership to replica `id`; the cluster's status once it leads.
+    pub async fn transfer_leader(&self, id: u64) -> Result<ClusterStatus, ApiError> {
+        self.call(Method::POST, "/v1/cluster/leader", Self::json(&TransferLeader { id })).await
+    }
+
     /// The route table, once its revision is past `since` or `wait` passed.
     pub async fn routes(&self, since: u64, wait: Duration) -> Result<RouteTable, ApiError> {
         let path = format!("/v1/routes?since={since}&wait_ms={}", wait.as_millis());

@@ -84,6 +84,12 @@ pub enum ProposeError {
     /// The replica is shutting down or its storage failed.
     #[error("replica stopped: {0}")]
     Stopped(String),
+    /// Only the leader can do this.
+    #[error("this replica is not the leader")]
+    NotLeader,
+    /// The replica named is not a voting member.
+    #[error("replica {0} is not a voting member of the cluster")]
+    NotAVoter(u64),
 }
 
 /// What the replica reports about itself.
@@ -116,6 +122,7 @@ enum Request {
     Propose { command: Command, reply: oneshot::Sender<Result<Applied, ProposeError>> },
     Step(Box<Message>),
     ReadIndex { reply: oneshot::Sender<Result<(), ProposeError>> },
+    TransferLeader { to: u64, reply: oneshot::Sender<Result<(), ProposeError>> },
 }
 
 /// A handle to a running replica. Dropping every handle stops the loop.
@@ -262,6 +269,15 @@ impl Replica {
 
     /// Waits until this replica's state reflects every write committed
     /// before the call (ReadIndex): reads after it are linearizable.
+    /// Asks the leader (this replica) to hand leadership to voter `to`;
+    /// the handover itself happens once `to` has caught up (watch
+    /// [`Replica::status`] for it).
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.requests.send(Request::TransferLeader { to, reply }).map_err(stopped)?;
+        self.answer(rx).await
+    }
+
     pub async fn read_barrier(&self) -> Result<(), ProposeError> {
         let (reply, rx) = oneshot::channel();
         self.requests.send(Request::ReadIndex { reply }).map_err(stopped)?;
@@ -416,6 +432,20 @@ impl Driver {
                 if let Err(e) = self.node.step(*message) {
                     tracing::debug!(replica = self.config.id, "ignored a raft message: {e}");
                 }
+            }
+            Request::TransferLeader { to, reply } => {
+                let answer = if self.node.raft.state != StateRole::Leader {
+                    Err(ProposeError::NotLeader)
+                } else if !self.node.raft.prs().conf().voters().contains(to) {
+                    Err(ProposeError::NotAVoter(to))
+                } else {
+                    // The leader stops taking proposals and sends `to` a
+                    // TimeoutNow once it has caught up: `to` then wins the
+                    // next election at once.
+                    self.node.transfer_leader(to);
+                    Ok(())
+                };
+                let _ = reply.send(answer);
             }
             Request::ReadIndex { reply } => {
                 if self.node.raft.leader_id == 0 {

@@ -60,6 +60,8 @@ impl From<ProposeError> for Failure {
                 "no quorum: the request was not committed within {t:?} (a majority of replicas must be up)"
             )),
             ProposeError::Stopped(reason) => Failure::internal(format!("the replica stopped: {reason}")),
+            ProposeError::NotLeader => no_quorum("this replica is not the leader (leadership moved; retry)"),
+            e @ ProposeError::NotAVoter(_) => Failure::bad(e.to_string()),
         }
     }
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use axum::body::Bytes;
 use axum::extract::State as Shared;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use wasmgrid_api::*;
@@ -67,4 +67,28 @@ pub(super) async fn raft(Shared(app): Shared<App>, body: Result<Bytes, BytesReje
         app.0.replica.step(m);
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/cluster/leader` (`{"id": N}`, admin): hands leadership to
+/// voter `N` (forwarded to the leader like every write) and answers once
+/// `N` leads, or `503` when it does not within the request timeout. For
+/// maintenance: move leadership off a machine before stopping it.
+pub(super) async fn transfer_leader(
+    Shared(app): Shared<App>,
+    body: Result<axum::Json<TransferLeader>, JsonRejection>,
+) -> Answer<Response> {
+    let TransferLeader { id } = json_body(body)?;
+    let replica = &app.0.replica;
+    if replica.status().leader != id {
+        replica.transfer_leader(id).await?;
+        let timeout = app.0.request_timeout;
+        if !replica.wait_for(timeout, |s| s.leader == id).await {
+            return Err(no_quorum(format!(
+                "replica {id} did not take over within {timeout:?} (is it up and caught up?); replica {} still leads",
+                replica.status().leader
+            )));
+        }
+    }
+    tracing::info!(leader = id, "leadership transferred");
+    Ok(cluster(Shared(app)).await)
 }

@@ -216,6 +216,13 @@ pub struct Member {
     pub lag: Option<u64>,
 }
 
+/// `POST /v1/cluster/leader`: the voter to hand leadership to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferLeader {
+    /// Its replica id.
+    pub id: u64,
+}
+
 /// `GET /v1/cluster`: the answering replica's view of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterStatus {
