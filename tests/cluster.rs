@@ -203,51 +203,6 @@ async fn a_replica_down_for_a_thousand_writes_catches_up_from_a_snapshot() {
     assert!(log.contains("installed a snapshot"), "{log}");
 }
 
-/// A replica whose Raft loop dies stops its process (exit status 1) with
-/// the reason in its log, instead of answering `/v1/health` with 200 while
-/// serving nothing. The fault here: a follower restarted with an empty data
-/// directory, which the leader still counts as holding entries it
-/// acknowledged (raft-rs refuses that with a panic). The others keep serving.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_whose_raft_loop_dies_stops_and_says_why() {
-    let mut replicas = Replicas::start(3, 1000);
-    let leader = replicas.wait_leader(Duration::from_secs(15)).await;
-    let follower = if leader == 3 { 2 } else { 3 };
-    let client = replicas.client_all();
-    let module = upload(&client).await;
-    for i in 0..20 {
-        client.deploy("f", &deploy_request(&module, i as f64)).await.expect("deploy");
-    }
-    let commit = replicas.status(leader).await.expect("leader status").commit;
-    replicas.wait_applied(follower, commit, Duration::from_secs(10)).await;
-
-    replicas.kill(follower);
-    std::fs::remove_dir_all(replicas.dir.path().join(format!("replica-{follower}"))).expect("wipe the data");
-    replicas.spawn(follower);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = replicas.exited(follower) {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let health = common::http().get(format!("{}/v1/health", replicas.url(follower))).send().await;
-            let health = match health {
-                Ok(r) => format!("{} {}", r.status(), r.text().await.unwrap_or_default()),
-                Err(e) => e.to_string(),
-            };
-            panic!("replica {follower} kept running with a dead Raft loop; /v1/health: {health}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(status.code(), Some(1), "{status:?}");
-    let log = std::fs::read_to_string(replicas.log(follower)).unwrap_or_default();
-    assert!(log.contains(&format!("control-plane replica {follower} stopped: the Raft loop panicked")), "{log}");
-    assert!(log.contains("docs/operations.md"), "{log}");
-
-    // The other two keep the quorum.
-    client.deploy("f", &deploy_request(&module, 99.0)).await.expect("a deploy after the replica stopped");
-}
-
 /// A paused leader (SIGSTOP: its socket still accepts connections, nothing
 /// answers) holds no caller past the request timeout (3 s): a write sent to
 /// a follower fails with 503 by then, and the next one succeeds once the
@@ -621,4 +576,45 @@ async fn hostile_functions_get_clear_errors_on_the_gateway_and_the_node_keeps_se
         let r = call(http.clone(), gateway("churn"), 3).await.expect("churn still serves");
         assert_eq!(r.rows.len(), 3);
     }
+}
+
+/// A write sent again with its `wasmgrid-request-id` (a client retrying
+/// after a lost answer) is answered as the first time, through any
+/// replica, and applied once; a malformed id is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_retried_with_its_request_id_is_applied_once() {
+    let replicas = Replicas::start(3, 1000);
+    let leader = replicas.wait_leader(Duration::from_secs(15)).await;
+    let module = upload(&replicas.client_all()).await;
+    let http = common::http();
+    let body = serde_json::to_vec(&deploy_request(&module, 1.0)).expect("json");
+    let mut answers = Vec::new();
+    for id in [leader, leader % 3 + 1, leader] {
+        let response = http
+            .post(format!("{}/v1/functions/f/versions", replicas.url(id)))
+            .header("content-type", "application/json")
+            .header("wasmgrid-request-id", "deploy-f-1")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("deploy");
+        answers.push((response.status().as_u16(), response.text().await.expect("body")));
+    }
+    assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+    assert!(answers[0].0 < 300, "{answers:?}");
+    let f = replicas.client_all().function("f").await.expect("f");
+    assert_eq!(f.versions.len(), 1, "applied once: {f:?}");
+    // Without the id, the same body is another deploy.
+    replicas.client_all().deploy("f", &deploy_request(&module, 1.0)).await.expect("deploy");
+    assert_eq!(replicas.client_all().function("f").await.expect("f").versions.len(), 2);
+
+    let bad = http
+        .post(format!("{}/v1/tenants", replicas.url(leader)))
+        .header("wasmgrid-request-id", "no spaces allowed")
+        .json(&serde_json::json!({ "name": "t" }))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(bad.status().as_u16(), 400);
+    assert!(bad.text().await.unwrap_or_default().contains("wasmgrid-request-id"));
 }

@@ -38,6 +38,13 @@ pub struct ControlPlaneArgs {
     /// [default: a single replica, ID=LISTEN].
     #[arg(long, value_delimiter = ',', value_parser = parse_peer)]
     peers: Vec<(u64, String)>,
+    /// For a new machine joining a running cluster: replica URL(s) to ask
+    /// for the cluster's replicas, comma-separated. Add this replica first
+    /// (`wasmgrid cluster add-replica ID=URL`); start it with an empty
+    /// --data and the cluster's admin token file. Ignored once DATA holds
+    /// the replica's log.
+    #[arg(long, value_delimiter = ',', value_parser = parse_url)]
+    join: Vec<String>,
     /// Compact the log into a snapshot after this many entries.
     #[arg(long, default_value_t = 1000)]
     snapshot_every: u64,
@@ -306,7 +313,11 @@ pub struct DevArgs {
     certificate: TlsArgs,
 }
 
-fn parse_peer(s: &str) -> Result<(u64, String), String> {
+fn parse_url(s: &str) -> Result<String, String> {
+    wasmgrid_api::normalize_url(s).map_err(|e| e.to_string())
+}
+
+pub(crate) fn parse_peer(s: &str) -> Result<(u64, String), String> {
     let (id, addr) = s.split_once('=').ok_or_else(|| format!("`{s}` is not ID=ADDR"))?;
     let id: u64 = id.trim().parse().map_err(|_| format!("`{id}` in `{s}` is not a replica id"))?;
     if id == 0 {
@@ -364,10 +375,12 @@ fn replica_config(args: &ControlPlaneArgs) -> Result<ReplicaConfig> {
     }
     anyhow::ensure!(args.snapshot_every >= 10, "--snapshot-every must be at least 10");
     let token_file = args.admin_token_file.clone().unwrap_or_else(|| tokens::admin_token_path(&args.data));
-    let admin = tokens::admin_token(&token_file, peers.len() == 1)?;
-    let own = literal_addresses(&peers.values().cloned().collect::<Vec<_>>());
+    // A joining replica must use the cluster's token, never make one.
+    let admin = tokens::admin_token(&token_file, peers.len() == 1 && args.join.is_empty())?;
+    let own = literal_addresses(&peers.values().chain(&args.join).cloned().collect::<Vec<_>>());
     args.egress.install(own.into_iter().chain([args.listen]), &args.data);
     let mut config = ReplicaConfig::new(args.id, args.listen, peers, args.data.clone(), admin);
+    config.join = args.join.clone();
     config.job_io = Some(Arc::new(wasmgrid_jobs::FileJobIo));
     // The replica only checks `init`: a few instances, no GPU.
     let mut runtime = runtime_config(&args.compile, false, 0)?;
@@ -391,10 +404,18 @@ pub fn control_plane(args: ControlPlaneArgs) -> Result<()> {
     tokio_runtime()?.block_on(async move {
         let running = server::start(config).await?;
         eprintln!("control-plane replica {} serving on {}", args.id, running.url());
-        let stopped = running.replica.stopped();
+        let replica = running.replica.clone();
+        let stopped = replica.stopped();
         tokio::select! {
             () = stop_on_signal(running.stop()) => Ok(()),
-            reason = stopped => Err(replica_stopped(args.id, &reason)),
+            reason = stopped => {
+                if replica.status().removed {
+                    // Not a failure: a supervisor should not start it again.
+                    eprintln!("control-plane replica {}: {reason}; stopping", args.id);
+                    return Ok(());
+                }
+                Err(replica_stopped(args.id, &reason))
+            }
         }
     })
 }

@@ -32,7 +32,7 @@ use wasmgrid_api::serve::{self, ServeLimits};
 use wasmgrid_api::tls::{self, ServerTls};
 use wasmgrid_api::*;
 
-use crate::replica::{ProposeError, Replica, ReplicaConfig, Status};
+use crate::replica::{Opened, ProposeError, Replica, ReplicaConfig, Status};
 use crate::state::{
     Applied, Command, Function, FunctionSpec, MAX_MODULE_BYTES, StateError, TenantRecord, TokenRecord, Version,
     sha256_hex,
@@ -45,6 +45,7 @@ mod cluster;
 mod forward;
 mod functions;
 mod jobs;
+mod membership;
 mod nodes;
 mod tenants;
 use auth::Caller;
@@ -70,8 +71,14 @@ pub struct Config {
     pub id: u64,
     /// The address to serve on.
     pub listen: SocketAddr,
-    /// Every replica's base URL by id, this one included.
+    /// Every replica's base URL by id, this one included: the replicas a
+    /// new cluster starts with. Once the state records the replicas (from
+    /// the first start on), membership changes decide them instead.
     pub peers: BTreeMap<u64, String>,
+    /// Replicas of a running cluster to join through, for a new machine
+    /// (empty data directory) that was added with `add-replica`. Ignored
+    /// once the replica holds data.
+    pub join: Vec<String>,
     /// Where its sled database lives.
     pub data_dir: PathBuf,
     /// Compact the log after this many applied entries.
@@ -127,6 +134,7 @@ impl Config {
             id,
             listen,
             peers,
+            join: Vec::new(),
             data_dir,
             snapshot_every: 1000,
             tick: Duration::from_millis(50),
@@ -182,6 +190,24 @@ pub enum StartError {
         /// Why.
         reason: String,
     },
+    /// The replica's log ends before entries it acknowledged.
+    #[error(
+        "replica {id}'s log ends at index {last_index}, but the leader (replica {leader}) counts it as holding \
+         entries up to {matched}: its data directory was lost, damaged or restored from an older copy, and \
+         starting it could lose acknowledged writes. Replace it: on a running replica, \
+         `wasmgrid cluster remove-replica {id}`, then `wasmgrid cluster add-replica {id}=URL`, and start this \
+         one with an empty --data and --join URL (docs/operations.md, Replace a machine)"
+    )]
+    Behind {
+        /// This replica.
+        id: u64,
+        /// Where its log ends.
+        last_index: u64,
+        /// What the leader counts it as holding.
+        matched: u64,
+        /// The leader asked.
+        leader: u64,
+    },
 }
 
 /// A running replica and its HTTP server.
@@ -216,7 +242,7 @@ impl Running {
 
 /// Binds the listen address, opens storage, starts the replica and serves.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    if !config.peers.contains_key(&config.id) {
+    if config.join.is_empty() && !config.peers.contains_key(&config.id) {
         return Err(StartError::Config(format!("--peers does not name this replica's id {}", config.id)));
     }
     if config.admin_token.len() < 16 {
@@ -229,24 +255,34 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| StartError::Storage { dir: config.data_dir.clone(), reason: e.to_string() })?;
 
-    let transport = HttpTransport::start(config.id, &config.peers, &config.admin_token)
-        .map_err(|e| StartError::Config(e.to_string()))?;
-    let mut rc = ReplicaConfig::new(config.id, config.peers.keys().copied().collect(), config.data_dir.clone());
-    rc.snapshot_every = config.snapshot_every;
-    rc.tick = config.tick;
-    rc.request_timeout = config.request_timeout;
-    let replica = Replica::start(rc, transport)
-        .map_err(|e| StartError::Storage { dir: config.data_dir.clone(), reason: e.to_string() })?;
-
     let http = tls::client_builder()
         .map_err(|e| StartError::Config(e.to_string()))?
         .connect_timeout(Duration::from_millis(500))
         .timeout(config.request_timeout + Duration::from_secs(2))
         .build()
         .map_err(|e| StartError::Config(e.to_string()))?;
+    let storage = |e: ProposeError| StartError::Storage { dir: config.data_dir.clone(), reason: e.to_string() };
+    let mut rc = ReplicaConfig::new(config.id, config.peers.keys().copied().collect(), config.data_dir.clone());
+    rc.members = config.peers.clone();
+    rc.snapshot_every = config.snapshot_every;
+    rc.tick = config.tick;
+    rc.request_timeout = config.request_timeout;
+    let opened = Opened::open(rc).map_err(storage)?;
+    let opened = if opened.is_fresh().map_err(storage)? && !config.join.is_empty() {
+        let members = membership::join(&http, &config).await?;
+        opened.join(members)
+    } else {
+        let recorded = opened.members().map_err(storage)?;
+        let peers = if recorded.is_empty() { &config.peers } else { &recorded };
+        membership::check_log(&http, &config, peers, opened.last_index().map_err(storage)?).await?;
+        opened
+    };
+    let transport = HttpTransport::start(config.id, &BTreeMap::new(), &config.admin_token)
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let replica = opened.start(transport).map_err(storage)?;
     let app = App(Arc::new(Inner {
         replica: replica.clone(),
-        peers: config.peers.clone(),
+        tls: config.tls.is_some(),
         http,
         request_timeout: config.request_timeout,
         nodes: Mutex::new(HashMap::new()),
@@ -262,6 +298,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     tokio::spawn(forward::watch_leadership(app.clone()));
     tokio::spawn(jobs::drive(app.clone()));
     tokio::spawn(nodes::watch_gpu_quotas(app.clone()));
+    tokio::spawn(membership::promote_learners(app.clone()));
+    tokio::spawn(membership::watch_removal(app.clone(), config.admin_token.clone()));
 
     let (tx, rx) = oneshot::channel::<()>();
     let router = router(app);
@@ -278,7 +316,8 @@ struct App(Arc<Inner>);
 
 struct Inner {
     replica: Replica,
-    peers: BTreeMap<u64, String>,
+    /// Whether the replicas serve HTTPS.
+    tls: bool,
     http: reqwest::Client,
     request_timeout: Duration,
     /// The leader's record of heartbeats, by node id: never replicated.
@@ -306,6 +345,8 @@ fn router(app: App) -> Router {
         .route("/v1/health", get(cluster::health))
         .route("/v1/cluster", get(cluster::cluster))
         .route("/v1/cluster/leader", post(cluster::transfer_leader))
+        .route("/v1/cluster/replicas", post(membership::add_replica))
+        .route("/v1/cluster/replicas/{id}", delete(membership::remove_replica))
         .route("/v1/modules", post(functions::upload_module).layer(DefaultBodyLimit::max(MAX_MODULE_BYTES)))
         .route("/v1/modules/{sha256}", get(functions::download_module))
         .route("/v1/functions", get(functions::list_functions))

@@ -5,9 +5,11 @@
 //! protobuf message, repeated) and posts it to the peer's `/v1/raft` on one
 //! long-lived HTTP/2 connection. Delivery is best effort, as Raft expects:
 //! a full queue or a failed post drops messages, and Raft sends them again.
+//! The set of peers follows the cluster's membership: a peer added gets a
+//! sender task, a peer removed (or moved to another URL) loses its own.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use protobuf::Message as _;
@@ -26,7 +28,10 @@ pub const MAX_BODY: usize = 2 << 30;
 /// Sends Raft messages to peers over HTTP/2.
 #[derive(Debug)]
 pub struct HttpTransport {
-    peers: HashMap<u64, mpsc::Sender<Message>>,
+    self_id: u64,
+    http: reqwest::Client,
+    /// Each peer's URL and queue.
+    peers: RwLock<HashMap<u64, (String, mpsc::Sender<Message>)>>,
 }
 
 impl HttpTransport {
@@ -50,24 +55,32 @@ impl HttpTransport {
             .http2_keep_alive_interval(Duration::from_secs(5))
             .default_headers(headers)
             .build()?;
-        let mut senders = HashMap::new();
-        for (&id, url) in peers {
-            if id == self_id {
-                continue;
-            }
-            let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(send_loop(format!("{url}/v1/raft"), http.clone(), rx));
-            senders.insert(id, tx);
-        }
-        Ok(Arc::new(HttpTransport { peers: senders }))
+        let transport = HttpTransport { self_id, http, peers: RwLock::new(HashMap::new()) };
+        transport.set_members(peers);
+        Ok(Arc::new(transport))
     }
 }
 
 impl Transport for HttpTransport {
     fn send(&self, message: Message) {
-        if let Some(queue) = self.peers.get(&message.to) {
+        let peers = self.peers.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((_, queue)) = peers.get(&message.to) {
             // A full queue means the peer is not keeping up or is down.
             let _ = queue.try_send(message);
+        }
+    }
+
+    fn set_members(&self, members: &BTreeMap<u64, String>) {
+        let mut peers = self.peers.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Dropping a queue's sender ends its task.
+        peers.retain(|id, (url, _)| members.get(id) == Some(url));
+        for (&id, url) in members {
+            if id == self.self_id || peers.contains_key(&id) {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(QUEUE);
+            tokio::spawn(send_loop(format!("{url}/v1/raft"), self.http.clone(), rx));
+            peers.insert(id, (url.clone(), tx));
         }
     }
 }

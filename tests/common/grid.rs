@@ -32,6 +32,8 @@ pub struct Replicas {
     pub ports: Vec<u16>,
     procs: Vec<Option<Child>>,
     snapshot_every: u64,
+    /// How many replicas the cluster started with (its `--peers`).
+    initial: usize,
 }
 
 impl Replicas {
@@ -41,6 +43,7 @@ impl Replicas {
             ports: (0..n).map(|_| free_port()).collect(),
             procs: (0..n).map(|_| None).collect(),
             snapshot_every,
+            initial: n,
         };
         super::write_token(&r.token_file());
         for id in 1..=n as u64 {
@@ -50,7 +53,12 @@ impl Replicas {
     }
 
     pub fn peers(&self) -> String {
-        self.ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect::<Vec<_>>().join(",")
+        self.ports[..self.initial]
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// The admin token file every replica reads.
@@ -62,16 +70,40 @@ impl Replicas {
         self.dir.path().join(format!("replica-{id}.log"))
     }
 
-    /// Starts (or restarts) replica `id`.
+    /// Where replica `id` keeps its data.
+    pub fn data(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("replica-{id}"))
+    }
+
+    /// Makes room for one more replica (not started, not a member yet);
+    /// returns its id.
+    pub fn add_slot(&mut self) -> u64 {
+        self.ports.push(free_port());
+        self.procs.push(None);
+        self.ports.len() as u64
+    }
+
+    /// Starts (or restarts) replica `id` as one of the cluster's `--peers`.
     pub fn spawn(&mut self, id: u64) {
+        let peers = self.peers();
+        self.spawn_with(id, &["--peers", &peers]);
+    }
+
+    /// Starts replica `id` as a new machine joining through the others.
+    pub fn spawn_joining(&mut self, id: u64) {
+        let others: Vec<String> = (1..=self.ports.len() as u64).filter(|&o| o != id).map(|o| self.url(o)).collect();
+        self.spawn_with(id, &["--join", &others.join(",")]);
+    }
+
+    fn spawn_with(&mut self, id: u64, membership: &[&str]) {
         assert!(self.procs[id as usize - 1].is_none(), "replica {id} is running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log(id)).expect("log");
         let child = super::wasmgrid()
             .args(["control-plane", "--id", &id.to_string()])
             .arg("--data")
-            .arg(self.dir.path().join(format!("replica-{id}")))
+            .arg(self.data(id))
             .args(["--listen", &format!("127.0.0.1:{}", self.ports[id as usize - 1])])
-            .args(["--peers", &self.peers()])
+            .args(membership)
             .args(["--snapshot-every", &self.snapshot_every.to_string()])
             .arg("--admin-token-file")
             .arg(self.token_file())

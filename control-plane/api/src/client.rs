@@ -241,6 +241,17 @@ impl Client {
         self.call(Method::POST, "/v1/cluster/leader", Self::json(&TransferLeader { id })).await
     }
 
+    /// Adds replica `id`, reached at `url`, to the cluster as a learner
+    /// (admin); the leader promotes it to a voter once it has caught up.
+    pub async fn add_replica(&self, id: u64, url: &str) -> Result<ClusterStatus, ApiError> {
+        self.call(Method::POST, "/v1/cluster/replicas", Self::json(&AddReplica { id, url: url.into() })).await
+    }
+
+    /// Removes replica `id` from the cluster (admin).
+    pub async fn remove_replica(&self, id: u64) -> Result<ClusterStatus, ApiError> {
+        self.call(Method::DELETE, &format!("/v1/cluster/replicas/{id}"), Body::None).await
+    }
+
     /// The route table, once its revision is past `since` or `wait` passed.
     pub async fn routes(&self, since: u64, wait: Duration) -> Result<RouteTable, ApiError> {
         let path = format!("/v1/routes?since={since}&wait_ms={}", wait.as_millis());

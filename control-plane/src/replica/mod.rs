@@ -10,15 +10,23 @@
 //! Reads are linearizable through ReadIndex ([`Replica::read_barrier`]).
 //! Peers are reached through a [`Transport`]; the log is compacted to a
 //! snapshot every `snapshot_every` applied entries.
+//!
+//! The replica set changes through Raft configuration changes
+//! ([`Replica::change_membership`]): a new replica joins as a learner (it
+//! receives the log, by snapshot first, but does not vote), is promoted to
+//! a voter once it has caught up, and a replica is removed the same way.
+//! Each change carries the URLs of the replicas it adds, kept in the state
+//! (and in its snapshots) so every replica, and one restored from a
+//! snapshot, knows where its peers are.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, Entry, EntryType, Message};
+use raft::eraftpb::{ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message};
 use raft::{Config, RawNode, StateRole, Storage};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -29,6 +37,10 @@ use crate::state::{Applied, Command, State, StateError};
 pub trait Transport: Send + Sync + 'static {
     /// Sends `message` to replica `message.to`; best effort (Raft retries).
     fn send(&self, message: Message);
+
+    /// The replicas' URLs changed (a membership change was applied, or a
+    /// snapshot installed): send to these from now on.
+    fn set_members(&self, _members: &BTreeMap<u64, String>) {}
 }
 
 /// How a replica runs.
@@ -36,8 +48,14 @@ pub trait Transport: Send + Sync + 'static {
 pub struct ReplicaConfig {
     /// This replica's id (from 1).
     pub id: u64,
-    /// Every replica's id, this one included.
+    /// The voters a new cluster starts with, this one included; empty for a
+    /// replica that joins a running cluster (it learns its configuration
+    /// from the leader's snapshot). Ignored once the log holds a
+    /// configuration.
     pub peers: Vec<u64>,
+    /// The replicas' URLs by id, recorded in the state at the first start
+    /// of a new cluster (later starts keep the recorded ones).
+    pub members: BTreeMap<u64, String>,
     /// Where its sled database lives.
     pub data_dir: PathBuf,
     /// The Raft tick.
@@ -59,6 +77,7 @@ impl ReplicaConfig {
         ReplicaConfig {
             id,
             peers,
+            members: BTreeMap::new(),
             data_dir,
             tick: Duration::from_millis(50),
             election_ticks: 10,
@@ -90,6 +109,35 @@ pub enum ProposeError {
     /// The replica named is not a voting member.
     #[error("replica {0} is not a voting member of the cluster")]
     NotAVoter(u64),
+    /// A membership change that cannot be made as asked.
+    #[error("{0}")]
+    Membership(String),
+    /// A membership change is still under way; one at a time.
+    #[error("another membership change is under way; retry once it is done")]
+    MembershipBusy,
+}
+
+/// A change of the replica set, one replica at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Membership {
+    /// Adds replica `id`, reached at `url`, as a learner: it receives the
+    /// log but does not vote until promoted.
+    AddLearner {
+        /// Its id.
+        id: u64,
+        /// Its base URL.
+        url: String,
+    },
+    /// Makes learner `id` a voter.
+    Promote {
+        /// Its id.
+        id: u64,
+    },
+    /// Removes replica `id` (a voter or a learner).
+    Remove {
+        /// Its id.
+        id: u64,
+    },
 }
 
 /// What the replica reports about itself.
@@ -111,11 +159,19 @@ pub struct Status {
     pub first_index: u64,
     /// For the leader: each peer's matched index.
     pub progress: Vec<(u64, u64)>,
+    /// The voting replicas (both halves during a joint change).
+    pub voters: Vec<u64>,
+    /// The replicas that receive the log but do not vote yet.
+    pub learners: Vec<u64>,
+    /// Every replica's URL, by id.
+    pub members: BTreeMap<u64, String>,
     /// Snapshots installed from the leader since this replica started.
     pub snapshots_installed: u64,
     /// Why the Raft loop ended, once it has (a storage error, a panic in
-    /// raft-rs): the replica serves nothing from then on.
+    /// raft-rs, the replica's removal): it serves nothing from then on.
     pub stopped: Option<String>,
+    /// Whether it ended because the replica was removed from the cluster.
+    pub removed: bool,
 }
 
 enum Request {
@@ -123,6 +179,8 @@ enum Request {
     Step(Box<Message>),
     ReadIndex { reply: oneshot::Sender<Result<(), ProposeError>> },
     TransferLeader { to: u64, reply: oneshot::Sender<Result<(), ProposeError>> },
+    ChangeMembership { change: Membership, reply: oneshot::Sender<Result<(), ProposeError>> },
+    Leave,
 }
 
 /// A handle to a running replica. Dropping every handle stops the loop.
@@ -158,25 +216,102 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+fn failed(e: impl std::fmt::Display) -> Stop {
+    Stop::Failed(e.to_string())
+}
+
 fn stopped(e: impl std::fmt::Display) -> ProposeError {
     ProposeError::Stopped(e.to_string())
 }
 
-impl Replica {
-    /// Opens the replica's storage and starts its loop on the current tokio runtime.
-    pub fn start(config: ReplicaConfig, transport: Arc<dyn Transport>) -> Result<Replica, ProposeError> {
+/// A replica's storage, open but not running yet: what it holds decides how
+/// the replica may start (a new machine joins; a log behind what the
+/// replica acknowledged must not start at all).
+pub struct Opened {
+    config: ReplicaConfig,
+    state: State,
+    log: LogStore,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened").field("id", &self.config.id).field("log", &self.log).finish_non_exhaustive()
+    }
+}
+
+impl Opened {
+    /// Opens the replica's sled database.
+    pub fn open(config: ReplicaConfig) -> Result<Opened, ProposeError> {
         let db = sled::open(&config.data_dir).map_err(stopped)?;
         let state = State::from_db(db.clone()).map_err(stopped)?;
         let log = LogStore::open(db.open_tree("raft").map_err(stopped)?)
             .map_err(stopped)?
             .with_snapshot_source(Arc::new(StateSnapshots(state.clone())));
+        Ok(Opened { config, state, log })
+    }
 
-        // A new cluster starts with every peer as a voter, the same on each replica.
+    /// Whether the storage holds no log and no configuration: a new machine.
+    pub fn is_fresh(&self) -> Result<bool, ProposeError> {
+        let initial = self.log.initial_state().map_err(stopped)?;
+        Ok(initial.conf_state.voters.is_empty() && self.log.last_index().map_err(stopped)? == 0)
+    }
+
+    /// The last index in the log (the snapshot's when the log is empty).
+    pub fn last_index(&self) -> Result<u64, ProposeError> {
+        self.log.last_index().map_err(stopped)
+    }
+
+    /// The replicas' URLs the state records (empty on a new machine).
+    pub fn members(&self) -> Result<BTreeMap<u64, String>, ProposeError> {
+        self.state.members().map_err(stopped)
+    }
+
+    /// Starts as a new replica of a running cluster whose replicas are
+    /// `members`: with no configuration of its own, it waits for the
+    /// leader's snapshot instead of bootstrapping one.
+    pub fn join(mut self, members: BTreeMap<u64, String>) -> Opened {
+        self.config.peers = Vec::new();
+        self.config.members = members;
+        self
+    }
+
+    /// Starts the replica's loop on the current tokio runtime.
+    pub fn start(self, transport: Arc<dyn Transport>) -> Result<Replica, ProposeError> {
+        let Opened { config, state, log } = self;
+        // A new cluster starts with every peer as a voter, the same on each
+        // replica; a joining replica starts with none and waits for the
+        // leader's snapshot.
         let initial = log.initial_state().map_err(stopped)?;
-        if initial.conf_state.voters.is_empty() && log.last_index().map_err(stopped)? == 0 {
+        let fresh = initial.conf_state.voters.is_empty() && log.last_index().map_err(stopped)? == 0;
+        // The members a joining replica was given are the cluster's, not
+        // yet its own record: the leader's snapshot brings that.
+        let joining = fresh && config.peers.is_empty();
+        if fresh && !joining {
             let cs = ConfState { voters: config.peers.clone(), ..Default::default() };
             log.set_conf_state(&cs).map_err(stopped)?;
-            log.flush().map_err(stopped)?;
+        }
+        // The URLs: recorded once (a cluster made before they were kept
+        // records its --peers at its next start).
+        let mut members = state.members().map_err(stopped)?;
+        if members.is_empty() && joining {
+            members = config.members.clone();
+        } else if members.is_empty() && !config.members.is_empty() {
+            members = config.members.clone();
+            state.set_members(None, &members).map_err(stopped)?;
+        }
+        log.flush().map_err(stopped)?;
+        if !members.is_empty() {
+            transport.set_members(&members);
+        }
+        let conf = log.initial_state().map_err(stopped)?.conf_state;
+        let member =
+            |id| conf.voters.contains(&id) || conf.learners.contains(&id) || conf.voters_outgoing.contains(&id);
+        if !conf.voters.is_empty() && !member(config.id) {
+            return Err(ProposeError::Membership(format!(
+                "replica {} was removed from the cluster; to bring this machine back, add it again \
+                 (`wasmgrid cluster add-replica {}=URL`) and start it with an empty data directory and --join",
+                config.id, config.id
+            )));
         }
 
         let applied = state.applied_index().map_err(stopped)?;
@@ -205,6 +340,8 @@ impl Replica {
             transport,
             config: config.clone(),
             pending: HashMap::new(),
+            changes: HashMap::new(),
+            members,
             next_id: 1,
             reads: HashMap::new(),
             ticks: 0,
@@ -219,18 +356,60 @@ impl Replica {
         // raft-rs) says why in the status, which health checks and the
         // process that started the replica watch.
         tokio::spawn(async move {
-            let reason = match driver.await {
+            let (reason, removed) = match driver.await {
                 Ok(None) => return,
-                Ok(Some(reason)) => reason,
+                Ok(Some(Stop::Failed(reason))) => (reason, false),
+                Ok(Some(Stop::Removed(index))) => {
+                    (format!("this replica was removed from the cluster (log index {index})"), true)
+                }
                 Err(e) => match e.try_into_panic() {
-                    Ok(panic) => format!("the Raft loop panicked: {}", panic_message(panic.as_ref())),
-                    Err(e) => format!("the Raft loop was cancelled: {e}"),
+                    Ok(panic) => (panic_reason(panic_message(panic.as_ref())), false),
+                    Err(e) => (format!("the Raft loop was cancelled: {e}"), false),
                 },
             };
-            tracing::error!(replica = id, "replica stopped: {reason}");
-            status_tx.send_modify(|s| s.stopped = Some(reason));
+            match removed {
+                true => tracing::info!(replica = id, "replica stopped: {reason}"),
+                false => tracing::error!(replica = id, "replica stopped: {reason}"),
+            }
+            status_tx.send_modify(|s| {
+                s.stopped = Some(reason);
+                s.removed = removed;
+            });
         });
         Ok(Replica { id: config.id, request_timeout: config.request_timeout, requests, status, state })
+    }
+}
+
+/// Why a panic in raft-rs stopped the loop, with what to do when its
+/// cause is known.
+fn panic_reason(message: String) -> String {
+    // raft-rs refuses to commit past the end of the log: the leader counts
+    // entries this replica acknowledged and no longer holds.
+    if message.contains("out of range") {
+        format!(
+            "the Raft loop panicked: {message}: this replica's log is behind what it acknowledged \
+             (its data directory was lost, rolled back or restored from an older copy); \
+             replace it as docs/operations.md (Replace a machine) says"
+        )
+    } else {
+        format!("the Raft loop panicked: {message}")
+    }
+}
+
+/// How the Raft loop ended, when it did not end because the replica was
+/// dropped.
+enum Stop {
+    /// An error it cannot go on from (storage, an undecodable entry).
+    Failed(String),
+    /// This replica was removed from the cluster at this log index.
+    Removed(u64),
+}
+
+impl Replica {
+    /// Opens the replica's storage and starts its loop on the current tokio
+    /// runtime (a new machine bootstraps the cluster of `config.peers`).
+    pub fn start(config: ReplicaConfig, transport: Arc<dyn Transport>) -> Result<Replica, ProposeError> {
+        Opened::open(config)?.start(transport)
     }
 
     /// Resolves once the Raft loop has ended, with why: from then on the
@@ -276,6 +455,22 @@ impl Replica {
         let (reply, rx) = oneshot::channel();
         self.requests.send(Request::TransferLeader { to, reply }).map_err(stopped)?;
         self.answer(rx).await
+    }
+
+    /// Changes the replica set (on the leader only): returns once the
+    /// change is committed and applied here. A learner is promoted when it
+    /// has caught up; the caller decides when.
+    pub async fn change_membership(&self, change: Membership) -> Result<(), ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.requests.send(Request::ChangeMembership { change, reply }).map_err(stopped)?;
+        self.answer(rx).await
+    }
+
+    /// Stops the replica as removed: for one that learns of its removal
+    /// from the others rather than from its own log (the leader stops
+    /// sending to a replica as soon as it has removed it).
+    pub fn leave(&self) {
+        let _ = self.requests.send(Request::Leave);
     }
 
     pub async fn read_barrier(&self) -> Result<(), ProposeError> {
@@ -333,6 +528,10 @@ struct Driver {
     config: ReplicaConfig,
     /// Proposals made here, by the id carried in the entry's context.
     pending: HashMap<u64, oneshot::Sender<Result<Applied, ProposeError>>>,
+    /// Membership changes proposed here, likewise.
+    changes: HashMap<u64, oneshot::Sender<Result<(), ProposeError>>>,
+    /// The replicas' URLs, as the state records them.
+    members: BTreeMap<u64, String>,
     next_id: u64,
     /// ReadIndex requests waiting for the leader's answer, with the tick
     /// they were last sent at.
@@ -366,6 +565,12 @@ impl Driver {
         ctx
     }
 
+    /// The request id in the context of a membership change made here: the
+    /// usual context, then the URLs of the replicas it adds (JSON).
+    fn change_id(&self, ctx: &[u8]) -> Option<u64> {
+        self.read_id(ctx.get(..self.tag.len() + 8)?)
+    }
+
     /// The request id in a context this replica made in this run.
     fn read_id(&self, ctx: &[u8]) -> Option<u64> {
         let id = ctx.strip_prefix(self.tag.as_slice())?;
@@ -374,7 +579,7 @@ impl Driver {
 
     /// Runs until the replica is dropped (`None`) or the loop cannot go on
     /// (why).
-    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Request>) -> Option<String> {
+    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Request>) -> Option<Stop> {
         let mut ticker = tokio::time::interval(self.config.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -387,34 +592,46 @@ impl Driver {
                 request = inbox.recv() => {
                     // The replica was dropped: a normal end.
                     let request = request?;
-                    self.handle(request);
+                    let mut leave = self.handle(request);
                     // Take whatever else is queued before the next Ready: batching.
                     while let Ok(request) = inbox.try_recv() {
-                        self.handle(request);
+                        leave |= self.handle(request);
+                    }
+                    if leave {
+                        return Some(Stop::Removed(self.state.applied_index().unwrap_or(0)));
                     }
                 }
             }
-            if let Err(e) = self.on_ready() {
+            if let Err(stop) = self.on_ready() {
+                let why = match &stop {
+                    Stop::Failed(e) => e.clone(),
+                    Stop::Removed(_) => "this replica was removed from the cluster".to_string(),
+                };
                 for (_, reply) in self.pending.drain() {
-                    let _ = reply.send(Err(stopped(&e)));
+                    let _ = reply.send(Err(stopped(&why)));
                 }
-                return Some(e);
+                for (_, reply) in self.changes.drain() {
+                    let _ = reply.send(Err(stopped(&why)));
+                }
+                return Some(stop);
             }
         }
     }
 
-    fn handle(&mut self, request: Request) {
+    /// Handles one request; whether it asks the loop to end.
+    fn handle(&mut self, request: Request) -> bool {
         match request {
+            Request::Leave => return true,
             Request::Propose { command, reply } => {
                 if self.node.raft.leader_id == 0 {
                     let _ = reply.send(Err(ProposeError::NoLeader));
-                    return;
+                    return false;
                 }
                 let data = match bincode::serialize(&command) {
                     Ok(d) => d,
                     Err(e) => {
                         let _ = reply.send(Err(stopped(e)));
-                        return;
+                        return false;
                     }
                 };
                 let id = self.next_id;
@@ -447,10 +664,18 @@ impl Driver {
                 };
                 let _ = reply.send(answer);
             }
+            Request::ChangeMembership { change, reply } => match self.propose_change(&change) {
+                Ok(id) => {
+                    self.changes.insert(id, reply);
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
             Request::ReadIndex { reply } => {
                 if self.node.raft.leader_id == 0 {
                     let _ = reply.send(Err(ProposeError::NoLeader));
-                    return;
+                    return false;
                 }
                 let id = self.next_id;
                 self.next_id += 1;
@@ -458,6 +683,67 @@ impl Driver {
                 self.reads.insert(id, (reply, self.ticks));
             }
         }
+        false
+    }
+
+    /// Checks `change` against the configuration and proposes it; the id
+    /// its answer waits under.
+    fn propose_change(&mut self, change: &Membership) -> Result<u64, ProposeError> {
+        if self.node.raft.state != StateRole::Leader {
+            return Err(ProposeError::NotLeader);
+        }
+        let conf = self.node.raft.prs().conf().to_conf_state();
+        if self.node.raft.has_pending_conf() || !conf.voters_outgoing.is_empty() {
+            return Err(ProposeError::MembershipBusy);
+        }
+        let (voters, learners) = (&conf.voters, &conf.learners);
+        let refuse = |m: String| Err(ProposeError::Membership(m));
+        let (kind, id, urls) = match change {
+            Membership::AddLearner { id, url } => {
+                if *id == 0 {
+                    return refuse("replica ids start at 1".into());
+                }
+                if voters.contains(id) || learners.contains(id) {
+                    return refuse(format!(
+                        "replica {id} is already a member; to replace its machine, remove it first"
+                    ));
+                }
+                (ConfChangeType::AddLearnerNode, *id, BTreeMap::from([(*id, url.clone())]))
+            }
+            Membership::Promote { id } => {
+                if !learners.contains(id) {
+                    return refuse(format!("replica {id} is not a learner"));
+                }
+                (ConfChangeType::AddNode, *id, BTreeMap::new())
+            }
+            Membership::Remove { id } => {
+                if !voters.contains(id) && !learners.contains(id) {
+                    return refuse(format!("replica {id} is not a member of the cluster"));
+                }
+                if *id == self.config.id {
+                    return refuse(format!(
+                        "replica {id} leads: move leadership to another replica first (`wasmgrid cluster transfer-leader`)"
+                    ));
+                }
+                if voters.contains(id) && voters.len() == 1 {
+                    return refuse(format!("replica {id} is the last voter"));
+                }
+                (ConfChangeType::RemoveNode, *id, BTreeMap::new())
+            }
+        };
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(kind);
+        single.node_id = id;
+        let mut cc = ConfChangeV2::default();
+        cc.set_changes(vec![single].into());
+        let request = self.next_id;
+        self.next_id += 1;
+        let mut context = self.context(request);
+        if !urls.is_empty() {
+            context.extend(serde_json::to_vec(&urls).map_err(stopped)?);
+        }
+        self.node.propose_conf_change(context, cc).map_err(|_| ProposeError::NoLeader)?;
+        Ok(request)
     }
 
     /// Drops waiters whose callers gave up, fails reads when there is no
@@ -466,6 +752,7 @@ impl Driver {
     /// its term.
     fn fail_stale_requests(&mut self) {
         self.pending.retain(|_, reply| !reply.is_closed());
+        self.changes.retain(|_, reply| !reply.is_closed());
         self.reads.retain(|_, (reply, _)| !reply.is_closed());
         if self.node.raft.leader_id == 0 {
             for (_, (reply, _)) in self.reads.drain() {
@@ -486,7 +773,7 @@ impl Driver {
         }
     }
 
-    fn on_ready(&mut self) -> Result<(), String> {
+    fn on_ready(&mut self) -> Result<(), Stop> {
         if !self.node.has_ready() {
             self.publish_status();
             return Ok(());
@@ -495,17 +782,22 @@ impl Driver {
 
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
-            self.log.apply_snapshot(&snapshot).map_err(|e| e.to_string())?;
-            self.state.restore(snapshot.get_data()).map_err(|e| e.to_string())?;
+            self.log.apply_snapshot(&snapshot).map_err(failed)?;
+            self.state.restore(snapshot.get_data()).map_err(failed)?;
             self.snapshots_installed += 1;
+            let members = self.state.members().map_err(failed)?;
+            if !members.is_empty() && members != self.members {
+                self.transport.set_members(&members);
+                self.members = members;
+            }
             tracing::info!(replica = self.config.id, index = snapshot.get_metadata().index, "installed a snapshot");
         }
-        self.log.append(ready.entries()).map_err(|e| e.to_string())?;
+        self.log.append(ready.entries()).map_err(failed)?;
         if let Some(hs) = ready.hs() {
-            self.log.set_hard_state(hs).map_err(|e| e.to_string())?;
+            self.log.set_hard_state(hs).map_err(failed)?;
         }
         // Durable before anything that depends on it leaves this replica.
-        self.log.flush().map_err(|e| e.to_string())?;
+        self.log.flush().map_err(failed)?;
 
         self.send(ready.take_messages());
         self.send(ready.take_persisted_messages());
@@ -518,7 +810,7 @@ impl Driver {
 
         let mut light = self.node.advance(ready);
         if let Some(commit) = light.commit_index() {
-            self.log.set_commit(commit).map_err(|e| e.to_string())?;
+            self.log.set_commit(commit).map_err(failed)?;
         }
         self.send(light.take_messages());
         self.apply(light.take_committed_entries())?;
@@ -536,41 +828,87 @@ impl Driver {
         }
     }
 
-    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), String> {
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), Stop> {
         for entry in entries {
-            if entry.data.is_empty() {
-                // The empty entry a new leader appends: nothing to do, but
-                // reads wait for its index.
-                self.state.mark_applied(entry.index).map_err(|e| e.to_string())?;
-                continue;
-            }
             match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => {
+                    // The empty entry a new leader appends: nothing to do,
+                    // but reads wait for its index.
+                    self.state.mark_applied(entry.index).map_err(failed)?;
+                }
                 EntryType::EntryNormal => {
                     let result = match bincode::deserialize::<Command>(&entry.data) {
                         Ok(command) => self.state.apply(entry.index, &command).map_err(ProposeError::State),
                         Err(e) => Err(stopped(format!("undecodable entry {}: {e}", entry.index))),
                     };
                     if let Err(ProposeError::State(StateError::Storage(e))) = &result {
-                        return Err(e.clone());
+                        return Err(Stop::Failed(e.clone()));
                     }
                     if let Some(reply) = self.read_id(&entry.context).and_then(|id| self.pending.remove(&id)) {
                         let _ = reply.send(result);
                     }
                 }
-                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    let mut cc = raft::eraftpb::ConfChange::default();
-                    cc.merge_from_bytes(&entry.data).map_err(|e| e.to_string())?;
-                    let cs = self.node.apply_conf_change(&cc).map_err(|e| e.to_string())?;
-                    self.log.set_conf_state(&cs).map_err(|e| e.to_string())?;
-                    self.state.mark_applied(entry.index).map_err(|e| e.to_string())?;
-                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => self.apply_membership(&entry)?,
             }
         }
         Ok(())
     }
 
-    fn answer_reads(&mut self) -> Result<(), String> {
-        let applied = self.state.applied_index().map_err(|e| e.to_string())?;
+    /// Applies a configuration change: the new configuration and the URLs
+    /// of the replicas it adds are recorded with its index. Every replica
+    /// refuses the same invalid change (raft-rs checks it), so a refused
+    /// change only consumes its index. A replica that finds itself removed
+    /// stops.
+    fn apply_membership(&mut self, entry: &Entry) -> Result<(), Stop> {
+        let undecodable =
+            |e: protobuf::ProtobufError| Stop::Failed(format!("undecodable configuration change {}: {e}", entry.index));
+        // raft-rs applies either kind (a V1 change is a V2 change of one).
+        let applied = match entry.get_entry_type() {
+            EntryType::EntryConfChange => {
+                self.node.apply_conf_change(&ConfChange::parse_from_bytes(&entry.data).map_err(undecodable)?)
+            }
+            _ => self.node.apply_conf_change(&ConfChangeV2::parse_from_bytes(&entry.data).map_err(undecodable)?),
+        };
+        let reply = self.change_id(&entry.context).and_then(|id| self.changes.remove(&id));
+        let cs = match applied {
+            Ok(cs) => cs,
+            Err(e) => {
+                tracing::warn!(replica = self.config.id, index = entry.index, "refused a configuration change: {e}");
+                self.state.mark_applied(entry.index).map_err(failed)?;
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(ProposeError::Membership(e.to_string())));
+                }
+                return Ok(());
+            }
+        };
+        self.log.set_conf_state(&cs).map_err(failed)?;
+        let added: BTreeMap<u64, String> = entry
+            .context
+            .get(self.tag.len() + 8..)
+            .filter(|urls| !urls.is_empty())
+            .and_then(|urls| serde_json::from_slice(urls).ok())
+            .unwrap_or_default();
+        let in_conf = |id: &u64| cs.voters.contains(id) || cs.learners.contains(id) || cs.voters_outgoing.contains(id);
+        let mut members = self.members.clone();
+        members.extend(added);
+        members.retain(|id, _| in_conf(id));
+        self.state.set_members(Some(entry.index), &members).map_err(failed)?;
+        if members != self.members {
+            self.transport.set_members(&members);
+            self.members = members;
+        }
+        tracing::info!(replica = self.config.id, index = entry.index, voters = ?cs.voters, learners = ?cs.learners, "membership changed");
+        if let Some(reply) = reply {
+            let _ = reply.send(Ok(()));
+        }
+        if !in_conf(&self.config.id) {
+            return Err(Stop::Removed(entry.index));
+        }
+        Ok(())
+    }
+
+    fn answer_reads(&mut self) -> Result<(), Stop> {
+        let applied = self.state.applied_index().map_err(failed)?;
         let (done, waiting): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.ready_reads).into_iter().partition(|(index, _)| *index <= applied);
         self.ready_reads = waiting;
@@ -580,11 +918,11 @@ impl Driver {
         Ok(())
     }
 
-    fn maybe_compact(&mut self) -> Result<(), String> {
-        let applied = self.state.applied_index().map_err(|e| e.to_string())?;
-        let first = self.log.first_index().map_err(|e| e.to_string())?;
+    fn maybe_compact(&mut self) -> Result<(), Stop> {
+        let applied = self.state.applied_index().map_err(failed)?;
+        let first = self.log.first_index().map_err(failed)?;
         if applied >= first + self.config.snapshot_every {
-            self.log.compact(applied).map_err(|e| e.to_string())?;
+            self.log.compact(applied).map_err(failed)?;
             tracing::debug!(replica = self.config.id, applied, "compacted the raft log");
         }
         Ok(())
@@ -599,7 +937,16 @@ impl Driver {
         } else {
             Vec::new()
         };
+        let conf = raft.prs().conf().to_conf_state();
+        let mut voters: Vec<u64> = conf.voters.iter().chain(&conf.voters_outgoing).copied().collect();
+        voters.sort_unstable();
+        voters.dedup();
+        let mut learners = conf.learners;
+        learners.sort_unstable();
         let status = Status {
+            voters,
+            learners,
+            members: self.members.clone(),
             id: self.config.id,
             leader: raft.leader_id,
             term: raft.term,
@@ -610,6 +957,7 @@ impl Driver {
             progress,
             snapshots_installed: self.snapshots_installed,
             stopped: None,
+            removed: false,
         };
         self.status.send_if_modified(|old| {
             if *old == status {

@@ -40,8 +40,21 @@ impl Cluster {
     }
 
     fn boot(&self, id: u64) {
-        let peers = (1..=self.dirs.len() as u64).collect();
+        self.boot_with(id, (1..=self.dirs.len() as u64).collect());
+    }
+
+    /// Starts a new machine, `id`, that joins the running cluster.
+    fn boot_joining(&mut self) -> u64 {
+        self.dirs.push(tempfile::tempdir().expect("tempdir"));
+        let id = self.dirs.len() as u64;
+        self.boot_with(id, Vec::new());
+        id
+    }
+
+    fn boot_with(&self, id: u64, peers: Vec<u64>) {
+        let members = peers.iter().map(|&p| (p, format!("mem://{p}"))).collect();
         let mut config = ReplicaConfig::new(id, peers, self.dirs[id as usize - 1].path().to_path_buf());
+        config.members = members;
         config.tick = Duration::from_millis(10);
         config.snapshot_every = self.snapshot_every;
         let transport: Arc<dyn Transport> = self.router.clone();
@@ -212,4 +225,80 @@ async fn a_lagging_replica_catches_up_through_a_snapshot() {
     assert_eq!(revision(&lag), revision(&r), "the route revision travels in the snapshot");
     let last_deploy = r.state().function(DEFAULT_TENANT, "f").ok().flatten().and_then(|f| f.current);
     assert_eq!(Some(revision(&r)), last_deploy.map(|v| v.created_at), "the revision is the last deploy's index");
+}
+
+/// The Raft loop's death is loud: a follower told to commit past the end of
+/// its log (what a leader does to a replica that lost entries it
+/// acknowledged) stops, says why and what to do, and fails what it is asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_told_to_commit_past_its_log_stops_and_says_how_to_replace_it() {
+    let c = Cluster::start(3, 1000);
+    let leader = c.leader().await;
+    let follower = c.replica(if leader == 1 { 2 } else { 1 });
+    let term = c.replica(leader).status().term;
+    follower.step(Message {
+        msg_type: raft::eraftpb::MessageType::MsgHeartbeat,
+        from: leader,
+        to: follower.id(),
+        term,
+        commit: 10_000,
+        ..Default::default()
+    });
+    assert!(follower.wait_for(Duration::from_secs(5), |s| s.stopped.is_some()).await, "the follower kept running");
+    let status = follower.status();
+    let reason = status.stopped.expect("a reason");
+    assert!(reason.contains("out of range") && reason.contains("Replace a machine"), "{reason}");
+    assert!(!status.removed);
+    let refused = follower.propose(put(b"m")).await;
+    assert!(matches!(refused, Err(ProposeError::Stopped(_))), "{refused:?}");
+    // The other two keep the quorum.
+    c.replica(leader).propose(put(b"m")).await.expect("a write after the follower stopped");
+}
+
+/// A new machine joins as a learner, catches up from a snapshot, is
+/// promoted and then counts in the quorum; a removed replica leaves the
+/// configuration on every replica, and changes that make no sense are
+/// refused with a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_join_as_learners_are_promoted_and_are_removed() {
+    let mut c = Cluster::start(3, 20);
+    let leader = c.replica(c.leader().await);
+    for i in 0..50u8 {
+        leader.propose(put(&[i])).await.expect("write");
+    }
+    let new = c.boot_joining();
+    let add = Membership::AddLearner { id: new, url: format!("mem://{new}") };
+    leader.change_membership(add.clone()).await.expect("add a learner");
+    assert!(
+        matches!(leader.change_membership(add).await, Err(ProposeError::Membership(m)) if m.contains("already a member"))
+    );
+    let joined = c.replica(new);
+    let caught_up = joined.wait_for(Duration::from_secs(10), |s| s.applied >= leader.status().commit).await;
+    assert!(caught_up, "the learner did not catch up: {:?}", joined.status());
+    let s = joined.status();
+    assert!(s.snapshots_installed >= 1 && s.learners == [new], "{s:?}");
+    assert_eq!(s.members.get(&new).map(String::as_str), Some(format!("mem://{new}").as_str()), "{s:?}");
+    assert_eq!(s.members.len(), 4, "the snapshot carried every replica's URL: {s:?}");
+
+    leader.change_membership(Membership::Promote { id: new }).await.expect("promote");
+    assert!(joined.wait_for(Duration::from_secs(5), |s| s.voters == [1, 2, 3, new]).await, "{:?}", joined.status());
+
+    // Four voters need three: with two of the old ones cut off, nothing commits.
+    let others: Vec<u64> = (1..=3).filter(|&id| id != leader.id()).collect();
+    let removed = others[0];
+    leader.change_membership(Membership::Remove { id: removed }).await.expect("remove");
+    for id in [leader.id(), others[1], new] {
+        let r = c.replica(id);
+        assert!(r.wait_for(Duration::from_secs(5), |s| !s.voters.contains(&removed)).await, "{:?}", r.status());
+        assert!(!r.status().members.contains_key(&removed));
+    }
+    // Three voters again: the new replica and the leader make a quorum.
+    c.isolate(others[1]);
+    leader.propose(put(b"after")).await.expect("a write with the new replica in the quorum");
+    c.recover(others[1]);
+
+    let refused = leader.change_membership(Membership::Remove { id: leader.id() }).await;
+    assert!(matches!(&refused, Err(ProposeError::Membership(m)) if m.contains("leads")), "{refused:?}");
+    let refused = leader.change_membership(Membership::Promote { id: 9 }).await;
+    assert!(matches!(&refused, Err(ProposeError::Membership(m)) if m.contains("not a learner")), "{refused:?}");
 }

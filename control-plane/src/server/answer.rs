@@ -62,6 +62,10 @@ impl From<ProposeError> for Failure {
             ProposeError::Stopped(reason) => Failure::internal(format!("the replica stopped: {reason}")),
             ProposeError::NotLeader => no_quorum("this replica is not the leader (leadership moved; retry)"),
             e @ ProposeError::NotAVoter(_) => Failure::bad(e.to_string()),
+            ProposeError::Membership(message) => Failure::new(StatusCode::CONFLICT, "membership", message),
+            e @ ProposeError::MembershipBusy => {
+                Failure::new(StatusCode::SERVICE_UNAVAILABLE, "membership_busy", e.to_string())
+            }
         }
     }
 }

@@ -17,7 +17,12 @@ use super::*;
 /// with the reason once its Raft loop has ended (a storage error, a panic
 /// in raft-rs), so a supervisor or a probe restarts or replaces it.
 pub(super) async fn health(Shared(app): Shared<App>) -> Answer<Response> {
-    if let Some(reason) = app.status().stopped {
+    let status = app.status();
+    if let Some(reason) = status.stopped {
+        if status.removed {
+            let message = format!("replica {}: {reason}", app.0.replica.id());
+            return Err(Failure::new(StatusCode::SERVICE_UNAVAILABLE, "replica_removed", message));
+        }
         let message = format!("replica {} stopped: {reason}", app.0.replica.id());
         return Err(Failure::new(StatusCode::SERVICE_UNAVAILABLE, "replica_stopped", message));
     }
@@ -32,16 +37,28 @@ pub(super) async fn wrong_method(method: Method, uri: axum::http::Uri) -> Failur
     Failure::new(StatusCode::METHOD_NOT_ALLOWED, "bad_request", format!("{method} is not allowed on {}", uri.path()))
 }
 
+/// `GET /v1/cluster` (admin): this replica's view of the cluster; the
+/// leader's also holds each replica's progress.
 pub(super) async fn cluster(Shared(app): Shared<App>) -> Response {
     let status = app.status();
     let progress: HashMap<u64, u64> = status.progress.iter().copied().collect();
-    let members = app
-        .0
-        .peers
+    let members = status
+        .members
         .iter()
         .map(|(&id, url)| {
             let matched = progress.get(&id).copied();
-            Member { id, url: url.clone(), matched, lag: matched.map(|m| status.commit.saturating_sub(m)) }
+            let role = match () {
+                _ if status.leader == id => "leader",
+                _ if status.learners.contains(&id) => "learner",
+                _ => "follower",
+            };
+            Member {
+                id,
+                url: url.clone(),
+                role: role.into(),
+                matched,
+                lag: matched.map(|m| status.commit.saturating_sub(m)),
+            }
         })
         .collect();
     let leader = (status.leader != 0).then_some(status.leader);
@@ -49,7 +66,7 @@ pub(super) async fn cluster(Shared(app): Shared<App>) -> Response {
         id: status.id,
         role: if status.is_leader { "leader" } else { "follower" }.into(),
         leader,
-        leader_url: leader.and_then(|l| app.0.peers.get(&l).cloned()),
+        leader_url: leader.and_then(|l| status.members.get(&l).cloned()),
         term: status.term,
         commit: status.commit,
         applied: status.applied,

@@ -1,6 +1,7 @@
 //! Leader forwarding: a follower sends requests that need the leader to it
 //! and relays the answer, and waits out an election under way.
 
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
@@ -29,9 +30,9 @@ impl App {
         if status.is_leader {
             return Ok(None);
         }
-        match self.0.peers.get(&status.leader) {
+        match status.members.get(&status.leader) {
             Some(url) => Ok(Some((status.leader, url.clone()))),
-            None => Err(Failure::internal(format!("the leader {} is not in --peers", status.leader))),
+            None => Err(Failure::internal(format!("the leader {} is not a known replica", status.leader))),
         }
     }
 
@@ -41,7 +42,14 @@ impl App {
         Ok(f.ok_or(StateError::FunctionNotFound { tenant: tenant.into(), name })?)
     }
 
+    /// Replicates `command`; inside a request with an id, as that
+    /// request's next write, applied at most once.
     pub(super) async fn propose(&self, command: Command) -> Answer<Applied> {
+        let once = REQUEST.try_with(|(id, writes)| format!("{id}/{}", writes.fetch_add(1, Ordering::Relaxed)));
+        let command = match once {
+            Ok(id) => Command::Once { id, command: Box::new(command) },
+            Err(_) => command,
+        };
         Ok(self.0.replica.propose(command).await?)
     }
 
@@ -92,6 +100,35 @@ impl App {
 /// caller's request timeout is left.
 const MIN_FORWARD: Duration = Duration::from_millis(100);
 
+tokio::task_local! {
+    /// The id of the write request being handled (namespaced by its token)
+    /// and how many commands it has proposed: a retried request proposes
+    /// the same commands in the same order, so each keeps its id.
+    static REQUEST: (String, AtomicU32);
+}
+
+/// Runs a request on this replica, the leader, under its request id.
+async fn run_here(request: Request, next: Next) -> Response {
+    let Some(id) = request.headers().get(REQUEST_ID_HEADER) else { return next.run(request).await };
+    let valid =
+        |s: &str| (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    let Some(id) = id.to_str().ok().filter(|s| valid(s)) else {
+        let message = format!("{REQUEST_ID_HEADER}: 1 to 64 of A-Z a-z 0-9 . _ -");
+        return Failure::bad(message).into_response();
+    };
+    // One token's ids cannot name another's writes.
+    let auth = request.headers().get(header::AUTHORIZATION).map_or(&b""[..], |v| v.as_bytes());
+    let scope = format!("{}:{id}", &token_hash(&String::from_utf8_lossy(auth))[..16]);
+    REQUEST.scope((scope, AtomicU32::new(0)), next.run(request)).await
+}
+
+/// A request id for a write forwarded without one.
+fn new_request_id(replica: u64) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("r{replica}-{nanos:x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
 /// Sends requests that need the leader to it, when this replica is not it.
 /// A leader that cannot be reached (it just died) is waited out: the
 /// request goes to whichever replica is elected next, within the request
@@ -109,7 +146,7 @@ pub(super) async fn to_leader(Shared(app): Shared<App>, request: Request, next: 
     }
     let deadline = Instant::now() + app.0.request_timeout;
     let (id, url) = match app.leader().await {
-        Ok(None) => return next.run(request).await,
+        Ok(None) => return run_here(request, next).await,
         Ok(Some(leader)) => leader,
         Err(e) => return e.into_response(),
     };
@@ -120,7 +157,12 @@ pub(super) async fn to_leader(Shared(app): Shared<App>, request: Request, next: 
         ))
         .into_response();
     }
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    if !parts.headers.contains_key(REQUEST_ID_HEADER)
+        && let Ok(id) = header::HeaderValue::from_str(&new_request_id(app.0.replica.id()))
+    {
+        parts.headers.insert(REQUEST_ID_HEADER, id);
+    }
     let body = match axum::body::to_bytes(body, MAX_MODULE_BYTES + (1 << 20)).await {
         Ok(b) => b,
         Err(_) => {
@@ -132,31 +174,23 @@ pub(super) async fn to_leader(Shared(app): Shared<App>, request: Request, next: 
     loop {
         let failure = match forward(&app, &leader, &parts, body.clone(), deadline).await {
             Ok(response) => return response,
-            Err(Unreached::Maybe(failure)) => return failure.into_response(),
-            Err(Unreached::Never(failure)) => failure,
+            Err(failure) => failure,
         };
-        // The leader is gone and never saw the request: wait for the next
-        // one and try it. (A request that may have reached it is not sent
-        // twice: a deploy must not make two versions.)
+        // The leader is gone: wait for the next one and send it the request
+        // again. Its request id makes sure that a request the old leader
+        // did apply is not applied twice (a deploy must not make two
+        // versions): the new leader answers it as the first time.
         let gone = leader.0;
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || !app.0.replica.wait_for(left, |s| s.leader != 0 && s.leader != gone).await {
             return failure.into_response();
         }
         match app.leader().await {
-            Ok(None) => return next.run(Request::from_parts(parts, Body::from(body))).await,
+            Ok(None) => return run_here(Request::from_parts(parts, Body::from(body)), next).await,
             Ok(Some(l)) => leader = l,
             Err(e) => return e.into_response(),
         }
     }
-}
-
-/// Why a forwarded request got no answer.
-pub(super) enum Unreached {
-    /// The connection failed: the leader never saw the request.
-    Never(Failure),
-    /// It failed later: the leader may have acted on it.
-    Maybe(Failure),
 }
 
 /// Relays a request to the leader, by `deadline` (a deploy, which compiles
@@ -170,7 +204,7 @@ pub(super) async fn forward(
     parts: &axum::http::request::Parts,
     body: Bytes,
     deadline: Instant,
-) -> Result<Response, Unreached> {
+) -> Result<Response, Failure> {
     let leader = *leader;
     let path = parts.uri.path_and_query().map_or(parts.uri.path(), |p| p.as_str());
     let mut outgoing = app
@@ -186,20 +220,22 @@ pub(super) async fn forward(
     } else {
         outgoing = outgoing.timeout(deadline.saturating_duration_since(Instant::now()).max(MIN_FORWARD));
     }
-    for name in [header::CONTENT_TYPE, header::AUTHORIZATION, header::HeaderName::from_static(TENANT_HEADER)] {
+    let names = [TENANT_HEADER, REQUEST_ID_HEADER].map(header::HeaderName::from_static);
+    for name in [header::CONTENT_TYPE, header::AUTHORIZATION].into_iter().chain(names) {
         if let Some(value) = parts.headers.get(&name) {
             outgoing = outgoing.header(name, value);
         }
     }
-    let answer = outgoing.send().await.map_err(|e| {
-        let failure = no_quorum(format!("no quorum: the leader (replica {leader} at {url}) cannot be reached: {e}"));
-        if e.is_connect() { Unreached::Never(failure) } else { Unreached::Maybe(failure) }
-    })?;
+    let answer = outgoing
+        .send()
+        .await
+        .map_err(|e| no_quorum(format!("no quorum: the leader (replica {leader} at {url}) cannot be reached: {e}")))?;
     let status = answer.status();
     let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
-    let bytes = answer.bytes().await.map_err(|e| {
-        Unreached::Maybe(no_quorum(format!("no quorum: the leader (replica {leader}) stopped answering: {e}")))
-    })?;
+    let bytes = answer
+        .bytes()
+        .await
+        .map_err(|e| no_quorum(format!("no quorum: the leader (replica {leader}) stopped answering: {e}")))?;
     let mut response = Response::new(Body::from(bytes));
     *response.status_mut() = status;
     if let Some(ct) = content_type {

@@ -20,6 +20,7 @@ mod outcome;
 mod functions;
 mod tenants;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,11 @@ pub use model::*;
 const APPLIED_KEY: &[u8] = b"applied_index";
 /// The index of the last command that changed a function (the route table).
 const ROUTES_KEY: &[u8] = b"routes_revision";
+/// The replicas' URLs by id (JSON), changed with the membership.
+const MEMBERS_KEY: &[u8] = b"members";
+/// How many log entries a request id is remembered for: a request retried
+/// within them is answered with what it did the first time.
+pub const REQUEST_WINDOW: u64 = 50_000;
 
 /// The trees a command's transaction writes, and its log index.
 #[derive(Clone, Copy)]
@@ -60,8 +66,8 @@ fn abort(e: StateError) -> ConflictableTransactionError<StateError> {
 /// Every record of a tree, raw.
 type Records = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// What a snapshot carries: every record, raw, and the route table's
-/// revision.
+/// What a snapshot carries: every record, raw, the route table's
+/// revision and the replicas' URLs.
 #[derive(Serialize, Deserialize)]
 struct Image {
     applied: u64,
@@ -74,30 +80,51 @@ struct Image {
     access: Records,
     routes: u64,
     versions: Records,
+    members: Vec<(u64, String)>,
+    requests: Records,
 }
+
+/// A snapshot made before snapshots carried the replicas' URLs: a replica
+/// restoring it keeps the URLs it has.
+#[derive(Deserialize)]
+struct ImageWithoutMembers(u64, Records, Records, Records, Records, Records, Records, Records, u64, Records);
 
 /// A snapshot made before snapshots carried the route table's revision and
 /// versions their own records.
 #[derive(Deserialize)]
 struct ImageWithoutRoutes(u64, Records, Records, Records, Records, Records, Records, Records);
 
+impl From<ImageWithoutMembers> for Image {
+    fn from(old: ImageWithoutMembers) -> Image {
+        let ImageWithoutMembers(applied, modules, functions, nodes, jobs, plans, tasks, access, routes, versions) = old;
+        let (members, requests) = (Vec::new(), Vec::new());
+        Image { applied, modules, functions, nodes, jobs, plans, tasks, access, routes, versions, members, requests }
+    }
+}
+
+impl From<ImageWithoutRoutes> for ImageWithoutMembers {
+    fn from(old: ImageWithoutRoutes) -> ImageWithoutMembers {
+        let ImageWithoutRoutes(applied, modules, functions, nodes, jobs, plans, tasks, access) = old;
+        // Nodes only compare revisions for a change: the applied index is
+        // never behind the true revision. Its functions hold their versions
+        // inline; they move to records of their own as a replica's own
+        // data does at start.
+        ImageWithoutMembers(applied, modules, functions, nodes, jobs, plans, tasks, access, applied, Vec::new())
+    }
+}
+
 impl Image {
     fn decode(data: &[u8]) -> Result<Image> {
         let bad = |e: bincode::Error| StateError::Storage(format!("bad snapshot: {e}"));
-        match bincode::deserialize::<Image>(data) {
-            Ok(image) => Ok(image),
-            Err(e) => {
-                let ImageWithoutRoutes(applied, modules, functions, nodes, jobs, plans, tasks, access) =
-                    bincode::deserialize(data).map_err(|_| bad(e))?;
-                // Nodes only compare revisions for a change: the applied
-                // index is never behind the true revision.
-                let routes = applied;
-                // Its functions hold their versions inline; they move to
-                // records of their own as a replica's own data does at start.
-                let versions = Vec::new();
-                Ok(Image { applied, modules, functions, nodes, jobs, plans, tasks, access, routes, versions })
-            }
+        let e = match bincode::deserialize::<Image>(data) {
+            Ok(image) => return Ok(image),
+            Err(e) => e,
+        };
+        if let Ok(old) = bincode::deserialize::<ImageWithoutMembers>(data) {
+            return Ok(old.into());
         }
+        let old: ImageWithoutRoutes = bincode::deserialize(data).map_err(|_| bad(e))?;
+        Ok(ImageWithoutMembers::from(old).into())
     }
 }
 
@@ -117,6 +144,9 @@ pub struct State {
     /// Tenants (`tenant/NAME`), tokens (`token/SHA256`) and who uploaded
     /// which module (`owner/TENANT/SHA256`).
     access: sled::Tree,
+    /// What each request id's write did, with its log index, for
+    /// [`REQUEST_WINDOW`] entries.
+    requests: sled::Tree,
 }
 impl State {
     /// Opens (or creates) the state in `dir`.
@@ -141,6 +171,7 @@ impl State {
             plans: db.open_tree("plans")?,
             tasks: db.open_tree("tasks")?,
             access: db.open_tree("access")?,
+            requests: db.open_tree("requests")?,
             db,
         };
         state.move_inline_versions()?;
@@ -197,6 +228,19 @@ impl State {
         if index <= self.applied_index()? {
             return Ok(Applied::AlreadyApplied);
         }
+        if index.is_multiple_of(1024) {
+            self.forget_requests(index)?;
+        }
+        let (command, request) = match command {
+            Command::Once { id, command } => {
+                if let Some(applied) = self.request(id)? {
+                    self.mark_applied(index)?;
+                    return Ok(applied);
+                }
+                (command.as_ref(), Some(id.as_bytes()))
+            }
+            command => (command, None),
+        };
         // Checks that need no storage come first; their failure still
         // consumes the index.
         let checked = precheck(command);
@@ -217,36 +261,92 @@ impl State {
             &self.plans,
             &self.tasks,
             &self.access,
+            &self.requests,
         );
-        let result = trees.transaction(|(modules, functions, versions, nodes, meta, jobs, plans, tasks, access)| {
-            meta.insert(APPLIED_KEY, &index.to_be_bytes())?;
-            if let Err(e) = &checked {
-                return Ok(Err(e.clone()));
-            }
-            if command.changes_routes() {
-                meta.insert(ROUTES_KEY, &index.to_be_bytes())?;
-            }
-            let tx = Tx { modules, functions, versions, nodes, access, index };
-            match command {
-                Command::PutModule { .. }
-                | Command::Deploy { .. }
-                | Command::Rollback { .. }
-                | Command::Delete { .. }
-                | Command::RegisterNode { .. } => functions::apply(&tx, command),
-                Command::Job(command) => Ok(jobs::apply(&jobs::Trees { jobs, plans, tasks }, index, command)?),
-                Command::CreateTenant { .. }
-                | Command::SetQuotas { .. }
-                | Command::GpuExhausted { .. }
-                | Command::DeleteTenant { .. }
-                | Command::CreateToken { .. }
-                | Command::RevokeToken { .. } => tenants::apply(&tx, command, &doomed),
-            }
-        });
+        let result =
+            trees.transaction(|(modules, functions, versions, nodes, meta, jobs, plans, tasks, access, requests)| {
+                meta.insert(APPLIED_KEY, &index.to_be_bytes())?;
+                if let Err(e) = &checked {
+                    return Ok(Err(e.clone()));
+                }
+                if command.changes_routes() {
+                    meta.insert(ROUTES_KEY, &index.to_be_bytes())?;
+                }
+                let tx = Tx { modules, functions, versions, nodes, access, index };
+                let outcome = match command {
+                    Command::PutModule { .. }
+                    | Command::Deploy { .. }
+                    | Command::Rollback { .. }
+                    | Command::Delete { .. }
+                    | Command::RegisterNode { .. } => functions::apply(&tx, command),
+                    Command::Job(command) => Ok(jobs::apply(&jobs::Trees { jobs, plans, tasks }, index, command)?),
+                    Command::CreateTenant { .. }
+                    | Command::SetQuotas { .. }
+                    | Command::GpuExhausted { .. }
+                    | Command::DeleteTenant { .. }
+                    | Command::CreateToken { .. }
+                    | Command::RevokeToken { .. } => tenants::apply(&tx, command, &doomed),
+                    Command::Once { .. } => Ok(Err(StateError::Storage("a request inside a request".into()))),
+                }?;
+                if let (Some(id), Ok(applied)) = (request, &outcome) {
+                    requests.insert(id, encode(&(index, applied)).map_err(abort)?)?;
+                }
+                Ok(outcome)
+            });
         match result {
             Ok(outcome) => outcome,
             Err(TransactionError::Abort(e)) => Err(e),
             Err(TransactionError::Storage(e)) => Err(e.into()),
         }
+    }
+
+    /// What the write with request id `id` did, if it was applied within
+    /// the last [`REQUEST_WINDOW`] entries.
+    fn request(&self, id: &str) -> Result<Option<Applied>> {
+        match self.requests.get(id.as_bytes())? {
+            Some(v) => Ok(Some(decode::<(u64, Applied)>(&v)?.1)),
+            None => Ok(None),
+        }
+    }
+
+    /// Forgets request ids older than [`REQUEST_WINDOW`] entries before
+    /// `index`; every replica does it at the same indexes.
+    fn forget_requests(&self, index: u64) -> Result<()> {
+        let horizon = index.saturating_sub(REQUEST_WINDOW);
+        for kv in self.requests.iter() {
+            let (key, value) = kv?;
+            if decode::<(u64, Applied)>(&value)?.0 < horizon {
+                self.requests.remove(key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The replicas' URLs by id, as of the last membership change applied
+    /// (empty before the first start recorded them).
+    pub fn members(&self) -> Result<BTreeMap<u64, String>> {
+        match self.meta.get(MEMBERS_KEY)? {
+            Some(v) => decode(&v),
+            None => Ok(BTreeMap::new()),
+        }
+    }
+
+    /// Records the replicas' URLs: at log `index` when a membership change
+    /// is applied (the applied index moves with them), or without one when
+    /// a cluster starts from its `--peers`.
+    pub fn set_members(&self, index: Option<u64>, members: &BTreeMap<u64, String>) -> Result<()> {
+        let bytes = encode(members)?;
+        let result = self.meta.transaction(|meta| {
+            meta.insert(MEMBERS_KEY, bytes.as_slice())?;
+            if let Some(index) = index {
+                meta.insert(APPLIED_KEY, &index.to_be_bytes())?;
+            }
+            Ok(())
+        });
+        result.map_err(|e: TransactionError<StateError>| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => e.into(),
+        })
     }
 
     /// The log index of the last change to any function: the route
@@ -403,6 +503,8 @@ impl State {
             access: dump(&self.access)?,
             routes: self.routes_revision()?,
             versions: dump(&self.versions)?,
+            members: self.members()?.into_iter().collect(),
+            requests: dump(&self.requests)?,
         };
         let data = bincode::serialize(&image).map_err(|e| StateError::Storage(e.to_string()))?;
         Ok((data, image.applied))
@@ -411,6 +513,10 @@ impl State {
     /// Replaces everything with a snapshot's data.
     pub fn restore(&self, data: &[u8]) -> Result<u64> {
         let image = Image::decode(data)?;
+        let members = match image.members.is_empty() {
+            true => None,
+            false => Some(encode(&image.members.iter().cloned().collect::<BTreeMap<u64, String>>())?),
+        };
         // Read the old keys first: iterating a tree inside a transaction on
         // it deadlocks.
         let old_modules: Vec<sled::IVec> = self.modules.iter().keys().collect::<std::result::Result<_, _>>()?;
@@ -425,6 +531,7 @@ impl State {
             (&self.tasks, &image.tasks),
             (&self.access, &image.access),
             (&self.versions, &image.versions),
+            (&self.requests, &image.requests),
         ] {
             tree.clear()?;
             for (k, v) in records {
@@ -452,6 +559,9 @@ impl State {
                 functions.insert(k.as_slice(), v.as_slice())?;
             }
             meta.insert(ROUTES_KEY, &image.routes.to_be_bytes())?;
+            if let Some(members) = &members {
+                meta.insert(MEMBERS_KEY, members.as_slice())?;
+            }
             meta.insert(APPLIED_KEY, &image.applied.to_be_bytes())?;
             Ok(())
         });

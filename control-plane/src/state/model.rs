@@ -187,6 +187,15 @@ pub enum Command {
         /// The sha256 of the token, hex.
         sha256: String,
     },
+    /// `command`, applied at most once per `id`: a request retried after
+    /// its answer was lost (on a new leader, say) is answered with what
+    /// the first one did instead of being applied again.
+    Once {
+        /// The request's id and the command's place among its writes.
+        id: String,
+        /// What to apply.
+        command: Box<Command>,
+    },
 }
 
 /// A tenant in the state.
@@ -249,7 +258,7 @@ impl Command {
                 | Command::RevokeToken { .. }
                 | Command::SetQuotas { .. }
                 | Command::GpuExhausted { .. }
-        )
+        ) || matches!(self, Command::Once { command, .. } if command.changes_routes())
     }
 }
 
@@ -323,5 +332,6 @@ pub(super) fn precheck(command: &Command) -> Result<()> {
         | Command::GpuExhausted { name, .. } => validate_name(name),
         Command::CreateToken { tenant: Some(tenant), .. } => validate_name(tenant),
         Command::Job(_) | Command::CreateToken { .. } | Command::RevokeToken { .. } => Ok(()),
+        Command::Once { command, .. } => precheck(command),
     }
 }

@@ -247,3 +247,33 @@ fn oversized_modules_are_refused() {
     assert!(matches!(err, StateError::ModuleTooLarge { .. }));
     assert_eq!(s.module_count(), 0);
 }
+
+fn once(id: &str, command: Command) -> Command {
+    Command::Once { id: id.into(), command: Box::new(command) }
+}
+
+#[test]
+fn a_write_with_a_request_id_is_applied_once_and_answered_alike() -> Result<()> {
+    let s = State::temporary()?;
+    s.apply(1, &put(b"m"))?;
+    let first = s.apply(2, &once("r1/0", deploy("f", b"m")))?;
+    assert_eq!(first, Applied::Deployed { version: 1 });
+    // The same request again, on a later index: answered, not applied.
+    assert_eq!(s.apply(3, &once("r1/0", deploy("f", b"m")))?, first);
+    assert_eq!(s.function(DEFAULT_TENANT, "f")?.map(|f| f.latest), Some(1));
+    assert_eq!(s.applied_index()?, 3, "the duplicate still consumes its index");
+    // Another id is another write.
+    assert_eq!(s.apply(4, &once("r2/0", deploy("f", b"m")))?, Applied::Deployed { version: 2 });
+    // A failed write is not remembered: its retry is applied (and fails) again.
+    let exists = Command::CreateTenant { name: "default".into(), quotas: Quotas::default() };
+    assert!(s.apply(5, &once("r3/0", exists.clone())).is_err());
+    assert!(s.apply(6, &once("r3/0", exists)).is_err());
+
+    // Snapshots carry the ids; they are forgotten after REQUEST_WINDOW entries.
+    let copy = State::temporary()?;
+    copy.restore(&s.snapshot_data()?.0)?;
+    assert_eq!(copy.apply(7, &once("r1/0", deploy("f", b"m")))?, first);
+    let far = 7 + REQUEST_WINDOW + 1024 - (7 + REQUEST_WINDOW) % 1024;
+    assert_eq!(copy.apply(far, &once("r1/0", deploy("f", b"m")))?, Applied::Deployed { version: 3 });
+    Ok(())
+}

@@ -16,6 +16,12 @@ pub use nodes::*;
 /// request is forwarded at most once.
 pub const FORWARDED_HEADER: &str = "x-wasmgrid-forwarded";
 
+/// Names a write: a write whose id the control plane has applied recently
+/// is answered as the first one was instead of being applied again, so a
+/// retry after a lost answer is safe. Followers set one on every write they
+/// forward; clients may set their own (1 to 64 of `A-Z a-z 0-9 . _ -`).
+pub const REQUEST_ID_HEADER: &str = "wasmgrid-request-id";
+
 /// Header a node's gateway sets to the version that answered.
 pub const VERSION_HEADER: &str = "x-wasmgrid-version";
 

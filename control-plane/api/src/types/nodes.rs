@@ -210,6 +210,10 @@ pub struct Member {
     pub id: u64,
     /// Its URL.
     pub url: String,
+    /// `leader`, `follower` (a voter) or `learner` (receives the log, does
+    /// not vote yet).
+    #[serde(default)]
+    pub role: String,
     /// The highest log index the leader knows it holds (leader's view only).
     pub matched: Option<u64>,
     /// How far it is behind the leader's commit index (leader's view only).
@@ -221,6 +225,15 @@ pub struct Member {
 pub struct TransferLeader {
     /// Its replica id.
     pub id: u64,
+}
+
+/// `POST /v1/cluster/replicas`: a replica to add.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddReplica {
+    /// Its id (unused by the cluster's replicas).
+    pub id: u64,
+    /// Its base URL, `http(s)://HOST:PORT`.
+    pub url: String,
 }
 
 /// `GET /v1/cluster`: the answering replica's view of the cluster.

@@ -1,0 +1,263 @@
+//! Changing the control plane's replica set with the CLI, on real replica
+//! processes: growing and shrinking under write load, and replacing a
+//! machine that lost its data.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::grid::Replicas;
+use common::{grid_cli, ok, ok_stdout, text, wasmgrid};
+use wasmgrid_api::{ClusterStatus, DeployRequest};
+use wasmgrid_test_artifacts as guests;
+
+/// Waits up to `within` for replica `id`'s process to end.
+async fn exit_of(replicas: &mut Replicas, id: u64, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = replicas.exited(id) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "replica {id} still runs after {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The leader's view of the cluster, once `ok` holds for it.
+async fn wait_cluster(replicas: &Replicas, via: &[u64], within: Duration, ok: impl Fn(&ClusterStatus) -> bool) {
+    let deadline = Instant::now() + within;
+    let mut last = None;
+    loop {
+        for &id in via {
+            if let Some(status) = replicas.status(id).await
+                && status.role == "leader"
+            {
+                if ok(&status) {
+                    return;
+                }
+                last = Some(status);
+            }
+        }
+        assert!(Instant::now() < deadline, "the cluster did not get there within {within:?}: {last:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn roles(status: &ClusterStatus) -> Vec<(u64, String)> {
+    status.members.iter().map(|m| (m.id, if m.role == "leader" { "follower".into() } else { m.role.clone() })).collect()
+}
+
+fn urls(replicas: &Replicas, ids: &[u64]) -> String {
+    ids.iter().map(|&id| replicas.url(id)).collect::<Vec<_>>().join(",")
+}
+
+/// Writers that create tenants until stopped, through replicas in the
+/// order each is given; each returns the names the cluster acknowledged
+/// and how many writes failed (503s while leadership moves).
+fn start_writers(
+    replicas: &Replicas,
+    ids: &[u64],
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(Vec<String>, u32)>> {
+    (0..4)
+        .map(|w| {
+            let mut order = ids.to_vec();
+            order.rotate_left(w % ids.len());
+            let client = replicas.client_for(&order);
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut acked, mut failed) = (Vec::new(), 0);
+                for i in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let name = format!("w{w}-{i}");
+                    match client.create_tenant(&name).await {
+                        Ok(_) => acked.push(name),
+                        Err(_) => {
+                            failed += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+                (acked, failed)
+            })
+        })
+        .collect()
+}
+
+/// 3 -> 5 -> 3 replicas while four writers keep writing: the new replicas
+/// join as learners, catch up from a snapshot and vote; two of the
+/// original ones (the leader among them, when it is) are removed and stop
+/// by themselves; every acknowledged write is on each remaining replica,
+/// and they agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_grows_from_3_to_5_replicas_and_shrinks_to_3_under_write_load() {
+    let mut replicas = Replicas::start(3, 200);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let (four, five) = (replicas.add_slot(), replicas.add_slot());
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers(&replicas, &[1, 2, 3, 4, 5], &stop);
+    wait_cluster(&replicas, &[1, 2, 3], Duration::from_secs(30), |s| s.commit > 400).await;
+
+    // A machine started before the cluster added it is refused.
+    replicas.spawn_joining(five);
+    let refused = exit_of(&mut replicas, five, Duration::from_secs(20)).await;
+    assert!(!refused.success());
+    let log = std::fs::read_to_string(replicas.log(five)).unwrap_or_default();
+    assert!(log.contains("replica 5 is not a member of the cluster") && log.contains("add-replica 5="), "{log}");
+    std::fs::remove_dir_all(replicas.data(five)).ok();
+
+    // Add 4 without waiting, then start it.
+    let added = ok(grid_cli(
+        &urls(&replicas, &[1, 2, 3]),
+        &["cluster", "add-replica", &format!("4={}", replicas.url(four)), "--no-wait"],
+    ));
+    assert!(added.contains("--join"), "{added}");
+    replicas.spawn_joining(four);
+    // Add 5 and wait for it to vote while it starts.
+    let add_five = wasmgrid()
+        .args(["cluster", "add-replica", &format!("5={}", replicas.url(five)), "--url", &urls(&replicas, &[1, 2, 3])])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("wasmgrid");
+    wait_cluster(&replicas, &[1, 2, 3], Duration::from_secs(30), |s| s.members.iter().any(|m| m.id == five)).await;
+    replicas.spawn_joining(five);
+    let out = tokio::task::spawn_blocking(move || add_five.wait_with_output().expect("wasmgrid")).await.expect("join");
+    assert!(ok_stdout(out).contains("replica 5 votes"));
+    wait_cluster(&replicas, &[1, 2, 3, 4, 5], Duration::from_secs(30), |s| {
+        roles(s) == (1..=5).map(|id| (id, "follower".to_string())).collect::<Vec<_>>()
+    })
+    .await;
+    for id in [four, five] {
+        let status = replicas.status(id).await.expect("status");
+        assert!(status.snapshots_installed >= 1, "replica {id} caught up without a snapshot: {status:?}");
+    }
+
+    // Shrink: remove 1 and 2; whichever leads hands leadership over first.
+    for id in [1, 2] {
+        let out = ok_stdout(grid_cli(&urls(&replicas, &[3, 4, 5]), &["cluster", "remove-replica", &id.to_string()]));
+        assert!(out.contains(&format!("replica {id} removed")), "{out}");
+        let status = exit_of(&mut replicas, id, Duration::from_secs(30)).await;
+        assert!(status.success(), "a removed replica stops as removed, not as failed: {status:?}");
+        let log = std::fs::read_to_string(replicas.log(id)).unwrap_or_default();
+        assert!(log.contains("removed from the cluster"), "{log}");
+    }
+    wait_cluster(&replicas, &[3, 4, 5], Duration::from_secs(15), |s| {
+        roles(s) == [3, 4, 5].map(|id| (id, "follower".to_string()))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut acked, mut failed) = (BTreeSet::new(), 0);
+    for w in writers {
+        let (names, f) = w.await.expect("writer");
+        acked.extend(names);
+        failed += f;
+    }
+    println!("{} writes acknowledged, {failed} failed while replicas changed", acked.len());
+    assert!(acked.len() > 500, "too few writes went through: {}", acked.len());
+
+    let mut seen = Vec::new();
+    for id in [3, 4, 5] {
+        let list = replicas.client(id).tenants().await.expect("tenants");
+        let names: BTreeSet<String> = list.tenants.into_iter().map(|t| t.name).collect();
+        let lost: Vec<&String> = acked.difference(&names).collect();
+        assert!(lost.is_empty(), "replica {id} lacks acknowledged writes: {lost:?}");
+        seen.push(names);
+    }
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "the replicas disagree");
+}
+
+fn deploy(weight: f64, module: &str) -> DeployRequest {
+    let model = format!(r#"{{"features":["x"],"weights":[{weight}],"bias":0}}"#);
+    DeployRequest { module: module.into(), config: [("model".to_string(), model)].into(), ..DeployRequest::default() }
+}
+
+/// A replica whose log went back in time (an older copy of its data
+/// directory, or none at all) refuses to start with a message that says how
+/// to replace it, while the others serve; replaced as the message says
+/// (removed, added again, started empty with --join) it catches up from a
+/// snapshot, holds the same state and counts in the quorum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_lost_its_data_is_refused_and_rejoins_as_a_new_machine() {
+    let mut replicas = Replicas::start(3, 100);
+    let leader = replicas.wait_leader(Duration::from_secs(15)).await;
+    let lost = if leader == 3 { 2 } else { 3 };
+    let client = replicas.client_all();
+    let module = client.upload_module(std::fs::read(guests::LOGREG).expect("logreg")).await.expect("upload").sha256;
+    let write = |n: usize, from: usize| {
+        let (client, module) = (&client, &module);
+        async move {
+            for i in from..from + n {
+                client.deploy(&format!("f{}", i % 10), &deploy(i as f64, module)).await.expect("deploy");
+            }
+        }
+    };
+    write(150, 0).await;
+    let commit = replicas.status(leader).await.expect("status").commit;
+    replicas.wait_applied(lost, commit, Duration::from_secs(10)).await;
+
+    // An older copy of its data directory.
+    replicas.stop(lost);
+    let old = replicas.dir.path().join("old-copy");
+    assert!(
+        std::process::Command::new("cp").arg("-a").arg(replicas.data(lost)).arg(&old).status().expect("cp").success()
+    );
+    replicas.spawn(lost);
+    write(150, 150).await;
+    let commit = replicas.status(leader).await.expect("status").commit;
+    replicas.wait_applied(lost, commit, Duration::from_secs(10)).await;
+    replicas.kill(lost);
+    std::fs::remove_dir_all(replicas.data(lost)).expect("remove");
+    std::fs::rename(&old, replicas.data(lost)).expect("swap the old copy in");
+    for attempt in ["an older copy", "an empty data directory"] {
+        replicas.spawn(lost);
+        let status = exit_of(&mut replicas, lost, Duration::from_secs(30)).await;
+        let log = std::fs::read_to_string(replicas.log(lost)).unwrap_or_default();
+        assert!(!status.success(), "{attempt}: {log}");
+        let last =
+            log.lines().rev().find(|l| l.contains("log ends at index")).unwrap_or_else(|| panic!("{attempt}: {log}"));
+        assert!(last.contains("Replace it") && last.contains(&format!("remove-replica {lost}")), "{attempt}: {last}");
+        // The others serve meanwhile.
+        write(1, 300).await;
+        std::fs::remove_dir_all(replicas.data(lost)).expect("wipe");
+    }
+
+    // Replace it under the same id.
+    let others: Vec<u64> = (1..=3).filter(|&id| id != lost).collect();
+    ok(grid_cli(&urls(&replicas, &others), &["cluster", "remove-replica", &lost.to_string()]));
+    let add = ["cluster", "add-replica", &format!("{lost}={}", replicas.url(lost)), "--no-wait"];
+    ok(grid_cli(&urls(&replicas, &others), &add));
+    replicas.spawn_joining(lost);
+    let commit = replicas.status(leader).await.expect("status").commit;
+    wait_cluster(&replicas, &others, Duration::from_secs(30), |s| {
+        s.members.iter().any(|m| m.id == lost && m.role == "follower" && m.matched >= Some(commit))
+    })
+    .await;
+    replicas.wait_applied(lost, commit, Duration::from_secs(10)).await;
+    let status = replicas.status(lost).await.expect("status");
+    assert!(status.snapshots_installed >= 1, "{status:?}");
+    let functions = |id| {
+        let c = replicas.client(id);
+        async move {
+            let mut all = Vec::new();
+            for f in c.functions().await.expect("functions").functions {
+                all.push(c.function(&f.name).await.expect("function"));
+            }
+            all
+        }
+    };
+    assert_eq!(functions(lost).await, functions(leader).await);
+
+    // It counts in the quorum: with the third replica down, writes commit.
+    let third = others.iter().copied().find(|&id| id != leader).expect("a third replica");
+    replicas.kill(third);
+    client.deploy("after", &deploy(1.0, &module)).await.expect("a write with the new machine in the quorum");
+    let (_, stderr) = text(&grid_cli(&urls(&replicas, &[leader]), &["cluster", "status"]));
+    assert!(stderr.is_empty(), "{stderr}");
+}
