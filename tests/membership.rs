@@ -3,10 +3,13 @@
 //! machine that lost its data.
 
 mod common;
+#[path = "chaos/history.rs"]
+mod history;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use common::grid::Replicas;
@@ -54,53 +57,83 @@ fn urls(replicas: &Replicas, ids: &[u64]) -> String {
     ids.iter().map(|&id| replicas.url(id)).collect::<Vec<_>>().join(",")
 }
 
-/// Writers that create tenants until stopped, through replicas in the
-/// order each is given; each returns the names the cluster acknowledged
-/// and how many writes failed (503s while leadership moves).
-fn start_writers(
+/// The history the clients saw.
+#[derive(Default)]
+struct Recorded {
+    adds: Vec<history::Add>,
+    reads: Vec<history::Read>,
+}
+
+/// Tenants named `c{N}`, as the history's numbers.
+fn numbers(list: &wasmgrid_api::TenantList) -> Vec<u32> {
+    let mut names: Vec<u32> = list.tenants.iter().filter_map(|t| t.name.strip_prefix('c')?.parse().ok()).collect();
+    names.sort_unstable();
+    names
+}
+
+/// Four writers that create tenants until stopped, through replicas in
+/// the order each is given, and a reader that lists them through each
+/// replica in turn; all of it recorded.
+fn start_clients(
     replicas: &Replicas,
     ids: &[u64],
     stop: &Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<(Vec<String>, u32)>> {
-    (0..4)
+    recorded: &Arc<Mutex<Recorded>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let origin = Instant::now();
+    let next = Arc::new(AtomicU32::new(0));
+    let mut clients: Vec<_> = (0..4)
         .map(|w| {
             let mut order = ids.to_vec();
             order.rotate_left(w % ids.len());
-            let client = replicas.client_for(&order);
-            let stop = stop.clone();
+            let (client, stop, recorded, next) =
+                (replicas.client_for(&order), stop.clone(), recorded.clone(), next.clone());
             tokio::spawn(async move {
-                let (mut acked, mut failed) = (Vec::new(), 0);
-                for i in 0.. {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let name = format!("w{w}-{i}");
-                    match client.create_tenant(&name).await {
-                        Ok(_) => acked.push(name),
-                        Err(_) => {
-                            failed += 1;
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
+                while !stop.load(Ordering::Relaxed) {
+                    let name = next.fetch_add(1, Ordering::Relaxed);
+                    let invoked = origin.elapsed();
+                    let result = client.create_tenant(&format!("c{name}")).await;
+                    let outcome = if result.is_ok() { history::Outcome::Ok } else { history::Outcome::Unknown };
+                    let add = history::Add { name, invoked, completed: origin.elapsed(), outcome };
+                    recorded.lock().expect("lock").adds.push(add);
+                    if result.is_err() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }
-                (acked, failed)
             })
         })
-        .collect()
+        .collect();
+    let readers: Vec<_> = ids.iter().map(|&id| replicas.client(id)).collect();
+    let (stop, recorded) = (stop.clone(), recorded.clone());
+    clients.push(tokio::spawn(async move {
+        for i in 0.. {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let invoked = origin.elapsed();
+            if let Ok(list) = readers[i % readers.len()].tenants().await {
+                let read = history::Read { invoked, completed: origin.elapsed(), names: numbers(&list) };
+                recorded.lock().expect("lock").reads.push(read);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }));
+    clients
 }
 
 /// 3 -> 5 -> 3 replicas while four writers keep writing: the new replicas
 /// join as learners, catch up from a snapshot and vote; two of the
 /// original ones (the leader among them, when it is) are removed and stop
 /// by themselves; every acknowledged write is on each remaining replica,
-/// and they agree.
+/// they agree, and the history of writes and reads is linearizable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_grows_from_3_to_5_replicas_and_shrinks_to_3_under_write_load() {
     let mut replicas = Replicas::start(3, 200);
     replicas.wait_leader(Duration::from_secs(15)).await;
     let (four, five) = (replicas.add_slot(), replicas.add_slot());
     let stop = Arc::new(AtomicBool::new(false));
-    let writers = start_writers(&replicas, &[1, 2, 3, 4, 5], &stop);
+    let recorded = Arc::new(Mutex::new(Recorded::default()));
+    let clients = start_clients(&replicas, &[1, 2, 3, 4, 5], &stop, &recorded);
     wait_cluster(&replicas, &[1, 2, 3], Duration::from_secs(30), |s| s.commit > 400).await;
 
     // A machine started before the cluster added it is refused.
@@ -153,24 +186,31 @@ async fn the_cluster_grows_from_3_to_5_replicas_and_shrinks_to_3_under_write_loa
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
-    let (mut acked, mut failed) = (BTreeSet::new(), 0);
-    for w in writers {
-        let (names, f) = w.await.expect("writer");
-        acked.extend(names);
-        failed += f;
+    for client in clients {
+        client.await.expect("client");
     }
-    println!("{} writes acknowledged, {failed} failed while replicas changed", acked.len());
+    let recorded = std::mem::take(&mut *recorded.lock().expect("lock"));
+    let acked: BTreeSet<u32> =
+        recorded.adds.iter().filter(|a| a.outcome == history::Outcome::Ok).map(|a| a.name).collect();
+    let failed = recorded.adds.len() - acked.len();
+    println!(
+        "{} writes acknowledged, {failed} failed while replicas changed; {} reads",
+        acked.len(),
+        recorded.reads.len()
+    );
     assert!(acked.len() > 500, "too few writes went through: {}", acked.len());
 
     let mut seen = Vec::new();
     for id in [3, 4, 5] {
-        let list = replicas.client(id).tenants().await.expect("tenants");
-        let names: BTreeSet<String> = list.tenants.into_iter().map(|t| t.name).collect();
-        let lost: Vec<&String> = acked.difference(&names).collect();
+        let names = numbers(&replicas.client(id).tenants().await.expect("tenants"));
+        let lost: Vec<&u32> = acked.iter().filter(|n| names.binary_search(n).is_err()).collect();
         assert!(lost.is_empty(), "replica {id} lacks acknowledged writes: {lost:?}");
         seen.push(names);
     }
     assert!(seen.windows(2).all(|w| w[0] == w[1]), "the replicas disagree");
+    if let Err(v) = history::check(&recorded.adds, &recorded.reads) {
+        panic!("the history is not linearizable: {v:?}");
+    }
 }
 
 fn deploy(weight: f64, module: &str) -> DeployRequest {
@@ -260,4 +300,34 @@ async fn a_replica_that_lost_its_data_is_refused_and_rejoins_as_a_new_machine() 
     client.deploy("after", &deploy(1.0, &module)).await.expect("a write with the new machine in the quorum");
     let (_, stderr) = text(&grid_cli(&urls(&replicas, &[leader]), &["cluster", "status"]));
     assert!(stderr.is_empty(), "{stderr}");
+}
+
+/// A flipped byte in a replica's data files (a damaged disk) makes it
+/// refuse to start with a message saying how to replace it, instead of
+/// serving a state that went back in time; the others serve throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_a_damaged_data_file_refuses_to_start() {
+    let mut replicas = Replicas::start(3, 1000);
+    let leader = replicas.wait_leader(Duration::from_secs(15)).await;
+    let damaged = if leader == 3 { 2 } else { 3 };
+    let client = replicas.client_all();
+    let module = client.upload_module(std::fs::read(guests::LOGREG).expect("logreg")).await.expect("upload").sha256;
+    for i in 0..100 {
+        client.deploy(&format!("f{}", i % 10), &deploy(i as f64, &module)).await.expect("deploy");
+    }
+    let commit = replicas.status(leader).await.expect("status").commit;
+    replicas.wait_applied(damaged, commit, Duration::from_secs(10)).await;
+    replicas.stop(damaged);
+    // One byte in the middle of sled's log file.
+    let path = replicas.data(damaged).join("db");
+    let mut bytes = std::fs::read(&path).expect("read");
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x20;
+    std::fs::write(&path, bytes).expect("write");
+    replicas.spawn(damaged);
+    let status = exit_of(&mut replicas, damaged, Duration::from_secs(30)).await;
+    let log = std::fs::read_to_string(replicas.log(damaged)).unwrap_or_default();
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("Replace it") && log.contains("docs/operations.md"), "{log}");
+    client.deploy("after", &deploy(1.0, &module)).await.expect("the others serve");
 }

@@ -183,7 +183,10 @@ pub enum StartError {
     #[error("{0}")]
     Config(String),
     /// The storage could not be opened.
-    #[error("cannot open the replica's storage in {dir}: {reason}")]
+    #[error(
+        "cannot open the replica's storage in {dir}: {reason} (if its files are damaged, replace the replica: \
+         docs/operations.md, Replace a machine)"
+    )]
     Storage {
         /// The data directory.
         dir: PathBuf,

@@ -13,10 +13,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use protobuf::Message as _;
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, MessageType};
 use tokio::sync::mpsc;
 
-use crate::replica::Transport;
+use crate::replica::{SnapshotReporter, Transport};
 
 /// Messages a peer's queue holds before new ones are dropped.
 const QUEUE: usize = 4096;
@@ -32,6 +32,8 @@ pub struct HttpTransport {
     http: reqwest::Client,
     /// Each peer's URL and queue.
     peers: RwLock<HashMap<u64, (String, mpsc::Sender<Message>)>>,
+    /// Told whether each snapshot sent arrived.
+    reporter: Arc<RwLock<Option<SnapshotReporter>>>,
 }
 
 impl HttpTransport {
@@ -55,7 +57,8 @@ impl HttpTransport {
             .http2_keep_alive_interval(Duration::from_secs(5))
             .default_headers(headers)
             .build()?;
-        let transport = HttpTransport { self_id, http, peers: RwLock::new(HashMap::new()) };
+        let transport =
+            HttpTransport { self_id, http, peers: RwLock::new(HashMap::new()), reporter: Arc::new(RwLock::new(None)) };
         transport.set_members(peers);
         Ok(Arc::new(transport))
     }
@@ -64,10 +67,18 @@ impl HttpTransport {
 impl Transport for HttpTransport {
     fn send(&self, message: Message) {
         let peers = self.peers.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((_, queue)) = peers.get(&message.to) {
-            // A full queue means the peer is not keeping up or is down.
-            let _ = queue.try_send(message);
+        let Some((_, queue)) = peers.get(&message.to) else { return };
+        // A full queue means the peer is not keeping up or is down.
+        if let Err(e) = queue.try_send(message) {
+            let message = e.into_inner();
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                report(&self.reporter, message.to, false);
+            }
         }
+    }
+
+    fn on_snapshot_sent(&self, reporter: SnapshotReporter) {
+        *self.reporter.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(reporter);
     }
 
     fn set_members(&self, members: &BTreeMap<u64, String>) {
@@ -79,33 +90,54 @@ impl Transport for HttpTransport {
                 continue;
             }
             let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(send_loop(format!("{url}/v1/raft"), self.http.clone(), rx));
+            tokio::spawn(send_loop(format!("{url}/v1/raft"), id, self.http.clone(), rx, self.reporter.clone()));
             peers.insert(id, (url.clone(), tx));
         }
     }
 }
 
-async fn send_loop(url: String, http: reqwest::Client, mut queue: mpsc::Receiver<Message>) {
+type Reporter = Arc<RwLock<Option<SnapshotReporter>>>;
+
+/// Tells the replica whether the snapshot sent to `to` arrived.
+fn report(reporter: &Reporter, to: u64, arrived: bool) {
+    if let Some(r) = reporter.read().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref() {
+        r.report(to, arrived);
+    }
+}
+
+async fn send_loop(
+    url: String,
+    to: u64,
+    http: reqwest::Client,
+    mut queue: mpsc::Receiver<Message>,
+    reporter: Reporter,
+) {
     let mut failing = false;
     while let Some(first) = queue.recv().await {
         let mut body = Vec::new();
+        let mut snapshot = first.get_msg_type() == MessageType::MsgSnapshot;
         encode(&first, &mut body);
         while body.len() < BATCH_BYTES {
             match queue.try_recv() {
-                Ok(m) => encode(&m, &mut body),
+                Ok(m) => {
+                    snapshot |= m.get_msg_type() == MessageType::MsgSnapshot;
+                    encode(&m, &mut body);
+                }
                 Err(_) => break,
             }
         }
-        match http.post(&url).body(body).send().await {
+        let arrived = match http.post(&url).body(body).send().await {
             Ok(response) if response.status().is_success() => {
                 if failing {
                     tracing::info!(%url, "raft peer reachable again");
                     failing = false;
                 }
+                true
             }
             Ok(response) => {
                 tracing::warn!(%url, status = %response.status(), "raft peer refused messages");
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                false
             }
             Err(e) => {
                 if !failing {
@@ -114,8 +146,16 @@ async fn send_loop(url: String, http: reqwest::Client, mut queue: mpsc::Receiver
                 }
                 // Do not spin on a dead peer; Raft resends what matters.
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                while queue.try_recv().is_ok() {}
+                while let Ok(m) = queue.try_recv() {
+                    snapshot |= m.get_msg_type() == MessageType::MsgSnapshot;
+                }
+                false
             }
+        };
+        // A snapshot that arrived is acknowledged by the peer itself once
+        // installed; one that did not must be said, or raft-rs waits.
+        if snapshot && !arrived {
+            report(&reporter, to, false);
         }
     }
 }

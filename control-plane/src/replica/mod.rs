@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message};
-use raft::{Config, RawNode, StateRole, Storage};
+use raft::{Config, ProgressState, RawNode, SnapshotStatus, StateRole, Storage};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::log::{LogStore, SnapshotSource};
@@ -41,6 +41,30 @@ pub trait Transport: Send + Sync + 'static {
     /// The replicas' URLs changed (a membership change was applied, or a
     /// snapshot installed): send to these from now on.
     fn set_members(&self, _members: &BTreeMap<u64, String>) {}
+
+    /// Where to say whether a snapshot sent to a peer arrived: raft-rs
+    /// sends a peer nothing more until it knows, so a snapshot lost on the
+    /// way would stall that peer for good.
+    fn on_snapshot_sent(&self, _report: SnapshotReporter) {}
+}
+
+/// Tells the replica whether a snapshot reached peer `to`.
+#[derive(Clone)]
+pub struct SnapshotReporter(mpsc::WeakUnboundedSender<Request>);
+
+impl std::fmt::Debug for SnapshotReporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SnapshotReporter")
+    }
+}
+
+impl SnapshotReporter {
+    /// The snapshot sent to `to` arrived (`true`) or was lost.
+    pub fn report(&self, to: u64, arrived: bool) {
+        if let Some(requests) = self.0.upgrade() {
+            let _ = requests.send(Request::SnapshotSent { to, arrived });
+        }
+    }
 }
 
 /// How a replica runs.
@@ -181,6 +205,7 @@ enum Request {
     TransferLeader { to: u64, reply: oneshot::Sender<Result<(), ProposeError>> },
     ChangeMembership { change: Membership, reply: oneshot::Sender<Result<(), ProposeError>> },
     Leave,
+    SnapshotSent { to: u64, arrived: bool },
 }
 
 /// A handle to a running replica. Dropping every handle stops the loop.
@@ -331,6 +356,7 @@ impl Opened {
         let node = RawNode::new(&raft_config, log.clone(), &logger).map_err(stopped)?;
 
         let (requests, inbox) = mpsc::unbounded_channel();
+        transport.on_snapshot_sent(SnapshotReporter(requests.downgrade()));
         let (status_tx, status) = watch::channel(Status { id: config.id, applied, ..Default::default() });
         let status_tx = Arc::new(status_tx);
         let driver = Driver {
@@ -622,6 +648,10 @@ impl Driver {
     fn handle(&mut self, request: Request) -> bool {
         match request {
             Request::Leave => return true,
+            Request::SnapshotSent { to, arrived } => {
+                let status = if arrived { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+                self.node.report_snapshot(to, status);
+            }
             Request::Propose { command, reply } => {
                 if self.node.raft.leader_id == 0 {
                     let _ = reply.send(Err(ProposeError::NoLeader));
@@ -918,12 +948,31 @@ impl Driver {
         Ok(())
     }
 
+    /// Compacts the log once `snapshot_every` entries are applied past its
+    /// start. A leader keeps what its live peers still need, up to ten
+    /// times `snapshot_every` behind: compacting past a peer that is
+    /// installing a large snapshot would send it another one, and another.
     fn maybe_compact(&mut self) -> Result<(), Stop> {
         let applied = self.state.applied_index().map_err(failed)?;
         let first = self.log.first_index().map_err(failed)?;
-        if applied >= first + self.config.snapshot_every {
-            self.log.compact(applied).map_err(failed)?;
-            tracing::debug!(replica = self.config.id, applied, "compacted the raft log");
+        let mut to = applied;
+        if self.node.raft.state == StateRole::Leader {
+            // A peer that is installing a snapshot needs what follows it; a
+            // peer that answers needs what it has not matched; a silent one
+            // gets a snapshot when it is back.
+            let needed = self.node.raft.prs().iter().filter(|(id, _)| **id != self.config.id).filter_map(|(_, pr)| {
+                match pr.state {
+                    ProgressState::Snapshot => Some(pr.pending_snapshot),
+                    _ if pr.recent_active => Some(pr.matched),
+                    _ => None,
+                }
+            });
+            let floor = applied.saturating_sub(10 * self.config.snapshot_every);
+            to = needed.min().unwrap_or(applied).clamp(floor, applied);
+        }
+        if to >= first + self.config.snapshot_every {
+            self.log.compact(to).map_err(failed)?;
+            tracing::debug!(replica = self.config.id, applied, to, "compacted the raft log");
         }
         Ok(())
     }
