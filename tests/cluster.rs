@@ -618,3 +618,117 @@ async fn a_write_retried_with_its_request_id_is_applied_once() {
     assert_eq!(bad.status().as_u16(), 400);
     assert!(bad.text().await.unwrap_or_default().contains("wasmgrid-request-id"));
 }
+
+/// Parses Prometheus text into `name{labels}` -> value.
+fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect()
+}
+
+/// Each replica's `/metrics` shows its Raft state, the fsync and write
+/// latencies it measured, each peer's lag on the leader, and jobs by state;
+/// only the operator's and nodes' tokens may read it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_exposes_its_raft_state_and_latencies() {
+    let replicas = Replicas::start(3, 1000);
+    let leader = replicas.wait_leader(Duration::from_secs(15)).await;
+    let client = replicas.client_all();
+    let module = upload(&client).await;
+    for i in 0..5 {
+        client.deploy("f", &deploy_request(&module, i as f64)).await.expect("deploy");
+    }
+    let status = replicas.status(leader).await.expect("status");
+    for id in 1..=3 {
+        replicas.wait_applied(id, status.commit, Duration::from_secs(10)).await;
+    }
+    let http = common::http();
+    let scrape = |id: u64| {
+        let http = http.clone();
+        let url = format!("{}/metrics", replicas.url(id));
+        async move {
+            let response = http.get(url).send().await.expect("scrape");
+            assert_eq!(response.status().as_u16(), 200);
+            parse_metrics(&response.text().await.expect("text"))
+        }
+    };
+    let m = scrape(leader).await;
+    assert_eq!(m.get("wasmgrid_raft_is_leader"), Some(&1.0), "{m:?}");
+    assert_eq!(m.get("wasmgrid_raft_leader"), Some(&(leader as f64)));
+    assert_eq!(m.get("wasmgrid_raft_term"), Some(&(status.term as f64)));
+    assert!(m["wasmgrid_raft_commit_index"] >= status.commit as f64);
+    assert_eq!(m.get("wasmgrid_raft_voters"), Some(&3.0));
+    for peer in (1..=3).filter(|&p| p != leader) {
+        assert!(m.contains_key(&format!("wasmgrid_raft_peer_lag{{peer=\"{peer}\"}}")), "{m:?}");
+    }
+    assert!(m["wasmgrid_raft_fsync_seconds_count"] > 0.0, "{m:?}");
+    assert!(m["wasmgrid_raft_proposal_seconds_count"] >= 6.0, "an upload and five deploys: {m:?}");
+    assert_eq!(m.get("wasmgrid_jobs{state=\"running\"}"), Some(&0.0), "{m:?}");
+    let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+    let f = scrape(follower).await;
+    assert_eq!(f.get("wasmgrid_raft_is_leader"), Some(&0.0));
+    assert_eq!(f.get("wasmgrid_raft_leader"), Some(&(leader as f64)));
+    assert!(f["wasmgrid_raft_applied_index"] >= status.commit as f64);
+
+    client.create_tenant("acme").await.expect("tenant");
+    let request = wasmgrid_api::TokenRequest { tenant: Some("acme".into()), role: wasmgrid_api::Role::Full };
+    let token = client.create_token(&request).await.expect("token").token;
+    let refused = reqwest::Client::new()
+        .get(format!("{}/metrics", replicas.url(leader)))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("scrape");
+    assert_eq!(refused.status().as_u16(), 403);
+}
+
+/// `--log-format json`: every line a replica writes to stderr, its own
+/// messages and errors included, is one JSON object with a level and a
+/// message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    common::write_token(&dir.path().join("admin-token"));
+    let port = common::grid::free_port();
+    let log = dir.path().join("stderr");
+    let mut child = wasmgrid()
+        .args(["control-plane", "--log-format", "json", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+        .arg(dir.path().join("data"))
+        .arg("--admin-token-file")
+        .arg(dir.path().join("admin-token"))
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("wasmgrid");
+    let client = Client::new(&[format!("http://127.0.0.1:{port}")], Duration::from_secs(5))
+        .expect("client")
+        .with_token(Some(common::TOKEN.into()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.create_tenant("acme").await.is_err() {
+        assert!(Instant::now() < deadline, "the replica did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    common::grid::terminate(&mut child);
+    let bad = wasmgrid()
+        .args(["control-plane", "--log-format", "json", "--peers", "2=127.0.0.1:1"])
+        .args(["--data"])
+        .arg(dir.path().join("other"))
+        .output()
+        .expect("wasmgrid");
+    assert!(!bad.status.success());
+
+    let text = std::fs::read_to_string(&log).expect("stderr") + &String::from_utf8_lossy(&bad.stderr);
+    let mut messages = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(value["level"].is_string(), "{line}");
+        messages.push((
+            value["level"].as_str().unwrap_or("").to_string(),
+            value["fields"]["message"].as_str().unwrap_or("").to_string(),
+        ));
+    }
+    assert!(messages.iter().any(|(_, m)| m.contains("serving on")), "{messages:?}");
+    assert!(messages.iter().any(|(_, m)| m.contains("tenant created")), "{messages:?}");
+    assert!(messages.iter().any(|(l, m)| l == "ERROR" && m.contains("--peers")), "{messages:?}");
+}

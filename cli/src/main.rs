@@ -36,6 +36,10 @@ struct Cli {
     /// Log only warnings and errors.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// How logs and the serving commands' messages are written: `text`
+    /// for people, `json` (one object per line) for log collectors.
+    #[arg(long, global = true, value_enum, default_value = "text", env = "WASMGRID_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -161,9 +165,13 @@ fn main() -> ExitCode {
     if let Command::Compile { settings, input, output } = &cli.command {
         return ExitCode::from(wasmgrid_runtime::worker_main(settings, input, output) as u8);
     }
-    init_logging(cli.verbose, cli.quiet);
+    init_logging(cli.verbose, cli.quiet, cli.log_format);
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if cli.log_format == LogFormat::Json => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -171,7 +179,29 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Lines for people.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Whether logs are JSON: the serving commands' own messages follow.
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A serving command's message to its operator: a line on stderr, or an
+/// `info` event when logs are JSON.
+pub(crate) fn notice(message: std::fmt::Arguments<'_>) {
+    if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::info!("{message}");
+    } else {
+        eprintln!("{message}");
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool, format: LogFormat) {
     let default = match (quiet, verbose) {
         (true, _) => "warn",
         (false, 0) => "info",
@@ -181,6 +211,17 @@ fn init_logging(verbose: u8, quiet: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WASMGRID_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},cranelift=warn,wasmtime=warn")));
     use std::io::IsTerminal;
+    if format == LogFormat::Json {
+        JSON_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init();
+        return;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())

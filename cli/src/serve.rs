@@ -21,7 +21,7 @@ use wasmgrid_runtime::Runtime;
 
 use crate::client::tokio_runtime;
 use crate::compile::{CompileArgs, runtime_config};
-use crate::{tokens, units};
+use crate::{notice, tokens, units};
 
 #[derive(Args, Debug)]
 pub struct ControlPlaneArgs {
@@ -335,13 +335,13 @@ const STOP_GRACE: Duration = Duration::from_secs(30);
 /// stopping never hangs on a call that will not end or a stuck disk.
 async fn stop_on_signal(stop: impl Future<Output = ()>) {
     shutdown_signal().await;
-    eprintln!("stopping: in-flight calls finish (Ctrl-C again to quit at once)");
+    notice(format_args!("stopping: in-flight calls finish (Ctrl-C again to quit at once)"));
     // A task of its own: `stop` may block this thread (a flush to disk).
     tokio::spawn(async {
         tokio::select! {
-            _ = shutdown_signal() => eprintln!("quitting at once on a second signal"),
+            _ = shutdown_signal() => notice(format_args!("quitting at once on a second signal")),
             _ = tokio::time::sleep(STOP_GRACE) => {
-                eprintln!("in-flight work did not finish within {}s; quitting", STOP_GRACE.as_secs());
+                notice(format_args!("in-flight work did not finish within {}s; quitting", STOP_GRACE.as_secs()));
             }
         }
         std::process::exit(1);
@@ -403,7 +403,7 @@ pub fn control_plane(args: ControlPlaneArgs) -> Result<()> {
     let config = replica_config(&args)?;
     tokio_runtime()?.block_on(async move {
         let running = server::start(config).await?;
-        eprintln!("control-plane replica {} serving on {}", args.id, running.url());
+        notice(format_args!("control-plane replica {} serving on {}", args.id, running.url()));
         let replica = running.replica.clone();
         let stopped = replica.stopped();
         tokio::select! {
@@ -411,7 +411,7 @@ pub fn control_plane(args: ControlPlaneArgs) -> Result<()> {
             reason = stopped => {
                 if replica.status().removed {
                     // Not a failure: a supervisor should not start it again.
-                    eprintln!("control-plane replica {}: {reason}; stopping", args.id);
+                    notice(format_args!("control-plane replica {}: {reason}; stopping", args.id));
                     return Ok(());
                 }
                 Err(replica_stopped(args.id, &reason))
@@ -475,7 +475,7 @@ pub fn node(args: NodeArgs) -> Result<()> {
     };
     tokio_runtime()?.block_on(async move {
         let agent = agent::start(config, runtime).await?;
-        eprintln!("node {} serving on {}", agent.id, agent.url);
+        notice(format_args!("node {} serving on {}", agent.id, agent.url));
         stop_on_signal(agent.stop()).await;
         Ok(())
     })
@@ -550,13 +550,16 @@ pub fn dev(args: DevArgs, compile: &CompileArgs) -> Result<()> {
         println!("gateway:       {}", agent.url);
         if let Some(ca) = &trust_hint {
             let ca = std::path::absolute(ca).unwrap_or_else(|_| ca.clone());
-            eprintln!("TLS with a certificate of its own CA; to trust it: export WASMGRID_CA={}", ca.display());
+            notice(format_args!(
+                "TLS with a certificate of its own CA; to trust it: export WASMGRID_CA={}",
+                ca.display()
+            ));
         }
-        eprintln!(
+        notice(format_args!(
             "data in {}, admin token in {}; Ctrl-C to stop",
             args.data.display(),
             tokens::admin_token_path(&args.data).display()
-        );
+        ));
         let stopped = cp.replica.stopped();
         tokio::select! {
             () = stop_on_signal(async {

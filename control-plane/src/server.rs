@@ -46,6 +46,7 @@ mod forward;
 mod functions;
 mod jobs;
 mod membership;
+mod metrics;
 mod nodes;
 mod tenants;
 use auth::Caller;
@@ -346,6 +347,7 @@ struct Inner {
 fn router(app: App) -> Router {
     Router::new()
         .route("/v1/health", get(cluster::health))
+        .route("/metrics", get(metrics::metrics))
         .route("/v1/cluster", get(cluster::cluster))
         .route("/v1/cluster/leader", post(cluster::transfer_leader))
         .route("/v1/cluster/replicas", post(membership::add_replica))

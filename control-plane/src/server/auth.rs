@@ -66,7 +66,7 @@ fn need(method: &Method, path: &str) -> Need {
         "/v1/health" => Need::Open,
         "/v1/whoami" | "/v1/nodes" => Need::Any,
         "/v1/modules/{sha256}" => Need::Module,
-        "/v1/nodes/{id}/heartbeat" | "/v1/routes" | "/v1/tasks/lease" | "/v1/tasks/report" => Need::Node,
+        "/v1/nodes/{id}/heartbeat" | "/v1/routes" | "/v1/tasks/lease" | "/v1/tasks/report" | "/metrics" => Need::Node,
         "/v1/cluster" | "/v1/cluster/leader" | "/v1/cluster/replicas" | "/v1/cluster/replicas/{id}" | "/v1/raft" => {
             Need::Admin
         }

@@ -68,6 +68,14 @@ pub(crate) struct Scheduler {
     pub(super) finishing: HashSet<String>,
 }
 
+impl Scheduler {
+    /// Tasks of the running stages waiting for a node, and running.
+    pub(crate) fn task_counts(&self) -> (u64, u64) {
+        let runs = self.runs.values();
+        runs.fold((0, 0), |(p, r), run| (p + run.pending.len() as u64, r + run.running.len() as u64))
+    }
+}
+
 pub(super) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
