@@ -1,0 +1,45 @@
+# What the tests need besides Rust, installed where missing (Debian or
+# Ubuntu; as root, or with sudo): the wasm32-wasip2 target, curl, Mesa's
+# lavapipe (a software Vulkan device, so the wgpu kernels run without a
+# GPU), iproute2 and nftables (the chaos suite's network namespaces), moto
+# (an S3-compatible server) and componentize-py (in target/ci-venv, for the
+# Python guests). Source it from the repository root, then run the tests:
+#
+#     . deploy/test-setup.sh && cargo test --workspace
+#
+# It also sets what makes those tests fail rather than skip when their
+# tools are missing (WASMGRID_REQUIRE_GPU, _PYTHON, and _CHAOS as root).
+# Each step is skipped when its tool is already there.
+
+wasmgrid_apt_install() {
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && apt-get install -y -qq "$@"
+    else
+        sudo apt-get update -qq && sudo apt-get install -y -qq "$@"
+    fi
+}
+
+wasmgrid_test_setup() {
+    rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2 || return 1
+    command -v curl >/dev/null || wasmgrid_apt_install curl || return 1
+    [ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || wasmgrid_apt_install mesa-vulkan-drivers libvulkan1 || return 1
+    command -v ip >/dev/null || wasmgrid_apt_install iproute2 || return 1
+    command -v nft >/dev/null || wasmgrid_apt_install nftables || return 1
+    if ! python3 -c 'import moto.server, flask' 2>/dev/null; then
+        python3 -m pip --version >/dev/null 2>&1 || wasmgrid_apt_install python3-pip || return 1
+        python3 -m pip install --quiet 'moto[server]' \
+            || python3 -m pip install --quiet --break-system-packages 'moto[server]' || return 1
+    fi
+    python3 -c 'import moto.server, flask' || return 1
+    local venv=target/ci-venv
+    if [ ! -x "$venv/bin/componentize-py" ]; then
+        python3 -m venv "$venv" 2>/dev/null || { wasmgrid_apt_install python3-venv && python3 -m venv "$venv"; } || return 1
+        "$venv/bin/python" -m pip install --quiet 'componentize-py==0.25.1' || return 1
+    fi
+    export COMPONENTIZE_PY="$PWD/$venv/bin/componentize-py"
+    "$COMPONENTIZE_PY" --version >/dev/null || return 1
+    export WASMGRID_REQUIRE_GPU=1 WASMGRID_REQUIRE_PYTHON=1
+    if [ "$(id -u)" = 0 ]; then export WASMGRID_REQUIRE_CHAOS=1; fi
+}
+
+wasmgrid_test_setup
