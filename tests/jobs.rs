@@ -367,6 +367,71 @@ async fn a_guest_that_always_traps_fails_the_job_after_max_attempts_with_its_mes
     );
 }
 
+/// An input of empty files is a job with nothing to run: it succeeds with
+/// an empty output and its `_SUCCESS`, as `wasmgrid run` does on the same
+/// files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_over_empty_files_succeeds_with_no_rows_like_a_local_run() {
+    let replicas = Replicas::start(1, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let urls = replicas.urls();
+    let dir = replicas.dir.path();
+    let _node = Node::start(&urls, &dir.join("node"));
+    deploy_wordcount(&urls);
+    let corpus = dir.join("empty");
+    std::fs::create_dir_all(&corpus).expect("dir");
+    std::fs::write(corpus.join("a.txt"), "").expect("empty file");
+    std::fs::write(corpus.join("b.txt"), "").expect("empty file");
+    let out = dir.join("out");
+    let local = dir.join("local");
+    let (input, out_arg) = (corpus.display().to_string(), out.display().to_string());
+    let args = ["job", "submit", "wc-map", "--input", &input, "--output", &out_arg, "--reduce", "wc-reduce", "--wait"];
+    common::grid_ok(&urls, &args);
+    let job = replicas.client(1).jobs().await.expect("jobs").jobs.remove(0);
+    assert_eq!((job.state, job.rows_out), (JobState::Succeeded, 0), "{job:?}");
+    assert!(out.join("_SUCCESS").exists());
+    let local_run = common::wasmgrid()
+        .args(["run", guests::WORDCOUNT_MAP, "--reduce", guests::WORDCOUNT_REDUCE, "-i", &input, "-o"])
+        .arg(&local)
+        .output()
+        .expect("wasmgrid run");
+    common::ok(local_run);
+    let files = |d: &Path| {
+        let mut names: Vec<String> = std::fs::read_dir(d)
+            .expect("output")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(files(&out), files(&local), "the grid and a local run publish the same (nothing but _SUCCESS)");
+}
+
+/// A mapper that emits key/value pairs in a job without a reducer cannot
+/// succeed however often it is retried: the job fails on the first report,
+/// with the reason, instead of after its maximum attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairs_without_a_reducer_fail_the_job_at_once() {
+    let replicas = Replicas::start(1, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let urls = replicas.urls();
+    let dir = replicas.dir.path();
+    let _node = Node::start(&urls, &dir.join("node"));
+    deploy_wordcount(&urls);
+    let corpus = dir.join("corpus");
+    common::write_corpus(&corpus, 4, 2_000, 7);
+    let out = dir.join("out");
+    let (input, out_arg) = (corpus.display().to_string(), out.display().to_string());
+    let args = ["job", "submit", "wc-map", "--input", &input, "--output", &out_arg, "--max-attempts", "50", "--wait"];
+    let stderr = common::fails(common::grid_cli(&urls, &args));
+    assert!(stderr.contains("cannot run") && stderr.contains("no reducer (--reduce)"), "{stderr}");
+    let job = replicas.client(1).jobs().await.expect("jobs").jobs.remove(0);
+    assert_eq!(job.state, JobState::Failed);
+    assert!(job.failed_attempts < 10, "retried a job that cannot run: {job:?}");
+    assert!(!out.join("_SUCCESS").exists());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_running_tasks_within_a_second() {
     let replicas = Replicas::start(1, 1000);

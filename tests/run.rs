@@ -386,6 +386,32 @@ fn a_hostile_guest_fails_the_run_with_a_clear_error_and_leaves_no_output() {
     assert!(left.is_empty(), "no partial output or _SUCCESS: {left:?}");
 }
 
+/// An error a guest returns is printed once, with the partition it came
+/// from.
+#[test]
+fn a_guest_error_is_printed_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::fs::write(tmp.path().join("in.csv"), "x,y\n1,2\n").expect("input");
+    let out = tmp.path().join("out");
+    let stderr = fails(run_in(
+        &tmp.path().join("cache"),
+        &[
+            "run",
+            guests::LOGREG,
+            "-i",
+            tmp.path().join("in.csv").to_str().expect("utf-8"),
+            "-o",
+            out.to_str().expect("utf-8"),
+            "-c",
+            r#"model={"features":["zz"],"weights":[1],"bias":0}"#,
+        ],
+    ));
+    let error = stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(error.starts_with("error: partition 0 (") && error.contains("in.csv"), "{error}");
+    assert_eq!(error.matches("input has no column `zz`").count(), 1, "{error}");
+    assert_eq!(error.matches("function returned an error").count(), 1, "{error}");
+}
+
 #[test]
 fn bad_paths_and_bad_components_get_clear_errors() {
     let tmp = tempfile::tempdir().expect("tempdir");

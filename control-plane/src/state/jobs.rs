@@ -202,7 +202,9 @@ pub(crate) fn apply(t: &Trees<'_>, index: u64, command: &JobCommand) -> Tx<Resul
             job.id = format!("job-{index}");
             job.map_tasks = partitions.len() as u32;
             job.bytes_in = partitions.iter().map(|p| p.bytes).sum();
-            job.state = JobState::Running;
+            // No input data (empty files): nothing to run, an empty output
+            // to publish, as `wasmgrid run` does.
+            job.state = if partitions.is_empty() { JobState::Committing } else { JobState::Running };
             job.stage = Stage::Map;
             t.plans.insert(job.id.as_bytes(), encode(partitions)?)?;
             t.jobs.insert(job.id.as_bytes(), encode(&job)?)?;
@@ -318,6 +320,15 @@ fn apply_event(t: &Trees<'_>, job: &mut JobRecord, at_ms: u64, event: &TaskEvent
                     task.failures
                 ));
             }
+            false
+        }
+        TaskOutcome::Unrunnable { error } => {
+            task.failures += 1;
+            task.last_error = Some(error.clone());
+            job.failed_attempts += 1;
+            job.state = JobState::Failed;
+            job.finished_ms = Some(at_ms);
+            job.error = Some(format!("{} task {} cannot run: {error}", report.stage.name(), report.task));
             false
         }
     };

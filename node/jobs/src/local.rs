@@ -265,7 +265,7 @@ fn shuffle(results: Vec<MapResult>, summary: &mut Summary, job: &LocalJob, reduc
         summary.files.extend(r.file);
         if r.pairs.iter().any(|b| !b.is_empty()) {
             if !reducing {
-                return Err(Error::Job(format!(
+                return Err(Error::Setup(format!(
                     "partition {} emitted key/value pairs, but no reducer was given (--reduce)",
                     r.index
                 )));

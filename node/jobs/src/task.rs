@@ -137,7 +137,7 @@ impl Attempt<'_> {
         let reduce = task.reduce_partitions as usize;
         if reduce == 0 {
             if !mapped.pairs.is_empty() {
-                return Err(Error::Job(
+                return Err(Error::Setup(
                     "the mapper emitted key/value pairs, but the job has no reducer (--reduce)".into(),
                 ));
             }

@@ -138,9 +138,13 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
-    /// The job was set up wrongly (flags that do not fit the functions).
+    /// The job's work failed outside the function (its files, its store).
     #[error("{0}")]
     Job(String),
+    /// The job cannot run as it was set up (flags that do not fit what the
+    /// functions do): retrying will not help.
+    #[error("{0}")]
+    Setup(String),
     /// The component's `init` failed: it trapped, returned an error or ran
     /// past a limit. The version cannot be served.
     #[error("init failed: {cause}")]
@@ -207,6 +211,7 @@ impl Error {
             Error::Data(e) => e.kind(),
             Error::Partition { source, .. } => source.kind(),
             Error::Job(_) => "job",
+            Error::Setup(_) => "setup",
             Error::Runtime(_) => "runtime",
         }
     }

@@ -284,6 +284,13 @@ pub enum TaskOutcome {
         /// Why.
         error: String,
     },
+    /// It cannot run as the job is set up (a mapper that emits pairs in a
+    /// job without a reducer): the job fails at once instead of retrying.
+    /// (Last, so log entries written before it was added still decode.)
+    Unrunnable {
+        /// Why.
+        error: String,
+    },
 }
 
 /// One attempt's report.

@@ -192,9 +192,6 @@ pub(super) async fn submit(
         .await
         .map_err(|e| Failure::internal(format!("planning stopped: {e}")))?
         .map_err(|e| Failure::bad(e.to_string()))?;
-    if partitions.is_empty() {
-        return Err(Failure::bad(format!("`{}` holds no input data", request.input)));
-    }
     let job = new_job(tenant, &request, version, map, reduce);
     let Applied::JobSubmitted { id } =
         app.propose(Command::Job(JobCommand::Submit { job: Box::new(job), partitions })).await?
@@ -516,6 +513,10 @@ pub(super) async fn report(
                     if idle && !run.done.contains(&r.task) && !run.pending.contains(&r.task) {
                         run.pending.push_back(r.task);
                     }
+                }
+                TaskOutcome::Unrunnable { error } => {
+                    // The job has failed in the state; the refresh drops its run.
+                    tracing::warn!(job = %r.job, task = r.task, %error, "the job cannot run as set up");
                 }
             }
         }
