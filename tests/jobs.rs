@@ -367,17 +367,22 @@ async fn a_guest_that_always_traps_fails_the_job_after_max_attempts_with_its_mes
     );
 }
 
+/// One replica and one node, with the word count deployed.
+async fn word_count_grid() -> (Replicas, Node) {
+    let replicas = Replicas::start(1, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let node = Node::start(&replicas.urls(), &replicas.dir.path().join("node"));
+    deploy_wordcount(&replicas.urls());
+    (replicas, node)
+}
+
 /// An input of empty files is a job with nothing to run: it succeeds with
 /// an empty output and its `_SUCCESS`, as `wasmgrid run` does on the same
 /// files.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_over_empty_files_succeeds_with_no_rows_like_a_local_run() {
-    let replicas = Replicas::start(1, 1000);
-    replicas.wait_leader(Duration::from_secs(15)).await;
-    let urls = replicas.urls();
-    let dir = replicas.dir.path();
-    let _node = Node::start(&urls, &dir.join("node"));
-    deploy_wordcount(&urls);
+    let (replicas, _node) = word_count_grid().await;
+    let (urls, dir) = (replicas.urls(), replicas.dir.path());
     let corpus = dir.join("empty");
     std::fs::create_dir_all(&corpus).expect("dir");
     std::fs::write(corpus.join("a.txt"), "").expect("empty file");
@@ -413,12 +418,8 @@ async fn a_job_over_empty_files_succeeds_with_no_rows_like_a_local_run() {
 /// with the reason, instead of after its maximum attempts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pairs_without_a_reducer_fail_the_job_at_once() {
-    let replicas = Replicas::start(1, 1000);
-    replicas.wait_leader(Duration::from_secs(15)).await;
-    let urls = replicas.urls();
-    let dir = replicas.dir.path();
-    let _node = Node::start(&urls, &dir.join("node"));
-    deploy_wordcount(&urls);
+    let (replicas, _node) = word_count_grid().await;
+    let (urls, dir) = (replicas.urls(), replicas.dir.path());
     let corpus = dir.join("corpus");
     common::write_corpus(&corpus, 4, 2_000, 7);
     let out = dir.join("out");
