@@ -8,11 +8,13 @@
 //! across restarts. [`log::LogStore`] is the Raft log and hard state over
 //! sled, implementing raft-rs's `Storage` with the writes a Ready loop makes
 //! (append with suffix truncation, hard state, compaction, snapshots).
-//! [`replica::Replica`] drives raft-rs over them; [`transport`] carries Raft
+//! [`replica::Replica`] drives raft-rs over them; [`codec`] versions what
+//! the log and snapshots hold; [`transport`] carries Raft
 //! messages between replicas over HTTP/2; [`server`] is the `/v1` HTTP API,
 //! by area, with the leader's job scheduler. Batch jobs' records are in
 //! [`state::jobs`]; their data is reached through `wasmgrid_api::JobIo`.
 
+pub mod codec;
 pub mod log;
 pub mod module;
 pub mod replica;

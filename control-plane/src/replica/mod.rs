@@ -697,7 +697,7 @@ impl Driver {
                     let _ = reply.send(Err(ProposeError::NoLeader));
                     return false;
                 }
-                let data = match bincode::serialize(&command) {
+                let data = match crate::codec::encode(&command) {
                     Ok(d) => d,
                     Err(e) => {
                         let _ = reply.send(Err(stopped(e)));
@@ -909,7 +909,7 @@ impl Driver {
                     self.state.mark_applied(entry.index).map_err(failed)?;
                 }
                 EntryType::EntryNormal => {
-                    let result = match bincode::deserialize::<Command>(&entry.data) {
+                    let result = match crate::codec::decode::<Command>(&entry.data, crate::codec::legacy_bincode) {
                         Ok(command) => self.state.apply(entry.index, &command).map_err(ProposeError::State),
                         Err(e) => Err(stopped(format!("undecodable entry {}: {e}", entry.index))),
                     };

@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, Transactional, TransactionalTree, UnabortableTransactionError,
 };
@@ -63,8 +64,9 @@ fn abort(e: StateError) -> ConflictableTransactionError<StateError> {
     ConflictableTransactionError::Abort(e)
 }
 
-/// Every record of a tree, raw.
-type Records = Vec<(Vec<u8>, Vec<u8>)>;
+/// Every record of a tree, raw (byte strings, so a snapshot holds them as
+/// they are).
+type Records = Vec<(ByteBuf, ByteBuf)>;
 
 /// What a snapshot carries: every record, raw, the route table's
 /// revision and the replicas' URLs.
@@ -115,15 +117,21 @@ impl From<ImageWithoutRoutes> for ImageWithoutMembers {
 
 impl Image {
     fn decode(data: &[u8]) -> Result<Image> {
-        let bad = |e: bincode::Error| StateError::Storage(format!("bad snapshot: {e}"));
-        let e = match bincode::deserialize::<Image>(data) {
+        crate::codec::decode(data, Image::legacy).map_err(|e| StateError::Storage(format!("bad snapshot: {e}")))
+    }
+
+    /// A snapshot written before snapshots were tagged: bincode, in one of
+    /// its three shapes.
+    fn legacy(data: &[u8]) -> std::result::Result<Image, crate::codec::CodecError> {
+        use crate::codec::legacy_bincode;
+        let e = match legacy_bincode::<Image>(data) {
             Ok(image) => return Ok(image),
             Err(e) => e,
         };
-        if let Ok(old) = bincode::deserialize::<ImageWithoutMembers>(data) {
+        if let Ok(old) = legacy_bincode::<ImageWithoutMembers>(data) {
             return Ok(old.into());
         }
-        let old: ImageWithoutRoutes = bincode::deserialize(data).map_err(|_| bad(e))?;
+        let old: ImageWithoutRoutes = legacy_bincode(data).map_err(|_| e)?;
         Ok(ImageWithoutMembers::from(old).into())
     }
 }
@@ -506,7 +514,7 @@ impl State {
             members: self.members()?.into_iter().collect(),
             requests: dump(&self.requests)?,
         };
-        let data = bincode::serialize(&image).map_err(|e| StateError::Storage(e.to_string()))?;
+        let data = crate::codec::encode(&image).map_err(|e| StateError::Storage(e.to_string()))?;
         Ok((data, image.applied))
     }
 
@@ -624,8 +632,9 @@ impl State {
         self.modules.len()
     }
 }
-fn dump(tree: &sled::Tree) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    Ok(tree.iter().map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec()))).collect::<std::result::Result<_, _>>()?)
+fn dump(tree: &sled::Tree) -> Result<Records> {
+    let record = |(k, v): (sled::IVec, sled::IVec)| (ByteBuf::from(k.to_vec()), ByteBuf::from(v.to_vec()));
+    Ok(tree.iter().map(|kv| kv.map(record)).collect::<std::result::Result<_, _>>()?)
 }
 
 /// Keys of what a tenant owns, by tree.
