@@ -732,3 +732,53 @@ async fn json_logs_are_one_object_per_line() {
     assert!(messages.iter().any(|(_, m)| m.contains("tenant created")), "{messages:?}");
     assert!(messages.iter().any(|(l, m)| l == "ERROR" && m.contains("--peers")), "{messages:?}");
 }
+
+/// The Grafana dashboard in `deploy/grafana` only charts series that a
+/// control plane and a node really expose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_charts_only_series_that_exist() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/wasmgrid.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("the dashboard is JSON");
+    let mut charted = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("expr");
+            let mut rest = expr;
+            while let Some(at) = rest.find("wasmgrid_") {
+                let name: String = rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                rest = &rest[at + name.len()..];
+                let base = ["_bucket", "_count", "_sum", "_total"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(&name)
+                    .to_string();
+                charted.insert(base);
+            }
+        }
+    }
+    assert!(charted.len() > 10, "{charted:?}");
+
+    // Three replicas (peer lag) and a node that has answered a call and
+    // failed one (per-function series appear with their first call).
+    let replicas = Replicas::start(3, 1000);
+    let leader = replicas.wait_leader(Duration::from_secs(15)).await;
+    let node = Node::start(&replicas.urls(), &replicas.dir.path().join("node"));
+    ok(cli_deploy(&replicas.urls(), "f", 1.0));
+    let http = common::http();
+    let url = format!("{}/v1/fn/default/f", node.url);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while call(http.clone(), url.clone(), 1).await.is_none() {
+        assert!(Instant::now() < deadline, "the node never served f");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let bad = http.post(&url).body("not json").send().await.expect("a bad call");
+    assert_eq!(bad.status().as_u16(), 400);
+    let mut exposed = std::collections::BTreeSet::new();
+    for url in [&replicas.url(leader), &node.url] {
+        let text = http.get(format!("{url}/metrics")).send().await.expect("scrape").text().await.expect("text");
+        exposed.extend(text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next().map(String::from)));
+    }
+    let missing: Vec<&String> = charted.difference(&exposed).collect();
+    assert!(missing.is_empty(), "charted but not exposed: {missing:?} (exposed: {exposed:?})");
+}
