@@ -290,8 +290,16 @@ async fn inject(c: &mut Cluster, fault: Fault, leader: u64, cycle: usize) -> Row
                     c.spawn(follower, false);
                 }
                 None => {
+                    // Still working: it applies what the leader commits.
                     let leader_commit = c.status(leader).await.map_or(0, |s| s.commit);
-                    let applied = c.status(follower).await.map_or(0, |s| s.applied);
+                    let mut applied = 0;
+                    for _ in 0..50 {
+                        applied = c.status(follower).await.map_or(0, |s| s.applied);
+                        if applied >= leader_commit {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                     assert!(
                         applied >= leader_commit,
                         "replica {follower} on a full disk fell behind: {applied} < {leader_commit}"

@@ -100,6 +100,10 @@ impl App {
 /// caller's request timeout is left.
 const MIN_FORWARD: Duration = Duration::from_millis(100);
 
+/// Set on the answer of a replica that was forwarded a request but no
+/// longer leads.
+const NOT_LEADER: &str = "x-wasmgrid-not-leader";
+
 tokio::task_local! {
     /// The id of the write request being handled (namespaced by its token)
     /// and how many commands it has proposed: a retried request proposes
@@ -151,11 +155,15 @@ pub(super) async fn to_leader(Shared(app): Shared<App>, request: Request, next: 
         Err(e) => return e.into_response(),
     };
     if request.headers().contains_key(FORWARDED_HEADER) {
-        return no_quorum(format!(
+        // Leadership moved while the request was on its way: the replica
+        // that forwarded it finds the new leader and sends it there.
+        let mut refused = no_quorum(format!(
             "no quorum: replica {} is not the leader and the request was already forwarded once",
             app.0.replica.id()
         ))
         .into_response();
+        refused.headers_mut().insert(NOT_LEADER, header::HeaderValue::from_static("1"));
+        return refused;
     }
     let (mut parts, body) = request.into_parts();
     if !parts.headers.contains_key(REQUEST_ID_HEADER)
@@ -231,6 +239,9 @@ pub(super) async fn forward(
         .await
         .map_err(|e| no_quorum(format!("no quorum: the leader (replica {leader} at {url}) cannot be reached: {e}")))?;
     let status = answer.status();
+    if answer.headers().contains_key(NOT_LEADER) {
+        return Err(no_quorum(format!("no quorum: replica {leader} is no longer the leader")));
+    }
     let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
     let bytes = answer
         .bytes()
