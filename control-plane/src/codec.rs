@@ -4,7 +4,11 @@
 //! added later (with a default) still reads what an older replica wrote, and
 //! an older replica reading a newer entry ignores the fields it does not
 //! know. Entries and snapshots written before the tag (bincode 1, which
-//! knows no field names) are read by each caller's legacy decoder.
+//! knows no field names) are read by each caller's legacy decoder, with the
+//! types as they were: a field added to a type such entries hold needs its
+//! legacy shape kept (as `state::Image` keeps its older ones) while logs
+//! and snapshots of the releases before the tag may still be read;
+//! `tests/upgrade.rs` fails otherwise.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
