@@ -30,6 +30,30 @@ fn store_err(e: impl std::error::Error + Send + Sync + 'static) -> raft::Error {
     raft::Error::Store(StorageError::Other(Box::new(e)))
 }
 
+/// A sled error as an operator should read it: an I/O failure by its
+/// operating-system message ("No space left on device (os error 28)").
+pub fn describe_sled(e: &sled::Error) -> String {
+    match e {
+        // sled passes some I/O errors on as the text of the original's
+        // debug form: their kind says it readably.
+        sled::Error::Io(io) if io.raw_os_error().is_none() => format!("storage I/O error: {} ({io})", io.kind()),
+        sled::Error::Io(io) => format!("storage I/O error: {io}"),
+        other => format!("storage error: {other}"),
+    }
+}
+
+/// A log error as an operator should read it: the storage failure itself,
+/// not raft-rs's wrapping of it ("unknown error ...").
+pub fn describe(e: &raft::Error) -> String {
+    match e {
+        raft::Error::Store(StorageError::Other(inner)) => match inner.downcast_ref::<sled::Error>() {
+            Some(sled) => describe_sled(sled),
+            None => inner.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
 /// Produces the state machine's snapshot data (and the index it reflects).
 pub trait SnapshotSource: Send + Sync {
     /// The serialized state as of the last applied index, and that index.
@@ -328,6 +352,14 @@ mod tests {
             .iter()
             .map(|e| (e.index, e.term))
             .collect()
+    }
+
+    #[test]
+    fn a_full_disk_reads_as_the_operating_system_says_it() {
+        let full = sled::Error::Io(std::io::Error::from_raw_os_error(28));
+        let said = describe(&store_err(full));
+        assert!(said.starts_with("storage I/O error: No space left on device"), "{said}");
+        assert!(!said.contains("unknown error") && !said.contains("Os {"), "{said}");
     }
 
     #[test]

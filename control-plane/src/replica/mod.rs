@@ -265,6 +265,10 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+fn log_failed(e: raft::Error) -> Stop {
+    Stop::Failed(crate::log::describe(&e))
+}
+
 fn failed(e: impl std::fmt::Display) -> Stop {
     Stop::Failed(e.to_string())
 }
@@ -852,7 +856,7 @@ impl Driver {
 
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
-            self.log.apply_snapshot(&snapshot).map_err(failed)?;
+            self.log.apply_snapshot(&snapshot).map_err(log_failed)?;
             self.state.restore(snapshot.get_data()).map_err(failed)?;
             self.snapshots_installed += 1;
             let members = self.state.members().map_err(failed)?;
@@ -862,13 +866,13 @@ impl Driver {
             }
             tracing::info!(replica = self.config.id, index = snapshot.get_metadata().index, "installed a snapshot");
         }
-        self.log.append(ready.entries()).map_err(failed)?;
+        self.log.append(ready.entries()).map_err(log_failed)?;
         if let Some(hs) = ready.hs() {
-            self.log.set_hard_state(hs).map_err(failed)?;
+            self.log.set_hard_state(hs).map_err(log_failed)?;
         }
         // Durable before anything that depends on it leaves this replica.
         let flushing = std::time::Instant::now();
-        self.log.flush().map_err(failed)?;
+        self.log.flush().map_err(log_failed)?;
         self.metrics.fsync.observe(flushing.elapsed().as_secs_f64());
 
         self.send(ready.take_messages());
@@ -882,7 +886,7 @@ impl Driver {
 
         let mut light = self.node.advance(ready);
         if let Some(commit) = light.commit_index() {
-            self.log.set_commit(commit).map_err(failed)?;
+            self.log.set_commit(commit).map_err(log_failed)?;
         }
         self.send(light.take_messages());
         self.apply(light.take_committed_entries())?;
@@ -953,7 +957,7 @@ impl Driver {
                 return Ok(());
             }
         };
-        self.log.set_conf_state(&cs).map_err(failed)?;
+        self.log.set_conf_state(&cs).map_err(log_failed)?;
         let added: BTreeMap<u64, String> = entry
             .context
             .get(self.tag.len() + 8..)
@@ -996,7 +1000,7 @@ impl Driver {
     /// installing a large snapshot would send it another one, and another.
     fn maybe_compact(&mut self) -> Result<(), Stop> {
         let applied = self.state.applied_index().map_err(failed)?;
-        let first = self.log.first_index().map_err(failed)?;
+        let first = self.log.first_index().map_err(log_failed)?;
         let mut to = applied;
         if self.node.raft.state == StateRole::Leader {
             // A peer that is installing a snapshot needs what follows it; a
@@ -1013,7 +1017,7 @@ impl Driver {
             to = needed.min().unwrap_or(applied).clamp(floor, applied);
         }
         if to >= first + self.config.snapshot_every {
-            self.log.compact(to).map_err(failed)?;
+            self.log.compact(to).map_err(log_failed)?;
             tracing::debug!(replica = self.config.id, applied, to, "compacted the raft log");
         }
         Ok(())

@@ -92,7 +92,7 @@ pub enum StateError {
 
 impl From<sled::Error> for StateError {
     fn from(e: sled::Error) -> Self {
-        StateError::Storage(e.to_string())
+        StateError::Storage(crate::log::describe_sled(&e))
     }
 }
 
