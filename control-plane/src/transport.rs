@@ -71,13 +71,13 @@ impl Transport for HttpTransport {
         // A full queue means the peer is not keeping up or is down.
         if let Err(e) = queue.try_send(message) {
             let message = e.into_inner();
-            if message.get_msg_type() == MessageType::MsgSnapshot {
-                report(&self.reporter, message.to, false);
+            if is_snapshot(&message) {
+                report_lost(&self.reporter, message.to);
             }
         }
     }
 
-    fn on_snapshot_sent(&self, reporter: SnapshotReporter) {
+    fn on_snapshot_lost(&self, reporter: SnapshotReporter) {
         *self.reporter.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(reporter);
     }
 
@@ -98,11 +98,15 @@ impl Transport for HttpTransport {
 
 type Reporter = Arc<RwLock<Option<SnapshotReporter>>>;
 
-/// Tells the replica whether the snapshot sent to `to` arrived.
-fn report(reporter: &Reporter, to: u64, arrived: bool) {
+/// Tells the replica that the snapshot sent to `to` was lost.
+fn report_lost(reporter: &Reporter, to: u64) {
     if let Some(r) = reporter.read().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref() {
-        r.report(to, arrived);
+        r.lost(to);
     }
+}
+
+fn is_snapshot(message: &Message) -> bool {
+    message.get_msg_type() == MessageType::MsgSnapshot
 }
 
 async fn send_loop(
@@ -115,12 +119,12 @@ async fn send_loop(
     let mut failing = false;
     while let Some(first) = queue.recv().await {
         let mut body = Vec::new();
-        let mut snapshot = first.get_msg_type() == MessageType::MsgSnapshot;
+        let mut snapshot = is_snapshot(&first);
         encode(&first, &mut body);
         while body.len() < BATCH_BYTES {
             match queue.try_recv() {
                 Ok(m) => {
-                    snapshot |= m.get_msg_type() == MessageType::MsgSnapshot;
+                    snapshot |= is_snapshot(&m);
                     encode(&m, &mut body);
                 }
                 Err(_) => break,
@@ -147,7 +151,7 @@ async fn send_loop(
                 // Do not spin on a dead peer; Raft resends what matters.
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 while let Ok(m) = queue.try_recv() {
-                    snapshot |= m.get_msg_type() == MessageType::MsgSnapshot;
+                    snapshot |= is_snapshot(&m);
                 }
                 false
             }
@@ -155,7 +159,7 @@ async fn send_loop(
         // A snapshot that arrived is acknowledged by the peer itself once
         // installed; one that did not must be said, or raft-rs waits.
         if snapshot && !arrived {
-            report(&reporter, to, false);
+            report_lost(&reporter, to);
         }
     }
 }

@@ -42,13 +42,14 @@ pub trait Transport: Send + Sync + 'static {
     /// snapshot installed): send to these from now on.
     fn set_members(&self, _members: &BTreeMap<u64, String>) {}
 
-    /// Where to say whether a snapshot sent to a peer arrived: raft-rs
-    /// sends a peer nothing more until it knows, so a snapshot lost on the
-    /// way would stall that peer for good.
-    fn on_snapshot_sent(&self, _report: SnapshotReporter) {}
+    /// Where to say that a snapshot sent to a peer was lost: raft-rs sends
+    /// a peer nothing more until it hears from it, so a lost snapshot would
+    /// stall that peer for good. (One that arrives, the peer acknowledges
+    /// itself once installed.)
+    fn on_snapshot_lost(&self, _report: SnapshotReporter) {}
 }
 
-/// Tells the replica whether a snapshot reached peer `to`.
+/// Tells the replica that a snapshot did not reach a peer.
 #[derive(Clone)]
 pub struct SnapshotReporter(mpsc::WeakUnboundedSender<Request>);
 
@@ -59,10 +60,10 @@ impl std::fmt::Debug for SnapshotReporter {
 }
 
 impl SnapshotReporter {
-    /// The snapshot sent to `to` arrived (`true`) or was lost.
-    pub fn report(&self, to: u64, arrived: bool) {
+    /// The snapshot sent to `to` was lost.
+    pub fn lost(&self, to: u64) {
         if let Some(requests) = self.0.upgrade() {
-            let _ = requests.send(Request::SnapshotSent { to, arrived });
+            let _ = requests.send(Request::SnapshotLost { to });
         }
     }
 }
@@ -205,7 +206,7 @@ enum Request {
     TransferLeader { to: u64, reply: oneshot::Sender<Result<(), ProposeError>> },
     ChangeMembership { change: Membership, reply: oneshot::Sender<Result<(), ProposeError>> },
     Leave,
-    SnapshotSent { to: u64, arrived: bool },
+    SnapshotLost { to: u64 },
 }
 
 /// What the Raft loop measures, for the control plane's `/metrics`.
@@ -263,6 +264,11 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         (_, Some(s)) => s.clone(),
         _ => "(no message)".to_string(),
     }
+}
+
+/// Whether `id` votes or learns in `conf` (either half of a joint change).
+fn is_member(conf: &ConfState, id: u64) -> bool {
+    conf.voters.contains(&id) || conf.learners.contains(&id) || conf.voters_outgoing.contains(&id)
 }
 
 fn log_failed(e: raft::Error) -> Stop {
@@ -330,12 +336,11 @@ impl Opened {
 
     /// Starts the replica's loop on the current tokio runtime.
     pub fn start(self, transport: Arc<dyn Transport>) -> Result<Replica, ProposeError> {
-        let Opened { config, state, log } = self;
         // A new cluster starts with every peer as a voter, the same on each
         // replica; a joining replica starts with none and waits for the
         // leader's snapshot.
-        let initial = log.initial_state().map_err(stopped)?;
-        let fresh = initial.conf_state.voters.is_empty() && log.last_index().map_err(stopped)? == 0;
+        let fresh = self.is_fresh()?;
+        let Opened { config, state, log } = self;
         // The members a joining replica was given are the cluster's, not
         // yet its own record: the leader's snapshot brings that.
         let joining = fresh && config.peers.is_empty();
@@ -357,9 +362,7 @@ impl Opened {
             transport.set_members(&members);
         }
         let conf = log.initial_state().map_err(stopped)?.conf_state;
-        let member =
-            |id| conf.voters.contains(&id) || conf.learners.contains(&id) || conf.voters_outgoing.contains(&id);
-        if !conf.voters.is_empty() && !member(config.id) {
+        if !conf.voters.is_empty() && !is_member(&conf, config.id) {
             return Err(ProposeError::Membership(format!(
                 "replica {} was removed from the cluster; to bring this machine back, add it again \
                  (`wasmgrid cluster add-replica {}=URL`) and start it with an empty data directory and --join",
@@ -385,7 +388,7 @@ impl Opened {
 
         let metrics = Arc::new(RaftMetrics::default());
         let (requests, inbox) = mpsc::unbounded_channel();
-        transport.on_snapshot_sent(SnapshotReporter(requests.downgrade()));
+        transport.on_snapshot_lost(SnapshotReporter(requests.downgrade()));
         let (status_tx, status) = watch::channel(Status { id: config.id, applied, ..Default::default() });
         let status_tx = Arc::new(status_tx);
         let driver = Driver {
@@ -414,10 +417,7 @@ impl Opened {
         tokio::spawn(async move {
             let (reason, removed) = match driver.await {
                 Ok(None) => return,
-                Ok(Some(Stop::Failed(reason))) => (reason, false),
-                Ok(Some(Stop::Removed(index))) => {
-                    (format!("this replica was removed from the cluster (log index {index})"), true)
-                }
+                Ok(Some(stop)) => (stop.reason(), matches!(stop, Stop::Removed(_))),
                 Err(e) => match e.try_into_panic() {
                     Ok(panic) => (panic_reason(panic_message(panic.as_ref())), false),
                     Err(e) => (format!("the Raft loop was cancelled: {e}"), false),
@@ -459,6 +459,16 @@ enum Stop {
     Failed(String),
     /// This replica was removed from the cluster at this log index.
     Removed(u64),
+}
+
+impl Stop {
+    /// Why, in words.
+    fn reason(&self) -> String {
+        match self {
+            Stop::Failed(e) => e.clone(),
+            Stop::Removed(index) => format!("this replica was removed from the cluster (log index {index})"),
+        }
+    }
 }
 
 impl Replica {
@@ -673,10 +683,7 @@ impl Driver {
                 }
             }
             if let Err(stop) = self.on_ready() {
-                let why = match &stop {
-                    Stop::Failed(e) => e.clone(),
-                    Stop::Removed(_) => "this replica was removed from the cluster".to_string(),
-                };
+                let why = stop.reason();
                 for (_, reply) in self.pending.drain() {
                     let _ = reply.send(Err(stopped(&why)));
                 }
@@ -692,10 +699,7 @@ impl Driver {
     fn handle(&mut self, request: Request) -> bool {
         match request {
             Request::Leave => return true,
-            Request::SnapshotSent { to, arrived } => {
-                let status = if arrived { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
-                self.node.report_snapshot(to, status);
-            }
+            Request::SnapshotLost { to } => self.node.report_snapshot(to, SnapshotStatus::Failure),
             Request::Propose { command, reply } => {
                 if self.node.raft.leader_id == 0 {
                     let _ = reply.send(Err(ProposeError::NoLeader));
@@ -964,10 +968,10 @@ impl Driver {
             .filter(|urls| !urls.is_empty())
             .and_then(|urls| serde_json::from_slice(urls).ok())
             .unwrap_or_default();
-        let in_conf = |id: &u64| cs.voters.contains(id) || cs.learners.contains(id) || cs.voters_outgoing.contains(id);
+
         let mut members = self.members.clone();
         members.extend(added);
-        members.retain(|id, _| in_conf(id));
+        members.retain(|&id, _| is_member(&cs, id));
         self.state.set_members(Some(entry.index), &members).map_err(failed)?;
         if members != self.members {
             self.transport.set_members(&members);
@@ -977,7 +981,7 @@ impl Driver {
         if let Some(reply) = reply {
             let _ = reply.send(Ok(()));
         }
-        if !in_conf(&self.config.id) {
+        if !is_member(&cs, self.config.id) {
             return Err(Stop::Removed(entry.index));
         }
         Ok(())

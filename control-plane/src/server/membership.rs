@@ -106,14 +106,8 @@ pub(super) async fn watch_removal(app: App, token: String) {
         }
         // Ask again 3 s later at the soonest.
         leaderless_since = Some(Instant::now());
-        let others = status.members.iter().filter(|(id, _)| **id != status.id).map(|(_, url)| url.clone());
-        let views = futures_util::future::join_all(others.map(|url| {
-            let (http, token) = (&app.0.http, &token);
-            async move { cluster_status(http, &url, token).await.ok() }
-        }))
-        .await;
-        let removed =
-            views.into_iter().flatten().find(|s| s.role == "leader" && !s.members.iter().any(|m| m.id == status.id));
+        let views = views_of_others(&app.0.http, &status.members, status.id, &token).await;
+        let removed = views.into_iter().find(|s| s.role == "leader" && !s.members.iter().any(|m| m.id == status.id));
         if let Some(leader) = removed {
             tracing::info!(
                 replica = status.id,
@@ -124,6 +118,18 @@ pub(super) async fn watch_removal(app: App, token: String) {
             return;
         }
     }
+}
+
+/// Every replica of `members` but `this`, asked at once for its view of the
+/// cluster: the views of those that answered.
+async fn views_of_others(
+    http: &reqwest::Client,
+    members: &BTreeMap<u64, String>,
+    this: u64,
+    token: &str,
+) -> Vec<ClusterStatus> {
+    let others = members.iter().filter(|(id, _)| **id != this).map(|(_, url)| cluster_status(http, url, token));
+    futures_util::future::join_all(others).await.into_iter().filter_map(Result::ok).collect()
 }
 
 /// Asks the replica at `url` for its view of the cluster.
@@ -183,17 +189,20 @@ pub(super) async fn check_log(
     peers: &BTreeMap<u64, String>,
     last_index: u64,
 ) -> Result<(), StartError> {
-    let others = peers.iter().filter(|(id, _)| **id != config.id).map(|(_, url)| url.clone());
-    let views = futures_util::future::join_all(others.map(|url| async move {
-        let status = cluster_status(http, &url, &config.admin_token).await.ok()?;
-        if status.role == "leader" {
-            return Some(status);
+    let token = &config.admin_token;
+    let views = views_of_others(http, peers, config.id, token).await;
+    // The leader's view holds the progress; a follower's names the leader.
+    let mut leaders: Vec<ClusterStatus> = Vec::new();
+    let mut named = std::collections::BTreeSet::new();
+    for view in views {
+        match view.role.as_str() {
+            "leader" => leaders.push(view),
+            _ => named.extend(view.leader_url),
         }
-        let leader = status.leader_url?;
-        cluster_status(http, &leader, &config.admin_token).await.ok().filter(|s| s.role == "leader")
-    }))
-    .await;
-    let Some(leader) = views.into_iter().flatten().max_by_key(|s| s.term) else { return Ok(()) };
+    }
+    let asked = futures_util::future::join_all(named.iter().map(|url| cluster_status(http, url, token))).await;
+    leaders.extend(asked.into_iter().filter_map(Result::ok).filter(|s| s.role == "leader"));
+    let Some(leader) = leaders.into_iter().max_by_key(|s| s.term) else { return Ok(()) };
     let matched = leader.members.iter().find(|m| m.id == config.id).and_then(|m| m.matched).unwrap_or(0);
     if matched > last_index {
         return Err(StartError::Behind { id: config.id, last_index, matched, leader: leader.id });
