@@ -5,17 +5,17 @@
 mod common;
 #[path = "chaos/history.rs"]
 mod history;
+#[path = "chaos/workload.rs"]
+mod workload;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use common::grid::Replicas;
 use common::{grid_cli, ok, ok_stdout, text, wasmgrid};
 use wasmgrid_api::{ClusterStatus, DeployRequest};
 use wasmgrid_test_artifacts as guests;
+use workload::{Workload, numbers};
 
 /// Waits up to `within` for replica `id`'s process to end.
 async fn exit_of(replicas: &mut Replicas, id: u64, within: Duration) -> std::process::ExitStatus {
@@ -57,68 +57,18 @@ fn urls(replicas: &Replicas, ids: &[u64]) -> String {
     ids.iter().map(|&id| replicas.url(id)).collect::<Vec<_>>().join(",")
 }
 
-/// The history the clients saw.
-#[derive(Default)]
-struct Recorded {
-    adds: Vec<history::Add>,
-    reads: Vec<history::Read>,
-}
-
-/// Tenants named `c{N}`, as the history's numbers.
-fn numbers(list: &wasmgrid_api::TenantList) -> Vec<u32> {
-    let mut names: Vec<u32> = list.tenants.iter().filter_map(|t| t.name.strip_prefix('c')?.parse().ok()).collect();
-    names.sort_unstable();
-    names
-}
-
-/// Four writers that create tenants until stopped, through replicas in
-/// the order each is given, and a reader that lists them through each
-/// replica in turn; all of it recorded.
-fn start_clients(
-    replicas: &Replicas,
-    ids: &[u64],
-    stop: &Arc<AtomicBool>,
-    recorded: &Arc<Mutex<Recorded>>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let origin = Instant::now();
-    let next = Arc::new(AtomicU32::new(0));
-    let mut clients: Vec<_> = (0..4)
+/// Four writers through replicas `ids`, each starting at another, and a
+/// reader that lists the tenants through each in turn.
+fn start_clients(replicas: &Replicas, ids: &[u64]) -> Workload {
+    let writers = (0..4)
         .map(|w| {
             let mut order = ids.to_vec();
             order.rotate_left(w % ids.len());
-            let (client, stop, recorded, next) =
-                (replicas.client_for(&order), stop.clone(), recorded.clone(), next.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let name = next.fetch_add(1, Ordering::Relaxed);
-                    let invoked = origin.elapsed();
-                    let result = client.create_tenant(&format!("c{name}")).await;
-                    let outcome = if result.is_ok() { history::Outcome::Ok } else { history::Outcome::Unknown };
-                    let add = history::Add { name, invoked, completed: origin.elapsed(), outcome };
-                    recorded.lock().expect("lock").adds.push(add);
-                    if result.is_err() {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            })
+            replicas.client_for(&order)
         })
         .collect();
-    let readers: Vec<_> = ids.iter().map(|&id| replicas.client(id)).collect();
-    let (stop, recorded) = (stop.clone(), recorded.clone());
-    clients.push(tokio::spawn(async move {
-        for i in 0.. {
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-            let invoked = origin.elapsed();
-            if let Ok(list) = readers[i % readers.len()].tenants().await {
-                let read = history::Read { invoked, completed: origin.elapsed(), names: numbers(&list) };
-                recorded.lock().expect("lock").reads.push(read);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }));
-    clients
+    let reader = ids.iter().map(|&id| replicas.client(id)).collect();
+    Workload::start(writers, vec![reader], Duration::from_millis(100))
 }
 
 /// 3 -> 5 -> 3 replicas while four writers keep writing: the new replicas
@@ -131,9 +81,7 @@ async fn the_cluster_grows_from_3_to_5_replicas_and_shrinks_to_3_under_write_loa
     let mut replicas = Replicas::start(3, 200);
     replicas.wait_leader(Duration::from_secs(15)).await;
     let (four, five) = (replicas.add_slot(), replicas.add_slot());
-    let stop = Arc::new(AtomicBool::new(false));
-    let recorded = Arc::new(Mutex::new(Recorded::default()));
-    let clients = start_clients(&replicas, &[1, 2, 3, 4, 5], &stop, &recorded);
+    let workload = start_clients(&replicas, &[1, 2, 3, 4, 5]);
     wait_cluster(&replicas, &[1, 2, 3], Duration::from_secs(30), |s| s.commit > 400).await;
 
     // A machine started before the cluster added it is refused.
@@ -185,11 +133,8 @@ async fn the_cluster_grows_from_3_to_5_replicas_and_shrinks_to_3_under_write_loa
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.await.expect("client");
-    }
-    let recorded = std::mem::take(&mut *recorded.lock().expect("lock"));
+    let origin = workload.origin;
+    let mut recorded = workload.stop().await;
     let acked: BTreeSet<u32> =
         recorded.adds.iter().filter(|a| a.outcome == history::Outcome::Ok).map(|a| a.name).collect();
     let failed = recorded.adds.len() - acked.len();
@@ -202,9 +147,11 @@ async fn the_cluster_grows_from_3_to_5_replicas_and_shrinks_to_3_under_write_loa
 
     let mut seen = Vec::new();
     for id in [3, 4, 5] {
+        let invoked = origin.elapsed();
         let names = numbers(&replicas.client(id).tenants().await.expect("tenants"));
         let lost: Vec<&u32> = acked.iter().filter(|n| names.binary_search(n).is_err()).collect();
         assert!(lost.is_empty(), "replica {id} lacks acknowledged writes: {lost:?}");
+        recorded.reads.push(history::Read { invoked, completed: origin.elapsed(), names: names.clone() });
         seen.push(names);
     }
     assert!(seen.windows(2).all(|w| w[0] == w[1]), "the replicas disagree");

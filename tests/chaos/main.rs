@@ -22,17 +22,17 @@
 mod common;
 mod history;
 mod net;
+mod workload;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use history::{Add, Outcome, Read};
+use history::{Outcome, Read};
 use net::{Cut, Net};
 use wasmgrid_api::{Client, ClusterStatus};
+use workload::{Workload, numbers};
 
 /// Hosts: three replicas and a spare machine for membership changes.
 const SLOTS: u64 = 4;
@@ -350,19 +350,6 @@ async fn inject(c: &mut Cluster, fault: Fault, leader: u64, cycle: usize) -> Row
     row
 }
 
-/// The history so far, shared by the clients.
-#[derive(Default)]
-struct Recorded {
-    adds: Vec<Add>,
-    reads: Vec<Read>,
-}
-
-fn names_of(list: &wasmgrid_api::TenantList) -> Vec<u32> {
-    let mut names: Vec<u32> = list.tenants.iter().filter_map(|t| t.name.strip_prefix('c')?.parse().ok()).collect();
-    names.sort_unstable();
-    names
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_control_plane_survives_mixed_faults_without_losing_or_reordering_a_write() {
     if let Some(why) = Net::unavailable() {
@@ -388,48 +375,16 @@ async fn the_control_plane_survives_mixed_faults_without_losing_or_reordering_a_
     }
     c.settle(Duration::from_secs(30)).await.expect("the cluster starts");
 
-    let origin = Instant::now();
-    let recorded = Arc::new(Mutex::new(Recorded::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let next = Arc::new(AtomicU32::new(0));
     let everyone: Vec<u64> = (1..=SLOTS).collect();
-    let mut clients = Vec::new();
-    for w in 0..3 {
+    let rotated = |by: usize| {
         let mut order = everyone.clone();
-        order.rotate_left(w);
-        let (client, recorded, stop, next) = (c.client(&order), recorded.clone(), stop.clone(), next.clone());
-        clients.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let name = next.fetch_add(1, Ordering::Relaxed);
-                let invoked = origin.elapsed();
-                let result = client.create_tenant(&format!("c{name}")).await;
-                let completed = origin.elapsed();
-                let outcome = if result.is_ok() { Outcome::Ok } else { Outcome::Unknown };
-                recorded.lock().expect("lock").adds.push(Add { name, invoked, completed, outcome });
-                if result.is_err() {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }));
-    }
-    for r in 0..2 {
-        let readers: Vec<Client> = everyone.iter().map(|&id| c.client(&[id])).collect();
-        let (recorded, stop) = (recorded.clone(), stop.clone());
-        clients.push(tokio::spawn(async move {
-            for i in r.. {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let invoked = origin.elapsed();
-                if let Ok(list) = readers[i % readers.len()].tenants().await {
-                    let names = names_of(&list);
-                    let completed = origin.elapsed();
-                    recorded.lock().expect("lock").reads.push(Read { invoked, completed, names });
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        }));
-    }
+        order.rotate_left(by);
+        order
+    };
+    let writers = (0..3).map(|w| c.client(&rotated(w))).collect();
+    let readers = (0..2).map(|_| everyone.iter().map(|&id| c.client(&[id])).collect()).collect();
+    let workload = Workload::start(writers, readers, Duration::from_millis(250));
+    let origin = workload.origin;
 
     let mut rows = Vec::new();
     println!("{:>5}  {:<16}  {:>7}  {:>8}  note", "cycle", "fault", "replica", "failover");
@@ -454,20 +409,16 @@ async fn the_control_plane_survives_mixed_faults_without_losing_or_reordering_a_
         );
         rows.push(row);
     }
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.await.expect("client");
-    }
+    let mut recorded = workload.stop().await;
 
     // Every acknowledged write on every replica, and the replicas agree.
     c.settle(Duration::from_secs(30)).await.expect("the cluster settles");
-    let mut recorded = std::mem::take(&mut *recorded.lock().expect("lock"));
     let acked: BTreeSet<u32> = recorded.adds.iter().filter(|a| a.outcome == Outcome::Ok).map(|a| a.name).collect();
     let mut finals = Vec::new();
     for &id in &c.members {
         let invoked = origin.elapsed();
         let list = c.client(&[id]).tenants().await.expect("final read");
-        let names = names_of(&list);
+        let names = numbers(&list);
         let lost: Vec<&u32> = acked.iter().filter(|n| names.binary_search(n).is_err()).collect();
         assert!(lost.is_empty(), "replica {id} lost {} acknowledged writes: {lost:?}", lost.len());
         recorded.reads.push(Read { invoked, completed: origin.elapsed(), names: names.clone() });
