@@ -138,6 +138,22 @@ fn a_grid_over_https_deploys_invokes_and_runs_jobs() {
     let value: serde_json::Value = serde_json::from_str(&answer).expect("json");
     let score = value["rows"][0]["score"].as_f64().expect("score");
     assert!((score - 1.0 / (1.0 + (-(0.01f64 * 300.0 - 1.0)).exp())).abs() < 1e-12, "{answer}");
+    // Both gateways serve HTTPS only: they registered https:// addresses,
+    // and plain HTTP gets no answer from them.
+    let nodes: serde_json::Value =
+        serde_json::from_str(&ok(cli(ca, &urls, &["nodes", "ls", "--json"]))).expect("nodes");
+    let addresses: Vec<&str> =
+        nodes["nodes"].as_array().expect("nodes").iter().filter_map(|n| n["address"].as_str()).collect();
+    assert_eq!(addresses.len(), 2, "{nodes}");
+    for address in addresses {
+        let plain = address.strip_prefix("https://").unwrap_or_else(|| panic!("{address} is not https"));
+        let answer = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5"])
+            .arg(format!("http://{plain}/v1/health"))
+            .output()
+            .expect("curl");
+        assert_ne!(String::from_utf8_lossy(&answer.stdout), "200", "{address} answered plain HTTP");
+    }
 
     // A batch job: tasks leased and reported over HTTPS.
     let corpus = d.join("corpus");

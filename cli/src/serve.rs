@@ -468,7 +468,7 @@ pub fn node(args: NodeArgs) -> Result<()> {
         listen: args.listen,
         advertise: args.advertise,
         id: args.id,
-        gateway: args.gateway.config()?,
+        gateway,
         task_slots: args.task_slots,
         task_priority: args.task_nice,
         token,
