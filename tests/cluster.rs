@@ -782,3 +782,58 @@ async fn the_grafana_dashboard_charts_only_series_that_exist() {
     let missing: Vec<&String> = charted.difference(&exposed).collect();
     assert!(missing.is_empty(), "charted but not exposed: {missing:?} (exposed: {exposed:?})");
 }
+
+/// The status `GET url` answers (0 when it cannot be reached).
+async fn status_of(url: String) -> u16 {
+    reqwest::get(url).await.map_or(0, |r| r.status().as_u16())
+}
+
+/// Waits until `GET url` answers `status`.
+async fn wait_status(url: String, status: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = status_of(url.clone()).await;
+        if now == status {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{url} answered {now}, not {status}, for {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_leader_and_the_route_table() {
+    let mut replicas = Replicas::start(3, 1000);
+    let leader = replicas.wait_leader(Duration::from_secs(15)).await;
+    for id in 1..=3 {
+        wait_status(format!("{}/v1/ready", replicas.url(id)), 200, Duration::from_secs(10)).await;
+    }
+
+    // A node whose control plane is not there: alive, not ready.
+    let down = format!("http://127.0.0.1:{}", common::grid::free_port());
+    let lonely = Node::start(&down, &replicas.dir.path().join("lonely"));
+    wait_status(format!("{}/v1/health", lonely.url), 200, Duration::from_secs(10)).await;
+    let answer = reqwest::get(format!("{}/v1/ready", lonely.url)).await.expect("ready");
+    assert_eq!(answer.status().as_u16(), 503);
+    assert!(answer.text().await.expect("body").contains("not_ready"));
+    drop(lonely);
+    // A node of this grid is ready once it has the route table.
+    let node = Node::start(&replicas.urls(), &replicas.dir.path().join("node"));
+    wait_status(format!("{}/v1/ready", node.url), 200, Duration::from_secs(15)).await;
+
+    // Two replicas gone: the last one is still alive but knows no leader,
+    // so it is not ready; the node keeps serving its table.
+    let survivor = (1..=3).find(|&id| id != leader).expect("a follower");
+    for id in (1..=3).filter(|&id| id != survivor) {
+        replicas.kill(id);
+    }
+    wait_status(format!("{}/v1/ready", replicas.url(survivor)), 503, Duration::from_secs(15)).await;
+    assert_eq!(status_of(format!("{}/v1/health", replicas.url(survivor))).await, 200);
+    assert_eq!(status_of(format!("{}/v1/ready", node.url)).await, 200);
+    for id in (1..=3).filter(|&id| id != survivor) {
+        replicas.spawn(id);
+    }
+    for id in 1..=3 {
+        wait_status(format!("{}/v1/ready", replicas.url(id)), 200, Duration::from_secs(15)).await;
+    }
+}

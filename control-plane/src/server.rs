@@ -347,6 +347,7 @@ struct Inner {
 fn router(app: App) -> Router {
     Router::new()
         .route("/v1/health", get(cluster::health))
+        .route("/v1/ready", get(cluster::ready))
         .route("/metrics", get(metrics::metrics))
         .route("/v1/cluster", get(cluster::cluster))
         .route("/v1/cluster/leader", post(cluster::transfer_leader))

@@ -229,7 +229,10 @@ async fn watch(gateway: Arc<Gateway>, client: Client, modules_dir: PathBuf) {
     let mut since = 0;
     let mut failing = false;
     loop {
-        match client.routes(since, POLL_WAIT).await {
+        // The first table without waiting: a grid with no functions yet is
+        // at revision 0, and the node is not ready until it has one.
+        let wait = if gateway.is_routed() { POLL_WAIT } else { Duration::ZERO };
+        match client.routes(since, wait).await {
             Ok(table) => {
                 if failing {
                     tracing::info!(control_plane = client.current_url(), "route updates resumed");

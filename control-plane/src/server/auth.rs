@@ -63,7 +63,7 @@ enum Need {
 fn need(method: &Method, path: &str) -> Need {
     let write = method != Method::GET;
     match path {
-        "/v1/health" => Need::Open,
+        "/v1/health" | "/v1/ready" => Need::Open,
         "/v1/whoami" | "/v1/nodes" => Need::Any,
         "/v1/modules/{sha256}" => Need::Module,
         "/v1/nodes/{id}/heartbeat" | "/v1/routes" | "/v1/tasks/lease" | "/v1/tasks/report" | "/metrics" => Need::Node,
@@ -197,6 +197,7 @@ mod tests {
         let get = Method::GET;
         let post = Method::POST;
         assert_eq!(need(&get, "/v1/health"), Need::Open);
+        assert_eq!(need(&get, "/v1/ready"), Need::Open);
         assert_eq!(need(&get, "/v1/functions"), Need::Read);
         assert_eq!(need(&Method::DELETE, "/v1/functions/{name}"), Need::Write);
         assert_eq!(need(&post, "/v1/jobs/{id}/cancel"), Need::Write);

@@ -29,6 +29,23 @@ pub(super) async fn health(Shared(app): Shared<App>) -> Answer<Response> {
     Ok(json(StatusCode::OK, &serde_json::json!({ "status": "ok", "id": app.0.replica.id() })))
 }
 
+/// `GET /v1/ready`: `200` while the replica works and knows a leader (it
+/// can answer reads and forward writes); `503 no_leader` while an election
+/// runs or it is cut off from a quorum, and as `/v1/health` once it has
+/// stopped. For load balancers and readiness probes; `/v1/health` is the
+/// liveness probe.
+pub(super) async fn ready(app: Shared<App>) -> Answer<Response> {
+    let status = app.0.status();
+    if status.stopped.is_some() {
+        return health(app).await;
+    }
+    if status.leader == 0 {
+        let message = format!("replica {} knows no leader (term {})", status.id, status.term);
+        return Err(Failure::new(StatusCode::SERVICE_UNAVAILABLE, "no_leader", message));
+    }
+    Ok(json(StatusCode::OK, &serde_json::json!({ "status": "ready", "id": status.id, "leader": status.leader })))
+}
+
 pub(super) async fn no_route(method: Method, uri: axum::http::Uri) -> Failure {
     Failure::not_found(format!("no such endpoint: {method} {}", uri.path()))
 }

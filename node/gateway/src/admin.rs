@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path as UrlPath, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use wasmgrid_api::{Answer, AttemptLogs, CallLogs, Failure, Route, RouteTable};
 
 use crate::{Gateway, not_deployed_message};
@@ -14,6 +14,21 @@ use crate::{Gateway, not_deployed_message};
 /// `GET /v1/health`: open to anyone.
 pub(crate) async fn health(State(gateway): State<Arc<Gateway>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok", "revision": gateway.revision() }))
+}
+
+/// `GET /v1/ready`: open to anyone. `200` once the node serves a route
+/// table from the control plane; `503 not_ready` before (just started,
+/// the control plane not reached yet). For readiness probes and load
+/// balancers; `/v1/health` is the liveness probe.
+pub(crate) async fn ready(State(gateway): State<Arc<Gateway>>) -> Answer<Json<serde_json::Value>> {
+    if !gateway.is_routed() {
+        return Err(Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "no route table from the control plane yet",
+        ));
+    }
+    Ok(Json(serde_json::json!({ "status": "ready", "revision": gateway.revision() })))
 }
 
 /// `GET /v1/routes`: the route table served here, for the admin and nodes.

@@ -46,7 +46,7 @@ mod served;
 mod wasi;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -137,6 +137,8 @@ pub struct Gateway {
     meters: Mutex<HashMap<(String, String), Arc<Meter>>>,
     gates: Mutex<HashMap<(String, String), Arc<Gate>>>,
     revision: AtomicU64,
+    /// Whether a route table from the control plane was ever installed.
+    routed: AtomicBool,
     inflight: AtomicU64,
     invocations: AtomicU64,
     metrics: Metrics,
@@ -167,6 +169,7 @@ impl Gateway {
             meters: Mutex::new(HashMap::new()),
             gates: Mutex::new(HashMap::new()),
             revision: AtomicU64::new(0),
+            routed: AtomicBool::new(false),
             inflight: AtomicU64::new(0),
             invocations: AtomicU64::new(0),
             metrics: Metrics::new(),
@@ -202,6 +205,7 @@ impl Gateway {
             .route("/v1/logs/{tenant}/{name}", get(admin::call_logs))
             .route("/v1/jobs/{tenant}/{id}/logs", get(admin::attempt_logs))
             .route("/v1/health", get(admin::health))
+            .route("/v1/ready", get(admin::ready))
             .route("/v1/routes", get(admin::served_routes))
             .route("/metrics", get(instrument::metrics))
             .fallback(|uri: http::Uri| async move { Failure::not_found(format!("no such endpoint: {}", uri.path())) })
@@ -267,6 +271,13 @@ impl Gateway {
             *t = Arc::new(table);
         }
         self.revision.store(revision, Ordering::Relaxed);
+        self.routed.store(true, Ordering::Release);
+    }
+
+    /// Whether it serves a route table from the control plane (it keeps
+    /// serving the last one while the control plane is out of reach).
+    pub fn is_routed(&self) -> bool {
+        self.routed.load(Ordering::Acquire)
     }
 
     /// The route-table revision served.
