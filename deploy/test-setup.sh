@@ -2,13 +2,17 @@
 # Ubuntu; as root, or with sudo): the wasm32-wasip2 target, curl, Mesa's
 # lavapipe (a software Vulkan device, so the wgpu kernels run without a
 # GPU), iproute2 and nftables (the chaos suite's network namespaces), moto
-# (an S3-compatible server) and componentize-py (in target/ci-venv, for the
-# Python guests). Source it from the repository root, then run the tests:
+# (an S3-compatible server), componentize-py and kubernetes-validate (in
+# target/ci-venv, for the Python guests and the Kubernetes manifests), and,
+# where Docker runs, docker-compose and the base image the container test
+# builds on (deploy/docker/debian-base.sh). Source it from the repository
+# root, then run the tests:
 #
 #     . deploy/test-setup.sh && cargo test --workspace
 #
 # It also sets what makes those tests fail rather than skip when their
-# tools are missing (WASMGRID_REQUIRE_GPU, _PYTHON, and _CHAOS as root).
+# tools are missing (WASMGRID_REQUIRE_GPU, _PYTHON; _CHAOS as root;
+# _DOCKER where Docker runs; _KUBERNETES where kubectl is).
 # Each step is skipped when its tool is already there.
 
 wasmgrid_apt_install() {
@@ -38,8 +42,27 @@ wasmgrid_test_setup() {
     fi
     export COMPONENTIZE_PY="$PWD/$venv/bin/componentize-py"
     "$COMPONENTIZE_PY" --version >/dev/null || return 1
+    if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+        "$venv/bin/python" -m pip install --quiet 'kubernetes-validate==1.37.0' || return 1
+    fi
     export WASMGRID_REQUIRE_GPU=1 WASMGRID_REQUIRE_PYTHON=1
     if [ "$(id -u)" = 0 ]; then export WASMGRID_REQUIRE_CHAOS=1; fi
+    # Kubernetes' client has no Debian package with a current kustomize:
+    # the manifests are checked where kubectl is installed.
+    if kubectl kustomize --help >/dev/null 2>&1; then
+        export WASMGRID_REQUIRE_KUBERNETES=1
+    else
+        echo "test-setup: no kubectl; the Kubernetes manifests test will skip" >&2
+    fi
+    # The container test: Docker from the OS, its base image made here.
+    if docker info >/dev/null 2>&1; then
+        command -v docker-compose >/dev/null || wasmgrid_apt_install docker-compose || return 1
+        command -v objcopy >/dev/null || wasmgrid_apt_install binutils || return 1
+        deploy/docker/debian-base.sh || return 1
+        export WASMGRID_REQUIRE_DOCKER=1
+    else
+        echo "test-setup: Docker is not running; the container test will skip" >&2
+    fi
 }
 
 wasmgrid_test_setup

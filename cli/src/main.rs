@@ -6,6 +6,7 @@
 
 mod access;
 mod build;
+mod certs;
 mod client;
 mod cluster;
 mod compile;
@@ -87,6 +88,9 @@ enum Command {
     Usage(client::ClientArgs),
     /// The latest per-request calls' logs of a function, from every node.
     Logs(functions::LogsArgs),
+    /// Certificates for a grid on a private network.
+    #[command(subcommand)]
+    Tls(certs::TlsCommand),
     /// Build a Python function (a module with one @wasmgrid.scorer, mapper or reducer) into a component.
     Build(build::BuildArgs),
     /// Compile a component in a limited worker process (internal).
@@ -264,6 +268,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Usage(args) => access::usage(args),
         Command::Logs(args) => functions::logs(args),
         Command::Build(args) => build::build(args),
+        Command::Tls(c) => certs::tls(c),
         Command::Compile { .. } => Ok(()),
     }
 }

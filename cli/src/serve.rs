@@ -21,7 +21,7 @@ use wasmgrid_runtime::Runtime;
 
 use crate::client::tokio_runtime;
 use crate::compile::{CompileArgs, runtime_config};
-use crate::{notice, tokens, units};
+use crate::{certs, notice, tokens, units};
 
 #[derive(Args, Debug)]
 pub struct ControlPlaneArgs {
@@ -481,43 +481,15 @@ pub fn node(args: NodeArgs) -> Result<()> {
     })
 }
 
-/// `wasmgrid dev --tls`: a CA and a certificate for this machine's loopback
-/// names, made once in `dir` (`ca.pem`, `cert.pem`, `key.pem`).
-fn dev_certificate(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
-    let (ca_pem, cert_pem, key_pem) = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
-    if ca_pem.exists() && cert_pem.exists() && key_pem.exists() {
-        return Ok((ca_pem, cert_pem, key_pem));
-    }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let ca_key = rcgen::KeyPair::generate()?;
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(rcgen::DnType::CommonName, "wasmgrid dev CA");
-    let ca = ca.self_signed(&ca_key)?;
-    let key = rcgen::KeyPair::generate()?;
-    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
-    let mut leaf = rcgen::CertificateParams::new(names)?;
-    leaf.distinguished_name.push(rcgen::DnType::CommonName, "wasmgrid dev");
-    let leaf = leaf.signed_by(&key, &ca, &ca_key)?;
-    use std::os::unix::fs::OpenOptionsExt;
-    let write = |path: &Path, text: String, mode: u32| -> Result<()> {
-        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path)?;
-        std::io::Write::write_all(&mut file, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
-    };
-    write(&key_pem, key.serialize_pem(), 0o600)?;
-    write(&cert_pem, leaf.pem(), 0o644)?;
-    write(&ca_pem, ca.pem(), 0o644)?;
-    Ok((ca_pem, cert_pem, key_pem))
-}
-
 pub fn dev(args: DevArgs, compile: &CompileArgs) -> Result<()> {
     let mut certificate = args.certificate;
     let mut trust_hint = None;
     if args.tls {
-        let (ca, cert, key) = dev_certificate(&args.data.join("tls"))?;
-        (certificate.tls_cert, certificate.tls_key) = (Some(cert), Some(key));
-        certificate.tls_ca.get_or_insert(ca.clone());
-        trust_hint = Some(ca);
+        let loopback = ["localhost", "127.0.0.1", "::1"].map(String::from);
+        let (_, files) = certs::generate(&args.data.join("tls"), &loopback)?;
+        (certificate.tls_cert, certificate.tls_key) = (Some(files.cert), Some(files.key));
+        certificate.tls_ca.get_or_insert(files.ca.clone());
+        trust_hint = Some(files.ca);
     }
     let server_tls = certificate.load(&[args.listen, args.gateway])?;
     let scheme = if server_tls.is_some() { "https" } else { "http" };
