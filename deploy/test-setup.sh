@@ -1,7 +1,8 @@
 # What the tests need besides Rust, installed where missing (Debian or
 # Ubuntu; as root, or with sudo): the wasm32-wasip2 target, curl, Mesa's
 # lavapipe (a software Vulkan device, so the wgpu kernels run without a
-# GPU), iproute2 and nftables (the chaos suite's network namespaces), moto
+# GPU), iproute2 and nftables (the chaos suite's network namespaces),
+# Chromium and its WebDriver (the dashboard test), moto
 # (an S3-compatible server), componentize-py and kubernetes-validate (in
 # target/ci-venv, for the Python guests and the Kubernetes manifests), and,
 # where Docker runs, docker-compose and the base image the container test
@@ -11,7 +12,7 @@
 #     . deploy/test-setup.sh && cargo test --workspace
 #
 # It also sets what makes those tests fail rather than skip when their
-# tools are missing (WASMGRID_REQUIRE_GPU, _PYTHON; _CHAOS as root;
+# tools are missing (WASMGRID_REQUIRE_GPU, _PYTHON, _BROWSER; _CHAOS as root;
 # _DOCKER where Docker runs; _KUBERNETES where kubectl is).
 # Each step is skipped when its tool is already there.
 
@@ -29,6 +30,8 @@ wasmgrid_test_setup() {
     [ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || wasmgrid_apt_install mesa-vulkan-drivers libvulkan1 || return 1
     command -v ip >/dev/null || wasmgrid_apt_install iproute2 || return 1
     command -v nft >/dev/null || wasmgrid_apt_install nftables || return 1
+    # The dashboard test drives headless Chromium over WebDriver.
+    [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || wasmgrid_apt_install chromium chromium-driver || return 1
     if ! python3 -c 'import moto.server, flask' 2>/dev/null; then
         python3 -m pip --version >/dev/null 2>&1 || wasmgrid_apt_install python3-pip || return 1
         python3 -m pip install --quiet 'moto[server]' \
@@ -45,7 +48,7 @@ wasmgrid_test_setup() {
     if [ ! -x "$venv/bin/kubernetes-validate" ]; then
         "$venv/bin/python" -m pip install --quiet 'kubernetes-validate==1.37.0' || return 1
     fi
-    export WASMGRID_REQUIRE_GPU=1 WASMGRID_REQUIRE_PYTHON=1
+    export WASMGRID_REQUIRE_GPU=1 WASMGRID_REQUIRE_PYTHON=1 WASMGRID_REQUIRE_BROWSER=1
     if [ "$(id -u)" = 0 ]; then export WASMGRID_REQUIRE_CHAOS=1; fi
     # Kubernetes' client has no Debian package with a current kustomize:
     # the manifests are checked where kubectl is installed.

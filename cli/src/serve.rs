@@ -520,6 +520,7 @@ pub fn dev(args: DevArgs, compile: &CompileArgs) -> Result<()> {
         let agent = agent::start(node, runtime).await?;
         println!("control plane: {url}");
         println!("gateway:       {}", agent.url);
+        println!("dashboard:     {url}/ui");
         if let Some(ca) = &trust_hint {
             let ca = std::path::absolute(ca).unwrap_or_else(|_| ca.clone());
             notice(format_args!(

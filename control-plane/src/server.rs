@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -49,6 +49,8 @@ mod membership;
 mod metrics;
 mod nodes;
 mod tenants;
+mod traffic;
+mod ui;
 use auth::Caller;
 pub use jobs::DEFAULT_MAX_ATTEMPTS;
 pub use wasmgrid_api::JobIo;
@@ -290,6 +292,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         http,
         request_timeout: config.request_timeout,
         nodes: Mutex::new(HashMap::new()),
+        traffic: Mutex::new(traffic::Traffic::default()),
         kinds: Mutex::new(HashMap::new()),
         leader_since: Mutex::new(None),
         job_io: config.job_io.clone(),
@@ -326,6 +329,8 @@ struct Inner {
     request_timeout: Duration,
     /// The leader's record of heartbeats, by node id: never replicated.
     nodes: Mutex<HashMap<String, (Instant, Heartbeat)>>,
+    /// Per-request traffic over time, from the heartbeats (leader only).
+    traffic: Mutex<traffic::Traffic>,
     /// The world of each module seen, by sha256.
     kinds: Mutex<HashMap<String, &'static str>>,
     /// When this replica last became leader.
@@ -342,6 +347,11 @@ struct Inner {
     admin_hash: String,
     /// Raft and node endpoints need a verified client certificate.
     require_client_certificate: bool,
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn router(app: App) -> Router {
@@ -372,11 +382,15 @@ fn router(app: App) -> Router {
         .route("/v1/raft", post(cluster::raft).layer(DefaultBodyLimit::max(transport::MAX_BODY)))
         .route("/v1/whoami", get(tenants::whoami))
         .route("/v1/usage", get(nodes::usage))
+        .route("/v1/traffic", get(nodes::traffic))
         .route("/v1/tenants", get(tenants::list_tenants).post(tenants::create_tenant))
         .route("/v1/tenants/{name}", delete(tenants::delete_tenant))
         .route("/v1/tenants/{name}/quotas", put(tenants::set_quotas))
         .route("/v1/tokens", get(tenants::list_tokens).post(tenants::create_token))
         .route("/v1/tokens/{id}", delete(tenants::revoke_token))
+        .route("/ui", get(ui::page))
+        .route("/ui/", get(ui::page))
+        .route("/ui/{asset}", get(ui::asset))
         .fallback(cluster::no_route)
         .method_not_allowed_fallback(cluster::wrong_method)
         .layer(middleware::from_fn_with_state(app.clone(), forward::to_leader))

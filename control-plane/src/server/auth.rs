@@ -63,7 +63,8 @@ enum Need {
 fn need(method: &Method, path: &str) -> Need {
     let write = method != Method::GET;
     match path {
-        "/v1/health" | "/v1/ready" => Need::Open,
+        // The dashboard's page and assets: its API calls carry the token.
+        "/v1/health" | "/v1/ready" | "/ui" | "/ui/" | "/ui/{asset}" => Need::Open,
         "/v1/whoami" | "/v1/nodes" => Need::Any,
         "/v1/modules/{sha256}" => Need::Module,
         "/v1/nodes/{id}/heartbeat" | "/v1/routes" | "/v1/tasks/lease" | "/v1/tasks/report" | "/metrics" => Need::Node,
@@ -198,6 +199,8 @@ mod tests {
         let post = Method::POST;
         assert_eq!(need(&get, "/v1/health"), Need::Open);
         assert_eq!(need(&get, "/v1/ready"), Need::Open);
+        assert_eq!(need(&get, "/ui/{asset}"), Need::Open);
+        assert_eq!(need(&get, "/v1/traffic"), Need::Read);
         assert_eq!(need(&get, "/v1/functions"), Need::Read);
         assert_eq!(need(&Method::DELETE, "/v1/functions/{name}"), Need::Write);
         assert_eq!(need(&post, "/v1/jobs/{id}/cancel"), Need::Write);

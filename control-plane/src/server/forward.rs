@@ -129,7 +129,7 @@ async fn run_here(request: Request, next: Next) -> Response {
 /// A request id for a write forwarded without one.
 fn new_request_id(replica: u64) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     format!("r{replica}-{nanos:x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
@@ -142,9 +142,9 @@ pub(super) async fn to_leader(Shared(app): Shared<App>, request: Request, next: 
         return refused.into_response();
     }
     let path = request.uri().path();
-    // Node heartbeats (liveness, usage) live in the leader's memory only.
-    let needs_leader =
-        (request.method() != Method::GET && path != "/v1/raft") || path == "/v1/nodes" || path == "/v1/usage";
+    // Node heartbeats (liveness, usage, traffic) live in the leader's memory only.
+    let needs_leader = (request.method() != Method::GET && path != "/v1/raft")
+        || matches!(path, "/v1/nodes" | "/v1/usage" | "/v1/traffic");
     if !needs_leader {
         return next.run(request).await;
     }

@@ -27,7 +27,11 @@ pub(super) async fn heartbeat(
         app.propose(Command::RegisterNode { id: id.clone(), address: beat.address.clone() }).await?;
         tracing::info!(node = %id, address = %beat.address, "node registered");
     }
-    app.0.nodes.lock().map_err(poisoned)?.insert(id, (Instant::now(), beat));
+    let mut nodes = app.0.nodes.lock().map_err(poisoned)?;
+    let before = nodes.get(&id).map(|(_, b)| b.usage.as_slice());
+    app.0.traffic.lock().map_err(poisoned)?.record(before, &beat.usage, now_ms());
+    nodes.insert(id, (Instant::now(), beat));
+    drop(nodes);
     Ok(json(StatusCode::OK, &HeartbeatReply { revision: app.0.replica.state().routes_revision()? }))
 }
 
@@ -193,6 +197,14 @@ pub(super) async fn watch_gpu_quotas(app: App) {
             }
         }
     }
+}
+
+/// `GET /v1/traffic`: the per-request calls of the caller's tenant's
+/// functions (every tenant's for the admin) over the last minutes.
+pub(super) async fn traffic(Shared(app): Shared<App>, Extension(caller): Extension<Caller>) -> Answer<Response> {
+    let tenant = (!caller.is_admin()).then_some(caller.tenant.as_str());
+    let report = app.0.traffic.lock().map_err(poisoned)?.report(tenant);
+    Ok(json(StatusCode::OK, &report))
 }
 
 /// What the caller's tenant used: its functions' calls as the nodes last

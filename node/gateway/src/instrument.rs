@@ -16,7 +16,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use wasmgrid_api::{Answer, CallLog, Failure, FailureCode, FunctionUsage};
+use wasmgrid_api::{Answer, CallLog, Failure, FailureCode, FunctionUsage, LATENCY_BOUNDS_US, latency_bucket};
 
 use crate::Gateway;
 
@@ -48,6 +48,8 @@ pub(crate) struct Meter {
     pub(crate) gpu_us: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    /// Calls by wall time, in the buckets of [`LATENCY_BOUNDS_US`].
+    latency: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
 }
 
 impl Meter {
@@ -57,7 +59,9 @@ impl Meter {
         if !response.status().is_success() {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
-        self.wall_us.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        let us = took.as_micros() as u64;
+        self.wall_us.fetch_add(us, Ordering::Relaxed);
+        self.latency[latency_bucket(us)].fetch_add(1, Ordering::Relaxed);
         self.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
         let out = http_body::Body::size_hint(response.body()).exact().unwrap_or(0);
         self.bytes_out.fetch_add(out, Ordering::Relaxed);
@@ -118,11 +122,8 @@ struct ErrorLabels {
 }
 
 fn latency_histogram() -> Histogram {
-    // 25 µs to 10 s.
-    Histogram::new([
-        0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-        2.5, 5.0, 10.0,
-    ])
+    // 25 µs to 10 s, the buckets heartbeats report too.
+    Histogram::new(LATENCY_BOUNDS_US.map(|us| us as f64 / 1e6))
 }
 
 pub(crate) struct Metrics {
@@ -194,6 +195,7 @@ impl Gateway {
                 gpu_us: m.gpu_us.load(Ordering::Relaxed),
                 bytes_in: m.bytes_in.load(Ordering::Relaxed),
                 bytes_out: m.bytes_out.load(Ordering::Relaxed),
+                latency: m.latency.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
             })
             .filter(|u| u.calls > 0)
             .collect();

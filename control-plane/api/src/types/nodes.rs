@@ -103,6 +103,25 @@ pub struct FunctionUsage {
     pub bytes_in: u64,
     /// Response body bytes.
     pub bytes_out: u64,
+    /// Calls by wall time: `latency[i]` counts the calls that took at most
+    /// [`LATENCY_BOUNDS_US`]`[i]` microseconds and more than the bound
+    /// before; the last element, those over the last bound. Empty from
+    /// nodes of releases before it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latency: Vec<u64>,
+}
+
+/// The upper bounds of [`FunctionUsage::latency`]'s buckets, in
+/// microseconds: 25 µs to 10 s, as the nodes' latency histograms.
+pub const LATENCY_BOUNDS_US: [u64; 18] = [
+    25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000,
+];
+
+/// The bucket of [`FunctionUsage::latency`] a call of `us` microseconds
+/// counts in.
+pub fn latency_bucket(us: u64) -> usize {
+    LATENCY_BOUNDS_US.partition_point(|&bound| bound < us)
 }
 
 impl FunctionUsage {
@@ -115,7 +134,52 @@ impl FunctionUsage {
         self.gpu_us += other.gpu_us;
         self.bytes_in += other.bytes_in;
         self.bytes_out += other.bytes_out;
+        if self.latency.len() < other.latency.len() {
+            self.latency.resize(other.latency.len(), 0);
+        }
+        for (mine, theirs) in self.latency.iter_mut().zip(&other.latency) {
+            *mine += theirs;
+        }
     }
+}
+
+/// `GET /v1/traffic`: per function, its per-request calls over the last
+/// minutes in windows of `window_ms`, from the nodes' heartbeats (the
+/// leader's memory; it starts afresh when leadership moves).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficReport {
+    /// The length of a window.
+    pub window_ms: u64,
+    /// How far back windows are kept.
+    pub kept_ms: u64,
+    /// By tenant, then function.
+    pub functions: Vec<FunctionTraffic>,
+}
+
+/// One function in a [`TrafficReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionTraffic {
+    /// Its tenant.
+    pub tenant: String,
+    /// Its name.
+    pub function: String,
+    /// Windows with calls, oldest first; the last may still be open.
+    pub points: Vec<TrafficPoint>,
+}
+
+/// The calls of one window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficPoint {
+    /// The window's start, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// Calls answered in it, on every node.
+    pub calls: u64,
+    /// ... of which with an error.
+    pub errors: u64,
+    /// Median wall time, in microseconds (interpolated within a bucket).
+    pub p50_us: u64,
+    /// 99th percentile wall time, in microseconds.
+    pub p99_us: u64,
 }
 
 /// What one per-request call logged, as a node keeps it.

@@ -27,12 +27,11 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use wasmgrid_api::*;
 
 use super::answer::{json, json_body, poisoned};
-use super::{App, Caller, NODE_LIVENESS};
+use super::{App, Caller, NODE_LIVENESS, now_ms};
 use crate::state::jobs::{JobCommand, JobRecord, TaskEvent, Winner};
 use crate::state::{Applied, Command, StateError};
 use scheduler::Run;
 pub(crate) use scheduler::Scheduler;
-use scheduler::now_ms;
 
 /// Longest a lease request waits for a task.
 const MAX_LEASE_WAIT: Duration = Duration::from_secs(2);

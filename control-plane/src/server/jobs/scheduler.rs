@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use wasmgrid_api::{GpuPlacement, JobState, PartitionSpec, Stage, TaskAssignment, TaskFunction};
 
@@ -74,10 +74,6 @@ impl Scheduler {
         let runs = self.runs.values();
         runs.fold((0, 0), |(p, r), run| (p + run.pending.len() as u64, r + run.running.len() as u64))
     }
-}
-
-pub(super) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Run {

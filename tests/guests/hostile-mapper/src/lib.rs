@@ -5,6 +5,8 @@
 //! - `empty-pair-flood`: emits empty pairs without end;
 //! - `bytes-from-parquet`: asks for raw bytes (traps on Parquet input);
 //! - `bad-pairs`: sends packed pairs whose ends point past the bytes given;
+//! - `slow`: sleeps `sleep_ms` (config) milliseconds, then copies its input
+//!   (a job that takes a while, to watch);
 //! - anything else: copies its input batches to the output unchanged.
 
 use wasmgrid_sdk::{Mapper, Record, config, input, output};
@@ -34,6 +36,14 @@ impl Mapper for Hostile {
             Some("bad-pairs") => {
                 use wasmgrid_sdk::bindings::mapper::wasmgrid::function::output::emit_pairs;
                 emit_pairs(b"key", &[1_000_000], b"value", &[5]);
+                Ok(())
+            }
+            Some("slow") => {
+                let ms = config::get("sleep_ms").and_then(|v| v.parse().ok()).unwrap_or(100);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                for batch in input::batches() {
+                    output::emit_batch(&batch);
+                }
                 Ok(())
             }
             Some("bytes-from-parquet") => {
