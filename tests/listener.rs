@@ -218,3 +218,29 @@ fn plain_http_beyond_loopback_needs_tls_or_an_explicit_flag() {
     common::grid::terminate(&mut child);
     assert!(first.starts_with("control plane: http://"), "{first}");
 }
+
+#[test]
+fn dev_keeps_serving_after_whoever_read_its_urls_stops_reading() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    common::write_token(&dir.path().join("admin-token"));
+    let mut child = common::wasmgrid()
+        .args(["dev", "--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0", "--data"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("wasmgrid dev");
+    // A script reads the first line it wants, then closes both pipes.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).expect("first line");
+    drop(stdout);
+    drop(child.stderr.take());
+    let url = first.strip_prefix("control plane:").map(str::trim).unwrap_or_else(|| panic!("{first}")).to_string();
+    std::thread::sleep(Duration::from_millis(300));
+    // It still serves, and logs what it does (to a closed stderr).
+    common::grid_ok(&url, &["deploy", "fraud", guests::LOGREG, "--config", &format!("model={MODEL}")]);
+    common::grid_ok(&url, &["functions", "ls"]);
+    assert!(child.try_wait().expect("status").is_none(), "wasmgrid dev exited");
+    common::grid::terminate(&mut child);
+}

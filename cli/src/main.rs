@@ -17,6 +17,7 @@ mod tokens;
 mod units;
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -216,7 +217,8 @@ pub(crate) fn notice(message: std::fmt::Arguments<'_>) {
     if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
         tracing::info!("{message}");
     } else {
-        eprintln!("{message}");
+        // A closed stderr must not stop a serving process.
+        let _ = writeln!(std::io::stderr(), "{message}");
     }
 }
 
@@ -236,6 +238,9 @@ fn init_logging(verbose: u8, quiet: bool, format: LogFormat) {
             .json()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
+            // A closed stderr must not stop a serving process (the default
+            // reports a failed write with eprintln!, which panics then).
+            .log_internal_errors(false)
             .with_current_span(false)
             .with_span_list(false)
             .init();
@@ -245,6 +250,7 @@ fn init_logging(verbose: u8, quiet: bool, format: LogFormat) {
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .with_target(false)
         .without_time()
         .init();

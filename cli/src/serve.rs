@@ -518,9 +518,11 @@ pub fn dev(args: DevArgs, compile: &CompileArgs) -> Result<()> {
             token: admin,
         };
         let agent = agent::start(node, runtime).await?;
-        println!("control plane: {url}");
-        println!("gateway:       {}", agent.url);
-        println!("dashboard:     {url}/ui");
+        // For people and scripts; a reader that stopped reading (a closed
+        // pipe) must not stop the grid, so write errors are ignored.
+        let urls = format!("control plane: {url}\ngateway:       {}\ndashboard:     {url}/ui\n", agent.url);
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), urls.as_bytes());
+        let _ = std::io::Write::flush(&mut std::io::stdout());
         if let Some(ca) = &trust_hint {
             let ca = std::path::absolute(ca).unwrap_or_else(|_| ca.clone());
             notice(format_args!(
