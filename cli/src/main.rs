@@ -12,6 +12,7 @@ mod cluster;
 mod compile;
 mod functions;
 mod jobs;
+mod otel;
 mod serve;
 mod tokens;
 mod units;
@@ -42,6 +43,11 @@ struct Cli {
     /// for people, `json` (one object per line) for log collectors.
     #[arg(long, global = true, value_enum, default_value = "text", env = "WASMGRID_LOG_FORMAT")]
     log_format: LogFormat,
+    /// Send traces (OTLP over HTTP, protobuf) to this collector, e.g.
+    /// http://127.0.0.1:4318: the serving commands' calls, guest calls,
+    /// job submits and batch attempts.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -170,7 +176,21 @@ fn main() -> ExitCode {
     if let Command::Compile { settings, input, output } = &cli.command {
         return ExitCode::from(wasmgrid_runtime::worker_main(settings, input, output) as u8);
     }
-    init_logging(cli.verbose, cli.quiet, cli.log_format);
+    // Traces are exported by the serving commands only.
+    let service = match &cli.command {
+        Command::Dev { .. } => Some("wasmgrid-dev"),
+        Command::ControlPlane(_) => Some("wasmgrid-control-plane"),
+        Command::Node(_) => Some("wasmgrid-node"),
+        _ => None,
+    };
+    let endpoint = cli.otlp_endpoint.as_deref().filter(|e| !e.trim().is_empty());
+    let _traces = match init_logging(cli.verbose, cli.quiet, cli.log_format, endpoint.zip(service)) {
+        Ok(traces) => traces,
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            return ExitCode::FAILURE;
+        }
+    };
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if cli.log_format == LogFormat::Json => {
@@ -222,7 +242,18 @@ pub(crate) fn notice(message: std::fmt::Arguments<'_>) {
     }
 }
 
-fn init_logging(verbose: u8, quiet: bool, format: LogFormat) {
+/// Logs to stderr as `format` says; traces to an OTLP collector when
+/// `traces` names one (and the service name), until the returned guard drops.
+fn init_logging(
+    verbose: u8,
+    quiet: bool,
+    format: LogFormat,
+    traces: Option<(&str, &str)>,
+) -> Result<Option<otel::Traces>> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let default = match (quiet, verbose) {
         (true, _) => "warn",
         (false, 0) => "info",
@@ -231,29 +262,38 @@ fn init_logging(verbose: u8, quiet: bool, format: LogFormat) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("WASMGRID_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},cranelift=warn,wasmtime=warn")));
-    use std::io::IsTerminal;
-    if format == LogFormat::Json {
+    // A closed stderr must not stop a serving process: the layers do not
+    // report failed writes (by default with eprintln!, which panics then).
+    let logs = if format == LogFormat::Json {
         JSON_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
-        tracing_subscriber::fmt()
+        tracing_subscriber::fmt::layer()
             .json()
-            .with_env_filter(filter)
             .with_writer(std::io::stderr)
-            // A closed stderr must not stop a serving process (the default
-            // reports a failed write with eprintln!, which panics then).
             .log_internal_errors(false)
             .with_current_span(false)
             .with_span_list(false)
-            .init();
-        return;
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .with_writer(std::io::stderr)
+            .log_internal_errors(false)
+            .with_target(false)
+            .without_time()
+            .boxed()
+    };
+    let registry = tracing_subscriber::registry().with(logs.with_filter(filter));
+    match traces {
+        Some((endpoint, service)) => {
+            let (layer, guard) = otel::layer(endpoint, service)?;
+            registry.with(layer).init();
+            Ok(Some(guard))
+        }
+        None => {
+            registry.init();
+            Ok(None)
+        }
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .with_writer(std::io::stderr)
-        .log_internal_errors(false)
-        .with_target(false)
-        .without_time()
-        .init();
 }
 
 fn dispatch(command: Command) -> Result<()> {

@@ -268,6 +268,20 @@ fn attempt(ticket: Ticket, function: Arc<Function>) -> Job {
         if ticket.stop.load(Ordering::Relaxed) {
             return ticket.finish(None);
         }
+        let task = &ticket.task;
+        // In the job's trace (derived from the job: every node agrees).
+        let span = tracing::trace_span!(
+            target: wasmgrid_api::trace::TARGET,
+            "task attempt",
+            job = %task.job,
+            tenant = %task.tenant,
+            stage = task.stage.name(),
+            task = task.task,
+            attempt = task.attempt,
+            outcome = tracing::field::Empty,
+        );
+        wasmgrid_api::trace::join_job(&span, &task.tenant, &task.job);
+        let _span = span.enter();
         let started = std::time::Instant::now();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut output = wasmgrid_runtime::Captured::default();
@@ -284,6 +298,14 @@ fn attempt(ticket: Ticket, function: Arc<Function>) -> Job {
             Ok(Err(e)) => Some(TaskOutcome::Failed { error: e.to_string() }),
             Err(_) => Some(TaskOutcome::Failed { error: "the attempt panicked on its node".into() }),
         };
+        let ended = match &outcome {
+            None => "stopped",
+            Some(TaskOutcome::Failed { .. }) => "failed",
+            Some(TaskOutcome::Unrunnable { .. }) => "unrunnable",
+            Some(TaskOutcome::Done { .. }) => "done",
+        };
+        span.record("outcome", ended);
+        drop(_span);
         ticket.finish(outcome);
     })
 }

@@ -15,6 +15,7 @@ mod failure;
 mod job_io;
 pub mod serve;
 pub mod tls;
+pub mod trace;
 pub mod types;
 
 pub use client::{ApiError, Client, normalize_url};

@@ -32,6 +32,16 @@ pub(crate) enum Rows {
     Arrow { batch: RecordBatch },
 }
 
+impl Rows {
+    /// How many rows.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Rows::Json { rows } => rows.len(),
+            Rows::Arrow { batch } => batch.num_rows(),
+        }
+    }
+}
+
 /// `{"rows": [...]}` or one row object.
 pub(crate) fn read_json(body: &[u8]) -> std::result::Result<Rows, BadBody> {
     let hint = "expected {\"rows\": [{...}, ...]} or one row object";

@@ -12,7 +12,8 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::OwnedSemaphorePermit;
-use wasmgrid_api::{Answer, Failure, GpuPlacement, InvokeResponse, VERSION_HEADER};
+use tracing::Instrument as _;
+use wasmgrid_api::{Answer, Failure, GpuPlacement, InvokeResponse, VERSION_HEADER, trace};
 use wasmgrid_runtime::convert::{json_to_wit, merge_json_scores};
 use wasmgrid_runtime::{Error, Io, Kind, Result};
 
@@ -95,9 +96,26 @@ pub(crate) async fn invoke(
     let mut bytes_in = 0;
     // One clone of the pointer: this call is served by this table's version.
     let served = gateway.lookup(&tenant, &name);
-    let response = call(&gateway, (&tenant, &name), served.as_ref(), request, &mut bytes_in)
+    // A span for traces (disabled, and free, without an exporter), in the
+    // caller's trace when it sent a `traceparent`.
+    let span = tracing::trace_span!(
+        target: trace::TARGET,
+        "invoke",
+        otel.kind = "server",
+        tenant = %tenant,
+        function = %name,
+        version = served.as_ref().map_or(0, |s| s.route.version),
+        http.response.status_code = tracing::field::Empty,
+    );
+    let trace_id = trace::continue_from(&span, request.headers());
+    let mut response = call(&gateway, (&tenant, &name), served.as_ref(), request, &mut bytes_in)
+        .instrument(span.clone())
         .await
         .unwrap_or_else(IntoResponse::into_response);
+    span.record("http.response.status_code", response.status().as_u16());
+    if let Some(id) = trace_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        response.headers_mut().insert(trace::TRACE_ID_HEADER, id);
+    }
     gateway.record((&tenant, &name), served.as_deref().map(Served::metered), &response, started, bytes_in);
     response
 }
@@ -122,12 +140,20 @@ async fn call(
     let (running, _, _) = opened.run(gateway, name).await?;
 
     let job = served.clone();
+    let guest = tracing::trace_span!(
+        target: trace::TARGET,
+        "guest call",
+        function = %name,
+        version = served.route.version,
+        rows = rows.len(),
+    );
     // A function whose recent calls were short runs on this thread,
     // sparing two thread handoffs; anything else goes to the blocking pool.
     // Inline calls never occupy every worker.
     let result = match gateway.inline.clone().try_acquire_owned().ok().filter(|_| served.cost.runs_inline()) {
         Some(inline) => {
             let _held = (running, inline);
+            let _guest = guest.entered();
             let (result, took) = timed(&served.meter, || score(&job, rows));
             served.cost.record(took);
             Ok(result)
@@ -135,6 +161,7 @@ async fn call(
         None => {
             tokio::task::spawn_blocking(move || {
                 let _running = running;
+                let _guest = guest.entered();
                 let started = Instant::now();
                 let result = metered(&job.meter, || score(&job, rows));
                 job.cost.record(started.elapsed());

@@ -146,6 +146,10 @@ pub struct JobInfo {
     /// ... and when it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_ms: Option<u64>,
+    /// The trace its submit and every attempt's spans are in (hex), when
+    /// the grid exports traces: derived from the tenant and the id.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trace_id: String,
 }
 
 /// `GET /v1/jobs`.

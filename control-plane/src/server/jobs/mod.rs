@@ -67,6 +67,7 @@ fn info(record: &JobRecord, running: u32) -> JobInfo {
         error: record.error.clone(),
         submitted_ms: record.submitted_ms,
         finished_ms: record.finished_ms,
+        trace_id: trace::job_trace_id(&record.tenant, &record.id),
     }
 }
 
@@ -183,6 +184,16 @@ pub(super) async fn submit(
         check_remote(&request)?;
     }
     let io = app.job_io()?.clone();
+    // From here to the answer (planning the partitions, the Raft write), in
+    // the job's trace once its id is known.
+    let span = tracing::trace_span!(
+        target: trace::TARGET,
+        "job submit",
+        tenant = %caller.tenant,
+        function = %request.function,
+        job = tracing::field::Empty,
+        tasks = tracing::field::Empty,
+    );
     app.barrier().await?;
     let tenant = caller.tenant;
     let (version, map, reduce) = functions(&app, &tenant, &request)?;
@@ -198,6 +209,8 @@ pub(super) async fn submit(
         return Err(Failure::internal("the job applied as something else"));
     };
     let record = app.0.replica.state().job(&id)?.ok_or_else(|| StateError::JobNotFound { id: id.clone() })?;
+    trace::join_job(&span, &record.tenant, &id);
+    span.record("job", id.as_str()).record("tasks", record.map_tasks);
     tracing::info!(job = %id, function = %record.function, tasks = record.map_tasks, "job submitted");
     // Make sure this leader's scheduler knows it, then wake idle nodes.
     drop(app.scheduler().await?);
