@@ -13,7 +13,8 @@
 #
 # It also sets what makes those tests fail rather than skip when their
 # tools are missing (WASMGRID_REQUIRE_GPU, _PYTHON, _BROWSER; _CHAOS as root;
-# _DOCKER where Docker runs; _KUBERNETES where kubectl is).
+# _DOCKER where Docker runs; _KUBERNETES where kubectl is; _PREVIOUS where
+# the previous release could be built, deploy/build-previous.sh).
 # Each step is skipped when its tool is already there.
 
 wasmgrid_apt_install() {
@@ -57,6 +58,15 @@ wasmgrid_test_setup() {
     else
         echo "test-setup: no kubectl; the Kubernetes manifests test will skip" >&2
     fi
+    # The mixed-version test: the previous release, built from this
+    # clone's history (skipped, with a notice, in a shallow clone).
+    local previous=0
+    deploy/build-previous.sh || previous=$?
+    case $previous in
+        0) export WASMGRID_REQUIRE_PREVIOUS=1 ;;
+        3) echo "test-setup: no history for the previous release; the mixed-version test will skip" >&2 ;;
+        *) return 1 ;;
+    esac
     # The container test: Docker from the OS, its base image made here.
     if docker info >/dev/null 2>&1; then
         command -v docker-compose >/dev/null || wasmgrid_apt_install docker-compose || return 1

@@ -34,16 +34,24 @@ pub struct Replicas {
     snapshot_every: u64,
     /// How many replicas the cluster started with (its `--peers`).
     initial: usize,
+    /// The binary replicas start from (default: the one under test).
+    pub binary: Option<PathBuf>,
 }
 
 impl Replicas {
     pub fn start(n: usize, snapshot_every: u64) -> Replicas {
+        Replicas::start_from(None, n, snapshot_every)
+    }
+
+    /// [`Replicas::start`] from `binary` (another release's `wasmgrid`).
+    pub fn start_from(binary: Option<PathBuf>, n: usize, snapshot_every: u64) -> Replicas {
         let mut r = Replicas {
             dir: tempfile::tempdir().expect("tempdir"),
             ports: (0..n).map(|_| free_port()).collect(),
             procs: (0..n).map(|_| None).collect(),
             snapshot_every,
             initial: n,
+            binary,
         };
         super::write_token(&r.token_file());
         for id in 1..=n as u64 {
@@ -98,7 +106,12 @@ impl Replicas {
     fn spawn_with(&mut self, id: u64, membership: &[&str]) {
         assert!(self.procs[id as usize - 1].is_none(), "replica {id} is running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log(id)).expect("log");
-        let child = super::wasmgrid()
+        let mut command = super::wasmgrid();
+        if let Some(binary) = &self.binary {
+            command = std::process::Command::new(binary);
+            command.env("NO_COLOR", "1").env("WASMGRID_TOKEN", super::TOKEN);
+        }
+        let child = command
             .args(["control-plane", "--id", &id.to_string()])
             .arg("--data")
             .arg(self.data(id))

@@ -1,0 +1,137 @@
+//! One step of a rolling upgrade, with real binaries of both releases: a
+//! cluster started on the previous release (`deploy/previous-release`,
+//! built by `deploy/build-previous.sh` into `target/previous/wasmgrid`)
+//! takes writes while its replicas move to this release one at a time. On
+//! the way, replicas of the previous release follow a leader of this one
+//! (its log entries), and one of them, far behind, catches up from this
+//! release's snapshot. Every acknowledged write must be on every replica
+//! and the replicas must agree, at each step.
+//!
+//! Without the previous binary the test says why and passes, unless
+//! `WASMGRID_REQUIRE_PREVIOUS` is set (CI, through `deploy/test-setup.sh`).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::grid::Replicas;
+use wasmgrid_api::{Client, DeployRequest};
+use wasmgrid_test_artifacts as guests;
+
+fn previous_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("WASMGRID_PREVIOUS_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/previous/wasmgrid"));
+    path.exists().then_some(path)
+}
+
+/// Creates tenants `{prefix}-{i}` through `client`, recording those
+/// acknowledged.
+async fn write(client: &Client, prefix: &str, n: usize, acknowledged: &mut Vec<String>) {
+    for i in 0..n {
+        let name = format!("{prefix}-{i}");
+        if client.create_tenant(&name).await.is_ok() {
+            acknowledged.push(name);
+        }
+    }
+}
+
+/// A version of `score` with `weight`: a full deploy (module and version).
+async fn deploy(client: &Client, weight: f64) {
+    let module = client.upload_module(std::fs::read(guests::LOGREG).expect("logreg")).await.expect("upload").sha256;
+    let config = format!(r#"{{"features":["x"],"weights":[{weight}],"bias":0}}"#);
+    let request =
+        DeployRequest { module, config: BTreeMap::from([("model".into(), config)]), ..DeployRequest::default() };
+    client.deploy("score", &request).await.expect("deploy");
+}
+
+/// What replica `id` holds: its tenants and `score`'s versions.
+async fn view(replicas: &Replicas, id: u64) -> (Vec<String>, String) {
+    let client = replicas.client(id);
+    let tenants = client.tenants().await.unwrap_or_else(|e| panic!("replica {id}: {e}"));
+    let score = client.function("score").await.unwrap_or_else(|e| panic!("replica {id}: {e}"));
+    (tenants.tenants.into_iter().map(|t| t.name).collect(), format!("{:?}", score.versions))
+}
+
+/// Waits until every running replica has applied the leader's commit,
+/// then checks each holds every acknowledged write and all agree.
+async fn agree(replicas: &Replicas, acknowledged: &[String], step: &str) {
+    let leader = replicas.wait_leader(Duration::from_secs(20)).await;
+    let commit = replicas.status(leader).await.expect("leader status").commit;
+    let mut views = Vec::new();
+    for id in (1..=3).filter(|id| replicas.is_up(*id)) {
+        replicas.wait_applied(id, commit, Duration::from_secs(30)).await;
+        let (tenants, versions) = view(replicas, id).await;
+        let missing: Vec<&String> = acknowledged.iter().filter(|t| !tenants.contains(t)).collect();
+        assert!(missing.is_empty(), "{step}: replica {id} lacks acknowledged writes {missing:?}");
+        views.push((id, tenants, versions));
+    }
+    for (id, tenants, versions) in &views[1..] {
+        assert_eq!(
+            (tenants, versions),
+            (&views[0].1, &views[0].2),
+            "{step}: replicas {} and {id} disagree",
+            views[0].0
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_of_two_releases_run_one_cluster_through_a_rolling_upgrade() {
+    let Some(previous) = previous_binary() else {
+        assert!(
+            std::env::var_os("WASMGRID_REQUIRE_PREVIOUS").is_none(),
+            "WASMGRID_REQUIRE_PREVIOUS is set, but there is no target/previous/wasmgrid (deploy/build-previous.sh)"
+        );
+        eprintln!("skipping the mixed-version test: no previous release built (deploy/build-previous.sh)");
+        return;
+    };
+    let current = PathBuf::from(env!("CARGO_BIN_EXE_wasmgrid"));
+    // Snapshots every 20 entries, so one is sent across releases below.
+    let mut replicas = Replicas::start_from(Some(previous.clone()), 3, 20);
+    let first_leader = replicas.wait_leader(Duration::from_secs(20)).await;
+    let client = replicas.client_all();
+    let mut acknowledged = Vec::new();
+    write(&client, "old", 20, &mut acknowledged).await;
+    deploy(&client, 0.5).await;
+    agree(&replicas, &acknowledged, "all on the previous release").await;
+
+    // A follower moves to this release, on the data the previous one wrote.
+    let upgraded = (1..=3).find(|id| *id != first_leader).expect("a follower");
+    replicas.stop(upgraded);
+    replicas.binary = Some(current.clone());
+    replicas.spawn(upgraded);
+    replicas.binary = Some(previous.clone());
+    write(&client, "mixed", 20, &mut acknowledged).await;
+    agree(&replicas, &acknowledged, "one replica upgraded").await;
+
+    // It leads: the previous release's replicas apply its entries.
+    client.transfer_leader(upgraded).await.expect("leadership to the upgraded replica");
+    assert_eq!(replicas.wait_leader(Duration::from_secs(20)).await, upgraded);
+    deploy(&client, 1.5).await;
+    write(&client, "new-leader", 20, &mut acknowledged).await;
+    agree(&replicas, &acknowledged, "the upgraded replica leads").await;
+
+    // A replica of the previous release that missed more than the leader
+    // keeps in its log catches up from this release's snapshot.
+    let behind = (1..=3).find(|id| *id != upgraded).expect("an old follower");
+    replicas.stop(behind);
+    write(&client, "while-away", 240, &mut acknowledged).await;
+    let installed_before = 0;
+    replicas.spawn(behind);
+    agree(&replicas, &acknowledged, "an old replica caught up").await;
+    let installed = replicas.status(behind).await.expect("status").snapshots_installed;
+    assert!(installed > installed_before, "replica {behind} (previous release) installed this release's snapshot");
+
+    // The rest move to this release.
+    replicas.binary = Some(current);
+    for id in (1..=3).filter(|id| *id != upgraded) {
+        replicas.stop(id);
+        replicas.spawn(id);
+        write(&client, &format!("after-{id}"), 5, &mut acknowledged).await;
+    }
+    agree(&replicas, &acknowledged, "all on this release").await;
+    assert!(acknowledged.len() >= 300, "most writes were acknowledged: {}", acknowledged.len());
+}
