@@ -353,6 +353,8 @@ fn the_dashboard_shows_the_grid_a_job_advancing_and_a_latency_chart() {
         "const r = document.querySelector('tr[data-node=dev] td:nth-child(2)'); return r && r.textContent",
     );
     assert_eq!(node, "alive");
+    let placed = browser.wait_for("the node's functions", "const r = document.querySelector('tr[data-node=dev] td.placed'); return r && r.textContent.includes('score') && r.textContent");
+    assert!(placed.as_str().unwrap_or_default().contains("slow"), "both functions are ready on the node: {placed}");
     browser.click("a[href='#functions']");
     browser.wait_for("the functions", "return document.querySelectorAll('#functions tr[data-function]').length === 2");
     browser.click("a[href='#jobs']");

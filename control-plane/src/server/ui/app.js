@@ -257,14 +257,16 @@ async function clusterView() {
 }
 
 async function nodesView() {
-  const list = await api("/v1/nodes");
+  const [list, functions] = await Promise.all([api("/v1/nodes"), api("/v1/functions")]);
+  // The functions whose active version's module a node has compiled.
+  const placed = (node) => functions.functions.filter((f) => node.warm.includes(f.module)).map((f) => f.name).join(", ") || "-";
   const rows = list.nodes.map((n) => el("tr", { "data-node": n.id },
     el("td", {}, n.id), stateCell(n.state), el("td", { class: "mono" }, n.address),
-    num(n.inflight), num(fmtCount(n.invocations)), num(n.warm.length), el("td", {}, n.gpu || "-"),
+    num(n.inflight), num(fmtCount(n.invocations)), el("td", { class: "placed" }, placed(n)), el("td", {}, n.gpu || "-"),
     num(n.last_seen_ms === null || n.last_seen_ms === undefined ? "-" : `${(n.last_seen_ms / 1000).toFixed(1)} s ago`)));
   return el("div", { id: "nodes" }, el("h1", {}, "Nodes"),
     table(["id", "state", "gateway", { label: "calls running", num: true }, { label: "calls served", num: true },
-      { label: "modules ready", num: true }, "GPU", { label: "last heartbeat", num: true }], rows, "No nodes have joined."));
+      "functions ready", "GPU", { label: "last heartbeat", num: true }], rows, "No nodes have joined."));
 }
 
 async function functionsView() {
