@@ -80,6 +80,23 @@ fn strangers_cannot_hold_memory_or_connections() {
     common::grid_ok(&dev.control_plane, &["deploy", "fraud", guests::LOGREG, "--config", &format!("model={MODEL}")]);
     let gateway = address(&dev.gateway);
     let path = "/v1/fn/default/fraud";
+    // The limits below are those of a function the node serves: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut s = TcpStream::connect(&gateway).expect("connect");
+        let row = r#"{"amount": 1}"#;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{row}",
+            common::TOKEN,
+            row.len()
+        );
+        s.write_all(head.as_bytes()).expect("call");
+        if answer(&mut s).0.contains("200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the node never served fraud");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // 100 tokenless connections, each declaring a 16 MiB body: each is
     // answered 401 from its headers alone, and the node's memory does not
