@@ -365,6 +365,12 @@ fn the_dashboard_shows_the_grid_a_job_advancing_and_a_latency_chart() {
         &format!("const j = document.querySelector('#job[data-job=\"{job}\"]'); return j && j.textContent"),
     );
     assert!(facts.as_str().unwrap_or_default().contains("succeeded"), "{facts}");
+    // What the attempts wrote, gathered from the node through the control plane.
+    let logged = browser.wait_for(
+        "the attempts' output",
+        "const r = document.querySelector('#job tr.attempt pre'); return r && r.textContent",
+    );
+    assert!(logged.as_str().unwrap_or_default().contains("stderr: slept 250 ms"), "{logged}");
     browser.click("a[href='#tenants']");
     browser.wait_for("the tenants", "return !!document.querySelector('tr[data-tenant=default]')");
 

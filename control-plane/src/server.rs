@@ -376,6 +376,7 @@ fn router(app: App) -> Router {
         .route("/v1/jobs/{id}", get(jobs::show))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/logs", get(jobs::logs))
+        .route("/v1/jobs/{id}/attempts", get(jobs::attempts))
         .route("/v1/jobs/{id}/events", get(jobs::events))
         .route("/v1/tasks/lease", post(jobs::lease))
         .route("/v1/tasks/report", post(jobs::report).layer(DefaultBodyLimit::max(16 << 20)))

@@ -409,7 +409,7 @@ impl Client {
 
 /// Percent-encodes a path segment, so a name with `/` in it reaches the
 /// server whole (and is refused there with a clear message).
-fn segment(s: &str) -> String {
+pub fn segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

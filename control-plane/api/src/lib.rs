@@ -18,7 +18,7 @@ pub mod tls;
 pub mod trace;
 pub mod types;
 
-pub use client::{ApiError, Client, normalize_url};
+pub use client::{ApiError, Client, normalize_url, segment};
 pub use failure::{Answer, Failure, FailureCode};
 pub use job_io::{DEFAULT_PARTITION_SIZE, JobIo, JobIoError};
 pub use types::*;

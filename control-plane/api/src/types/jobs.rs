@@ -399,6 +399,29 @@ pub struct AttemptLog {
     pub output: Excerpt,
 }
 
+/// `GET /v1/jobs/{id}/attempts`: what the job's latest attempts logged,
+/// gathered by the control plane from every alive node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobAttempts {
+    /// The job.
+    pub id: String,
+    /// Oldest first.
+    pub attempts: Vec<NodeAttempt>,
+    /// Nodes that could not be asked, and why.
+    #[serde(default)]
+    pub unreachable: Vec<String>,
+}
+
+/// An attempt's log, and the node that ran it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAttempt {
+    /// The node's id.
+    pub node: String,
+    /// What the attempt logged.
+    #[serde(flatten)]
+    pub attempt: AttemptLog,
+}
+
 /// `GET /v1/jobs/{tenant}/{id}/logs` on a node: the latest attempts of the
 /// job on that node that logged something or failed, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -352,6 +352,56 @@ pub(super) async fn show(
     Ok(json(StatusCode::OK, &info(&record, app.running_attempts(&id))))
 }
 
+/// `GET /v1/jobs/{id}/attempts`: what the job's latest attempts logged, from
+/// every alive node (for the dashboard; the CLI asks the nodes itself). The
+/// caller's token goes with each request: a node shows what it may read.
+pub(super) async fn attempts(
+    Shared(app): Shared<App>,
+    Extension(caller): Extension<Caller>,
+    id: Result<Path<String>, PathRejection>,
+    headers: axum::http::HeaderMap,
+) -> Answer<Response> {
+    let id = job_id(id)?;
+    app.barrier().await?;
+    let record = app.own_job(&caller, &id)?;
+    let alive: Vec<(String, String)> = app
+        .0
+        .nodes
+        .lock()
+        .map_err(poisoned)?
+        .iter()
+        .filter(|(_, (at, _))| at.elapsed() < NODE_LIVENESS)
+        .map(|(node, (_, beat))| (node.clone(), beat.address.clone()))
+        .collect();
+    let authorization = headers.get(axum::http::header::AUTHORIZATION).cloned();
+    let asks = alive.into_iter().map(|(node, address)| {
+        let url = format!("{address}/v1/jobs/{}/{}/logs", segment(&record.tenant), segment(&id));
+        let mut request = app.0.http.get(url).timeout(Duration::from_secs(5));
+        if let Some(authorization) = &authorization {
+            request = request.header(axum::http::header::AUTHORIZATION, authorization.clone());
+        }
+        async move {
+            let answer = match request.send().await {
+                Ok(r) if r.status() == StatusCode::NOT_FOUND => return (node, Ok(Vec::new())),
+                Ok(r) if r.status().is_success() => r.json::<AttemptLogs>().await.map_err(|e| e.to_string()),
+                Ok(r) => Err(format!("answered {}", r.status())),
+                Err(e) => Err(e.to_string()),
+            };
+            (node, answer.map(|logs| logs.attempts))
+        }
+    });
+    let mut attempts = Vec::new();
+    let mut unreachable = Vec::new();
+    for (node, answer) in futures_util::future::join_all(asks).await {
+        match answer {
+            Ok(kept) => attempts.extend(kept.into_iter().map(|attempt| NodeAttempt { node: node.clone(), attempt })),
+            Err(why) => unreachable.push(format!("{node}: {why}")),
+        }
+    }
+    attempts.sort_by_key(|a| a.attempt.at_ms);
+    Ok(json(StatusCode::OK, &JobAttempts { id, attempts, unreachable }))
+}
+
 pub(super) async fn logs(
     Shared(app): Shared<App>,
     Extension(caller): Extension<Caller>,

@@ -288,7 +288,8 @@ async function jobsView(id) {
 }
 
 async function jobView(id) {
-  const [job, logs] = await Promise.all([api(`/v1/jobs/${encodeURIComponent(id)}`), api(`/v1/jobs/${encodeURIComponent(id)}/logs`)]);
+  const path = `/v1/jobs/${encodeURIComponent(id)}`;
+  const [job, logs, attempts] = await Promise.all([api(path), api(`${path}/logs`), api(`${path}/attempts`)]);
   const facts = [
     ["function", `${job.function} v${job.version}`], ["reducer", job.reduce ? `${job.reduce[0]} v${job.reduce[1]}` : "-"],
     ["input", job.input], ["output", job.output], ["state", job.state], ["stage", job.stage],
@@ -304,7 +305,22 @@ async function jobView(id) {
     job.error ? el("p", { class: "error" }, job.error) : null,
     el("table", {}, el("tbody", {}, facts.map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", {}, v))))),
     el("h2", {}, "Tasks that failed"),
-    table(["stage", { label: "task", num: true }, { label: "failures", num: true }, "", "last error"], failures, "No failed attempts."));
+    table(["stage", { label: "task", num: true }, { label: "failures", num: true }, "", "last error"], failures, "No failed attempts."),
+    el("h2", {}, "What the latest attempts logged"),
+    table(["when", "node", "attempt", "output"], attempts.attempts.map(attemptRow), "No attempt logged anything."),
+    attempts.unreachable.length ? el("p", { class: "error" }, `Not asked: ${attempts.unreachable.join("; ")}`) : null);
+}
+
+function attemptRow(a) {
+  const lines = [
+    ...a.lines.map((l) => `[${l.level}] ${l.message}`),
+    a.stdout && `stdout: ${a.stdout}`,
+    a.stderr && `stderr: ${a.stderr}`,
+    a.error && `error: ${a.error}`,
+    a.dropped ? `(${a.dropped} more lines dropped)` : null,
+  ].filter(Boolean);
+  return el("tr", { class: "attempt" }, el("td", {}, fmtTime(a.at_ms)), el("td", {}, a.node),
+    el("td", {}, `${a.stage} ${a.task} #${a.attempt}`), el("td", {}, el("pre", { class: "log" }, lines.join("\n"))));
 }
 
 async function tenantsView() {

@@ -41,6 +41,7 @@ impl Mapper for Hostile {
             Some("slow") => {
                 let ms = config::get("sleep_ms").and_then(|v| v.parse().ok()).unwrap_or(100);
                 std::thread::sleep(std::time::Duration::from_millis(ms));
+                eprintln!("slept {ms} ms");
                 for batch in input::batches() {
                     output::emit_batch(&batch);
                 }
