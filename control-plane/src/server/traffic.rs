@@ -14,13 +14,12 @@ pub(super) const WINDOW_MS: u64 = 5_000;
 /// Windows kept per function: ten minutes.
 const KEPT: usize = 120;
 
-/// One function's calls in one window, all nodes together.
+/// One function's calls in one window, all nodes together (the counters
+/// of [`FunctionUsage`] that [`difference`] fills).
 #[derive(Debug, Clone)]
 struct Window {
     start_ms: u64,
-    calls: u64,
-    errors: u64,
-    latency: Vec<u64>,
+    usage: FunctionUsage,
 }
 
 /// Every function's recent windows, by (tenant, function). Only windows
@@ -50,16 +49,10 @@ impl Traffic {
             }
             let windows = self.series.entry((usage.tenant.clone(), usage.function.clone())).or_default();
             if windows.back().is_none_or(|w| w.start_ms < start_ms) {
-                windows.push_back(Window { start_ms, calls: 0, errors: 0, latency: Vec::new() });
+                windows.push_back(Window { start_ms, usage: FunctionUsage::default() });
             }
-            let Some(window) = windows.back_mut() else { continue };
-            window.calls += delta.calls;
-            window.errors += delta.errors;
-            if window.latency.len() < delta.latency.len() {
-                window.latency.resize(delta.latency.len(), 0);
-            }
-            for (mine, new) in window.latency.iter_mut().zip(&delta.latency) {
-                *mine += new;
+            if let Some(window) = windows.back_mut() {
+                window.usage.add(&delta);
             }
         }
         self.forget(at_ms);
@@ -89,10 +82,10 @@ impl Traffic {
                     .iter()
                     .map(|w| TrafficPoint {
                         at_ms: w.start_ms,
-                        calls: w.calls,
-                        errors: w.errors,
-                        p50_us: quantile(&w.latency, 0.5),
-                        p99_us: quantile(&w.latency, 0.99),
+                        calls: w.usage.calls,
+                        errors: w.usage.errors,
+                        p50_us: quantile(&w.usage.latency, 0.5),
+                        p99_us: quantile(&w.usage.latency, 0.99),
                     })
                     .collect(),
             })
