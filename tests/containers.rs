@@ -13,8 +13,7 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -45,13 +44,6 @@ fn missing_tools() -> Option<String> {
     None
 }
 
-fn succeed(mut command: Command) -> String {
-    let out = command.output().unwrap_or_else(|e| panic!("{command:?} runs: {e}"));
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{command:?} failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
-    stdout
-}
-
 /// The image, built from deploy/Dockerfile's `prebuilt` stage with the
 /// binary under test (its debug info stripped: the image's size is what a
 /// release build gives).
@@ -72,7 +64,7 @@ impl Image {
         let mut build = Command::new("docker");
         build.args(["build", "--quiet", "--target", "prebuilt", "-t", tag, "-f"]);
         build.arg(root().join("deploy/Dockerfile")).arg(context.path());
-        succeed(build);
+        common::succeed(&mut build);
         Image(tag.to_string())
     }
 }
@@ -98,9 +90,7 @@ impl Compose {
     }
 
     fn compose(&self, args: &[&str]) -> String {
-        let mut command = self.command();
-        command.args(args);
-        succeed(command)
+        common::succeed(self.command().args(args))
     }
 
     /// `wasmgrid ARGS` in the `cli` service, inside the network.
@@ -186,35 +176,6 @@ fn score_of(stdout: &str) -> f64 {
     answer["rows"][0]["score"].as_f64().unwrap_or_else(|| panic!("no score in {stdout}"))
 }
 
-fn count_words(dir: &Path) -> HashMap<String, u64> {
-    let mut counts = HashMap::new();
-    for entry in std::fs::read_dir(dir).expect("corpus") {
-        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("read");
-        for w in text.split_ascii_whitespace() {
-            *counts.entry(w.to_string()).or_insert(0) += 1;
-        }
-    }
-    counts
-}
-
-/// The counts in a job's output directory (JSON lines of word and count).
-fn published_counts(out: &Path) -> HashMap<String, u64> {
-    assert!(out.join("_SUCCESS").exists(), "{} has no _SUCCESS", out.display());
-    let mut counts = HashMap::new();
-    for entry in std::fs::read_dir(out).expect("output") {
-        let path = entry.expect("entry").path();
-        if !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("part-")) {
-            continue;
-        }
-        for line in std::fs::read_to_string(&path).expect("part").lines() {
-            let v: serde_json::Value = serde_json::from_str(line).expect("json line");
-            let word = v["word"].as_str().expect("word").to_string();
-            assert!(counts.insert(word, v["count"].as_u64().expect("count")).is_none(), "a word published twice");
-        }
-    }
-    counts
-}
-
 #[test]
 fn the_image_runs_the_compose_cluster_through_a_leader_kill() {
     if let Some(why) = missing_tools() {
@@ -224,11 +185,8 @@ fn the_image_runs_the_compose_cluster_through_a_leader_kill() {
     }
     let project = format!("wgtest{}", std::process::id());
     let image = Image::build(&format!("wasmgrid-test:{project}"));
-    let user = succeed({
-        let mut c = Command::new("docker");
-        c.args(["image", "inspect", "--format", "{{.Config.User}}", &image.0]);
-        c
-    });
+    let user =
+        common::succeed(Command::new("docker").args(["image", "inspect", "--format", "{{.Config.User}}", &image.0]));
     assert_eq!(user.trim(), "wasmgrid", "the image runs as an unprivileged user");
 
     // Job inputs, outputs and the components, in a host directory that is
@@ -300,7 +258,7 @@ fn the_image_runs_the_compose_cluster_through_a_leader_kill() {
     // A batch job over the shared volume.
     compose.cli_ok(&["deploy", "wc-map", "/data/wasm/map.wasm"]);
     compose.cli_ok(&["deploy", "wc-reduce", "/data/wasm/reduce.wasm"]);
-    let expected = count_words(&corpus);
+    let expected = common::count_words(&corpus);
     let submit = |out: &str| {
         compose.cli_ok(&[
             "job",
@@ -320,7 +278,7 @@ fn the_image_runs_the_compose_cluster_through_a_leader_kill() {
         ])
     };
     submit("/data/counts-1");
-    assert_eq!(published_counts(&jobs.path().join("counts-1")), expected, "the job's counts");
+    assert_eq!(common::published_counts(&jobs.path().join("counts-1")), expected, "the job's counts");
 
     // `docker kill` of the leader's container: another replica leads, takes
     // writes, and the grid keeps serving and running jobs.
@@ -341,7 +299,7 @@ fn the_image_runs_the_compose_cluster_through_a_leader_kill() {
         }
     }
     submit("/data/counts-2");
-    assert_eq!(published_counts(&jobs.path().join("counts-2")), expected, "the counts after the leader's kill");
+    assert_eq!(common::published_counts(&jobs.path().join("counts-2")), expected, "the counts after the leader's kill");
 
     // The killed replica comes back from its volume and catches up.
     compose.compose(&["start", &format!("cp{leader}")]);

@@ -17,46 +17,6 @@ use wasmgrid_test_artifacts as guests;
 
 const MODEL: &str = r#"{"features": ["x1", "x2"], "weights": [0.8, -1.25], "bias": 0.3}"#;
 
-/// Every word and its count, counted here.
-fn count_words(dir: &Path) -> HashMap<String, u64> {
-    let mut counts = HashMap::new();
-    for entry in std::fs::read_dir(dir).expect("corpus") {
-        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("read");
-        for w in text.split_ascii_whitespace() {
-            *counts.entry(w.to_string()).or_insert(0) += 1;
-        }
-    }
-    counts
-}
-
-/// The word counts a job published, asserting each word appears once.
-fn published_counts(out: &Path) -> HashMap<String, u64> {
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("_SUCCESS")).expect("_SUCCESS")).expect("manifest");
-    let mut counts = HashMap::new();
-    let files = manifest["files"].as_array().expect("files");
-    for f in files {
-        let name = f["name"].as_str().expect("name");
-        let text = std::fs::read_to_string(out.join(name)).expect("part");
-        assert_eq!(text.lines().count() as u64, f["rows"].as_u64().expect("rows"), "{name}: rows in the manifest");
-        for line in text.lines() {
-            let v: serde_json::Value = serde_json::from_str(line).expect("json line");
-            let word = v["word"].as_str().expect("word").to_string();
-            let n = v["count"].as_u64().expect("count");
-            assert!(counts.insert(word.clone(), n).is_none(), "{word} published twice");
-        }
-    }
-    // Nothing but the manifest and the files it lists.
-    let mut names: Vec<String> =
-        std::fs::read_dir(out).expect("out").map(|e| e.expect("entry").file_name().to_string_lossy().into()).collect();
-    names.sort();
-    let mut expected: Vec<String> = files.iter().map(|f| f["name"].as_str().unwrap_or_default().to_string()).collect();
-    expected.push("_SUCCESS".into());
-    expected.sort();
-    assert_eq!(names, expected, "the output holds exactly the published files");
-    counts
-}
-
 async fn wait_job(client: &Client, id: &str, timeout: Duration) -> JobInfo {
     let deadline = Instant::now() + timeout;
     loop {
@@ -150,7 +110,7 @@ async fn word_count_over_64_partitions_on_two_nodes_equals_an_independent_count(
     assert_eq!(job.state, JobState::Succeeded);
     assert!(job.map_tasks >= 64, "{} map tasks", job.map_tasks);
     assert_eq!((job.map_done, job.reduce_done, job.reduce_tasks), (job.map_tasks, 4, 4));
-    let expected = count_words(&corpus);
+    let expected = common::count_words(&corpus);
     assert_eq!(
         job.records_in,
         std::fs::read_dir(&corpus)
@@ -159,7 +119,7 @@ async fn word_count_over_64_partitions_on_two_nodes_equals_an_independent_count(
             .sum::<u64>(),
         "every line read once"
     );
-    assert_eq!(published_counts(&out), expected);
+    assert_eq!(common::published_counts(&out), expected);
     assert_eq!(job.rows_out, expected.len() as u64);
 
     // The list shows it; status by id too.
@@ -290,7 +250,7 @@ async fn a_node_killed_mid_job_loses_no_row_and_duplicates_none() {
     a.kill();
     let job = wait_job(&client, &id, Duration::from_secs(120)).await;
     assert_eq!(job.state, JobState::Succeeded, "{job:?}");
-    assert_eq!(published_counts(&out), count_words(&corpus));
+    assert_eq!(common::published_counts(&out), common::count_words(&corpus));
     // The stream saw progress only ever grow, and ended with the outcome.
     let text = tokio::time::timeout(Duration::from_secs(10), events)
         .await
@@ -332,7 +292,7 @@ async fn killing_the_leader_mid_job_still_publishes_exact_output() {
     replicas.kill(leader);
     let job = wait_job(&client, &id, Duration::from_secs(120)).await;
     assert_eq!(job.state, JobState::Succeeded, "{job:?}");
-    assert_eq!(published_counts(&out), count_words(&corpus));
+    assert_eq!(common::published_counts(&out), common::count_words(&corpus));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,25 +45,20 @@ fn missing_tools() -> Option<String> {
     None
 }
 
-fn run(command: &mut Command) -> String {
-    let out = command.output().unwrap_or_else(|e| panic!("{command:?}: {e}"));
-    let (stdout, stderr) = common::text(&out);
-    assert!(out.status.success(), "{command:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    stdout
-}
-
 /// The kustomization in `dir`, rendered, validated, as JSON objects.
 fn render(dir: &Path) -> Vec<Value> {
-    let yaml = run(Command::new("kubectl").arg("kustomize").arg(dir));
+    let yaml = common::succeed(Command::new("kubectl").arg("kustomize").arg(dir));
     let file = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(file.path(), &yaml).expect("write the rendered manifests");
-    run(Command::new(validator()).args(["--strict", "--quiet", "-k", KUBERNETES]).arg(file.path()));
+    common::succeed(Command::new(validator()).args(["--strict", "--quiet", "-k", KUBERNETES]).arg(file.path()));
     // The validator's Python has PyYAML (it reads YAML itself).
     let python = validator().with_file_name("python");
-    let json = run(Command::new(python)
-        .arg("-c")
-        .arg("import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))")
-        .arg(file.path()));
+    let json = common::succeed(
+        Command::new(python)
+            .arg("-c")
+            .arg("import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))")
+            .arg(file.path()),
+    );
     serde_json::from_str(&json).expect("JSON from the rendered YAML")
 }
 
@@ -231,7 +226,7 @@ fn a_broken_manifest_is_caught() {
     }
     // The checks above must be able to fail: a misspelt field fails the
     // schema, and a peer list that misses a replica fails `check`.
-    let yaml = run(Command::new("kubectl").arg("kustomize").arg(root().join("deploy/kubernetes/base")));
+    let yaml = common::succeed(Command::new("kubectl").arg("kustomize").arg(root().join("deploy/kubernetes/base")));
     let file = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(file.path(), yaml.replace("readinessProbe", "readinesProbe")).expect("write");
     let out = Command::new(validator())

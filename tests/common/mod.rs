@@ -107,6 +107,56 @@ pub fn parts_text(dir: &Path) -> String {
         .collect()
 }
 
+/// Runs `command`, asserting success; returns stdout.
+pub fn succeed(command: &mut Command) -> String {
+    let out = command.output().unwrap_or_else(|e| panic!("{command:?} runs: {e}"));
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{command:?} failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    stdout
+}
+
+/// Every word and its count, counted here.
+pub fn count_words(dir: &Path) -> std::collections::HashMap<String, u64> {
+    let mut counts = std::collections::HashMap::new();
+    for entry in std::fs::read_dir(dir).expect("corpus") {
+        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("read");
+        for w in text.split_ascii_whitespace() {
+            *counts.entry(w.to_string()).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// The word counts a job published, asserting each word appears once, that
+/// each file has the rows the `_SUCCESS` manifest says, and that the output
+/// holds nothing else.
+pub fn published_counts(out: &Path) -> std::collections::HashMap<String, u64> {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("_SUCCESS")).expect("_SUCCESS")).expect("manifest");
+    let mut counts = std::collections::HashMap::new();
+    let files = manifest["files"].as_array().expect("files");
+    for f in files {
+        let name = f["name"].as_str().expect("name");
+        let text = std::fs::read_to_string(out.join(name)).expect("part");
+        assert_eq!(text.lines().count() as u64, f["rows"].as_u64().expect("rows"), "{name}: rows in the manifest");
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("json line");
+            let word = v["word"].as_str().expect("word").to_string();
+            let n = v["count"].as_u64().expect("count");
+            assert!(counts.insert(word.clone(), n).is_none(), "{word} published twice");
+        }
+    }
+    // Nothing but the manifest and the files it lists.
+    let mut names: Vec<String> =
+        std::fs::read_dir(out).expect("out").map(|e| e.expect("entry").file_name().to_string_lossy().into()).collect();
+    names.sort();
+    let mut expected: Vec<String> = files.iter().map(|f| f["name"].as_str().unwrap_or_default().to_string()).collect();
+    expected.push("_SUCCESS".into());
+    expected.sort();
+    assert_eq!(names, expected, "the output holds exactly the published files");
+    counts
+}
+
 /// A deterministic pseudo-random generator (xorshift), so data sets are reproducible.
 pub struct Rng(u64);
 
