@@ -35,6 +35,10 @@ pub struct DeployArgs {
     /// Serve it on the gateways without a token (for public HTTP endpoints).
     #[arg(long)]
     public: bool,
+    /// On how many nodes it is placed: those load it, and every other
+    /// node's gateway forwards its calls to them [default: 2].
+    #[arg(long, value_name = "N|all")]
+    replicas: Option<wasmgrid_api::Replicas>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -111,6 +115,7 @@ pub fn deploy(args: DeployArgs) -> Result<()> {
         config: args.config.into_iter().collect(),
         gpu: args.gpu,
         public: args.public,
+        replicas: args.replicas,
     };
     // The leader compiles the component and runs its `init` before it
     // answers: give the deploy longer than other requests.

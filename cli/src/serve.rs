@@ -94,6 +94,12 @@ pub struct NodeArgs {
     /// latency matters more than their jobs' progress).
     #[arg(long, default_value = "10")]
     task_nice: TaskPriority,
+    /// Most compiled code (and `init` images) kept loaded: past it, the
+    /// function versions used least recently are evicted and loaded again,
+    /// from the compiled cache on disk, when next called. Functions are
+    /// placed on nodes in proportion to it.
+    #[arg(long, default_value = "2GiB", value_parser = units::parse_size)]
+    code_cache: u64,
     /// A file holding the node's token (`wasmgrid tokens create --node`, or
     /// the admin token) [default: WASMGRID_TOKEN].
     #[arg(long, env = "WASMGRID_TOKEN_FILE")]
@@ -437,8 +443,9 @@ impl server::InitCheck for RuntimeInit {
     }
 }
 
-fn node_runtime(compile: &CompileArgs, data: &Path) -> Result<Arc<Runtime>> {
+fn node_runtime(compile: &CompileArgs, data: &Path, code_cache: u64) -> Result<Arc<Runtime>> {
     let mut config = runtime_config(compile, false, 0)?;
+    config.code_cache = code_cache;
     if compile.cache_dir.is_none() && !compile.no_cache {
         config.cache_dir = Some(data.join("cache"));
     }
@@ -461,7 +468,7 @@ pub fn node(args: NodeArgs) -> Result<()> {
     args.egress.install(own.into_iter().chain([args.listen]), &args.data);
     let mut gateway = args.gateway.config()?;
     gateway.tls = args.tls.load(&[args.listen])?;
-    let runtime = node_runtime(&args.compile, &args.data)?;
+    let runtime = node_runtime(&args.compile, &args.data, args.code_cache)?;
     let config = AgentConfig {
         control_plane: args.control_plane,
         data_dir: args.data,
@@ -501,7 +508,7 @@ pub fn dev(args: DevArgs, compile: &CompileArgs) -> Result<()> {
     replica.tls = server_tls.clone();
     let node_data = args.data.join("node");
     args.egress.install([args.listen, args.gateway], &args.data);
-    let runtime = node_runtime(compile, &node_data)?;
+    let runtime = node_runtime(compile, &node_data, wasmgrid_runtime::DEFAULT_CODE_CACHE)?;
     replica.init_check = Some(Arc::new(RuntimeInit(runtime.clone())));
     tokio_runtime()?.block_on(async move {
         let cp = server::start(replica).await?;

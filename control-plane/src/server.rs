@@ -34,8 +34,8 @@ use wasmgrid_api::*;
 
 use crate::replica::{Opened, ProposeError, Replica, ReplicaConfig, Status};
 use crate::state::{
-    Applied, Command, Function, FunctionSpec, MAX_MODULE_BYTES, StateError, TenantRecord, TokenRecord, Version,
-    sha256_hex,
+    Applied, Command, Function, FunctionSpec, MAX_MODULE_BYTES, Placement, StateError, TenantRecord, TokenRecord,
+    Version, sha256_hex,
 };
 use crate::transport::{self, HttpTransport};
 
@@ -48,6 +48,7 @@ mod jobs;
 mod membership;
 mod metrics;
 mod nodes;
+mod placement;
 mod tenants;
 mod traffic;
 mod ui;
@@ -299,12 +300,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         init_check: config.init_check.clone(),
         scheduler: Mutex::new(jobs::Scheduler::default()),
         jobs_changed: tokio::sync::Notify::new(),
+        placing: tokio::sync::Mutex::new(()),
+        placement_readers: tokio::sync::Mutex::new(std::collections::BTreeSet::new()),
+        placing_now: Mutex::new(HashMap::new()),
+        route_table: Mutex::new(None),
+        placement_changed: tokio::sync::Notify::new(),
         admin_hash: token_hash(&config.admin_token),
         require_client_certificate: config.require_client_certificate,
     }));
     tokio::spawn(forward::watch_leadership(app.clone()));
     tokio::spawn(jobs::drive(app.clone()));
     tokio::spawn(nodes::watch_gpu_quotas(app.clone()));
+    tokio::spawn(placement::watch(app.clone()));
     tokio::spawn(membership::promote_learners(app.clone()));
     tokio::spawn(membership::watch_removal(app.clone(), config.admin_token.clone()));
 
@@ -343,6 +350,16 @@ struct Inner {
     scheduler: Mutex<jobs::Scheduler>,
     /// Woken when tasks become available or jobs change.
     jobs_changed: tokio::sync::Notify,
+    /// Placement passes run one at a time.
+    placing: tokio::sync::Mutex<()>,
+    /// The route table last built, as JSON, and its revision.
+    route_table: Mutex<Option<(u64, axum::body::Bytes)>>,
+    /// Placements chosen for deploys not yet applied, by (tenant, name).
+    placing_now: Mutex<HashMap<(String, String), placement::Wanted>>,
+    /// Replica URLs known to read `Place` entries.
+    placement_readers: tokio::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Woken when a node appears: placement may give it functions.
+    placement_changed: tokio::sync::Notify,
     /// The sha256 of the admin token.
     admin_hash: String,
     /// Raft and node endpoints need a verified client certificate.

@@ -35,12 +35,13 @@ fn spec(weight: &str) -> FunctionSpec {
         config: BTreeMap::from([("weight".to_string(), weight.to_string())]),
         gpu: Default::default(),
         public: false,
+        replicas: Default::default(),
     }
 }
 
 fn deploy(name: &str, weight: &str) -> Command {
     let module = sha256_hex(MODULE);
-    Command::Deploy { tenant: DEFAULT_TENANT.into(), name: name.into(), module, spec: spec(weight) }
+    Command::Deploy { tenant: DEFAULT_TENANT.into(), name: name.into(), module, spec: spec(weight), placement: None }
 }
 
 /// What the fixture's log holds, in order, and how each entry is encoded.

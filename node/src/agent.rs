@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use wasmgrid_api::{Client, Heartbeat, RouteTable};
 
-use wasmgrid_gateway::{Failed, Gateway, GatewayConfig, Table};
+use wasmgrid_gateway::{Failed, Gateway, GatewayConfig, Remote, Remotes, Table};
 use wasmgrid_runtime::Runtime;
 
 use crate::modules::{self, Version};
@@ -162,7 +162,7 @@ pub async fn start(config: AgentConfig, runtime: Arc<Runtime>) -> Result<Agent, 
         logs: gateway.job_logs().clone(),
     };
     let background = vec![
-        tokio::spawn(watch(gateway.clone(), poll_client, modules_dir)),
+        tokio::spawn(watch(gateway.clone(), poll_client, modules_dir, id.clone())),
         tokio::spawn(heartbeats(gateway.clone(), heartbeat_client, id.clone(), url.clone())),
         tokio::spawn(crate::worker::run(worker)),
     ];
@@ -209,6 +209,7 @@ async fn heartbeats(gateway: Arc<Gateway>, client: Client, id: String, url: Stri
             revision: gateway.revision(),
             gpu: gpu.clone(),
             usage: gateway.usage(),
+            code_cache: gateway.runtime().config().code_cache,
         };
         match client.heartbeat(&id, &beat).await {
             Ok(_) if failing => {
@@ -225,7 +226,7 @@ async fn heartbeats(gateway: Arc<Gateway>, client: Client, id: String, url: Stri
     }
 }
 
-async fn watch(gateway: Arc<Gateway>, client: Client, modules_dir: PathBuf) {
+async fn watch(gateway: Arc<Gateway>, client: Client, modules_dir: PathBuf, id: String) {
     let mut since = 0;
     let mut failing = false;
     loop {
@@ -240,7 +241,7 @@ async fn watch(gateway: Arc<Gateway>, client: Client, modules_dir: PathBuf) {
                 }
                 if table.revision != since || since == 0 {
                     let revision = table.revision;
-                    if install(&gateway, &client, &modules_dir, table).await {
+                    if install(&gateway, &client, &modules_dir, &id, table).await {
                         since = revision;
                     } else {
                         // A version could not be made ready (its module could
@@ -264,26 +265,38 @@ async fn watch(gateway: Arc<Gateway>, client: Client, modules_dir: PathBuf) {
 /// module could not be fetched or kept.
 const RETRY_FAILED_ROUTES: Duration = Duration::from_secs(1);
 
-/// Makes every route of `table` ready, then serves the new table. Returns
+/// Makes every route of `table` placed on this node (`id`) ready, then
+/// serves the new table, forwarding the calls of the others. Returns
 /// whether every route could be made ready.
-async fn install(gateway: &Gateway, client: &Client, modules_dir: &Path, table: RouteTable) -> bool {
+async fn install(gateway: &Gateway, client: &Client, modules_dir: &Path, id: &str, table: RouteTable) -> bool {
     // Tokens take effect at once (a revocation must not wait for compiles).
     gateway.accept(&table.grants, &table.concurrency);
     let mut complete = true;
     let current = gateway.table();
     let mut next = Table::new();
+    let mut remotes = Remotes::new();
     let mut failed = Failed::new();
     for route in table.routes {
         let key = (route.tenant.clone(), route.name.clone());
-        if let Some(served) = current.get(&key).filter(|s| s.route == route) {
-            next.insert(key, served.clone());
+        if !route.placed_on(id) {
+            let targets = route.nodes.iter().filter_map(|n| table.nodes.get(n).cloned()).collect();
+            remotes.insert(key, Arc::new(Remote::new(route, targets)));
             continue;
         }
-        let version = Version { config: Arc::new(route.config.clone()), limits: wasmgrid_gateway::limits(&route) };
-        match modules::prepare(gateway.runtime(), client, modules_dir, &route.module, version).await {
+        if let Some(served) = current.get(&key).filter(|s| s.route.same_version(&route)) {
+            let served = match served.route == route {
+                true => served.clone(),
+                false => Arc::new(served.placed_anew(route)),
+            };
+            next.insert(key, served);
+            continue;
+        }
+        let version = || Version { config: Arc::new(route.config.clone()), limits: wasmgrid_gateway::limits(&route) };
+        match modules::prepare(gateway.runtime(), client, modules_dir, &route.module, version()).await {
             Ok(function) => {
                 tracing::info!(function = %route.name, version = route.version, "ready to serve");
-                next.insert(key, Arc::new(gateway.serve(route, function)));
+                let reload = modules::reloader(gateway.runtime(), modules_dir, &route.module, version());
+                next.insert(key, Arc::new(gateway.serve(route, function, reload)));
             }
             Err(e) => {
                 tracing::error!(function = %route.name, version = route.version, "cannot serve this version: {e}");
@@ -303,6 +316,6 @@ async fn install(gateway: &Gateway, client: &Client, modules_dir: &Path, table: 
             }
         }
     }
-    gateway.install(next, failed, table.revision);
+    gateway.install(next, remotes, failed, table.revision);
     complete
 }

@@ -67,6 +67,9 @@ pub async fn prepare(
     module: &str,
     version: Version,
 ) -> Result<Arc<Function>, PrepareError> {
+    if let Some(function) = runtime.loaded_version(module, &version.config) {
+        return Ok(function);
+    }
     let path = modules_dir.join(format!("{module}.wasm"));
     let bytes = match std::fs::read(&path) {
         Ok(bytes) if hex::encode(Sha256::digest(&bytes)) == module => bytes,
@@ -89,4 +92,24 @@ pub async fn prepare(
     };
     let runtime = runtime.clone();
     Ok(tokio::task::spawn_blocking(move || runtime.load_version(&bytes, &version.config, &version.limits)).await??)
+}
+
+/// Loads a version this node prepared before (its module kept under
+/// `modules_dir`) again: what the gateway calls when the code cache
+/// evicted it. Its `init` image comes from the compiled cache.
+pub fn reloader(
+    runtime: &Arc<Runtime>,
+    modules_dir: &Path,
+    module: &str,
+    version: Version,
+) -> wasmgrid_gateway::Reload {
+    let (runtime, path, module) = (runtime.clone(), modules_dir.join(format!("{module}.wasm")), module.to_string());
+    Arc::new(move || {
+        if let Some(function) = runtime.loaded_version(&module, &version.config) {
+            return Ok(function);
+        }
+        let bytes = runtime.read_file(&path)?;
+        tracing::debug!(module, "loading an evicted version again");
+        runtime.load_version(&bytes, &version.config, &version.limits)
+    })
 }

@@ -61,6 +61,22 @@ pub mod bindings {
             default_bindings_module: "wasmgrid_sdk::bindings::scorer",
         });
     }
+    /// The `scorer-calls` world: a scorer without `init`.
+    pub mod scorer_calls {
+        wit_bindgen::generate!({
+            path: "wit",
+            world: "scorer-calls",
+            with: {
+                "wasmgrid:function/types@0.1.0": crate::bindings::scorer::wasmgrid::function::types,
+                "wasmgrid:function/log@0.1.0": crate::bindings::scorer::wasmgrid::function::log,
+                "wasmgrid:function/config@0.1.0": crate::bindings::scorer::wasmgrid::function::config,
+                "wasmgrid:function/gpu@0.1.0": crate::bindings::scorer::wasmgrid::function::gpu,
+            },
+            pub_export_macro: true,
+            export_macro_name: "__export_scorer_calls_world",
+            default_bindings_module: "wasmgrid_sdk::bindings::scorer_calls",
+        });
+    }
     /// The `mapper` world.
     pub mod mapper {
         wit_bindgen::generate!({
@@ -133,8 +149,30 @@ pub trait Reducer {
 }
 
 /// Exports a [`Scorer`] implementation as the component's `score` function.
+///
+/// `export_scorer!(MyScorer, no_init)` exports it without `init` (its
+/// `init` is never called): every version of such a component is the one
+/// compiled module with another config, so deploying a new config compiles
+/// nothing on the nodes, where a component with `init` gets an image of its
+/// own, compiled, per version. For scorers that read their config per call.
 #[macro_export]
 macro_rules! export_scorer {
+    ($ty:ty, no_init) => {
+        // wit-bindgen's export glue is `unsafe` FFI; keep it in its own module.
+        #[allow(unsafe_code)]
+        #[doc(hidden)]
+        mod __wasmgrid_scorer_export {
+        use super::*;
+        #[doc(hidden)]
+        pub struct __WasmgridScorer;
+        impl $crate::bindings::scorer_calls::Guest for __WasmgridScorer {
+            fn score(rows: $crate::Batch) -> ::core::result::Result<$crate::Batch, ::std::string::String> {
+                <$ty as $crate::Scorer>::score(rows)
+            }
+        }
+        $crate::bindings::scorer_calls::__export_scorer_calls_world!(__WasmgridScorer with_types_in $crate::bindings::scorer_calls);
+        }
+    };
     ($ty:ty) => {
         // wit-bindgen's export glue is `unsafe` FFI; keep it in its own module.
         #[allow(unsafe_code)]

@@ -14,6 +14,7 @@ const GUESTS: &[&str] = &[
     "fall-detect",
     "mlp-score",
     "hostile-scorer",
+    "echo-scorer",
     "hostile-mapper",
     "big-start",
     "init-trap",

@@ -113,7 +113,9 @@ fn deploy(name: &str, module: &[u8]) -> Command {
             config: BTreeMap::new(),
             gpu: Default::default(),
             public: false,
+            replicas: Default::default(),
         },
+        placement: None,
     }
 }
 

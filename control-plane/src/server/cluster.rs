@@ -26,7 +26,9 @@ pub(super) async fn health(Shared(app): Shared<App>) -> Answer<Response> {
         let message = format!("replica {} stopped: {reason}", app.0.replica.id());
         return Err(Failure::new(StatusCode::SERVICE_UNAVAILABLE, "replica_stopped", message));
     }
-    Ok(json(StatusCode::OK, &serde_json::json!({ "status": "ok", "id": app.0.replica.id() })))
+    // `placement`: this release reads `Place` entries; a leader proposes
+    // them only once every replica says so (a rolling upgrade).
+    Ok(json(StatusCode::OK, &serde_json::json!({ "status": "ok", "id": app.0.replica.id(), "placement": true })))
 }
 
 /// `GET /v1/ready`: `200` while the replica works and knows a leader (it

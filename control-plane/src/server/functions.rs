@@ -75,6 +75,7 @@ pub(super) fn version_info(v: &Version) -> VersionInfo {
         config: v.spec.config.clone(),
         gpu: v.spec.gpu,
         public: v.spec.public,
+        replicas: v.spec.replicas,
         created_at: v.created_at,
     }
 }
@@ -88,6 +89,7 @@ pub(super) fn summary(f: &Function) -> FunctionSummary {
         versions: f.latest,
         kind: active.map(|v| v.spec.kind.clone()).unwrap_or_default(),
         module: active.map(|v| v.module.clone()).unwrap_or_default(),
+        nodes: f.placement.clone(),
     }
 }
 
@@ -182,14 +184,26 @@ pub(super) async fn deploy(
         config: request.config,
         gpu: request.gpu,
         public: request.public,
+        replicas: request.replicas.unwrap_or(DEFAULT_REPLICAS),
     };
-    let command = Command::Deploy { tenant: tenant.clone(), name: name.clone(), module: request.module.clone(), spec };
-    let Applied::Deployed { version } = app.propose(command).await? else {
+    let placement = app.placement_for(&tenant, &name, &spec).await?;
+    let (module, name_) = (request.module.clone(), name.clone());
+    let command = Command::Deploy { tenant: tenant.clone(), name: name_, module, spec, placement };
+    let applied = app.propose(command).await;
+    app.placed(&tenant, &name);
+    let Applied::Deployed { version } = applied? else {
         return Err(Failure::internal("the deploy applied as something else"));
     };
-    let versions = state.function(&tenant, &name)?.map_or(version, |f| f.latest);
-    let summary =
-        FunctionSummary { tenant, name, active: version, versions, kind: kind.into(), module: request.module };
+    let function = state.function(&tenant, &name)?;
+    let summary = FunctionSummary {
+        versions: function.as_ref().map_or(version, |f| f.latest),
+        nodes: function.map(|f| f.placement).unwrap_or_default(),
+        tenant,
+        name,
+        active: version,
+        kind: kind.into(),
+        module: request.module,
+    };
     Ok(json(StatusCode::CREATED, &summary))
 }
 
@@ -245,6 +259,7 @@ pub(super) async fn delete_function(
         versions: 0,
         kind: String::new(),
         module: String::new(),
+        nodes: Vec::new(),
     });
     Ok(json(StatusCode::OK, &gone))
 }

@@ -30,8 +30,14 @@ pub(super) async fn heartbeat(
     let mut nodes = app.0.nodes.lock().map_err(poisoned)?;
     let before = nodes.get(&id).map(|(_, b)| b.usage.as_slice());
     app.0.traffic.lock().map_err(poisoned)?.record(before, &beat.usage, now_ms());
+    // A node new to this leader, or back after it was counted dead, may be
+    // given functions.
+    let returning = nodes.get(&id).is_none_or(|(at, _)| at.elapsed() >= NODE_LIVENESS);
     nodes.insert(id, (Instant::now(), beat));
     drop(nodes);
+    if returning {
+        app.0.placement_changed.notify_one();
+    }
     Ok(json(StatusCode::OK, &HeartbeatReply { revision: app.0.replica.state().routes_revision()? }))
 }
 
@@ -100,17 +106,45 @@ pub(super) async fn routes(
     let state = app.0.replica.state();
     // The revision moves only when a function changes, not with every
     // applied entry (job progress would wake every node).
+    let mut woke = false;
     loop {
         let applied = app.status().applied;
         let left = deadline.saturating_duration_since(Instant::now());
-        if state.routes_revision()? > query.since
-            || left.is_zero()
-            || !app.0.replica.wait_for(left, |s| s.applied > applied).await
-        {
+        if state.routes_revision()? > query.since {
             break;
         }
+        if left.is_zero() || !app.0.replica.wait_for(left, |s| s.applied > applied).await {
+            break;
+        }
+        woke = true;
+    }
+    if woke && query.since != 0 {
+        // A burst of changes (a script deploying many functions) becomes
+        // one table per node, not one per change.
+        tokio::time::sleep(ROUTES_SETTLE).await;
     }
     let revision = state.routes_revision()?;
+    let cached = app.0.route_table.lock().map_err(poisoned)?.clone();
+    let body = match cached {
+        Some((at, body)) if at == revision => body,
+        _ => {
+            let body = axum::body::Bytes::from(
+                serde_json::to_vec(&route_table(&app, revision)?)
+                    .map_err(|e| Failure::internal(format!("encoding the route table: {e}")))?,
+            );
+            *app.0.route_table.lock().map_err(poisoned)? = Some((revision, body.clone()));
+            body
+        }
+    };
+    Ok(axum::response::IntoResponse::into_response(([(axum::http::header::CONTENT_TYPE, "application/json")], body)))
+}
+
+/// How long a route-table poll woken by a change waits for more.
+const ROUTES_SETTLE: Duration = Duration::from_millis(25);
+
+/// The route table as of `revision`: built once per revision, whoever asks.
+fn route_table(app: &App, revision: u64) -> Answer<RouteTable> {
+    let state = app.0.replica.state();
     let tenants = state.tenants()?;
     let refused = gpu_refusals(&tenants);
     let routes = state
@@ -130,13 +164,15 @@ pub(super) async fn routes(
                 config: v.spec.config.clone(),
                 gpu: v.spec.gpu,
                 public: v.spec.public,
+                nodes: f.placement.clone(),
             })
         })
         .collect();
     let mut grants = vec![Grant { sha256: app.0.admin_hash.clone(), tenant: None, role: Role::Admin }];
     grants.extend(state.tokens()?.into_iter().map(|t| Grant { sha256: t.sha256, tenant: t.tenant, role: t.role }));
     let concurrency = tenants.into_iter().filter_map(|t| Some((t.name, t.quotas.concurrency?))).collect();
-    Ok(json(StatusCode::OK, &RouteTable { revision, routes, grants, concurrency }))
+    let nodes = state.nodes()?.into_iter().map(|n| (n.id, n.address)).collect();
+    Ok(RouteTable { revision, routes, grants, concurrency, nodes })
 }
 
 /// Why each tenant that used its GPU quota has its `gpu` calls refused.

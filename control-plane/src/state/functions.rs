@@ -22,20 +22,29 @@ pub(super) fn apply(tx: &Tx<'_>, command: &Command) -> ConflictableTransactionRe
             }
             Ok(Applied::ModuleStored { sha256: sha256.clone(), existed })
         }
-        Command::Deploy { tenant, name, module, spec } => {
+        Command::Deploy { tenant, name, module, spec, placement } => {
             if modules.get(module.as_bytes())?.is_none() || access.get(owner_key(tenant, module))?.is_none() {
                 return Ok(Err(StateError::ModuleNotFound { sha256: module.clone() }));
             }
             let key = function_key(tenant, name);
             let mut head = match functions.get(&key)? {
                 Some(v) => decode::<FunctionRecord>(&v).map_err(abort)?,
-                None => FunctionRecord { tenant: tenant.clone(), name: name.clone(), active: 0, latest: 0 },
+                None => FunctionRecord {
+                    tenant: tenant.clone(),
+                    name: name.clone(),
+                    active: 0,
+                    latest: 0,
+                    placement: Vec::new(),
+                },
             };
             let version = head.latest + 1;
             let record = Version { version, module: module.clone(), spec: spec.clone(), created_at: index };
             versions.insert(version_key(tenant, name, version), encode(&record).map_err(abort)?)?;
             head.active = version;
             head.latest = version;
+            if let Some(nodes) = placement {
+                head.placement = nodes.clone();
+            }
             functions.insert(key, encode(&head).map_err(abort)?)?;
             Ok(Applied::Deployed { version })
         }
@@ -62,6 +71,16 @@ pub(super) fn apply(tx: &Tx<'_>, command: &Command) -> ConflictableTransactionRe
                 versions.remove(version_key(tenant, name, version))?;
             }
             Ok(Applied::Deleted)
+        }
+        Command::Place { changes } => {
+            for change in changes {
+                let key = function_key(&change.tenant, &change.name);
+                let Some(v) = functions.get(&key)? else { continue };
+                let mut head = decode::<FunctionRecord>(&v).map_err(abort)?;
+                head.placement = change.nodes.clone();
+                functions.insert(key, encode(&head).map_err(abort)?)?;
+            }
+            Ok(Applied::Placed)
         }
         Command::RegisterNode { id, address } => {
             let record = NodeRecord { id: id.clone(), address: address.clone(), registered_at: index };

@@ -194,7 +194,13 @@ impl State {
             let (key, value) = kv?;
             let Ok(old) = serde_json::from_slice::<InlineFunction>(&value) else { continue };
             let latest = old.versions.iter().map(|v| v.version).max().unwrap_or(0);
-            let head = FunctionRecord { tenant: old.tenant, name: old.name, active: old.active, latest };
+            let head = FunctionRecord {
+                tenant: old.tenant,
+                name: old.name,
+                active: old.active,
+                latest,
+                placement: Vec::new(),
+            };
             let head_bytes = encode(&head)?;
             let records = old
                 .versions
@@ -286,6 +292,7 @@ impl State {
                     | Command::Deploy { .. }
                     | Command::Rollback { .. }
                     | Command::Delete { .. }
+                    | Command::Place { .. }
                     | Command::RegisterNode { .. } => functions::apply(&tx, command),
                     Command::Job(command) => Ok(jobs::apply(&jobs::Trees { jobs, plans, tasks }, index, command)?),
                     Command::CreateTenant { .. }
@@ -469,6 +476,18 @@ impl State {
         self.functions.iter().map(|kv| self.read_function(&kv?.1)).collect()
     }
 
+    /// Where every function is placed: (tenant, name, nodes), from their
+    /// head records alone.
+    pub fn placements(&self) -> Result<Vec<(String, String, Vec<String>)>> {
+        self.functions
+            .iter()
+            .map(|kv| {
+                let head: FunctionRecord = decode(&kv?.1)?;
+                Ok((head.tenant, head.name, head.placement))
+            })
+            .collect()
+    }
+
     /// Every version of a function, oldest first (none for an unknown one).
     pub fn versions(&self, tenant: &str, name: &str) -> Result<Vec<Version>> {
         let prefix = format!("{tenant}/{name}/");
@@ -477,12 +496,12 @@ impl State {
 
     /// A function's head record, with its active version.
     fn read_function(&self, head: &[u8]) -> Result<Function> {
-        let FunctionRecord { tenant, name, active, latest } = decode(head)?;
+        let FunctionRecord { tenant, name, active, latest, placement } = decode(head)?;
         let current = match self.versions.get(version_key(&tenant, &name, active))? {
             Some(v) => Some(decode(&v)?),
             None => None,
         };
-        Ok(Function { tenant, name, active, latest, current })
+        Ok(Function { tenant, name, active, latest, current, placement })
     }
 
     /// Every registered node, by id.

@@ -34,6 +34,10 @@ pub struct FunctionSpec {
     /// Whether the gateways serve it without a token.
     #[serde(default)]
     pub public: bool,
+    /// On how many nodes it is placed. Versions from releases before
+    /// placement read as `all`, as they ran.
+    #[serde(default)]
+    pub replicas: wasmgrid_api::Replicas,
 }
 
 /// One immutable version of a function.
@@ -64,6 +68,8 @@ pub struct Function {
     pub latest: u64,
     /// The active version.
     pub current: Option<Version>,
+    /// The nodes it is placed on (empty: not placed, every node loads it).
+    pub placement: Vec<String>,
 }
 
 /// What the state stores for a function: its head. A deploy writes one
@@ -75,6 +81,9 @@ pub(crate) struct FunctionRecord {
     pub(crate) name: String,
     pub(crate) active: u64,
     pub(crate) latest: u64,
+    /// The nodes it is placed on, by id; kept across versions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) placement: Vec<String>,
 }
 
 /// How a function was stored before versions had records of their own:
@@ -120,6 +129,9 @@ pub enum Command {
         module: String,
         /// How it runs.
         spec: FunctionSpec,
+        /// The nodes it is placed on from now on (none: as it was).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        placement: Option<Vec<String>>,
     },
     /// Makes an earlier version active again.
     Rollback {
@@ -136,6 +148,12 @@ pub enum Command {
         tenant: String,
         /// The function.
         name: String,
+    },
+    /// Places functions on nodes: each listed function's nodes become
+    /// those given (a function removed meanwhile is skipped).
+    Place {
+        /// The new placements.
+        changes: Vec<Placement>,
     },
     /// Adds a node to the registry, or records its new address.
     RegisterNode {
@@ -198,6 +216,17 @@ pub enum Command {
     },
 }
 
+/// Where one function is placed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// The tenant.
+    pub tenant: String,
+    /// The function.
+    pub name: String,
+    /// The node ids, sorted.
+    pub nodes: Vec<String>,
+}
+
 /// A tenant in the state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantRecord {
@@ -251,6 +280,8 @@ impl Command {
         matches!(
             self,
             Command::Deploy { .. }
+                | Command::Place { .. }
+                | Command::RegisterNode { .. }
                 | Command::Rollback { .. }
                 | Command::Delete { .. }
                 | Command::DeleteTenant { .. }
@@ -319,13 +350,17 @@ pub(super) fn precheck(command: &Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Deploy { tenant, name, .. }
-        | Command::Rollback { tenant, name, .. }
-        | Command::Delete { tenant, name } => {
+        Command::Deploy { tenant, name, placement, .. } => {
+            validate_name(tenant)?;
+            validate_name(name)?;
+            placement.iter().flatten().try_for_each(|id| validate_name(id))
+        }
+        Command::Rollback { tenant, name, .. } | Command::Delete { tenant, name } => {
             validate_name(tenant)?;
             validate_name(name)
         }
         Command::RegisterNode { id, .. } => validate_name(id),
+        Command::Place { changes } => changes.iter().flat_map(|c| &c.nodes).try_for_each(|id| validate_name(id)),
         Command::CreateTenant { name, .. }
         | Command::DeleteTenant { name }
         | Command::SetQuotas { name, .. }

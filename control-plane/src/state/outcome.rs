@@ -120,6 +120,8 @@ pub enum Applied {
     Deleted,
     /// The node is in the registry.
     NodeRegistered,
+    /// Functions were placed.
+    Placed,
     /// A job was created.
     JobSubmitted {
         /// Its id.

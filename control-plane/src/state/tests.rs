@@ -11,6 +11,7 @@ fn spec() -> FunctionSpec {
         config: BTreeMap::new(),
         gpu: Default::default(),
         public: false,
+        replicas: Default::default(),
     }
 }
 
@@ -23,7 +24,13 @@ fn put_for(tenant: &str, bytes: &[u8]) -> Command {
 }
 
 fn deploy(name: &str, bytes: &[u8]) -> Command {
-    Command::Deploy { tenant: DEFAULT_TENANT.into(), name: name.into(), module: sha256_hex(bytes), spec: spec() }
+    Command::Deploy {
+        tenant: DEFAULT_TENANT.into(),
+        name: name.into(),
+        module: sha256_hex(bytes),
+        spec: spec(),
+        placement: None,
+    }
 }
 
 #[test]
@@ -178,6 +185,7 @@ fn tenants_own_their_uploads_and_removing_one_removes_what_it_owned() -> Result<
         name: name.into(),
         module: sha256_hex(bytes),
         spec: spec(),
+        placement: None,
     };
     assert!(matches!(s.apply(1, &put_for("acme", b"m")), Err(StateError::TenantNotFound { .. })));
     s.apply(2, &Command::CreateTenant { name: "acme".into(), quotas: Quotas::default() })?;

@@ -34,9 +34,12 @@ pub(crate) async fn ready(State(gateway): State<Arc<Gateway>>) -> Answer<Json<se
 /// `GET /v1/routes`: the route table served here, for the admin and nodes.
 pub(crate) async fn served_routes(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Answer<Json<RouteTable>> {
     gateway.operator(&headers)?;
+    // Those it holds and those it forwards: every function it answers.
     let mut routes: Vec<Route> = gateway.table().values().map(|s| s.route.clone()).collect();
+    routes.extend(gateway.remotes().values().map(|r| r.route.clone()));
     routes.sort_by(|a, b| (&a.tenant, &a.name).cmp(&(&b.tenant, &b.name)));
-    Ok(Json(RouteTable { revision: gateway.revision(), routes, grants: Vec::new(), concurrency: BTreeMap::new() }))
+    let revision = gateway.revision();
+    Ok(Json(RouteTable { revision, routes, grants: Vec::new(), concurrency: BTreeMap::new(), nodes: BTreeMap::new() }))
 }
 
 /// The latest calls' logs of `tenant/name` on this node: for the admin,

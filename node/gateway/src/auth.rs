@@ -5,7 +5,7 @@
 use axum::http::{HeaderMap, StatusCode, header};
 use wasmgrid_api::{Answer, Failure, Grant, Role, bearer_token, token_hash};
 
-use crate::{Gateway, Served, not_deployed_message};
+use crate::{Gateway, not_deployed_message};
 
 impl Gateway {
     /// Checks what the request's token grants with `check`; the 401 to
@@ -40,17 +40,11 @@ impl Gateway {
         })
     }
 
-    /// Whether the caller may call `tenant/name` (served here as `served`);
-    /// the answer to give when not. Someone else's function, deployed or
-    /// not, is a 404 like any unknown name.
-    pub(crate) fn authorize(
-        &self,
-        headers: &HeaderMap,
-        tenant: &str,
-        name: &str,
-        served: Option<&Served>,
-    ) -> Answer<()> {
-        if served.is_some_and(|s| s.route.public) {
+    /// Whether the caller may call `tenant/name` (deployed `public` or
+    /// not); the answer to give when not. Someone else's function, deployed
+    /// or not, is a 404 like any unknown name.
+    pub(crate) fn authorize(&self, headers: &HeaderMap, tenant: &str, name: &str, public: bool) -> Answer<()> {
+        if public {
             return Ok(());
         }
         self.with_grant(headers, |grant| {

@@ -49,7 +49,7 @@ pub(crate) async fn open<'a>(
     kind: Kind,
     request: axum::extract::Request,
 ) -> Answer<Opened<'a>> {
-    gateway.authorize(request.headers(), tenant, name, served.map(|s| &**s))?;
+    gateway.authorize(request.headers(), tenant, name, served.is_some_and(|s| s.route.public))?;
     let served = served.ok_or_else(|| not_served(gateway, tenant, name))?;
     let actual = served.function.kind();
     if actual != kind {
@@ -96,6 +96,11 @@ pub(crate) async fn invoke(
     let mut bytes_in = 0;
     // One clone of the pointer: this call is served by this table's version.
     let served = gateway.lookup(&tenant, &name);
+    if served.is_none()
+        && let Some(remote) = gateway.remote(&tenant, &name)
+    {
+        return crate::forward::forward(&gateway, &remote, request).await;
+    }
     // A span for traces (disabled, and free, without an exporter), in the
     // caller's trace when it sent a `traceparent`.
     let span = tracing::trace_span!(

@@ -23,7 +23,7 @@ use crate::Gateway;
 /// One function's metric series, looked up once when a version is made
 /// ready: each is a handle on the series in the registry, so a call counts
 /// itself without a lookup by labels.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Series {
     pub(crate) latency: Histogram,
     /// Requests answered 200.
@@ -135,8 +135,16 @@ pub(crate) struct Metrics {
     pub(crate) gpu_seconds: Family<FunctionLabels, GpuSeconds>,
     pub(crate) slots_running: Gauge,
     pub(crate) slots_waiting: Gauge,
+    /// Calls sent on to the node holding their function.
+    pub(crate) forwarded: Family<FunctionLabels, Counter>,
+    /// Function versions held here, and placed elsewhere.
+    pub(crate) held: Gauge,
+    pub(crate) placed_elsewhere: Gauge,
     /// The runtime's own counters, copied in at each scrape.
     pub(crate) inits: Counter,
+    pub(crate) loads: Counter,
+    pub(crate) evictions: Counter,
+    pub(crate) code_cache_bytes: Gauge,
     pub(crate) compiles: Counter,
 }
 
@@ -161,6 +169,35 @@ impl Metrics {
             "Calls waiting for one of the node's call slots",
             slots_waiting.clone(),
         );
+        let forwarded = Family::<FunctionLabels, Counter>::default();
+        registry.register(
+            "forwarded_calls",
+            "Calls of functions placed on other nodes, sent on to one of them",
+            forwarded.clone(),
+        );
+        let (held, placed_elsewhere) = (Gauge::default(), Gauge::default());
+        registry.register("functions_held", "Functions this node loads and serves itself", held.clone());
+        registry.register(
+            "functions_placed_elsewhere",
+            "Functions whose calls this node forwards to the nodes they are placed on",
+            placed_elsewhere.clone(),
+        );
+        let (loads, evictions, code_cache_bytes) = (Counter::default(), Counter::default(), Gauge::default());
+        registry.register(
+            "function_loads",
+            "Function versions loaded (compiled, or from the compiled cache)",
+            loads.clone(),
+        );
+        registry.register(
+            "code_cache_evictions",
+            "Loaded function versions evicted by the code cache budget",
+            evictions.clone(),
+        );
+        registry.register(
+            "code_cache_bytes",
+            "Compiled code of the function versions loaded now",
+            code_cache_bytes.clone(),
+        );
         let (inits, compiles) = (Counter::default(), Counter::default());
         registry.register("function_inits", "Function versions whose `init` this node ran", inits.clone());
         registry.register("components_compiled", "Components this node compiled (cache misses)", compiles.clone());
@@ -173,7 +210,13 @@ impl Metrics {
             gpu_seconds,
             slots_running,
             slots_waiting,
+            forwarded,
+            held,
+            placed_elsewhere,
             inits,
+            loads,
+            evictions,
+            code_cache_bytes,
             compiles,
         }
     }
@@ -269,6 +312,12 @@ pub(crate) async fn metrics(State(gateway): State<Arc<Gateway>>, headers: Header
     let stats = gateway.runtime.stats();
     gateway.metrics.inits.inner().store(stats.inits, Ordering::Relaxed);
     gateway.metrics.compiles.inner().store(stats.compiled, Ordering::Relaxed);
+    let code = gateway.runtime.code_cache();
+    gateway.metrics.loads.inner().store(code.loads, Ordering::Relaxed);
+    gateway.metrics.evictions.inner().store(code.evictions, Ordering::Relaxed);
+    gateway.metrics.code_cache_bytes.set(code.bytes as i64);
+    gateway.metrics.held.set(gateway.table().len() as i64);
+    gateway.metrics.placed_elsewhere.set(gateway.remotes().len() as i64);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &gateway.metrics.registry)
         .map_err(|e| Failure::internal(format!("encoding metrics: {e}")))?;

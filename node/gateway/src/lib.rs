@@ -40,6 +40,7 @@ mod admission;
 mod auth;
 mod codec;
 pub mod fair;
+mod forward;
 mod handler;
 mod instrument;
 mod served;
@@ -61,9 +62,10 @@ use wasmgrid_runtime::{Function, Runtime};
 
 pub use codec::{ARROW_STREAM, decode_body};
 use fair::FairSlots;
+pub use forward::{FORWARDED_HEADER, Remote, Remotes};
 use instrument::{FunctionLabels, Meter, Metrics, Series, StatusLabels};
 use served::{CallCost, Gate, inline_slots};
-pub use served::{Served, limits};
+pub use served::{Reload, Served, limits};
 
 /// How the gateway admits calls.
 #[derive(Debug, Clone)]
@@ -123,6 +125,10 @@ pub struct Gateway {
     runtime: Arc<Runtime>,
     config: GatewayConfig,
     table: RwLock<Arc<Table>>,
+    /// Functions placed on other nodes: their calls are forwarded there.
+    remotes: RwLock<Arc<Remotes>>,
+    /// Where forwarded calls go out.
+    forwarder: reqwest::Client,
     /// The tokens accepted, by hash: from the latest route table, as soon
     /// as it arrives (before its functions are ready). `None` until the
     /// first table.
@@ -163,6 +169,8 @@ impl Gateway {
         Arc::new(Gateway {
             runtime,
             table: RwLock::new(Arc::new(Table::new())),
+            remotes: RwLock::new(Arc::new(Remotes::new())),
+            forwarder: forward::client(),
             grants: RwLock::new(None),
             failed: RwLock::new(Arc::new(Failed::new())),
             shares: Mutex::new(HashMap::new()),
@@ -212,8 +220,9 @@ impl Gateway {
             .with_state(self.clone())
     }
 
-    /// A loaded function made ready to serve `route`.
-    pub fn serve(&self, route: Route, function: Arc<Function>) -> Served {
+    /// A loaded function made ready to serve `route`; `reload` loads it
+    /// again when the code cache evicted it.
+    pub fn serve(&self, route: Route, function: Arc<Function>, reload: Reload) -> Served {
         let limits = limits(&route);
         let key = (route.tenant.clone(), route.name.clone());
         let slots = self.config.max_concurrency;
@@ -236,6 +245,7 @@ impl Gateway {
         };
         let tenant = Arc::from(route.tenant.as_str());
         let cost = CallCost::new();
+        let function = served::Held::new(&function, reload);
         Served { route, function, limits, config, gate, cost, meter, series, tenant }
     }
 
@@ -261,11 +271,20 @@ impl Gateway {
         }
     }
 
-    /// Serves `table` from now on (one pointer swap) at `revision`; calls
-    /// of a function in `failed` are told why it cannot run here.
-    pub fn install(&self, table: Table, failed: Failed, revision: u64) {
+    /// The functions placed on other nodes.
+    pub fn remotes(&self) -> Arc<Remotes> {
+        self.remotes.read().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Serves `table` from now on (one pointer swap) at `revision`,
+    /// forwarding the calls of `remotes`; calls of a function in `failed`
+    /// are told why it cannot run here.
+    pub fn install(&self, table: Table, remotes: Remotes, failed: Failed, revision: u64) {
         if let Ok(mut f) = self.failed.write() {
             *f = Arc::new(failed);
+        }
+        if let Ok(mut r) = self.remotes.write() {
+            *r = Arc::new(remotes);
         }
         if let Ok(mut t) = self.table.write() {
             *t = Arc::new(table);
@@ -293,6 +312,11 @@ impl Gateway {
     /// The version of `tenant/name` this node serves.
     fn lookup(&self, tenant: &str, name: &str) -> Option<Arc<Served>> {
         self.table.read().ok()?.get(&Name(tenant, name)).cloned()
+    }
+
+    /// Where `tenant/name` is served, when other nodes hold it.
+    fn remote(&self, tenant: &str, name: &str) -> Option<Arc<Remote>> {
+        self.remotes.read().ok()?.get(&Name(tenant, name)).cloned()
     }
 }
 

@@ -3,14 +3,14 @@
 //! connection's thread, or on the blocking pool).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use wasmgrid_api::{CallLog, Route};
 use wasmgrid_runtime::logs::now_ms;
-use wasmgrid_runtime::{Error, Function, Instance, Limits};
+use wasmgrid_runtime::{Error, Function, Instance, Kind, Limits};
 
 use crate::instrument::{Meter, Series};
 
@@ -39,11 +39,61 @@ pub fn limits(route: &Route) -> Limits {
     }
 }
 
+/// Loads a function version again after the code cache evicted it.
+pub type Reload = Arc<dyn Fn() -> Result<Arc<Function>, Error> + Send + Sync>;
+
+/// A served version's function: held by the runtime's code cache, not
+/// here, so an evicted one is freed and loaded again on its next call.
+pub(crate) struct Held {
+    kind: Kind,
+    function: RwLock<Weak<Function>>,
+    reload: Reload,
+}
+
+impl Held {
+    pub(crate) fn new(function: &Arc<Function>, reload: Reload) -> Held {
+        Held { kind: function.kind(), function: RwLock::new(Arc::downgrade(function)), reload }
+    }
+
+    /// Another handle on the same function.
+    fn share(&self) -> Held {
+        let function = self.function.read().map(|f| f.clone()).unwrap_or_default();
+        Held { kind: self.kind, function: RwLock::new(function), reload: self.reload.clone() }
+    }
+
+    /// Its world.
+    pub(crate) fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The function, loaded again if it was evicted.
+    pub(crate) fn get(&self) -> Result<Arc<Function>, Error> {
+        if let Some(function) = self.function.read().ok().and_then(|f| f.upgrade()) {
+            return Ok(function);
+        }
+        let function = (self.reload)()?;
+        if let Ok(mut held) = self.function.write() {
+            *held = Arc::downgrade(&function);
+        }
+        Ok(function)
+    }
+
+    /// A fresh instance (see [`Function::instantiate`]).
+    pub(crate) fn instantiate(
+        &self,
+        limits: &Limits,
+        config: Arc<BTreeMap<String, String>>,
+        io: wasmgrid_runtime::Io,
+    ) -> Result<Instance, Error> {
+        self.get()?.instantiate(limits, config, io)
+    }
+}
+
 /// One function version, ready to serve.
 pub struct Served {
     /// What the control plane says to serve.
     pub route: Route,
-    pub(crate) function: Arc<Function>,
+    pub(crate) function: Held,
     pub(crate) limits: Limits,
     pub(crate) config: Arc<BTreeMap<String, String>>,
     pub(crate) gate: Arc<Gate>,
@@ -99,6 +149,22 @@ impl CallCost {
 }
 
 impl Served {
+    /// The same version serving `route`, which differs from its own only
+    /// in where it is placed: nothing is loaded again.
+    pub fn placed_anew(&self, route: Route) -> Served {
+        Served {
+            route,
+            function: self.function.share(),
+            limits: self.limits.clone(),
+            config: self.config.clone(),
+            gate: self.gate.clone(),
+            cost: CallCost(AtomicU32::new(self.cost.0.load(Ordering::Relaxed))),
+            meter: self.meter.clone(),
+            series: self.series.clone(),
+            tenant: self.tenant.clone(),
+        }
+    }
+
     /// Ends a call's instance: charges its GPU time and keeps what it
     /// logged (and wrote to stdout and stderr), if anything, with its error.
     pub(crate) fn settle(&self, instance: Instance, error: Option<&Error>) {

@@ -44,6 +44,11 @@ async fn http_call(
     let started = Instant::now();
     let bytes_in = http_body::Body::size_hint(request.body()).exact().unwrap_or(0);
     let served = gateway.lookup(&tenant, &name);
+    if served.is_none()
+        && let Some(remote) = gateway.remote(&tenant, &name)
+    {
+        return crate::forward::forward(&gateway, &remote, request).await;
+    }
     let response = http_answer(&gateway, (&tenant, &name), served.as_ref(), rest, request)
         .await
         .unwrap_or_else(IntoResponse::into_response);

@@ -37,6 +37,11 @@ pub struct Function {
     pub(crate) tick: Duration,
     pub(crate) fuel: bool,
     pub(crate) gpu: wasmgrid_gpu::SharedGpu,
+    /// Its compiled code's size in bytes, as the code cache counts it.
+    pub(crate) size: u64,
+    /// The runtime's clock when it was last instantiated.
+    pub(crate) last_used: std::sync::atomic::AtomicU64,
+    pub(crate) clock: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Function {
@@ -111,6 +116,16 @@ impl Function {
         self.kind
     }
 
+    /// Marks it used now, for the code cache.
+    pub(crate) fn touch(&self) {
+        self.last_used.store(self.clock.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// Its compiled code's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
     /// The sha256 of the component's bytes.
     pub fn sha256(&self) -> &str {
         &self.sha256
@@ -124,6 +139,7 @@ impl Function {
 
     /// A fresh instance with `limits`, `config` and `io`.
     pub fn instantiate(&self, limits: &Limits, config: Arc<BTreeMap<String, String>>, io: Io) -> Result<Instance> {
+        self.touch();
         let mut store = new_store(&self.engine, &self.gpu, limits, config, io);
         arm(&mut store, limits, self.tick, self.fuel)?;
         let exports = match &self.pre {

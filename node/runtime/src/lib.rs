@@ -92,6 +92,10 @@ pub struct RuntimeConfig {
     pub epoch_tick: Duration,
     /// The device `gpu` calls run on.
     pub gpu: wasmgrid_gpu::SharedGpu,
+    /// Most compiled code (and `init` images) kept loaded, in bytes: past
+    /// it, the function versions used least recently are evicted, and
+    /// loaded again (from the compiled cache) when next called.
+    pub code_cache: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -107,6 +111,7 @@ impl Default for RuntimeConfig {
             max_memory: 4 << 30,
             epoch_tick: Duration::from_millis(1),
             gpu: wasmgrid_gpu::SharedGpu::default(),
+            code_cache: DEFAULT_CODE_CACHE,
         }
     }
 }
@@ -175,6 +180,9 @@ impl Kind {
     }
 }
 
+/// [`RuntimeConfig::code_cache`] unless set: 2 GiB.
+pub const DEFAULT_CODE_CACHE: u64 = 2 << 30;
+
 /// Counters of what the runtime did, for tests and metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RuntimeStats {
@@ -186,6 +194,17 @@ pub struct RuntimeStats {
     pub cache_rejected: u64,
     /// Function versions whose `init` this runtime ran.
     pub inits: u64,
+}
+
+/// What the code cache holds and did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CodeCacheStats {
+    /// Functions and versions loaded (compiled, or read from the compiled cache).
+    pub loads: u64,
+    /// Loaded ones evicted by the budget.
+    pub evictions: u64,
+    /// Compiled code of those loaded now, in bytes.
+    pub bytes: u64,
 }
 
 /// One engine, linker and compiled-component cache per process.
@@ -206,6 +225,10 @@ pub struct Runtime {
     cache_hits: AtomicU64,
     cache_rejected: AtomicU64,
     inits: AtomicU64,
+    loads: AtomicU64,
+    evictions: AtomicU64,
+    /// Ticks of the epoch thread: when a function was last used.
+    clock: Arc<AtomicU64>,
     /// `init`s running at once: a share of the instance slots, so a burst
     /// of deploys waits its turn instead of failing for want of a slot.
     init_slots: Slots,
@@ -279,16 +302,19 @@ impl Runtime {
         };
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
+        let clock = Arc::new(AtomicU64::new(0));
         {
             let engine = engine.clone();
             let stop = ticker_stop.clone();
             let tick = config.epoch_tick;
+            let clock = clock.clone();
             std::thread::Builder::new()
                 .name("wasmgrid-epoch".into())
                 .spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(tick);
                         engine.increment_epoch();
+                        clock.fetch_add(1, Ordering::Relaxed);
                     }
                 })
                 .map_err(|e| Error::Runtime(format!("starting the epoch ticker: {e}")))?;
@@ -308,6 +334,9 @@ impl Runtime {
             cache_hits: AtomicU64::new(0),
             cache_rejected: AtomicU64::new(0),
             inits: AtomicU64::new(0),
+            loads: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            clock,
             ticker_stop,
         })
     }
@@ -324,6 +353,15 @@ impl Runtime {
             cache_hits: self.cache_hits.load(Ordering::Relaxed),
             cache_rejected: self.cache_rejected.load(Ordering::Relaxed),
             inits: self.inits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// What the code cache holds and did.
+    pub fn code_cache(&self) -> CodeCacheStats {
+        CodeCacheStats {
+            loads: self.loads.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            bytes: self.loaded.lock().map_or(0, |l| l.values().map(|f| f.size).sum()),
         }
     }
 
@@ -422,8 +460,41 @@ impl Runtime {
 
     /// The function under `key`, made by `make` unless it is loaded already;
     /// concurrent callers for one key make it once.
+    /// A function made here counts against the code cache budget: those
+    /// used least recently are evicted past it.
     fn load_once(&self, key: &str, make: impl FnOnce() -> Result<Function>) -> Result<Arc<Function>> {
-        self.make_once(&self.loaded, key, key, || make().map(Arc::new))
+        let mut made = false;
+        let function = self.make_once(&self.loaded, key, key, || {
+            made = true;
+            make().map(Arc::new)
+        })?;
+        if made {
+            self.loads.fetch_add(1, Ordering::Relaxed);
+            function.touch();
+            self.evict_past_budget(key)?;
+        }
+        Ok(function)
+    }
+
+    /// Evicts the functions used least recently, but `keep`, until those
+    /// loaded fit the code cache budget. Calls running an evicted one
+    /// finish (they hold it); the next call loads it again.
+    fn evict_past_budget(&self, keep: &str) -> Result<()> {
+        let mut loaded = self.loaded.lock().map_err(poisoned)?;
+        let mut total: u64 = loaded.values().map(|f| f.size).sum();
+        while total > self.config.code_cache {
+            let victim = loaded
+                .iter()
+                .filter(|(key, _)| key.as_str() != keep)
+                .min_by_key(|(_, f)| f.last_used.load(Ordering::Relaxed))
+                .map(|(key, f)| (key.clone(), f.size));
+            let Some((key, size)) = victim else { break };
+            loaded.remove(&key);
+            total -= size;
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(key, size, "evicted from the code cache");
+        }
+        Ok(())
     }
 
     /// The value under `key` in `made`, made by `make` unless it is there
@@ -593,7 +664,11 @@ impl Runtime {
             }
             Kind::Http => Pre::Http(wasmtime_wasi_http::p2::bindings::sync::ProxyPre::new(pre).map_err(world)?),
         };
+        let image = component.image_range();
         Ok(Function {
+            size: (image.end as usize).saturating_sub(image.start as usize) as u64,
+            last_used: AtomicU64::new(0),
+            clock: self.clock.clone(),
             kind,
             sha256,
             has_init,

@@ -13,8 +13,11 @@ use wasmgrid_runtime::{Io, RuntimeStats};
 use wasmgrid_test_artifacts as guests;
 
 fn runtime(cache: Option<&Path>) -> Runtime {
-    let config = RuntimeConfig { cache_dir: cache.map(Path::to_path_buf), instance_slots: 4, ..Default::default() };
-    Runtime::new(config).expect("runtime starts")
+    Runtime::new(base_config(cache)).expect("runtime starts")
+}
+
+fn base_config(cache: Option<&Path>) -> RuntimeConfig {
+    RuntimeConfig { cache_dir: cache.map(Path::to_path_buf), instance_slots: 4, ..Default::default() }
 }
 
 fn config(pairs: &[(&str, &str)]) -> Arc<BTreeMap<String, String>> {
@@ -69,11 +72,57 @@ fn the_initialised_image_is_kept_in_the_compiled_cache() {
     let seven = config(&[("start", "7")]);
     let first = runtime(Some(dir.path()));
     assert_eq!(call(&first, &seven), (7.0, 1.0, 0.0));
-    assert_eq!(first.stats(), RuntimeStats { compiled: 2, cache_hits: 0, cache_rejected: 0, inits: 1 });
+    assert_eq!(counts(first.stats()), (2, 0, 0, 1));
     drop(first);
     let second = runtime(Some(dir.path()));
     assert_eq!(call(&second, &seven), (7.0, 1.0, 0.0));
-    assert_eq!(second.stats(), RuntimeStats { compiled: 0, cache_hits: 1, cache_rejected: 0, inits: 0 });
+    assert_eq!(counts(second.stats()), (0, 1, 0, 0));
+}
+
+/// (compiled, cache hits, cache entries rejected, inits).
+fn counts(s: RuntimeStats) -> (u64, u64, u64, u64) {
+    (s.compiled, s.cache_hits, s.cache_rejected, s.inits)
+}
+
+#[test]
+fn past_the_code_cache_budget_the_least_recently_used_version_goes_and_comes_back_from_the_cache() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Room for about one version.
+    let config = RuntimeConfig { code_cache: 1, ..base_config(Some(dir.path())) };
+    let rt = Runtime::new(config).expect("runtime starts");
+    let (seven, eight) = (config_of("7"), config_of("8"));
+    assert_eq!(call(&rt, &seven), (7.0, 1.0, 0.0));
+    let one = rt.code_cache();
+    assert!(one.bytes > 0);
+    assert_eq!((one.loads, one.evictions), (1, 0));
+    assert_eq!(call(&rt, &eight), (8.0, 1.0, 0.0));
+    // The newest stays, however large; the other was evicted.
+    let two = rt.code_cache();
+    assert_eq!((two.loads, two.evictions), (2, 1));
+    assert!(rt.loaded_version(&sha256(&bytes()), &seven).is_none());
+    let compiled = rt.stats().compiled;
+    // Seven again: loaded from the compiled cache, `init` not run again.
+    assert_eq!(call(&rt, &seven), (7.0, 1.0, 0.0));
+    let three = rt.code_cache();
+    assert_eq!((three.loads, three.evictions), (3, 2));
+    assert_eq!(counts(rt.stats()), (compiled, 1, 0, 2));
+
+    // With room for both, nothing is evicted.
+    let roomy = Runtime::new(base_config(Some(dir.path()))).expect("runtime starts");
+    for _ in 0..3 {
+        call(&roomy, &seven);
+        call(&roomy, &eight);
+    }
+    assert_eq!((roomy.code_cache().loads, roomy.code_cache().evictions), (2, 0));
+}
+
+fn config_of(start: &str) -> Arc<BTreeMap<String, String>> {
+    config(&[("start", start)])
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 #[test]

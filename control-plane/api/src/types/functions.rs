@@ -45,6 +45,83 @@ impl GpuPlacement {
     }
 }
 
+/// On how many nodes a function is placed: those load it and answer its
+/// calls; every other node's gateway forwards them there. Written as a
+/// number or `all`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "ReplicasText", into = "ReplicasText")]
+pub enum Replicas {
+    /// Every node.
+    #[default]
+    All,
+    /// This many nodes (at least 1), or every node where there are fewer.
+    Count(u32),
+}
+
+/// What a deploy that does not say gets.
+pub const DEFAULT_REPLICAS: Replicas = Replicas::Count(2);
+
+impl Replicas {
+    /// The nodes wanted out of `available`.
+    pub fn of(self, available: usize) -> usize {
+        match self {
+            Replicas::All => available,
+            Replicas::Count(n) => available.min(n as usize),
+        }
+    }
+}
+
+impl std::fmt::Display for Replicas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Replicas::All => f.write_str("all"),
+            Replicas::Count(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Replicas {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "all" => Ok(Replicas::All),
+            n => match n.parse::<u32>() {
+                Ok(0) | Err(_) => Err(format!("`{s}` is not a number of nodes (1 or more) or `all`")),
+                Ok(n) => Ok(Replicas::Count(n)),
+            },
+        }
+    }
+}
+
+/// [`Replicas`] as JSON writes it: a number or `"all"`.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum ReplicasText {
+    Count(u32),
+    Word(String),
+}
+
+impl TryFrom<ReplicasText> for Replicas {
+    type Error = String;
+
+    fn try_from(text: ReplicasText) -> Result<Self, String> {
+        match text {
+            ReplicasText::Count(n) => n.to_string().parse(),
+            ReplicasText::Word(w) => w.parse(),
+        }
+    }
+}
+
+impl From<Replicas> for ReplicasText {
+    fn from(r: Replicas) -> Self {
+        match r {
+            Replicas::All => ReplicasText::Word("all".into()),
+            Replicas::Count(n) => ReplicasText::Count(n),
+        }
+    }
+}
+
 /// `POST /v1/functions/{name}/versions`: a new version of a function.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,6 +143,9 @@ pub struct DeployRequest {
     /// Whether the gateways serve it without a token.
     #[serde(default)]
     pub public: bool,
+    /// On how many nodes it is placed (default [`DEFAULT_REPLICAS`]).
+    #[serde(default)]
+    pub replicas: Option<Replicas>,
 }
 
 /// `POST /v1/functions/{name}/rollback`.
@@ -97,6 +177,9 @@ pub struct VersionInfo {
     /// Whether the gateways serve it without a token.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub public: bool,
+    /// On how many nodes it is placed.
+    #[serde(default)]
+    pub replicas: Replicas,
     /// The control plane's log index that created it.
     pub created_at: u64,
 }
@@ -129,6 +212,10 @@ pub struct FunctionSummary {
     pub kind: String,
     /// The active version's module.
     pub module: String,
+    /// The nodes it is placed on, by id (empty: not placed yet, every
+    /// node loads it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
 }
 
 /// `GET /v1/functions`.
@@ -155,4 +242,27 @@ pub struct InvokeResponse {
     pub version: u64,
     /// The input rows plus the score columns.
     pub rows: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_read_and_write_as_a_number_or_all() {
+        assert_eq!("all".parse::<Replicas>(), Ok(Replicas::All));
+        assert_eq!("3".parse::<Replicas>(), Ok(Replicas::Count(3)));
+        assert!("0".parse::<Replicas>().is_err());
+        assert!("some".parse::<Replicas>().is_err());
+        let request: DeployRequest = serde_json::from_str(r#"{"module": "m", "replicas": 2}"#).expect("a number");
+        assert_eq!(request.replicas, Some(Replicas::Count(2)));
+        let request: DeployRequest = serde_json::from_str(r#"{"module": "m", "replicas": "all"}"#).expect("all");
+        assert_eq!(request.replicas, Some(Replicas::All));
+        assert!(serde_json::from_str::<DeployRequest>(r#"{"module": "m", "replicas": 0}"#).is_err());
+        assert_eq!(serde_json::to_string(&Replicas::All).unwrap(), r#""all""#);
+        assert_eq!(serde_json::to_string(&Replicas::Count(4)).unwrap(), "4");
+        assert_eq!(Replicas::Count(2).of(5), 2);
+        assert_eq!(Replicas::Count(2).of(1), 1);
+        assert_eq!(Replicas::All.of(5), 5);
+    }
 }

@@ -80,6 +80,10 @@ pub struct Heartbeat {
     /// What each function served here used since the node started.
     #[serde(default)]
     pub usage: Vec<FunctionUsage>,
+    /// Its code cache's budget, in bytes (0 from nodes of releases before
+    /// it): functions are placed on nodes in proportion to it.
+    #[serde(default)]
+    pub code_cache: u64,
 }
 
 /// What one function's per-request calls used.
@@ -353,6 +357,26 @@ pub struct Route {
     /// Why its `gpu` calls are refused (its tenant used its GPU quota).
     #[serde(default)]
     pub gpu_refused: Option<String>,
+    /// The nodes it is placed on, by id: they load it, and every other
+    /// gateway forwards its calls to one of them. Empty: every node loads
+    /// it (a function not placed yet, or a control plane of a release
+    /// before placement).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
+}
+
+impl Route {
+    /// Whether the node `id` loads it.
+    pub fn placed_on(&self, id: &str) -> bool {
+        self.nodes.is_empty() || self.nodes.iter().any(|n| n == id)
+    }
+
+    /// Whether `other` is the same version run the same way (where it is
+    /// placed aside).
+    pub fn same_version(&self, other: &Route) -> bool {
+        let unplaced = |r: &Route| Route { nodes: Vec::new(), ..r.clone() };
+        unplaced(self) == unplaced(other)
+    }
 }
 
 /// `GET /v1/routes?since=N`: every function's active version, and the
@@ -369,4 +393,8 @@ pub struct RouteTable {
     /// The per-node call quota of each tenant that has one.
     #[serde(default)]
     pub concurrency: BTreeMap<String, u64>,
+    /// Every registered node's gateway URL, by id: where calls of a
+    /// function placed elsewhere are forwarded.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nodes: BTreeMap<String, String>,
 }
