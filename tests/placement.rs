@@ -145,7 +145,14 @@ async fn a_thousand_functions_placed_once_answer_through_every_node_and_survive_
     let forwarded: f64 = {
         let mut sum = 0.0;
         for node in &nodes {
-            let text = common::http().get(format!("{}/metrics", node.url)).send().await.unwrap().text().await.unwrap();
+            let text = common::http()
+                .get(format!("{}/metrics", node.url))
+                .send()
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("text");
             sum += text
                 .lines()
                 .filter(|l| l.starts_with("wasmgrid_forwarded_calls_total{"))

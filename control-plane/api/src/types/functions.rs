@@ -259,8 +259,8 @@ mod tests {
         let request: DeployRequest = serde_json::from_str(r#"{"module": "m", "replicas": "all"}"#).expect("all");
         assert_eq!(request.replicas, Some(Replicas::All));
         assert!(serde_json::from_str::<DeployRequest>(r#"{"module": "m", "replicas": 0}"#).is_err());
-        assert_eq!(serde_json::to_string(&Replicas::All).unwrap(), r#""all""#);
-        assert_eq!(serde_json::to_string(&Replicas::Count(4)).unwrap(), "4");
+        assert_eq!(serde_json::to_string(&Replicas::All).expect("json"), r#""all""#);
+        assert_eq!(serde_json::to_string(&Replicas::Count(4)).expect("json"), "4");
         assert_eq!(Replicas::Count(2).of(5), 2);
         assert_eq!(Replicas::Count(2).of(1), 1);
         assert_eq!(Replicas::All.of(5), 5);
