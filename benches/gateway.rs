@@ -20,7 +20,10 @@
 //!
 //! wasmgrid runs as `wasmgrid dev` (release build), and a second time as
 //! `wasmgrid dev --tls` (its HTTPS gateway is the `wasmgrid TLS` row; `TLS=off`
-//! leaves it out). Load comes from `wrk`
+//! leaves it out). A second node on the first grid, which holds none of the
+//! functions (each is placed on `dev` alone), is the `wasmgrid fwd` row: every
+//! call it takes is forwarded to `dev`'s gateway (`FORWARD=off` leaves it
+//! out). Load comes from `wrk`
 //! (throughput at 16, 32 and 64 connections, `CONNECTIONS=` to choose; a
 //! server's saturation throughput is its best of those, over `ROUNDS=2`
 //! rounds in which the servers take turns) and `hey` (latency
@@ -365,6 +368,16 @@ fn main() {
         deploy_cases(&dev.control_plane, &cases);
         dev
     });
+    // A second node on the first grid, started after the deploys (each
+    // placed on one node, `dev`): it holds nothing and forwards every call
+    // to `dev` (`FORWARD=off` to leave it out).
+    let forwarder = (std::env::var("FORWARD").as_deref() != Ok("off")).then(|| {
+        common::grid::Node::start_with(
+            &dev.control_plane,
+            &dir.join("forwarder"),
+            &["--id", "forwarder", "--gpu-mode", "off"],
+        )
+    });
     let (native, _native_thread) = start_native(&cases);
 
     let serve = match cases.iter().any(|c| c.name == "logreg-2") {
@@ -387,6 +400,9 @@ fn main() {
         ];
         if let Some(tls) = &tls {
             servers.push((TLS_SERVER, format!("{}/v1/fn/default/{}", tls.gateway, case.name), tls.pid()));
+        }
+        if let Some(node) = &forwarder {
+            servers.push((FORWARDED, format!("{}/v1/fn/default/{}", node.url, case.name), node.pid()));
         }
         if let (Some((proc, url)), "logreg-2") = (&serve, case.name) {
             servers.push(("wasmtime serve", url.clone(), proc.0.id()));
@@ -483,6 +499,14 @@ fn measure(
         );
         tls = format!("; TLS {ratio:.2}x plain, p99 {p99:+.0} µs");
     }
+    if let Some(i) = named(FORWARDED) {
+        let p99 = latencies[i].1 - latencies[0].1;
+        println!(
+            "  forwarded / direct throughput:            {:.2} (p99 at half {p99:+.0} µs; CPU/req is the forwarding node's own)",
+            throughput[i] / throughput[0]
+        );
+        tls.push_str(&format!("; forwarded {:.2}x direct, p99 {p99:+.0} µs", throughput[i] / throughput[0]));
+    }
     println!();
     format!(
         "{ratio:.2}x native ({:.0} vs {:.0} req/s), CPU/req {:.1} vs {:.1} µs, p99 gap {gap:+.0} µs{tls}",
@@ -492,6 +516,8 @@ fn measure(
 
 /// The name of the HTTPS `wasmgrid dev` in the tables.
 const TLS_SERVER: &str = "wasmgrid TLS";
+/// The name of the node that forwards every call to `dev`'s.
+const FORWARDED: &str = "wasmgrid fwd";
 
 /// Uploads and deploys every case's model on the grid at `cp`.
 fn deploy_cases(cp: &str, cases: &[Case]) {
@@ -506,6 +532,7 @@ fn deploy_cases(cp: &str, cases: &[Case]) {
                 module: module.sha256,
                 timeout_ms: Some(1000),
                 config: [("model".to_string(), case.model.clone())].into_iter().collect(),
+                replicas: Some(wasmgrid_api::Replicas::Count(1)),
                 ..Default::default()
             };
             client.deploy(case.name, &request).await.expect("deploy");

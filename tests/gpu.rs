@@ -160,7 +160,7 @@ async fn gpu_placement_per_request_and_in_a_batch_job() {
     let dir = replicas.dir.path();
     let model = model();
     let config = format!("model={model}");
-    let cpu = Node::start_with(&urls, &dir.join("node-cpu"), &["--gpu-mode", "off"]);
+    let cpu = Node::start_with(&urls, &dir.join("node-cpu"), &["--gpu-mode", "off", "--id", "cpu"]);
 
     // With no GPU node alive, a function that requires one is refused.
     let deploy = ["deploy", "mlp", guests::MLP_SCORE, "--config", &config, "--gpu", "required"];
@@ -170,7 +170,7 @@ async fn gpu_placement_per_request_and_in_a_batch_job() {
     assert_eq!(bad.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a GPU placement"));
 
-    let gpu = Node::start_with(&urls, &dir.join("node-gpu"), &["--gpu-mode", "any"]);
+    let gpu = Node::start_with(&urls, &dir.join("node-gpu"), &["--gpu-mode", "any", "--id", "gpu"]);
     let gpu_log = dir.join("node-gpu.log");
     let deadline = Instant::now() + Duration::from_secs(20);
     let has_adapter = loop {
@@ -236,26 +236,31 @@ async fn gpu_placement_per_request_and_in_a_batch_job() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_scores("per request on the GPU node", &scores_of(&on_gpu), &model, sample);
+    // The CPU node does not hold it (it is placed on the GPU node only):
+    // it forwards the call there, and the answer is the GPU node's.
     let (status, body) = post_rows(&wait_served(&cpu, "mlp"), sample).await;
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(body["error"]["code"], "no_gpu", "{body}");
-    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("requires a GPU"), "{body}");
-    // A wasi:http component that requires a GPU meets the same check.
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(scores_of(&body), scores_of(&on_gpu), "the CPU node relays the GPU node's answer");
+    let forwarded =
+        common::node_metric(&cpu.url, "wasmgrid_forwarded_calls_total{tenant=\"default\",function=\"mlp\"} ").await;
+    assert_eq!(forwarded, 1.0);
+    let placed: Value = serde_json::from_str(&common::grid_ok(&urls, &["functions", "ls", "--json"])).expect("json");
+    let mlp = placed["functions"].as_array().expect("functions").iter().find(|f| f["name"] == "mlp").expect("mlp");
+    assert_eq!(mlp["nodes"], json!(["gpu"]), "{placed}");
+    // A wasi:http component that requires a GPU is forwarded alike.
     common::grid_ok(&urls, &["deploy", "hello-gpu", guests::HTTP_HELLO, "--gpu", "required"]);
     let hello = format!("{}/v1/http/default/hello-gpu/", cpu.url);
     let deadline = Instant::now() + Duration::from_secs(20);
-    let (status, body) = loop {
+    let status = loop {
         let response = common::http().get(&hello).send().await.expect("the gateway answers");
         let status = response.status().as_u16();
-        let body: Value = response.json().await.unwrap_or_default();
         // 404 until the CPU node has the route.
         if status != 404 || Instant::now() > deadline {
-            break (status, body);
+            break status;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(body["error"]["code"], "no_gpu", "{body}");
+    assert_eq!(status, 200, "the GPU node answered through the CPU node");
 
     // The same model without the requirement runs on the CPU fallback and
     // agrees with the GPU node, row by row, and with the batch job.
@@ -269,6 +274,21 @@ async fn gpu_placement_per_request_and_in_a_batch_job() {
     let metrics =
         common::http().get(format!("{}/metrics", gpu.url)).send().await.expect("metrics").text().await.expect("text");
     assert!(metrics.contains("wasmgrid_gpu_seconds_total{tenant=\"default\",function=\"mlp\"}"), "{metrics}");
+
+    // The GPU node dies: with no GPU node left the function is placed
+    // nowhere (every node takes it), and the CPU node says why it cannot run it.
+    let mut gpu = gpu;
+    gpu.kill();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let (status, body) = post_rows(&wait_served(&cpu, "mlp"), sample).await;
+        if status == 503 && body["error"]["code"] == "no_gpu" {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "the CPU node never refused mlp once the GPU node died: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("requires a GPU"), "{body}");
 }
 
 /// A tenant with a GPU quota: once its calls used it, their `gpu` calls are

@@ -917,7 +917,8 @@ impl Driver {
                     self.state.mark_applied(entry.index).map_err(failed)?;
                 }
                 EntryType::EntryNormal => {
-                    let result = match crate::codec::decode::<Command>(&entry.data, crate::codec::legacy_bincode) {
+                    let result = match crate::codec::decode::<Command>(&entry.data, crate::state::LegacyCommand::decode)
+                    {
                         Ok(command) => self.state.apply(entry.index, &command).map_err(ProposeError::State),
                         Err(e) => Err(stopped(format!("undecodable entry {}: {e}", entry.index))),
                     };

@@ -214,8 +214,8 @@ async fn a_lagging_replica_catches_up_through_a_snapshot() {
     // Writes that leave the route table alone, so that its last change
     // is inside the snapshot the lagging replica installs.
     for i in 0..40 {
-        let register = Command::RegisterNode { id: format!("node-{i}"), address: "http://127.0.0.1:1".into() };
-        r.propose(register).await.expect("register");
+        let tenant = Command::CreateTenant { name: format!("t{i}"), quotas: Default::default() };
+        r.propose(tenant).await.expect("tenant");
     }
     assert!(r.status().first_index > 101, "the leader compacted its log: {:?}", r.status());
     c.recover(lagging);

@@ -177,6 +177,16 @@ pub(super) async fn deploy(
             .map_err(|e| Failure::internal(format!("the init check stopped: {e}")))?
             .map_err(|e| Failure::new(StatusCode::UNPROCESSABLE_ENTITY, "init_failed", e.to_string()))?;
     }
+    // While a replica of a release before placement remains, versions run
+    // on every node, as that replica records them.
+    let placing = app.replicas_read_placement().await;
+    if !placing && request.replicas.is_some() {
+        return Err(Failure::new(
+            StatusCode::CONFLICT,
+            "upgrade_in_progress",
+            "`replicas` needs every control-plane replica on a release that places functions; finish the upgrade first",
+        ));
+    }
     let spec = FunctionSpec {
         kind: kind.into(),
         memory,
@@ -184,7 +194,7 @@ pub(super) async fn deploy(
         config: request.config,
         gpu: request.gpu,
         public: request.public,
-        replicas: request.replicas.unwrap_or(DEFAULT_REPLICAS),
+        replicas: if placing { request.replicas.unwrap_or(DEFAULT_REPLICAS) } else { Replicas::All },
     };
     let placement = app.placement_for(&tenant, &name, &spec).await?;
     let (module, name_) = (request.module.clone(), name.clone());

@@ -170,7 +170,7 @@ impl App {
     /// (its `/v1/health` says `placement`): during a rolling upgrade from
     /// an earlier release, functions stay unplaced (every node loads them)
     /// until the last replica has moved.
-    async fn replicas_read_placement(&self) -> bool {
+    pub(super) async fn replicas_read_placement(&self) -> bool {
         let status = self.status();
         let mut confirmed = self.0.placement_readers.lock().await;
         for (&id, url) in &status.members {

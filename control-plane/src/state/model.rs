@@ -149,12 +149,6 @@ pub enum Command {
         /// The function.
         name: String,
     },
-    /// Places functions on nodes: each listed function's nodes become
-    /// those given (a function removed meanwhile is skipped).
-    Place {
-        /// The new placements.
-        changes: Vec<Placement>,
-    },
     /// Adds a node to the registry, or records its new address.
     RegisterNode {
         /// The node's id.
@@ -214,6 +208,117 @@ pub enum Command {
         /// What to apply.
         command: Box<Command>,
     },
+    /// Places functions on nodes: each listed function's nodes become
+    /// those given (a function removed meanwhile is skipped). Last, so the
+    /// variants before it keep their numbers for [`LegacyCommand`].
+    Place {
+        /// The new placements.
+        changes: Vec<Placement>,
+    },
+}
+
+/// [`FunctionSpec`] as entries written before the encoding tag hold it.
+#[derive(Deserialize)]
+pub(crate) struct LegacySpec {
+    kind: String,
+    memory: u64,
+    timeout_ms: u64,
+    config: BTreeMap<String, String>,
+    gpu: wasmgrid_api::GpuPlacement,
+    public: bool,
+}
+
+/// [`Command`] as entries written before the encoding tag (bincode, which
+/// reads fields by position) hold it: every variant in its place, with the
+/// shapes of then. Read only through [`LegacyCommand::decode`].
+#[derive(Deserialize)]
+pub(crate) enum LegacyCommand {
+    PutModule {
+        tenant: String,
+        sha256: String,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    Deploy {
+        tenant: String,
+        name: String,
+        module: String,
+        spec: LegacySpec,
+    },
+    Rollback {
+        tenant: String,
+        name: String,
+        version: u64,
+    },
+    Delete {
+        tenant: String,
+        name: String,
+    },
+    RegisterNode {
+        id: String,
+        address: String,
+    },
+    Job(JobCommand),
+    CreateTenant {
+        name: String,
+        quotas: Quotas,
+    },
+    GpuExhausted {
+        name: String,
+        exhausted: bool,
+    },
+    SetQuotas {
+        name: String,
+        quotas: Quotas,
+    },
+    DeleteTenant {
+        name: String,
+    },
+    CreateToken {
+        sha256: String,
+        tenant: Option<String>,
+        role: Role,
+    },
+    RevokeToken {
+        sha256: String,
+    },
+    Once {
+        id: String,
+        command: Box<LegacyCommand>,
+    },
+}
+
+impl LegacyCommand {
+    /// A command from an entry written before the encoding tag.
+    pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Command, crate::codec::CodecError> {
+        crate::codec::legacy_bincode::<LegacyCommand>(bytes).map(Command::from)
+    }
+}
+
+impl From<LegacyCommand> for Command {
+    fn from(old: LegacyCommand) -> Command {
+        match old {
+            LegacyCommand::PutModule { tenant, sha256, bytes } => Command::PutModule { tenant, sha256, bytes },
+            LegacyCommand::Deploy { tenant, name, module, spec } => {
+                let LegacySpec { kind, memory, timeout_ms, config, gpu, public } = spec;
+                // Versions of then ran on every node.
+                let replicas = wasmgrid_api::Replicas::All;
+                let spec = FunctionSpec { kind, memory, timeout_ms, config, gpu, public, replicas };
+                Command::Deploy { tenant, name, module, spec, placement: None }
+            }
+            LegacyCommand::Rollback { tenant, name, version } => Command::Rollback { tenant, name, version },
+            LegacyCommand::Delete { tenant, name } => Command::Delete { tenant, name },
+            LegacyCommand::RegisterNode { id, address } => Command::RegisterNode { id, address },
+            LegacyCommand::Job(job) => Command::Job(job),
+            LegacyCommand::CreateTenant { name, quotas } => Command::CreateTenant { name, quotas },
+            LegacyCommand::GpuExhausted { name, exhausted } => Command::GpuExhausted { name, exhausted },
+            LegacyCommand::SetQuotas { name, quotas } => Command::SetQuotas { name, quotas },
+            LegacyCommand::DeleteTenant { name } => Command::DeleteTenant { name },
+            LegacyCommand::CreateToken { sha256, tenant, role } => Command::CreateToken { sha256, tenant, role },
+            LegacyCommand::RevokeToken { sha256 } => Command::RevokeToken { sha256 },
+            LegacyCommand::Once { id, command } => Command::Once { id, command: Box::new(Command::from(*command)) },
+        }
+    }
 }
 
 /// Where one function is placed.

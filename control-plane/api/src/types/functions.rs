@@ -144,7 +144,9 @@ pub struct DeployRequest {
     #[serde(default)]
     pub public: bool,
     /// On how many nodes it is placed (default [`DEFAULT_REPLICAS`]).
-    #[serde(default)]
+    /// Left out when not set, so a control plane of an earlier release
+    /// takes the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<Replicas>,
 }
 
