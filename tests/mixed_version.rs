@@ -40,11 +40,14 @@ async fn write(client: &Client, prefix: &str, n: usize, acknowledged: &mut Vec<S
 
 /// A version of `score` with `weight`: a full deploy (module and version).
 async fn deploy(client: &Client, weight: f64) {
+    client.deploy("score", &score_request(client, weight).await).await.expect("deploy");
+}
+
+/// The module uploaded, and a request for a version of `score` with `weight`.
+async fn score_request(client: &Client, weight: f64) -> DeployRequest {
     let module = client.upload_module(std::fs::read(guests::LOGREG).expect("logreg")).await.expect("upload").sha256;
     let config = format!(r#"{{"features":["x"],"weights":[{weight}],"bias":0}}"#);
-    let request =
-        DeployRequest { module, config: BTreeMap::from([("model".into(), config)]), ..DeployRequest::default() };
-    client.deploy("score", &request).await.expect("deploy");
+    DeployRequest { module, config: BTreeMap::from([("model".into(), config)]), ..DeployRequest::default() }
 }
 
 /// What replica `id` holds: its tenants and `score`'s versions.
@@ -111,6 +114,13 @@ async fn replicas_of_two_releases_run_one_cluster_through_a_rolling_upgrade() {
     client.transfer_leader(upgraded).await.expect("leadership to the upgraded replica");
     assert_eq!(replicas.wait_leader(Duration::from_secs(20)).await, upgraded);
     deploy(&client, 1.5).await;
+    // Placement waits for the last replica: a deploy that asks for it is
+    // refused, one that does not runs on every node (as the old replicas
+    // record it).
+    let placed =
+        DeployRequest { replicas: Some(wasmgrid_api::Replicas::Count(2)), ..score_request(&client, 2.5).await };
+    let refused = client.deploy("score", &placed).await.expect_err("replicas while upgrading");
+    assert!(refused.to_string().contains("upgrade_in_progress"), "{refused}");
     write(&client, "new-leader", 20, &mut acknowledged).await;
     agree(&replicas, &acknowledged, "the upgraded replica leads").await;
 
@@ -133,5 +143,11 @@ async fn replicas_of_two_releases_run_one_cluster_through_a_rolling_upgrade() {
         write(&client, &format!("after-{id}"), 5, &mut acknowledged).await;
     }
     agree(&replicas, &acknowledged, "all on this release").await;
+    // Every replica reads placements now.
+    let placed =
+        DeployRequest { replicas: Some(wasmgrid_api::Replicas::Count(2)), ..score_request(&client, 3.5).await };
+    let deployed = client.deploy("score", &placed).await.expect("replicas once all moved");
+    assert_eq!(deployed.active, 3);
+    agree(&replicas, &acknowledged, "a placed version").await;
     assert!(acknowledged.len() >= 300, "most writes were acknowledged: {}", acknowledged.len());
 }

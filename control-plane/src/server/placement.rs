@@ -171,6 +171,9 @@ impl App {
     /// an earlier release, functions stay unplaced (every node loads them)
     /// until the last replica has moved.
     pub(super) async fn replicas_read_placement(&self) -> bool {
+        if self.0.replica.state().placement_seen().unwrap_or(false) {
+            return true;
+        }
         let status = self.status();
         let mut confirmed = self.0.placement_readers.lock().await;
         for (&id, url) in &status.members {
@@ -186,6 +189,11 @@ impl App {
                 return false;
             }
             confirmed.insert(url.clone());
+        }
+        // Recorded in the log, so a replica down later (or a new leader)
+        // does not hold placement back: an empty `Place` marks it.
+        if self.0.replica.propose(Command::Place { changes: Vec::new() }).await.is_err() {
+            return false;
         }
         true
     }

@@ -36,6 +36,8 @@ pub use model::*;
 const APPLIED_KEY: &[u8] = b"applied_index";
 /// The index of the last command that changed a function (the route table).
 const ROUTES_KEY: &[u8] = b"routes_revision";
+/// Set by the first `Place` entry: every replica read placements then.
+const PLACEMENT_KEY: &[u8] = b"placement";
 /// The replicas' URLs by id (JSON), changed with the membership.
 const MEMBERS_KEY: &[u8] = b"members";
 /// How many log entries a request id is remembered for: a request retried
@@ -286,6 +288,9 @@ impl State {
                 if command.changes_routes() {
                     meta.insert(ROUTES_KEY, &index.to_be_bytes())?;
                 }
+                if matches!(command, Command::Place { .. }) {
+                    meta.insert(PLACEMENT_KEY, &[1])?;
+                }
                 let tx = Tx { modules, functions, versions, nodes, access, index };
                 let outcome = match command {
                     Command::PutModule { .. }
@@ -372,6 +377,12 @@ impl State {
             Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| StateError::Storage("bad index".into()))?),
             None => 0,
         })
+    }
+
+    /// Whether a `Place` entry was applied here: the replicas then all read
+    /// placements (a replica that installed a snapshot since does not know).
+    pub fn placement_seen(&self) -> Result<bool> {
+        Ok(self.meta.get(PLACEMENT_KEY)?.is_some())
     }
 
     /// Records that log `index` was applied without a command (an empty
