@@ -294,22 +294,12 @@ fn wait_ready(url: &str, body: &str) {
     }
 }
 
-/// CPU time (user + system) the process `pid` has used so far, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // In USER_HZ, which is 100 on Linux.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 /// Under wrk with `connections` open (5 s): requests per second, and the
 /// server's CPU time per request in microseconds.
 fn saturation(url: &str, pid: u32, connections: u32, body_file: &Path, dir: &Path) -> (f64, f64) {
-    let cpu_before = cpu_seconds(pid);
+    let cpu_before = common::cpu_seconds(pid);
     let run = common::load::wrk(url, body_file, common::TOKEN, connections, 5, 0, dir);
-    let cpu = cpu_seconds(pid) - cpu_before;
+    let cpu = common::cpu_seconds(pid) - cpu_before;
     assert_eq!(run.non_2xx, 0, "{url} answered errors under load:\n{}", run.text);
     (run.rate, cpu * 1e6 / run.requests.max(1.0))
 }

@@ -154,6 +154,40 @@ fn a_grid_over_https_deploys_invokes_and_runs_jobs() {
             .expect("curl");
         assert_ne!(String::from_utf8_lossy(&answer.stdout), "200", "{address} answered plain HTTP");
     }
+    // A function placed on one node answers through both: the other
+    // forwards it over HTTPS (HTTP/2), trusting the same CA.
+    ok(cli(
+        ca,
+        &urls,
+        &[
+            "deploy",
+            "fraud-once",
+            guests::LOGREG,
+            "--replicas",
+            "1",
+            "--config",
+            r#"model={"features": ["amount"], "weights": [0.02], "bias": -1.0}"#,
+        ],
+    ));
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(cli(ca, &urls, &["functions", "ls", "--json"]))).expect("functions");
+    let once = listed["functions"].as_array().expect("functions").iter().find(|f| f["name"] == "fraud-once");
+    assert_eq!(once.map(|f| f["nodes"].as_array().map_or(0, Vec::len)), Some(1), "{listed}");
+    for address in nodes["nodes"].as_array().expect("nodes").iter().filter_map(|n| n["address"].as_str()) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let answer = loop {
+            let out =
+                cli(ca, &urls, &["invoke", "fraud-once", "--node", address, "--json", "--data", r#"{"amount": 100}"#]);
+            if out.status.success() {
+                break String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            assert!(Instant::now() < deadline, "{address}: {}", String::from_utf8_lossy(&out.stderr));
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let value: serde_json::Value = serde_json::from_str(&answer).expect("json");
+        let score = value["rows"][0]["score"].as_f64().expect("score");
+        assert!((score - 1.0 / (1.0 + (-(0.02f64 * 100.0 - 1.0)).exp())).abs() < 1e-12, "{address}: {answer}");
+    }
 
     // A batch job: tasks leased and reported over HTTPS.
     let corpus = d.join("corpus");

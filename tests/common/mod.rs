@@ -334,3 +334,13 @@ pub fn normalize_hashes(s: &str) -> String {
     out.push_str(rest);
     out.trim().to_string()
 }
+
+/// CPU time (user + system) the process `pid` has used so far, in seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // In USER_HZ, which is 100 on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}

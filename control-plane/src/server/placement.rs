@@ -169,26 +169,33 @@ impl App {
     /// Whether every replica runs a release that reads `Place` entries
     /// (its `/v1/health` says `placement`): during a rolling upgrade from
     /// an earlier release, functions stay unplaced (every node loads them)
-    /// until the last replica has moved.
+    /// until the last replica has moved. Every replica that answers must say
+    /// so, and a quorum must answer; one that cannot be reached (down, or
+    /// never joined) is taken to be upgraded with the rest, as operations.md
+    /// asks (one of an earlier release would stop at the first `Place`
+    /// entry, saying it cannot read it, until upgraded).
     pub(super) async fn replicas_read_placement(&self) -> bool {
         if self.0.replica.state().placement_seen().unwrap_or(false) {
             return true;
         }
         let status = self.status();
         let mut confirmed = self.0.placement_readers.lock().await;
+        let mut answered = 1; // this replica
         for (&id, url) in &status.members {
             if id == status.id || confirmed.contains(url) {
+                answered += usize::from(id != status.id);
                 continue;
             }
             let answer = self.0.http.get(format!("{url}/v1/health")).timeout(Duration::from_secs(1)).send().await;
-            let reads = match answer {
-                Ok(r) => r.json::<serde_json::Value>().await.is_ok_and(|v| v["placement"] == true),
-                Err(_) => false,
-            };
-            if !reads {
+            let Ok(answer) = answer else { continue };
+            answered += 1;
+            if !answer.json::<serde_json::Value>().await.is_ok_and(|v| v["placement"] == true) {
                 return false;
             }
             confirmed.insert(url.clone());
+        }
+        if answered <= status.members.len() / 2 {
+            return false;
         }
         // Recorded in the log, so a replica down later (or a new leader)
         // does not hold placement back: an empty `Place` marks it.
