@@ -73,7 +73,7 @@ fn functions_stored_with_inline_versions_are_moved_at_start() -> Result<()> {
         s.meta.insert(APPLIED_KEY, &4u64.to_be_bytes())?;
         s.flush()?;
     }
-    let s = State::open(dir.path())?;
+    let s = reopen(dir.path())?;
     let f = s.function(DEFAULT_TENANT, "old")?.expect("kept");
     assert_eq!((f.active, f.latest, f.current.map(|v| v.version)), (2, 3, Some(2)));
     assert_eq!(s.versions(DEFAULT_TENANT, "old")?.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 2, 3]);
@@ -140,6 +140,19 @@ fn replaying_an_applied_index_is_a_no_op() -> Result<()> {
     Ok(())
 }
 
+/// The state in `dir`, opened again: sled releases its lock on the files
+/// shortly after the last handle drops, not at once.
+fn reopen(dir: &std::path::Path) -> Result<State> {
+    (0..200)
+        .find_map(|_| {
+            State::open(dir).ok().or_else(|| {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                None
+            })
+        })
+        .ok_or_else(|| StateError::Storage("could not reopen".into()))
+}
+
 #[test]
 fn state_survives_reopening() -> Result<()> {
     let dir = tempfile::tempdir().map_err(|e| StateError::Storage(e.to_string()))?;
@@ -149,15 +162,7 @@ fn state_survives_reopening() -> Result<()> {
         s.apply(2, &deploy("f", b"m"))?;
         s.flush()?;
     }
-    // sled releases its lock on the files shortly after the last handle drops.
-    let s = (0..200)
-        .find_map(|_| {
-            State::open(dir.path()).ok().or_else(|| {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-                None
-            })
-        })
-        .ok_or_else(|| StateError::Storage("could not reopen".into()))?;
+    let s = reopen(dir.path())?;
     assert_eq!(s.applied_index()?, 2);
     assert_eq!(s.module(&sha256_hex(b"m"))?, Some(b"m".to_vec()));
     assert_eq!(s.function(DEFAULT_TENANT, "f")?.map(|f| f.active), Some(1));
