@@ -142,7 +142,7 @@ fn replaying_an_applied_index_is_a_no_op() -> Result<()> {
 
 /// The state in `dir`, opened again: sled releases its lock on the files
 /// shortly after the last handle drops, not at once.
-fn reopen(dir: &std::path::Path) -> Result<State> {
+fn reopen(dir: &Path) -> Result<State> {
     (0..200)
         .find_map(|_| {
             State::open(dir).ok().or_else(|| {
