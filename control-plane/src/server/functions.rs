@@ -197,8 +197,8 @@ pub(super) async fn deploy(
         replicas: if placing { request.replicas.unwrap_or(DEFAULT_REPLICAS) } else { Replicas::All },
     };
     let placement = app.placement_for(&tenant, &name, &spec).await?;
-    let (module, name_) = (request.module.clone(), name.clone());
-    let command = Command::Deploy { tenant: tenant.clone(), name: name_, module, spec, placement };
+    let module = request.module.clone();
+    let command = Command::Deploy { tenant: tenant.clone(), name: name.clone(), module, spec, placement };
     let applied = app.propose(command).await;
     app.placed(&tenant, &name);
     let Applied::Deployed { version } = applied? else {
