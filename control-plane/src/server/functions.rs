@@ -196,7 +196,10 @@ pub(super) async fn deploy(
         public: request.public,
         replicas: if placing { request.replicas.unwrap_or(DEFAULT_REPLICAS) } else { Replicas::All },
     };
-    let placement = app.placement_for(&tenant, &name, &spec).await?;
+    let placement = match placing {
+        true => Some(app.placement_for(&tenant, &name, &spec).await?),
+        false => None,
+    };
     let module = request.module.clone();
     let command = Command::Deploy { tenant: tenant.clone(), name: name.clone(), module, spec, placement };
     let applied = app.propose(command).await;

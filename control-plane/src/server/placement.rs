@@ -8,11 +8,12 @@
 //! `preferred`) by how many functions each already holds for its code cache
 //! budget, ties broken by a hash of the function and node names (so equal
 //! nodes share functions evenly and the choice does not move with the
-//! order nodes came in). The leader runs a pass after each deploy and every
-//! [`EVERY`]: a node silent for [`NODE_LIVENESS`] loses its functions to
-//! live ones, a node that joins gets functions that lack replicas, and a
-//! function keeps the nodes it has while they live, so a pass that changes
-//! nothing proposes nothing.
+//! order nodes came in). A deploy carries its function's placement in its
+//! own entry, chosen as the leader accepts it; and every [`EVERY`] the
+//! leader runs a pass: a node silent for [`NODE_LIVENESS`] loses its
+//! functions to live ones, a node that joins gets functions that lack
+//! replicas, and a function keeps the nodes it has while they live, so a
+//! pass that changes nothing proposes nothing.
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
@@ -205,15 +206,10 @@ impl App {
         true
     }
 
-    /// Every function as placement sees it, with the placements of
-    /// deploys under way in place of what the state has.
+    /// Every function in the state as placement sees it.
     fn wanted(&self) -> Answer<Vec<Wanted>> {
-        let pending = self.0.placing_now.lock().map_err(poisoned)?.clone();
-        let mut functions: Vec<Wanted> = self
-            .0
-            .replica
-            .state()
-            .all_functions()?
+        let functions = self.0.replica.state().all_functions()?;
+        Ok(functions
             .into_iter()
             .filter_map(|f| {
                 let spec = &f.active_version()?.spec;
@@ -225,37 +221,23 @@ impl App {
                     name: f.name,
                 })
             })
-            .collect();
-        for p in pending.into_values() {
-            match functions.iter_mut().find(|f| f.tenant == p.tenant && f.name == p.name) {
-                Some(f) => *f = p,
-                None => functions.push(p),
-            }
-        }
-        Ok(functions)
+            .collect())
     }
 
-    /// Where a version about to be deployed goes (`None` while some replica
-    /// cannot read placements). The choice counts as made for the other
-    /// deploys and passes until [`App::placed`] says it was applied (or not).
-    pub(super) async fn placement_for(
-        &self,
-        tenant: &str,
-        name: &str,
-        spec: &FunctionSpec,
-    ) -> Answer<Option<Vec<String>>> {
+    /// Where a version about to be deployed goes, once
+    /// [`App::replicas_read_placement`] said placements are read. The choice
+    /// counts as made for the other deploys and passes until [`App::placed`]
+    /// says it was applied (or not).
+    pub(super) async fn placement_for(&self, tenant: &str, name: &str, spec: &FunctionSpec) -> Answer<Vec<String>> {
         let _turn = self.0.placing.lock().await;
-        if !self.replicas_read_placement().await {
-            return Ok(None);
-        }
         let nodes = self.placement_nodes()?;
-        // Where every function is (the deploys under way included): its
-        // head records only, no versions read.
-        let pending = self.0.placing_now.lock().map_err(poisoned)?.clone();
+        // Where every function is, the deploys under way in place of what
+        // the state has: head records only, no versions read.
+        let mut pending = self.0.placing_now.lock().map_err(poisoned)?.clone();
         let mut held = Held::new();
         let mut placed = Vec::new();
         for (t, n, nodes) in self.0.replica.state().placements()? {
-            let nodes = pending.get(&(t.clone(), n.clone())).map_or(nodes, |p| p.placed.clone());
+            let nodes = pending.remove(&(t.clone(), n.clone())).map_or(nodes, |p| p.placed);
             if t == tenant && n == name {
                 placed = nodes.clone();
             }
@@ -263,21 +245,20 @@ impl App {
                 *held.entry(id).or_default() += 1;
             }
         }
-        for ((t, n), p) in &pending {
-            if self.0.replica.state().function(t, n)?.is_none() {
-                for id in &p.placed {
-                    *held.entry(id.clone()).or_default() += 1;
-                }
-                if t == tenant && n == name {
-                    placed = p.placed.clone();
-                }
+        // New functions whose deploy is under way.
+        for ((t, n), p) in pending {
+            if t == tenant && n == name {
+                placed = p.placed.clone();
+            }
+            for id in p.placed {
+                *held.entry(id).or_default() += 1;
             }
         }
         let me = Wanted { tenant: tenant.into(), name: name.into(), replicas: spec.replicas, gpu: spec.gpu, placed };
         let nodes = place_one(&me, &nodes, &mut held).unwrap_or_else(|| me.placed.clone());
         let chosen = Wanted { placed: nodes.clone(), ..me };
         self.0.placing_now.lock().map_err(poisoned)?.insert((tenant.into(), name.into()), chosen);
-        Ok(Some(nodes))
+        Ok(nodes)
     }
 
     /// The deploy of `tenant/name` that asked [`App::placement_for`] ended.
