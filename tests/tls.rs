@@ -50,6 +50,22 @@ fn cli(ca: &Path, urls: &str, args: &[&str]) -> std::process::Output {
     common::wasmgrid().env("WASMGRID_CA", ca).args(args).args(["--url", urls]).output().expect("wasmgrid runs")
 }
 
+/// The `score` of the first row `wasmgrid invoke ARGS` answers, retried
+/// until the function is served (within `within`), and the whole answer.
+fn score_once_served(ca: &Path, urls: &str, args: &[&str], within: Duration) -> (f64, String) {
+    let deadline = Instant::now() + within;
+    let answer = loop {
+        let out = cli(ca, urls, args);
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(Instant::now() < deadline, "{args:?} over TLS: {}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let value: serde_json::Value = serde_json::from_str(&answer).expect("json");
+    (value["rows"][0]["score"].as_f64().expect("score"), answer)
+}
+
 fn status(ca: &Path, url: &str) -> Option<serde_json::Value> {
     let out = cli(ca, url, &["cluster", "status", "--json"]);
     serde_json::from_slice(&out.stdout).ok()
@@ -126,17 +142,8 @@ fn a_grid_over_https_deploys_invokes_and_runs_jobs() {
     ok(cli(ca, &urls, &["deploy", "wc-reduce", guests::WORDCOUNT_REDUCE]));
 
     // Invoke through a node's HTTPS gateway, once both are up.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let answer = loop {
-        let out = cli(ca, &urls, &["invoke", "fraud", "--json", "--data", r#"{"amount": 300}"#]);
-        if out.status.success() {
-            break String::from_utf8_lossy(&out.stdout).into_owned();
-        }
-        assert!(Instant::now() < deadline, "invoke over TLS: {}", String::from_utf8_lossy(&out.stderr));
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let value: serde_json::Value = serde_json::from_str(&answer).expect("json");
-    let score = value["rows"][0]["score"].as_f64().expect("score");
+    let invoke = ["invoke", "fraud", "--json", "--data", r#"{"amount": 300}"#];
+    let (score, answer) = score_once_served(ca, &urls, &invoke, Duration::from_secs(60));
     assert!((score - 1.0 / (1.0 + (-(0.01f64 * 300.0 - 1.0)).exp())).abs() < 1e-12, "{answer}");
     // Both gateways serve HTTPS only: they registered https:// addresses,
     // and plain HTTP gets no answer from them.
@@ -174,18 +181,8 @@ fn a_grid_over_https_deploys_invokes_and_runs_jobs() {
     let once = listed["functions"].as_array().expect("functions").iter().find(|f| f["name"] == "fraud-once");
     assert_eq!(once.map(|f| f["nodes"].as_array().map_or(0, Vec::len)), Some(1), "{listed}");
     for address in nodes["nodes"].as_array().expect("nodes").iter().filter_map(|n| n["address"].as_str()) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let answer = loop {
-            let out =
-                cli(ca, &urls, &["invoke", "fraud-once", "--node", address, "--json", "--data", r#"{"amount": 100}"#]);
-            if out.status.success() {
-                break String::from_utf8_lossy(&out.stdout).into_owned();
-            }
-            assert!(Instant::now() < deadline, "{address}: {}", String::from_utf8_lossy(&out.stderr));
-            std::thread::sleep(Duration::from_millis(200));
-        };
-        let value: serde_json::Value = serde_json::from_str(&answer).expect("json");
-        let score = value["rows"][0]["score"].as_f64().expect("score");
+        let invoke = ["invoke", "fraud-once", "--node", address, "--json", "--data", r#"{"amount": 100}"#];
+        let (score, answer) = score_once_served(ca, &urls, &invoke, Duration::from_secs(30));
         assert!((score - 1.0 / (1.0 + (-(0.02f64 * 100.0 - 1.0)).exp())).abs() < 1e-12, "{address}: {answer}");
     }
 
