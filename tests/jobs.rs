@@ -50,25 +50,12 @@ fn deploy_wordcount(urls: &str) {
     common::grid_ok(urls, &["deploy", "wc-reduce", guests::WORDCOUNT_REDUCE]);
 }
 
-fn submit_wordcount(urls: &str, corpus: &Path, out: &Path, partition_size: &str) -> String {
-    let stdout = common::grid_ok(
-        urls,
-        &[
-            "job",
-            "submit",
-            "wc-map",
-            "--input",
-            &corpus.display().to_string(),
-            "--output",
-            &out.display().to_string(),
-            "--reduce",
-            "wc-reduce",
-            "--reduce-partitions",
-            "4",
-            "--partition-size",
-            partition_size,
-        ],
-    );
+/// Submits the word count; `extra` goes after the usual arguments.
+fn submit_wordcount(urls: &str, corpus: &Path, out: &Path, partition_size: &str, extra: &[&str]) -> String {
+    let (corpus, out) = (corpus.display().to_string(), out.display().to_string());
+    let args = ["job", "submit", "wc-map", "--input", &corpus, "--output", &out, "--reduce", "wc-reduce"];
+    let more = ["--reduce-partitions", "4", "--partition-size", partition_size];
+    let stdout = common::grid_ok(urls, &[&args[..], &more, extra].concat());
     stdout.trim().to_string()
 }
 
@@ -240,7 +227,8 @@ async fn a_node_killed_mid_job_loses_no_row_and_duplicates_none() {
     let corpus = dir.join("corpus");
     common::write_corpus(&corpus, 8, 256 << 10, 9);
     let out = dir.join("out");
-    let id = submit_wordcount(&urls, &corpus, &out, "4KiB");
+    // 512 tasks in ranges of 8: the killed node's ranges run again.
+    let id = submit_wordcount(&urls, &corpus, &out, "4KiB", &["--range", "8"]);
     // Follow the job's event stream meanwhile.
     let events = tokio::spawn(
         common::http().get(format!("{}/v1/jobs/{id}/events", replicas.url(1))).send().await.expect("events").text(),
@@ -249,7 +237,7 @@ async fn a_node_killed_mid_job_loses_no_row_and_duplicates_none() {
     wait_progress(&client, &id, 20).await;
     a.kill();
     let job = wait_job(&client, &id, Duration::from_secs(120)).await;
-    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    assert_eq!((job.state, job.map_range, job.map_done), (JobState::Succeeded, 8, 512), "{job:?}");
     assert_eq!(common::published_counts(&out), common::count_words(&corpus));
     // The stream saw progress only ever grow, and ended with the outcome.
     let text = tokio::time::timeout(Duration::from_secs(10), events)
@@ -286,12 +274,13 @@ async fn killing_the_leader_mid_job_still_publishes_exact_output() {
     let corpus = dir.join("corpus");
     common::write_corpus(&corpus, 8, 256 << 10, 13);
     let out = dir.join("out");
-    let id = submit_wordcount(&urls, &corpus, &out, "4KiB");
+    // In ranges of 8: a new leader reads which ranges won and runs the rest.
+    let id = submit_wordcount(&urls, &corpus, &out, "4KiB", &["--range", "8"]);
     let client = replicas.client_all();
     wait_progress(&client, &id, 20).await;
     replicas.kill(leader);
     let job = wait_job(&client, &id, Duration::from_secs(120)).await;
-    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    assert_eq!((job.state, job.map_range, job.map_done), (JobState::Succeeded, 8, 512), "{job:?}");
     assert_eq!(common::published_counts(&out), common::count_words(&corpus));
 }
 
@@ -325,6 +314,73 @@ async fn a_guest_that_always_traps_fails_the_job_after_max_attempts_with_its_mes
         logs.contains("map task 0: 3 failed attempt(s), not done") && logs.contains("sensor 7 is on fire"),
         "{logs}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_tiny_tasks_run_in_ranges_and_publish_every_row_once() {
+    let replicas = Replicas::start(1, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let urls = replicas.urls();
+    let dir = replicas.dir.path();
+    let _a = Node::start(&urls, &dir.join("node-a"));
+    let _b = Node::start(&urls, &dir.join("node-b"));
+    common::grid_ok(&urls, &["deploy", "scorer", guests::LOGREG, "--config", &format!("model={MODEL}")]);
+    // 3,000 rows split into 32-byte partitions: about 4,000 tasks, some
+    // holding no row at all.
+    let n = 3000;
+    let mut rng = common::Rng::new(11);
+    let rows: Vec<(f64, f64)> = (0..n).map(|_| (rng.unit() * 4.0 - 2.0, rng.unit() * 2.0 - 1.0)).collect();
+    let input = dir.join("rows.jsonl");
+    let text: String = rows
+        .iter()
+        .enumerate()
+        .map(|(id, (x1, x2))| format!("{{\"id\": {id}, \"x1\": {x1}, \"x2\": {x2}}}\n"))
+        .collect();
+    std::fs::write(&input, &text).expect("rows");
+    let out = dir.join("out");
+    let (input, out_arg) = (input.display().to_string(), out.display().to_string());
+    let args = ["job", "submit", "scorer", "--input", &input, "--output", &out_arg, "--partition-size", "32"];
+    let stdout = common::grid_ok(&urls, &[&args[..], &["--wait", "--json"]].concat());
+    let job: JobInfo = serde_json::from_str(&stdout).expect("job JSON");
+    let tasks = text.len().div_ceil(32) as u32;
+    assert_eq!((job.state, job.map_tasks, job.map_done), (JobState::Succeeded, tasks, tasks), "{job:?}");
+    // Chosen from the partitions: a range per 256th of the tasks.
+    assert_eq!(job.map_range, tasks / 256, "{job:?}");
+    assert_eq!((job.records_in, job.rows_out), (n as u64, n as u64));
+
+    // Every row scored once, as the model says.
+    let mut seen = vec![false; n];
+    for entry in std::fs::read_dir(&out).expect("out") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("jsonl") {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path).expect("part").lines() {
+            let row: serde_json::Value = serde_json::from_str(line).expect("row");
+            let id = row["id"].as_u64().expect("id") as usize;
+            assert!(!std::mem::replace(&mut seen[id], true), "row {id} twice");
+            let (x1, x2) = rows[id];
+            let want = 1.0 / (1.0 + (-(0.8 * x1 - 1.25 * x2 + 0.3)).exp());
+            let got = row["score"].as_f64().expect("score");
+            assert!((got - want).abs() <= 1e-12, "row {id}: {got}, not {want}");
+        }
+    }
+    assert!(seen.iter().all(|&s| s), "every row published");
+    // `_SUCCESS` accounts for every task: the published files' ranges of
+    // tasks follow each other from the first to the last.
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("_SUCCESS")).expect("_SUCCESS")).expect("manifest");
+    assert_eq!(manifest["partitions"], tasks);
+    let attempts = manifest["attempts"].as_object().expect("attempts");
+    assert_eq!(attempts.len() as u32, tasks.div_ceil(job.map_range), "one winning attempt per range");
+    assert!(attempts.contains_key(&format!("map/0-{}", job.map_range - 1)), "{attempts:?}");
+    let mut next = 0;
+    for file in manifest["files"].as_array().expect("files") {
+        let range = file["partition_range"].as_array().expect("range");
+        assert_eq!(range[0], next, "{manifest}");
+        next = range[1].as_u64().expect("last") + 1;
+    }
+    assert_eq!(next, u64::from(tasks));
 }
 
 /// One replica and one node, with the word count deployed.

@@ -39,6 +39,10 @@ pub struct SubmitArgs {
     /// Attempts per task before the job fails.
     #[arg(long, default_value_t = 4)]
     max_attempts: u32,
+    /// Map tasks run together as one attempt [default: chosen from the
+    /// partitions: 1 for large ones, more for many small ones].
+    #[arg(long, value_name = "TASKS")]
+    range: Option<u32>,
     /// Time limit of one call [default: the function's].
     #[arg(long, value_parser = units::parse_duration)]
     timeout: Option<Duration>,
@@ -242,6 +246,7 @@ fn submit(rt: &tokio::runtime::Runtime, args: &SubmitArgs) -> Result<()> {
         reduce_partitions: args.reduce.as_ref().map(|_| args.reduce_partitions),
         partition_size: Some(args.partition_size),
         max_attempts: Some(args.max_attempts),
+        range: args.range,
         timeout_ms: args.timeout.map(|t| t.as_millis().max(1) as u64),
         overwrite: args.overwrite,
     };

@@ -210,6 +210,8 @@ async fn heartbeats(gateway: Arc<Gateway>, client: Client, id: String, url: Stri
             gpu: gpu.clone(),
             usage: gateway.usage(),
             code_cache: gateway.runtime().config().code_cache,
+            // The batch worker (crate::worker) runs leased ranges.
+            ranges: true,
         };
         match client.heartbeat(&id, &beat).await {
             Ok(_) if failing => {

@@ -80,6 +80,8 @@ pub async fn run(worker: Worker) {
             max: want as u32,
             wait_ms: LEASE_WAIT.as_millis() as u64,
             running_jobs,
+            // A range of tasks runs as one attempt (wasmgrid_jobs::task).
+            ranges: true,
         };
         let lease = match worker.client.lease(&request).await {
             Ok(lease) => {

@@ -26,8 +26,9 @@ pub(super) async fn health(Shared(app): Shared<App>) -> Answer<Response> {
         let message = format!("replica {} stopped: {reason}", app.0.replica.id());
         return Err(Failure::new(StatusCode::SERVICE_UNAVAILABLE, "replica_stopped", message));
     }
-    // `placement`: this release reads `Place` entries; a leader proposes
-    // them only once every replica says so (a rolling upgrade).
+    // `placement`: this release reads `Place` entries and jobs submitted in
+    // ranges; a leader proposes them only once every replica says so (a
+    // rolling upgrade).
     Ok(json(StatusCode::OK, &serde_json::json!({ "status": "ok", "id": app.0.replica.id(), "placement": true })))
 }
 

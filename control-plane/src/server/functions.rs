@@ -179,7 +179,7 @@ pub(super) async fn deploy(
     }
     // While a replica of a release before placement remains, versions run
     // on every node, as that replica records them.
-    let placing = app.replicas_read_placement().await;
+    let placing = app.replicas_on_this_release().await;
     if !placing && request.replicas.is_some() {
         return Err(Failure::new(
             StatusCode::CONFLICT,

@@ -167,15 +167,17 @@ impl App {
         Ok(nodes)
     }
 
-    /// Whether every replica runs a release that reads `Place` entries
-    /// (its `/v1/health` says `placement`): during a rolling upgrade from
-    /// an earlier release, functions stay unplaced (every node loads them)
-    /// until the last replica has moved. Every replica that answers must say
+    /// Whether every replica runs this release (or a later one), so reads
+    /// the entries it brought: `Place`, and jobs submitted in ranges
+    /// (`JobCommand::SubmitRanges`). Its `/v1/health` says `placement`.
+    /// During a rolling upgrade from an earlier release, functions stay
+    /// unplaced (every node loads them) and jobs run task by task until the
+    /// last replica has moved. Every replica that answers must say
     /// so, and a quorum must answer; one that cannot be reached (down, or
     /// never joined) is taken to be upgraded with the rest, as operations.md
     /// asks (one of an earlier release would stop at the first `Place`
     /// entry, saying it cannot read it, until upgraded).
-    pub(super) async fn replicas_read_placement(&self) -> bool {
+    pub(super) async fn replicas_on_this_release(&self) -> bool {
         if self.0.replica.state().placement_seen().unwrap_or(false) {
             return true;
         }
@@ -225,7 +227,7 @@ impl App {
     }
 
     /// Where a version about to be deployed goes, once
-    /// [`App::replicas_read_placement`] said placements are read. The choice
+    /// [`App::replicas_on_this_release`] said placements are read. The choice
     /// counts as made for the other deploys and passes until [`App::placed`]
     /// says it was applied (or not).
     pub(super) async fn placement_for(&self, tenant: &str, name: &str, spec: &FunctionSpec) -> Answer<Vec<String>> {
@@ -272,7 +274,7 @@ impl App {
     /// changed, if any. Passes run one at a time.
     pub(super) async fn place(&self) -> Answer<()> {
         let _turn = self.0.placing.lock().await;
-        if !self.status().is_leader || !self.replicas_read_placement().await {
+        if !self.status().is_leader || !self.replicas_on_this_release().await {
             return Ok(());
         }
         let nodes = self.placement_nodes()?;

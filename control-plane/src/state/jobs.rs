@@ -8,6 +8,12 @@
 //! task again. That is safe because attempts write under their own names
 //! and only the first winning attempt of a task is recorded here; the
 //! commit publishes exactly the winners.
+//!
+//! A job of many small partitions is submitted in ranges
+//! ([`JobCommand::SubmitRanges`]): its map tasks are leased, run and won
+//! `range` at a time, as one attempt over consecutive tasks whose record is
+//! the range's first task's. The ranges are fixed at submit, so two
+//! winners never overlap; a single task is a range of one.
 
 use std::collections::HashMap;
 
@@ -140,6 +146,18 @@ pub enum JobCommand {
         /// The leader's clock.
         at_ms: u64,
     },
+    /// A new job whose map tasks run `range` at a time: tasks `k * range`
+    /// to `(k + 1) * range - 1` are one attempt, reported as task
+    /// `k * range`. (Last, so the variants before it keep their numbers in
+    /// entries written before the encoding tag.)
+    SubmitRanges {
+        /// The job (id empty, counters zero).
+        job: Box<JobRecord>,
+        /// Its input partitions, in order.
+        partitions: Vec<PartitionSpec>,
+        /// Map tasks per range (at least 1).
+        range: u32,
+    },
 }
 
 /// The trees job commands touch.
@@ -179,6 +197,28 @@ pub fn stage_prefix(job: &str, stage: Stage) -> Vec<u8> {
     key
 }
 
+/// Where a job's range size is kept (in the `plans` tree, beside its plan;
+/// absent for a job of single tasks).
+pub fn range_key(job: &str) -> Vec<u8> {
+    format!("{job}/range").into_bytes()
+}
+
+/// The range size stored under [`range_key`].
+pub fn decode_range(bytes: Option<&[u8]>) -> u32 {
+    bytes.and_then(|b| b.try_into().ok()).map_or(1, u32::from_be_bytes).max(1)
+}
+
+/// Tasks in the range of `stage` that starts at `first` (map tasks run
+/// `range` at a time, reduce tasks one by one); 0 when no range starts
+/// there.
+pub fn range_len(job: &JobRecord, range: u32, stage: Stage, first: u32) -> u32 {
+    let (tasks, range) = match stage {
+        Stage::Map => (job.map_tasks, range.max(1)),
+        Stage::Reduce => (job.reduce_partitions, 1),
+    };
+    if first >= tasks || first % range != 0 { 0 } else { range.min(tasks - first) }
+}
+
 /// Tasks in a stage.
 pub fn stage_tasks(job: &JobRecord, stage: Stage) -> u32 {
     match stage {
@@ -197,35 +237,26 @@ fn done_in(job: &mut JobRecord, stage: Stage) -> &mut u32 {
 /// Applies a job command at log `index`.
 pub(crate) fn apply(t: &Trees<'_>, index: u64, command: &JobCommand) -> Tx<Result<Applied, StateError>> {
     match command {
-        JobCommand::Submit { job, partitions } => {
-            let mut job = (**job).clone();
-            job.id = format!("job-{index}");
-            job.map_tasks = partitions.len() as u32;
-            job.bytes_in = partitions.iter().map(|p| p.bytes).sum();
-            // No input data (empty files): nothing to run, an empty output
-            // to publish, as `wasmgrid run` does.
-            job.state = if partitions.is_empty() { JobState::Committing } else { JobState::Running };
-            job.stage = Stage::Map;
-            t.plans.insert(job.id.as_bytes(), encode(partitions)?)?;
-            t.jobs.insert(job.id.as_bytes(), encode(&job)?)?;
-            Ok(Ok(Applied::JobSubmitted { id: job.id }))
-        }
+        JobCommand::Submit { job, partitions } => submit(t, index, job, partitions, 1),
+        JobCommand::SubmitRanges { job, partitions, range } => submit(t, index, job, partitions, *range),
         JobCommand::Events { at_ms, events } => {
-            // Each job record is read once and written once per batch.
-            let mut jobs: HashMap<String, Option<JobRecord>> = HashMap::new();
+            // Each job record (and its range size) is read once and written
+            // once per batch.
+            let mut jobs: HashMap<String, Option<(JobRecord, u32)>> = HashMap::new();
             let mut won = Vec::with_capacity(events.len());
             for event in events {
                 let id = &event.report.job;
                 if !jobs.contains_key(id) {
-                    jobs.insert(id.clone(), get_job(t, id)?);
+                    let range = decode_range(t.plans.get(range_key(id))?.as_deref());
+                    jobs.insert(id.clone(), get_job(t, id)?.map(|job| (job, range)));
                 }
-                let Some(Some(job)) = jobs.get_mut(id) else {
+                let Some(Some((job, range))) = jobs.get_mut(id) else {
                     won.push(false);
                     continue;
                 };
-                won.push(apply_event(t, job, *at_ms, event)?);
+                won.push(apply_event(t, job, *range, *at_ms, event)?);
             }
-            for job in jobs.into_values().flatten() {
+            for (job, _) in jobs.into_values().flatten() {
                 t.jobs.insert(job.id.as_bytes(), encode(&job)?)?;
             }
             Ok(Ok(Applied::TasksRecorded { won }))
@@ -257,6 +288,30 @@ pub(crate) fn apply(t: &Trees<'_>, index: u64, command: &JobCommand) -> Tx<Resul
     }
 }
 
+/// A new job at log `index`, its map tasks run `range` at a time.
+fn submit(
+    t: &Trees<'_>,
+    index: u64,
+    job: &JobRecord,
+    partitions: &[PartitionSpec],
+    range: u32,
+) -> Tx<Result<Applied, StateError>> {
+    let mut job = job.clone();
+    job.id = format!("job-{index}");
+    job.map_tasks = partitions.len() as u32;
+    job.bytes_in = partitions.iter().map(|p| p.bytes).sum();
+    // No input data (empty files): nothing to run, an empty output
+    // to publish, as `wasmgrid run` does.
+    job.state = if partitions.is_empty() { JobState::Committing } else { JobState::Running };
+    job.stage = Stage::Map;
+    t.plans.insert(job.id.as_bytes(), encode(&partitions)?)?;
+    if range > 1 {
+        t.plans.insert(range_key(&job.id), &range.to_be_bytes())?;
+    }
+    t.jobs.insert(job.id.as_bytes(), encode(&job)?)?;
+    Ok(Ok(Applied::JobSubmitted { id: job.id }))
+}
+
 fn get_job(t: &Trees<'_>, id: &str) -> Tx<Option<JobRecord>> {
     match t.jobs.get(id.as_bytes())? {
         Some(v) => Ok(Some(decode(&v)?)),
@@ -264,13 +319,19 @@ fn get_job(t: &Trees<'_>, id: &str) -> Tx<Option<JobRecord>> {
     }
 }
 
-/// Records one finished attempt in `job` (written back by the caller);
-/// true when it is the task's winner.
-fn apply_event(t: &Trees<'_>, job: &mut JobRecord, at_ms: u64, event: &TaskEvent) -> Tx<bool> {
+/// Records one finished attempt (at a task, or a range of `range` map
+/// tasks) in `job` (written back by the caller); true when it is the
+/// winner.
+fn apply_event(t: &Trees<'_>, job: &mut JobRecord, range: u32, at_ms: u64, event: &TaskEvent) -> Tx<bool> {
     let report = &event.report;
-    if job.state != JobState::Running || report.stage != job.stage || report.task >= stage_tasks(job, report.stage) {
+    let count = range_len(job, range, report.stage, report.task);
+    if job.state != JobState::Running || report.stage != job.stage || count == 0 {
         return Ok(false);
     }
+    let tasks = match count {
+        1 => format!("task {}", report.task),
+        _ => format!("tasks {}-{}", report.task, report.task + count - 1),
+    };
     let key = task_key(&job.id, report.stage, report.task);
     let mut task: TaskRecord = match t.tasks.get(&key)? {
         Some(v) => decode(&v)?,
@@ -288,7 +349,7 @@ fn apply_event(t: &Trees<'_>, job: &mut JobRecord, at_ms: u64, event: &TaskEvent
                 rows: rows.clone(),
                 records_in: *records_in,
             });
-            *done_in(job, report.stage) += 1;
+            *done_in(job, report.stage) += count;
             if report.stage == Stage::Map {
                 job.records_in += records_in;
                 job.bytes_done += event.bytes;
@@ -314,9 +375,8 @@ fn apply_event(t: &Trees<'_>, job: &mut JobRecord, at_ms: u64, event: &TaskEvent
                 job.state = JobState::Failed;
                 job.finished_ms = Some(at_ms);
                 job.error = Some(format!(
-                    "{} task {} failed {} time(s); last error: {error}",
+                    "{} {tasks} failed {} time(s); last error: {error}",
                     report.stage.name(),
-                    report.task,
                     task.failures
                 ));
             }
@@ -328,7 +388,7 @@ fn apply_event(t: &Trees<'_>, job: &mut JobRecord, at_ms: u64, event: &TaskEvent
             job.failed_attempts += 1;
             job.state = JobState::Failed;
             job.finished_ms = Some(at_ms);
-            job.error = Some(format!("{} task {} cannot run: {error}", report.stage.name(), report.task));
+            job.error = Some(format!("{} {tasks} cannot run: {error}", report.stage.name()));
             false
         }
     };

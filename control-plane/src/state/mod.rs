@@ -645,7 +645,14 @@ impl State {
         }
     }
 
-    /// The records of a stage's tasks that failed or won, by task index.
+    /// Map tasks per range of a job (1: single tasks); see
+    /// [`JobCommand::SubmitRanges`](jobs::JobCommand::SubmitRanges).
+    pub fn job_range(&self, id: &str) -> Result<u32> {
+        Ok(jobs::decode_range(self.plans.get(jobs::range_key(id))?.as_deref()))
+    }
+
+    /// The records of a stage's tasks (of ranges: by their first task) that
+    /// failed or won, by task index.
     pub fn task_records(&self, id: &str, stage: Stage) -> Result<Vec<(u32, TaskRecord)>> {
         let prefix = jobs::stage_prefix(id, stage);
         self.tasks

@@ -290,3 +290,101 @@ fn a_write_with_a_request_id_is_applied_once_and_answered_alike() -> Result<()> 
     assert_eq!(copy.apply(far, &once("r1/0", deploy("f", b"m")))?, Applied::Deployed { version: 3 });
     Ok(())
 }
+
+fn job_in_ranges(tasks: u32, range: u32) -> Command {
+    use wasmgrid_api::{JobState, PartitionSpec, SpanSpec, Stage, TaskFunction};
+    let map = TaskFunction {
+        module: "m".into(),
+        memory: 1 << 20,
+        timeout_ms: 100,
+        config: BTreeMap::new(),
+        gpu: Default::default(),
+    };
+    let job = jobs::JobRecord {
+        id: String::new(),
+        tenant: DEFAULT_TENANT.into(),
+        function: "f".into(),
+        version: 1,
+        map,
+        reduce: None,
+        input: "/in".into(),
+        output: "/out".into(),
+        format: "jsonl".into(),
+        reduce_partitions: 0,
+        max_attempts: 2,
+        map_tasks: 0,
+        state: JobState::Running,
+        stage: Stage::Map,
+        map_done: 0,
+        reduce_done: 0,
+        failed_attempts: 0,
+        bytes_in: 0,
+        bytes_done: 0,
+        records_in: 0,
+        rows_out: 0,
+        gpu_us: 0,
+        error: None,
+        submitted_ms: 0,
+        finished_ms: None,
+    };
+    let partitions = (0..tasks)
+        .map(|i| PartitionSpec {
+            path: "/in/a".into(),
+            format: "jsonl".into(),
+            span: SpanSpec::Bytes { start: u64::from(i) * 10, end: u64::from(i + 1) * 10 },
+            bytes: 10,
+        })
+        .collect();
+    Command::Job(jobs::JobCommand::SubmitRanges { job: Box::new(job), partitions, range })
+}
+
+fn finished(task: u32, attempt: u64, rows: u64, outcome: Option<&str>) -> Command {
+    use wasmgrid_api::{Stage, TaskOutcome, TaskReport};
+    let outcome = match outcome {
+        None => TaskOutcome::Done { files: vec![format!("f{attempt}")], rows: vec![rows], records_in: rows, gpu_us: 0 },
+        Some(error) => TaskOutcome::Failed { error: error.into() },
+    };
+    let report = TaskReport { job: "job-1".into(), stage: Stage::Map, task, attempt, outcome };
+    Command::Job(jobs::JobCommand::Events { at_ms: 0, events: vec![jobs::TaskEvent { report, bytes: rows * 10 }] })
+}
+
+#[test]
+fn a_job_in_ranges_records_one_winner_per_range_and_counts_its_tasks() -> Result<()> {
+    let s = State::temporary()?;
+    let Applied::JobSubmitted { id } = s.apply(1, &job_in_ranges(10, 4))? else { panic!("submitted") };
+    assert_eq!((id.as_str(), s.job_range("job-1")?), ("job-1", 4));
+    let won = |s: &State, index, command| match s.apply(index, &command) {
+        Ok(Applied::TasksRecorded { won }) => won[0],
+        other => panic!("{other:?}"),
+    };
+    // Tasks 4-7 are one range; a report at task 5 is not a range's.
+    assert!(won(&s, 2, finished(4, 40, 4, None)));
+    assert!(!won(&s, 3, finished(5, 50, 1, None)), "task 5 starts no range");
+    assert!(!won(&s, 4, finished(4, 41, 4, None)), "the range has its winner");
+    let job = s.job("job-1")?.expect("job");
+    assert_eq!((job.map_done, job.rows_out, job.bytes_done), (4, 4, 40));
+    // The last range is short (tasks 8-9); a failure names the range.
+    assert!(!won(&s, 5, finished(8, 80, 0, Some("bad row"))));
+    assert!(won(&s, 6, finished(8, 81, 2, None)));
+    assert_eq!(s.job("job-1")?.expect("job").map_done, 6);
+    assert!(won(&s, 7, finished(0, 1, 4, None)));
+    let job = s.job("job-1")?.expect("job");
+    assert_eq!((job.map_done, job.state), (10, wasmgrid_api::JobState::Committing), "every task has a winner");
+    let records: Vec<u32> = s
+        .task_records("job-1", wasmgrid_api::Stage::Map)?
+        .iter()
+        .filter(|(_, r)| r.winner.is_some())
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(records, [0, 4, 8], "one record per range, by its first task");
+
+    // Twice failing fails the job, naming the range's tasks.
+    let s = State::temporary()?;
+    s.apply(1, &job_in_ranges(10, 4))?;
+    s.apply(2, &finished(4, 1, 0, Some("bad row")))?;
+    s.apply(3, &finished(4, 2, 0, Some("bad row")))?;
+    let job = s.job("job-1")?.expect("job");
+    assert_eq!(job.state, wasmgrid_api::JobState::Failed);
+    assert_eq!(job.error.as_deref(), Some("map tasks 4-7 failed 2 time(s); last error: bad row"));
+    Ok(())
+}

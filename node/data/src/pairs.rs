@@ -67,6 +67,15 @@ impl Pairs {
         Ok(())
     }
 
+    /// Adds `other`'s pairs after these.
+    pub fn append(&mut self, other: &Pairs) {
+        let (kbase, vbase) = (self.keys.len(), self.values.len());
+        self.keys.extend_from_slice(&other.keys);
+        self.values.extend_from_slice(&other.values);
+        self.key_ends.extend(other.key_ends.iter().map(|&e| kbase + e));
+        self.value_ends.extend(other.value_ends.iter().map(|&e| vbase + e));
+    }
+
     /// Pair `i`.
     pub fn get(&self, i: usize) -> (&[u8], &[u8]) {
         let k0 = if i == 0 { 0 } else { self.key_ends[i - 1] };

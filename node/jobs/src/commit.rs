@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use wasmgrid_api::JobCommit;
+use wasmgrid_api::{JobCommit, TaskResult};
 use wasmgrid_data::Format;
 use wasmgrid_data::store::{self, Place};
 
@@ -91,7 +91,7 @@ impl Joined {
         same_header && self.bytes + bytes.len() <= JOINED_FILE
     }
 
-    fn add(&mut self, task: u32, header: Option<&[u8]>, bytes: &[u8], rows: u64) -> Result<(), JobIoError> {
+    fn add(&mut self, last: u32, header: Option<&[u8]>, bytes: &[u8], rows: u64) -> Result<(), JobIoError> {
         let body = match (header, &self.header) {
             (Some(h), Some(_)) => &bytes[h.len()..],
             (Some(h), None) => {
@@ -105,7 +105,7 @@ impl Joined {
         self.hasher.update(body);
         self.bytes += body.len();
         self.rows += rows;
-        self.partition_range[1] = task;
+        self.partition_range[1] = last;
         Ok(())
     }
 
@@ -129,15 +129,16 @@ struct Publisher<'a> {
 }
 
 impl Publisher<'_> {
-    fn publish(&mut self, prefix: &str, task: u32, file: &str, rows: u64) -> Result<(), JobIoError> {
-        let name = part_name(prefix, task as usize, self.format);
+    /// Publishes `file`, the output of tasks `first` to `last`.
+    fn publish(&mut self, prefix: &str, [first, last]: [u32; 2], file: &str, rows: u64) -> Result<(), JobIoError> {
+        let name = part_name(prefix, first as usize, self.format);
         let (_, range) = segments::range_of(file);
         let joinable = prefix == "part" && matches!(self.format, Format::Jsonl | Format::Text | Format::Csv);
         let (Some(_), Place::Local(dir)) = (range, self.output) else {
             self.close_joined()?;
             let dest = self.output.join(&name);
             store::publish(&self.output.join(file), &dest)?;
-            self.files.push(ManifestFile { sha256: sha256_of(&dest)?, name, partition_range: [task, task], rows });
+            self.files.push(ManifestFile { sha256: sha256_of(&dest)?, name, partition_range: [first, last], rows });
             return Ok(());
         };
         let bytes = read_output(self.output, file)?;
@@ -146,7 +147,7 @@ impl Publisher<'_> {
             let dest = self.output.join(&name);
             let sha256 = hex::encode(Sha256::digest(&bytes));
             store::put(&dest, bytes)?;
-            self.files.push(ManifestFile { sha256, name, partition_range: [task, task], rows });
+            self.files.push(ManifestFile { sha256, name, partition_range: [first, last], rows });
             return Ok(());
         }
         let header = match self.format {
@@ -155,10 +156,10 @@ impl Publisher<'_> {
         };
         if !self.joined.as_ref().is_some_and(|j| j.takes(header, &bytes)) {
             self.close_joined()?;
-            self.joined = Some(Joined::start(dir, name, task)?);
+            self.joined = Some(Joined::start(dir, name, first)?);
         }
         match &mut self.joined {
-            Some(j) => j.add(task, header, &bytes, rows),
+            Some(j) => j.add(last, header, &bytes, rows),
             None => Ok(()),
         }
     }
@@ -184,21 +185,21 @@ pub fn commit(c: &JobCommit) -> Result<(), JobIoError> {
     let mut attempts = BTreeMap::new();
     let mut publisher = Publisher { output: &output, format, files: Vec::new(), joined: None };
     for w in &c.map {
-        attempts.insert(format!("map/{}", w.task), format!("{:x}", w.attempt));
+        attempts.insert(format!("map/{}", tasks_of(w)), format!("{:x}", w.attempt));
         // With a reducer, the first `reduce` files are pairs (not published).
         for (file, rows) in w.files.iter().zip(&w.rows).skip(if reduce > 0 { reduce } else { 0 }) {
             if !file.is_empty() {
-                publisher.publish("part", w.task, file, *rows)?;
+                publisher.publish("part", partition_range(w), file, *rows)?;
             }
         }
     }
     publisher.close_joined()?;
     for w in &c.reduce_results {
-        attempts.insert(format!("reduce/{}", w.task), format!("{:x}", w.attempt));
+        attempts.insert(format!("reduce/{}", tasks_of(w)), format!("{:x}", w.attempt));
         for (file, rows) in w.files.iter().zip(&w.rows) {
             // A reduce partition without keys publishes nothing.
             if *rows > 0 || w.records_in > 0 {
-                publisher.publish("part-r", w.task, file, *rows)?;
+                publisher.publish("part-r", partition_range(w), file, *rows)?;
             }
         }
     }
@@ -208,7 +209,7 @@ pub fn commit(c: &JobCommit) -> Result<(), JobIoError> {
         function: &c.function,
         version: c.version,
         reduce: c.reduce.as_ref(),
-        partitions: c.map.len(),
+        partitions: c.map.iter().map(|w| w.count.max(1) as usize).sum(),
         reduce_partitions: c.reduce_partitions,
         records_in: c.map.iter().map(|w| w.records_in).sum(),
         rows_out: files.iter().map(|f| f.rows).sum(),
@@ -219,6 +220,19 @@ pub fn commit(c: &JobCommit) -> Result<(), JobIoError> {
     store::put(&success, bytes)?;
     abort(&c.output, &c.id);
     Ok(())
+}
+
+/// The first and last task a winner ran.
+fn partition_range(w: &TaskResult) -> [u32; 2] {
+    [w.task, w.task + w.count.max(1) - 1]
+}
+
+/// A winner's tasks as `_SUCCESS` names them: `7`, or `0-155` for a range.
+fn tasks_of(w: &TaskResult) -> String {
+    match partition_range(w) {
+        [first, last] if first == last => first.to_string(),
+        [first, last] => format!("{first}-{last}"),
+    }
 }
 
 /// Removes a job's work directory (losing attempts and pair files).
@@ -233,8 +247,6 @@ pub fn abort(output: &str, job: &str) {
 
 #[cfg(test)]
 mod tests {
-    use wasmgrid_api::TaskResult;
-
     use super::*;
     use crate::segments::Segments;
 
@@ -255,6 +267,7 @@ mod tests {
         std::fs::write(work.join("m00004-5.csv"), "x,score\n5,0.8\n").expect("whole file");
         let won = |task, attempt, file: &str, rows| TaskResult {
             task,
+            count: 1,
             attempt,
             files: vec![file.to_string()],
             rows: vec![rows],

@@ -44,34 +44,64 @@ pub fn map(
     function: &Function,
     call: Call<'_>,
     index: u32,
-    mut reader: PartitionReader,
-    mut writer: OutputWriter,
+    reader: PartitionReader,
+    writer: OutputWriter,
+    batch_rows: usize,
+    captured: &mut Captured,
+) -> Result<Mapped> {
+    map_range(function, call, [Ok((index, reader))], writer, batch_rows, captured)
+}
+
+/// Runs a range of map tasks, `inputs` (each partition's index and reader)
+/// in order, into one `writer`: a scorer is instantiated once and scores
+/// every partition's batches; a mapper runs once per partition, as it would
+/// alone, its pairs and rows following the previous ones'. `captured` keeps
+/// what the last partition's guest logged.
+pub fn map_range(
+    function: &Function,
+    call: Call<'_>,
+    inputs: impl IntoIterator<Item = Result<(u32, PartitionReader)>>,
+    writer: OutputWriter,
     batch_rows: usize,
     captured: &mut Captured,
 ) -> Result<Mapped> {
     match function.kind() {
         Kind::Scorer => {
+            let mut writer = writer;
+            let mut records_in = 0;
             let instance = function.instantiate(call.limits, call.config.clone(), Io::default())?;
             let gpu_time = observed(instance, captured, |instance| {
-                while let Some(batch) = reader.next_batch(batch_rows)? {
-                    writer.write_batch(&instance.score_arrow(&batch)?)?;
+                for input in inputs {
+                    let (_, mut reader) = input?;
+                    while let Some(batch) = reader.next_batch(batch_rows)? {
+                        writer.write_batch(&instance.score_arrow(&batch)?)?;
+                    }
+                    records_in += reader.records();
                 }
                 Ok(())
             })?
             .1
             .gpu_time;
-            Ok(Mapped { output: Some(writer), pairs: Pairs::default(), records_in: reader.records(), gpu_time })
+            Ok(Mapped { output: Some(writer), pairs: Pairs::default(), records_in, gpu_time })
         }
         Kind::Mapper => {
-            let io = Io { input: Some(reader), output: Some(writer) };
-            let instance = function.instantiate(call.limits, call.config.clone(), io)?;
-            let ((), finished) = observed(instance, captured, |instance| instance.run(index))?;
-            Ok(Mapped {
-                output: finished.output,
-                pairs: finished.pairs,
-                records_in: finished.records_read,
-                gpu_time: finished.gpu_time,
-            })
+            let mut mapped =
+                Mapped { output: Some(writer), pairs: Pairs::default(), records_in: 0, gpu_time: Duration::ZERO };
+            for input in inputs {
+                let (index, reader) = input?;
+                let io = Io { input: Some(reader), output: mapped.output.take() };
+                let instance = function.instantiate(call.limits, call.config.clone(), io)?;
+                let ((), finished) = observed(instance, captured, |instance| instance.run(index))?;
+                mapped.output = finished.output;
+                if mapped.pairs.is_empty() {
+                    mapped.pairs = finished.pairs;
+                } else {
+                    mapped.pairs.append(&finished.pairs);
+                }
+                mapped.records_in += finished.records_read;
+                mapped.gpu_time += finished.gpu_time;
+            }
+            Ok(mapped)
         }
         kind @ (Kind::Reducer | Kind::Http) => {
             Err(Error::WrongKind { expected: "scorer or mapper", actual: kind.name() })

@@ -12,7 +12,7 @@ use wasmgrid_api::{PartitionSpec, SpanSpec, Stage, TaskAssignment, TaskOutcome};
 use wasmgrid_data::pairs::Pairs;
 use wasmgrid_data::store::{self, Place};
 use wasmgrid_data::{self as data, Format, OutputWriter, PartitionReader, Span};
-use wasmgrid_runtime::{Captured, DataError, Error, Function, Limits, Result};
+use wasmgrid_runtime::{Captured, DataError, Error, Function, Kind, Limits, Result};
 
 use crate::exec::{self, Call};
 use crate::segments::{self, SMALL_OUTPUT, Segments};
@@ -127,12 +127,21 @@ impl Attempt<'_> {
 
     fn map(&mut self, function: &Function, call: Call<'_>, captured: &mut Captured) -> Result<Written> {
         let task = self.task;
-        let spec = task.input.as_ref().ok_or_else(|| Error::Job("a map task without input".into()))?;
-        let reader = open_input(task.task, spec)?;
+        if task.input.is_none() {
+            return Err(Error::Job("a map task without input".into()));
+        }
         let format = self.format()?;
         let dest = self.work.join(format!("{}.{}", self.stem(), format.extension()));
         let writer = OutputWriter::in_memory_up_to(&dest, format, SMALL_OUTPUT);
-        let mapped = exec::map(function, call, task.task, reader, writer, BATCH_ROWS, captured)?;
+        // A scorer reads adjacent parts of a file in a range as one; a
+        // mapper runs once per partition.
+        let specs: Vec<(u32, PartitionSpec)> = (task.task..).zip(task.inputs().cloned()).collect();
+        let specs = match function.kind() {
+            Kind::Scorer => coalesce(specs),
+            _ => specs,
+        };
+        let inputs = specs.iter().map(|(index, spec)| Ok((*index, open_input(*index, spec)?)));
+        let mapped = exec::map_range(function, call, inputs, writer, BATCH_ROWS, captured)?;
         let (records_in, gpu_time) = (mapped.records_in, mapped.gpu_time);
         let reduce = task.reduce_partitions as usize;
         if reduce == 0 {
@@ -233,6 +242,37 @@ impl Attempt<'_> {
         };
         Ok(format!("{}/{name}", self.suffix))
     }
+}
+
+/// Partitions with the ones after them joined where they are adjacent
+/// parts of one file (the next byte span or row groups).
+fn coalesce(specs: Vec<(u32, PartitionSpec)>) -> Vec<(u32, PartitionSpec)> {
+    let mut out: Vec<(u32, PartitionSpec)> = Vec::with_capacity(specs.len());
+    for (index, spec) in specs {
+        if let Some((_, last)) = out.last_mut()
+            && last.path == spec.path
+            && last.format == spec.format
+        {
+            let joined = match (&last.span, &spec.span) {
+                (SpanSpec::Bytes { start, end }, SpanSpec::Bytes { start: next, end: next_end }) if end == next => {
+                    Some(SpanSpec::Bytes { start: *start, end: *next_end })
+                }
+                (SpanSpec::RowGroups { first, count }, SpanSpec::RowGroups { first: next, count: more })
+                    if first + count == *next =>
+                {
+                    Some(SpanSpec::RowGroups { first: *first, count: count + more })
+                }
+                _ => None,
+            };
+            if let Some(span) = joined {
+                last.span = span;
+                last.bytes += spec.bytes;
+                continue;
+            }
+        }
+        out.push((index, spec));
+    }
+    out
 }
 
 /// A map task's partition, from a local copy of its object.

@@ -33,6 +33,10 @@ pub struct JobRequest {
     /// Attempts per task before the job fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// Map tasks leased and run together as one attempt (default: chosen
+    /// from the partitions: 1 for large ones, up to 1,024 for tiny ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<u32>,
     /// Time limit of one function call, milliseconds (default: the function's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
@@ -117,6 +121,10 @@ pub struct JobInfo {
     pub stage: Stage,
     /// Map tasks (input partitions).
     pub map_tasks: u32,
+    /// Map tasks leased together as one attempt (1: each on its own; more
+    /// when partitions are small).
+    #[serde(default = "one")]
+    pub map_range: u32,
     /// Map tasks with a winning attempt.
     pub map_done: u32,
     /// Reduce tasks (0 without a reducer).
@@ -171,6 +179,11 @@ pub struct LeaseRequest {
     /// Jobs of the tasks it is running (so it hears of cancellations).
     #[serde(default)]
     pub running_jobs: Vec<String>,
+    /// Whether it runs a range of map tasks as one attempt (see
+    /// [`TaskAssignment::more_inputs`]); a node of an earlier release does
+    /// not say so and gets single tasks only.
+    #[serde(default)]
+    pub ranges: bool,
 }
 
 /// The part of a file a map task reads.
@@ -222,7 +235,11 @@ pub struct TaskFunction {
     pub gpu: GpuPlacement,
 }
 
-/// One attempt at one task, leased to a node.
+fn one() -> u32 {
+    1
+}
+
+/// One attempt at one task (or a range of map tasks), leased to a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskAssignment {
     /// The job.
@@ -241,6 +258,11 @@ pub struct TaskAssignment {
     /// A map task's input.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<PartitionSpec>,
+    /// A range of map tasks leased as one attempt: the inputs of the tasks
+    /// after `task` (`task + 1` on), run in order into one output. Empty for
+    /// a single task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_inputs: Vec<PartitionSpec>,
     /// A reduce task's input: the winning map attempts' pair files for it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shuffle: Vec<String>,
@@ -253,6 +275,18 @@ pub struct TaskAssignment {
     pub format: String,
     /// Reduce partitions; 0 when the job has no reduce stage.
     pub reduce_partitions: u32,
+}
+
+impl TaskAssignment {
+    /// Tasks this attempt runs: 1, or a range's length.
+    pub fn count(&self) -> u32 {
+        1 + self.more_inputs.len() as u32
+    }
+
+    /// The inputs of the tasks it runs, in order.
+    pub fn inputs(&self) -> impl Iterator<Item = &PartitionSpec> {
+        self.input.iter().chain(&self.more_inputs)
+    }
 }
 
 /// The answer to a lease request.
@@ -324,8 +358,11 @@ pub struct ReportRequest {
 /// A task's winning attempt, as a commit publishes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskResult {
-    /// The task.
+    /// The task (the first of a range).
     pub task: u32,
+    /// Tasks the attempt ran: `task` to `task + count - 1`.
+    #[serde(default = "one")]
+    pub count: u32,
     /// The attempt.
     pub attempt: u64,
     /// Files it wrote, relative to the output directory.

@@ -84,6 +84,11 @@ pub struct Heartbeat {
     /// it): functions are placed on nodes in proportion to it.
     #[serde(default)]
     pub code_cache: u64,
+    /// Whether it runs ranges of map tasks as one attempt (false from
+    /// nodes of releases before them): jobs are leased in ranges only when
+    /// every node does.
+    #[serde(default)]
+    pub ranges: bool,
 }
 
 /// What one function's per-request calls used.

@@ -9,6 +9,7 @@ use std::time::Instant;
 use wasmgrid_api::*;
 
 use super::*;
+use crate::state::jobs::range_len;
 
 pub(super) async fn drive_once(app: &App) -> Answer<()> {
     // Node liveness: a fresh leader has heard no heartbeats yet.
@@ -59,12 +60,14 @@ pub(super) async fn drive_once(app: &App) -> Answer<()> {
 async fn finish(app: &App, io: Arc<dyn JobIo>, job: JobRecord) {
     let state = app.0.replica.state();
     let winners = |stage| -> Result<Vec<TaskResult>, StateError> {
+        let range = state.job_range(&job.id)?;
         Ok(state
             .task_records(&job.id, stage)?
             .into_iter()
             .filter_map(|(task, t)| {
                 let Winner { attempt, files, rows, records_in } = t.winner?;
-                Some(TaskResult { task, attempt, files, rows, records_in })
+                let count = range_len(&job, range, stage, task).max(1);
+                Some(TaskResult { task, count, attempt, files, rows, records_in })
             })
             .collect())
     };

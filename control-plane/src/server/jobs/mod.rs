@@ -30,8 +30,8 @@ use super::answer::{json, json_body, poisoned};
 use super::{App, Caller, NODE_LIVENESS, now_ms};
 use crate::state::jobs::{JobCommand, JobRecord, TaskEvent, Winner};
 use crate::state::{Applied, Command, StateError};
-use scheduler::Run;
 pub(crate) use scheduler::Scheduler;
+use scheduler::{Asker, Run};
 
 /// Longest a lease request waits for a task.
 const MAX_LEASE_WAIT: Duration = Duration::from_secs(2);
@@ -42,8 +42,26 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 4;
 /// Most reduce partitions a job may ask for.
 const MAX_REDUCE_PARTITIONS: u32 = 4096;
 
+/// A job of small partitions runs its map tasks in ranges, one attempt
+/// each (leased, run, reported and won as one): at least this many ranges
+/// (so every slot of a large grid gets some, and a straggler's range is a
+/// small share of the job)...
+const MIN_RANGES: u64 = 256;
+/// ... of at most this many tasks...
+const MAX_RANGE: u64 = 1024;
+/// ... and of this many input bytes on average, at most.
+const RANGE_BYTES: u64 = 8 << 20;
+
+/// Map tasks per range for a job of `partitions` (1: each on its own).
+fn range_for(partitions: &[PartitionSpec]) -> u32 {
+    let tasks = partitions.len() as u64;
+    let bytes = partitions.iter().map(|p| p.bytes).sum::<u64>().max(1);
+    let by_bytes = (RANGE_BYTES * tasks / bytes).max(1);
+    (tasks / MIN_RANGES).min(by_bytes).clamp(1, MAX_RANGE) as u32
+}
+
 /// What `/v1/jobs/{id}` shows.
-fn info(record: &JobRecord, running: u32) -> JobInfo {
+fn info(record: &JobRecord, running: u32, map_range: u32) -> JobInfo {
     JobInfo {
         id: record.id.clone(),
         function: record.function.clone(),
@@ -54,6 +72,7 @@ fn info(record: &JobRecord, running: u32) -> JobInfo {
         state: record.state,
         stage: record.stage,
         map_tasks: record.map_tasks,
+        map_range,
         map_done: record.map_done,
         reduce_tasks: record.reduce_partitions,
         reduce_done: record.reduce_done,
@@ -93,6 +112,19 @@ impl App {
             }
         }
         self.0.scheduler.lock().map_err(poisoned)
+    }
+
+    /// What `/v1/jobs/{id}` shows of `record`.
+    fn job_info(&self, record: &JobRecord) -> JobInfo {
+        let range = self.0.replica.state().job_range(&record.id).unwrap_or(1);
+        info(record, self.running_attempts(&record.id), range)
+    }
+
+    /// Whether every node alive runs ranges of tasks (and there is one).
+    fn nodes_run_ranges(&self) -> Answer<bool> {
+        let nodes = self.0.nodes.lock().map_err(poisoned)?;
+        let mut alive = nodes.values().filter(|(at, _)| at.elapsed() < NODE_LIVENESS).peekable();
+        Ok(alive.peek().is_some() && alive.all(|(_, beat)| beat.ranges))
     }
 
     fn running_attempts(&self, id: &str) -> u32 {
@@ -148,6 +180,11 @@ fn check_request(request: &JobRequest) -> Answer<()> {
     if request.max_attempts == Some(0) {
         return Err(Failure::bad("`max_attempts` must be at least 1"));
     }
+    if let Some(n) = request.range
+        && !(1..=MAX_RANGE as u32).contains(&n)
+    {
+        return Err(Failure::bad(format!("`range` must be 1 to {MAX_RANGE} tasks, not {n}")));
+    }
     if request.partition_size == Some(0) {
         return Err(Failure::bad("`partition_size` must be at least 1 byte"));
     }
@@ -202,10 +239,15 @@ pub(super) async fn submit(
         .await
         .map_err(|e| Failure::internal(format!("planning stopped: {e}")))?
         .map_err(|e| Failure::bad(e.to_string()))?;
-    let job = new_job(tenant, &request, version, map, reduce);
-    let Applied::JobSubmitted { id } =
-        app.propose(Command::Job(JobCommand::Submit { job: Box::new(job), partitions })).await?
-    else {
+    let job = Box::new(new_job(tenant, &request, version, map, reduce));
+    // In ranges once every replica reads them and every node runs them.
+    let range = request.range.unwrap_or_else(|| range_for(&partitions));
+    let command = if range > 1 && app.nodes_run_ranges()? && app.replicas_on_this_release().await {
+        JobCommand::SubmitRanges { job, partitions, range }
+    } else {
+        JobCommand::Submit { job, partitions }
+    };
+    let Applied::JobSubmitted { id } = app.propose(Command::Job(command)).await? else {
         return Err(Failure::internal("the job applied as something else"));
     };
     let record = app.0.replica.state().job(&id)?.ok_or_else(|| StateError::JobNotFound { id: id.clone() })?;
@@ -215,7 +257,7 @@ pub(super) async fn submit(
     // Make sure this leader's scheduler knows it, then wake idle nodes.
     drop(app.scheduler().await?);
     app.refresh(&HashSet::from([id]))?;
-    Ok(json(StatusCode::CREATED, &info(&record, 0)))
+    Ok(json(StatusCode::CREATED, &app.job_info(&record)))
 }
 
 /// A job's reducer: its name, version and how its tasks run.
@@ -312,7 +354,7 @@ fn new_job(
 pub(super) async fn list(Shared(app): Shared<App>, Extension(caller): Extension<Caller>) -> Answer<Response> {
     app.barrier().await?;
     let jobs = app.0.replica.state().jobs(Some(&caller.tenant))?;
-    let jobs = jobs.iter().map(|j| info(j, app.running_attempts(&j.id))).collect();
+    let jobs = jobs.iter().map(|j| app.job_info(j)).collect();
     Ok(json(StatusCode::OK, &JobList { jobs }))
 }
 
@@ -349,7 +391,7 @@ pub(super) async fn show(
     let id = job_id(id)?;
     app.barrier().await?;
     let record = app.own_job(&caller, &id)?;
-    Ok(json(StatusCode::OK, &info(&record, app.running_attempts(&id))))
+    Ok(json(StatusCode::OK, &app.job_info(&record)))
 }
 
 /// `GET /v1/jobs/{id}/attempts`: what the job's latest attempts logged, from
@@ -446,7 +488,7 @@ pub(super) async fn events(
             }
             loop {
                 let record = app.0.replica.state().job(&id).ok().flatten()?;
-                let now = info(&record, app.running_attempts(&id));
+                let now = app.job_info(&record);
                 if last.as_ref() != Some(&now) {
                     let name = if now.state.is_final() { "end" } else { "progress" };
                     let event = Event::default().event(name).json_data(&now).ok()?;
@@ -472,7 +514,7 @@ pub(super) async fn cancel(
     app.refresh(&HashSet::from([id.clone()]))?;
     let record = app.0.replica.state().job(&id)?.ok_or(StateError::JobNotFound { id: id.clone() })?;
     tracing::info!(job = %id, state = record.state.name(), "job cancel requested");
-    Ok(json(StatusCode::OK, &info(&record, 0)))
+    Ok(json(StatusCode::OK, &app.job_info(&record)))
 }
 
 pub(super) async fn lease(
@@ -483,6 +525,7 @@ pub(super) async fn lease(
     check_name(&request.node).map_err(|r| Failure::bad(format!("invalid node id `{}`: {r}", request.node)))?;
     let deadline = Instant::now() + Duration::from_millis(request.wait_ms).min(MAX_LEASE_WAIT);
     let max = request.max.clamp(1, MAX_LEASE);
+    let ranges = request.ranges;
     let (warm, gpu): (HashSet<String>, bool) = {
         let nodes = app.0.nodes.lock().map_err(poisoned)?;
         let beat = nodes.get(&request.node).map(|(_, b)| b);
@@ -497,7 +540,8 @@ pub(super) async fn lease(
             tenants.into_iter().filter_map(|t| Some((t.name, t.quotas.task_slots?))).collect();
         {
             let mut s = app.scheduler().await?;
-            let mut tasks = s.take(&request.node, max, &warm, gpu, &slots);
+            let asker = Asker { node: &request.node, warm: &warm, gpu, ranges };
+            let mut tasks = s.take(asker, max, &slots);
             for task in &mut tasks {
                 if let Some(tenant) = s.runs.get(&task.job).map(|r| &r.record.tenant) {
                     task.gpu_refused = refused.get(tenant).cloned();
@@ -528,9 +572,7 @@ pub(super) async fn report(
             .iter()
             .map(|r| {
                 let bytes = match r.stage {
-                    Stage::Map => {
-                        s.runs.get(&r.job).and_then(|run| run.plan.get(r.task as usize)).map_or(0, |p| p.bytes)
-                    }
+                    Stage::Map => s.runs.get(&r.job).map_or(0, |run| run.range_bytes(r.task)),
                     Stage::Reduce => 0,
                 };
                 TaskEvent { report: r.clone(), bytes }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use wasmgrid_api::{GpuPlacement, JobState, PartitionSpec, Stage, TaskAssignment, TaskFunction};
 
 use crate::state::StateError;
-use crate::state::jobs::{JobRecord, stage_tasks};
+use crate::state::jobs::{JobRecord, range_len, stage_tasks};
 
 /// A running attempt this much slower than the stage's median gets a
 /// speculative copy (and never before `MIN_STRAGGLER`).
@@ -25,12 +25,16 @@ pub(crate) struct Attempt {
     pub(super) started: Instant,
 }
 
-/// A job the leader is running.
+/// A job the leader is running. Its current stage's tasks are handed out
+/// in ranges of `range` (1 but for the map stage of a job submitted in
+/// ranges), each known by its first task: `pending`, `running` and `done`
+/// hold first tasks.
 #[derive(Debug)]
 pub(crate) struct Run {
     pub(super) record: JobRecord,
     pub(super) plan: Arc<Vec<PartitionSpec>>,
     pub(super) stage: Stage,
+    pub(super) range: u32,
     pub(super) pending: VecDeque<u32>,
     pub(super) running: BTreeMap<u32, Vec<Attempt>>,
     pub(super) done: HashSet<u32>,
@@ -55,6 +59,19 @@ impl Running<'_> {
     fn full(&self, tenant: &str) -> bool {
         self.slots.get(tenant).is_some_and(|&limit| self.of(tenant) >= limit)
     }
+}
+
+/// The node asking for tasks, as its last heartbeat and its lease
+/// request describe it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Asker<'a> {
+    pub(crate) node: &'a str,
+    /// Modules it holds compiled.
+    pub(crate) warm: &'a HashSet<String>,
+    pub(crate) gpu: bool,
+    /// Whether it runs ranges of tasks (a node of an earlier release does
+    /// not: jobs in ranges wait for the others).
+    pub(crate) ranges: bool,
 }
 
 /// The leader's view of running jobs.
@@ -83,7 +100,11 @@ impl Run {
         let stage = record.stage;
         let records = state.task_records(&record.id, stage)?;
         let done: HashSet<u32> = records.iter().filter(|(_, r)| r.winner.is_some()).map(|(i, _)| *i).collect();
-        let pending = (0..stage_tasks(&record, stage)).filter(|i| !done.contains(i)).collect();
+        let range = match stage {
+            Stage::Map => state.job_range(&record.id)?,
+            Stage::Reduce => 1,
+        };
+        let pending = (0..stage_tasks(&record, stage)).step_by(range as usize).filter(|i| !done.contains(i)).collect();
         let shuffle = if stage == Stage::Reduce {
             let mut shuffle = vec![Vec::new(); record.reduce_partitions as usize];
             for (_, task) in state.task_records(&record.id, Stage::Map)? {
@@ -98,7 +119,18 @@ impl Run {
         } else {
             Vec::new()
         };
-        Ok(Run { record, plan, stage, pending, running: BTreeMap::new(), done, durations: Vec::new(), shuffle })
+        Ok(Run { record, plan, stage, range, pending, running: BTreeMap::new(), done, durations: Vec::new(), shuffle })
+    }
+
+    /// Tasks in the range that starts at `first` (0 if none does).
+    pub(super) fn range_len(&self, first: u32) -> u32 {
+        range_len(&self.record, self.range, self.stage, first)
+    }
+
+    /// Input bytes of the range that starts at `first` (map tasks).
+    pub(super) fn range_bytes(&self, first: u32) -> u64 {
+        let (first, len) = (first as usize, self.range_len(first) as usize);
+        self.plan.get(first..first + len).map_or(0, |specs| specs.iter().map(|p| p.bytes).sum())
     }
 
     pub(super) fn median(&self) -> Option<Duration> {
@@ -129,8 +161,13 @@ impl Run {
     }
 
     pub(super) fn assignment(&self, task: u32, attempt: u64) -> TaskAssignment {
+        let mut more_inputs = Vec::new();
         let (function, input, shuffle) = match self.stage {
-            Stage::Map => (self.record.map.clone(), self.plan.get(task as usize).cloned(), Vec::new()),
+            Stage::Map => {
+                let (first, len) = (task as usize, self.range_len(task) as usize);
+                more_inputs = self.plan.get(first + 1..first + len).map(<[_]>::to_vec).unwrap_or_default();
+                (self.record.map.clone(), self.plan.get(first).cloned(), Vec::new())
+            }
             Stage::Reduce => {
                 let f =
                     self.record.reduce.as_ref().map(|(_, _, f)| f.clone()).unwrap_or_else(|| self.record.map.clone());
@@ -145,6 +182,7 @@ impl Run {
             attempt,
             function,
             input,
+            more_inputs,
             shuffle,
             work_dir: format!("{}/_temporary/{}", self.record.output.trim_end_matches('/'), self.record.id),
             gpu_refused: None,
@@ -181,15 +219,9 @@ impl Scheduler {
     /// on the grid (so one tenant's 10,000-task job does not hold every slot
     /// while another's job waits), never past a tenant's `slots` quota;
     /// within a tenant, jobs whose function the node has compiled first.
-    pub(super) fn take(
-        &mut self,
-        node: &str,
-        max: u32,
-        warm: &HashSet<String>,
-        gpu: bool,
-        slots: &HashMap<String, u64>,
-    ) -> Vec<TaskAssignment> {
-        let ids = self.order(warm, gpu);
+    pub(super) fn take(&mut self, asker: Asker<'_>, max: u32, slots: &HashMap<String, u64>) -> Vec<TaskAssignment> {
+        let node = asker.node;
+        let ids = self.order(asker);
         let mut running = Running { by_tenant: self.running_by_tenant(), slots };
         let mut out = Vec::new();
         while (out.len() as u32) < max {
@@ -214,11 +246,13 @@ impl Scheduler {
     /// The jobs `node` may run, in the order it should: jobs that prefer a
     /// GPU last on a node without one; then those the node holds compiled;
     /// then oldest first.
-    fn order(&self, warm: &HashSet<String>, gpu: bool) -> Vec<String> {
+    fn order(&self, asker: Asker<'_>) -> Vec<String> {
+        let (warm, gpu) = (asker.warm, asker.gpu);
         let mut ids: Vec<String> = self
             .runs
             .iter()
             .filter(|(_, run)| gpu || run.function().gpu != GpuPlacement::Required)
+            .filter(|(_, run)| asker.ranges || run.range == 1)
             .map(|(id, _)| id.clone())
             .collect();
         ids.sort_by_key(|id| {
@@ -333,6 +367,10 @@ mod tests {
     use crate::state::DEFAULT_TENANT;
     use wasmgrid_api::SpanSpec;
 
+    fn ask<'a>(node: &'a str, warm: &'a HashSet<String>, gpu: bool) -> Asker<'a> {
+        Asker { node, warm, gpu, ranges: true }
+    }
+
     fn run(tasks: u32) -> Run {
         let function = TaskFunction {
             module: "m".repeat(64),
@@ -380,6 +418,7 @@ mod tests {
             record,
             plan: Arc::new(plan),
             stage: Stage::Map,
+            range: 1,
             pending: (0..tasks).collect(),
             running: BTreeMap::new(),
             done: HashSet::new(),
@@ -402,13 +441,13 @@ mod tests {
         let none = HashSet::new();
         let jobs = |tasks: &[TaskAssignment]| tasks.iter().map(|t| t.job.clone()).collect::<Vec<_>>();
         // Without quotas: alternately, so b is not queued behind 10,000 tasks.
-        let first = s.take("n1", 6, &none, false, &HashMap::new());
+        let first = s.take(ask("n1", &none, false), 6, &HashMap::new());
         assert_eq!(jobs(&first), ["job-1", "job-2", "job-1", "job-2", "job-1", "job-2"]);
         // With a quota of 4 task slots for a: a has 3 running, so 1 more.
         let slots = HashMap::from([("a".to_string(), 4)]);
-        let next = s.take("n2", 6, &none, false, &slots);
+        let next = s.take(ask("n2", &none, false), 6, &slots);
         assert_eq!(jobs(&next), ["job-1", "job-2"], "a up to its quota, then b's last task");
-        assert!(s.take("n3", 6, &none, false, &slots).is_empty(), "a is at its quota and b has nothing left");
+        assert!(s.take(ask("n3", &none, false), 6, &slots).is_empty(), "a is at its quota and b has nothing left");
     }
 
     #[test]
@@ -416,12 +455,12 @@ mod tests {
         let mut s = Scheduler { term: 3, ..Scheduler::default() };
         s.runs.insert("job-1".into(), run(4));
         let none = HashSet::new();
-        let a = s.take("a", 3, &none, false, &HashMap::new());
+        let a = s.take(ask("a", &none, false), 3, &HashMap::new());
         assert_eq!(a.iter().map(|t| t.task).collect::<Vec<_>>(), [0, 1, 2]);
         assert!(a.iter().all(|t| t.attempt >> 32 == 3), "attempt ids carry the term");
-        assert_eq!(s.take("b", 8, &none, false, &HashMap::new()).len(), 1, "one task left");
+        assert_eq!(s.take(ask("b", &none, false), 8, &HashMap::new()).len(), 1, "one task left");
         // Nothing pending and no straggler yet: nothing to copy.
-        assert!(s.take("b", 8, &none, false, &HashMap::new()).is_empty());
+        assert!(s.take(ask("b", &none, false), 8, &HashMap::new()).is_empty());
 
         let run = s.runs.get_mut("job-1").expect("run");
         run.durations = vec![Duration::from_millis(10); 5];
@@ -430,16 +469,16 @@ mod tests {
         run.running.get_mut(&1).expect("task 1")[0].started = started;
         run.running.get_mut(&2).expect("task 2")[0].started = started;
         run.done.insert(2);
-        let copy = s.take("b", 8, &none, false, &HashMap::new());
+        let copy = s.take(ask("b", &none, false), 8, &HashMap::new());
         assert_eq!(copy.iter().map(|t| t.task).collect::<Vec<_>>(), [1], "task 2 is done; task 1 gets a copy");
-        assert!(s.take("c", 8, &none, false, &HashMap::new()).is_empty(), "one copy per task");
-        assert!(s.take("a", 8, &none, false, &HashMap::new()).is_empty(), "never on the straggler's own node");
+        assert!(s.take(ask("c", &none, false), 8, &HashMap::new()).is_empty(), "one copy per task");
+        assert!(s.take(ask("a", &none, false), 8, &HashMap::new()).is_empty(), "never on the straggler's own node");
 
         // Node a stops heart-beating: its tasks go back to the queue,
         // except one whose copy still runs and one that is done.
         let requeued = s.requeue_lost(&|node| node != "a");
         assert_eq!(requeued, 1, "task 0 only");
-        let again = s.take("b", 8, &none, false, &HashMap::new());
+        let again = s.take(ask("b", &none, false), 8, &HashMap::new());
         assert_eq!(again.iter().map(|t| t.task).collect::<Vec<_>>(), [0]);
     }
 
@@ -449,7 +488,7 @@ mod tests {
         let mut r = run(3);
         r.done.insert(0);
         s.runs.insert("job-1".into(), r);
-        let tasks = s.take("a", 8, &HashSet::new(), false, &HashMap::new());
+        let tasks = s.take(ask("a", &HashSet::new(), false), 8, &HashMap::new());
         assert_eq!(tasks.iter().map(|t| t.task).collect::<Vec<_>>(), [1, 2]);
     }
 
@@ -468,12 +507,31 @@ mod tests {
         s.runs.insert("job-3".into(), with_gpu("job-3", 2, GpuPlacement::Any));
         let none = HashSet::new();
         // A CPU node: never the required job; the preferred one after the rest.
-        let cpu = s.take("cpu", 3, &none, false, &HashMap::new());
+        let cpu = s.take(ask("cpu", &none, false), 3, &HashMap::new());
         let jobs: Vec<&str> = cpu.iter().map(|t| t.job.as_str()).collect();
         assert_eq!(jobs, ["job-3", "job-3", "job-2"]);
         // A GPU node: oldest first, the required job included.
-        let gpu = s.take("gpu", 8, &none, true, &HashMap::new());
+        let gpu = s.take(ask("gpu", &none, true), 8, &HashMap::new());
         let jobs: Vec<&str> = gpu.iter().map(|t| t.job.as_str()).collect();
         assert_eq!(jobs, ["job-1", "job-1", "job-2"]);
+    }
+
+    #[test]
+    fn ranges_go_to_nodes_that_run_them_with_every_input_of_the_range() {
+        let mut s = Scheduler { term: 1, ..Scheduler::default() };
+        let mut r = run(10);
+        r.range = 4;
+        r.pending = (0..10).step_by(4).collect();
+        s.runs.insert("job-1".into(), r);
+        let none = HashSet::new();
+        let old = Asker { ranges: false, ..ask("old", &none, false) };
+        assert!(s.take(old, 8, &HashMap::new()).is_empty(), "a node of an earlier release gets no range");
+        let tasks = s.take(ask("new", &none, false), 8, &HashMap::new());
+        let got: Vec<(u32, u32)> = tasks.iter().map(|t| (t.task, t.count())).collect();
+        assert_eq!(got, [(0, 4), (4, 4), (8, 2)]);
+        let paths: Vec<String> = tasks[2].inputs().map(|p| p.path.clone()).collect();
+        assert_eq!(paths, ["/in/8", "/in/9"]);
+        let run = &s.runs["job-1"];
+        assert_eq!((run.range_bytes(4), run.range_bytes(8), run.range_len(5)), (4, 2, 0));
     }
 }
