@@ -300,7 +300,7 @@ fn job_in_ranges(tasks: u32, range: u32) -> Command {
         config: BTreeMap::new(),
         gpu: Default::default(),
     };
-    let job = jobs::JobRecord {
+    let job = JobRecord {
         id: String::new(),
         tenant: DEFAULT_TENANT.into(),
         function: "f".into(),
@@ -370,12 +370,8 @@ fn a_job_in_ranges_records_one_winner_per_range_and_counts_its_tasks() -> Result
     assert!(won(&s, 7, finished(0, 1, 4, None)));
     let job = s.job("job-1")?.expect("job");
     assert_eq!((job.map_done, job.state), (10, wasmgrid_api::JobState::Committing), "every task has a winner");
-    let records: Vec<u32> = s
-        .task_records("job-1", wasmgrid_api::Stage::Map)?
-        .iter()
-        .filter(|(_, r)| r.winner.is_some())
-        .map(|(t, _)| *t)
-        .collect();
+    let records: Vec<u32> =
+        s.task_records("job-1", Stage::Map)?.iter().filter(|(_, r)| r.winner.is_some()).map(|(t, _)| *t).collect();
     assert_eq!(records, [0, 4, 8], "one record per range, by its first task");
 
     // Twice failing fails the job, naming the range's tasks.
