@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
-use wasmgrid_api::{JobState, PartitionSpec, Stage, TaskFunction, TaskOutcome, TaskReport};
+use wasmgrid_api::{JobState, PartitionSpec, Partitions, Stage, TaskFunction, TaskOutcome, TaskReport};
 
 use super::outcome::{Applied, StateError};
 
@@ -153,8 +153,8 @@ pub enum JobCommand {
     SubmitRanges {
         /// The job (id empty, counters zero).
         job: Box<JobRecord>,
-        /// Its input partitions, in order.
-        partitions: Vec<PartitionSpec>,
+        /// Its input partitions, in order (as runs: compact).
+        partitions: Partitions,
         /// Map tasks per range (at least 1).
         range: u32,
     },
@@ -238,7 +238,7 @@ fn done_in(job: &mut JobRecord, stage: Stage) -> &mut u32 {
 pub(crate) fn apply(t: &Trees<'_>, index: u64, command: &JobCommand) -> Tx<Result<Applied, StateError>> {
     match command {
         JobCommand::Submit { job, partitions } => submit(t, index, job, partitions, 1),
-        JobCommand::SubmitRanges { job, partitions, range } => submit(t, index, job, partitions, *range),
+        JobCommand::SubmitRanges { job, partitions, range } => submit(t, index, job, &partitions.0, *range),
         JobCommand::Events { at_ms, events } => {
             // Each job record (and its range size) is read once and written
             // once per batch.
@@ -304,9 +304,13 @@ fn submit(
     // to publish, as `wasmgrid run` does.
     job.state = if partitions.is_empty() { JobState::Committing } else { JobState::Running };
     job.stage = Stage::Map;
-    t.plans.insert(job.id.as_bytes(), encode(&partitions)?)?;
     if range > 1 {
+        // As runs, which replicas of earlier releases cannot read: there
+        // are none once jobs are submitted in ranges.
+        t.plans.insert(job.id.as_bytes(), encode(&Partitions(partitions.to_vec()))?)?;
         t.plans.insert(range_key(&job.id), &range.to_be_bytes())?;
+    } else {
+        t.plans.insert(job.id.as_bytes(), encode(&partitions)?)?;
     }
     t.jobs.insert(job.id.as_bytes(), encode(&job)?)?;
     Ok(Ok(Applied::JobSubmitted { id: job.id }))

@@ -28,7 +28,7 @@ use serde_bytes::ByteBuf;
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, Transactional, TransactionalTree, UnabortableTransactionError,
 };
-use wasmgrid_api::{PartitionSpec, Stage};
+use wasmgrid_api::{PartitionSpec, Partitions, Stage};
 
 use jobs::{JobRecord, TaskRecord};
 pub use model::*;
@@ -640,7 +640,7 @@ impl State {
     /// A job's input partitions.
     pub fn plan(&self, id: &str) -> Result<Vec<PartitionSpec>> {
         match self.plans.get(id.as_bytes())? {
-            Some(v) => decode(&v),
+            Some(v) => decode::<Partitions>(&v).map(|p| p.0),
             None => Err(StateError::JobNotFound { id: id.into() }),
         }
     }

@@ -327,7 +327,7 @@ fn job_in_ranges(tasks: u32, range: u32) -> Command {
         submitted_ms: 0,
         finished_ms: None,
     };
-    let partitions = (0..tasks)
+    let partitions: Vec<PartitionSpec> = (0..tasks)
         .map(|i| PartitionSpec {
             path: "/in/a".into(),
             format: "jsonl".into(),
@@ -335,7 +335,7 @@ fn job_in_ranges(tasks: u32, range: u32) -> Command {
             bytes: 10,
         })
         .collect();
-    Command::Job(jobs::JobCommand::SubmitRanges { job: Box::new(job), partitions, range })
+    Command::Job(jobs::JobCommand::SubmitRanges { job: Box::new(job), partitions: Partitions(partitions), range })
 }
 
 fn finished(task: u32, attempt: u64, rows: u64, outcome: Option<&str>) -> Command {

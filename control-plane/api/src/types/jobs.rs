@@ -219,6 +219,118 @@ pub struct PartitionSpec {
     pub bytes: u64,
 }
 
+/// Input partitions, in order. They travel (as JSON or CBOR) as runs of
+/// consecutive partitions of one file, their spans and sizes as columns of
+/// numbers: a plan of 10,000 one-line partitions is three numbers per
+/// partition, not a path and a span object each. A plain list of
+/// partitions (as plans were stored before) reads too.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Partitions(pub Vec<PartitionSpec>);
+
+impl Partitions {
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Consecutive partitions of one file: partition `i` spans `a[i]` to
+/// `b[i]` (bytes: start and end; row groups: first and count).
+#[derive(Serialize, Deserialize)]
+struct PartitionRun {
+    path: String,
+    format: String,
+    #[serde(default)]
+    row_groups: bool,
+    a: Vec<u64>,
+    b: Vec<u64>,
+    bytes: Vec<u64>,
+}
+
+#[derive(Serialize)]
+struct Runs {
+    runs: Vec<PartitionRun>,
+}
+
+impl Serialize for Partitions {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut runs: Vec<PartitionRun> = Vec::new();
+        for p in &self.0 {
+            let (row_groups, a, b) = match p.span {
+                SpanSpec::Bytes { start, end } => (false, start, end),
+                SpanSpec::RowGroups { first, count } => (true, first, count),
+            };
+            match runs.last_mut() {
+                Some(run) if run.path == p.path && run.format == p.format && run.row_groups == row_groups => {
+                    run.a.push(a);
+                    run.b.push(b);
+                    run.bytes.push(p.bytes);
+                }
+                _ => runs.push(PartitionRun {
+                    path: p.path.clone(),
+                    format: p.format.clone(),
+                    row_groups,
+                    a: vec![a],
+                    b: vec![b],
+                    bytes: vec![p.bytes],
+                }),
+            }
+        }
+        Runs { runs }.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Partitions {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+        struct Either;
+        impl<'de> Visitor<'de> for Either {
+            type Value = Partitions;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("partitions: a list, or runs")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Partitions, A::Error> {
+                let mut list = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+                while let Some(p) = seq.next_element()? {
+                    list.push(p);
+                }
+                Ok(Partitions(list))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Partitions, A::Error> {
+                let mut runs: Option<Vec<PartitionRun>> = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "runs" {
+                        runs = Some(map.next_value()?);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                let runs = runs.ok_or_else(|| A::Error::missing_field("runs"))?;
+                let mut list = Vec::with_capacity(runs.iter().map(|r| r.a.len()).sum());
+                for run in runs {
+                    if run.b.len() != run.a.len() || run.bytes.len() != run.a.len() {
+                        return Err(A::Error::custom("a run of partitions whose columns differ in length"));
+                    }
+                    for ((&a, &b), &bytes) in run.a.iter().zip(&run.b).zip(&run.bytes) {
+                        let span = match run.row_groups {
+                            false => SpanSpec::Bytes { start: a, end: b },
+                            true => SpanSpec::RowGroups { first: a, count: b },
+                        };
+                        list.push(PartitionSpec { path: run.path.clone(), format: run.format.clone(), span, bytes });
+                    }
+                }
+                Ok(Partitions(list))
+            }
+        }
+
+        deserializer.deserialize_any(Either)
+    }
+}
+
 /// A function as a task runs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskFunction {
@@ -261,8 +373,8 @@ pub struct TaskAssignment {
     /// A range of map tasks leased as one attempt: the inputs of the tasks
     /// after `task` (`task + 1` on), run in order into one output. Empty for
     /// a single task.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub more_inputs: Vec<PartitionSpec>,
+    #[serde(default, skip_serializing_if = "Partitions::is_empty")]
+    pub more_inputs: Partitions,
     /// A reduce task's input: the winning map attempts' pair files for it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shuffle: Vec<String>,
@@ -280,12 +392,12 @@ pub struct TaskAssignment {
 impl TaskAssignment {
     /// Tasks this attempt runs: 1, or a range's length.
     pub fn count(&self) -> u32 {
-        1 + self.more_inputs.len() as u32
+        1 + self.more_inputs.0.len() as u32
     }
 
     /// The inputs of the tasks it runs, in order.
     pub fn inputs(&self) -> impl Iterator<Item = &PartitionSpec> {
-        self.input.iter().chain(&self.more_inputs)
+        self.input.iter().chain(&self.more_inputs.0)
     }
 }
 
@@ -469,4 +581,36 @@ pub struct AttemptLogs {
     pub job: String,
     /// The attempts.
     pub attempts: Vec<AttemptLog>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(path: &str, span: SpanSpec, bytes: u64) -> PartitionSpec {
+        PartitionSpec { path: path.into(), format: "jsonl".into(), span, bytes }
+    }
+
+    #[test]
+    fn partitions_travel_as_runs_and_read_back_the_same_and_as_lists() {
+        let mut list: Vec<PartitionSpec> = (0..1000)
+            .map(|i| spec("/data/a.jsonl", SpanSpec::Bytes { start: i * 11, end: (i + 1) * 11 }, 11))
+            .collect();
+        list.push(spec("/data/b.parquet", SpanSpec::RowGroups { first: 0, count: 2 }, 4096));
+        list.push(spec("/data/b.parquet", SpanSpec::RowGroups { first: 2, count: 1 }, 100));
+        list.push(spec("/data/a.jsonl", SpanSpec::Bytes { start: 0, end: 5 }, 5));
+        let partitions = Partitions(list.clone());
+        let compact = serde_json::to_string(&partitions).expect("json");
+        let back: Partitions = serde_json::from_str(&compact).expect("runs read back");
+        assert_eq!(back, partitions);
+        assert_eq!(compact.matches("\"path\"").count(), 3, "one path per run: {compact}");
+        let plain = serde_json::to_string(&list).expect("json");
+        assert!(compact.len() * 4 < plain.len(), "{} bytes as runs, {} as a list", compact.len(), plain.len());
+        // A plan stored as a list (before runs) reads as it was.
+        let old: Partitions = serde_json::from_str(&plain).expect("a list reads");
+        assert_eq!(old.0, list);
+        let bad = r#"{"runs": [{"path": "/a", "format": "csv", "a": [0, 1], "b": [1], "bytes": [1, 1]}]}"#;
+        let error = serde_json::from_str::<Partitions>(bad).expect_err("columns differ");
+        assert!(error.to_string().contains("columns differ in length"), "{error}");
+    }
 }

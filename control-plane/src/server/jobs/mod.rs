@@ -243,7 +243,7 @@ pub(super) async fn submit(
     // In ranges once every replica reads them and every node runs them.
     let range = request.range.unwrap_or_else(|| range_for(&partitions));
     let command = if range > 1 && app.nodes_run_ranges()? && app.replicas_on_this_release().await {
-        JobCommand::SubmitRanges { job, partitions, range }
+        JobCommand::SubmitRanges { job, partitions: Partitions(partitions), range }
     } else {
         JobCommand::Submit { job, partitions }
     };

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmgrid_api::{GpuPlacement, JobState, PartitionSpec, Stage, TaskAssignment, TaskFunction};
+use wasmgrid_api::{GpuPlacement, JobState, PartitionSpec, Partitions, Stage, TaskAssignment, TaskFunction};
 
 use crate::state::StateError;
 use crate::state::jobs::{JobRecord, range_len, stage_tasks};
@@ -161,11 +161,11 @@ impl Run {
     }
 
     pub(super) fn assignment(&self, task: u32, attempt: u64) -> TaskAssignment {
-        let mut more_inputs = Vec::new();
+        let mut more_inputs = Partitions::default();
         let (function, input, shuffle) = match self.stage {
             Stage::Map => {
                 let (first, len) = (task as usize, self.range_len(task) as usize);
-                more_inputs = self.plan.get(first + 1..first + len).map(<[_]>::to_vec).unwrap_or_default();
+                more_inputs = Partitions(self.plan.get(first + 1..first + len).map(<[_]>::to_vec).unwrap_or_default());
                 (self.record.map.clone(), self.plan.get(first).cloned(), Vec::new())
             }
             Stage::Reduce => {
