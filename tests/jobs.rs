@@ -461,10 +461,11 @@ async fn cancel_stops_running_tasks_within_a_second() {
     let input = dir.join("rows.jsonl");
     std::fs::write(&input, (0..100).map(|i| format!("{{\"x\": {i}}}\n")).collect::<String>()).expect("rows");
     let out = dir.join("out");
-    let id = common::grid_ok(
-        &urls,
-        &["job", "submit", "spin", "--input", &input.display().to_string(), "--output", &out.display().to_string()],
-    );
+    // In ranges of 4 partitions of about 100 bytes: every slot spins in a
+    // range's first call.
+    let (input_arg, out_arg) = (input.display().to_string(), out.display().to_string());
+    let args = ["job", "submit", "spin", "--input", &input_arg, "--output", &out_arg];
+    let id = common::grid_ok(&urls, &[&args[..], &["--partition-size", "100", "--range", "4"]].concat());
     let id = id.trim();
     let client = replicas.client(1);
     let deadline = Instant::now() + Duration::from_secs(30);

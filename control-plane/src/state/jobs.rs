@@ -79,6 +79,48 @@ pub struct JobRecord {
     pub finished_ms: Option<u64>,
 }
 
+#[cfg(test)]
+impl JobRecord {
+    /// A running job `id` of the default tenant with `map_tasks` map tasks
+    /// and no reducer, for tests.
+    pub(crate) fn sample(id: &str, map_tasks: u32) -> JobRecord {
+        let map = TaskFunction {
+            module: "m".repeat(64),
+            memory: 1 << 20,
+            timeout_ms: 1000,
+            config: Default::default(),
+            gpu: Default::default(),
+        };
+        JobRecord {
+            id: id.into(),
+            tenant: super::DEFAULT_TENANT.into(),
+            function: "f".into(),
+            version: 1,
+            map,
+            reduce: None,
+            input: "/in".into(),
+            output: "/out".into(),
+            format: "jsonl".into(),
+            reduce_partitions: 0,
+            max_attempts: 4,
+            map_tasks,
+            state: JobState::Running,
+            stage: Stage::Map,
+            map_done: 0,
+            reduce_done: 0,
+            failed_attempts: 0,
+            bytes_in: 0,
+            bytes_done: 0,
+            records_in: 0,
+            rows_out: 0,
+            gpu_us: 0,
+            error: None,
+            submitted_ms: 0,
+            finished_ms: None,
+        }
+    }
+}
+
 /// The winning attempt of a task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Winner {

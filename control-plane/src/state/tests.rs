@@ -292,41 +292,8 @@ fn a_write_with_a_request_id_is_applied_once_and_answered_alike() -> Result<()> 
 }
 
 fn job_in_ranges(tasks: u32, range: u32) -> Command {
-    use wasmgrid_api::{JobState, PartitionSpec, SpanSpec, Stage, TaskFunction};
-    let map = TaskFunction {
-        module: "m".into(),
-        memory: 1 << 20,
-        timeout_ms: 100,
-        config: BTreeMap::new(),
-        gpu: Default::default(),
-    };
-    let job = JobRecord {
-        id: String::new(),
-        tenant: DEFAULT_TENANT.into(),
-        function: "f".into(),
-        version: 1,
-        map,
-        reduce: None,
-        input: "/in".into(),
-        output: "/out".into(),
-        format: "jsonl".into(),
-        reduce_partitions: 0,
-        max_attempts: 2,
-        map_tasks: 0,
-        state: JobState::Running,
-        stage: Stage::Map,
-        map_done: 0,
-        reduce_done: 0,
-        failed_attempts: 0,
-        bytes_in: 0,
-        bytes_done: 0,
-        records_in: 0,
-        rows_out: 0,
-        gpu_us: 0,
-        error: None,
-        submitted_ms: 0,
-        finished_ms: None,
-    };
+    use wasmgrid_api::{PartitionSpec, SpanSpec};
+    let job = JobRecord { max_attempts: 2, ..JobRecord::sample("", 0) };
     let partitions: Vec<PartitionSpec> = (0..tasks)
         .map(|i| PartitionSpec {
             path: "/in/a".into(),

@@ -364,7 +364,6 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::DEFAULT_TENANT;
     use wasmgrid_api::SpanSpec;
 
     fn ask<'a>(node: &'a str, warm: &'a HashSet<String>, gpu: bool) -> Asker<'a> {
@@ -372,40 +371,7 @@ mod tests {
     }
 
     fn run(tasks: u32) -> Run {
-        let function = TaskFunction {
-            module: "m".repeat(64),
-            memory: 1 << 20,
-            timeout_ms: 1000,
-            config: BTreeMap::new(),
-            gpu: Default::default(),
-        };
-        let record = JobRecord {
-            id: "job-1".into(),
-            tenant: DEFAULT_TENANT.into(),
-            function: "f".into(),
-            version: 1,
-            map: function,
-            reduce: None,
-            input: "/in".into(),
-            output: "/out".into(),
-            format: "jsonl".into(),
-            reduce_partitions: 0,
-            max_attempts: 4,
-            map_tasks: tasks,
-            state: JobState::Running,
-            stage: Stage::Map,
-            map_done: 0,
-            reduce_done: 0,
-            failed_attempts: 0,
-            bytes_in: 0,
-            bytes_done: 0,
-            records_in: 0,
-            rows_out: 0,
-            gpu_us: 0,
-            error: None,
-            submitted_ms: 0,
-            finished_ms: None,
-        };
+        let record = JobRecord::sample("job-1", tasks);
         let plan = (0..tasks)
             .map(|i| PartitionSpec {
                 path: format!("/in/{i}"),
@@ -531,7 +497,16 @@ mod tests {
         assert_eq!(got, [(0, 4), (4, 4), (8, 2)]);
         let paths: Vec<String> = tasks[2].inputs().map(|p| p.path.clone()).collect();
         assert_eq!(paths, ["/in/8", "/in/9"]);
-        let run = &s.runs["job-1"];
+        let run = s.runs.get_mut("job-1").expect("run");
         assert_eq!((run.range_bytes(4), run.range_bytes(8), run.range_len(5)), (4, 2, 0));
+
+        // Range 4 runs far longer than the median: an idle node gets a copy
+        // of the whole range.
+        run.durations = vec![Duration::from_millis(10); 3];
+        run.running.get_mut(&4).expect("range 4")[0].started =
+            Instant::now().checked_sub(Duration::from_secs(5)).expect("clock");
+        let copy = s.take(ask("other", &none, false), 8, &HashMap::new());
+        let got: Vec<(u32, u32)> = copy.iter().map(|t| (t.task, t.count())).collect();
+        assert_eq!(got, [(4, 4)]);
     }
 }
