@@ -318,10 +318,13 @@ fn logs(rt: &tokio::runtime::Runtime, id: &str, node: Option<&String>, args: &Cl
     }
     for t in &logs.tasks {
         let outcome = if t.done { "then succeeded" } else { "not done" };
+        let tasks = match t.count {
+            0 | 1 => format!("task {}", t.task),
+            n => format!("tasks {}-{}", t.task, t.task + n - 1),
+        };
         println!(
-            "{} task {}: {} failed attempt(s), {outcome}; last error: {}",
+            "{} {tasks}: {} failed attempt(s), {outcome}; last error: {}",
             t.stage.name(),
-            t.task,
             t.failures,
             t.last_error.as_deref().unwrap_or("-")
         );

@@ -513,8 +513,11 @@ pub struct JobCommit {
 pub struct TaskLog {
     /// The stage.
     pub stage: Stage,
-    /// The task.
+    /// The task (the first of a range).
     pub task: u32,
+    /// Tasks its attempts ran: `task` to `task + count - 1`.
+    #[serde(default = "one")]
+    pub count: u32,
     /// Failed attempts.
     pub failures: u32,
     /// The last failure's error.

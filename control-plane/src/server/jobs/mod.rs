@@ -452,7 +452,8 @@ pub(super) async fn logs(
     let id = job_id(id)?;
     app.barrier().await?;
     let state = app.0.replica.state();
-    app.own_job(&caller, &id)?;
+    let job = app.own_job(&caller, &id)?;
+    let range = state.job_range(&id)?;
     let mut tasks = Vec::new();
     for stage in [Stage::Map, Stage::Reduce] {
         for (task, record) in state.task_records(&id, stage)? {
@@ -460,6 +461,7 @@ pub(super) async fn logs(
                 tasks.push(TaskLog {
                     stage,
                     task,
+                    count: crate::state::jobs::range_len(&job, range, stage, task).max(1),
                     failures: record.failures,
                     last_error: record.last_error,
                     done: record.winner.is_some(),

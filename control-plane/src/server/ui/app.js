@@ -293,11 +293,13 @@ async function jobView(id) {
   const facts = [
     ["function", `${job.function} v${job.version}`], ["reducer", job.reduce ? `${job.reduce[0]} v${job.reduce[1]}` : "-"],
     ["input", job.input], ["output", job.output], ["state", job.state], ["stage", job.stage],
-    ["map tasks", `${job.map_done} / ${job.map_tasks}`], ["reduce tasks", `${job.reduce_done} / ${job.reduce_tasks}`],
+    ["map tasks", `${job.map_done} / ${job.map_tasks}` + (job.map_range > 1 ? ` (in ranges of ${job.map_range})` : "")],
+    ["reduce tasks", `${job.reduce_done} / ${job.reduce_tasks}`],
     ["input bytes", `${fmtBytes(job.bytes_done)} of ${fmtBytes(job.bytes_in)}`], ["records in", fmtCount(job.records_in)],
     ["rows out", fmtCount(job.rows_out)], ["submitted", fmtTime(job.submitted_ms)], ["finished", fmtTime(job.finished_ms)],
   ];
-  const failures = logs.tasks.map((t) => el("tr", {}, el("td", {}, t.stage), num(t.task), num(t.failures),
+  const failures = logs.tasks.map((t) => el("tr", {}, el("td", {}, t.stage),
+    el("td", { class: "num" }, t.count > 1 ? `${t.task}-${t.task + t.count - 1}` : String(t.task)), num(t.failures),
     el("td", {}, t.done ? "done" : "not done"), el("td", {}, el("pre", { class: "log" }, t.last_error || ""))));
   return el("div", { id: "job", "data-job": job.id },
     el("h1", {}, `Job ${job.id}`),
