@@ -258,7 +258,7 @@ pub fn range_len(job: &JobRecord, range: u32, stage: Stage, first: u32) -> u32 {
         Stage::Map => (job.map_tasks, range.max(1)),
         Stage::Reduce => (job.reduce_partitions, 1),
     };
-    if first >= tasks || first % range != 0 { 0 } else { range.min(tasks - first) }
+    if first >= tasks || !first.is_multiple_of(range) { 0 } else { range.min(tasks - first) }
 }
 
 /// Tasks in a stage.
