@@ -5,7 +5,9 @@
 //! the way, replicas of the previous release follow a leader of this one
 //! (its log entries), and one of them, far behind, catches up from this
 //! release's snapshot. Every acknowledged write must be on every replica
-//! and the replicas must agree, at each step.
+//! and the replicas must agree, at each step. A second test runs a node of
+//! the previous release under this release's control plane: jobs run one
+//! task per attempt while it is alive, in ranges once it is gone.
 //!
 //! Without the previous binary the test says why and passes, unless
 //! `WASMGRID_REQUIRE_PREVIOUS` is set (CI, through `deploy/test-setup.sh`).
@@ -17,7 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::grid::Replicas;
-use wasmgrid_api::{Client, DeployRequest};
+use wasmgrid_api::{Client, DeployRequest, JobState};
 use wasmgrid_test_artifacts as guests;
 
 fn previous_binary() -> Option<PathBuf> {
@@ -150,4 +152,63 @@ async fn replicas_of_two_releases_run_one_cluster_through_a_rolling_upgrade() {
     assert_eq!(deployed.active, 3);
     agree(&replicas, &acknowledged, "a placed version").await;
     assert!(acknowledged.len() >= 300, "most writes were acknowledged: {}", acknowledged.len());
+}
+
+/// Waits for `id` to end and returns it.
+async fn finished(client: &Client, id: &str) -> wasmgrid_api::JobInfo {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(job) = client.job(id).await
+            && job.state.is_final()
+        {
+            return job;
+        }
+        assert!(std::time::Instant::now() < deadline, "job {id} did not end");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_the_previous_release_runs_jobs_one_task_per_attempt() {
+    let Some(previous) = previous_binary() else {
+        assert!(std::env::var_os("WASMGRID_REQUIRE_PREVIOUS").is_none(), "no target/previous/wasmgrid");
+        eprintln!("skipping: no previous release built (deploy/build-previous.sh)");
+        return;
+    };
+    let replicas = Replicas::start(1, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let urls = replicas.urls();
+    let dir = replicas.dir.path();
+    let mut old_release = std::process::Command::new(&previous);
+    old_release.env("NO_COLOR", "1").env("WASMGRID_TOKEN", common::TOKEN);
+    let mut old = common::grid::Node::start_from(old_release, &urls, &dir.join("old-node"), &[]);
+    common::grid_ok(&urls, &["deploy", "tiny", guests::HOSTILE_SCORER, "--config", "mode=ok"]);
+    // 1,000 one-line partitions: ranges of 3 on a grid of this release.
+    let input = dir.join("rows.jsonl");
+    std::fs::write(&input, "{\"x\": 1}\n".repeat(1000)).expect("rows");
+    let client = replicas.client(1);
+    let submit = |out: &str| {
+        let out = dir.join(out).display().to_string();
+        let args = ["job", "submit", "tiny", "--input", &input.display().to_string(), "--output", &out];
+        common::grid_ok(&urls, &[&args[..], &["--partition-size", "9"]].concat()).trim().to_string()
+    };
+    // While the node of the previous release is alive, jobs run task by
+    // task, and it runs them.
+    let id = submit("with-old");
+    let job = finished(&client, &id).await;
+    assert_eq!((job.state, job.map_range, job.map_done, job.rows_out), (JobState::Succeeded, 1, 1000, 1000), "{job:?}");
+    // Once it is gone and a node of this release runs jobs, in ranges.
+    let _new = common::grid::Node::start(&urls, &dir.join("new-node"));
+    old.kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut tries = 0;
+    let job = loop {
+        tries += 1;
+        let job = finished(&client, &submit(&format!("without-old-{tries}"))).await;
+        if job.map_range > 1 || std::time::Instant::now() > deadline {
+            break job;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!((job.state, job.map_range, job.map_done, job.rows_out), (JobState::Succeeded, 3, 1000, 1000), "{job:?}");
 }

@@ -248,9 +248,14 @@ impl Node {
 
     /// A node with extra flags (admission limits).
     pub fn start_with(control_plane: &str, data: &Path, flags: &[&str]) -> Node {
+        Node::start_from(super::wasmgrid(), control_plane, data, flags)
+    }
+
+    /// A node run by `command` (another release's `wasmgrid`).
+    pub fn start_from(mut command: std::process::Command, control_plane: &str, data: &Path, flags: &[&str]) -> Node {
         let port = free_port();
         let log = std::fs::File::create(data.with_extension("log")).expect("log");
-        let child = super::wasmgrid()
+        let child = command
             .args(["node", "--control-plane", control_plane, "--listen", &format!("127.0.0.1:{port}")])
             .arg("--data")
             .arg(data)
