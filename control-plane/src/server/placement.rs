@@ -28,7 +28,7 @@ use super::*;
 const EVERY: Duration = Duration::from_millis(250);
 
 /// A node as placement sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Candidate {
     pub(crate) id: String,
     pub(crate) gpu: bool,
@@ -37,7 +37,7 @@ pub(crate) struct Candidate {
 }
 
 /// What a pass knows of the nodes.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 pub(crate) struct Nodes {
     /// Heard from within [`NODE_LIVENESS`].
     pub(crate) alive: Vec<Candidate>,
@@ -142,6 +142,16 @@ fn spread(tenant: &str, name: &str, node: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (tenant, name, node).hash(&mut h);
     h.finish()
+}
+
+/// What a placement pass saw.
+#[derive(Debug, PartialEq)]
+pub(super) struct Seen {
+    term: u64,
+    /// The state's route revision: functions deployed, moved or removed,
+    /// nodes registered.
+    revision: u64,
+    nodes: Nodes,
 }
 
 impl App {
@@ -271,19 +281,33 @@ impl App {
     }
 
     /// One placement pass, on the leader: proposes the placements that
-    /// changed, if any. Passes run one at a time.
-    pub(super) async fn place(&self) -> Answer<()> {
+    /// changed, if any. Passes run one at a time. A pass that would see
+    /// what the last one that changed nothing saw (`seen`: the same term,
+    /// route revision and nodes) is skipped: with many functions a pass
+    /// reads them all, which an idle leader should not do four times a
+    /// second.
+    pub(super) async fn place(&self, seen: &mut Option<Seen>) -> Answer<()> {
         let _turn = self.0.placing.lock().await;
-        if !self.status().is_leader || !self.replicas_on_this_release().await {
+        let status = self.status();
+        if !status.is_leader || !self.replicas_on_this_release().await {
             return Ok(());
         }
-        let nodes = self.placement_nodes()?;
+        let now = Seen {
+            term: status.term,
+            revision: self.0.replica.state().routes_revision()?,
+            nodes: self.placement_nodes()?,
+        };
         let pending = self.0.placing_now.lock().map_err(poisoned)?.clone();
+        if pending.is_empty() && seen.as_ref() == Some(&now) {
+            return Ok(());
+        }
+        let nodes = &now.nodes;
         // Functions whose deploy is under way are that deploy's to place.
         let functions: Vec<Wanted> =
             self.wanted()?.into_iter().filter(|f| !pending.contains_key(&(f.tenant.clone(), f.name.clone()))).collect();
-        let changes = plan(&functions, &nodes);
+        let changes = plan(&functions, nodes);
         if changes.is_empty() {
+            *seen = Some(now);
             return Ok(());
         }
         tracing::info!(functions = changes.len(), "placing functions");
@@ -296,12 +320,13 @@ impl App {
 /// silent nodes and onto nodes that joined.
 pub(super) async fn watch(app: App) {
     let mut last_warning: Option<Instant> = None;
+    let mut seen = None;
     loop {
         let _ = tokio::time::timeout(EVERY, app.0.placement_changed.notified()).await;
         if !app.status().is_leader {
             continue;
         }
-        if let Err(e) = app.place().await
+        if let Err(e) = app.place(&mut seen).await
             && last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10))
         {
             tracing::warn!("placement pass failed (tried again shortly): {}", e.message());
