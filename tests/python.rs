@@ -132,6 +132,77 @@ fn python_logreg_gives_the_rust_logregs_scores_through_wasmgrid_run() {
     assert!(stderr.contains("model has 1 features but 2 weights"), "{stderr}");
 }
 
+/// A Python with pandas and pytest for `wasmgrid.local`: `WASMGRID_PYTHON`,
+/// else the one beside componentize-py (deploy/test-setup.sh installs them
+/// there), else `python3`; `None` when it lacks them and they are not
+/// required.
+fn local_python() -> Option<PathBuf> {
+    let python = std::env::var_os("WASMGRID_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        let beside = std::env::var_os("COMPONENTIZE_PY").map(|c| Path::new(&c).with_file_name("python"));
+        beside.filter(|p| p.exists()).unwrap_or_else(|| PathBuf::from("python3"))
+    });
+    let has = std::process::Command::new(&python).args(["-c", "import pandas, pytest"]).output();
+    if has.is_ok_and(|o| o.status.success()) {
+        return Some(python);
+    }
+    assert!(
+        std::env::var_os("WASMGRID_REQUIRE_PYTHON").is_none(),
+        "{} lacks pandas or pytest (deploy/test-setup.sh installs them)",
+        python.display()
+    );
+    eprintln!("no Python with pandas and pytest: wasmgrid.local not tested");
+    None
+}
+
+#[test]
+fn python_functions_run_in_plain_python_under_pytest_and_score_like_their_component() {
+    let Some(python) = local_python() else { return };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sdk = root.join("sdk/python");
+    // The examples' unit tests: a DataFrame in, a DataFrame out, the grid's
+    // errors, no component.
+    let out = std::process::Command::new(&python)
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .arg(root.join("tests/python-local"))
+        .env("PYTHONPATH", &sdk)
+        .output()
+        .expect("pytest runs");
+    let (stdout, stderr) = common::text(&out);
+    assert!(out.status.success() && stdout.contains("6 passed"), "{stdout}\n{stderr}");
+
+    // The same rows scored by the module in plain Python and by its
+    // component through `wasmgrid run`.
+    let Some(py) = python_guest("guest-examples/python-logreg/app.py") else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("rows.jsonl");
+    common::write_jsonl(&input, &rows(300, 7));
+    let component = run_scorer(&py, &input, &dir.path().join("out"));
+    let script = r#"
+import importlib.util, json, sys
+import pandas as pd
+from wasmgrid import local
+spec = importlib.util.spec_from_file_location("app", sys.argv[1])
+app = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(app)
+scored = local.score(app.score, pd.read_json(sys.argv[2], lines=True), {"model": sys.argv[3]})
+print(json.dumps([[int(i), float(s)] for i, s in zip(scored["id"], scored["score"])]))
+"#;
+    let out = std::process::Command::new(&python)
+        .args(["-c", script])
+        .arg(root.join("guest-examples/python-logreg/app.py"))
+        .arg(&input)
+        .arg(MODEL)
+        .env("PYTHONPATH", &sdk)
+        .output()
+        .expect("python runs");
+    let local: Vec<(u64, f64)> = serde_json::from_str(&common::ok_stdout(out)).expect("scores");
+    assert_eq!(local.len(), 300);
+    for ((id, l), (cid, c)) in local.iter().zip(&component) {
+        assert_eq!(id, cid, "row order");
+        assert!((l - c).abs() <= 1e-12, "row {id}: plain Python {l}, component {c}");
+    }
+}
+
 /// Word counts in a job's output, each word once.
 fn counts_in(dir: &Path) -> HashMap<String, u64> {
     let mut counts = HashMap::new();

@@ -26,10 +26,24 @@ import re
 # The generated bindings, imported now: componentize-py snapshots the
 # interpreter after importing the app, and a component has no files to
 # import more from later. `input` and `output` exist only in mappers,
-# `types` not in reducers.
-from componentize_py_types import Err
-from wit_world.imports import config as _wit_config
-from wit_world.imports import log as _wit_log
+# `types` not in reducers. In plain CPython (a test, a notebook) there are
+# none: `wasmgrid.local` runs functions there, with the same checks.
+try:
+    from componentize_py_types import Err
+    from wit_world.imports import config as _wit_config
+    from wit_world.imports import log as _wit_log
+
+    IN_COMPONENT = True
+except ImportError:
+    IN_COMPONENT = False
+    _wit_config = _wit_log = None
+
+    class Err(Exception):
+        """A function's error, as a call on the grid returns it."""
+
+        def __init__(self, value):
+            super().__init__(value)
+            self.value = value
 
 try:
     from wit_world.imports import types as _types
@@ -40,6 +54,11 @@ try:
     from wit_world.imports import output as _wit_output
 except ImportError:
     _wit_input = _wit_output = None
+
+# Outside a component: the config `wasmgrid.local` runs a function with,
+# and what it logged.
+_local_config = {}
+_local_logs = []
 
 __all__ = [
     "Rows", "scorer", "mapper", "reducer", "init", "config", "require", "log",
@@ -135,26 +154,44 @@ def _from_wit(batch):
     return Rows(batch.rows, columns)
 
 
+def _column(name, values, n):
+    """Column ``name`` checked as the grid takes it: its kind (``bool``,
+    ``int``, ``float`` or ``str``), its values (ints in a float column as
+    floats) and, when it has nulls, which values are present."""
+    values = list(values)
+    if len(values) != n:
+        raise ValueError(f"column `{name}` has {len(values)} values for {n} rows")
+    present = [v for v in values if v is not None]
+    valid = None if len(present) == n else [v is not None for v in values]
+    if all(isinstance(v, bool) for v in present):
+        kind = "bool"
+    elif all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        kind = "int"
+    elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        kind = "float"
+        values = [float(v) if v is not None else None for v in values]
+    elif all(isinstance(v, str) for v in present):
+        kind = "str"
+    else:
+        raise ValueError(f"column `{name}` mixes types: a column holds bools, ints, floats or strings")
+    return kind, values, valid
+
+
 def _to_wit(n, columns):
+    """Columns as a WIT batch; outside a component, the checked columns."""
+    checked = {name: _column(name, values, n) for name, values in columns.items()}
+    if _types is None:
+        return {name: values for name, (_, values, _) in checked.items()}
     types = _types
+    kinds = {
+        "bool": (types.Column_Boolean, False),
+        "int": (types.Column_S64, 0),
+        "float": (types.Column_F64, 0.0),
+        "str": (types.Column_Str, ""),
+    }
     fields = []
-    for name, values in columns.items():
-        values = list(values)
-        if len(values) != n:
-            raise ValueError(f"column `{name}` has {len(values)} values for {n} rows")
-        present = [v for v in values if v is not None]
-        valid = None if len(present) == n else [v is not None for v in values]
-        if all(isinstance(v, bool) for v in present):
-            column, fill = types.Column_Boolean, False
-        elif all(isinstance(v, int) and not isinstance(v, bool) for v in present):
-            column, fill = types.Column_S64, 0
-        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
-            column, fill = types.Column_F64, 0.0
-            values = [float(v) if v is not None else None for v in values]
-        elif all(isinstance(v, str) for v in present):
-            column, fill = types.Column_Str, ""
-        else:
-            raise ValueError(f"column `{name}` mixes types: a column holds bools, ints, floats or strings")
+    for name, (kind, values, valid) in checked.items():
+        column, fill = kinds[kind]
         if valid is not None:
             values = [fill if v is None else v for v in values]
         fields.append(types.Field(name=name, values=column(values), valid=valid))
@@ -163,7 +200,7 @@ def _to_wit(n, columns):
 
 def config(key, default=None):
     """The function's config value for ``key`` (``--config key=value``)."""
-    value = _wit_config.get(key)
+    value = _wit_config.get(key) if IN_COMPONENT else _local_config.get(key)
     return default if value is None else value
 
 
@@ -179,6 +216,9 @@ class _Log:
     """``log.info("...")`` and friends: kept per invocation, shown to the owner."""
 
     def _log(self, level, message):
+        if not IN_COMPONENT:
+            _local_logs.append((level, str(message)))
+            return
         _wit_log.log(getattr(_wit_log.Level, level), str(message))
 
     def debug(self, message):
@@ -212,7 +252,7 @@ def batches(max_rows=4096):
         batch = _mapper_io(_wit_input).next_batch(max_rows)
         if batch is None:
             return
-        yield _from_wit(batch)
+        yield batch if isinstance(batch, Rows) else _from_wit(batch)
 
 
 def emit(record):

@@ -1,0 +1,73 @@
+"""The example Python functions unit-tested in plain CPython with
+`wasmgrid.local`, no component built: run by tests/python.rs with pytest."""
+
+import importlib.util
+import json
+import math
+import os
+
+import pandas as pd
+import pytest
+
+import wasmgrid
+from wasmgrid import local
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODEL = json.dumps({"features": ["x1", "x2"], "weights": [0.8, -1.25], "bias": 0.3})
+
+
+def load(name, path):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+logreg = load("logreg_app", "guest-examples/python-logreg/app.py")
+wordcount = load("wordcount_map", "guest-examples/python-wordcount/map.py")
+
+
+def test_a_scorer_scores_a_dataframe_and_keeps_its_columns():
+    df = pd.DataFrame({"id": [1, 2, 3], "x1": [0.5, -1.0, 2.0], "x2": [1.0, 0.0, -0.5]})
+    out = local.score(logreg.score, df, {"model": MODEL})
+    assert isinstance(out, pd.DataFrame)
+    assert list(out.columns) == ["id", "x1", "x2", "score"]
+    for row in out.itertuples():
+        z = 0.3 + 0.8 * row.x1 - 1.25 * row.x2
+        assert row.score == pytest.approx(1 / (1 + math.exp(-z)), abs=1e-15)
+
+
+def test_rows_in_rows_out():
+    out = local.score(logreg.score, [{"x1": 0.0, "x2": 0.0}], {"model": MODEL})
+    assert out == [{"x1": 0.0, "x2": 0.0, "score": pytest.approx(1 / (1 + math.exp(-0.3)))}]
+
+
+def test_a_missing_value_is_null_and_fails_as_on_the_grid():
+    df = pd.DataFrame({"x1": [0.5, None], "x2": [1.0, 2.0]})
+    with pytest.raises(wasmgrid.Err, match="column `x1` has null values"):
+        local.score(logreg.score, df, {"model": MODEL})
+
+
+def test_a_bad_model_fails_in_init_with_its_message():
+    with pytest.raises(wasmgrid.Err, match="model has 2 features but 1 weights"):
+        bad = json.dumps({"features": ["x1", "x2"], "weights": [1], "bias": 0})
+        local.score(logreg.score, pd.DataFrame({"x1": [1.0], "x2": [1.0]}), {"model": bad})
+
+
+def test_returned_columns_are_checked_as_the_grid_checks_them():
+    def short(rows):
+        return {"y": [1.0]}
+
+    def mixed(rows):
+        return {"y": [1, "one"]}
+
+    with pytest.raises(wasmgrid.Err, match="column `y` has 1 values for 2 rows"):
+        local.score(short, [{"x": 1}, {"x": 2}])
+    with pytest.raises(wasmgrid.Err, match="column `y` mixes types"):
+        local.score(mixed, [{"x": 1}, {"x": 2}])
+
+
+def test_a_mapper_emits_its_pairs():
+    mapped = local.map(wordcount.run, "the cat\nthe dog\n")
+    counts = {k.decode(): int.from_bytes(v, "little") for k, v in mapped.pairs}
+    assert counts == {"the": 2, "cat": 1, "dog": 1}
