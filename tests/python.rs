@@ -130,6 +130,22 @@ fn python_logreg_gives_the_rust_logregs_scores_through_wasmgrid_run() {
         .expect("wasmgrid runs");
     let stderr = common::fails(out);
     assert!(stderr.contains("model has 1 features but 2 weights"), "{stderr}");
+
+    // A missing column is named once, unquoted (a KeyError's message).
+    let out = common::wasmgrid()
+        .env("WASMGRID_CACHE_DIR", shared().join("cache"))
+        .arg("run")
+        .arg(&py)
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(dir.path().join("missing"))
+        .args(["--config", r#"model={"features": ["x9"], "weights": [1], "bias": 0}"#, "--memory", PY_MEMORY])
+        .output()
+        .expect("wasmgrid runs");
+    let stderr = common::fails(out);
+    assert!(stderr.contains("function returned an error: no column `x9` (columns: id, x1, x2)"), "{stderr}");
+    assert_eq!(stderr.matches("no column").count(), 1, "{stderr}");
 }
 
 /// A Python with pandas and pytest for `wasmgrid.local`: `WASMGRID_PYTHON`,
@@ -168,7 +184,7 @@ fn python_functions_run_in_plain_python_under_pytest_and_score_like_their_compon
         .output()
         .expect("pytest runs");
     let (stdout, stderr) = common::text(&out);
-    assert!(out.status.success() && stdout.contains("6 passed"), "{stdout}\n{stderr}");
+    assert!(out.status.success() && stdout.contains("7 passed"), "{stdout}\n{stderr}");
 
     // The same rows scored by the module in plain Python and by its
     // component through `wasmgrid run`.

@@ -48,6 +48,13 @@ def test_a_missing_value_is_null_and_fails_as_on_the_grid():
         local.score(logreg.score, df, {"model": MODEL})
 
 
+def test_a_missing_column_is_named_in_the_error_without_quotes():
+    model = json.dumps({"features": ["x9"], "weights": [1], "bias": 0})
+    with pytest.raises(wasmgrid.Err) as error:
+        local.score(logreg.score, pd.DataFrame({"x1": [1.0], "x2": [2.0]}), {"model": model})
+    assert str(error.value) == "no column `x9` (columns: x1, x2)"
+
+
 def test_a_bad_model_fails_in_init_with_its_message():
     with pytest.raises(wasmgrid.Err, match="model has 2 features but 1 weights"):
         bad = json.dumps({"features": ["x1", "x2"], "weights": [1], "bias": 0})

@@ -302,7 +302,11 @@ def _mapper_io(module):
 def _fail(e):
     if isinstance(e, Err):
         return e
-    message = str(e) or type(e).__name__
+    # str() of a KeyError quotes its message (`'no column ...'`).
+    if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
+        message = e.args[0]
+    else:
+        message = str(e) or type(e).__name__
     return Err(message)
 
 
