@@ -89,20 +89,23 @@ fn assert_same_scores(what: &str, python: &[(u64, f64)], rust: &[(u64, f64)]) {
     }
 }
 
+/// `wasmgrid run` of scorer `wasm` with `model` over `input` into `out`.
+fn run_with_model(wasm: &Path, model: &str, input: &Path, out: &Path) -> std::process::Output {
+    common::wasmgrid()
+        .env("WASMGRID_CACHE_DIR", shared().join("cache"))
+        .arg("run")
+        .arg(wasm)
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(out)
+        .args(["--config", &format!("model={model}"), "--memory", PY_MEMORY])
+        .output()
+        .expect("wasmgrid runs")
+}
+
 fn run_scorer(wasm: &Path, input: &Path, out: &Path) -> Vec<(u64, f64)> {
-    common::ok(
-        common::wasmgrid()
-            .env("WASMGRID_CACHE_DIR", shared().join("cache"))
-            .arg("run")
-            .arg(wasm)
-            .arg("--input")
-            .arg(input)
-            .arg("--output")
-            .arg(out)
-            .args(["--config", &format!("model={MODEL}"), "--memory", PY_MEMORY])
-            .output()
-            .expect("wasmgrid runs"),
-    );
+    common::ok(run_with_model(wasm, MODEL, input, out));
     common::scores_in(out)
 }
 
@@ -117,33 +120,13 @@ fn python_logreg_gives_the_rust_logregs_scores_through_wasmgrid_run() {
     assert_same_scores("wasmgrid run", &python, &rust);
 
     // A bad model is the guest's error, as in Rust.
-    let out = common::wasmgrid()
-        .env("WASMGRID_CACHE_DIR", shared().join("cache"))
-        .arg("run")
-        .arg(&py)
-        .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(dir.path().join("bad"))
-        .args(["--config", r#"model={"features": ["x1"], "weights": [1, 2], "bias": 0}"#, "--memory", PY_MEMORY])
-        .output()
-        .expect("wasmgrid runs");
-    let stderr = common::fails(out);
+    let bad = r#"{"features": ["x1"], "weights": [1, 2], "bias": 0}"#;
+    let stderr = common::fails(run_with_model(&py, bad, &input, &dir.path().join("bad")));
     assert!(stderr.contains("model has 1 features but 2 weights"), "{stderr}");
 
     // A missing column is named once, unquoted (a KeyError's message).
-    let out = common::wasmgrid()
-        .env("WASMGRID_CACHE_DIR", shared().join("cache"))
-        .arg("run")
-        .arg(&py)
-        .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(dir.path().join("missing"))
-        .args(["--config", r#"model={"features": ["x9"], "weights": [1], "bias": 0}"#, "--memory", PY_MEMORY])
-        .output()
-        .expect("wasmgrid runs");
-    let stderr = common::fails(out);
+    let missing = r#"{"features": ["x9"], "weights": [1], "bias": 0}"#;
+    let stderr = common::fails(run_with_model(&py, missing, &input, &dir.path().join("missing")));
     assert!(stderr.contains("function returned an error: no column `x9` (columns: id, x1, x2)"), "{stderr}");
     assert_eq!(stderr.matches("no column").count(), 1, "{stderr}");
 }

@@ -318,13 +318,10 @@ fn logs(rt: &tokio::runtime::Runtime, id: &str, node: Option<&String>, args: &Cl
     }
     for t in &logs.tasks {
         let outcome = if t.done { "then succeeded" } else { "not done" };
-        let tasks = match t.count {
-            0 | 1 => format!("task {}", t.task),
-            n => format!("tasks {}-{}", t.task, t.task + n - 1),
-        };
         println!(
-            "{} {tasks}: {} failed attempt(s), {outcome}; last error: {}",
+            "{} {}: {} failed attempt(s), {outcome}; last error: {}",
             t.stage.name(),
+            wasmgrid_api::tasks_label(t.task, t.count),
             t.failures,
             t.last_error.as_deref().unwrap_or("-")
         );

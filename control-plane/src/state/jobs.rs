@@ -279,8 +279,13 @@ fn done_in(job: &mut JobRecord, stage: Stage) -> &mut u32 {
 /// Applies a job command at log `index`.
 pub(crate) fn apply(t: &Trees<'_>, index: u64, command: &JobCommand) -> Tx<Result<Applied, StateError>> {
     match command {
-        JobCommand::Submit { job, partitions } => submit(t, index, job, partitions, 1),
-        JobCommand::SubmitRanges { job, partitions, range } => submit(t, index, job, &partitions.0, *range),
+        // A plan in ranges is stored as runs, which replicas of earlier
+        // releases cannot read: there are none once jobs are submitted in
+        // ranges.
+        JobCommand::Submit { job, partitions } => submit(t, index, job, partitions, encode(partitions)?, 1),
+        JobCommand::SubmitRanges { job, partitions, range } => {
+            submit(t, index, job, &partitions.0, encode(partitions)?, *range)
+        }
         JobCommand::Events { at_ms, events } => {
             // Each job record (and its range size) is read once and written
             // once per batch.
@@ -330,12 +335,14 @@ pub(crate) fn apply(t: &Trees<'_>, index: u64, command: &JobCommand) -> Tx<Resul
     }
 }
 
-/// A new job at log `index`, its map tasks run `range` at a time.
+/// A new job at log `index`, its map tasks run `range` at a time; `plan`
+/// is `partitions` as stored.
 fn submit(
     t: &Trees<'_>,
     index: u64,
     job: &JobRecord,
     partitions: &[PartitionSpec],
+    plan: Vec<u8>,
     range: u32,
 ) -> Tx<Result<Applied, StateError>> {
     let mut job = job.clone();
@@ -346,13 +353,9 @@ fn submit(
     // to publish, as `wasmgrid run` does.
     job.state = if partitions.is_empty() { JobState::Committing } else { JobState::Running };
     job.stage = Stage::Map;
+    t.plans.insert(job.id.as_bytes(), plan)?;
     if range > 1 {
-        // As runs, which replicas of earlier releases cannot read: there
-        // are none once jobs are submitted in ranges.
-        t.plans.insert(job.id.as_bytes(), encode(&Partitions(partitions.to_vec()))?)?;
         t.plans.insert(range_key(&job.id), &range.to_be_bytes())?;
-    } else {
-        t.plans.insert(job.id.as_bytes(), encode(&partitions)?)?;
     }
     t.jobs.insert(job.id.as_bytes(), encode(&job)?)?;
     Ok(Ok(Applied::JobSubmitted { id: job.id }))
@@ -374,10 +377,7 @@ fn apply_event(t: &Trees<'_>, job: &mut JobRecord, range: u32, at_ms: u64, event
     if job.state != JobState::Running || report.stage != job.stage || count == 0 {
         return Ok(false);
     }
-    let tasks = match count {
-        1 => format!("task {}", report.task),
-        _ => format!("tasks {}-{}", report.task, report.task + count - 1),
-    };
+    let tasks = wasmgrid_api::tasks_label(report.task, count);
     let key = task_key(&job.id, report.stage, report.task);
     let mut task: TaskRecord = match t.tasks.get(&key)? {
         Some(v) => decode(&v)?,

@@ -389,6 +389,15 @@ pub struct TaskAssignment {
     pub reduce_partitions: u32,
 }
 
+/// Tasks `first` to `first + count - 1` as messages name them: `task 7`,
+/// or `tasks 8-15` for a range.
+pub fn tasks_label(first: u32, count: u32) -> String {
+    match count {
+        0 | 1 => format!("task {first}"),
+        n => format!("tasks {first}-{}", first + n - 1),
+    }
+}
+
 impl TaskAssignment {
     /// Tasks this attempt runs: 1, or a range's length.
     pub fn count(&self) -> u32 {
