@@ -526,3 +526,55 @@ async fn bad_job_requests_get_clear_errors() {
     assert!(fail(&["job", "status", "job-999999"]).contains("not found"));
     assert!(fail(&["job", "status", "../etc"]).contains("not a job id"));
 }
+
+/// A job's `--schema` reaches the nodes that read its partitions, and
+/// values past the inferred head widen a partition's column there as in
+/// `wasmgrid run`; a column the input lacks is refused at submit, and a
+/// value that does not fit its fixed type fails the job at once naming its
+/// file, line and column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_schema_fixes_column_types_on_the_nodes() {
+    let replicas = Replicas::start(1, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let urls = replicas.urls();
+    let dir = replicas.dir.path();
+    let _node = Node::start(&urls, &dir.join("node"));
+    common::grid_ok(&urls, &["deploy", "scorer", guests::LOGREG, "--config", &format!("model={MODEL}")]);
+    // 2,000 rows in partitions of about 8 KiB: `code` is digits with
+    // leading zeros, `delay` integers but for a 2.5 at row 1,500.
+    let input = dir.join("flights.csv");
+    let mut text = String::from("id,code,delay,x1,x2\n");
+    for i in 0..2000 {
+        let delay = if i == 1500 { "2.5".to_string() } else { (i % 60).to_string() };
+        text.push_str(&format!("{i},{:04},{delay},0.5,-1\n", i % 300));
+    }
+    std::fs::write(&input, text).expect("csv");
+    let input = input.display().to_string();
+    let submit = |out: &str, extra: &[&str]| {
+        let out = dir.join(out).display().to_string();
+        let mut args = vec!["job", "submit", "scorer", "--input", &input, "--output", &out, "--partition-size", "8KiB"];
+        args.extend_from_slice(extra);
+        args.push("--wait");
+        common::grid_cli(&urls, &args)
+    };
+    common::ok(submit("inferred", &["--max-attempts", "1"]));
+    common::ok(submit("fixed", &["--schema", "code:str,delay:float", "--max-attempts", "1"]));
+    let rows = |out: &str| -> Vec<serde_json::Value> {
+        let text = common::parts_text(&dir.join(out));
+        let mut rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).expect("row")).collect();
+        rows.sort_by_key(|r| r["id"].as_i64());
+        rows
+    };
+    let (inferred, fixed) = (rows("inferred"), rows("fixed"));
+    assert_eq!((inferred.len(), fixed.len()), (2000, 2000));
+    assert_eq!((inferred[1500]["delay"].as_f64(), fixed[1500]["delay"].as_f64()), (Some(2.5), Some(2.5)));
+    assert_eq!((&inferred[7]["code"], &fixed[7]["code"]), (&serde_json::json!(7), &serde_json::json!("0007")));
+    // Fixed: floats in every partition, where inferred partitions keep integers.
+    assert!(fixed.iter().all(|r| r["delay"].is_f64()), "every delay a float");
+    assert!(inferred[3]["delay"].is_i64(), "{}", inferred[3]);
+
+    let refused = common::fails(submit("refused", &["--schema", "carrier:str"]));
+    assert!(refused.contains("--schema names column `carrier`, which it does not have"), "{refused}");
+    let failed = common::fails(submit("unfit", &["--schema", "delay:int", "--max-attempts", "3"]));
+    assert!(failed.contains("line 1502, column `delay`: `2.5` is not an integer (--schema delay:int)"), "{failed}");
+}

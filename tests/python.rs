@@ -131,31 +131,9 @@ fn python_logreg_gives_the_rust_logregs_scores_through_wasmgrid_run() {
     assert_eq!(stderr.matches("no column").count(), 1, "{stderr}");
 }
 
-/// A Python with pandas and pytest for `wasmgrid.local`: `WASMGRID_PYTHON`,
-/// else the one beside componentize-py (deploy/test-setup.sh installs them
-/// there), else `python3`; `None` when it lacks them and they are not
-/// required.
-fn local_python() -> Option<PathBuf> {
-    let python = std::env::var_os("WASMGRID_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
-        let beside = std::env::var_os("COMPONENTIZE_PY").map(|c| Path::new(&c).with_file_name("python"));
-        beside.filter(|p| p.exists()).unwrap_or_else(|| PathBuf::from("python3"))
-    });
-    let has = std::process::Command::new(&python).args(["-c", "import pandas, pytest"]).output();
-    if has.is_ok_and(|o| o.status.success()) {
-        return Some(python);
-    }
-    assert!(
-        std::env::var_os("WASMGRID_REQUIRE_PYTHON").is_none(),
-        "{} lacks pandas or pytest (deploy/test-setup.sh installs them)",
-        python.display()
-    );
-    eprintln!("no Python with pandas and pytest: wasmgrid.local not tested");
-    None
-}
-
 #[test]
 fn python_functions_run_in_plain_python_under_pytest_and_score_like_their_component() {
-    let Some(python) = local_python() else { return };
+    let Some(python) = common::local_python() else { return };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let sdk = root.join("sdk/python");
     // The examples' unit tests: a DataFrame in, a DataFrame out, the grid's
@@ -167,7 +145,7 @@ fn python_functions_run_in_plain_python_under_pytest_and_score_like_their_compon
         .output()
         .expect("pytest runs");
     let (stdout, stderr) = common::text(&out);
-    assert!(out.status.success() && stdout.contains("7 passed"), "{stdout}\n{stderr}");
+    assert!(out.status.success() && stdout.contains("9 passed"), "{stdout}\n{stderr}");
 
     // The same rows scored by the module in plain Python and by its
     // component through `wasmgrid run`.

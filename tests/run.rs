@@ -6,6 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
+use std::process::Output;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
@@ -528,4 +529,89 @@ fn compilation_is_bounded_in_time_and_memory() {
     let e = fails(run_in(&tmp.path().join("cache"), &args));
     assert!(e.contains("compiling the component failed"), "{e}");
     assert!(e.contains("memory budget of 16 MiB"), "{e}");
+}
+
+/// 1,500 rows of CSV whose first 1,000 mislead inference: `delay` integers
+/// with a `2.5` at row 1,200, `late` empty until row 1,100, `code` digits
+/// with leading zeros. Returns the path.
+fn misleading_csv(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("flights.csv");
+    let mut text = String::from("id,delay,late,code,x1,x2,x3\n");
+    for i in 0..1500 {
+        let delay = if i == 1200 { "2.5".to_string() } else { (i % 90).to_string() };
+        let late = if i < 1100 { String::new() } else { (i % 7).to_string() };
+        text.push_str(&format!("{i},{delay},{late},{:03},0.5,0.25,1\n", i % 50));
+    }
+    std::fs::write(&path, text).expect("csv");
+    path
+}
+
+/// `wasmgrid run` of the logistic regression over [`misleading_csv`] into
+/// `tmp/out`, with `extra` arguments.
+fn run_misleading(tmp: &Path, extra: &[&str]) -> Output {
+    let input = misleading_csv(tmp);
+    let out = tmp.join("out");
+    let model = format!("model={MODEL}");
+    let mut args =
+        vec!["run", guests::LOGREG, "-i", input.to_str().expect("utf-8"), "-o", out.to_str().expect("utf-8")];
+    args.extend(["-c", &model, "--overwrite"]);
+    args.extend_from_slice(extra);
+    run_in(&tmp.join("cache"), &args)
+}
+
+/// A value past the inferred head widens its column instead of failing the
+/// run, an empty head column keeps the values that come later, and
+/// `--schema` fixes types or names the line and column that do not fit.
+#[test]
+fn column_types_widen_past_the_inferred_head_and_schema_fixes_them() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run = |extra: &[&str]| run_misleading(tmp.path(), extra);
+    ok(run(&[]));
+    let rows = read_jsonl_rows(&tmp.path().join("out"));
+    assert_eq!(rows.len(), 1500);
+    let by_id = |id: i64| rows.iter().find(|r| r["id"] == id).unwrap_or_else(|| panic!("row {id}"));
+    assert_eq!(by_id(1200)["delay"], 2.5);
+    assert_eq!(by_id(1199)["delay"].as_f64(), Some((1199 % 90) as f64));
+    // Empty for the first 1,100 rows: null there, the values after.
+    assert!(by_id(5)["late"].is_null());
+    assert_eq!(by_id(1403)["late"], 1403 % 7);
+    assert_eq!(by_id(7)["code"], 7);
+    let score = reference_score(0.5, 0.25, 1.0);
+    assert!(rows.iter().all(|r| (r["score"].as_f64().expect("score") - score).abs() < 1e-12));
+
+    ok(run(&["--schema", "code:str,delay:float"]));
+    let rows = read_jsonl_rows(&tmp.path().join("out"));
+    assert_eq!(rows.iter().find(|r| r["id"] == 7).expect("row 7")["code"], "007");
+
+    let stderr = fails(run(&["--schema", "delay:int"]));
+    assert!(stderr.contains("flights.csv"), "{stderr}");
+    assert!(stderr.contains("line 1202, column `delay`: `2.5` is not an integer (--schema delay:int)"), "{stderr}");
+    let stderr = fails(run(&["--schema", "dep_delay:float"]));
+    assert!(stderr.contains("--schema names column `dep_delay`, which it does not have"), "{stderr}");
+    let refused = run(&["--schema", "delay:decimal"]);
+    let (_, stderr) = common::text(&refused);
+    assert!(!refused.status.success() && stderr.contains("unknown type `decimal`"), "{stderr}");
+}
+
+/// The Rust SDK's null model through a real component: a null feature is
+/// an error naming its column and row, never NaN or 0.
+#[test]
+fn a_null_feature_is_an_error_naming_column_and_row() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let input = tmp.path().join("rows.csv");
+    std::fs::write(&input, "id,x1,x2,x3\n1,0.5,0.25,1\n2,,0.25,1\n3,0.1,0.2,0.3\n").expect("csv");
+    let stderr = fails(run_in(
+        &tmp.path().join("cache"),
+        &[
+            "run",
+            guests::LOGREG,
+            "-i",
+            input.to_str().expect("utf-8"),
+            "-o",
+            tmp.path().join("out").to_str().expect("utf-8"),
+            "-c",
+            &format!("model={MODEL}"),
+        ],
+    ));
+    assert!(stderr.contains("column `x1` has a null at row 1; read it with `opt_f64s`"), "{stderr}");
 }

@@ -1,6 +1,10 @@
-//! `wasmgrid build app.py`: a Python module with one `@wasmgrid.scorer`,
-//! `@wasmgrid.mapper` or `@wasmgrid.reducer` function, built into a
-//! component with componentize-py.
+//! `wasmgrid build`: a function's source built into a component.
+//!
+//! A Rust project (a directory with a `Cargo.toml`, or the manifest) is
+//! built with cargo for `wasm32-wasip2` in release with LTO, and the
+//! component's path printed. A Python module with one `@wasmgrid.scorer`,
+//! `@wasmgrid.mapper` or `@wasmgrid.reducer` function is built with
+//! componentize-py.
 //!
 //! The WIT package and the Python SDK are embedded in this binary, so the
 //! component always matches the host API of the grid that runs it. They
@@ -20,9 +24,9 @@ const WORLDS: [&str; 3] = ["scorer", "mapper", "reducer"];
 
 #[derive(Args, Debug)]
 pub struct BuildArgs {
-    /// The Python module (.py) holding the function.
+    /// A Rust project (its directory or Cargo.toml), or the Python module (.py) holding the function.
     app: PathBuf,
-    /// The component to write [default: the module's name with .wasm].
+    /// The component to write [default: cargo's path for Rust; the module's name with .wasm for Python].
     #[arg(long, short)]
     output: Option<PathBuf>,
     /// The world: scorer, mapper or reducer [default: from the decorator in the module].
@@ -51,6 +55,14 @@ fn uses_init(source: &str) -> bool {
 }
 
 pub fn build(args: BuildArgs) -> Result<()> {
+    let manifest = match &args.app {
+        dir if dir.is_dir() => Some(dir.join("Cargo.toml")),
+        file if file.file_name().is_some_and(|n| n == "Cargo.toml") => Some(file.clone()),
+        _ => None,
+    };
+    if let Some(manifest) = manifest {
+        return build_rust(&manifest, args.output.as_deref());
+    }
     let source = std::fs::read_to_string(&args.app).with_context(|| format!("reading {}", args.app.display()))?;
     let stem = args.app.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
     let valid = stem.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
@@ -123,6 +135,72 @@ pub fn build(args: BuildArgs) -> Result<()> {
     let init = if wit_world == world { " with init" } else { "" };
     eprintln!("built {} ({world}{init}, {:.1} MiB)", output.display(), size as f64 / (1 << 20) as f64);
     Ok(())
+}
+
+/// Builds the Rust project of `manifest` for `wasm32-wasip2` (release, LTO,
+/// one codegen unit) and prints the component's path (after copying it to
+/// `output`, when given).
+fn build_rust(manifest: &Path, output: Option<&Path>) -> Result<()> {
+    if !manifest.is_file() {
+        bail!("{} is not a Rust project: it has no Cargo.toml", manifest.parent().unwrap_or(manifest).display());
+    }
+    let metadata = Command::new("cargo")
+        .args(["metadata", "--format-version", "1", "--no-deps", "--manifest-path"])
+        .arg(manifest)
+        .output()
+        .context("running cargo (is Rust installed? https://rustup.rs)")?;
+    if !metadata.status.success() {
+        bail!("cargo metadata failed:\n{}", String::from_utf8_lossy(&metadata.stderr));
+    }
+    let metadata: serde_json::Value = serde_json::from_slice(&metadata.stdout).context("reading cargo metadata")?;
+    let (package, lib) = component_target(&metadata, manifest)?;
+    let target_dir = metadata["target_directory"].as_str().context("cargo metadata names no target directory")?;
+    let status = Command::new("cargo")
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--lib", "-p", &package, "--manifest-path"])
+        .arg(manifest)
+        .env("CARGO_PROFILE_RELEASE_LTO", "true")
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        let hint = "(the target is added with `rustup target add wasm32-wasip2`)";
+        bail!("cargo build of {} failed ({status}) {hint}", manifest.display());
+    }
+    let built = Path::new(target_dir).join("wasm32-wasip2/release").join(format!("{}.wasm", lib.replace('-', "_")));
+    let path = match output {
+        Some(out) => {
+            std::fs::copy(&built, out).with_context(|| format!("copying {} to {}", built.display(), out.display()))?;
+            out.to_path_buf()
+        }
+        None => built,
+    };
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    eprintln!("built {package} ({:.1} MiB)", size as f64 / (1 << 20) as f64);
+    println!("{}", path.display());
+    Ok(())
+}
+
+/// The package of `manifest` and its `cdylib` library's name, from cargo
+/// metadata.
+fn component_target(metadata: &serde_json::Value, manifest: &Path) -> Result<(String, String)> {
+    let wanted = std::fs::canonicalize(manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    let packages = metadata["packages"].as_array().context("cargo metadata lists no packages")?;
+    let package = packages
+        .iter()
+        .find(|p| p["manifest_path"].as_str().and_then(|m| std::fs::canonicalize(m).ok()).is_some_and(|m| m == wanted))
+        .with_context(|| {
+            format!("{} is a workspace without a package; name a member's Cargo.toml", manifest.display())
+        })?;
+    let name = package["name"].as_str().unwrap_or_default().to_string();
+    let targets = package["targets"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let lib = targets
+        .iter()
+        .find(|t| t["crate_types"].as_array().is_some_and(|c| c.iter().any(|k| k == "cdylib")))
+        .and_then(|t| t["name"].as_str())
+        .with_context(|| {
+            format!("`{name}` has no cdylib library: a component is built from `[lib] crate-type = [\"cdylib\"]`")
+        })?;
+    Ok((name, lib.to_string()))
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {

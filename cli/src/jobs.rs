@@ -27,6 +27,11 @@ pub struct SubmitArgs {
     /// Input format, when the extension does not tell.
     #[arg(long)]
     input_format: Option<String>,
+    /// Column types of CSV or JSON-lines input, `name:type,...` (int,
+    /// float, str, bool), or `@FILE` with one `name:type` a line; other
+    /// columns' types are inferred.
+    #[arg(long, value_name = "COLUMNS", value_parser = crate::parse_schema)]
+    schema: Option<wasmgrid_data::ColumnTypes>,
     /// The deployed reducer for the pairs the mapper emits.
     #[arg(long)]
     reduce: Option<String>,
@@ -241,6 +246,7 @@ fn submit(rt: &tokio::runtime::Runtime, args: &SubmitArgs) -> Result<()> {
         input: absolute(&args.input)?,
         output: absolute(&args.output)?,
         input_format: args.input_format.clone(),
+        schema: args.schema.as_ref().map(ToString::to_string),
         format: Some(args.format.clone()),
         reduce: args.reduce.clone(),
         reduce_partitions: args.reduce.as_ref().map(|_| args.reduce_partitions),

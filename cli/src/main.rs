@@ -12,6 +12,7 @@ mod cluster;
 mod compile;
 mod functions;
 mod jobs;
+mod new;
 mod otel;
 mod serve;
 mod tokens;
@@ -98,8 +99,12 @@ enum Command {
     /// Certificates for a grid on a private network.
     #[command(subcommand)]
     Tls(certs::TlsCommand),
-    /// Build a Python function (a module with one @wasmgrid.scorer, mapper or reducer) into a component.
+    /// Build a function into a component: a Rust project (its directory or
+    /// Cargo.toml), or a Python module with one @wasmgrid.scorer, mapper or reducer.
     Build(build::BuildArgs),
+    /// Create a function project (scorer or mapper, in Rust or Python) that
+    /// builds, runs on its sample data and has a test.
+    New(new::NewArgs),
     /// Compile a component in a limited worker process (internal).
     #[command(name = "__compile", hide = true)]
     Compile { settings: String, input: PathBuf, output: PathBuf },
@@ -127,6 +132,11 @@ struct RunArgs {
     /// Input format, when the extension does not tell.
     #[arg(long)]
     input_format: Option<Format>,
+    /// Column types of CSV or JSON-lines input, `name:type,...` (int,
+    /// float, str, bool), or `@FILE` with one `name:type` a line; other
+    /// columns' types are inferred.
+    #[arg(long, value_name = "COLUMNS", value_parser = parse_schema)]
+    schema: Option<wasmgrid_data::ColumnTypes>,
     /// Worker threads (default: one per core).
     #[arg(long, short)]
     threads: Option<usize>,
@@ -159,6 +169,14 @@ struct RunArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// `--schema`: `name:type,...`, or `@FILE` holding them one a line.
+pub(crate) fn parse_schema(s: &str) -> Result<wasmgrid_data::ColumnTypes, String> {
+    match s.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))?.parse(),
+        None => s.parse(),
+    }
 }
 
 fn parse_output_format(s: &str) -> Result<Format, String> {
@@ -314,6 +332,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Usage(args) => access::usage(args),
         Command::Logs(args) => functions::logs(args),
         Command::Build(args) => build::build(args),
+        Command::New(args) => new::new(args),
         Command::Tls(c) => certs::tls(c),
         Command::Compile { .. } => Ok(()),
     }
@@ -324,6 +343,7 @@ fn run(args: RunArgs) -> Result<()> {
     let runtime = Runtime::new(config).context("starting the runtime")?;
     let mut job = LocalJob::new(&args.function, args.input.clone(), &args.output);
     job.input_format = args.input_format;
+    job.types = args.schema.clone().unwrap_or_default();
     job.output_format = args.format;
     job.overwrite = args.overwrite;
     job.reduce = args.reduce.clone();

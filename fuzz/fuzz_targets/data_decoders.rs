@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
     let extension = ["csv", "jsonl", "parquet", "txt"][usize::from(which % 4)];
     let path = dir().join(format!("input.{extension}"));
     std::fs::write(&path, file).expect("write the input");
-    let Ok(partitions) = plan(&path.display().to_string(), None, 64) else {
+    let Ok(partitions) = plan(&path.display().to_string(), None, 64, &Default::default()) else {
         return;
     };
     for partition in partitions {

@@ -219,6 +219,7 @@ pub fn guide_blocks(text: &str) -> Vec<(&'static str, String)> {
         rest = &rest[at + 5..];
         let kind = match rest {
             r if r.starts_with("sh -->") => "sh",
+            r if r.starts_with("python -->") => "python",
             r if r.starts_with("output -->") => "output",
             _ => continue,
         };
@@ -253,11 +254,36 @@ pub fn scores_in(dir: &Path) -> Vec<(u64, f64)> {
     out
 }
 
+/// A Python with pandas and pytest for `wasmgrid.local` and the client:
+/// `WASMGRID_PYTHON`, else the one beside componentize-py
+/// (deploy/test-setup.sh installs them there), else `python3`; `None` when
+/// it lacks them and they are not required (`WASMGRID_REQUIRE_PYTHON`).
+pub fn local_python() -> Option<PathBuf> {
+    let python = std::env::var_os("WASMGRID_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        let beside = std::env::var_os("COMPONENTIZE_PY").map(|c| Path::new(&c).with_file_name("python"));
+        beside.filter(|p| p.exists()).unwrap_or_else(|| PathBuf::from("python3"))
+    });
+    let has = Command::new(&python).args(["-c", "import pandas, pytest"]).output();
+    if has.is_ok_and(|o| o.status.success()) {
+        return Some(python);
+    }
+    assert!(
+        std::env::var_os("WASMGRID_REQUIRE_PYTHON").is_none(),
+        "{} lacks pandas or pytest (deploy/test-setup.sh installs them)",
+        python.display()
+    );
+    eprintln!("no Python with pandas and pytest: Python not tested");
+    None
+}
+
 /// Follows the guide `docs/guide/NAME`: starts `wasmgrid dev`, runs every
 /// `sh` block in order in a scratch directory with the real `wasmgrid` on
 /// `PATH`, `WASMGRID_URL` pointing at the grid and `env` set (for the grid
 /// too), the guests built where the guide says to build them, and compares
 /// each output (module hashes aside) with the `output` block after it.
+/// `python` blocks are a notebook's cells: each run of them (up to the next
+/// `sh` block or the end) is one Python process with the SDK on its path,
+/// and each cell's output is compared with the `output` block after it.
 pub fn follow_guide(name: &str, env: &[(&str, &str)], min_commands: usize) {
     if let Ok(mut extra) = EXTRA_ENV.lock() {
         extra.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -277,11 +303,26 @@ pub fn follow_guide(name: &str, env: &[(&str, &str)], min_commands: usize) {
     let guests_dir = Path::new(wasmgrid_test_artifacts::LOGREG).parent().expect("dir").display().to_string();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     let blocks = guide_blocks(&guide);
-    assert!(blocks.iter().filter(|b| b.0 == "sh").count() >= min_commands, "{blocks:?}");
+    assert!(blocks.iter().filter(|b| b.0 != "output").count() >= min_commands, "{blocks:?}");
+    let python_cells = |cells: &mut Vec<(String, Option<String>)>| {
+        if cells.is_empty() {
+            return;
+        }
+        let python = local_python().expect("a Python with pandas for the guide's cells");
+        run_cells(&python, &std::mem::take(cells), &work, &dev.control_plane, &guests_dir);
+    };
+    let mut cells: Vec<(String, Option<String>)> = Vec::new();
     let mut last = None;
     for (kind, body) in blocks {
         match kind {
+            "python" => cells.push((body, None)),
+            "output" if last.is_none() && !cells.is_empty() => {
+                let cell = cells.last_mut().expect("a cell");
+                assert!(cell.1.is_none(), "two output blocks after `{}`", cell.0);
+                cell.1 = Some(body);
+            }
             "sh" => {
+                python_cells(&mut cells);
                 let script = body.replace("target/wasm32-wasip2/guest", &guests_dir);
                 let out = Command::new("bash")
                     .args(["-e", "-c", &script])
@@ -302,6 +343,37 @@ pub fn follow_guide(name: &str, env: &[(&str, &str)], min_commands: usize) {
                 let (command, stdout) = last.take().expect("an output block follows a command");
                 assert_eq!(normalize_hashes(&stdout), normalize_hashes(&body), "output of `{command}`");
             }
+        }
+    }
+    python_cells(&mut cells);
+}
+
+/// Runs notebook `cells` (code, expected output) as one Python program in
+/// `work`, against the grid at `url`, and compares each cell's output.
+fn run_cells(python: &Path, cells: &[(String, Option<String>)], work: &Path, url: &str, guests_dir: &str) {
+    const MARK: &str = "---- wasmgrid guide cell ----";
+    let mut script = String::new();
+    for (code, _) in cells {
+        script.push_str(&code.replace("target/wasm32-wasip2/guest", guests_dir));
+        script.push_str(&format!("\nprint({MARK:?}, flush=True)\n"));
+    }
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk/python");
+    let out = Command::new(python)
+        .args(["-c", &script])
+        .current_dir(work)
+        .env_remove("WASMGRID_TOKEN")
+        .env_remove("WASMGRID_TOKEN_FILE")
+        .env("WASMGRID_URL", url)
+        .env("PYTHONPATH", &sdk)
+        .output()
+        .expect("python runs");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "the guide's Python failed\n{stdout}\n{stderr}");
+    let outputs: Vec<&str> = stdout.split(&format!("{MARK}\n")).collect();
+    assert_eq!(outputs.len(), cells.len() + 1, "{stdout}");
+    for ((code, expected), got) in cells.iter().zip(outputs) {
+        if let Some(expected) = expected {
+            assert_eq!(got.trim_end(), expected.trim_end(), "output of the cell\n{code}");
         }
     }
 }

@@ -44,7 +44,7 @@ def test_rows_in_rows_out():
 
 def test_a_missing_value_is_null_and_fails_as_on_the_grid():
     df = pd.DataFrame({"x1": [0.5, None], "x2": [1.0, 2.0]})
-    with pytest.raises(wasmgrid.Err, match="column `x1` has null values"):
+    with pytest.raises(wasmgrid.Err, match="column `x1` has a null at row 1"):
         local.score(logreg.score, df, {"model": MODEL})
 
 
@@ -78,3 +78,27 @@ def test_a_mapper_emits_its_pairs():
     mapped = local.map(wordcount.run, "the cat\nthe dog\n")
     counts = {k.decode(): int.from_bytes(v, "little") for k, v in mapped.pairs}
     assert counts == {"the": 2, "cat": 1, "dog": 1}
+
+
+def test_plain_accessors_refuse_a_null_naming_its_row_and_rows_gives_none():
+    rows = wasmgrid.Rows(3, {"x": [1.5, None, 2.0], "n": [1, 2, None], "s": ["a", "", None], "b": [True, None, False]})
+    assert rows["x"] == [1.5, None, 2.0]
+    assert rows["s"] == ["a", "", None]
+    assert rows.null_count("x") == 1
+    for read, column, row in [(rows.floats, "x", 1), (rows.ints, "n", 2), (rows.strs, "s", 2), (rows.bools, "b", 1)]:
+        with pytest.raises(ValueError, match=f"column `{column}` has a null at row {row}; read it with rows\\[\"{column}\"\\]"):
+            read(column)
+
+
+def test_plain_accessors_give_columns_without_nulls_and_name_a_wrong_kind():
+    rows = wasmgrid.Rows(2, {"n": [1, 2], "x": [0.5, 1.0], "s": ["a", "b"], "b": [True, False]})
+    assert rows.ints("n") == [1, 2]
+    assert rows.floats("n") == [1.0, 2.0]
+    assert rows.strs("s") == ["a", "b"]
+    assert rows.bools("b") == [True, False]
+    with pytest.raises(ValueError, match="column `x` holds floats, not integers"):
+        rows.ints("x")
+    with pytest.raises(ValueError, match="column `b` holds booleans, not integers"):
+        rows.ints("b")
+    with pytest.raises(ValueError, match="column `s` holds strings, not numbers"):
+        rows.floats("s")

@@ -44,6 +44,9 @@ pub struct JobRecord {
     pub output: String,
     /// Output format.
     pub format: String,
+    /// Column types fixed for the input (`name:type,...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
     /// Reduce partitions (0 without a reducer).
     pub reduce_partitions: u32,
     /// Attempts per task before the job fails.
@@ -101,6 +104,7 @@ impl JobRecord {
             input: "/in".into(),
             output: "/out".into(),
             format: "jsonl".into(),
+            schema: None,
             reduce_partitions: 0,
             max_attempts: 4,
             map_tasks,

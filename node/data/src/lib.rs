@@ -17,6 +17,7 @@ mod error;
 pub mod pairs;
 mod parquet_file;
 mod reader;
+mod schema;
 pub mod store;
 mod writer;
 
@@ -33,9 +34,11 @@ pub use error::{Error, Result};
 
 use parquet_file::ParquetFile;
 pub use reader::PartitionReader;
+pub use schema::ColumnTypes;
 pub use writer::{FinishedOutput, OutputWriter};
 
-/// How many rows schema inference reads from the head of a CSV or JSONL file.
+/// How many rows schema inference reads from the head of a CSV or JSONL
+/// file; later values widen the types per partition (see [`ColumnTypes`]).
 pub const INFER_ROWS: usize = 1000;
 
 /// A data format, chosen from the file extension unless given.
@@ -132,8 +135,11 @@ pub struct Partition {
     pub format: Format,
     /// The part of the file.
     pub span: Span,
-    /// The file's schema (CSV and JSONL: inferred from its head; Parquet: its own).
+    /// The file's schema (CSV and JSONL: inferred from its head, with the
+    /// `types` fixed; Parquet: its own).
     pub schema: Option<SchemaRef>,
+    /// Column types the user fixed (CSV and JSONL).
+    pub types: ColumnTypes,
     /// Approximate bytes of input, for progress.
     pub bytes: u64,
 }
@@ -175,8 +181,10 @@ pub fn list_inputs(input: &str) -> Result<Vec<PathBuf>> {
 }
 
 /// Splits the files named by `input` into partitions of about
-/// `partition_size` bytes. `format` overrides the extension.
-pub fn plan(input: &str, format: Option<Format>, partition_size: u64) -> Result<Vec<Partition>> {
+/// `partition_size` bytes. `format` overrides the extension; `types` fixes
+/// column types of CSV and JSON-lines files (a column a file lacks is an
+/// error).
+pub fn plan(input: &str, format: Option<Format>, partition_size: u64, types: &ColumnTypes) -> Result<Vec<Partition>> {
     let partition_size = partition_size.max(1);
     let mut partitions = Vec::new();
     for path in list_inputs(input)? {
@@ -190,10 +198,17 @@ pub fn plan(input: &str, format: Option<Format>, partition_size: u64) -> Result<
             }
         };
         let len = std::fs::metadata(&path).map_err(|e| Error::io("reading metadata of", &path, e))?.len();
+        if !types.is_empty() && matches!(format, Format::Parquet | Format::Text) {
+            return Err(Error::Input {
+                input: path.display().to_string(),
+                reason: format!("--schema is for CSV and JSON lines; {format} input has its own types"),
+            });
+        }
         match format {
             Format::Parquet => plan_parquet(&path, partition_size, &mut partitions)?,
             _ => {
                 let (schema, body_start) = text_schema(&path, format)?;
+                let schema = fixed(&path, schema, types)?;
                 let mut start = body_start;
                 while start < len {
                     let end = (start + partition_size).min(len);
@@ -203,6 +218,7 @@ pub fn plan(input: &str, format: Option<Format>, partition_size: u64) -> Result<
                         format,
                         span: Span::Bytes { start, end },
                         schema: schema.clone(),
+                        types: types.clone(),
                         bytes: end - start,
                     });
                     start = end;
@@ -256,6 +272,7 @@ fn plan_parquet_unguarded(path: &Path, partition_size: u64, out: &mut Vec<Partit
             format: Format::Parquet,
             span: Span::RowGroups { first, count },
             schema: Some(schema.clone()),
+            types: ColumnTypes::default(),
             bytes,
         });
         first += count;
@@ -266,8 +283,16 @@ fn plan_parquet_unguarded(path: &Path, partition_size: u64, out: &mut Vec<Partit
 /// The partition of `path` covering `span`, with the file's schema, as
 /// [`plan`] would make it: how a node rebuilds a partition it was sent.
 /// The file's schema is inferred once per file version (path, length,
-/// modification time) and kept for the next partitions of the same file.
-pub fn partition(index: u32, path: &Path, format: Format, span: Span, bytes: u64) -> Result<Partition> {
+/// modification time) and kept for the next partitions of the same file;
+/// `types` fixes column types as in [`plan`].
+pub fn partition(
+    index: u32,
+    path: &Path,
+    format: Format,
+    span: Span,
+    bytes: u64,
+    types: &ColumnTypes,
+) -> Result<Partition> {
     let schema = match format {
         Format::Parquet | Format::Text => None,
         _ => {
@@ -292,7 +317,20 @@ pub fn partition(index: u32, path: &Path, format: Format, span: Span, bytes: u64
             }
         }
     };
-    Ok(Partition { index, path: path.to_path_buf(), format, span, schema, bytes })
+    let schema = fixed(path, schema, types)?;
+    Ok(Partition { index, path: path.to_path_buf(), format, span, schema, types: types.clone(), bytes })
+}
+
+/// A text file's inferred `schema` with the `types` the user fixed.
+fn fixed(path: &Path, schema: Option<SchemaRef>, types: &ColumnTypes) -> Result<Option<SchemaRef>> {
+    match schema {
+        Some(schema) if !types.is_empty() => {
+            let schema =
+                types.apply(&schema).map_err(|reason| Error::Input { input: path.display().to_string(), reason })?;
+            Ok(Some(Arc::new(schema)))
+        }
+        other => Ok(other),
+    }
 }
 
 /// The schema of a text file (inferred from its head) and where its body starts
@@ -429,7 +467,7 @@ mod tests {
         expected.push("tail".into());
         drop(f);
         for size in [1, 7, 64, 1000, 1 << 20] {
-            let parts = plan(path.to_str().unwrap_or_default(), None, size)?;
+            let parts = plan(path.to_str().unwrap_or_default(), None, size, &ColumnTypes::default())?;
             let mut got = Vec::new();
             for p in &parts {
                 let Span::Bytes { start, end } = p.span else { panic!("text gives byte spans") };
@@ -443,9 +481,9 @@ mod tests {
 
     #[test]
     fn unknown_input_is_a_clear_error() {
-        let err = plan("/definitely/not/here.csv", None, 1024).map(|_| ()).err();
+        let err = plan("/definitely/not/here.csv", None, 1024, &ColumnTypes::default()).map(|_| ()).err();
         assert!(matches!(err, Some(Error::Input { .. })), "{err:?}");
-        let err = plan("/definitely/not/*.csv", None, 1024).map(|_| ()).err();
+        let err = plan("/definitely/not/*.csv", None, 1024, &ColumnTypes::default()).map(|_| ()).err();
         assert!(err.map(|e| e.to_string()).unwrap_or_default().contains("matched no files"));
     }
 }

@@ -1,18 +1,26 @@
 //! [`PartitionReader`]: serves one partition as raw records or typed batches.
 
+use std::collections::VecDeque;
 use std::fs::File;
+use std::io::Read;
+use std::path::Path;
 use std::sync::Arc;
 
+use arrow_array::cast::AsArray;
 use arrow_array::{ArrayRef, RecordBatch, StringArray};
-use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
 use super::parquet_file::ParquetFile;
+use super::schema::{self, ColumnTypes};
 use super::{Format, Partition, Span, read_span};
 use crate::{Error, Result};
 
 /// Reads one partition. Text formats are read into memory once (a partition
 /// is bounded by the planned size plus one line); Parquet streams row groups.
+/// CSV and JSON lines are decoded whole at the first `next_batch`, so that
+/// every batch of the partition has the types its values settle on (see
+/// [`schema`](super::schema)), and their text is dropped then.
 #[derive(Debug)]
 pub struct PartitionReader {
     partition: Partition,
@@ -22,20 +30,34 @@ pub struct PartitionReader {
 }
 
 enum Source {
-    Text { data: Vec<u8>, pos: usize },
-    Parquet { reader: ParquetRecordBatchReader, pending: Option<RecordBatch> },
+    Text {
+        data: Vec<u8>,
+        pos: usize,
+    },
+    /// A CSV or JSON-lines partition, decoded.
+    Decoded {
+        batches: VecDeque<RecordBatch>,
+    },
+    Parquet {
+        reader: ParquetRecordBatchReader,
+        pending: Option<RecordBatch>,
+    },
 }
 
 impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Source::Text { data, pos } => write!(f, "Text {{ len: {}, pos: {pos} }}", data.len()),
+            Source::Decoded { batches } => write!(f, "Decoded {{ batches: {} }}", batches.len()),
             Source::Parquet { .. } => f.write_str("Parquet"),
         }
     }
 }
 
 const PARQUET_BATCH_ROWS: usize = 8192;
+
+/// Rows per batch when a CSV or JSON-lines partition is decoded.
+const TEXT_BATCH_ROWS: usize = 8192;
 
 impl PartitionReader {
     /// Opens `partition`.
@@ -83,10 +105,18 @@ impl PartitionReader {
 
     /// Up to `max_bytes` of whole lines; one longer line is returned whole.
     pub fn next_bytes(&mut self, max_bytes: usize) -> Result<Option<Vec<u8>>> {
-        let Source::Text { data, pos } = &mut self.source else {
-            return Err(Error::BadInputRequest {
-                reason: "next-bytes is not available for Parquet input; use next-batch".into(),
-            });
+        let (data, pos) = match &mut self.source {
+            Source::Text { data, pos } => (data, pos),
+            Source::Decoded { .. } => {
+                return Err(Error::BadInputRequest {
+                    reason: "next-bytes after next-batch: a partition is read as bytes or as batches".into(),
+                });
+            }
+            Source::Parquet { .. } => {
+                return Err(Error::BadInputRequest {
+                    reason: "next-bytes is not available for Parquet input; use next-batch".into(),
+                });
+            }
         };
         if *pos >= data.len() {
             return Ok(None);
@@ -113,50 +143,29 @@ impl PartitionReader {
     fn next_batch_unguarded(&mut self, max_rows: usize) -> Result<Option<RecordBatch>> {
         let max_rows = max_rows.max(1);
         let path = &self.partition.path;
-        let decode = |e: arrow_schema::ArrowError| Error::Decode { path: path.clone(), reason: e.to_string() };
+        let decode = |e: ArrowError| Error::Decode { path: path.clone(), reason: e.to_string() };
+        if let (Source::Text { data, pos }, Format::Csv | Format::Jsonl) = (&mut self.source, self.partition.format) {
+            let text = std::mem::take(data);
+            let batches = decode_text(&self.partition, &text[(*pos).min(text.len())..])?;
+            self.source = Source::Decoded { batches: batches.into() };
+        }
         let batch = match &mut self.source {
             Source::Text { data, pos } => {
                 if *pos >= data.len() {
                     return Ok(None);
                 }
                 let rest = &data[*pos..];
-                // The end of the `max_rows`-th line.
-                let mut cut = rest.len();
-                let mut lines = 0;
-                for (i, &b) in rest.iter().enumerate() {
-                    if b == b'\n' {
-                        lines += 1;
-                        if lines == max_rows {
-                            cut = i + 1;
-                            break;
-                        }
-                    }
-                }
-                let chunk = &rest[..cut];
-                *pos += cut;
-                match self.partition.format {
-                    Format::Text => lines_batch(chunk),
-                    Format::Csv => {
-                        let schema = self.partition.schema.clone().ok_or_else(|| missing_schema(path))?;
-                        let mut decoder = arrow_csv::ReaderBuilder::new(schema)
-                            .with_header(false)
-                            .with_batch_size(max_rows)
-                            .build_decoder();
-                        decoder.decode(chunk).map_err(decode)?;
-                        decoder.flush().map_err(decode)?
-                    }
-                    Format::Jsonl => {
-                        let schema = self.partition.schema.clone().ok_or_else(|| missing_schema(path))?;
-                        let mut decoder = arrow_json::ReaderBuilder::new(schema)
-                            .with_batch_size(max_rows)
-                            .build_decoder()
-                            .map_err(decode)?;
-                        decoder.decode(chunk).map_err(decode)?;
-                        decoder.flush().map_err(decode)?
-                    }
-                    Format::Parquet => None,
-                }
+                let chunk = &rest[..lines_end(rest, max_rows)];
+                *pos += chunk.len();
+                lines_batch(chunk)
             }
+            Source::Decoded { batches } => match batches.pop_front() {
+                Some(b) if b.num_rows() > max_rows => {
+                    batches.push_front(b.slice(max_rows, b.num_rows() - max_rows));
+                    Some(b.slice(0, max_rows))
+                }
+                other => other,
+            },
             Source::Parquet { reader, pending } => {
                 let batch = match pending.take() {
                     Some(b) => Some(b),
@@ -178,8 +187,197 @@ impl PartitionReader {
     }
 }
 
-fn missing_schema(path: &std::path::Path) -> Error {
+fn missing_schema(path: &Path) -> Error {
     Error::Decode { path: path.to_path_buf(), reason: "no schema was inferred for this file".into() }
+}
+
+/// The length of the first `rows` lines of `text` (all of it if it has fewer).
+fn lines_end(text: &[u8], rows: usize) -> usize {
+    let mut lines = 0;
+    for (i, &b) in text.iter().enumerate() {
+        if b == b'\n' {
+            lines += 1;
+            if lines == rows {
+                return i + 1;
+            }
+        }
+    }
+    text.len()
+}
+
+/// A CSV or JSON-lines partition's `text` decoded into batches whose
+/// columns have the types the partition's values settle on; a value that
+/// does not fit a type the user fixed is an error naming its line and column.
+fn decode_text(partition: &Partition, text: &[u8]) -> Result<Vec<RecordBatch>> {
+    let path = &partition.path;
+    let head = partition.schema.clone().ok_or_else(|| missing_schema(path))?;
+    let fixed = &partition.types;
+    let exact_ints = partition.format == Format::Jsonl;
+    let mut decoding = schema::decoding(&head, fixed, false, exact_ints);
+    let batches = match decode_with(partition.format, text, decoding.clone()) {
+        Ok(batches) => batches,
+        Err(_) => {
+            // A value that fits no typed column: read every column not fixed as text.
+            decoding = schema::decoding(&head, fixed, true, exact_ints);
+            decode_with(partition.format, text, decoding.clone()).map_err(|e| locate(partition, text, &decoding, e))?
+        }
+    };
+    if !schema::needs_settling(&head, &decoding) {
+        return Ok(batches);
+    }
+    let columns: Vec<Vec<ArrayRef>> = batches.iter().map(|b| b.columns().to_vec()).collect();
+    let types = schema::settled_types(&head, &decoding, &columns, fixed);
+    let settled: SchemaRef = Arc::new(Schema::new(
+        decoding.fields().iter().zip(&types).map(|(f, t)| Field::new(f.name(), t.clone(), true)).collect::<Vec<_>>(),
+    ));
+    let mut rows_before = 0;
+    let mut out = Vec::with_capacity(columns.len());
+    for batch in columns {
+        let mut settled_columns = Vec::with_capacity(batch.len());
+        for (i, (column, t)) in batch.iter().zip(&types).enumerate() {
+            let column = schema::settle(column, t).map_err(|row| {
+                let name = decoding.field(i).name();
+                let value = column.as_string::<i32>().value(row);
+                unfit(partition, rows_before + row, name, value)
+            })?;
+            settled_columns.push(column);
+        }
+        rows_before += batch.first().map_or(0, |c| c.len());
+        out.push(
+            RecordBatch::try_new(settled.clone(), settled_columns)
+                .map_err(|e| Error::Decode { path: path.clone(), reason: e.to_string() })?,
+        );
+    }
+    Ok(out)
+}
+
+/// The error for row `row` of a partition, whose value `value` in column
+/// `name` does not fit the type the user fixed.
+fn unfit(partition: &Partition, row: usize, name: &str, value: &str) -> Error {
+    let types = &partition.types;
+    let what = match types.get(name) {
+        Some(DataType::Int64) => "an integer",
+        Some(DataType::Float64) => "a number",
+        Some(DataType::Boolean) => "true or false",
+        _ => "a string",
+    };
+    let reason = format!(
+        "{}column `{name}`: `{value}` is not {what} (--schema {name}:{})",
+        line_of(partition, row),
+        types.name_of(name)
+    );
+    Error::Decode { path: partition.path.clone(), reason }
+}
+
+/// `line N, ` for row `row` of a partition (its line in the file), or
+/// nothing when that cannot be told.
+fn line_of(partition: &Partition, row: usize) -> String {
+    match partition.span {
+        Span::Bytes { start, .. } => {
+            lines_before(&partition.path, start).map_or(String::new(), |n| format!("line {}, ", n + row as u64 + 1))
+        }
+        Span::RowGroups { .. } => String::new(),
+    }
+}
+
+/// `text` decoded with `schema`, [`TEXT_BATCH_ROWS`] rows a batch.
+fn decode_with(format: Format, text: &[u8], schema: SchemaRef) -> Result<Vec<RecordBatch>, ArrowError> {
+    let mut batches = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let chunk = &rest[..lines_end(rest, TEXT_BATCH_ROWS)];
+        rest = &rest[chunk.len()..];
+        let batch = match format {
+            Format::Csv => {
+                let mut decoder = arrow_csv::ReaderBuilder::new(schema.clone())
+                    .with_header(false)
+                    .with_batch_size(TEXT_BATCH_ROWS)
+                    .build_decoder();
+                decoder.decode(chunk)?;
+                decoder.flush()?
+            }
+            _ => {
+                let mut decoder = arrow_json::ReaderBuilder::new(schema.clone())
+                    .with_batch_size(TEXT_BATCH_ROWS)
+                    .with_coerce_primitive(true)
+                    .build_decoder()?;
+                decoder.decode(chunk)?;
+                decoder.flush()?
+            }
+        };
+        batches.extend(batch.filter(|b| b.num_rows() > 0));
+    }
+    Ok(batches)
+}
+
+/// The error for a partition whose `text` did not decode with `schema`:
+/// the first line that does not, and the column the user fixed to a type
+/// its value does not fit.
+fn locate(partition: &Partition, text: &[u8], schema: &SchemaRef, error: ArrowError) -> Error {
+    let format = partition.format;
+    // The first chunk that fails, then its first line that does.
+    let (mut rest, mut rows_before) = (text, 0);
+    let failing = loop {
+        if rest.is_empty() {
+            break None;
+        }
+        let chunk = &rest[..lines_end(rest, TEXT_BATCH_ROWS)];
+        rest = &rest[chunk.len()..];
+        if decode_with(format, chunk, schema.clone()).is_err() {
+            break chunk
+                .split_inclusive(|&b| b == b'\n')
+                .enumerate()
+                .find(|(_, line)| decode_with(format, line, schema.clone()).is_err())
+                .map(|(row, line)| (rows_before + row, line));
+        }
+        rows_before += TEXT_BATCH_ROWS;
+    };
+    let Some((row, line)) = failing else {
+        return Error::Decode { path: partition.path.clone(), reason: error.to_string() };
+    };
+    let as_text = schema::decoding(schema, &ColumnTypes::default(), true, false);
+    let values = decode_with(format, line, as_text).ok().and_then(|b| b.into_iter().next());
+    for (i, field) in schema.fields().iter().enumerate() {
+        if partition.types.get(field.name()).is_none() {
+            continue;
+        }
+        // The line decodes with only this column typed?
+        let alone: Vec<Field> =
+            schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    if f.name() == field.name() {
+                        f.as_ref().clone()
+                    } else {
+                        Field::new(f.name(), DataType::Utf8, true)
+                    }
+                })
+                .collect();
+        if decode_with(format, line, Arc::new(Schema::new(alone))).is_ok() {
+            continue;
+        }
+        let value = values.as_ref().and_then(|b| b.column(i).as_string_opt::<i32>().map(|s| s.value(0).to_string()));
+        return unfit(partition, row, field.name(), &value.unwrap_or_default());
+    }
+    Error::Decode { path: partition.path.clone(), reason: format!("{}{error}", line_of(partition, row)) }
+}
+
+/// How many lines of `path` come before the first record of a span that
+/// starts at byte `offset`: the lines ending before it, and the one it
+/// starts inside, whose tail the span skips.
+fn lines_before(path: &Path, offset: u64) -> std::io::Result<u64> {
+    let mut file = File::open(path)?.take(offset);
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut lines, mut last) = (0, b'\n');
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(lines + u64::from(last != b'\n'));
+        }
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        last = buf[n - 1];
+    }
 }
 
 fn lines_batch(chunk: &[u8]) -> Option<RecordBatch> {

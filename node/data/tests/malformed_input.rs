@@ -9,7 +9,7 @@ use wasmgrid_data::{PartitionReader, plan};
 /// Plans `file` and reads every partition; the first error.
 fn read_all(file: &Path) -> Result<usize, Error> {
     let mut rows = 0;
-    for partition in plan(&file.display().to_string(), None, 64)? {
+    for partition in plan(&file.display().to_string(), None, 64, &Default::default())? {
         let mut reader = PartitionReader::open(partition)?;
         while let Some(batch) = reader.next_batch(128)? {
             rows += batch.num_rows();

@@ -37,6 +37,8 @@ pub struct LocalJob {
     pub input: String,
     /// Overrides the format told by the input's extension.
     pub input_format: Option<Format>,
+    /// Column types fixed for CSV and JSON-lines input.
+    pub types: data::ColumnTypes,
     /// The output directory.
     pub output: PathBuf,
     /// Output format.
@@ -67,6 +69,7 @@ impl LocalJob {
             function: function.into(),
             input: input.into(),
             input_format: None,
+            types: data::ColumnTypes::default(),
             output: output.into(),
             output_format: Format::Jsonl,
             overwrite: false,
@@ -222,7 +225,7 @@ fn load(runtime: &Runtime, job: &LocalJob) -> Result<Loaded> {
     // Files and input paths are checked before any guest code runs.
     let function_bytes = runtime.read_file(&job.function)?;
     let reducer_bytes = job.reduce.as_deref().map(|path| runtime.read_file(path)).transpose()?;
-    let partitions = data::plan(&job.input, job.input_format, job.partition_size)?;
+    let partitions = data::plan(&job.input, job.input_format, job.partition_size, &job.types)?;
     // `init` runs once here, with the job's config; every partition's
     // instance starts from what it left.
     let config = Arc::new(job.config.clone());

@@ -14,9 +14,15 @@ pub(crate) fn format(name: &str) -> Result<Format, JobIoError> {
     name.parse::<Format>().map_err(|e| JobIoError::Invalid(e.to_string()))
 }
 
+/// The column types a job's `schema` fixes.
+pub(crate) fn column_types(schema: Option<&str>) -> Result<data::ColumnTypes, JobIoError> {
+    schema.unwrap_or_default().parse().map_err(|e| JobIoError::Invalid(format!("schema: {e}")))
+}
+
 /// Splits a job's input into partitions and prepares its output directory.
 pub fn plan(request: &JobRequest, partition_size: u64) -> Result<Vec<PartitionSpec>, JobIoError> {
     let input_format = request.input_format.as_deref().map(format).transpose()?;
+    let types = column_types(request.schema.as_deref())?;
     if let Some(f) = &request.format {
         format(f)?;
     }
@@ -29,12 +35,12 @@ pub fn plan(request: &JobRequest, partition_size: u64) -> Result<Vec<PartitionSp
             let local = store::local_copy(&object)?;
             let at = local.path().display().to_string();
             // The tenant's URI in the message, never the copy's path here.
-            let planned = data::plan(&at, input_format, partition_size)
+            let planned = data::plan(&at, input_format, partition_size, &types)
                 .map_err(|e| JobIoError::Invalid(e.to_string().replace(&at, &object.uri())))?;
             partitions.extend(planned.into_iter().map(|p| (p, Some(object.uri()))));
         }
     } else {
-        let planned = data::plan(&request.input, input_format, partition_size)?;
+        let planned = data::plan(&request.input, input_format, partition_size, &types)?;
         partitions.extend(planned.into_iter().map(|p| (p, None)));
     }
     prepare(&output, request)?;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use wasmgrid_api::{PartitionSpec, SpanSpec, Stage, TaskAssignment, TaskOutcome};
 use wasmgrid_data::pairs::Pairs;
 use wasmgrid_data::store::{self, Place};
-use wasmgrid_data::{self as data, Format, OutputWriter, PartitionReader, Span};
+use wasmgrid_data::{self as data, ColumnTypes, Format, OutputWriter, PartitionReader, Span};
 use wasmgrid_runtime::{Captured, DataError, Error, Function, Kind, Limits, Result};
 
 use crate::exec::{self, Call};
@@ -140,7 +140,9 @@ impl Attempt<'_> {
             Kind::Scorer => coalesce(specs),
             _ => specs,
         };
-        let inputs = specs.iter().map(|(index, spec)| Ok((*index, open_input(*index, spec)?)));
+        let types = crate::plan::column_types(task.schema.as_deref())
+            .map_err(|e| DataError::Input { input: task.job.clone(), reason: e.to_string() })?;
+        let inputs = specs.iter().map(|(index, spec)| Ok((*index, open_input(*index, spec, &types)?)));
         let mapped = exec::map_range(function, call, inputs, writer, BATCH_ROWS, captured)?;
         let (records_in, gpu_time) = (mapped.records_in, mapped.gpu_time);
         let reduce = task.reduce_partitions as usize;
@@ -276,7 +278,7 @@ fn coalesce(specs: Vec<(u32, PartitionSpec)>) -> Vec<(u32, PartitionSpec)> {
 }
 
 /// A map task's partition, from a local copy of its object.
-fn open_input(index: u32, spec: &PartitionSpec) -> Result<PartitionReader> {
+fn open_input(index: u32, spec: &PartitionSpec, types: &ColumnTypes) -> Result<PartitionReader> {
     let span = match spec.span {
         SpanSpec::Bytes { start, end } => Span::Bytes { start, end },
         SpanSpec::RowGroups { first, count } => Span::RowGroups { first: first as usize, count: count as usize },
@@ -285,7 +287,7 @@ fn open_input(index: u32, spec: &PartitionSpec) -> Result<PartitionReader> {
     let place = Place::parse(&spec.path).map_err(input)?;
     let local = store::local_copy(&place).map_err(input)?;
     let format = format_of(&spec.format, || spec.path.clone())?;
-    let partition = data::partition(index, local.path(), format, span, spec.bytes)?;
+    let partition = data::partition(index, local.path(), format, span, spec.bytes, types)?;
     Ok(PartitionReader::open(partition)?)
 }
 

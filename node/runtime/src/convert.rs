@@ -27,7 +27,9 @@ pub fn to_wit(batch: &RecordBatch) -> Result<Batch> {
     let mut fields = Vec::with_capacity(batch.num_columns());
     for (i, col) in batch.columns().iter().enumerate() {
         let name = schema.field(i).name().clone();
-        let valid = (col.null_count() > 0).then(|| (0..col.len()).map(|r| col.is_valid(r)).collect());
+        // Logical nulls: a column of only nulls (`DataType::Null`) has no
+        // validity buffer, yet every value is null.
+        let valid = col.logical_nulls().filter(|n| n.null_count() > 0).map(|n| n.iter().collect());
         let values = column_to_wit(col)?;
         fields.push(Field { name, values, valid });
     }

@@ -116,7 +116,10 @@ def _run_init():
 
 class Rows:
     """A batch of rows in columnar form: ``rows["x"]`` is column ``x`` as a
-    list (``None`` where a value is null), ``len(rows)`` the row count."""
+    list (``None`` where a value is null), ``len(rows)`` the row count.
+    ``floats``, ``ints``, ``strs`` and ``bools`` give a column without
+    nulls, and refuse one with a null, naming its row: a null is never
+    read as 0, NaN or ""."""
 
     def __init__(self, n, columns):
         self.n = n
@@ -135,13 +138,53 @@ class Rows:
         return name in self.columns
 
     def floats(self, name):
-        """Column ``name`` as floats (ints converted; nulls refused)."""
-        values = self[name]
-        if any(v is None for v in values):
-            raise ValueError(f"column `{name}` has null values")
+        """Column ``name`` as floats (ints and bools converted). A null is an
+        error naming the column and its row; ``rows[name]`` gives ``None``
+        for a null where nulls may be."""
+        values = self._present(name)
         if values and isinstance(values[0], str):
             raise ValueError(f"column `{name}` holds strings, not numbers")
         return [float(v) for v in values]
+
+    def ints(self, name):
+        """Column ``name`` as ints; a null is an error, as for :meth:`floats`."""
+        return self._of_kind(name, int, "integers")
+
+    def strs(self, name):
+        """Column ``name`` as strings; a null is an error, as for :meth:`floats`."""
+        return self._of_kind(name, str, "strings")
+
+    def bools(self, name):
+        """Column ``name`` as bools; a null is an error, as for :meth:`floats`."""
+        return self._of_kind(name, bool, "booleans")
+
+    def null_count(self, name):
+        """How many values of column ``name`` are null."""
+        return sum(v is None for v in self[name])
+
+    def _present(self, name):
+        values = self[name]
+        for row, v in enumerate(values):
+            if v is None:
+                raise ValueError(f"column `{name}` has a null at row {row}; read it with rows[\"{name}\"]")
+        return values
+
+    def _of_kind(self, name, kind, what):
+        values = self._present(name)
+        for v in values:
+            if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+                raise ValueError(f"column `{name}` holds {_kind_name(v)}, not {what}")
+        return values
+
+
+def _kind_name(value):
+    if isinstance(value, bool):
+        return "booleans"
+    if isinstance(value, int):
+        return "integers"
+    if isinstance(value, float):
+        return "floats"
+    return "strings"
 
 
 def _from_wit(batch):

@@ -18,6 +18,11 @@ pub struct JobRequest {
     /// Input format, when the extension does not tell (csv, jsonl, parquet, text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_format: Option<String>,
+    /// Column types of CSV and JSON-lines input, `name:type` pairs
+    /// separated by commas (`int`, `float`, `str`, `bool`); other columns'
+    /// types are inferred.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
     /// Output format (jsonl, csv, parquet); default jsonl.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
@@ -387,6 +392,9 @@ pub struct TaskAssignment {
     pub format: String,
     /// Reduce partitions; 0 when the job has no reduce stage.
     pub reduce_partitions: u32,
+    /// Column types the job fixes for its input (see [`JobRequest::schema`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
 }
 
 /// Tasks `first` to `first + count - 1` as messages name them: `task 7`,

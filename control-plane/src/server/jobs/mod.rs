@@ -332,6 +332,7 @@ fn new_job(
         input: request.input.clone(),
         output: request.output.clone(),
         format: request.format.clone().unwrap_or_else(|| "jsonl".into()),
+        schema: request.schema.clone(),
         reduce_partitions,
         max_attempts: request.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
         map_tasks: 0,

@@ -188,6 +188,7 @@ impl Run {
             gpu_refused: None,
             format: self.record.format.clone(),
             reduce_partitions: self.record.reduce_partitions,
+            schema: self.record.schema.clone(),
         }
     }
 }
