@@ -3,13 +3,16 @@
 //!
 //! A text file's schema is inferred from its head ([`crate::INFER_ROWS`]
 //! rows). The head can be wrong about the rest: a column of integers with a
-//! `2.5` further down, a column empty for its first thousand rows. So the
-//! head's integer, boolean and empty (null) columns are read as text and
-//! typed per partition from every value it holds ([`settle`]), widening,
-//! never narrowing: integers to floats, anything but numbers to strings,
-//! an empty head column to whatever the partition holds. Columns the user
-//! fixed are decoded as given, and a value that does not fit is an error
-//! naming file, line and column.
+//! `2.5` further down, a column empty for its first thousand rows. So a
+//! partition is typed from every value it holds, widening, never
+//! narrowing: integers to floats, anything but numbers to strings, an
+//! empty head column to whatever the partition holds. A partition is first
+//! decoded with the head's types, except that empty head columns (and, in
+//! JSON lines, integer ones, which the JSON decoder would truncate a `2.5`
+//! in) are read as text; if a value does not fit, every column is read as
+//! text. Columns read as text are then typed ([`settled_types`],
+//! [`settle`]). Columns the user fixed are decoded as given, and a value
+//! that does not fit is an error naming file, line and column.
 
 use std::fmt;
 use std::str::FromStr;
@@ -118,18 +121,11 @@ impl FromStr for ColumnTypes {
     }
 }
 
-/// Whether a column of the head's type `t` is read as text and settled per
-/// partition (not fixed by the user): integers, booleans and empty columns,
-/// whose head can be contradicted by later values.
-pub(crate) fn unsettled(t: &DataType) -> bool {
-    matches!(t, DataType::Int64 | DataType::Boolean | DataType::Null)
-}
-
-/// The schema a partition is decoded with: unsettled columns as text, the
+/// The schema a partition is decoded with: empty head columns as text, the
 /// rest as `schema` says (with every column nullable). `all_text` reads every
-/// column not fixed as text (after a decode of a float column failed).
-/// `exact_ints` reads fixed integer columns as text too, to be parsed
-/// strictly: the JSON decoder would truncate a `2.5` to 2.
+/// column not fixed as text (after a decode with types failed).
+/// `exact_ints` reads integer columns as text too, to be parsed strictly:
+/// the JSON decoder would truncate a `2.5` to 2 where the CSV one fails.
 pub(crate) fn decoding(schema: &Schema, fixed: &ColumnTypes, all_text: bool, exact_ints: bool) -> SchemaRef {
     let fields: Vec<Field> = schema
         .fields()
@@ -138,7 +134,12 @@ pub(crate) fn decoding(schema: &Schema, fixed: &ColumnTypes, all_text: bool, exa
             let t = f.data_type();
             let text = match fixed.get(f.name()) {
                 Some(fixed) => exact_ints && *fixed == DataType::Int64,
-                None => unsettled(t) || (all_text && *t != DataType::Utf8),
+                None => match t {
+                    DataType::Null => true,
+                    DataType::Int64 => exact_ints || all_text,
+                    DataType::Utf8 => false,
+                    _ => all_text,
+                },
             };
             Field::new(f.name(), if text { DataType::Utf8 } else { t.clone() }, true)
         })
