@@ -7,7 +7,8 @@
 //! release's snapshot. Every acknowledged write must be on every replica
 //! and the replicas must agree, at each step. A second test runs a node of
 //! the previous release under this release's control plane: jobs run one
-//! task per attempt while it is alive, in ranges once it is gone.
+//! task per attempt while it is alive, in ranges once it is gone; a job
+//! with a `--schema` it would ignore is refused while it is alive.
 //!
 //! Without the previous binary the test says why and passes, unless
 //! `WASMGRID_REQUIRE_PREVIOUS` is set (CI, through `deploy/test-setup.sh`).
@@ -197,6 +198,12 @@ async fn a_node_of_the_previous_release_runs_jobs_one_task_per_attempt() {
     let id = submit("with-old");
     let job = finished(&client, &id).await;
     assert_eq!((job.state, job.map_range, job.map_done, job.rows_out), (JobState::Succeeded, 1, 1000, 1000), "{job:?}");
+    // A job whose `--schema` it would not read is refused while it is alive.
+    let out = dir.join("schema").display().to_string();
+    let args =
+        ["job", "submit", "tiny", "--input", &input.display().to_string(), "--output", &out, "--schema", "x:float"];
+    let refused = common::fails(common::grid_cli(&urls, &args));
+    assert!(refused.contains("`schema` needs every node on a release that reads it"), "{refused}");
     // Once it is gone and a node of this release runs jobs, in ranges.
     let _new = common::grid::Node::start(&urls, &dir.join("new-node"));
     old.kill();

@@ -212,6 +212,8 @@ async fn heartbeats(gateway: Arc<Gateway>, client: Client, id: String, url: Stri
             code_cache: gateway.runtime().config().code_cache,
             // The batch worker (crate::worker) runs leased ranges.
             ranges: true,
+            // Task assignments' `schema` fixes input column types.
+            schemas: true,
         };
         match client.heartbeat(&id, &beat).await {
             Ok(_) if failing => {

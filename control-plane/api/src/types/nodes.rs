@@ -89,6 +89,10 @@ pub struct Heartbeat {
     /// every node does.
     #[serde(default)]
     pub ranges: bool,
+    /// Whether it reads a job's `schema` (false from nodes of releases
+    /// before it): a job with one is refused while a node does not.
+    #[serde(default)]
+    pub schemas: bool,
 }
 
 /// What one function's per-request calls used.

@@ -127,6 +127,14 @@ impl App {
         Ok(alive.peek().is_some() && alive.all(|(_, beat)| beat.ranges))
     }
 
+    /// The live nodes that would run a job's tasks without its `schema`
+    /// (nodes of a release before it).
+    fn nodes_without_schemas(&self) -> Answer<Vec<String>> {
+        let nodes = self.0.nodes.lock().map_err(poisoned)?;
+        let alive = nodes.iter().filter(|(_, (at, _))| at.elapsed() < NODE_LIVENESS);
+        Ok(alive.filter(|(_, (_, beat))| !beat.schemas).map(|(id, _)| id.clone()).collect())
+    }
+
     fn running_attempts(&self, id: &str) -> u32 {
         self.0
             .scheduler
@@ -232,6 +240,19 @@ pub(super) async fn submit(
         tasks = tracing::field::Empty,
     );
     app.barrier().await?;
+    if request.schema.is_some() {
+        let old = app.nodes_without_schemas()?;
+        if !old.is_empty() {
+            return Err(Failure::new(
+                StatusCode::CONFLICT,
+                "upgrade_in_progress",
+                format!(
+                    "`schema` needs every node on a release that reads it; {} runs an earlier one: finish the upgrade first",
+                    old.join(", ")
+                ),
+            ));
+        }
+    }
     let tenant = caller.tenant;
     let (version, map, reduce) = functions(&app, &tenant, &request)?;
     let plan_request = request.clone();
