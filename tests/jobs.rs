@@ -565,6 +565,9 @@ async fn a_jobs_schema_fixes_column_types_on_the_nodes() {
         rows.sort_by_key(|r| r["id"].as_i64());
         rows
     };
+    let jobs = replicas.client(1).jobs().await.expect("jobs").jobs;
+    assert_eq!(jobs[0].schema.as_deref(), Some("code:str,delay:float"), "the newest job shows its schema");
+    assert_eq!(jobs[1].schema, None);
     let (inferred, fixed) = (rows("inferred"), rows("fixed"));
     assert_eq!((inferred.len(), fixed.len()), (2000, 2000));
     assert_eq!((inferred[1500]["delay"].as_f64(), fixed[1500]["delay"].as_f64()), (Some(2.5), Some(2.5)));

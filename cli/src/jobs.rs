@@ -219,6 +219,9 @@ pub fn job(command: JobCommand) -> Result<()> {
                 println!("map {}/{}, reduce {}/{}", job.map_done, job.map_tasks, job.reduce_done, job.reduce_tasks);
             }
             println!("input:  {} ({} of {} bytes read)", job.input, job.bytes_done, job.bytes_in);
+            if let Some(schema) = &job.schema {
+                println!("schema: {schema}");
+            }
             println!("output: {}", job.output);
             Ok(())
         }

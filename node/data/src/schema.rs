@@ -138,7 +138,8 @@ pub(crate) fn decoding(schema: &Schema, fixed: &ColumnTypes, all_text: bool, exa
                     DataType::Null => true,
                     DataType::Int64 => exact_ints || all_text,
                     DataType::Utf8 => false,
-                    _ => all_text,
+                    // A nested column stays as it is (text cannot hold an object).
+                    t => all_text && !t.is_nested(),
                 },
             };
             Field::new(f.name(), if text { DataType::Utf8 } else { t.clone() }, true)

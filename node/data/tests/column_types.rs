@@ -138,3 +138,25 @@ fn json_lines_integers_are_not_truncated_by_a_later_float() -> Result<()> {
     assert!(err.to_string().contains("line 1301, column `x`: `7.75` is not an integer"), "{err}");
     Ok(())
 }
+
+#[test]
+fn a_word_among_json_floats_widens_the_column_and_keeps_nested_columns() -> Result<()> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("nested.jsonl");
+    let mut text = String::new();
+    for i in 0..1200 {
+        let f = if i == 1100 { "\"n/a\"".to_string() } else { format!("{}.5", i) };
+        text.push_str(&format!("{{\"f\": {f}, \"meta\": {{\"a\": {i}}}}}\n"));
+    }
+    std::fs::write(&path, text).expect("jsonl");
+    let parts = read(&path, 1 << 20, "")?;
+    let batches = &parts[0];
+    assert!(column_type(batches, "f").iter().all(|t| *t == DataType::Utf8), "{:?}", column_type(batches, "f"));
+    let f: Vec<String> = batches
+        .iter()
+        .flat_map(|b| b["f"].as_string::<i32>().iter().map(|v| v.unwrap_or_default().to_string()))
+        .collect();
+    assert_eq!((f[1100].as_str(), f[3].as_str()), ("n/a", "3.5"));
+    assert!(column_type(batches, "meta").iter().all(|t| matches!(t, DataType::Struct(_))));
+    Ok(())
+}

@@ -120,6 +120,9 @@ pub struct JobInfo {
     pub input: String,
     /// Output directory.
     pub output: String,
+    /// Column types the job fixed for its input (`--schema`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
     /// Where it is.
     pub state: JobState,
     /// The stage running (the last one, once over).

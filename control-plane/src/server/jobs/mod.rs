@@ -69,6 +69,7 @@ fn info(record: &JobRecord, running: u32, map_range: u32) -> JobInfo {
         reduce: record.reduce.as_ref().map(|(n, v, _)| (n.clone(), *v)),
         input: record.input.clone(),
         output: record.output.clone(),
+        schema: record.schema.clone(),
         state: record.state,
         stage: record.stage,
         map_tasks: record.map_tasks,
