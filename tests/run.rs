@@ -447,6 +447,15 @@ fn bad_paths_and_bad_components_get_clear_errors() {
     let e = fails(run_in(&cache, &["run", guests::WORDCOUNT_REDUCE, "-i", data.to_str().expect("utf-8"), "-o", out]));
     assert!(e.contains("is a reducer; run a mapper and pass the reducer with --reduce"), "{e}");
 
+    // Reduce partitions without a reducer: a flag that does not fit.
+    let lone = run_in(
+        &cache,
+        &["run", guests::WORDCOUNT_MAP, "-i", data.to_str().expect("utf-8"), "-o", out, "--reduce-partitions", "3"],
+    );
+    assert_eq!(lone.status.code(), Some(2), "usage errors exit with 2");
+    let e = common::text(&lone).1;
+    assert!(e.contains("--reduce <REDUCE>"), "{e}");
+
     // A mapper that emits pairs with no reducer.
     let e = fails(run_in(&cache, &["run", guests::WORDCOUNT_MAP, "-i", data.to_str().expect("utf-8"), "-o", out]));
     assert!(e.contains("emitted key/value pairs, but no reducer was given"), "{e}");

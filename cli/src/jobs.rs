@@ -36,7 +36,7 @@ pub struct SubmitArgs {
     #[arg(long)]
     reduce: Option<String>,
     /// Reduce partitions (output files of the reduce stage).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, requires = "reduce")]
     reduce_partitions: u32,
     /// Target partition size.
     #[arg(long, default_value = "64MiB", value_parser = units::parse_size)]

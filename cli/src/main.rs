@@ -141,7 +141,7 @@ struct RunArgs {
     #[arg(long, short)]
     threads: Option<usize>,
     /// Reduce partitions: output files of the reduce stage (default: one per core).
-    #[arg(long)]
+    #[arg(long, requires = "reduce")]
     reduce_partitions: Option<usize>,
     /// Memory limit per instance.
     #[arg(long, default_value = "256MiB", value_parser = units::parse_size)]
