@@ -45,9 +45,9 @@ wasmgrid_test_setup() {
         "$venv/bin/python" -m pip install --quiet 'componentize-py==0.25.1' || return 1
     fi
     # wasmgrid.local (Python functions tested in plain CPython) with pandas,
-    # and the client's progress bars.
-    if ! "$venv/bin/python" -c 'import pandas, pytest, tqdm' 2>/dev/null; then
-        "$venv/bin/python" -m pip install --quiet 'pandas==2.2.3' 'pytest==8.3.4' 'tqdm==4.67.1' || return 1
+    # and the client's progress bars and Parquet/Arrow output.
+    if ! "$venv/bin/python" -c 'import pandas, pytest, tqdm, pyarrow' 2>/dev/null; then
+        "$venv/bin/python" -m pip install --quiet 'pandas==2.2.3' 'pytest==8.3.4' 'tqdm==4.67.1' 'pyarrow==18.1.0' || return 1
     fi
     export COMPONENTIZE_PY="$PWD/$venv/bin/componentize-py"
     "$COMPONENTIZE_PY" --version >/dev/null || return 1

@@ -326,9 +326,15 @@ class Job:
         return pd.concat(frames, ignore_index=True)
 
     def to_arrow(self):
-        """The job's output as one pyarrow Table (needs pyarrow)."""
+        """The job's output as one pyarrow Table (needs pyarrow): Parquet
+        files as written, other formats through pandas."""
         import pyarrow as pa
 
+        paths = [f["path"] for f in self.files() if f.get("rows", 1) > 0]
+        if paths and all(p.endswith(".parquet") for p in paths):
+            import pyarrow.parquet as pq
+
+            return pa.concat_tables([pq.read_table(p) for p in paths])
         return pa.Table.from_pandas(self.to_pandas(), preserve_index=False)
 
 
