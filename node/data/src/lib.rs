@@ -12,6 +12,7 @@
 //! [`pairs`] carries key/value pairs from mappers to reducers. Errors are
 //! this crate's [`Error`].
 
+pub mod aggregate;
 pub mod egress;
 mod error;
 pub mod pairs;
