@@ -201,6 +201,39 @@ impl Groups {
         Ok(Groups { spec, index: HashMap::new(), keys, accs, groups: 0, buf: Vec::new() })
     }
 
+    /// Groups to merge partial states of `spec` into, whose schema
+    /// ([`Groups::partial`]'s) is `schema`: a merge of tasks' partials.
+    pub fn for_partials(spec: Spec, schema: &Schema) -> Result<Groups> {
+        // The inputs' types, as the partial states tell them.
+        let mut fields = Vec::new();
+        for name in &spec.keys {
+            let f = schema
+                .field_with_name(name)
+                .map_err(|_| AggregateError(format!("no key column `{name}` in the partial states")))?;
+            fields.push(f.clone());
+        }
+        for m in &spec.measures {
+            let Some(column) = &m.column else { continue };
+            let state = match m.op {
+                Op::Mean => format!("{}.sum", m.name),
+                _ => m.name.clone(),
+            };
+            let t = schema
+                .field_with_name(&state)
+                .map_err(|_| AggregateError(format!("no state `{state}` in the partial states")))?
+                .data_type();
+            let t = match m.op {
+                Op::Count | Op::CountValid => DataType::Null,
+                Op::CountTrue => DataType::Boolean,
+                _ => t.clone(),
+            };
+            if fields.iter().all(|f: &Field| f.name() != column) {
+                fields.push(Field::new(column, t, true));
+            }
+        }
+        Groups::new(spec, &Schema::new(fields))
+    }
+
     /// How many groups there are.
     pub fn len(&self) -> usize {
         self.groups
@@ -759,13 +792,17 @@ mod tests {
     #[test]
     fn partial_states_of_many_tasks_merge_to_the_same_answer() {
         let batch = flights(6000, 11);
-        let mut merged = Groups::new(spec(), &batch.schema()).expect("spec fits");
+        let mut merged: Option<Groups> = None;
         for task in 0..6 {
             let mut groups = Groups::new(spec(), &batch.schema()).expect("spec fits");
             groups.fold(&batch.slice(task * 1000, 1000)).expect("fold");
             let partial = groups.partial().expect("partial");
-            merged.merge(&partial).expect("merge");
+            merged
+                .get_or_insert_with(|| Groups::for_partials(spec(), &partial.schema()).expect("partials"))
+                .merge(&partial)
+                .expect("merge");
         }
+        let merged = merged.expect("tasks");
         assert_same(&rows_of(&merged.finish().expect("finish")), &reference(&batch));
     }
 

@@ -1,0 +1,279 @@
+//! The host's group-by (`wasmgrid_data::aggregate`) on a flights-style
+//! query, against pandas, polars and duckdb on the same files, in one run
+//! (`cargo bench --bench aggregate`):
+//!
+//! per carrier: flights, flights with a departure delay, mean departure
+//! delay, flights delayed 15 minutes or more, longest distance; over
+//! 336,776 rows (nulls in the carrier and the delay) in 16 Parquet and 16
+//! CSV files. Each engine reads the files and answers in its own process
+//! (the Python ones timed inside Python, best of 3); ours reads them with
+//! the data layer's readers on one thread per core, folds each file into
+//! its own groups and merges their typed partial states, as a job's tasks
+//! would. The answers are compared (counts exact, means to 1e-9) before
+//! any time is printed. The Python engines are used where the CI venv
+//! (`target/ci-venv`, or `WASMGRID_PYTHON`) has them: pandas comes with the
+//! test setup; `pip install polars==2.1.0 duckdb==1.1.3` adds the others
+//! (polars 1.17 cannot read the Parquet files the parquet 60 crate writes).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int64Type};
+use arrow_array::{Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use wasmgrid_data::aggregate::{Groups, Measure, Op, Spec};
+use wasmgrid_data::{ColumnTypes, PartitionReader};
+
+const ROWS: usize = 336_776;
+const FILES: usize = 16;
+
+fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data/aggregate")
+}
+
+/// Flights-style rows, deterministic: 16 carriers and a null one, delays
+/// with nulls (cancelled flights), distances.
+fn flights(seed: u64, rows: usize) -> RecordBatch {
+    let mut x = seed.max(1);
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let carriers = ["UA", "AA", "B6", "DL", "EV", "MQ", "US", "WN", "VX", "FL", "AS", "9E", "F9", "HA", "YV", "OO"];
+    let (mut carrier, mut delay, mut distance, mut month) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rows {
+        let r = next();
+        carrier.push((r % 97 != 0).then(|| carriers[(r % 16) as usize]));
+        let d = if (r >> 8) % 10 < 3 { ((r >> 16) % 320) as f64 - 20.0 } else { ((r >> 16) % 36) as f64 - 20.0 };
+        delay.push(((r >> 40) % 40 != 0).then_some(d));
+        distance.push(((r >> 24) % 4900 + 80) as i64);
+        month.push(((r >> 32) % 12 + 1) as i64);
+    }
+    let schema = Schema::new(vec![
+        Field::new("month", DataType::Int64, false),
+        Field::new("carrier", DataType::Utf8, true),
+        Field::new("dep_delay", DataType::Float64, true),
+        Field::new("distance", DataType::Int64, false),
+    ]);
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(month)),
+        Arc::new(carrier.into_iter().collect::<StringArray>()),
+        Arc::new(Float64Array::from(delay)),
+        Arc::new(Int64Array::from(distance)),
+    ];
+    RecordBatch::try_new(Arc::new(schema), columns).expect("batch")
+}
+
+/// Writes the 16 Parquet and 16 CSV files (once).
+fn write_files() -> (PathBuf, PathBuf) {
+    let (pq, csv) = (data_dir().join("parquet"), data_dir().join("csv"));
+    if pq.join("done").exists() && csv.join("done").exists() {
+        return (pq, csv);
+    }
+    std::fs::create_dir_all(&pq).expect("dir");
+    std::fs::create_dir_all(&csv).expect("dir");
+    let per = ROWS.div_ceil(FILES);
+    for f in 0..FILES {
+        let rows = per.min(ROWS - f * per);
+        let batch = flights(f as u64 + 7, rows);
+        let file = std::fs::File::create(pq.join(format!("flights-{f:02}.parquet"))).expect("file");
+        let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).expect("writer");
+        w.write(&batch).expect("write");
+        w.close().expect("close");
+        let file = std::fs::File::create(csv.join(format!("flights-{f:02}.csv"))).expect("file");
+        let mut w = arrow_csv::WriterBuilder::new().with_header(true).build(file);
+        w.write(&batch).expect("write");
+    }
+    std::fs::write(pq.join("done"), "").expect("mark");
+    std::fs::write(csv.join("done"), "").expect("mark");
+    (pq, csv)
+}
+
+fn spec() -> Spec {
+    let m = |name: &str, op, column: Option<&str>| Measure { name: name.into(), op, column: column.map(Into::into) };
+    Spec {
+        keys: vec!["carrier".into()],
+        measures: vec![
+            m("flights", Op::Count, None),
+            m("with_delay", Op::CountValid, Some("dep_delay")),
+            m("mean_delay", Op::Mean, Some("dep_delay")),
+            m("delayed_15", Op::CountTrue, Some("delayed")),
+            m("max_distance", Op::Max, Some("distance")),
+        ],
+    }
+}
+
+/// `batch` with `delayed` = dep_delay >= 15 (null where the delay is): what
+/// the query's guest adds before handing rows to the host.
+fn with_delayed(batch: &RecordBatch) -> RecordBatch {
+    let delay = batch["dep_delay"].as_primitive::<Float64Type>();
+    let delayed: BooleanArray = delay.iter().map(|d| d.map(|d| d >= 15.0)).collect();
+    let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new("delayed", DataType::Boolean, true));
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(delayed));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("batch")
+}
+
+/// The query over the files of `dir`: one thread per core, each folding
+/// whole files into its groups, partials merged.
+fn ours(dir: &Path) -> RecordBatch {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet" || e == "csv"))
+        .collect();
+    files.sort();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let partials: Vec<RecordBatch> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let files: Vec<&PathBuf> = files.iter().skip(t).step_by(threads).collect();
+                s.spawn(move || {
+                    let mut groups: Option<Groups> = None;
+                    for file in files {
+                        let parts =
+                            wasmgrid_data::plan(&file.display().to_string(), None, 1 << 30, &ColumnTypes::default())
+                                .expect("plan");
+                        for part in parts {
+                            let mut reader = PartitionReader::open(part).expect("open");
+                            while let Some(batch) = reader.next_batch(65_536).expect("batch") {
+                                let batch = with_delayed(&batch);
+                                let g =
+                                    groups.get_or_insert_with(|| Groups::new(spec(), &batch.schema()).expect("spec"));
+                                g.fold(&batch).expect("fold");
+                            }
+                        }
+                    }
+                    groups.map(|g| g.partial().expect("partial"))
+                })
+            })
+            .collect();
+        handles.into_iter().filter_map(|h| h.join().expect("thread")).collect()
+    });
+    let mut merged = Groups::for_partials(spec(), &partials[0].schema()).expect("spec");
+    for p in &partials {
+        merged.merge(p).expect("merge");
+    }
+    merged.finish().expect("finish")
+}
+
+const PY: &str = r#"
+import glob, json, sys, time
+kind, engine, pattern = sys.argv[1], sys.argv[2], sys.argv[3]
+files = sorted(glob.glob(pattern))
+def run():
+    if engine == "pandas":
+        import pandas as pd
+        read = pd.read_parquet if kind == "parquet" else pd.read_csv
+        df = pd.concat([read(f) for f in files], ignore_index=True)
+        df["delayed"] = (df["dep_delay"] >= 15).where(df["dep_delay"].notna())
+        g = df.groupby("carrier", dropna=False)
+        out = g.agg(flights=("month", "size"), with_delay=("dep_delay", "count"), mean_delay=("dep_delay", "mean"),
+                    delayed_15=("delayed", lambda s: int((s == True).sum())), max_distance=("distance", "max")).reset_index()
+        return [[None if pd.isna(r.carrier) else r.carrier, int(r.flights), int(r.with_delay), float(r.mean_delay), int(r.delayed_15), int(r.max_distance)] for r in out.itertuples()]
+    if engine == "polars":
+        import polars as pl
+        scan = pl.scan_parquet(files) if kind == "parquet" else pl.scan_csv(files)
+        out = scan.group_by("carrier").agg(
+            pl.len().alias("flights"), pl.col("dep_delay").count().alias("with_delay"), pl.col("dep_delay").mean().alias("mean_delay"),
+            (pl.col("dep_delay") >= 15).sum().alias("delayed_15"), pl.col("distance").max().alias("max_distance")).collect()
+        return [list(r) for r in out.iter_rows()]
+    import duckdb
+    src = f"read_parquet({files!r})" if kind == "parquet" else f"read_csv({files!r})"
+    q = f"select carrier, count(*), count(dep_delay), avg(dep_delay), count(*) filter (where dep_delay >= 15), max(distance) from {src} group by carrier"
+    return [list(r) for r in duckdb.sql(q).fetchall()]
+times = []
+for _ in range(3):
+    t = time.perf_counter(); rows = run(); times.append(time.perf_counter() - t)
+print(json.dumps({"seconds": min(times), "rows": rows}))
+"#;
+
+/// (carrier, flights, with_delay, mean_delay, delayed_15, max_distance) by carrier.
+type Answer = Vec<(Option<String>, i64, i64, f64, i64, i64)>;
+
+fn sorted(mut rows: Answer) -> Answer {
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    rows
+}
+
+fn answer_of(out: &RecordBatch) -> Answer {
+    let carrier = out["carrier"].as_string::<i32>();
+    let int = |name: &str, r: usize| out[name].as_primitive::<Int64Type>().value(r);
+    sorted(
+        (0..out.num_rows())
+            .map(|r| {
+                let key = carrier.is_valid(r).then(|| carrier.value(r).to_string());
+                let mean = out["mean_delay"].as_primitive::<Float64Type>().value(r);
+                (key, int("flights", r), int("with_delay", r), mean, int("delayed_15", r), int("max_distance", r))
+            })
+            .collect(),
+    )
+}
+
+fn python() -> Option<PathBuf> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ci-venv/bin/python");
+    std::env::var_os("WASMGRID_PYTHON").map(PathBuf::from).or_else(|| venv.exists().then_some(venv))
+}
+
+/// An engine's best of 3 and its answer; `None` when it is not installed.
+fn engine(python: &Path, kind: &str, name: &str, dir: &Path) -> Option<(Duration, Answer)> {
+    let pattern = dir.join(format!("*.{kind}")).display().to_string();
+    let out = Command::new(python).args(["-c", PY, kind, name, &pattern]).output().ok()?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        eprintln!("  {name}: not run ({})", stderr.lines().last().unwrap_or_default());
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("engine output");
+    let rows = value["rows"].as_array().expect("rows");
+    let answer = rows
+        .iter()
+        .map(|r| {
+            let i = |k: usize| r[k].as_i64().or_else(|| r[k].as_f64().map(|f| f as i64)).expect("integer");
+            (r[0].as_str().map(str::to_string), i(1), i(2), r[3].as_f64().expect("mean"), i(4), i(5))
+        })
+        .collect();
+    Some((Duration::from_secs_f64(value["seconds"].as_f64().expect("seconds")), sorted(answer)))
+}
+
+fn same(a: &Answer, b: &Answer) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            (&x.0, x.1, x.2, x.4, x.5) == (&y.0, y.1, y.2, y.4, y.5) && (x.3 - y.3).abs() <= 1e-9 * x.3.abs().max(1.0)
+        })
+}
+
+fn main() {
+    let (pq, csv) = write_files();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("flights query: {ROWS} rows in {FILES} files per format, {cores} cores, best of 3");
+    let python = python();
+    for (kind, dir) in [("parquet", &pq), ("csv", &csv)] {
+        let mut best = Duration::MAX;
+        let mut answer = Vec::new();
+        for _ in 0..3 {
+            let started = Instant::now();
+            let out = ours(dir);
+            best = best.min(started.elapsed());
+            answer = answer_of(&out);
+        }
+        println!("{kind}: wasmgrid host group-by {:.4} s ({} groups)", best.as_secs_f64(), answer.len());
+        let Some(python) = &python else {
+            println!("  no Python (target/ci-venv or WASMGRID_PYTHON): no engines to compare");
+            continue;
+        };
+        for name in ["pandas", "polars", "duckdb"] {
+            if let Some((time, theirs)) = engine(python, kind, name, dir) {
+                assert!(same(&answer, &theirs), "{name} answers otherwise:\n{answer:?}\n{theirs:?}");
+                let ratio = best.as_secs_f64() / time.as_secs_f64();
+                println!("  {name:7} {:.4} s: wasmgrid takes {ratio:.2}x its time (same answer)", time.as_secs_f64());
+            }
+        }
+    }
+}
