@@ -467,6 +467,21 @@ fn fold_each<T: Copy, S>(
     }
 }
 
+/// Measure `m`'s column as integers, for a measure whose state is
+/// integers: a column of floats (its type widened in a later partition)
+/// is an error, never truncated.
+fn integers(column: &ArrayRef, m: &Measure) -> Result<ArrayRef> {
+    if !matches!(key_type(column.data_type()), DataType::Int64) && *column.data_type() != DataType::Null {
+        let c = m.column.as_deref().unwrap_or_default();
+        return err(format!(
+            "`{}`: column `{c}` held integers and now holds {}; fix its type (--schema {c}:float)",
+            m.name,
+            column.data_type()
+        ));
+    }
+    cast(column, &DataType::Int64, &m.name)
+}
+
 fn add_int(slot: &mut Option<i64>, v: i64, name: &str) -> Result<()> {
     *slot = Some(match *slot {
         None => v,
@@ -531,11 +546,11 @@ impl Acc {
                 }
             }
             (Acc::Count(n), Op::CountTrue) => {
-                if let Some(b) = column.as_boolean_opt() {
-                    for (row, &id) in ids.iter().enumerate() {
-                        if valid.is_none_or(|v| v.is_valid(row)) && b.value(row) {
-                            n[id as usize] += 1;
-                        }
+                let b = cast(column, &DataType::Boolean, &m.name)?;
+                let (b, nulls) = (b.as_boolean(), b.logical_nulls());
+                for (row, &id) in ids.iter().enumerate() {
+                    if nulls.as_ref().is_none_or(|v| v.is_valid(row)) && b.value(row) {
+                        n[id as usize] += 1;
                     }
                 }
             }
@@ -545,7 +560,7 @@ impl Acc {
                 }
             }
             (Acc::SumInt(s), _) => {
-                let values = cast(column, &DataType::Int64, &m.name)?;
+                let values = integers(column, m)?;
                 for (row, (&id, &v)) in ids.iter().zip(values.as_primitive::<Int64Type>().values()).enumerate() {
                     if valid.is_none_or(|n| n.is_valid(row)) {
                         add_int(&mut s[id as usize], v, &m.name)?;
@@ -554,7 +569,7 @@ impl Acc {
             }
             (Acc::MinInt(s), _) | (Acc::MaxInt(s), _) => {
                 let smaller = m.op == Op::Min;
-                let values = cast(column, &DataType::Int64, &m.name)?;
+                let values = integers(column, m)?;
                 fold_each(s, ids, values.as_primitive::<Int64Type>().values(), valid, |slot, v| keep(slot, v, smaller));
             }
             (acc, _) => {
@@ -861,6 +876,39 @@ mod tests {
             let e = Groups::new(spec, &batch.schema()).expect_err("refused").to_string();
             assert!(e.contains(says), "{e}");
         }
+    }
+
+    #[test]
+    fn an_integer_column_that_turns_to_floats_is_an_error_not_truncated() {
+        let ints = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)]));
+        let floats = Arc::new(Schema::new(vec![Field::new("v", DataType::Float64, true)]));
+        let spec =
+            Spec { keys: vec![], measures: vec![Measure { name: "s".into(), op: Op::Sum, column: Some("v".into()) }] };
+        let mut groups = Groups::new(spec, &ints).expect("spec");
+        groups
+            .fold(&RecordBatch::try_new(ints, vec![Arc::new(Int64Array::from(vec![1, 2]))]).expect("batch"))
+            .expect("fold");
+        let later = RecordBatch::try_new(floats, vec![Arc::new(Float64Array::from(vec![2.5]))]).expect("batch");
+        let e = groups.fold(&later).expect_err("floats").to_string();
+        assert!(e.contains("column `v` held integers and now holds Float64; fix its type (--schema v:float)"), "{e}");
+    }
+
+    #[test]
+    fn count_true_reads_a_text_column_of_booleans() {
+        let schema = Arc::new(Schema::new(vec![Field::new("b", DataType::Utf8, true)]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(StringArray::from(vec![Some("true"), None, Some("false"), Some("true")]))],
+        )
+        .expect("batch");
+        let spec = Spec {
+            keys: vec![],
+            measures: vec![Measure { name: "n".into(), op: Op::CountTrue, column: Some("b".into()) }],
+        };
+        // Built for a boolean column; a later partition held it as text.
+        let mut groups = Groups::new(spec, &Schema::new(vec![Field::new("b", DataType::Boolean, true)])).expect("spec");
+        groups.fold(&batch).expect("fold");
+        assert_eq!(groups.finish().expect("finish")["n"].as_primitive::<Int64Type>().value(0), 2);
     }
 
     #[test]
