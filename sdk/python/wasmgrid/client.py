@@ -304,6 +304,12 @@ class Job:
             raise GridError(0, f"job_{self.state}", f"job {self.id} {self.state}: {error}")
         return self
 
+    def logs(self):
+        """What the job's latest attempts logged, oldest first, gathered
+        from every node: ``[{"node", "stage", "task", "attempt", "error",
+        "lines", "stdout", "stderr", ...}]`` (``GET /v1/jobs/{id}/attempts``)."""
+        return self.grid._api("GET", f"/v1/jobs/{_segment(self.id)}/attempts")["attempts"]
+
     def files(self):
         """The output files the job published, in order, from its
         ``_SUCCESS`` manifest: ``[{"name", "rows", ...}]`` with ``path``
