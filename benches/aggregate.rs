@@ -27,6 +27,9 @@ use arrow_schema::{DataType, Field, Schema};
 use wasmgrid_data::aggregate::{Groups, Measure, Op, Spec};
 use wasmgrid_data::{ColumnTypes, PartitionReader};
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 const ROWS: usize = 336_776;
 const FILES: usize = 16;
 
@@ -37,20 +40,14 @@ fn data_dir() -> PathBuf {
 /// Flights-style rows, deterministic: 16 carriers and a null one, delays
 /// with nulls (cancelled flights), distances.
 fn flights(seed: u64, rows: usize) -> RecordBatch {
-    let mut x = seed.max(1);
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut rng = common::Rng::new(seed);
     let carriers = ["UA", "AA", "B6", "DL", "EV", "MQ", "US", "WN", "VX", "FL", "AS", "9E", "F9", "HA", "YV", "OO"];
     let (mut carrier, mut delay, mut distance, mut month) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rows {
-        let r = next();
-        carrier.push((r % 97 != 0).then(|| carriers[(r % 16) as usize]));
+        let r = rng.next();
+        carrier.push((!r.is_multiple_of(97)).then(|| carriers[(r % 16) as usize]));
         let d = if (r >> 8) % 10 < 3 { ((r >> 16) % 320) as f64 - 20.0 } else { ((r >> 16) % 36) as f64 - 20.0 };
-        delay.push(((r >> 40) % 40 != 0).then_some(d));
+        delay.push((!(r >> 40).is_multiple_of(40)).then_some(d));
         distance.push(((r >> 24) % 4900 + 80) as i64);
         month.push(((r >> 32) % 12 + 1) as i64);
     }

@@ -62,35 +62,49 @@ pub fn new(args: NewArgs) -> Result<()> {
     if root.exists() {
         bail!("{} already exists", root.display());
     }
-    let module = name.replace('-', "_");
     let files = match args.lang {
         Lang::Rust => rust(name, args.template)?,
-        Lang::Python => python(&module, args.template),
+        Lang::Python => python(name, args.template),
     };
     for (path, text) in &files {
         write(&root.join(path), text)?;
     }
-    let (build, component, test) = match args.lang {
+    let commands = commands(name, args.lang, Some(name));
+    println!("created {} ({:?} in {:?})", root.display(), args.template, args.lang);
+    println!("  build: {}", commands.build);
+    println!("  run:   {}", commands.run);
+    println!("  test:  {}", commands.test);
+    Ok(())
+}
+
+/// How a project is built, run on its sample and tested.
+struct Commands {
+    build: String,
+    component: String,
+    run: String,
+    test: String,
+}
+
+/// The [`Commands`] of project `name`, given from its parent directory
+/// (`at`: the project's directory) or from within it (`None`).
+fn commands(name: &str, lang: Lang, at: Option<&str>) -> Commands {
+    let module = name.replace('-', "_");
+    let dir = at.map_or(String::new(), |d| format!("{d}/"));
+    let here = at.unwrap_or(".");
+    let (build, component, test) = match lang {
         Lang::Rust => (
-            format!("wasmgrid build {name}"),
-            format!("{module}.wasm"),
-            format!("cargo test --manifest-path {name}/Cargo.toml"),
+            format!("wasmgrid build {here}"),
+            format!("{dir}target/wasm32-wasip2/release/{module}.wasm"),
+            at.map_or("cargo test".into(), |d| format!("cargo test --manifest-path {d}/Cargo.toml")),
         ),
         Lang::Python => (
-            format!("wasmgrid build {name}/{module}.py -o {module}.wasm"),
+            format!("wasmgrid build {dir}{module}.py -o {module}.wasm"),
             format!("{module}.wasm"),
-            format!("python -m pytest {name}"),
+            format!("python -m pytest {here}"),
         ),
     };
-    let component = match args.lang {
-        Lang::Rust => format!("{name}/target/wasm32-wasip2/release/{component}"),
-        Lang::Python => component,
-    };
-    println!("created {} ({:?} in {:?})", root.display(), args.template, args.lang);
-    println!("  build: {build}");
-    println!("  run:   wasmgrid run {component} --input {name}/sample.csv --output out");
-    println!("  test:  {test}");
-    Ok(())
+    let run = format!("wasmgrid run {component} --input {dir}sample.csv --output out");
+    Commands { build, component, run, test }
 }
 
 /// The files of a Rust project.
@@ -149,16 +163,17 @@ strip = "debuginfo"
 }
 
 /// The files of a Python project.
-fn python(module: &str, template: Template) -> Vec<(String, String)> {
+fn python(name: &str, template: Template) -> Vec<(String, String)> {
+    let module = name.replace('-', "_");
     let (app, test) = match template {
         Template::Scorer => (PYTHON_SCORER, PYTHON_SCORER_TEST),
         Template::Mapper => (PYTHON_MAPPER, PYTHON_MAPPER_TEST),
     };
     vec![
         (format!("{module}.py"), app.into()),
-        (format!("test_{module}.py"), test.replace("{module}", module)),
+        (format!("test_{module}.py"), test.replace("{module}", &module)),
         ("sample.csv".into(), SAMPLE.into()),
-        ("README.md".into(), readme(module, template, Lang::Python)),
+        ("README.md".into(), readme(name, template, Lang::Python)),
     ]
 }
 
@@ -171,15 +186,9 @@ fn readme(name: &str, template: Template, lang: Lang) -> String {
             "A wasmgrid mapper: emits the rows whose `price` x `quantity` is at least config `min` (default 100)."
         }
     };
-    let module = name.replace('-', "_");
-    let (build, component, test) = match lang {
-        Lang::Rust => {
-            ("wasmgrid build .".to_string(), format!("target/wasm32-wasip2/release/{module}.wasm"), "cargo test")
-        }
-        Lang::Python => (format!("wasmgrid build {module}.py"), format!("{module}.wasm"), "python -m pytest"),
-    };
+    let Commands { build, component, run, test } = commands(name, lang, None);
     format!(
-        "# {name}\n\n{what}\n\n```sh\n{build}\nwasmgrid run {component} --input sample.csv --output out\n{test}\n```\n\n\
+        "# {name}\n\n{what}\n\n```sh\n{build}\n{run}\n{test}\n```\n\n\
          Deploy it to a grid with `wasmgrid deploy {name} {component}`.\n"
     )
 }

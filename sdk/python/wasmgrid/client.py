@@ -377,38 +377,25 @@ def _bar(job):
 
 
 def _rows_of(data):
-    """``data`` as a list of JSON-ready row dicts, and what kind it was."""
-    try:
-        import pandas as pd
-    except ImportError:
-        pd = None
-    if pd is not None and isinstance(data, pd.DataFrame):
-        rows = data.astype(object).where(data.notna(), None).to_dict(orient="records")
-        return [{k: _plain(v) for k, v in row.items()} for row in rows], "frame"
-    if isinstance(data, dict):
-        return [data], "row"
-    return list(data), "rows"
+    """``data`` as a list of JSON-ready row dicts (NaN and pandas' missing
+    values as null, numpy scalars as Python values, as ``wasmgrid.local``
+    reads them), and what kind it was."""
+    from .local import _value
 
-
-def _plain(value):
-    """A numpy scalar as the Python value JSON encodes."""
-    item = getattr(value, "item", None)
-    return item() if callable(item) else value
+    if hasattr(data, "to_dict") and hasattr(data, "columns"):
+        rows, kind = data.to_dict(orient="records"), "frame"
+    elif isinstance(data, dict):
+        rows, kind = [data], "row"
+    else:
+        rows, kind = list(data), "rows"
+    return [{str(k): _value(v) for k, v in row.items()} for row in rows], kind
 
 
 def _as_kind(rows, kind, data):
     if kind == "frame":
         import pandas as pd
 
-        return pd.DataFrame(rows, columns=_columns(rows), index=data.index)
+        return pd.DataFrame(rows, index=data.index)
     if kind == "row":
         return rows[0]
     return rows
-
-
-def _columns(rows):
-    seen = {}
-    for row in rows:
-        for key in row:
-            seen.setdefault(key)
-    return list(seen)

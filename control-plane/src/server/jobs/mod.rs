@@ -121,19 +121,19 @@ impl App {
         info(record, self.running_attempts(&record.id), range)
     }
 
-    /// Whether every node alive runs ranges of tasks (and there is one).
-    fn nodes_run_ranges(&self) -> Answer<bool> {
+    /// How many nodes are alive, and those of them whose heartbeat lacks
+    /// what `has` asks for (nodes of a release before it).
+    fn nodes_lacking(&self, has: impl Fn(&Heartbeat) -> bool) -> Answer<(usize, Vec<String>)> {
         let nodes = self.0.nodes.lock().map_err(poisoned)?;
-        let mut alive = nodes.values().filter(|(at, _)| at.elapsed() < NODE_LIVENESS).peekable();
-        Ok(alive.peek().is_some() && alive.all(|(_, beat)| beat.ranges))
+        let alive: Vec<_> = nodes.iter().filter(|(_, (at, _))| at.elapsed() < NODE_LIVENESS).collect();
+        let lacking = alive.iter().filter(|(_, (_, beat))| !has(beat)).map(|(id, _)| (*id).clone()).collect();
+        Ok((alive.len(), lacking))
     }
 
-    /// The live nodes that would run a job's tasks without its `schema`
-    /// (nodes of a release before it).
-    fn nodes_without_schemas(&self) -> Answer<Vec<String>> {
-        let nodes = self.0.nodes.lock().map_err(poisoned)?;
-        let alive = nodes.iter().filter(|(_, (at, _))| at.elapsed() < NODE_LIVENESS);
-        Ok(alive.filter(|(_, (_, beat))| !beat.schemas).map(|(id, _)| id.clone()).collect())
+    /// Whether every node alive runs ranges of tasks (and there is one).
+    fn nodes_run_ranges(&self) -> Answer<bool> {
+        let (alive, lacking) = self.nodes_lacking(|beat| beat.ranges)?;
+        Ok(alive > 0 && lacking.is_empty())
     }
 
     fn running_attempts(&self, id: &str) -> u32 {
@@ -242,7 +242,8 @@ pub(super) async fn submit(
     );
     app.barrier().await?;
     if request.schema.is_some() {
-        let old = app.nodes_without_schemas()?;
+        // Nodes of a release before it would run its tasks without it.
+        let (_, old) = app.nodes_lacking(|beat| beat.schemas)?;
         if !old.is_empty() {
             return Err(Failure::new(
                 StatusCode::CONFLICT,
