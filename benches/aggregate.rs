@@ -92,7 +92,7 @@ fn write_files() -> (PathBuf, PathBuf) {
 }
 
 fn spec() -> Spec {
-    let m = |name: &str, op, column: Option<&str>| Measure { name: name.into(), op, column: column.map(Into::into) };
+    let m = Measure::new;
     Spec {
         keys: vec!["carrier".into()],
         measures: vec![

@@ -52,12 +52,32 @@ fn assert_mapped(rows: &[serde_json::Value]) {
     assert_eq!(rows, [serde_json::json!({"id": 4, "total": 240.0})]);
 }
 
+/// What the aggregate template gives for the sample: one row per size,
+/// the order without a quantity in a null group with a null quantity.
+fn assert_aggregated(rows: &[serde_json::Value]) {
+    let mut rows = rows.to_vec();
+    rows.sort_by_key(|r| r["size"].as_str().map(str::to_string));
+    assert_eq!(
+        rows,
+        [
+            // JSON lines leave nulls out.
+            serde_json::json!({"orders": 1, "mean_price": 10.0, "max_price": 10.0, "under_5": 0}),
+            serde_json::json!({"size": "large", "orders": 1, "quantity": 2, "mean_price": 120.0, "max_price": 120.0, "under_5": 0}),
+            serde_json::json!({"size": "small", "orders": 2, "quantity": 7, "mean_price": 3.25, "max_price": 4.0, "under_5": 2}),
+        ]
+    );
+}
+
+/// Each template with what its sample must give.
+const TEMPLATES: [(&str, fn(&[serde_json::Value])); 3] =
+    [("scorer", assert_scored), ("mapper", assert_mapped), ("aggregate", assert_aggregated)];
+
 #[test]
 fn rust_projects_build_run_and_pass_their_tests() {
     let tmp = tempfile::tempdir().expect("tempdir");
     // One target directory for both projects: the SDK's dependencies build once.
     let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("new-projects");
-    for (kind, check) in [("scorer", assert_scored as fn(&[serde_json::Value])), ("mapper", assert_mapped)] {
+    for (kind, check) in TEMPLATES {
         let name = format!("my-{kind}");
         let project = create(tmp.path(), kind, &name, "rust");
         let built = wasmgrid().arg("build").arg(&project).env("CARGO_TARGET_DIR", &target).output().expect("build");
@@ -87,7 +107,7 @@ fn python_projects_build_run_and_pass_their_tests() {
     }
     let tmp = tempfile::tempdir().expect("tempdir");
     let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk/python");
-    for (kind, check) in [("scorer", assert_scored as fn(&[serde_json::Value])), ("mapper", assert_mapped)] {
+    for (kind, check) in TEMPLATES {
         let name = format!("py-{kind}");
         let project = create(tmp.path(), kind, &name, "python");
         let component = tmp.path().join(format!("py_{kind}.wasm"));

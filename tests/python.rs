@@ -145,7 +145,7 @@ fn python_functions_run_in_plain_python_under_pytest_and_score_like_their_compon
         .output()
         .expect("pytest runs");
     let (stdout, stderr) = common::text(&out);
-    assert!(out.status.success() && stdout.contains("9 passed"), "{stdout}\n{stderr}");
+    assert!(out.status.success() && stdout.contains("11 passed"), "{stdout}\n{stderr}");
 
     // The same rows scored by the module in plain Python and by its
     // component through `wasmgrid run`.
@@ -181,6 +181,48 @@ print(json.dumps([[int(i), float(s)] for i, s in zip(scored["id"], scored["score
 }
 
 /// Word counts in a job's output, each word once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flights_query_in_python_gives_the_row_by_row_answer_locally_and_as_a_job() {
+    let Some(wasm) = python_guest("guest-examples/python-flights/flights.py") else { return };
+    let source =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("guest-examples/python-flights/flights.py"))
+            .expect("example");
+    let body = source.split("\"\"\"").nth(2).expect("after the docstring");
+    let code = body.lines().filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')).count();
+    assert!(code <= 10, "the Python flights query is {code} lines");
+
+    let replicas = Replicas::start(1, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let urls = replicas.urls();
+    let dir = replicas.dir.path();
+    let (batches, pq, csv) = common::flights::write(&dir.join("data"), 4, 12_000, 5);
+    let want = common::flights::reference(&batches);
+    let rows_of = |out: &Path| -> Vec<Value> {
+        common::parts_text(out).lines().map(|l| serde_json::from_str(l).expect("row")).collect()
+    };
+
+    // Locally, over CSV in many partitions.
+    let cache = shared().join("cache");
+    let out = dir.join("local");
+    let (input, out_s) = (csv.display().to_string(), out.display().to_string());
+    let args = ["run", wasm.to_str().expect("utf-8"), "-i", &input, "-o", &out_s, "--partition-size", "64KiB"];
+    common::ok(common::run_in(&cache, &[&args[..], &["--memory", PY_MEMORY]].concat()));
+    common::flights::assert_same(&common::flights::from_rows(&rows_of(&out)), &want);
+
+    // As a grid job over Parquet, groups over 2 reduce partitions.
+    let cache = cache.display().to_string();
+    let _node = Node::start_with(&urls, &dir.join("node"), &["--cache-dir", &cache]);
+    let wasm = wasm.display().to_string();
+    common::grid_ok(&urls, &["deploy", "py-flights", &wasm, "--memory", PY_MEMORY, "--timeout", "60s"]);
+    let out = dir.join("job");
+    let (input, out_s) = (pq.display().to_string(), out.display().to_string());
+    common::grid_ok(
+        &urls,
+        &["job", "submit", "py-flights", "--input", &input, "--output", &out_s, "--reduce-partitions", "2", "--wait"],
+    );
+    common::flights::assert_same(&common::flights::from_rows(&rows_of(&out)), &want);
+}
+
 fn counts_in(dir: &Path) -> HashMap<String, u64> {
     let mut counts = HashMap::new();
     for entry in std::fs::read_dir(dir).expect("output") {

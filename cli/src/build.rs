@@ -3,8 +3,8 @@
 //! A Rust project (a directory with a `Cargo.toml`, or the manifest) is
 //! built with cargo for `wasm32-wasip2` in release with LTO, and the
 //! component's path printed. A Python module with one `@wasmgrid.scorer`,
-//! `@wasmgrid.mapper` or `@wasmgrid.reducer` function is built with
-//! componentize-py.
+//! `@wasmgrid.mapper`, `@wasmgrid.reducer` or `@wasmgrid.aggregator`
+//! function is built with componentize-py.
 //!
 //! The WIT package and the Python SDK are embedded in this binary, so the
 //! component always matches the host API of the grid that runs it. They
@@ -20,7 +20,7 @@ use clap::Args;
 
 const WIT: &str = include_str!("../../sdk/wit/wasmgrid.wit");
 const SDK: &str = include_str!("../../sdk/python/wasmgrid/__init__.py");
-const WORLDS: [&str; 3] = ["scorer", "mapper", "reducer"];
+const WORLDS: [&str; 4] = ["scorer", "mapper", "reducer", "aggregator"];
 
 #[derive(Args, Debug)]
 pub struct BuildArgs {
@@ -29,7 +29,7 @@ pub struct BuildArgs {
     /// The component to write [default: cargo's path for Rust; the module's name with .wasm for Python].
     #[arg(long, short)]
     output: Option<PathBuf>,
-    /// The world: scorer, mapper or reducer [default: from the decorator in the module].
+    /// The world: scorer, mapper, reducer or aggregator [default: from the decorator in the module].
     #[arg(long)]
     world: Option<String>,
     /// The componentize-py program.
@@ -72,12 +72,12 @@ pub fn build(args: BuildArgs) -> Result<()> {
     }
     let world = match &args.world {
         Some(w) if WORLDS.contains(&w.as_str()) => w.clone(),
-        Some(w) => bail!("unknown world `{w}` (scorer, mapper or reducer)"),
+        Some(w) => bail!("unknown world `{w}` (scorer, mapper, reducer or aggregator)"),
         None => match detect_world(&source) {
             Some(w) => w.to_string(),
             None => bail!(
-                "{} has no single `@wasmgrid.scorer`, `@wasmgrid.mapper` or `@wasmgrid.reducer` function; \
-                 decorate one (or pass --world)",
+                "{} has no single `@wasmgrid.scorer`, `@wasmgrid.mapper`, `@wasmgrid.reducer` or \
+                 `@wasmgrid.aggregator` function; decorate one (or pass --world)",
                 args.app.display()
             ),
         },

@@ -35,9 +35,11 @@ pub struct SubmitArgs {
     /// The deployed reducer for the pairs the mapper emits.
     #[arg(long)]
     reduce: Option<String>,
-    /// Reduce partitions (output files of the reduce stage).
-    #[arg(long, default_value_t = 2, requires = "reduce")]
-    reduce_partitions: u32,
+    /// Reduce partitions: output files of the reduce stage (default: 2
+    /// with --reduce; 1 for an aggregator, whose groups are spread over
+    /// them by key).
+    #[arg(long)]
+    reduce_partitions: Option<u32>,
     /// Target partition size.
     #[arg(long, default_value = "64MiB", value_parser = units::parse_size)]
     partition_size: u64,
@@ -252,7 +254,7 @@ fn submit(rt: &tokio::runtime::Runtime, args: &SubmitArgs) -> Result<()> {
         schema: args.schema.as_ref().map(ToString::to_string),
         format: Some(args.format.clone()),
         reduce: args.reduce.clone(),
-        reduce_partitions: args.reduce.as_ref().map(|_| args.reduce_partitions),
+        reduce_partitions: args.reduce_partitions,
         partition_size: Some(args.partition_size),
         max_attempts: Some(args.max_attempts),
         range: args.range,

@@ -1,4 +1,4 @@
-//! `wasmgrid new scorer|mapper NAME [--lang rust|python]`: a project that
+//! `wasmgrid new scorer|mapper|aggregate NAME [--lang rust|python]`: a project that
 //! builds (`wasmgrid build`), runs on its sample data (`wasmgrid run`) and
 //! has a test (`cargo test`, or pytest with `wasmgrid.local`).
 //!
@@ -15,6 +15,7 @@ const SDK_LIB: &str = include_str!("../../sdk/src/lib.rs");
 const SDK_BATCH: &str = include_str!("../../sdk/src/batch.rs");
 const SDK_RECORD: &str = include_str!("../../sdk/src/record.rs");
 const SDK_GPU: &str = include_str!("../../sdk/src/gpu.rs");
+const SDK_AGGREGATE: &str = include_str!("../../sdk/src/aggregate.rs");
 const WIT: &str = include_str!("../../sdk/wit/wasmgrid.wit");
 const WORKSPACE: &str = include_str!("../../Cargo.toml");
 
@@ -25,6 +26,9 @@ pub enum Template {
     Scorer,
     /// Reads a partition and emits records.
     Mapper,
+    /// Groups a job's input by key and computes counts, sums, means, min
+    /// and max (an aggregator: the grid folds and merges the groups).
+    Aggregate,
 }
 
 /// The project's language.
@@ -146,6 +150,7 @@ strip = "debuginfo"
     let lib = match template {
         Template::Scorer => RUST_SCORER,
         Template::Mapper => RUST_MAPPER,
+        Template::Aggregate => RUST_AGGREGATE,
     };
     Ok(vec![
         ("Cargo.toml".into(), manifest),
@@ -158,6 +163,7 @@ strip = "debuginfo"
         ("wasmgrid-sdk/src/batch.rs".into(), SDK_BATCH.into()),
         ("wasmgrid-sdk/src/record.rs".into(), SDK_RECORD.into()),
         ("wasmgrid-sdk/src/gpu.rs".into(), SDK_GPU.into()),
+        ("wasmgrid-sdk/src/aggregate.rs".into(), SDK_AGGREGATE.into()),
         ("wasmgrid-sdk/wit/wasmgrid.wit".into(), WIT.into()),
     ])
 }
@@ -168,6 +174,7 @@ fn python(name: &str, template: Template) -> Vec<(String, String)> {
     let (app, test) = match template {
         Template::Scorer => (PYTHON_SCORER, PYTHON_SCORER_TEST),
         Template::Mapper => (PYTHON_MAPPER, PYTHON_MAPPER_TEST),
+        Template::Aggregate => (PYTHON_AGGREGATE, PYTHON_AGGREGATE_TEST),
     };
     vec![
         (format!("{module}.py"), app.into()),
@@ -184,6 +191,12 @@ fn readme(name: &str, template: Template, lang: Lang) -> String {
         }
         Template::Mapper => {
             "A wasmgrid mapper: emits the rows whose `price` x `quantity` is at least config `min` (default 100)."
+        }
+        Template::Aggregate => {
+            "A wasmgrid aggregator: groups rows by `size` (\"large\" where `price` x `quantity` is at least 100, \
+             \"small\" below it, null where either is missing, computed by `prepare`) and gives per group the \
+             orders, the quantity, the mean and largest price and the orders under 5. The grid folds and merges \
+             the groups: no reducer."
         }
     };
     let Commands { build, component, run, test } = commands(name, lang, None);
@@ -349,4 +362,100 @@ def test_only_rows_at_or_over_the_minimum_are_emitted():
         {"id": 3, "price": 50.0, "quantity": 1},
     ]
     assert local.map(run, rows).records == [{"id": 1, "total": 120.0}]
+"#;
+
+const RUST_AGGREGATE: &str = r#"//! {name}: a wasmgrid aggregator. Groups rows by `size` ("large" where
+//! `price` x `quantity` is at least 100, "small" below it, null where either
+//! is missing) and gives per group the orders, the quantity, the mean and
+//! largest price and the orders under 5. The grid reads the input, folds it
+//! and merges the groups of every task; nulls are skipped, as in SQL.
+
+use wasmgrid_sdk::{Aggregation, Aggregator, Batch, BatchBuilder, col};
+
+struct Sizes;
+
+impl Aggregator for Sizes {
+    fn aggregation() -> Aggregation {
+        Aggregation::by(["size"])
+            .count("orders")
+            .sum("quantity", "quantity")
+            .mean("mean_price", "price")
+            .max("max_price", "price")
+            .count_if("under_5", col("price").lt(5))
+            // `size` is computed from these columns by `prepare`.
+            .prepare(["price", "quantity"])
+    }
+
+    fn prepare(rows: Batch) -> Result<Batch, String> {
+        let price = rows.opt_f64s("price")?;
+        let quantity = rows.opt_f64s("quantity")?;
+        let size = price
+            .iter()
+            .zip(&quantity)
+            .map(|(p, q)| Some(if (*p)? * (*q)? >= 100.0 { "large" } else { "small" }.to_string()))
+            .collect();
+        Ok(BatchBuilder::new(rows.rows).opt_str("size", size).build())
+    }
+}
+
+wasmgrid_sdk::export_aggregator!(Sizes);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_is_large_from_a_total_of_100_and_null_where_one_is_missing() {
+        let rows = BatchBuilder::new(3)
+            .opt_f64("price", vec![Some(60.0), Some(500.0), Some(50.0)])
+            .opt_i64("quantity", vec![Some(2), None, Some(1)])
+            .build();
+        let out = Sizes::prepare(rows).expect("prepares");
+        assert_eq!(out.opt_strs("size"), Ok(vec![Some("large"), None, Some("small")]));
+    }
+}
+"#;
+
+const PYTHON_AGGREGATE: &str = r#""""A wasmgrid aggregator: groups rows by `size` ("large" where `price` x
+`quantity` is at least 100, "small" below it, None where either is
+missing) and gives per group the orders, the quantity, the mean and largest
+price and the orders under 5. The grid reads the input, folds it and
+merges the groups of every task; nulls are skipped, as in SQL."""
+
+import wasmgrid
+
+
+@wasmgrid.prepare(["price", "quantity"])
+def size(rows):
+    totals = [p * q if p is not None and q is not None else None for p, q in zip(rows["price"], rows["quantity"])]
+    return {"size": [None if t is None else "large" if t >= 100 else "small" for t in totals]}
+
+
+@wasmgrid.aggregator
+def sizes():
+    return wasmgrid.group_by(
+        "size",
+        orders=wasmgrid.count(),
+        quantity=wasmgrid.sum("quantity"),
+        mean_price=wasmgrid.mean("price"),
+        max_price=wasmgrid.max("price"),
+        under_5=wasmgrid.count(where=wasmgrid.col("price") < 5),
+    )
+"#;
+
+const PYTHON_AGGREGATE_TEST: &str = r#"import pandas as pd
+
+from wasmgrid import local
+
+from {module} import sizes
+
+
+def test_groups_by_size_with_nulls_skipped():
+    rows = pd.DataFrame({"price": [2.5, 10.0, 4.0, 120.0], "quantity": [4, None, 3, 2]})
+    out = local.aggregate(sizes, rows).set_index("size")
+    assert out.loc["small"].tolist() == [2, 7, 3.25, 4.0, 2]
+    assert out.loc["large"].tolist() == [1, 2, 120.0, 120.0, 0]
+    # The order without a quantity has no size; its quantity sum is null.
+    missing = out[out.index.isna()].iloc[0]
+    assert missing["orders"] == 1 and pd.isna(missing["quantity"]) and missing["mean_price"] == 10.0
 "#;

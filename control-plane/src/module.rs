@@ -19,8 +19,8 @@ const PROVIDED: &[&str] = &["wasi:", "wasmgrid:function/"];
 
 /// Checks that `bytes` are a valid component that imports only what nodes
 /// provide, and returns its world: `scorer` (exports `score`), `mapper`
-/// (`run`), `reducer` (`reduce`) or `http` (a standard `wasi:http/proxy`
-/// component).
+/// (`run`), `reducer` (`reduce`), `aggregator` (`aggregation`) or `http`
+/// (a standard `wasi:http/proxy` component).
 pub fn inspect(bytes: &[u8]) -> Result<&'static str, InvalidModule> {
     if bytes.is_empty() {
         return Err(InvalidModule("the module is empty".into()));
@@ -72,7 +72,8 @@ pub fn inspect(bytes: &[u8]) -> Result<&'static str, InvalidModule> {
              `wasmgrid:function/*`)"
         )));
     }
-    for (export, kind) in [("score", "scorer"), ("run", "mapper"), ("reduce", "reducer")] {
+    for (export, kind) in [("score", "scorer"), ("run", "mapper"), ("reduce", "reducer"), ("aggregation", "aggregator")]
+    {
         if exports.iter().any(|e| e == export) {
             return Ok(kind);
         }
@@ -82,7 +83,8 @@ pub fn inspect(bytes: &[u8]) -> Result<&'static str, InvalidModule> {
     }
     Err(InvalidModule(format!(
         "the component is not a wasmgrid function: it must export `score` (scorer), `run` (mapper), \
-         `reduce` (reducer) or `wasi:http/incoming-handler` (a wasi:http/proxy component); it exports [{}]",
+         `reduce` (reducer), `aggregation` (aggregator) or `wasi:http/incoming-handler` (a wasi:http/proxy \
+         component); it exports [{}]",
         exports.join(", ")
     )))
 }

@@ -214,6 +214,9 @@ async fn heartbeats(gateway: Arc<Gateway>, client: Client, id: String, url: Stri
             ranges: true,
             // Task assignments' `schema` fixes input column types.
             schemas: true,
+            // Aggregators' map tasks write partial states and their reduce
+            // tasks merge them.
+            aggregators: true,
         };
         match client.heartbeat(&id, &beat).await {
             Ok(_) if failing => {

@@ -296,7 +296,9 @@ fn attempt(ticket: Ticket, function: Arc<Function>) -> Job {
         let outcome = match result {
             _ if ticket.stop.load(Ordering::Relaxed) => None,
             Ok(Ok(written)) => Some(written.outcome()),
-            Ok(Err(e @ wasmgrid_runtime::Error::Setup(_))) => Some(TaskOutcome::Unrunnable { error: e.to_string() }),
+            Ok(Err(e @ (wasmgrid_runtime::Error::Setup(_) | wasmgrid_runtime::Error::Aggregate(_)))) => {
+                Some(TaskOutcome::Unrunnable { error: e.to_string() })
+            }
             Ok(Err(e)) => Some(TaskOutcome::Failed { error: e.to_string() }),
             Err(_) => Some(TaskOutcome::Failed { error: "the attempt panicked on its node".into() }),
         };

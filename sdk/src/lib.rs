@@ -1,18 +1,21 @@
 //! Write wasmgrid functions in Rust.
 //!
-//! A function is a WebAssembly component for one of three worlds of the
+//! A function is a WebAssembly component for one of four worlds of the
 //! wasmgrid WIT package (`sdk/wit`):
 //!
 //! - a [`Scorer`] adds columns to a [`Batch`] of rows (per request, and per
 //!   batch of every data partition in a job);
 //! - a [`Mapper`] reads one partition through [`input`] and writes through
 //!   [`output`] (records, batches, or key/value pairs for a reducer);
-//! - a [`Reducer`] folds all values of one key into an output [`Record`].
+//! - a [`Reducer`] folds all values of one key into an output [`Record`];
+//! - an [`Aggregator`] says what a job's group-by computes ([`aggregate`]),
+//!   which the grid reads, folds and merges itself: one component is the
+//!   whole job.
 //!
 //! Scorers and mappers can run dense math on the node's GPU through [`gpu`].
 //!
 //! Implement the trait on a type and export it with [`export_scorer!`],
-//! [`export_mapper!`] or [`export_reducer!`]; build with
+//! [`export_mapper!`], [`export_reducer!`] or [`export_aggregator!`]; build with
 //! `cargo build --release --target wasm32-wasip2`.
 //!
 //! # Init
@@ -40,10 +43,12 @@
 //! wasmgrid_sdk::export_scorer!(Double);
 //! ```
 
+pub mod aggregate;
 mod batch;
 pub mod gpu;
 mod record;
 
+pub use aggregate::{Aggregation, col};
 pub use batch::BatchBuilder;
 pub use record::Record;
 
@@ -91,6 +96,21 @@ pub mod bindings {
             pub_export_macro: true,
             export_macro_name: "__export_mapper_world",
             default_bindings_module: "wasmgrid_sdk::bindings::mapper",
+        });
+    }
+    /// The `aggregator` world; owns the `aggregate` interface.
+    pub mod aggregator {
+        wit_bindgen::generate!({
+            path: "wit",
+            world: "aggregator",
+            with: {
+                "wasmgrid:function/types@0.1.0": crate::bindings::scorer::wasmgrid::function::types,
+                "wasmgrid:function/log@0.1.0": crate::bindings::scorer::wasmgrid::function::log,
+                "wasmgrid:function/config@0.1.0": crate::bindings::scorer::wasmgrid::function::config,
+            },
+            pub_export_macro: true,
+            export_macro_name: "__export_aggregator_world",
+            default_bindings_module: "wasmgrid_sdk::bindings::aggregator",
         });
     }
     /// The `reducer` world.
@@ -146,6 +166,26 @@ pub trait Reducer {
 
     /// Returns the output record for `key` (see [`Record`]).
     fn reduce(key: Vec<u8>, values: Vec<Vec<u8>>) -> Result<Record, String>;
+}
+
+/// A function that says what a job's group-by computes: the grid reads the
+/// input and folds and merges the groups itself (see [`aggregate`]).
+pub trait Aggregator {
+    /// Prepares the function once per version (see [`init`](crate#init)).
+    fn init() -> Result<(), String> {
+        Ok(())
+    }
+
+    /// The keys and measures.
+    fn aggregation() -> Aggregation;
+
+    /// Returns columns to add to `rows` before they are folded; called on
+    /// every batch (with only the columns named) when the aggregation sets
+    /// [`Aggregation::prepare`]. A returned column whose name matches an
+    /// input column replaces it.
+    fn prepare(rows: Batch) -> Result<Batch, String> {
+        Ok(Batch { rows: rows.rows, fields: Vec::new() })
+    }
 }
 
 /// Exports a [`Scorer`] implementation as the component's `score` function.
@@ -246,6 +286,39 @@ macro_rules! export_reducer {
             }
         }
         $crate::bindings::reducer::__export_reducer_world!(__WasmgridReducer with_types_in $crate::bindings::reducer);
+        }
+    };
+}
+
+/// Exports an [`Aggregator`] implementation as the component's
+/// `aggregation` and `prepare` functions.
+#[macro_export]
+macro_rules! export_aggregator {
+    ($ty:ty) => {
+        // wit-bindgen's export glue is `unsafe` FFI; keep it in its own module.
+        #[allow(unsafe_code)]
+        #[doc(hidden)]
+        mod __wasmgrid_aggregator_export {
+        use super::*;
+        #[doc(hidden)]
+        pub struct __WasmgridAggregator;
+        impl $crate::bindings::aggregator::Guest for __WasmgridAggregator {
+            fn init() -> ::core::result::Result<(), ::std::string::String> {
+                $crate::__init::once(<$ty as $crate::Aggregator>::init)
+            }
+            fn aggregation() -> ::core::result::Result<
+                $crate::bindings::aggregator::wasmgrid::function::aggregate::Spec,
+                ::std::string::String,
+            > {
+                $crate::__init::once(<$ty as $crate::Aggregator>::init)?;
+                Ok(<$ty as $crate::Aggregator>::aggregation().into_wit())
+            }
+            fn prepare(rows: $crate::Batch) -> ::core::result::Result<$crate::Batch, ::std::string::String> {
+                $crate::__init::once(<$ty as $crate::Aggregator>::init)?;
+                <$ty as $crate::Aggregator>::prepare(rows)
+            }
+        }
+        $crate::bindings::aggregator::__export_aggregator_world!(__WasmgridAggregator with_types_in $crate::bindings::aggregator);
         }
     };
 }

@@ -13,6 +13,7 @@ const GUESTS: &[&str] = &[
     "logreg",
     "fall-detect",
     "mlp-score",
+    "flights",
     "hostile-scorer",
     "echo-scorer",
     "hostile-mapper",

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod flights;
 pub mod grid;
 pub mod load;
 

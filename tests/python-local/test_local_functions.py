@@ -102,3 +102,34 @@ def test_plain_accessors_give_columns_without_nulls_and_name_a_wrong_kind():
         rows.ints("b")
     with pytest.raises(ValueError, match="column `s` holds strings, not numbers"):
         rows.floats("s")
+
+
+flights = load("flights_app", "guest-examples/python-flights/flights.py")
+
+
+def test_an_aggregator_gives_what_pandas_gives_with_nulls_in_keys_and_values():
+    df = pd.DataFrame({
+        "carrier": ["UA", None, "AA", "UA", None, "AA", "UA", "B6"],
+        "dep_delay": [20.0, 3.0, None, 15.0, None, -4.0, None, None],
+        "distance": [300, 50, 700, 120, 80, 900, 10, 400],
+    })
+    out = local.aggregate(flights.flights, df)
+    assert isinstance(out, pd.DataFrame)
+    assert list(out.columns) == ["carrier", "flights", "with_delay", "mean_delay", "delayed_15", "longest"]
+    # pandas: null keys as a group (dropna=False), nulls skipped.
+    g = df.assign(late=df["dep_delay"] >= 15).groupby("carrier", dropna=False, sort=False)
+    want = g.agg(flights=("distance", "size"), with_delay=("dep_delay", "count"), mean_delay=("dep_delay", "mean"),
+                 delayed_15=("late", "sum"), longest=("distance", "max")).reset_index()
+    got = out.sort_values("carrier", na_position="last").reset_index(drop=True)
+    want = want.sort_values("carrier", na_position="last").reset_index(drop=True)
+    assert got["carrier"].tolist()[:3] == want["carrier"].tolist()[:3] and pd.isna(got["carrier"].iloc[3])
+    for name in ["flights", "with_delay", "delayed_15", "longest"]:
+        assert got[name].tolist() == want[name].astype(int).tolist(), name
+    # B6 has no delay: a null mean, as pandas' NaN.
+    assert got["mean_delay"].isna().tolist() == want["mean_delay"].isna().tolist()
+    assert got["mean_delay"].fillna(0).tolist() == pytest.approx(want["mean_delay"].fillna(0).tolist(), abs=1e-12)
+
+
+def test_an_aggregators_missing_column_is_the_grids_error():
+    with pytest.raises(wasmgrid.Err, match="no column `carrier` to aggregate"):
+        local.aggregate(flights.flights, [{"dep_delay": 1.0, "distance": 3}])

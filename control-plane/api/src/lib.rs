@@ -23,6 +23,12 @@ pub use failure::{Answer, Failure, FailureCode};
 pub use job_io::{DEFAULT_PARTITION_SIZE, JobIo, JobIoError};
 pub use types::*;
 
+/// A function kind's name after "a" or "an": "a scorer", "an aggregator".
+pub fn a(kind: &str) -> String {
+    let vowel = kind.starts_with(['a', 'e', 'i', 'o', 'u']);
+    format!("{} {kind}", if vowel { "an" } else { "a" })
+}
+
 use sha2::{Digest, Sha256};
 
 /// What one instance slot of a node's pool holds. A component over these

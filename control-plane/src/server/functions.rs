@@ -149,8 +149,9 @@ pub(super) async fn deploy(
             StatusCode::CONFLICT,
             "conflict",
             format!(
-                "function `{name}` is a {}, and this module is a {kind}; remove the function first to change its kind",
-                current.spec.kind
+                "function `{name}` is {}, and this module is {}; remove the function first to change its kind",
+                a(&current.spec.kind),
+                a(kind)
             ),
         ));
     }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
 use arrow_array::{Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow_buffer::{BooleanBuffer, NullBuffer};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
 /// What a measure computes over a group's rows.
@@ -36,8 +37,9 @@ pub enum Op {
     Max,
 }
 
-/// One output column: `op` over `column` (none for [`Op::Count`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One output column: `op` over `column` (none for [`Op::Count`]), over
+/// the rows that pass `filter`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Measure {
     /// The output column's name.
     pub name: String,
@@ -45,10 +47,149 @@ pub struct Measure {
     pub op: Op,
     /// The input column.
     pub column: Option<String>,
+    /// Only rows for which every condition holds count (SQL's `FILTER
+    /// (WHERE ...)`); none: every row.
+    pub filter: Vec<Condition>,
+}
+
+impl Measure {
+    /// `op` over `column`, every row.
+    pub fn new(name: &str, op: Op, column: Option<&str>) -> Measure {
+        Measure { name: name.into(), op, column: column.map(Into::into), filter: Vec::new() }
+    }
+
+    /// The same over the rows for which `condition` (and any earlier one) holds.
+    pub fn filter(mut self, condition: Condition) -> Measure {
+        self.filter.push(condition);
+        self
+    }
+}
+
+/// How a condition compares a column's value with its literal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Comparison {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl Comparison {
+    fn holds(self, order: std::cmp::Ordering) -> bool {
+        use std::cmp::Ordering::*;
+        match self {
+            Comparison::Eq => order == Equal,
+            Comparison::Ne => order != Equal,
+            Comparison::Lt => order == Less,
+            Comparison::Le => order != Greater,
+            Comparison::Gt => order == Greater,
+            Comparison::Ge => order != Less,
+        }
+    }
+
+    fn symbol(self) -> &'static str {
+        match self {
+            Comparison::Eq => "==",
+            Comparison::Ne => "!=",
+            Comparison::Lt => "<",
+            Comparison::Le => "<=",
+            Comparison::Gt => ">",
+            Comparison::Ge => ">=",
+        }
+    }
+}
+
+/// A value a condition compares a column with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Literal {
+    Float(f64),
+    Int(i64),
+    Str(String),
+    Bool(bool),
+}
+
+/// `column comparison value`: false where the column is null (or, for
+/// floats, NaN), as in SQL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Condition {
+    pub column: String,
+    pub comparison: Comparison,
+    pub value: Literal,
+}
+
+impl fmt::Display for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} ", self.column, self.comparison.symbol())?;
+        match &self.value {
+            Literal::Float(v) => write!(f, "{v:?}"),
+            Literal::Int(v) => write!(f, "{v}"),
+            Literal::Str(v) => write!(f, "{v:?}"),
+            Literal::Bool(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+impl Condition {
+    /// The rows of `batch` for which this holds, as a validity mask.
+    fn rows(&self, batch: &RecordBatch, measure: &str) -> Result<NullBuffer> {
+        let column = named(batch, &self.column)?;
+        let n = batch.num_rows();
+        let t = key_type(column.data_type());
+        let misfit = |what: &str| {
+            AggregateError(format!(
+                "`{measure}`: filter `{self}` compares a column of {} with {what}",
+                column.data_type()
+            ))
+        };
+        let cmp = self.comparison;
+        let bits = match &self.value {
+            Literal::Int(v) if t == DataType::Int64 => {
+                let c = cast(&column, &DataType::Int64, &self.column)?;
+                let c = c.as_primitive::<Int64Type>().values();
+                BooleanBuffer::collect_bool(n, |i| cmp.holds(c[i].cmp(v)))
+            }
+            Literal::Int(_) | Literal::Float(_) => {
+                if !matches!(t, DataType::Int64 | DataType::Float64) && *column.data_type() != DataType::Null {
+                    return Err(misfit("a number"));
+                }
+                let v = match self.value {
+                    Literal::Int(i) => i as f64,
+                    Literal::Float(f) => f,
+                    _ => unreachable!("a number"),
+                };
+                let c = cast(&column, &DataType::Float64, &self.column)?;
+                let c = c.as_primitive::<Float64Type>().values();
+                BooleanBuffer::collect_bool(n, |i| c[i].partial_cmp(&v).is_some_and(|o| cmp.holds(o)))
+            }
+            Literal::Str(v) => {
+                if t != DataType::Utf8 && *column.data_type() != DataType::Null {
+                    return Err(misfit("a string"));
+                }
+                let c = cast(&column, &DataType::Utf8, &self.column)?;
+                let c = c.as_string::<i32>();
+                BooleanBuffer::collect_bool(n, |i| cmp.holds(c.value(i).cmp(v.as_str())))
+            }
+            Literal::Bool(v) => {
+                if t != DataType::Boolean && *column.data_type() != DataType::Null {
+                    return Err(misfit("a boolean"));
+                }
+                let c = cast(&column, &DataType::Boolean, &self.column)?;
+                let c = c.as_boolean();
+                BooleanBuffer::collect_bool(n, |i| cmp.holds(c.value(i).cmp(v)))
+            }
+        };
+        let bits = match column.logical_nulls() {
+            Some(nulls) => &bits & nulls.inner(),
+            None => bits,
+        };
+        Ok(NullBuffer::new(bits))
+    }
 }
 
 /// An aggregation: group by `keys`, compute `measures`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Spec {
     /// Key columns, in output order.
     pub keys: Vec<String>,
@@ -198,12 +339,23 @@ impl Groups {
                 (Op::Max, _) => Acc::MaxFloat(Vec::new()),
             });
         }
+        // A filter's column and literal, checked on no rows.
+        let none = RecordBatch::new_empty(Arc::new(schema.clone()));
+        for m in &spec.measures {
+            for condition in &m.filter {
+                condition.rows(&none, &m.name)?;
+            }
+        }
         Ok(Groups { spec, index: HashMap::new(), keys, accs, groups: 0, buf: Vec::new() })
     }
 
     /// Groups to merge partial states of `spec` into, whose schema
     /// ([`Groups::partial`]'s) is `schema`: a merge of tasks' partials.
-    pub fn for_partials(spec: Spec, schema: &Schema) -> Result<Groups> {
+    pub fn for_partials(mut spec: Spec, schema: &Schema) -> Result<Groups> {
+        // Partial states are filtered already.
+        for m in &mut spec.measures {
+            m.filter.clear();
+        }
         // The inputs' types, as the partial states tell them.
         let mut fields = Vec::new();
         for name in &spec.keys {
@@ -251,7 +403,7 @@ impl Groups {
         for row in 0..rows {
             self.buf.clear();
             for column in key_columns {
-                encode(column, row, &mut self.buf);
+                encode_key(column, row, &mut self.buf);
             }
             let id = match self.index.get(self.buf.as_slice()) {
                 Some(&id) => id,
@@ -295,7 +447,12 @@ impl Groups {
                 Some(c) => Some(named(batch, c)?),
                 None => None,
             };
-            acc.fold(m, &ids, column.as_ref())?;
+            let mut filter: Option<NullBuffer> = None;
+            for condition in &m.filter {
+                let rows = condition.rows(batch, &m.name)?;
+                filter = NullBuffer::union(filter.as_ref(), Some(&rows));
+            }
+            acc.fold(m, &ids, column.as_ref(), filter.as_ref())?;
         }
         Ok(())
     }
@@ -323,6 +480,25 @@ impl Groups {
             }
         }
         batch(fields, columns)
+    }
+
+    /// [`Groups::partial`] divided among `n` reduce partitions by key
+    /// hash: a group's partition is the same in every task.
+    pub fn partials(&self, n: usize) -> Result<Vec<RecordBatch>> {
+        let all = self.partial()?;
+        if n <= 1 {
+            return Ok(vec![all]);
+        }
+        let mut part = vec![0; self.groups];
+        for (key, &id) in &self.index {
+            part[id as usize] = crate::pairs::partition_of(key, n);
+        }
+        (0..n)
+            .map(|p| {
+                let mask: BooleanArray = part.iter().map(|&q| Some(q == p)).collect();
+                arrow_select::filter::filter_record_batch(&all, &mask).map_err(|e| AggregateError(e.to_string()))
+            })
+            .collect()
     }
 
     /// Merges another task's [`Groups::partial`] of the same spec.
@@ -363,6 +539,24 @@ impl Groups {
     }
 }
 
+/// Partial states as bytes to store between tasks: an Arrow IPC stream.
+pub fn encode(partial: &RecordBatch) -> Result<Vec<u8>> {
+    let failed = |e: arrow_schema::ArrowError| AggregateError(format!("encoding partial states: {e}"));
+    let mut out = Vec::new();
+    let mut writer = arrow_ipc::writer::StreamWriter::try_new(&mut out, &partial.schema()).map_err(failed)?;
+    writer.write(partial).map_err(failed)?;
+    writer.finish().map_err(failed)?;
+    drop(writer);
+    Ok(out)
+}
+
+/// Partial states from [`encode`]'s bytes.
+pub fn decode(bytes: &[u8]) -> Result<Vec<RecordBatch>> {
+    let failed = |e: arrow_schema::ArrowError| AggregateError(format!("partial states: {e}"));
+    let reader = arrow_ipc::reader::StreamReader::try_new(bytes, None).map_err(failed)?;
+    reader.map(|b| b.map_err(failed)).collect()
+}
+
 fn batch(fields: Vec<Field>, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
     let schema: SchemaRef = Arc::new(Schema::new(fields));
     RecordBatch::try_new(schema, columns).map_err(|e| AggregateError(e.to_string()))
@@ -382,7 +576,7 @@ fn cast(column: &ArrayRef, to: &DataType, name: &str) -> Result<ArrayRef> {
 /// Appends row `row` of a key column to a group key: a null is a 0 byte, a
 /// value a 1 byte and its bytes (strings with their length first), so no
 /// two different keys share an encoding.
-fn encode(column: &ArrayRef, row: usize, out: &mut Vec<u8>) {
+fn encode_key(column: &ArrayRef, row: usize, out: &mut Vec<u8>) {
     if column.is_null(row) {
         out.push(0);
         return;
@@ -448,7 +642,7 @@ fn fold_each<T: Copy, S>(
     slots: &mut [S],
     ids: &[u32],
     values: &[T],
-    valid: Option<&arrow_buffer::NullBuffer>,
+    valid: Option<&NullBuffer>,
     f: impl Fn(&mut S, T),
 ) {
     match valid {
@@ -525,17 +719,25 @@ impl Acc {
     }
 
     /// Folds the rows (`ids[i]` is row `i`'s group) of measure `m`'s column.
-    fn fold(&mut self, m: &Measure, ids: &[u32], column: Option<&ArrayRef>) -> Result<()> {
+    /// Rows that `filter` marks invalid are skipped.
+    fn fold(&mut self, m: &Measure, ids: &[u32], column: Option<&ArrayRef>, filter: Option<&NullBuffer>) -> Result<()> {
         let Some(column) = column else {
-            // Count: every row.
+            // Count: every row (that passes the filter).
             if let Acc::Count(n) = self {
-                for &id in ids {
-                    n[id as usize] += 1;
+                match filter {
+                    None => ids.iter().for_each(|&id| n[id as usize] += 1),
+                    Some(f) => {
+                        for (row, &id) in ids.iter().enumerate() {
+                            if f.is_valid(row) {
+                                n[id as usize] += 1;
+                            }
+                        }
+                    }
                 }
             }
             return Ok(());
         };
-        let nulls = column.logical_nulls();
+        let nulls = NullBuffer::union(column.logical_nulls().as_ref(), filter);
         let valid = nulls.as_ref();
         match (self, m.op) {
             (Acc::Count(n), Op::CountValid) => {
@@ -547,7 +749,7 @@ impl Acc {
             }
             (Acc::Count(n), Op::CountTrue) => {
                 let b = cast(column, &DataType::Boolean, &m.name)?;
-                let (b, nulls) = (b.as_boolean(), b.logical_nulls());
+                let (b, nulls) = (b.as_boolean(), NullBuffer::union(b.logical_nulls().as_ref(), filter));
                 for (row, &id) in ids.iter().enumerate() {
                     if nulls.as_ref().is_none_or(|v| v.is_valid(row)) && b.value(row) {
                         n[id as usize] += 1;
@@ -644,6 +846,8 @@ impl Acc {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     /// Rows of (carrier, origin, delay, distance, late): keys with nulls,
@@ -688,8 +892,7 @@ mod tests {
     }
 
     fn spec() -> Spec {
-        let m =
-            |name: &str, op, column: Option<&str>| Measure { name: name.into(), op, column: column.map(Into::into) };
+        let m = Measure::new;
         Spec {
             keys: vec!["carrier".into(), "origin".into()],
             measures: vec![
@@ -835,7 +1038,7 @@ mod tests {
             ],
         )
         .expect("batch");
-        let m = |name: &str, op| Measure { name: name.into(), op, column: Some("v".into()) };
+        let m = |name: &str, op| Measure::new(name, op, Some("v"));
         let spec = Spec {
             keys: vec!["k".into()],
             measures: vec![m("n", Op::CountValid), m("s", Op::Sum), m("mean", Op::Mean), m("min", Op::Min)],
@@ -855,7 +1058,7 @@ mod tests {
     #[test]
     fn a_spec_that_does_not_fit_the_rows_is_named() {
         let batch = flights(10, 3);
-        let m = |op, column: &str| Measure { name: "x".into(), op, column: Some(column.into()) };
+        let m = |op, column: &str| Measure::new("x", op, Some(column));
         let cases = [
             (
                 Spec { keys: vec!["nope".into()], measures: vec![] },
@@ -866,10 +1069,7 @@ mod tests {
                 Spec { keys: vec![], measures: vec![m(Op::CountTrue, "delay")] },
                 "`x`: count_true of `delay`, a column of Float64",
             ),
-            (
-                Spec { keys: vec![], measures: vec![Measure { name: "x".into(), op: Op::Sum, column: None }] },
-                "`x`: sum needs a column",
-            ),
+            (Spec { keys: vec![], measures: vec![Measure::new("x", Op::Sum, None)] }, "`x`: sum needs a column"),
             (Spec { keys: vec![], measures: vec![] }, "needs key columns or measures"),
         ];
         for (spec, says) in cases {
@@ -882,8 +1082,7 @@ mod tests {
     fn an_integer_column_that_turns_to_floats_is_an_error_not_truncated() {
         let ints = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)]));
         let floats = Arc::new(Schema::new(vec![Field::new("v", DataType::Float64, true)]));
-        let spec =
-            Spec { keys: vec![], measures: vec![Measure { name: "s".into(), op: Op::Sum, column: Some("v".into()) }] };
+        let spec = Spec { keys: vec![], measures: vec![Measure::new("s", Op::Sum, Some("v"))] };
         let mut groups = Groups::new(spec, &ints).expect("spec");
         groups
             .fold(&RecordBatch::try_new(ints, vec![Arc::new(Int64Array::from(vec![1, 2]))]).expect("batch"))
@@ -901,10 +1100,7 @@ mod tests {
             vec![Arc::new(StringArray::from(vec![Some("true"), None, Some("false"), Some("true")]))],
         )
         .expect("batch");
-        let spec = Spec {
-            keys: vec![],
-            measures: vec![Measure { name: "n".into(), op: Op::CountTrue, column: Some("b".into()) }],
-        };
+        let spec = Spec { keys: vec![], measures: vec![Measure::new("n", Op::CountTrue, Some("b"))] };
         // Built for a boolean column; a later partition held it as text.
         let mut groups = Groups::new(spec, &Schema::new(vec![Field::new("b", DataType::Boolean, true)])).expect("spec");
         groups.fold(&batch).expect("fold");
@@ -916,10 +1112,133 @@ mod tests {
         let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
         let batch =
             RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![i64::MAX, 1]))]).expect("batch");
-        let spec =
-            Spec { keys: vec![], measures: vec![Measure { name: "s".into(), op: Op::Sum, column: Some("v".into()) }] };
+        let spec = Spec { keys: vec![], measures: vec![Measure::new("s", Op::Sum, Some("v"))] };
         let mut groups = Groups::new(spec, &schema).expect("spec");
         let e = groups.fold(&batch).expect_err("overflow").to_string();
         assert!(e.contains("the sum overflows 64-bit integers"), "{e}");
+    }
+
+    fn cond(column: &str, comparison: Comparison, value: Literal) -> Condition {
+        Condition { column: column.into(), comparison, value }
+    }
+
+    #[test]
+    fn filters_count_only_the_rows_they_pass_and_nulls_never() {
+        let batch = flights(4000, 3);
+        let spec = Spec {
+            keys: vec!["carrier".into()],
+            measures: vec![
+                Measure::new("late15", Op::Count, None).filter(cond("delay", Comparison::Ge, Literal::Int(15))),
+                Measure::new("late_sum", Op::Sum, Some("distance"))
+                    .filter(cond("delay", Comparison::Gt, Literal::Float(15.5)))
+                    .filter(cond("late", Comparison::Eq, Literal::Bool(true))),
+                Measure::new("from_1", Op::CountValid, Some("delay")).filter(cond(
+                    "origin",
+                    Comparison::Eq,
+                    Literal::Int(1),
+                )),
+                Measure::new("not_ua", Op::Count, None).filter(cond(
+                    "carrier",
+                    Comparison::Ne,
+                    Literal::Str("UA".into()),
+                )),
+            ],
+        };
+        let mut groups = Groups::new(spec.clone(), &batch.schema()).expect("spec fits");
+        groups.fold(&batch).expect("fold");
+        let out = groups.finish().expect("finish");
+
+        let carrier = batch["carrier"].as_string::<i32>();
+        let origin = batch["origin"].as_primitive::<Int64Type>();
+        let delay = batch["delay"].as_primitive::<Float64Type>();
+        let distance = batch["distance"].as_primitive::<Int64Type>();
+        let late = batch["late"].as_boolean();
+        let mut want: HashMap<Option<String>, (i64, Option<i64>, i64, i64)> = HashMap::new();
+        for i in 0..batch.num_rows() {
+            let key = carrier.is_valid(i).then(|| carrier.value(i).to_string());
+            let w = want.entry(key.clone()).or_insert((0, None, 0, 0));
+            let d = delay.is_valid(i).then(|| delay.value(i));
+            if d.is_some_and(|d| d >= 15.0) {
+                w.0 += 1;
+            }
+            if d.is_some_and(|d| d > 15.5) && late.is_valid(i) && late.value(i) && distance.is_valid(i) {
+                w.1 = Some(w.1.unwrap_or(0) + distance.value(i));
+            }
+            if origin.is_valid(i) && origin.value(i) == 1 && d.is_some() {
+                w.2 += 1;
+            }
+            // A null carrier is not "not UA": the comparison is unknown.
+            if key.as_deref().is_some_and(|c| c != "UA") {
+                w.3 += 1;
+            }
+        }
+        let keys = out["carrier"].as_string::<i32>();
+        let col = |name: &str| out[name].as_primitive::<Int64Type>().clone();
+        let (a, b, c, d) = (col("late15"), col("late_sum"), col("from_1"), col("not_ua"));
+        assert_eq!(out.num_rows(), want.len());
+        for r in 0..out.num_rows() {
+            let key = keys.is_valid(r).then(|| keys.value(r).to_string());
+            let got = (a.value(r), b.is_valid(r).then(|| b.value(r)), c.value(r), d.value(r));
+            assert_eq!(got, want[&key], "{key:?}");
+        }
+
+        // Filtered partial states merge without the filters' columns.
+        let partial = groups.partial().expect("partial");
+        let mut merged = Groups::for_partials(spec, &partial.schema()).expect("partials");
+        merged.merge(&partial).expect("merge");
+        assert_eq!(merged.finish().expect("finish"), out);
+    }
+
+    #[test]
+    fn a_filter_that_does_not_fit_its_column_is_named() {
+        let batch = flights(10, 3);
+        let spec = |c| Spec { keys: vec![], measures: vec![Measure::new("n", Op::Count, None).filter(c)] };
+        let e = Groups::new(spec(cond("delay", Comparison::Eq, Literal::Str("x".into()))), &batch.schema())
+            .expect_err("a string against floats")
+            .to_string();
+        assert_eq!(e, "`n`: filter `delay == \"x\"` compares a column of Float64 with a string");
+        let e = Groups::new(spec(cond("carrier", Comparison::Lt, Literal::Float(2.5))), &batch.schema())
+            .expect_err("a number against strings")
+            .to_string();
+        assert!(e.contains("filter `carrier < 2.5` compares a column of Utf8 with a number"), "{e}");
+        let e = Groups::new(spec(cond("nope", Comparison::Lt, Literal::Int(1))), &batch.schema())
+            .expect_err("no such column")
+            .to_string();
+        assert!(e.contains("no column `nope`"), "{e}");
+    }
+
+    #[test]
+    fn partials_split_by_key_travel_as_ipc_and_merge_to_the_whole() {
+        let batch = flights(6000, 5);
+        let mut reduce: Vec<Option<Groups>> = (0..3).map(|_| None).collect();
+        let mut seen = vec![HashSet::new(); 3];
+        for task in 0..4 {
+            let mut groups = Groups::new(spec(), &batch.schema()).expect("spec fits");
+            groups.fold(&batch.slice(task * 1500, 1500)).expect("fold");
+            for (r, part) in groups.partials(3).expect("split").into_iter().enumerate() {
+                let back = decode(&encode(&part).expect("encode")).expect("decode");
+                assert_eq!(back, vec![part.clone()]);
+                let (carrier, origin) =
+                    (part["carrier"].as_string::<i32>(), part["origin"].as_primitive::<Int64Type>());
+                for i in 0..part.num_rows() {
+                    let carrier = carrier.is_valid(i).then(|| carrier.value(i).to_string());
+                    seen[r].insert((carrier, origin.is_valid(i).then(|| origin.value(i))));
+                }
+                let merged = reduce[r].get_or_insert_with(|| Groups::for_partials(spec(), &part.schema()).expect("p"));
+                merged.merge(&part).expect("merge");
+            }
+        }
+        // No group went to two partitions; together they are the answer.
+        for a in 0..3 {
+            for b in a + 1..3 {
+                assert!(seen[a].is_disjoint(&seen[b]), "{seen:?}");
+            }
+        }
+        assert!(seen.iter().all(|s| !s.is_empty()), "every partition got groups");
+        let mut got = HashMap::new();
+        for merged in reduce.into_iter().flatten() {
+            got.extend(rows_of(&merged.finish().expect("finish")));
+        }
+        assert_same(&got, &reference(&batch));
     }
 }

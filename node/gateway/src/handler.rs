@@ -55,10 +55,14 @@ pub(crate) async fn open<'a>(
     if actual != kind {
         let message = match (kind, actual) {
             (Kind::Http, _) => {
-                format!("`{name}` is a {}, not a wasi:http component; call it at /v1/fn/{tenant}/{name}", actual.name())
+                let actual = wasmgrid_runtime::a(actual.name());
+                format!("`{name}` is {actual}, not a wasi:http component; call it at /v1/fn/{tenant}/{name}")
             }
             (_, Kind::Http) => format!("`{name}` is a wasi:http component; call it under /v1/http/{tenant}/{name}/"),
-            _ => format!("`{name}` is a {}; only scorers are invoked per request", actual.name()),
+            _ => format!(
+                "`{name}` is {}; only scorers are invoked per request (run it in a job)",
+                wasmgrid_runtime::a(actual.name())
+            ),
         };
         return Err(Failure::new(StatusCode::BAD_REQUEST, "wrong_kind", message));
     }

@@ -1,15 +1,23 @@
 //! The task executor `wasmgrid run` and the grid's workers share: one map
-//! task (a scorer over every batch of a partition, or a mapper run once)
-//! and one reduce task (the reducer over each key of a partition's pairs).
+//! task (a scorer over every batch of a partition, a mapper run once, or an
+//! aggregator's group-by folded over every batch) and one reduce task (the
+//! reducer over each key of a partition's pairs, or the merge of an
+//! aggregator's partial states).
 //! Where the output goes, and what is kept of it, is the caller's.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arrow_array::RecordBatch;
+use wasmgrid_data::aggregate::Groups;
 use wasmgrid_data::pairs::Pairs;
 use wasmgrid_data::{OutputWriter, PartitionReader};
 use wasmgrid_runtime::{Captured, Error, Function, Instance, Io, Kind, Limits, Result};
+
+/// Rows per batch an aggregator folds when no `prepare` call is in the
+/// way: the host's loop, not the guest's.
+const AGGREGATE_ROWS: usize = 1 << 16;
 
 /// Config values a function's calls see.
 pub type Config = Arc<BTreeMap<String, String>>;
@@ -31,6 +39,8 @@ pub struct Mapped {
     pub output: Option<OutputWriter>,
     /// Pairs a mapper emitted.
     pub pairs: Pairs,
+    /// An aggregator's groups (none when it read no rows).
+    pub groups: Option<Groups>,
     /// Input records read.
     pub records_in: u64,
     /// Time its `gpu` calls took.
@@ -82,11 +92,43 @@ pub fn map_range(
             })?
             .1
             .gpu_time;
-            Ok(Mapped { output: Some(writer), pairs: Pairs::default(), records_in, gpu_time })
+            Ok(Mapped { output: Some(writer), pairs: Pairs::default(), groups: None, records_in, gpu_time })
+        }
+        Kind::Aggregator => {
+            let mut groups: Option<Groups> = None;
+            let mut records_in = 0;
+            let instance = function.instantiate(call.limits, call.config.clone(), Io::default())?;
+            observed(instance, captured, |instance| {
+                let aggregation = instance.aggregation()?;
+                let rows = if aggregation.prepare.is_some() { batch_rows } else { batch_rows.max(AGGREGATE_ROWS) };
+                for input in inputs {
+                    let (_, mut reader) = input?;
+                    while let Some(batch) = reader.next_batch(rows)? {
+                        let batch = match &aggregation.prepare {
+                            Some(columns) => instance.prepare_arrow(&batch, columns)?,
+                            None => batch,
+                        };
+                        let groups = match &mut groups {
+                            Some(g) => g,
+                            None => groups.insert(Groups::new(aggregation.spec.clone(), &batch.schema())?),
+                        };
+                        groups.fold(&batch)?;
+                    }
+                    records_in += reader.records();
+                }
+                Ok(())
+            })?;
+            let gpu_time = Duration::ZERO;
+            Ok(Mapped { output: Some(writer), pairs: Pairs::default(), groups, records_in, gpu_time })
         }
         Kind::Mapper => {
-            let mut mapped =
-                Mapped { output: Some(writer), pairs: Pairs::default(), records_in: 0, gpu_time: Duration::ZERO };
+            let mut mapped = Mapped {
+                output: Some(writer),
+                pairs: Pairs::default(),
+                groups: None,
+                records_in: 0,
+                gpu_time: Duration::ZERO,
+            };
             for input in inputs {
                 let (index, reader) = input?;
                 let io = Io { input: Some(reader), output: mapped.output.take() };
@@ -104,7 +146,7 @@ pub fn map_range(
             Ok(mapped)
         }
         kind @ (Kind::Reducer | Kind::Http) => {
-            Err(Error::WrongKind { expected: "scorer or mapper", actual: kind.name() })
+            Err(Error::WrongKind { expected: "scorer, mapper or aggregator", actual: kind.name() })
         }
     }
 }
@@ -134,6 +176,31 @@ pub fn reduce(
         Ok(())
     })?;
     Ok(groups.len() as u64)
+}
+
+/// Runs one aggregator reduce task: merges the tasks' `partials` (of the
+/// group-by `function` computes) and writes the final rows to `writer`.
+/// Returns the number of groups.
+pub fn merge(
+    function: &Function,
+    call: Call<'_>,
+    partials: &[RecordBatch],
+    writer: &mut OutputWriter,
+    captured: &mut Captured,
+) -> Result<u64> {
+    if function.kind() != Kind::Aggregator {
+        return Err(Error::WrongKind { expected: "aggregator", actual: function.kind().name() });
+    }
+    let Some(first) = partials.first() else { return Ok(0) };
+    let instance = function.instantiate(call.limits, call.config.clone(), Io::default())?;
+    let (spec, _) = observed(instance, captured, |instance| Ok(instance.aggregation()?.spec))?;
+    let mut groups = Groups::for_partials(spec, &first.schema())?;
+    for partial in partials {
+        groups.merge(partial)?;
+    }
+    let rows = groups.finish()?;
+    writer.write_batch(&rows)?;
+    Ok(rows.num_rows() as u64)
 }
 
 /// Runs `body` with `instance`, then keeps the guest's output in `captured`

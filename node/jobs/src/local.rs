@@ -5,7 +5,8 @@
 //! a scorer scores every batch of its partition (output = input rows plus the
 //! score columns), a mapper runs once per partition. Pairs emitted by a
 //! mapper are grouped by key and fed to the reducer, one reduce partition per
-//! thread. Output files appear only when complete (written under a temporary
+//! thread. An aggregator's tasks fold their partitions into partial states,
+//! merged into one output file. Output files appear only when complete (written under a temporary
 //! name, then renamed), and `_SUCCESS` lists them last.
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use arrow_array::RecordBatch;
 use wasmgrid_data::pairs::Pairs;
 use wasmgrid_data::{self as data, Format, OutputWriter, Partition, PartitionReader, Span};
 use wasmgrid_runtime::{Captured, Error, Function, Kind, Limits, Result, Runtime};
@@ -149,6 +151,8 @@ struct MapResult {
     records_in: u64,
     /// Emitted pairs, already split into the job's reduce partitions.
     pairs: Vec<Pairs>,
+    /// An aggregator's partial states.
+    partial: Option<RecordBatch>,
 }
 
 /// Runs `job` to completion with `runtime`.
@@ -178,8 +182,25 @@ pub fn run(runtime: &Runtime, job: &LocalJob, progress: &dyn Progress) -> Result
         stage_ms: StageTimes::default(),
         elapsed: Duration::ZERO,
     };
+    let mut results = results;
+    let partials: Vec<RecordBatch> = results.iter_mut().filter_map(|r| r.partial.take()).collect();
     let buckets = shuffle(results, &mut summary, job, loaded.reducer.is_some())?;
     summary.stage_ms.map = started.elapsed().as_millis() as u64;
+
+    if loaded.function.kind() == Kind::Aggregator {
+        let merge_started = Instant::now();
+        progress.stage("merges", 1);
+        let name = part_name("part-r", 0, job.output_format);
+        let mut writer = OutputWriter::create(&job.output.join(&name), job.output_format)?;
+        let call = Call { limits: &job.limits, config: &loaded.config };
+        summary.keys = exec::merge(&loaded.function, call, &partials, &mut writer, &mut Captured::default())?;
+        // No rows read, no groups: no file, as a grid job.
+        if !partials.is_empty() {
+            summary.files.push(OutputFile { name, rows: writer.finish()? });
+        }
+        progress.advance(1);
+        summary.stage_ms.reduce = merge_started.elapsed().as_millis() as u64;
+    }
 
     if let Some(reducer) = &loaded.reducer {
         let reduce_started = Instant::now();
@@ -231,20 +252,26 @@ fn load(runtime: &Runtime, job: &LocalJob) -> Result<Loaded> {
     let config = Arc::new(job.config.clone());
     let function = runtime.load_version(&function_bytes, &config, &job.limits)?;
     let reducer = match (&job.reduce, reducer_bytes) {
+        (Some(_), Some(_)) if function.kind() == Kind::Aggregator => {
+            return Err(Error::Job(format!(
+                "{} is an aggregator: wasmgrid merges its groups itself; run it without --reduce",
+                job.function.display()
+            )));
+        }
         (Some(path), Some(bytes)) => {
             let r = runtime.load_version(&bytes, &config, &job.limits)?;
             if r.kind() != Kind::Reducer {
                 return Err(Error::Job(format!(
-                    "--reduce {} is a {}, not a reducer (it must export `reduce`)",
+                    "--reduce {} is {}, not a reducer (it must export `reduce`)",
                     path.display(),
-                    r.kind().name()
+                    wasmgrid_runtime::a(r.kind().name())
                 )));
             }
             if function.kind() != Kind::Mapper {
                 return Err(Error::Job(format!(
-                    "--reduce needs a mapper that emits pairs, but {} is a {}",
+                    "--reduce needs a mapper that emits pairs, but {} is {}",
                     job.function.display(),
-                    function.kind().name()
+                    wasmgrid_runtime::a(function.kind().name())
                 )));
             }
             Some(r)
@@ -329,19 +356,26 @@ fn parallel<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> Res
 fn map_partition(function: &Function, job: &LocalJob, config: &Config, partition: Partition) -> Result<MapResult> {
     let index = partition.index;
     let name = part_name("part", index as usize, job.output_format);
-    let writer = OutputWriter::create(&job.output.join(&name), job.output_format)?;
+    let writer = match function.kind() {
+        // Writes no rows: no file to make.
+        Kind::Aggregator => OutputWriter::in_memory_up_to(&job.output.join(&name), job.output_format, usize::MAX),
+        _ => OutputWriter::create(&job.output.join(&name), job.output_format)?,
+    };
     let reader = PartitionReader::open(partition)?;
     let call = Call { limits: &job.limits, config };
     // `wasmgrid run` shows errors, not what the guest logged.
     let mapped = exec::map(function, call, index, reader, writer, job.batch_rows, &mut Captured::default())?;
     let file = match mapped.output {
-        // A mapper feeding a reducer usually writes no rows of its own.
+        // A mapper feeding a reducer usually writes no rows of its own; an
+        // aggregator never does.
         Some(w) if w.rows() == 0 && job.reduce.is_some() && function.kind() == Kind::Mapper => None,
+        Some(_) if function.kind() == Kind::Aggregator => None,
         Some(w) => Some(OutputFile { name, rows: w.finish()? }),
         None => None,
     };
     let pairs = if mapped.pairs.is_empty() { Vec::new() } else { mapped.pairs.split(job.reduce_partitions.max(1)) };
-    Ok(MapResult { index, file, records_in: mapped.records_in, pairs })
+    let partial = mapped.groups.map(|g| g.partial()).transpose()?;
+    Ok(MapResult { index, file, records_in: mapped.records_in, pairs, partial })
 }
 
 /// Groups one reduce partition's pairs by key and reduces every key, in

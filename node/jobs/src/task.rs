@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use wasmgrid_api::{PartitionSpec, SpanSpec, Stage, TaskAssignment, TaskOutcome};
+use wasmgrid_data::aggregate::{self, Groups};
 use wasmgrid_data::pairs::Pairs;
 use wasmgrid_data::store::{self, Place};
 use wasmgrid_data::{self as data, ColumnTypes, Format, OutputWriter, PartitionReader, Span};
@@ -146,6 +147,9 @@ impl Attempt<'_> {
         let mapped = exec::map_range(function, call, inputs, writer, BATCH_ROWS, captured)?;
         let (records_in, gpu_time) = (mapped.records_in, mapped.gpu_time);
         let reduce = task.reduce_partitions as usize;
+        if function.kind() == Kind::Aggregator {
+            return self.keep_partials(mapped.groups, reduce, records_in);
+        }
         if reduce == 0 {
             if !mapped.pairs.is_empty() {
                 return Err(Error::Setup(
@@ -183,6 +187,24 @@ impl Attempt<'_> {
         Ok(Written { files, rows, records_in, gpu_time })
     }
 
+    /// An aggregator's map output: its partial states, one file per
+    /// reduce partition that gets groups.
+    fn keep_partials(&mut self, groups: Option<Groups>, reduce: usize, records_in: u64) -> Result<Written> {
+        let reduce = reduce.max(1);
+        let (mut files, mut rows) = (vec![String::new(); reduce], vec![0; reduce]);
+        if let Some(groups) = groups {
+            for (r, part) in groups.partials(reduce)?.into_iter().enumerate() {
+                if part.num_rows() == 0 {
+                    continue;
+                }
+                let path = self.work.join(self.stem()).join(format!("r{r:05}.partial"));
+                files[r] = self.keep_small(&path, &aggregate::encode(&part)?)?;
+                rows[r] = part.num_rows() as u64;
+            }
+        }
+        Ok(Written { files, rows, records_in, gpu_time: Duration::ZERO })
+    }
+
     fn reduce(
         &mut self,
         function: &Function,
@@ -190,20 +212,29 @@ impl Attempt<'_> {
         output: &Place,
         captured: &mut Captured,
     ) -> Result<Written> {
+        let aggregator = function.kind() == Kind::Aggregator;
         let mut inputs = Vec::with_capacity(self.task.shuffle.len());
+        let mut partials = Vec::new();
         for file in &self.task.shuffle {
             let bytes = read_output(output, file).map_err(|e| Error::Job(e.to_string()))?;
-            let pairs = Pairs::decode(&bytes).map_err(|e| DataError::Decode {
+            let undecodable = |what: &str, e: &dyn std::fmt::Display| DataError::Decode {
                 path: PathBuf::from(output.join(file).uri()),
-                reason: format!("pair file: {e}"),
-            })?;
-            inputs.push(pairs);
+                reason: format!("{what}: {e}"),
+            };
+            if aggregator {
+                partials.extend(aggregate::decode(&bytes).map_err(|e| undecodable("partial states", &e))?);
+            } else {
+                inputs.push(Pairs::decode(&bytes).map_err(|e| undecodable("pair file", &e))?);
+            }
         }
         let format = self.format()?;
         let dest = self.work.join(format!("{}.{}", self.stem(), format.extension()));
         // Reduce outputs are few and each published whole.
         let mut writer = OutputWriter::in_memory_up_to(&dest, format, 0);
-        let keys = exec::reduce(function, call, &inputs, &mut writer, captured)?;
+        let keys = match aggregator {
+            true => exec::merge(function, call, &partials, &mut writer, captured)?,
+            false => exec::reduce(function, call, &inputs, &mut writer, captured)?,
+        };
         let rows = writer.finish()?;
         let files = vec![self.relative(&dest)];
         Ok(Written { files, rows: vec![rows], records_in: keys, gpu_time: Duration::ZERO })

@@ -4,8 +4,8 @@
 //! A component's optional `init` export is looked up by name when a version
 //! is prepared (see `runtime::init`), so components without it load too.
 //!
-//! `scorer` owns the shared interfaces (`types`, `log`, `config`); the mapper
-//! and reducer bindings reuse them, so one [`Batch`] type serves every world.
+//! `scorer` owns the shared interfaces (`types`, `log`, `config`); the mapper,
+//! reducer and aggregator bindings reuse them, so one [`Batch`] type serves every world.
 
 wasmtime::component::bindgen!({
     path: "../../sdk/wit",
@@ -38,6 +38,20 @@ pub mod reducer {
         world: "reducer-calls",
         imports: { default: trappable },
         with: {
+            "wasmgrid:function/log": super::wasmgrid::function::log,
+            "wasmgrid:function/config": super::wasmgrid::function::config,
+        },
+    });
+}
+
+/// The `aggregator` world: adds the `aggregate` types.
+pub mod aggregator {
+    wasmtime::component::bindgen!({
+        path: "../../sdk/wit",
+        world: "aggregator-calls",
+        imports: { default: trappable },
+        with: {
+            "wasmgrid:function/types": super::wasmgrid::function::types,
             "wasmgrid:function/log": super::wasmgrid::function::log,
             "wasmgrid:function/config": super::wasmgrid::function::config,
         },

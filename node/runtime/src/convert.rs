@@ -305,3 +305,67 @@ mod tests {
         assert!(err.contains("has 1 values but the batch has 3 rows"), "{err}");
     }
 }
+
+/// An aggregator's spec in the host's terms.
+pub fn aggregation(spec: crate::bindings::aggregator::wasmgrid::function::aggregate::Spec) -> crate::Aggregation {
+    use crate::bindings::aggregator::wasmgrid::function::aggregate as wit;
+    use wasmgrid_data::aggregate::{Comparison, Condition, Literal, Measure, Op, Spec};
+    let measure = |m: wit::Measure| Measure {
+        name: m.name,
+        op: match m.op {
+            wit::Op::Count => Op::Count,
+            wit::Op::CountValid => Op::CountValid,
+            wit::Op::CountTrue => Op::CountTrue,
+            wit::Op::Sum => Op::Sum,
+            wit::Op::Mean => Op::Mean,
+            wit::Op::Min => Op::Min,
+            wit::Op::Max => Op::Max,
+        },
+        column: m.column,
+        filter: m
+            .filter
+            .into_iter()
+            .map(|c| Condition {
+                column: c.column,
+                comparison: match c.comparison {
+                    wit::Comparison::Eq => Comparison::Eq,
+                    wit::Comparison::Ne => Comparison::Ne,
+                    wit::Comparison::Lt => Comparison::Lt,
+                    wit::Comparison::Le => Comparison::Le,
+                    wit::Comparison::Gt => Comparison::Gt,
+                    wit::Comparison::Ge => Comparison::Ge,
+                },
+                value: match c.value {
+                    wit::Literal::F64(v) => Literal::Float(v),
+                    wit::Literal::S64(v) => Literal::Int(v),
+                    wit::Literal::Str(v) => Literal::Str(v),
+                    wit::Literal::Boolean(v) => Literal::Bool(v),
+                },
+            })
+            .collect(),
+    };
+    crate::Aggregation {
+        spec: Spec { keys: spec.keys, measures: spec.measures.into_iter().map(measure).collect() },
+        prepare: spec.prepare,
+    }
+}
+
+/// `batch` with only `columns`, in that order; a column it lacks is an
+/// error naming the ones it has.
+pub fn project(batch: &RecordBatch, columns: &[String]) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    let mut picked = Vec::with_capacity(columns.len());
+    for name in columns {
+        let Ok(i) = schema.index_of(name) else {
+            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            return Err(Error::Guest {
+                message: format!(
+                    "`prepare` asks for column `{name}`, which the input lacks (columns: {})",
+                    names.join(", ")
+                ),
+            });
+        };
+        picked.push(i);
+    }
+    batch.project(&picked).map_err(|e| Error::bad_output(e.to_string()))
+}

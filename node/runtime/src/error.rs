@@ -57,14 +57,14 @@ pub enum Error {
     },
     /// The component exports none of the wasmgrid worlds' entry points.
     #[error(
-        "component is not a wasmgrid function: it must export `score` (scorer), `run` (mapper) or `reduce` (reducer); it exports [{exports}]"
+        "component is not a wasmgrid function: it must export `score` (scorer), `run` (mapper), `reduce` (reducer) or `aggregation` (aggregator); it exports [{exports}]"
     )]
     NotAFunction {
         /// What it exports instead.
         exports: String,
     },
     /// The function is of a different kind than the caller needs.
-    #[error("this needs a {expected} function, but the component is a {actual}")]
+    #[error("this needs a {expected} function, but the component is {}", crate::a(actual))]
     WrongKind {
         /// The kind required.
         expected: &'static str,
@@ -145,6 +145,11 @@ pub enum Error {
     /// functions do): retrying will not help.
     #[error("{0}")]
     Setup(String),
+    /// An aggregator's group-by does not fit its rows (a column it lacks, a
+    /// measure of the wrong type, an integer sum that overflows): the same
+    /// on every attempt.
+    #[error("aggregating: {0}")]
+    Aggregate(String),
     /// The component's `init` failed: it trapped, returned an error or ran
     /// past a limit. The version cannot be served.
     #[error("init failed: {cause}")]
@@ -212,7 +217,14 @@ impl Error {
             Error::Partition { source, .. } => source.kind(),
             Error::Job(_) => "job",
             Error::Setup(_) => "setup",
+            Error::Aggregate(_) => "aggregate",
             Error::Runtime(_) => "runtime",
         }
+    }
+}
+
+impl From<wasmgrid_data::aggregate::AggregateError> for Error {
+    fn from(e: wasmgrid_data::aggregate::AggregateError) -> Self {
+        Error::Aggregate(e.0)
     }
 }

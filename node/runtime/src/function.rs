@@ -15,12 +15,13 @@ use wasmtime_wasi::WasiCtx;
 
 use crate::bindings::{self, Batch};
 use crate::host::{self, Capture, HostState, HostTrap, Limiter, Logs};
-use crate::{Captured, Error, Kind, Limits, Result, convert};
+use crate::{Aggregation, Captured, Error, Kind, Limits, Result, convert};
 
 pub(crate) enum Pre {
     Scorer(bindings::ScorerCallsPre<HostState>),
     Mapper(bindings::mapper::MapperCallsPre<HostState>),
     Reducer(wasmtime::component::InstancePre<HostState>),
+    Aggregator(bindings::aggregator::AggregatorCallsPre<HostState>),
     Http(wasmtime_wasi_http::p2::bindings::sync::ProxyPre<HostState>),
 }
 
@@ -69,6 +70,7 @@ pub(crate) enum Exports {
     /// The untyped `reduce` export; typed per call, since the values are
     /// borrowed for that call only.
     Reducer(wasmtime::component::Func),
+    Aggregator(bindings::aggregator::AggregatorCalls),
     Http(wasmtime_wasi_http::p2::bindings::sync::Proxy),
 }
 
@@ -145,6 +147,7 @@ impl Function {
         let exports = match &self.pre {
             Pre::Scorer(p) => p.instantiate(&mut store).map(Exports::Scorer),
             Pre::Mapper(p) => p.instantiate(&mut store).map(Exports::Mapper),
+            Pre::Aggregator(p) => p.instantiate(&mut store).map(Exports::Aggregator),
             Pre::Http(p) => p.instantiate(&mut store).map(Exports::Http),
             Pre::Reducer(p) => p.instantiate(&mut store).and_then(|instance| {
                 instance
@@ -295,6 +298,7 @@ impl Instance {
             Exports::Scorer(_) => Kind::Scorer,
             Exports::Mapper(_) => Kind::Mapper,
             Exports::Reducer(_) => Kind::Reducer,
+            Exports::Aggregator(_) => Kind::Aggregator,
             Exports::Http(_) => Kind::Http,
         }
     }
@@ -381,6 +385,34 @@ impl Instance {
         let record = out.map_err(|message| Error::Guest { message })?;
         self.charge_output(record.len() as u64)?;
         Ok(record)
+    }
+
+    /// Asks an aggregator what to compute.
+    pub fn aggregation(&mut self) -> Result<Aggregation> {
+        self.arm()?;
+        let Exports::Aggregator(a) = &self.exports else {
+            return Err(self.wrong_kind(Kind::Aggregator));
+        };
+        let result = a.call_aggregation(&mut self.store);
+        let spec = result
+            .map_err(|e| classify(e, &self.limits, &self.store.data().stderr))?
+            .map_err(|message| Error::Guest { message })?;
+        Ok(convert::aggregation(spec))
+    }
+
+    /// Calls an aggregator's `prepare` on `rows` (restricted to the
+    /// columns it asked for): the rows plus the columns it returns.
+    pub fn prepare_arrow(&mut self, rows: &RecordBatch, columns: &[String]) -> Result<RecordBatch> {
+        let picked = convert::project(rows, columns)?;
+        self.arm()?;
+        let Exports::Aggregator(a) = &self.exports else {
+            return Err(self.wrong_kind(Kind::Aggregator));
+        };
+        let result = a.call_prepare(&mut self.store, &convert::to_wit(&picked)?);
+        let added = result
+            .map_err(|e| classify(e, &self.limits, &self.store.data().stderr))?
+            .map_err(|message| Error::Guest { message })?;
+        convert::merge_scores(rows, &convert::from_wit(added)?)
     }
 
     /// Time this instance's `gpu` calls took so far.

@@ -246,6 +246,8 @@ impl WasiView for HostState {
 
 impl types::Host for HostState {}
 
+impl crate::bindings::aggregator::wasmgrid::function::aggregate::Host for HostState {}
+
 impl log::Host for HostState {
     fn log(&mut self, level: log::Level, message: String) -> WasmResult<()> {
         let level = match level {

@@ -53,6 +53,15 @@ pub use init::{INIT_TIMEOUT, version_key};
 pub use logs::Captured;
 use slots::Slots;
 
+/// What an aggregator computes, as its `aggregation` export said.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Aggregation {
+    /// The group-by the host computes.
+    pub spec: wasmgrid_data::aggregate::Spec,
+    /// The input columns its `prepare` reads, when it has one to call.
+    pub prepare: Option<Vec<String>>,
+}
+
 /// Settings that change compiled code; the compile worker gets a copy.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EngineSettings {
@@ -163,6 +172,8 @@ pub enum Kind {
     Mapper,
     /// Exports `reduce`.
     Reducer,
+    /// Exports `aggregation` (and `prepare`).
+    Aggregator,
     /// A standard `wasi:http/proxy` component (exports
     /// `wasi:http/incoming-handler`).
     Http,
@@ -175,10 +186,13 @@ impl Kind {
             Kind::Scorer => "scorer",
             Kind::Mapper => "mapper",
             Kind::Reducer => "reducer",
+            Kind::Aggregator => "aggregator",
             Kind::Http => "http",
         }
     }
 }
+
+pub use wasmgrid_api::a;
 
 /// [`RuntimeConfig::code_cache`] unless set: 2 GiB.
 pub const DEFAULT_CODE_CACHE: u64 = 2 << 30;
@@ -295,6 +309,8 @@ impl Runtime {
         bindings::mapper::wasmgrid::function::output::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(link)?;
         bindings::wasmgrid::function::gpu::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link)?;
+        bindings::aggregator::wasmgrid::function::aggregate::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(link)?;
 
         let cache = match &config.cache_dir {
             Some(dir) => Some(cache::CompiledCache::open(dir, &engine)?),
@@ -644,6 +660,8 @@ impl Runtime {
             Kind::Mapper
         } else if exports.iter().any(|e| e == "reduce") {
             Kind::Reducer
+        } else if exports.iter().any(|e| e == "aggregation") {
+            Kind::Aggregator
         } else if exports.iter().any(|e| e.starts_with("wasi:http/incoming-handler@0.2")) {
             Kind::Http
         } else {
@@ -662,6 +680,7 @@ impl Runtime {
                 bindings::reducer::ReducerCallsPre::new(pre.clone()).map_err(world)?;
                 Pre::Reducer(pre)
             }
+            Kind::Aggregator => Pre::Aggregator(bindings::aggregator::AggregatorCallsPre::new(pre).map_err(world)?),
             Kind::Http => Pre::Http(wasmtime_wasi_http::p2::bindings::sync::ProxyPre::new(pre).map_err(world)?),
         };
         let image = component.image_range();

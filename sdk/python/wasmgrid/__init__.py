@@ -9,7 +9,10 @@ A function is one decorated Python function in a module:
   with :func:`chunks` or :func:`batches` and writes with :func:`emit`,
   :func:`emit_batch` or :func:`emit_pairs`;
 - ``@wasmgrid.reducer``: ``f(key: bytes, values: list[bytes]) -> dict``
-  folds every value emitted for one key into an output record.
+  folds every value emitted for one key into an output record;
+- ``@wasmgrid.aggregator``: ``f() -> GroupBy`` says what a job's group-by
+  computes (:func:`group_by`); the grid reads the input, folds it and
+  merges the tasks' groups itself, so the one function is the whole job.
 
 An optional ``@wasmgrid.init`` function ``f() -> None`` runs once per
 function version, before any call: parse the model there.
@@ -20,7 +23,9 @@ componentize-py). An exception in the function becomes the call's error,
 with its message, as a Rust guest's ``Err`` does.
 """
 
+import builtins as _builtins
 import json
+import math
 import re
 
 # The generated bindings, imported now: componentize-py snapshots the
@@ -54,6 +59,10 @@ try:
     from wit_world.imports import output as _wit_output
 except ImportError:
     _wit_input = _wit_output = None
+try:
+    from wit_world.imports import aggregate as _wit_aggregate
+except ImportError:
+    _wit_aggregate = None
 
 # Outside a component: the config `wasmgrid.local` runs a function with,
 # and what it logged.
@@ -61,9 +70,12 @@ _local_config = {}
 _local_logs = []
 
 __all__ = [
-    "Rows", "scorer", "mapper", "reducer", "init", "config", "require", "log",
+    "Rows", "scorer", "mapper", "reducer", "aggregator", "prepare", "init", "config", "require", "log",
     "chunks", "batches", "emit", "emit_batch", "emit_pairs", "words",
+    "group_by", "GroupBy", "Measure", "Condition", "col", "count", "count_true", "mean",
 ]
+# `sum`, `min` and `max` are measures too, used as `wasmgrid.sum(...)`: not
+# exported by `import *`, where they would hide the builtins.
 
 _functions = {}
 
@@ -84,6 +96,29 @@ def reducer(fn):
     """Registers ``fn(key: bytes, values: list[bytes]) -> dict | bytes`` as the reducer."""
     _functions["reducer"] = fn
     return fn
+
+
+def aggregator(fn):
+    """Registers ``fn() -> GroupBy`` (see :func:`group_by`) as the aggregator."""
+    _functions["aggregator"] = fn
+    return fn
+
+
+def prepare(columns):
+    """Registers ``fn(rows: Rows) -> dict[str, list]`` to run on every batch
+    of an aggregator's input, given only ``columns``, before the batch is
+    folded: the columns it returns (as a scorer's) can be grouped by and
+    measured like input columns::
+
+        @wasmgrid.prepare(["dep_time"])
+        def hour(rows):
+            return {"hour": [None if t is None else t // 100 for t in rows["dep_time"]]}
+    """
+    def register(fn):
+        _functions["prepare"] = (list(columns), fn)
+        return fn
+
+    return register
 
 
 def init(fn):
@@ -160,7 +195,8 @@ class Rows:
 
     def null_count(self, name):
         """How many values of column ``name`` are null."""
-        return sum(v is None for v in self[name])
+        # `sum` in this module is the measure.
+        return _builtins.sum(v is None for v in self[name])
 
     def _present(self, name):
         values = self[name]
@@ -321,6 +357,181 @@ def emit_pairs(pairs):
         out.emit_pairs(bytes(keys), key_ends, bytes(values), value_ends)
 
 
+# Aggregations: what an @wasmgrid.aggregator returns.
+
+_COMPARISONS = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+
+
+class Condition:
+    """``column comparison value``, made by comparing :func:`col`: false
+    where the column is null, as in SQL. Join with ``&``."""
+
+    def __init__(self, column, comparison, value):
+        if not isinstance(value, (bool, int, float, str)):
+            raise TypeError(f"`{column}` is compared with {value!r}: compare with a number, a string or a bool")
+        self.column, self.comparison, self.value = column, comparison, value
+
+    def __and__(self, other):
+        return _All(self) & other
+
+    def __bool__(self):
+        raise TypeError("a condition is evaluated by the grid; join conditions with `&`, not `and`")
+
+    def __repr__(self):
+        return f"col({self.column!r}) {_COMPARISONS[self.comparison]} {self.value!r}"
+
+    def holds(self, value):
+        """Whether the condition holds for a column value (``None`` never does)."""
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return False
+        ops = {
+            "eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "lt": lambda a, b: a < b,
+            "le": lambda a, b: a <= b, "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b,
+        }
+        return ops[self.comparison](value, self.value)
+
+
+class _All(list):
+    """Conditions that must all hold."""
+
+    def __init__(self, *conditions):
+        super().__init__(conditions)
+
+    def __and__(self, other):
+        return _All(*self, *(other if isinstance(other, list) else [other]))
+
+
+class col:  # noqa: N801 - reads as the expression it builds
+    """A column to compare: ``col("dep_delay") >= 15``."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __eq__(self, v):
+        return Condition(self.name, "eq", v)
+
+    def __ne__(self, v):
+        return Condition(self.name, "ne", v)
+
+    def __lt__(self, v):
+        return Condition(self.name, "lt", v)
+
+    def __le__(self, v):
+        return Condition(self.name, "le", v)
+
+    def __gt__(self, v):
+        return Condition(self.name, "gt", v)
+
+    def __ge__(self, v):
+        return Condition(self.name, "ge", v)
+
+    __hash__ = None
+
+
+class Measure:
+    """One output column of a :func:`group_by`: ``op`` over ``column``, over
+    the rows for which ``where`` holds."""
+
+    def __init__(self, op, column=None, where=None):
+        if op != "count" and column is None:
+            raise ValueError(f"{op} needs a column")
+        self.op, self.column = op, column
+        self.where = [] if where is None else list(where) if isinstance(where, list) else [where]
+        for c in self.where:
+            if not isinstance(c, Condition):
+                raise TypeError(f"`where` takes conditions such as col(\"x\") >= 1, not {c!r}")
+
+
+def count(column=None, where=None):
+    """The group's rows; with ``column``, those where it is not null; with
+    ``where``, those for which the condition holds (a count-if)."""
+    return Measure("count-valid" if column is not None else "count", column, where)
+
+
+def count_true(column, where=None):
+    """The group's rows where the boolean ``column`` is true."""
+    return Measure("count-true", column, where)
+
+
+def sum(column, where=None):  # noqa: A001 - the measure's name
+    """The sum of ``column`` (integers stay integers)."""
+    return Measure("sum", column, where)
+
+
+def mean(column, where=None):
+    """The mean of ``column``, a float."""
+    return Measure("mean", column, where)
+
+
+def min(column, where=None):  # noqa: A001 - the measure's name
+    """The smallest value of ``column``."""
+    return Measure("min", column, where)
+
+
+def max(column, where=None):  # noqa: A001 - the measure's name
+    """The largest value of ``column``."""
+    return Measure("max", column, where)
+
+
+class GroupBy:
+    """Key columns and named measures, in order: what an aggregator computes."""
+
+    def __init__(self, keys, measures):
+        self.keys = list(keys)
+        self.measures = dict(measures)
+        for name, m in self.measures.items():
+            if not isinstance(m, Measure):
+                raise TypeError(f"measure `{name}` is {m!r}; use wasmgrid.count(), sum(), mean(), min() or max()")
+
+
+def group_by(*keys, **measures):
+    """Groups rows by the values of ``keys`` (none: one group of every row)
+    and computes each named measure per group, under SQL null semantics::
+
+        wasmgrid.group_by("carrier", flights=wasmgrid.count(), late=wasmgrid.count(where=wasmgrid.col("delay") >= 15))
+    """
+    return GroupBy(keys, measures)
+
+
+def _spec_to_wit(spec, prepare_columns):
+    a = _wit_aggregate
+
+    def literal(v):
+        if isinstance(v, bool):
+            return a.Literal_Boolean(v)
+        if isinstance(v, int):
+            return a.Literal_S64(v)
+        if isinstance(v, float):
+            return a.Literal_F64(v)
+        return a.Literal_Str(v)
+
+    ops = {
+        "count": a.Op.COUNT, "count-valid": a.Op.COUNT_VALID, "count-true": a.Op.COUNT_TRUE, "sum": a.Op.SUM,
+        "mean": a.Op.MEAN, "min": a.Op.MIN, "max": a.Op.MAX,
+    }
+    measures = [
+        a.Measure(
+            name=name,
+            op=ops[m.op],
+            column=m.column,
+            filter=[
+                a.Condition(column=c.column, comparison=getattr(a.Comparison, c.comparison.upper()), value=literal(c.value))
+                for c in m.where
+            ],
+        )
+        for name, m in spec.measures.items()
+    ]
+    return a.Spec(keys=spec.keys, measures=measures, prepare=prepare_columns)
+
+
+def _aggregation():
+    """The registered aggregator's :class:`GroupBy`, checked."""
+    spec = _functions["aggregator"]()
+    if not isinstance(spec, GroupBy):
+        raise TypeError(f"an aggregator returns wasmgrid.group_by(...), not {type(spec).__name__}")
+    return spec
+
+
 _SPACE = re.compile(rb"[ \t\n\r\x0c]+")
 
 
@@ -382,6 +593,26 @@ def _world(kind):
                 try:
                     _run_init()
                     fn(partition)
+                except Exception as e:
+                    raise _fail(e)
+
+    elif kind == "aggregator":
+        prepared = _functions.get("prepare")
+
+        class WitWorld(Base):
+            def aggregation(self):
+                try:
+                    _run_init()
+                    return _spec_to_wit(_aggregation(), prepared[0] if prepared else None)
+                except Exception as e:
+                    raise _fail(e)
+
+            def prepare(self, rows):
+                try:
+                    _run_init()
+                    if prepared is None:
+                        return _to_wit(rows.rows, {})
+                    return _to_wit(rows.rows, prepared[1](_from_wit(rows)))
                 except Exception as e:
                     raise _fail(e)
 

@@ -16,6 +16,12 @@ partition) and returns what it emitted: ``Mapped.records`` (each
 ``emit``-ted record and ``emit_batch``-ed row, as dicts) and
 ``Mapped.pairs`` (``emit_pairs``, as ``(bytes, bytes)``).
 
+``aggregate(fn, data, config)`` computes a ``@wasmgrid.aggregator``'s
+group-by over ``data`` (rows as for ``score``) as the grid does, under SQL
+null semantics (a measure skips nulls; null keys are a group), running its
+``@wasmgrid.prepare`` function first if it has one; the answer has one row
+per group, in the order groups first appear, in the kind of ``data``.
+
 What a function logged is in :func:`logs`.
 """
 
@@ -25,7 +31,7 @@ from dataclasses import dataclass, field
 
 import wasmgrid as _w
 
-__all__ = ["score", "map", "Mapped", "logs"]
+__all__ = ["score", "map", "aggregate", "Mapped", "logs"]
 
 
 def score(fn, data, config=None):
@@ -57,6 +63,83 @@ def map(fn, data, config=None, partition=0):  # noqa: A001 - wasmgrid's word for
     finally:
         _w._wit_input, _w._wit_output = previous
     return out.mapped
+
+
+def aggregate(fn, data, config=None):
+    """Computes aggregator ``fn``'s group-by over ``data``."""
+    n, columns, shape = _columns(data)
+    _configure(fn, config)
+    spec = _call(lambda _: _w._aggregation(), None)
+    prepared = _w._functions.get("prepare")
+    if prepared is not None:
+        names, prepare_fn = prepared
+        missing = [c for c in names if c not in columns]
+        if missing:
+            raise _w.Err(f"`prepare` asks for column `{missing[0]}`, which the input lacks (columns: {', '.join(columns)})")
+        added = _call(prepare_fn, _w.Rows(n, {c: list(columns[c]) for c in names}))
+        columns = dict(columns)
+        columns.update(_call(lambda out: _checked(n, out), added))
+    for name in [*spec.keys, *(m.column for m in spec.measures.values() if m.column), *(
+        c.column for m in spec.measures.values() for c in m.where
+    )]:
+        if name not in columns:
+            raise _w.Err(f"aggregating: no column `{name}` to aggregate (columns: {', '.join(columns)})")
+    groups = {}
+    for i in range(n):
+        key = tuple(_group_key(columns[k][i]) for k in spec.keys)
+        states = groups.get(key)
+        if states is None:
+            states = groups[key] = ([columns[k][i] for k in spec.keys], [_State(m.op) for m in spec.measures.values()])
+        for state, m in zip(states[1], spec.measures.values()):
+            if all(c.holds(columns[c.column][i]) for c in m.where):
+                state.add(None if m.column is None else columns[m.column][i], m.column is None)
+    out = {k: [] for k in spec.keys}
+    out.update({name: [] for name in spec.measures})
+    for values, states in groups.values():
+        for k, v in zip(spec.keys, values):
+            out[k].append(v)
+        for name, state in zip(spec.measures, states):
+            out[name].append(state.result())
+    return _shaped(len(groups), out, shape, data)
+
+
+def _group_key(v):
+    """A key value as the grid groups it: -0.0 is 0.0, every NaN one key."""
+    if isinstance(v, float):
+        return ("nan",) if v != v else v + 0.0
+    return v
+
+
+class _State:
+    """One measure's state for one group."""
+
+    def __init__(self, op):
+        self.op, self.n, self.value = op, 0, None
+
+    def add(self, v, row):
+        if row:
+            self.n += 1
+            return
+        if v is None:
+            return
+        if self.op == "count-valid":
+            self.n += 1
+        elif self.op == "count-true":
+            self.n += v is True
+        elif self.op in ("sum", "mean"):
+            self.n += 1
+            self.value = v if self.value is None else self.value + v
+        elif self.op == "min":
+            self.value = v if self.value is None or v < self.value else self.value
+        elif self.op == "max":
+            self.value = v if self.value is None or v > self.value else self.value
+
+    def result(self):
+        if self.op in ("count", "count-valid", "count-true"):
+            return self.n
+        if self.op == "mean":
+            return None if self.n == 0 else self.value / self.n
+        return self.value
 
 
 def logs():

@@ -93,6 +93,10 @@ pub struct Heartbeat {
     /// before it): a job with one is refused while a node does not.
     #[serde(default)]
     pub schemas: bool,
+    /// Whether it runs aggregators (false from nodes of releases before
+    /// them): a job of one is refused while a node does not.
+    #[serde(default)]
+    pub aggregators: bool,
 }
 
 /// What one function's per-request calls used.

@@ -130,6 +130,20 @@ impl App {
         Ok((alive.len(), lacking))
     }
 
+    /// Refuses (409 `upgrade_in_progress`) while a live node lacks what
+    /// `has` asks of its heartbeat: `what` says why it is needed.
+    fn require_nodes(&self, has: impl Fn(&Heartbeat) -> bool, what: &str) -> Answer<()> {
+        let (_, old) = self.nodes_lacking(has)?;
+        if old.is_empty() {
+            return Ok(());
+        }
+        Err(Failure::new(
+            StatusCode::CONFLICT,
+            "upgrade_in_progress",
+            format!("{what}; {} runs an earlier one: finish the upgrade first", old.join(", ")),
+        ))
+    }
+
     /// Whether every node alive runs ranges of tasks (and there is one).
     fn nodes_run_ranges(&self) -> Answer<bool> {
         let (alive, lacking) = self.nodes_lacking(|beat| beat.ranges)?;
@@ -243,20 +257,13 @@ pub(super) async fn submit(
     app.barrier().await?;
     if request.schema.is_some() {
         // Nodes of a release before it would run its tasks without it.
-        let (_, old) = app.nodes_lacking(|beat| beat.schemas)?;
-        if !old.is_empty() {
-            return Err(Failure::new(
-                StatusCode::CONFLICT,
-                "upgrade_in_progress",
-                format!(
-                    "`schema` needs every node on a release that reads it; {} runs an earlier one: finish the upgrade first",
-                    old.join(", ")
-                ),
-            ));
-        }
+        app.require_nodes(|beat| beat.schemas, "`schema` needs every node on a release that reads it")?;
     }
     let tenant = caller.tenant;
     let (version, map, reduce) = functions(&app, &tenant, &request)?;
+    if reduce.aggregator() {
+        app.require_nodes(|beat| beat.aggregators, "an aggregator's job needs every node on a release that runs one")?;
+    }
     let plan_request = request.clone();
     let partitions = tokio::task::spawn_blocking(move || io.plan(&plan_request))
         .await
@@ -286,6 +293,23 @@ pub(super) async fn submit(
 /// A job's reducer: its name, version and how its tasks run.
 type Reducer = (String, u64, TaskFunction);
 
+/// What a job's reduce stage runs.
+enum Reduce {
+    /// None: map tasks write the output.
+    None,
+    /// A reducer over the pairs its mapper emits.
+    Reducer(Reducer),
+    /// The map function is an aggregator: the stage merges its partial
+    /// states.
+    Aggregator,
+}
+
+impl Reduce {
+    fn aggregator(&self) -> bool {
+        matches!(self, Reduce::Aggregator)
+    }
+}
+
 /// Paths on the grid's machines are the admin's only: a tenant's job reads
 /// and writes object stores (or reads URLs).
 fn check_remote(request: &JobRequest) -> Answer<()> {
@@ -300,30 +324,49 @@ fn check_remote(request: &JobRequest) -> Answer<()> {
     Ok(())
 }
 
-/// The job's map function (a scorer or a mapper) and its reducer, checked
-/// against each other; the map function's version.
-fn functions(app: &App, tenant: &str, request: &JobRequest) -> Answer<(u64, TaskFunction, Option<Reducer>)> {
+/// The job's map function (a scorer, a mapper or an aggregator) and what
+/// its reduce stage runs, checked against each other; the map function's
+/// version.
+fn functions(app: &App, tenant: &str, request: &JobRequest) -> Answer<(u64, TaskFunction, Reduce)> {
     let (version, kind, map) = task_function(app, tenant, &request.function, request.timeout_ms)?;
     let reduce = match &request.reduce {
+        Some(_) if kind == "aggregator" => {
+            return Err(Failure::bad(format!(
+                "`{}` is an aggregator: the grid merges its groups itself, so the job takes no `reduce`",
+                request.function
+            )));
+        }
+        None if kind == "aggregator" => Reduce::Aggregator,
         Some(name) => {
             let (version, rkind, f) = task_function(app, tenant, name, request.timeout_ms)?;
             if rkind != "reducer" {
-                return Err(Failure::bad(format!("--reduce `{name}` is a {rkind}, not a reducer")));
+                return Err(Failure::bad(format!("--reduce `{name}` is {}, not a reducer", a(&rkind))));
             }
             if kind != "mapper" {
                 return Err(Failure::bad(format!(
-                    "--reduce needs a mapper that emits pairs, but `{}` is a {kind}",
-                    request.function
+                    "--reduce needs a mapper that emits pairs, but `{}` is {}",
+                    request.function,
+                    a(&kind)
                 )));
             }
-            Some((name.clone(), version, f))
+            Reduce::Reducer((name.clone(), version, f))
         }
-        None => None,
+        None => {
+            if request.reduce_partitions.is_some() {
+                return Err(Failure::bad(format!(
+                    "`reduce_partitions` needs a reducer (`reduce`) or an aggregator, and `{}` is {}",
+                    request.function,
+                    a(&kind)
+                )));
+            }
+            Reduce::None
+        }
     };
-    if !["scorer", "mapper"].contains(&kind.as_str()) {
+    if !["scorer", "mapper", "aggregator"].contains(&kind.as_str()) {
         return Err(Failure::bad(format!(
-            "`{}` is a {kind}; a job runs a scorer or a mapper (a reducer goes in `reduce`)",
-            request.function
+            "`{}` is {}; a job runs a scorer, a mapper or an aggregator (a reducer goes in `reduce`)",
+            request.function,
+            a(&kind)
         )));
     }
     if map.gpu == GpuPlacement::Required {
@@ -334,16 +377,12 @@ fn functions(app: &App, tenant: &str, request: &JobRequest) -> Answer<(u64, Task
 
 /// The record of a job about to be submitted (its id and task count come
 /// from the state machine).
-fn new_job(
-    tenant: String,
-    request: &JobRequest,
-    version: u64,
-    map: TaskFunction,
-    reduce: Option<Reducer>,
-) -> JobRecord {
-    let reduce_partitions = match &reduce {
-        Some(_) => request.reduce_partitions.unwrap_or(2),
-        None => 0,
+fn new_job(tenant: String, request: &JobRequest, version: u64, map: TaskFunction, reduce: Reduce) -> JobRecord {
+    let (reduce_partitions, reduce) = match reduce {
+        Reduce::Reducer(r) => (request.reduce_partitions.unwrap_or(2), Some(r)),
+        // One table unless asked for more; the stage runs the aggregator.
+        Reduce::Aggregator => (request.reduce_partitions.unwrap_or(1), None),
+        Reduce::None => (0, None),
     };
     JobRecord {
         id: String::new(),
