@@ -8,7 +8,8 @@
 //! and the replicas must agree, at each step. A second test runs a node of
 //! the previous release under this release's control plane: jobs run one
 //! task per attempt while it is alive, in ranges once it is gone; a job
-//! with a `--schema` it would ignore is refused while it is alive.
+//! with a `--schema` it would ignore, or of an aggregator it could not run,
+//! is refused while it is alive.
 //!
 //! Without the previous binary the test says why and passes, unless
 //! `WASMGRID_REQUIRE_PREVIOUS` is set (CI, through `deploy/test-setup.sh`).
@@ -204,6 +205,11 @@ async fn a_node_of_the_previous_release_runs_jobs_one_task_per_attempt() {
         ["job", "submit", "tiny", "--input", &input.display().to_string(), "--output", &out, "--schema", "x:float"];
     let refused = common::fails(common::grid_cli(&urls, &args));
     assert!(refused.contains("`schema` needs every node on a release that reads it"), "{refused}");
+    // So is an aggregator's job, whose tasks it could not run.
+    common::grid_ok(&urls, &["deploy", "flights", guests::FLIGHTS]);
+    let args = ["job", "submit", "flights", "--input", &input.display().to_string(), "--output", &out];
+    let refused = common::fails(common::grid_cli(&urls, &args));
+    assert!(refused.contains("an aggregator's job needs every node on a release that runs one"), "{refused}");
     // Once it is gone and a node of this release runs jobs, in ranges.
     let _new = common::grid::Node::start(&urls, &dir.join("new-node"));
     old.kill();

@@ -68,8 +68,11 @@ fn assert_aggregated(rows: &[serde_json::Value]) {
     );
 }
 
+/// A check of what a template's sample gives.
+type Check = fn(&[serde_json::Value]);
+
 /// Each template with what its sample must give.
-const TEMPLATES: [(&str, fn(&[serde_json::Value])); 3] =
+const TEMPLATES: [(&str, Check); 3] =
     [("scorer", assert_scored), ("mapper", assert_mapped), ("aggregate", assert_aggregated)];
 
 #[test]

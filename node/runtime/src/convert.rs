@@ -261,51 +261,6 @@ pub fn merge_json_scores(mut rows: Vec<JsonRow>, scores: Batch) -> Result<Vec<Js
     Ok(rows)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn round_trips_types_and_nulls() -> Result<()> {
-        let schema = Arc::new(Schema::new(vec![
-            ArrowField::new("f", DataType::Float64, true),
-            ArrowField::new("i", DataType::Int32, false),
-            ArrowField::new("s", DataType::Utf8, true),
-            ArrowField::new("b", DataType::Boolean, false),
-        ]));
-        let batch = RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(Float64Array::from(vec![Some(1.5), None, Some(-2.0)])),
-                Arc::new(arrow_array::Int32Array::from(vec![1, 2, 3])),
-                Arc::new(StringArray::from(vec![Some("a"), Some("b"), None])),
-                Arc::new(BooleanArray::from(vec![true, false, true])),
-            ],
-        )
-        .map_err(|e| Error::Runtime(e.to_string()))?;
-        let wit = to_wit(&batch)?;
-        assert_eq!(wit.rows, 3);
-        assert!(matches!(&wit.fields[1].values, Column::S64(v) if v == &[1, 2, 3]));
-        assert_eq!(wit.fields[0].valid, Some(vec![true, false, true]));
-        let back = from_wit(wit)?;
-        assert_eq!(back.column(0).as_primitive::<Float64Type>().value(0), 1.5);
-        assert!(back.column(0).is_null(1));
-        assert!(back.column(2).is_null(2));
-        assert_eq!(back.column(2).as_string::<i32>().value(1), "b");
-        Ok(())
-    }
-
-    #[test]
-    fn rejects_columns_of_the_wrong_length() {
-        let bad = Batch {
-            rows: 3,
-            fields: vec![Field { name: "score".into(), values: Column::F64(vec![1.0]), valid: None }],
-        };
-        let err = from_wit(bad).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains("has 1 values but the batch has 3 rows"), "{err}");
-    }
-}
-
 /// An aggregator's spec in the host's terms.
 pub fn aggregation(spec: crate::bindings::aggregator::wasmgrid::function::aggregate::Spec) -> crate::Aggregation {
     use crate::bindings::aggregator::wasmgrid::function::aggregate as wit;
@@ -368,4 +323,49 @@ pub fn project(batch: &RecordBatch, columns: &[String]) -> Result<RecordBatch> {
         picked.push(i);
     }
     batch.project(&picked).map_err(|e| Error::bad_output(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_types_and_nulls() -> Result<()> {
+        let schema = Arc::new(Schema::new(vec![
+            ArrowField::new("f", DataType::Float64, true),
+            ArrowField::new("i", DataType::Int32, false),
+            ArrowField::new("s", DataType::Utf8, true),
+            ArrowField::new("b", DataType::Boolean, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Float64Array::from(vec![Some(1.5), None, Some(-2.0)])),
+                Arc::new(arrow_array::Int32Array::from(vec![1, 2, 3])),
+                Arc::new(StringArray::from(vec![Some("a"), Some("b"), None])),
+                Arc::new(BooleanArray::from(vec![true, false, true])),
+            ],
+        )
+        .map_err(|e| Error::Runtime(e.to_string()))?;
+        let wit = to_wit(&batch)?;
+        assert_eq!(wit.rows, 3);
+        assert!(matches!(&wit.fields[1].values, Column::S64(v) if v == &[1, 2, 3]));
+        assert_eq!(wit.fields[0].valid, Some(vec![true, false, true]));
+        let back = from_wit(wit)?;
+        assert_eq!(back.column(0).as_primitive::<Float64Type>().value(0), 1.5);
+        assert!(back.column(0).is_null(1));
+        assert!(back.column(2).is_null(2));
+        assert_eq!(back.column(2).as_string::<i32>().value(1), "b");
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_columns_of_the_wrong_length() {
+        let bad = Batch {
+            rows: 3,
+            fields: vec![Field { name: "score".into(), values: Column::F64(vec![1.0]), valid: None }],
+        };
+        let err = from_wit(bad).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("has 1 values but the batch has 3 rows"), "{err}");
+    }
 }
