@@ -316,7 +316,11 @@ pub fn follow_guide(name: &str, env: &[(&str, &str)], min_commands: usize) {
     let mut last = None;
     for (kind, body) in blocks {
         match kind {
-            "python" => cells.push((body, None)),
+            "python" => {
+                // The next output block is this cell's, not the last command's.
+                last = None;
+                cells.push((body, None));
+            }
             "output" if last.is_none() && !cells.is_empty() => {
                 let cell = cells.last_mut().expect("a cell");
                 assert!(cell.1.is_none(), "two output blocks after `{}`", cell.0);
