@@ -113,7 +113,7 @@ async fn the_flights_query_runs_as_a_grid_job_with_the_grid_merging_the_groups()
     replicas.wait_leader(Duration::from_secs(15)).await;
     let urls = replicas.urls();
     let dir = replicas.dir.path();
-    let _node = Node::start(&urls, &dir.join("node"));
+    let node = Node::start(&urls, &dir.join("node"));
     let (batches, pq, csv) = flights::write(&dir.join("data"), 6, 18_000, 11);
     let want = flights::reference(&batches);
     let deployed = common::grid_ok(&urls, &["deploy", "flights", guests::FLIGHTS]);
@@ -150,6 +150,24 @@ async fn the_flights_query_runs_as_a_grid_job_with_the_grid_merging_the_groups()
     assert!(
         e.contains("`reduce_partitions` needs a reducer (`reduce`) or an aggregator, and `echo` is a scorer"),
         "{e}"
+    );
+
+    let url = format!("{}/v1/fn/default/flights", node.url);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (status, body) = loop {
+        let response = common::http().post(&url).json(&serde_json::json!({"rows": []})).send().await.expect("answer");
+        let status = response.status().as_u16();
+        let body = response.text().await.expect("body");
+        // Until the node has the route, it says so with a 404.
+        if status != 404 || std::time::Instant::now() > deadline {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("`flights` is an aggregator; only scorers are invoked per request (run it in a job)"),
+        "{body}"
     );
 
     // A missing column fails the job at once, with the error said once.
