@@ -71,6 +71,19 @@ fn an_aggregator_says_what_it_cannot_do_and_empty_input_gives_no_rows() {
     assert!(e.contains("aggregating: no column `carrier` to aggregate (columns: month, dep_delay, distance)"), "{e}");
     assert_eq!(e.matches("no column `carrier`").count(), 1, "said once: {e}");
 
+    // The same from Parquet, which is read for the query's columns only:
+    // still every column named.
+    let batch = flights::batch(1, 100);
+    let batch = batch.project(&[1, 5, 15]).expect("without carrier");
+    let parquet = tmp.path().join("no-carrier.parquet");
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&parquet).expect("file"), batch.schema(), None)
+            .expect("writer");
+    w.write(&batch).expect("write");
+    w.close().expect("close");
+    let e = fails(run_in(&cache, &["run", guests::FLIGHTS, "-i", parquet.to_str().expect("utf-8"), "-o", out_s]));
+    assert!(e.contains("aggregating: no column `carrier` to aggregate (columns: month, dep_delay, distance)"), "{e}");
+
     // A delay that is text: the measure says which column and type.
     let input = tmp.path().join("text-delay.csv");
     std::fs::write(&input, "carrier,dep_delay,distance\nUA,late,100\n").expect("csv");

@@ -12,33 +12,91 @@ use arrow_array::types::{Float64Type, Int64Type};
 use arrow_array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 
-/// `rows` flights, deterministic from `seed`: 16 carriers and a null one,
-/// delays with nulls, distances, months.
+/// `rows` flights, deterministic from `seed`, with the 19 columns of
+/// nycflights13's `flights` table: 16 carriers and a null one, departure
+/// and arrival delays with nulls (cancelled flights), distances, times.
 pub fn batch(seed: u64, rows: usize) -> RecordBatch {
     let mut rng = super::Rng::new(seed);
     let carriers = ["UA", "AA", "B6", "DL", "EV", "MQ", "US", "WN", "VX", "FL", "AS", "9E", "F9", "HA", "YV", "OO"];
-    let (mut carrier, mut delay, mut distance, mut month) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let airports = ["EWR", "LGA", "JFK", "ATL", "ORD", "LAX", "BOS", "MCO", "SFO", "CLT", "MIA", "DFW"];
+    let mut ints: Vec<Vec<Option<i64>>> = vec![Vec::with_capacity(rows); 11];
+    let mut floats: Vec<Vec<Option<f64>>> = vec![Vec::with_capacity(rows); 3];
+    let mut strs: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(rows); 5];
     for _ in 0..rows {
         let r = rng.next();
-        carrier.push((!r.is_multiple_of(97)).then(|| carriers[(r % 16) as usize]));
-        let d = if (r >> 8) % 10 < 3 { ((r >> 16) % 320) as f64 - 20.0 } else { ((r >> 16) % 36) as f64 - 20.0 };
-        delay.push((!(r >> 40).is_multiple_of(40)).then_some(d));
-        distance.push(((r >> 24) % 4900 + 80) as i64);
-        month.push(((r >> 32) % 12 + 1) as i64);
+        let s = rng.next();
+        let cancelled = (r >> 40).is_multiple_of(40);
+        let delay = if (r >> 8) % 10 < 3 { ((r >> 16) % 320) as f64 - 20.0 } else { ((r >> 16) % 36) as f64 - 20.0 };
+        let (month, day) = ((r >> 32) % 12 + 1, s % 28 + 1);
+        let sched = 500 + (s >> 8) % 1800;
+        let (hour, minute) = (sched / 100, sched % 100);
+        let air = 20.0 + ((s >> 20) % 600) as f64;
+        for (column, value) in ints.iter_mut().zip([
+            Some(2013),
+            Some(month as i64),
+            Some(day as i64),
+            (!cancelled).then_some((sched + 5) as i64),
+            Some(sched as i64),
+            (!cancelled).then_some((sched + 200) as i64),
+            Some((sched + 190) as i64),
+            Some(((s >> 30) % 5000) as i64),
+            Some(((r >> 24) % 4900 + 80) as i64),
+            Some(hour as i64),
+            Some(minute as i64),
+        ]) {
+            column.push(value);
+        }
+        for (column, value) in floats.iter_mut().zip([
+            (!cancelled).then_some(delay),
+            (!cancelled).then_some(delay - 5.0 + ((s >> 40) % 20) as f64),
+            (!cancelled).then_some(air),
+        ]) {
+            column.push(value);
+        }
+        for (column, value) in strs.iter_mut().zip([
+            (!r.is_multiple_of(97)).then(|| carriers[(r % 16) as usize].to_string()),
+            (!(s >> 50).is_multiple_of(60))
+                .then(|| format!("N{}{}", 100 + (s >> 12) % 900, ["UA", "JB", "DL"][(s % 3) as usize])),
+            Some(airports[((s >> 4) % 3) as usize].to_string()),
+            Some(airports[3 + ((s >> 6) % 9) as usize].to_string()),
+            Some(format!("2013-{month:02}-{day:02} {hour:02}:00:00")),
+        ]) {
+            column.push(value);
+        }
     }
-    let schema = Schema::new(vec![
-        Field::new("month", DataType::Int64, false),
-        Field::new("carrier", DataType::Utf8, true),
-        Field::new("dep_delay", DataType::Float64, true),
-        Field::new("distance", DataType::Int64, false),
-    ]);
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(Int64Array::from(month)),
-        Arc::new(carrier.into_iter().collect::<StringArray>()),
-        Arc::new(Float64Array::from(delay)),
-        Arc::new(Int64Array::from(distance)),
+    let (i, f, t) = (DataType::Int64, DataType::Float64, DataType::Utf8);
+    let layout = [
+        ("year", &i, 0),
+        ("month", &i, 1),
+        ("day", &i, 2),
+        ("dep_time", &i, 3),
+        ("sched_dep_time", &i, 4),
+        ("dep_delay", &f, 0),
+        ("arr_time", &i, 5),
+        ("sched_arr_time", &i, 6),
+        ("arr_delay", &f, 1),
+        ("carrier", &t, 0),
+        ("flight", &i, 7),
+        ("tailnum", &t, 1),
+        ("origin", &t, 2),
+        ("dest", &t, 3),
+        ("air_time", &f, 2),
+        ("distance", &i, 8),
+        ("hour", &i, 9),
+        ("minute", &i, 10),
+        ("time_hour", &t, 4),
     ];
-    RecordBatch::try_new(Arc::new(schema), columns).expect("batch")
+    let mut fields = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for (name, t, at) in layout {
+        fields.push(Field::new(name, t.clone(), true));
+        columns.push(match t {
+            DataType::Int64 => Arc::new(Int64Array::from(ints[at].clone())),
+            DataType::Float64 => Arc::new(Float64Array::from(floats[at].clone())),
+            _ => Arc::new(strs[at].iter().map(Option::as_deref).collect::<StringArray>()),
+        });
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("batch")
 }
 
 /// Writes `rows` flights as `files` Parquet files under `dir/parquet` and

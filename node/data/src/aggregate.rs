@@ -197,6 +197,20 @@ pub struct Spec {
     pub measures: Vec<Measure>,
 }
 
+impl Spec {
+    /// The columns it reads: keys, measures' columns and their filters'.
+    pub fn columns(&self) -> Vec<String> {
+        let mut names = self.keys.clone();
+        for m in &self.measures {
+            names.extend(m.column.iter().cloned());
+            names.extend(m.filter.iter().map(|c| c.column.clone()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        names.retain(|n| seen.insert(n.clone()));
+        names
+    }
+}
+
 /// Why rows cannot be aggregated as asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AggregateError(pub String);

@@ -27,6 +27,8 @@ pub struct PartitionReader {
     source: Source,
     /// Records (rows or lines) handed out so far.
     records: u64,
+    /// The only columns to read, when chosen.
+    columns: Option<Vec<String>>,
 }
 
 enum Source {
@@ -37,6 +39,12 @@ enum Source {
     /// A CSV or JSON-lines partition, decoded.
     Decoded {
         batches: VecDeque<RecordBatch>,
+    },
+    /// A Parquet partition whose reader is built at the first batch, so
+    /// that [`PartitionReader::select`] can still pick its columns.
+    ParquetUnread {
+        builder: Box<ParquetRecordBatchReaderBuilder<ParquetFile>>,
+        row_groups: Vec<usize>,
     },
     Parquet {
         reader: ParquetRecordBatchReader,
@@ -49,7 +57,7 @@ impl std::fmt::Debug for Source {
         match self {
             Source::Text { data, pos } => write!(f, "Text {{ len: {}, pos: {pos} }}", data.len()),
             Source::Decoded { batches } => write!(f, "Decoded {{ batches: {} }}", batches.len()),
-            Source::Parquet { .. } => f.write_str("Parquet"),
+            Source::Parquet { .. } | Source::ParquetUnread { .. } => f.write_str("Parquet"),
         }
     }
 }
@@ -76,13 +84,13 @@ impl PartitionReader {
                     .and_then(ParquetFile::new)
                     .map_err(|e| Error::io("opening", &partition.path, e))?;
                 let length = file.length();
-                let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+                let builder = ParquetRecordBatchReaderBuilder::try_new(file)
                     .and_then(|b| {
                         check_chunks(b.metadata(), *first..first + count, length)?;
-                        b.with_row_groups((*first..first + count).collect()).with_batch_size(PARQUET_BATCH_ROWS).build()
+                        Ok(b)
                     })
                     .map_err(|e| Error::Decode { path: partition.path.clone(), reason: e.to_string() })?;
-                Source::Parquet { reader, pending: None }
+                Source::ParquetUnread { builder: Box::new(builder), row_groups: (*first..first + count).collect() }
             }
             (span, format) => {
                 return Err(Error::BadInputRequest {
@@ -90,7 +98,14 @@ impl PartitionReader {
                 });
             }
         };
-        Ok(PartitionReader { partition, source, records: 0 })
+        Ok(PartitionReader { partition, source, records: 0, columns: None })
+    }
+
+    /// Reads only those of `columns` that a Parquet partition has (its
+    /// other column chunks are never decoded); every column when it has
+    /// none of them, and for other formats. Before the first batch only.
+    pub fn select(&mut self, columns: Vec<String>) {
+        self.columns = Some(columns);
     }
 
     /// The partition being read.
@@ -112,7 +127,7 @@ impl PartitionReader {
                     reason: "next-bytes after next-batch: a partition is read as bytes or as batches".into(),
                 });
             }
-            Source::Parquet { .. } => {
+            Source::Parquet { .. } | Source::ParquetUnread { .. } => {
                 return Err(Error::BadInputRequest {
                     reason: "next-bytes is not available for Parquet input; use next-batch".into(),
                 });
@@ -149,7 +164,27 @@ impl PartitionReader {
             let batches = decode_text(&self.partition, &text[(*pos).min(text.len())..])?;
             self.source = Source::Decoded { batches: batches.into() };
         }
+        if matches!(self.source, Source::ParquetUnread { .. }) {
+            let Source::ParquetUnread { builder, row_groups } =
+                std::mem::replace(&mut self.source, Source::Decoded { batches: VecDeque::new() })
+            else {
+                unreachable!("matched above");
+            };
+            let mut builder = builder.with_row_groups(row_groups).with_batch_size(PARQUET_BATCH_ROWS);
+            let schema = builder.schema().clone();
+            let mut roots: Vec<usize> =
+                self.columns.iter().flatten().filter_map(|name| schema.index_of(name).ok()).collect();
+            if !roots.is_empty() {
+                roots.sort_unstable();
+                roots.dedup();
+                let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), roots);
+                builder = builder.with_projection(mask);
+            }
+            let reader = builder.build().map_err(|e| Error::Decode { path: path.clone(), reason: e.to_string() })?;
+            self.source = Source::Parquet { reader, pending: None };
+        }
         let batch = match &mut self.source {
+            Source::ParquetUnread { .. } => unreachable!("built above"),
             Source::Text { data, pos } => {
                 if *pos >= data.len() {
                     return Ok(None);

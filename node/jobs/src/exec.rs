@@ -101,8 +101,10 @@ pub fn map_range(
             observed(instance, captured, |instance| {
                 let aggregation = instance.aggregation()?;
                 let rows = if aggregation.prepare.is_some() { batch_rows } else { batch_rows.max(AGGREGATE_ROWS) };
+                let columns = aggregation.spec.columns();
                 for input in inputs {
                     let (_, mut reader) = input?;
+                    select(&mut reader, &columns, aggregation.prepare.as_deref())?;
                     while let Some(batch) = reader.next_batch(rows)? {
                         let batch = match &aggregation.prepare {
                             Some(columns) => instance.prepare_arrow(&batch, columns)?,
@@ -176,6 +178,29 @@ pub fn reduce(
         Ok(())
     })?;
     Ok(groups.len() as u64)
+}
+
+/// Has `reader` read only what an aggregation needs: the `columns` it
+/// groups and measures, and those its `prepare` reads (when it has one,
+/// its other columns may be what `prepare` adds). A column the input lacks
+/// is named with every column it has.
+fn select(reader: &mut PartitionReader, columns: &[String], prepare: Option<&[String]>) -> Result<()> {
+    let mut wanted = columns.to_vec();
+    if let Some(schema) = &reader.partition().schema {
+        let lacking = |name: &&String| schema.index_of(name).is_err();
+        let missing = match prepare {
+            Some(read) => read.iter().find(lacking),
+            None => columns.iter().find(lacking),
+        };
+        if let Some(name) = missing {
+            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            let what = if prepare.is_some_and(|p| p.contains(name)) { "for `prepare`" } else { "to aggregate" };
+            return Err(Error::Aggregate(format!("no column `{name}` {what} (columns: {})", names.join(", "))));
+        }
+    }
+    wanted.extend(prepare.unwrap_or_default().iter().cloned());
+    reader.select(wanted);
+    Ok(())
 }
 
 /// Runs one aggregator reduce task: merges the tasks' `partials` (of the
