@@ -19,9 +19,9 @@ pub fn batch(seed: u64, rows: usize) -> RecordBatch {
     let mut rng = super::Rng::new(seed);
     let carriers = ["UA", "AA", "B6", "DL", "EV", "MQ", "US", "WN", "VX", "FL", "AS", "9E", "F9", "HA", "YV", "OO"];
     let airports = ["EWR", "LGA", "JFK", "ATL", "ORD", "LAX", "BOS", "MCO", "SFO", "CLT", "MIA", "DFW"];
-    let mut ints: Vec<Vec<Option<i64>>> = vec![Vec::with_capacity(rows); 11];
-    let mut floats: Vec<Vec<Option<f64>>> = vec![Vec::with_capacity(rows); 3];
-    let mut strs: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(rows); 5];
+    let mut ints: Vec<Vec<Option<i64>>> = (0..11).map(|_| Vec::with_capacity(rows)).collect();
+    let mut floats: Vec<Vec<Option<f64>>> = (0..3).map(|_| Vec::with_capacity(rows)).collect();
+    let mut strs: Vec<Vec<Option<String>>> = (0..5).map(|_| Vec::with_capacity(rows)).collect();
     for _ in 0..rows {
         let r = rng.next();
         let s = rng.next();

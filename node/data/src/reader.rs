@@ -101,9 +101,10 @@ impl PartitionReader {
         Ok(PartitionReader { partition, source, records: 0, columns: None })
     }
 
-    /// Reads only those of `columns` that a Parquet partition has (its
-    /// other column chunks are never decoded); every column when it has
-    /// none of them, and for other formats. Before the first batch only.
+    /// Reads only those of `columns` that the partition has: a Parquet
+    /// partition's other column chunks are never decoded, a CSV or JSON-lines
+    /// partition's other values never parsed. Every column when it has none
+    /// of them, and for text. Before the first batch only.
     pub fn select(&mut self, columns: Vec<String>) {
         self.columns = Some(columns);
     }
@@ -161,7 +162,7 @@ impl PartitionReader {
         let decode = |e: ArrowError| Error::Decode { path: path.clone(), reason: e.to_string() };
         if let (Source::Text { data, pos }, Format::Csv | Format::Jsonl) = (&mut self.source, self.partition.format) {
             let text = std::mem::take(data);
-            let batches = decode_text(&self.partition, &text[(*pos).min(text.len())..])?;
+            let batches = decode_text(&self.partition, &text[(*pos).min(text.len())..], self.columns.as_deref())?;
             self.source = Source::Decoded { batches: batches.into() };
         }
         if matches!(self.source, Source::ParquetUnread { .. }) {
@@ -243,20 +244,33 @@ fn lines_end(text: &[u8], rows: usize) -> usize {
 /// A CSV or JSON-lines partition's `text` decoded into batches whose
 /// columns have the types the partition's values settle on; a value that
 /// does not fit a type the user fixed is an error naming its line and column.
-fn decode_text(partition: &Partition, text: &[u8]) -> Result<Vec<RecordBatch>> {
+/// With `columns`, only those of them the partition has are decoded.
+fn decode_text(partition: &Partition, text: &[u8], columns: Option<&[String]>) -> Result<Vec<RecordBatch>> {
     let path = &partition.path;
     let head = partition.schema.clone().ok_or_else(|| missing_schema(path))?;
     let fixed = &partition.types;
     let exact_ints = partition.format == Format::Jsonl;
+    let mut picked: Vec<usize> = columns.iter().copied().flatten().filter_map(|n| head.index_of(n).ok()).collect();
+    picked.sort_unstable();
+    picked.dedup();
+    let picked = (!picked.is_empty()).then_some(picked);
+    let project = |s: &SchemaRef| match &picked {
+        Some(ix) => {
+            s.project(ix).map(Arc::new).map_err(|e| Error::Decode { path: path.clone(), reason: e.to_string() })
+        }
+        None => Ok(s.clone()),
+    };
     let mut decoding = schema::decoding(&head, fixed, false, exact_ints);
-    let batches = match decode_with(partition.format, text, decoding.clone()) {
+    let batches = match decode_with(partition.format, text, decoding.clone(), picked.as_deref()) {
         Ok(batches) => batches,
         Err(_) => {
             // A value that fits no typed column: read every column not fixed as text.
             decoding = schema::decoding(&head, fixed, true, exact_ints);
-            decode_with(partition.format, text, decoding.clone()).map_err(|e| locate(partition, text, &decoding, e))?
+            decode_with(partition.format, text, decoding.clone(), picked.as_deref())
+                .map_err(|e| locate(partition, text, &decoding, e))?
         }
     };
+    let (head, decoding) = (project(&head)?, project(&decoding)?);
     if !schema::needs_settling(&head, &decoding) {
         return Ok(batches);
     }
@@ -315,8 +329,19 @@ fn line_of(partition: &Partition, row: usize) -> String {
     }
 }
 
-/// `text` decoded with `schema`, [`TEXT_BATCH_ROWS`] rows a batch.
-fn decode_with(format: Format, text: &[u8], schema: SchemaRef) -> Result<Vec<RecordBatch>, ArrowError> {
+/// `text` decoded with `schema`, [`TEXT_BATCH_ROWS`] rows a batch; with
+/// `projection`, only the columns at those indices of `schema`.
+fn decode_with(
+    format: Format,
+    text: &[u8],
+    schema: SchemaRef,
+    projection: Option<&[usize]>,
+) -> Result<Vec<RecordBatch>, ArrowError> {
+    // JSON is decoded by field name: fields the schema lacks are skipped.
+    let json_schema = match projection {
+        Some(ix) if format != Format::Csv => Arc::new(schema.project(ix)?),
+        _ => schema.clone(),
+    };
     let mut batches = Vec::new();
     let mut rest = text;
     while !rest.is_empty() {
@@ -324,15 +349,17 @@ fn decode_with(format: Format, text: &[u8], schema: SchemaRef) -> Result<Vec<Rec
         rest = &rest[chunk.len()..];
         let batch = match format {
             Format::Csv => {
-                let mut decoder = arrow_csv::ReaderBuilder::new(schema.clone())
-                    .with_header(false)
-                    .with_batch_size(TEXT_BATCH_ROWS)
-                    .build_decoder();
+                let mut builder =
+                    arrow_csv::ReaderBuilder::new(schema.clone()).with_header(false).with_batch_size(TEXT_BATCH_ROWS);
+                if let Some(ix) = projection {
+                    builder = builder.with_projection(ix.to_vec());
+                }
+                let mut decoder = builder.build_decoder();
                 decoder.decode(chunk)?;
                 decoder.flush()?
             }
             _ => {
-                let mut decoder = arrow_json::ReaderBuilder::new(schema.clone())
+                let mut decoder = arrow_json::ReaderBuilder::new(json_schema.clone())
                     .with_batch_size(TEXT_BATCH_ROWS)
                     .with_coerce_primitive(true)
                     .build_decoder()?;
@@ -358,11 +385,11 @@ fn locate(partition: &Partition, text: &[u8], schema: &SchemaRef, error: ArrowEr
         }
         let chunk = &rest[..lines_end(rest, TEXT_BATCH_ROWS)];
         rest = &rest[chunk.len()..];
-        if decode_with(format, chunk, schema.clone()).is_err() {
+        if decode_with(format, chunk, schema.clone(), None).is_err() {
             break chunk
                 .split_inclusive(|&b| b == b'\n')
                 .enumerate()
-                .find(|(_, line)| decode_with(format, line, schema.clone()).is_err())
+                .find(|(_, line)| decode_with(format, line, schema.clone(), None).is_err())
                 .map(|(row, line)| (rows_before + row, line));
         }
         rows_before += TEXT_BATCH_ROWS;
@@ -371,7 +398,7 @@ fn locate(partition: &Partition, text: &[u8], schema: &SchemaRef, error: ArrowEr
         return Error::Decode { path: partition.path.clone(), reason: error.to_string() };
     };
     let as_text = schema::decoding(schema, &ColumnTypes::default(), true, false);
-    let values = decode_with(format, line, as_text).ok().and_then(|b| b.into_iter().next());
+    let values = decode_with(format, line, as_text, None).ok().and_then(|b| b.into_iter().next());
     for (i, field) in schema.fields().iter().enumerate() {
         if partition.types.get(field.name()).is_none() {
             continue;
@@ -389,7 +416,7 @@ fn locate(partition: &Partition, text: &[u8], schema: &SchemaRef, error: ArrowEr
                     }
                 })
                 .collect();
-        if decode_with(format, line, Arc::new(Schema::new(alone))).is_ok() {
+        if decode_with(format, line, Arc::new(Schema::new(alone)), None).is_ok() {
             continue;
         }
         let value = values.as_ref().and_then(|b| b.column(i).as_string_opt::<i32>().map(|s| s.value(0).to_string()));
