@@ -445,10 +445,7 @@ impl Groups {
             .keys
             .iter()
             .zip(&self.keys)
-            .map(|(name, keys)| {
-                let column = named(batch, name)?;
-                cast(&column, &keys.data_type(), name)
-            })
+            .map(|(name, keys)| key_cast(&named(batch, name)?, &keys.data_type(), name))
             .collect()
     }
 
@@ -578,6 +575,42 @@ fn batch(fields: Vec<Field>, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
 
 fn named(batch: &RecordBatch, name: &str) -> Result<ArrayRef> {
     batch.column_by_name(name).cloned().ok_or_else(|| AggregateError(format!("no column `{name}` to aggregate")))
+}
+
+/// Key column `name` as its keys are held (`to`): a widening cast (integers
+/// to floats, anything to text, nulls to anything) or none. Floats into
+/// integer keys, or text into numbers, would merge keys that differ: an
+/// error naming the `--schema` that fixes the column's type.
+fn key_cast(column: &ArrayRef, to: &DataType, name: &str) -> Result<ArrayRef> {
+    let from = key_type(column.data_type());
+    let widens = from == *to
+        || *column.data_type() == DataType::Null
+        || *to == DataType::Utf8
+        || (from == DataType::Int64 && *to == DataType::Float64);
+    if !widens {
+        let fix = if from == DataType::Float64 && *to == DataType::Int64 { "float" } else { "str" };
+        return err(format!(
+            "key `{name}` held {to} and now holds {}; fix its type (--schema {name}:{fix})",
+            column.data_type()
+        ));
+    }
+    cast(column, to, name)
+}
+
+/// Measure `m`'s state column `name` of a partial, as `to`: integer states
+/// merge into float ones; a float state into an integer one is an error
+/// naming the `--schema` that fixes the measure's column, never truncated.
+fn state(partial: &RecordBatch, name: &str, to: &DataType, m: &Measure) -> Result<ArrayRef> {
+    let column = named(partial, name)?;
+    let from = column.data_type();
+    if from == to || (*from == DataType::Int64 && *to == DataType::Float64) || *from == DataType::Null {
+        return cast(&column, to, name);
+    }
+    let c = m.column.as_deref().unwrap_or_default();
+    err(format!(
+        "`{}`: column `{c}` held {to} in one task and {from} in another; fix its type (--schema {c}:float)",
+        m.name
+    ))
 }
 
 fn cast(column: &ArrayRef, to: &DataType, name: &str) -> Result<ArrayRef> {
@@ -816,8 +849,8 @@ impl Acc {
     /// row `i`'s group).
     fn merge(&mut self, m: &Measure, ids: &[u32], partial: &RecordBatch) -> Result<()> {
         if let Acc::Mean { sum, count } = self {
-            let sums = named(partial, &format!("{}.sum", m.name))?;
-            let counts = named(partial, &format!("{}.count", m.name))?;
+            let sums = state(partial, &format!("{}.sum", m.name), &DataType::Float64, m)?;
+            let counts = state(partial, &format!("{}.count", m.name), &DataType::Int64, m)?;
             let (sums, counts) = (sums.as_primitive::<Float64Type>(), counts.as_primitive::<Int64Type>());
             for (row, &id) in ids.iter().enumerate() {
                 sum[id as usize] += sums.value(row);
@@ -825,7 +858,11 @@ impl Acc {
             }
             return Ok(());
         }
-        let column = named(partial, &m.name)?;
+        let held = match self {
+            Acc::SumFloat(_) | Acc::MinFloat(_) | Acc::MaxFloat(_) => DataType::Float64,
+            _ => DataType::Int64,
+        };
+        let column = state(partial, &m.name, &held, m)?;
         let nulls = column.logical_nulls();
         let valid = nulls.as_ref();
         match self {
@@ -1254,5 +1291,53 @@ mod tests {
             got.extend(rows_of(&merged.finish().expect("finish")));
         }
         assert_same(&got, &reference(&batch));
+    }
+
+    #[test]
+    fn tasks_whose_column_types_differ_merge_by_widening_or_say_which_schema_fixes_them() {
+        let one = |t: DataType, values: ArrayRef| {
+            let schema = Arc::new(Schema::new(vec![Field::new("k", t.clone(), true), Field::new("v", t, true)]));
+            RecordBatch::try_new(schema, vec![values.clone(), values]).expect("batch")
+        };
+        let ints = one(DataType::Int64, Arc::new(Int64Array::from(vec![1, 2, 2])));
+        let floats = one(DataType::Float64, Arc::new(Float64Array::from(vec![1.5, 2.0])));
+        let spec = |op| Spec { keys: vec!["k".into()], measures: vec![Measure::new("m", op, Some("v"))] };
+        let partial = |op, batch: &RecordBatch| {
+            let mut g = Groups::new(spec(op), &batch.schema()).expect("spec");
+            g.fold(batch).expect("fold");
+            g.partial().expect("partial")
+        };
+        // Floats first: integer keys and states widen into them.
+        let (f, i) = (partial(Op::Max, &floats), partial(Op::Max, &ints));
+        let mut merged = Groups::for_partials(spec(Op::Max), &f.schema()).expect("partials");
+        merged.merge(&f).expect("floats");
+        merged.merge(&i).expect("integers widen");
+        let out = merged.finish().expect("finish");
+        let keys: Vec<f64> = out["k"].as_primitive::<Float64Type>().values().to_vec();
+        assert_eq!(keys, [1.5, 2.0, 1.0], "2 and 2.0 are one key");
+        // Integers first: a float key or state is never truncated into them.
+        let mut merged = Groups::for_partials(spec(Op::Max), &i.schema()).expect("partials");
+        merged.merge(&i).expect("integers");
+        let e = merged.merge(&f).expect_err("floats into integer keys").to_string();
+        assert_eq!(e, "key `k` held Int64 and now holds Float64; fix its type (--schema k:float)");
+        let spec_v = Spec { keys: vec![], measures: vec![Measure::new("m", Op::Sum, Some("v"))] };
+        let sums = |b: &RecordBatch| {
+            let mut g = Groups::new(spec_v.clone(), &b.schema()).expect("spec");
+            g.fold(b).expect("fold");
+            g.partial().expect("partial")
+        };
+        let mut merged = Groups::for_partials(spec_v.clone(), &sums(&ints).schema()).expect("partials");
+        merged.merge(&sums(&ints)).expect("integers");
+        let e = merged.merge(&sums(&floats)).expect_err("a float sum into an integer one").to_string();
+        assert!(
+            e.contains(
+                "`m`: column `v` held Int64 in one task and Float64 in another; fix its type (--schema v:float)"
+            ),
+            "{e}"
+        );
+        // Within one task (a range of partitions), the same for keys.
+        let mut g = Groups::new(spec(Op::Max), &ints.schema()).expect("spec");
+        g.fold(&ints).expect("integers");
+        assert!(g.fold(&floats).expect_err("floats into integer keys").to_string().contains("--schema k:float"));
     }
 }
