@@ -39,6 +39,11 @@ pub struct DeployArgs {
     /// node's gateway forwards its calls to them [default: 2].
     #[arg(long, value_name = "N|all")]
     replicas: Option<wasmgrid_api::Replicas>,
+    /// A file its calls read by name (`artifacts` interface): a model, a
+    /// lookup table; up to 4 GiB, uploaded in chunks and stored once
+    /// (repeatable).
+    #[arg(long = "artifact", value_name = "NAME=PATH", value_parser = units::parse_key_value)]
+    artifacts: Vec<(String, String)>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -84,6 +89,58 @@ pub enum FunctionsCommand {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum ArtifactsCommand {
+    /// List the tenant's artifacts.
+    Ls {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// Bytes per chunk of an artifact upload.
+const CHUNK_BYTES: usize = 8 << 20;
+
+/// Uploads the file at `path` as an artifact, in chunks (none if the
+/// tenant stored it before); returns what the control plane recorded.
+async fn upload_artifact(client: &Client, path: &std::path::Path) -> Result<wasmgrid_api::ArtifactInfo> {
+    use std::io::Read;
+    let (sha256, size) = wasmgrid_control_plane::blobs::hash_file(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if size > wasmgrid_control_plane::blobs::MAX_ARTIFACT_BYTES {
+        bail!("{} is {size} bytes, over the artifact limit of 4 GiB", path.display());
+    }
+    let stored = client.artifacts().await?.artifacts.iter().any(|a| a.sha256 == sha256 && a.size == size);
+    if !stored {
+        let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let mut offset = 0u64;
+        loop {
+            let mut chunk = Vec::with_capacity(CHUNK_BYTES);
+            (&mut file).take(CHUNK_BYTES as u64).read_to_end(&mut chunk)?;
+            let last = chunk.len() < CHUNK_BYTES;
+            let received = client.upload_chunk(&sha256, offset, chunk.into()).await?.received;
+            offset = received;
+            if last {
+                break;
+            }
+        }
+        if offset != size {
+            bail!("{} changed while it was uploaded ({offset} bytes sent, {size} hashed)", path.display());
+        }
+    }
+    Ok(client.commit_artifact(&sha256, size).await?)
+}
+
+pub fn artifacts(command: ArtifactsCommand) -> Result<()> {
+    let ArtifactsCommand::Ls { client: args } = command;
+    let list = tokio_runtime()?.block_on(client(&args)?.artifacts())?;
+    if args.json {
+        return print_json(&list);
+    }
+    let rows = list.artifacts.iter().map(|a| vec![a.sha256.clone(), a.size.to_string()]).collect();
+    table(&["SHA256", "BYTES"], rows);
+    Ok(())
+}
+
 #[derive(Args, Debug)]
 pub struct InvokeArgs {
     /// The function.
@@ -116,13 +173,25 @@ pub fn deploy(args: DeployArgs) -> Result<()> {
         gpu: args.gpu,
         public: args.public,
         replicas: args.replicas,
+        artifacts: Default::default(),
     };
     // The leader compiles the component and runs its `init` before it
     // answers: give the deploy longer than other requests.
     let client = client_timed(&args.client, &args.client.url, Duration::from_secs(180))?;
     tokio_runtime()?.block_on(async {
         let module = client.upload_module(bytes).await.context("uploading the module")?;
-        let request = DeployRequest { module: module.sha256.clone(), ..request };
+        let mut artifacts = std::collections::BTreeMap::new();
+        for (name, path) in &args.artifacts {
+            let artifact = upload_artifact(&client, std::path::Path::new(path))
+                .await
+                .with_context(|| format!("uploading artifact `{name}` ({path})"))?;
+            if !args.client.json {
+                let how = if artifact.existed { "already stored" } else { "uploaded" };
+                println!("artifact {name}: {} ({} bytes, {how})", short(&artifact.sha256), artifact.size);
+            }
+            artifacts.insert(name.clone(), artifact.sha256);
+        }
+        let request = DeployRequest { module: module.sha256.clone(), artifacts, ..request };
         let deployed = client.deploy(&args.name, &request).await.context("deploying")?;
         if args.client.json {
             return print_json(&deployed);

@@ -73,6 +73,9 @@ enum Command {
     /// List, inspect, roll back and remove functions.
     #[command(subcommand)]
     Functions(functions::FunctionsCommand),
+    /// Files functions read by name (models, lookup tables): list them.
+    #[command(subcommand)]
+    Artifacts(functions::ArtifactsCommand),
     /// The grid's nodes.
     #[command(subcommand)]
     Nodes(cluster::NodesCommand),
@@ -322,6 +325,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Node(args) => serve::node(*args),
         Command::Deploy(args) => functions::deploy(args),
         Command::Functions(c) => functions::functions(c),
+        Command::Artifacts(c) => functions::artifacts(c),
         Command::Nodes(c) => cluster::nodes(c),
         Command::Cluster(c) => cluster::cluster(c),
         Command::Invoke(args) => functions::invoke(args),

@@ -14,6 +14,7 @@
 //! by area, with the leader's job scheduler. Batch jobs' records are in
 //! [`state::jobs`]; their data is reached through `wasmgrid_api::JobIo`.
 
+pub mod blobs;
 pub mod codec;
 pub mod log;
 pub mod module;

@@ -40,6 +40,7 @@ use crate::state::{
 use crate::transport::{self, HttpTransport};
 
 mod answer;
+mod artifacts;
 mod auth;
 mod cluster;
 mod forward;
@@ -287,8 +288,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let transport = HttpTransport::start(config.id, &BTreeMap::new(), &config.admin_token)
         .map_err(|e| StartError::Config(e.to_string()))?;
     let replica = opened.start(transport).map_err(storage)?;
+    let blobs = crate::blobs::Blobs::open(&config.data_dir.join("blobs"))
+        .map_err(|e| StartError::Storage { dir: config.data_dir.clone(), reason: e.to_string() })?;
     let app = App(Arc::new(Inner {
         replica: replica.clone(),
+        blobs,
+        blobs_changed: tokio::sync::Notify::new(),
         tls: config.tls.is_some(),
         http,
         request_timeout: config.request_timeout,
@@ -313,6 +318,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     tokio::spawn(nodes::watch_gpu_quotas(app.clone()));
     tokio::spawn(placement::watch(app.clone()));
     tokio::spawn(membership::promote_learners(app.clone()));
+    tokio::spawn(artifacts::sync(app.clone(), config.admin_token.clone()));
     tokio::spawn(membership::watch_removal(app.clone(), config.admin_token.clone()));
 
     let (tx, rx) = oneshot::channel::<()>();
@@ -330,6 +336,10 @@ struct App(Arc<Inner>);
 
 struct Inner {
     replica: Replica,
+    /// Artifacts' bytes on this replica.
+    blobs: crate::blobs::Blobs,
+    /// Woken when an artifact is recorded: replicas copy what they lack.
+    blobs_changed: tokio::sync::Notify,
     /// Whether the replicas serve HTTPS.
     tls: bool,
     http: reqwest::Client,
@@ -382,6 +392,12 @@ fn router(app: App) -> Router {
         .route("/v1/cluster/replicas/{id}", delete(membership::remove_replica))
         .route("/v1/modules", post(functions::upload_module).layer(DefaultBodyLimit::max(MAX_MODULE_BYTES)))
         .route("/v1/modules/{sha256}", get(functions::download_module))
+        .route("/v1/artifacts", get(artifacts::list))
+        .route("/v1/artifacts/{sha256}", get(artifacts::download).post(artifacts::commit))
+        .route(
+            "/v1/artifacts/{sha256}/chunks",
+            put(artifacts::put_chunk).layer(DefaultBodyLimit::max(crate::blobs::MAX_CHUNK_BYTES)),
+        )
         .route("/v1/functions", get(functions::list_functions))
         .route("/v1/functions/{name}", get(functions::show_function).delete(functions::delete_function))
         .route("/v1/functions/{name}/versions", post(functions::deploy))

@@ -36,6 +36,7 @@ fn spec(weight: &str) -> FunctionSpec {
         gpu: Default::default(),
         public: false,
         replicas: Default::default(),
+        artifacts: Default::default(),
     }
 }
 

@@ -97,6 +97,7 @@ enum Body {
     None,
     Json(Bytes),
     Wasm(Bytes),
+    Octets(Bytes),
 }
 
 impl Client {
@@ -161,6 +162,7 @@ impl Client {
                 Body::None => request,
                 Body::Json(bytes) => request.header("content-type", "application/json").body(bytes.clone()),
                 Body::Wasm(bytes) => request.header("content-type", "application/wasm").body(bytes.clone()),
+                Body::Octets(bytes) => request.header("content-type", "application/octet-stream").body(bytes.clone()),
             };
             match request.send().await {
                 Ok(response) => {
@@ -198,6 +200,35 @@ impl Client {
         }
         let bytes = response.bytes().await.map_err(|e| ApiError::Decode { url, reason: describe(&e) })?;
         Ok(bytes.to_vec())
+    }
+
+    /// Sends the bytes of artifact `sha256` from `offset`: one chunk of an
+    /// upload, which [`Client::commit_artifact`] completes.
+    pub async fn upload_chunk(&self, sha256: &str, offset: u64, bytes: Bytes) -> Result<ChunkReceived, ApiError> {
+        let path = format!("/v1/artifacts/{}/chunks?offset={offset}", segment(sha256));
+        self.call(Method::PUT, &path, Body::Octets(bytes)).await
+    }
+
+    /// Completes the upload of artifact `sha256`, of `size` bytes: the
+    /// control plane checks its hash and stores it.
+    pub async fn commit_artifact(&self, sha256: &str, size: u64) -> Result<ArtifactInfo, ApiError> {
+        let path = format!("/v1/artifacts/{}", segment(sha256));
+        self.call(Method::POST, &path, Self::json(&CommitArtifact { size })).await
+    }
+
+    /// The tenant's artifacts.
+    pub async fn artifacts(&self) -> Result<ArtifactList, ApiError> {
+        self.call(Method::GET, "/v1/artifacts", Body::None).await
+    }
+
+    /// The response carrying artifact `sha256`'s bytes, to stream (the
+    /// caller verifies the hash).
+    pub async fn artifact(&self, sha256: &str) -> Result<reqwest::Response, ApiError> {
+        let (url, response) = self.send(Method::GET, &format!("/v1/artifacts/{}", segment(sha256)), Body::None).await?;
+        if !response.status().is_success() {
+            return Err(error_from(&url, response).await);
+        }
+        Ok(response)
     }
 
     /// Adds a version to a function (creating it) and makes it active.

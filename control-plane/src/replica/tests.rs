@@ -114,6 +114,7 @@ fn deploy(name: &str, module: &[u8]) -> Command {
             gpu: Default::default(),
             public: false,
             replicas: Default::default(),
+            artifacts: Default::default(),
         },
         placement: None,
     }

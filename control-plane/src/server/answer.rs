@@ -31,6 +31,7 @@ pub(super) fn state_failure(e: StateError) -> Failure {
         StateError::InvalidName { .. } | StateError::ChecksumMismatch { .. } => Failure::bad(message),
         StateError::ModuleTooLarge { .. } => Failure::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message),
         StateError::ModuleNotFound { .. }
+        | StateError::ArtifactNotFound { .. }
         | StateError::FunctionNotFound { .. }
         | StateError::VersionNotFound { .. }
         | StateError::JobNotFound { .. }

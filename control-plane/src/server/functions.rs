@@ -76,6 +76,7 @@ pub(super) fn version_info(v: &Version) -> VersionInfo {
         gpu: v.spec.gpu,
         public: v.spec.public,
         replicas: v.spec.replicas,
+        artifacts: v.spec.artifacts.clone(),
         created_at: v.created_at,
     }
 }
@@ -91,6 +92,16 @@ pub(super) fn summary(f: &Function) -> FunctionSummary {
         module: active.map(|v| v.module.clone()).unwrap_or_default(),
         nodes: f.placement.clone(),
     }
+}
+
+/// An artifact's name: what a guest asks for (`artifacts::read("model")`).
+fn check_artifact_name(name: &str) -> Answer<()> {
+    let valid =
+        (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !valid {
+        return Err(Failure::bad(format!("`{name}` is not an artifact name: 1 to 64 of A-Z a-z 0-9 . _ -")));
+    }
+    Ok(())
 }
 
 /// 64 lowercase hex digits, as sha256 names are written.
@@ -136,6 +147,14 @@ pub(super) async fn deploy(
     app.barrier().await?;
     if !app.0.replica.state().owns_module(&tenant, &request.module)? {
         return Err(StateError::ModuleNotFound { sha256: request.module }.into());
+    }
+    for (name, sha256) in &request.artifacts {
+        check_artifact_name(name)?;
+        if !is_sha256(sha256) || !app.0.replica.state().owns_artifact(&tenant, sha256)? {
+            return Err(Failure::not_found(format!(
+                "artifact `{name}`: no artifact with sha256 {sha256}; upload it first"
+            )));
+        }
     }
     let kind = app.kind_of(&request.module).await?;
     if request.gpu == GpuPlacement::Required {
@@ -196,6 +215,7 @@ pub(super) async fn deploy(
         gpu: request.gpu,
         public: request.public,
         replicas: if placing { request.replicas.unwrap_or(DEFAULT_REPLICAS) } else { Replicas::All },
+        artifacts: request.artifacts.clone(),
     };
     let placement = match placing {
         true => Some(app.placement_for(&tenant, &name, &spec).await?),

@@ -164,6 +164,7 @@ fn route_table(app: &App, revision: u64) -> Answer<RouteTable> {
                 config: v.spec.config.clone(),
                 gpu: v.spec.gpu,
                 public: v.spec.public,
+                artifacts: v.spec.artifacts.clone(),
                 nodes: f.placement.clone(),
             })
         })

@@ -10,7 +10,9 @@ use super::{Tx, abort};
 pub(super) fn apply(tx: &Tx<'_>, command: &Command) -> ConflictableTransactionResult<Result<Applied>, StateError> {
     let Tx { modules, functions, versions, nodes, access, index } = *tx;
     Ok(match command {
-        Command::PutModule { tenant, .. } | Command::Deploy { tenant, .. } if !tx.tenant_exists(tenant)? => {
+        Command::PutModule { tenant, .. } | Command::PutArtifact { tenant, .. } | Command::Deploy { tenant, .. }
+            if !tx.tenant_exists(tenant)? =>
+        {
             Err(StateError::TenantNotFound { name: tenant.clone() })
         }
         Command::PutModule { tenant, sha256, bytes, .. } => {
@@ -22,9 +24,19 @@ pub(super) fn apply(tx: &Tx<'_>, command: &Command) -> ConflictableTransactionRe
             }
             Ok(Applied::ModuleStored { sha256: sha256.clone(), existed })
         }
+        Command::PutArtifact { tenant, sha256, size } => {
+            let existed = access.insert(artifact_owner_key(tenant, sha256), &[])?.is_some();
+            access.insert(artifact_key(sha256), encode(size).map_err(abort)?)?;
+            Ok(Applied::ArtifactStored { sha256: sha256.clone(), existed })
+        }
         Command::Deploy { tenant, name, module, spec, placement } => {
             if modules.get(module.as_bytes())?.is_none() || access.get(owner_key(tenant, module))?.is_none() {
                 return Ok(Err(StateError::ModuleNotFound { sha256: module.clone() }));
+            }
+            for sha256 in spec.artifacts.values() {
+                if access.get(artifact_owner_key(tenant, sha256))?.is_none() {
+                    return Ok(Err(StateError::ArtifactNotFound { sha256: sha256.clone() }));
+                }
             }
             let key = function_key(tenant, name);
             let mut head = match functions.get(&key)? {

@@ -93,6 +93,7 @@ impl JobRecord {
             timeout_ms: 1000,
             config: Default::default(),
             gpu: Default::default(),
+            artifacts: Default::default(),
         };
         JobRecord {
             id: id.into(),

@@ -294,6 +294,7 @@ impl State {
                 let tx = Tx { modules, functions, versions, nodes, access, index };
                 let outcome = match command {
                     Command::PutModule { .. }
+                    | Command::PutArtifact { .. }
                     | Command::Deploy { .. }
                     | Command::Rollback { .. }
                     | Command::Delete { .. }
@@ -399,6 +400,36 @@ impl State {
         Ok(self.modules.get(sha256.as_bytes())?.map(|v| v.to_vec()))
     }
 
+    /// The size of stored artifact `sha256`, if it is one.
+    pub fn artifact(&self, sha256: &str) -> Result<Option<u64>> {
+        match self.access.get(artifact_key(sha256))? {
+            Some(v) => Ok(Some(decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether `tenant` uploaded artifact `sha256`.
+    pub fn owns_artifact(&self, tenant: &str, sha256: &str) -> Result<bool> {
+        Ok(self.access.contains_key(artifact_owner_key(tenant, sha256))?)
+    }
+
+    /// The artifacts `tenant` uploaded (every one for `None`): sha256 and size.
+    pub fn artifacts(&self, tenant: Option<&str>) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        let prefix = match tenant {
+            Some(t) => format!("artifact-owner/{t}/"),
+            None => "artifact/".to_string(),
+        };
+        for key in self.access.scan_prefix(prefix.as_bytes()).keys() {
+            let key = key?;
+            let sha256 = String::from_utf8_lossy(&key[key.len().saturating_sub(64)..]).into_owned();
+            if let Some(size) = self.artifact(&sha256)? {
+                out.push((sha256, size));
+            }
+        }
+        Ok(out)
+    }
+
     /// Whether `tenant` uploaded the module.
     pub fn owns_module(&self, tenant: &str, sha256: &str) -> Result<bool> {
         Ok(self.access.contains_key(owner_key(tenant, sha256))?)
@@ -433,6 +464,8 @@ impl State {
             let sha256 = &key[key.len().saturating_sub(64)..];
             total += self.modules.get(sha256)?.map_or(0, |m| m.len() as u64);
         }
+        // Artifacts count against the same storage.
+        total += self.artifacts(Some(tenant))?.iter().map(|(_, size)| size).sum::<u64>();
         Ok(total)
     }
 

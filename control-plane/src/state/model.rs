@@ -17,6 +17,9 @@ pub const DEFAULT_TENANT: &str = "default";
 /// Largest module the state accepts, in bytes.
 pub const MAX_MODULE_BYTES: usize = 64 << 20;
 
+/// Largest artifact, in bytes.
+pub const MAX_ARTIFACT_BYTES: u64 = 4 << 30;
+
 /// How one version of a function runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FunctionSpec {
@@ -31,6 +34,9 @@ pub struct FunctionSpec {
     /// Whether it needs a node with a GPU.
     #[serde(default)]
     pub gpu: wasmgrid_api::GpuPlacement,
+    /// Artifacts its calls read, by name: their sha256.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub artifacts: BTreeMap<String, String>,
     /// Whether the gateways serve it without a token.
     #[serde(default)]
     pub public: bool,
@@ -118,6 +124,17 @@ pub enum Command {
         /// numbers: decoding a large module byte by byte took seconds.
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
+    },
+    /// Records that artifact `sha256` of `size` bytes is stored (its bytes
+    /// are in each replica's blob store, not in the log) and that `tenant`
+    /// uploaded it: a tenant deploys only artifacts it uploaded.
+    PutArtifact {
+        /// The uploader.
+        tenant: String,
+        /// The sha256 of its bytes, hex.
+        sha256: String,
+        /// Its size in bytes.
+        size: u64,
     },
     /// Adds a version to a function (creating it) and makes it active.
     Deploy {
@@ -303,7 +320,8 @@ impl From<LegacyCommand> for Command {
                 let LegacySpec { kind, memory, timeout_ms, config, gpu, public } = spec;
                 // Versions of then ran on every node.
                 let replicas = wasmgrid_api::Replicas::All;
-                let spec = FunctionSpec { kind, memory, timeout_ms, config, gpu, public, replicas };
+                let artifacts = BTreeMap::new();
+                let spec = FunctionSpec { kind, memory, timeout_ms, config, gpu, public, replicas, artifacts };
                 Command::Deploy { tenant, name, module, spec, placement: None }
             }
             LegacyCommand::Rollback { tenant, name, version } => Command::Rollback { tenant, name, version },
@@ -422,6 +440,16 @@ pub(super) fn owner_key(tenant: &str, sha256: &str) -> Vec<u8> {
     format!("owner/{tenant}/{sha256}").into_bytes()
 }
 
+/// An artifact's record in the `access` tree: its size.
+pub(super) fn artifact_key(sha256: &str) -> Vec<u8> {
+    format!("artifact/{sha256}").into_bytes()
+}
+
+/// That `tenant` uploaded artifact `sha256`.
+pub(super) fn artifact_owner_key(tenant: &str, sha256: &str) -> Vec<u8> {
+    format!("artifact-owner/{tenant}/{sha256}").into_bytes()
+}
+
 /// A version's key in the `versions` tree: its function's key, then the
 /// version zero-padded, so a function's versions sort in order.
 pub(super) fn version_key(tenant: &str, name: &str, version: u64) -> Vec<u8> {
@@ -452,6 +480,16 @@ pub(super) fn precheck(command: &Command) -> Result<()> {
             let actual = sha256_hex(bytes);
             if &actual != sha256 {
                 return Err(StateError::ChecksumMismatch { expected: sha256.clone(), actual });
+            }
+            Ok(())
+        }
+        Command::PutArtifact { tenant, sha256, size } => {
+            validate_name(tenant)?;
+            if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                return Err(StateError::Storage(format!("`{sha256}` is not a sha256")));
+            }
+            if *size > MAX_ARTIFACT_BYTES {
+                return Err(StateError::Storage(format!("an artifact of {size} bytes is over {MAX_ARTIFACT_BYTES}")));
             }
             Ok(())
         }

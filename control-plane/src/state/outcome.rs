@@ -40,6 +40,12 @@ pub enum StateError {
         /// The sha256 named.
         sha256: String,
     },
+    /// A deploy names an artifact the tenant never uploaded.
+    #[error("no artifact with sha256 {sha256}; upload it first")]
+    ArtifactNotFound {
+        /// The sha256 named.
+        sha256: String,
+    },
     /// No such job.
     #[error("job `{id}` not found")]
     JobNotFound {
@@ -104,6 +110,13 @@ pub enum Applied {
         /// Its sha256.
         sha256: String,
         /// Whether it was stored before.
+        existed: bool,
+    },
+    /// The artifact is recorded; `existed` if the tenant had it already.
+    ArtifactStored {
+        /// Its sha256.
+        sha256: String,
+        /// Whether the tenant had stored it before.
         existed: bool,
     },
     /// A new version was created and is active.

@@ -12,6 +12,7 @@ fn spec() -> FunctionSpec {
         gpu: Default::default(),
         public: false,
         replicas: Default::default(),
+        artifacts: Default::default(),
     }
 }
 

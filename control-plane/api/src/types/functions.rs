@@ -17,6 +17,40 @@ pub struct ModuleInfo {
     pub existed: bool,
 }
 
+/// A stored artifact: bytes a function reads by name (a model, a lookup
+/// table), kept once under their sha256 outside the consensus log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactInfo {
+    /// Its sha256, hex: the name to deploy it by.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Whether the tenant had stored it before this upload.
+    #[serde(default)]
+    pub existed: bool,
+}
+
+/// `GET /v1/artifacts`: the tenant's artifacts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactList {
+    pub artifacts: Vec<ArtifactInfo>,
+}
+
+/// `PUT /v1/artifacts/{sha256}/chunks?offset=N`: how many bytes the
+/// upload holds now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkReceived {
+    pub received: u64,
+}
+
+/// `POST /v1/artifacts/{sha256}`: the upload is complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitArtifact {
+    /// Its size in bytes.
+    pub size: u64,
+}
+
 /// Where a function may run, by whether a node has a GPU.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -148,6 +182,10 @@ pub struct DeployRequest {
     /// takes the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<Replicas>,
+    /// Artifacts its calls read (`artifacts` interface), by name: the
+    /// sha256 of an uploaded artifact. Left out when empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub artifacts: BTreeMap<String, String>,
 }
 
 /// `POST /v1/functions/{name}/rollback`.
@@ -183,6 +221,9 @@ pub struct VersionInfo {
     #[serde(default)]
     pub replicas: Replicas,
     /// The control plane's log index that created it.
+    /// Artifacts it reads, by name: their sha256.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub artifacts: BTreeMap<String, String>,
     pub created_at: u64,
 }
 

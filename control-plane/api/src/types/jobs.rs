@@ -353,6 +353,9 @@ pub struct TaskFunction {
     /// Whether it needs a node with a GPU.
     #[serde(default)]
     pub gpu: GpuPlacement,
+    /// Artifacts its calls read, by name: their sha256.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub artifacts: BTreeMap<String, String>,
 }
 
 fn one() -> u32 {

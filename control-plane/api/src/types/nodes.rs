@@ -367,6 +367,9 @@ pub struct Route {
     /// Whether it is served without a token.
     #[serde(default)]
     pub public: bool,
+    /// Artifacts its calls read, by name: their sha256.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub artifacts: BTreeMap<String, String>,
     /// Why its `gpu` calls are refused (its tenant used its GPU quota).
     #[serde(default)]
     pub gpu_refused: Option<String>,

@@ -229,6 +229,7 @@ fn task_function(app: &App, tenant: &str, name: &str, timeout_ms: Option<u64>) -
         timeout_ms: timeout_ms.unwrap_or(v.spec.timeout_ms),
         config: v.spec.config.clone(),
         gpu: v.spec.gpu,
+        artifacts: v.spec.artifacts.clone(),
     };
     Ok((v.version, v.spec.kind.clone(), function))
 }
