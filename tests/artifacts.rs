@@ -3,15 +3,20 @@
 //! A 20 MB file deployed with `--artifact` is uploaded in chunks, reaches
 //! every replica byte for byte (copied from a peer), is listed, streams
 //! back from a follower, is not uploaded again, and another tenant can
-//! neither read it nor claim it by its hash.
+//! neither read it nor claim it by its hash. A 75 KB MLP (too large for a
+//! config) deployed as an artifact scores like the model evaluated here,
+//! by `wasmgrid run` and per request; a 200 MB artifact reaches two nodes,
+//! which serve its version, while the control plane's memory grows by a
+//! small part of it.
 
 mod common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::grid::Replicas;
+use common::grid::{Node, Replicas};
 use common::grid_ok;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use wasmgrid_test_artifacts as guests;
 
@@ -144,4 +149,154 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// An MLP of 20 features, 64 and 32 hidden units and one output: 3,393
+/// parameters, about 75 KB as JSON.
+fn mlp(seed: u64) -> Value {
+    let mut rng = common::Rng::new(seed);
+    let mut layer = |inputs: usize, outputs: usize, activation: &str| {
+        let weights: Vec<Vec<f64>> =
+            (0..inputs).map(|_| (0..outputs).map(|_| (rng.unit() * 2.0 - 1.0) * 0.4).collect()).collect();
+        let bias: Vec<f64> = (0..outputs).map(|_| rng.unit() * 0.2 - 0.1).collect();
+        json!({"weights": weights, "bias": bias, "activation": activation})
+    };
+    let layers = vec![layer(20, 64, "relu"), layer(64, 32, "relu"), layer(32, 1, "sigmoid")];
+    let features: Vec<String> = (0..20).map(|i| format!("x{i}")).collect();
+    json!({"features": features, "layers": layers})
+}
+
+/// The model evaluated here, in f64.
+fn forward(model: &Value, row: &Value) -> f64 {
+    let features = model["features"].as_array().expect("features");
+    let mut x: Vec<f64> = features.iter().map(|f| row[f.as_str().expect("name")].as_f64().expect("x")).collect();
+    for layer in model["layers"].as_array().expect("layers") {
+        let w: Vec<Vec<f64>> = serde_json::from_value(layer["weights"].clone()).expect("weights");
+        let mut y: Vec<f64> = serde_json::from_value(layer["bias"].clone()).expect("bias");
+        for (xi, wi) in x.iter().zip(&w) {
+            for (yj, wij) in y.iter_mut().zip(wi) {
+                *yj += xi * wij;
+            }
+        }
+        for v in &mut y {
+            *v = match layer["activation"].as_str() {
+                Some("relu") => v.max(0.0),
+                Some("sigmoid") => 1.0 / (1.0 + (-*v).exp()),
+                _ => *v,
+            };
+        }
+        x = y;
+    }
+    x[0]
+}
+
+fn feature_rows(n: usize, seed: u64) -> Vec<Value> {
+    let mut rng = common::Rng::new(seed);
+    (0..n)
+        .map(|i| {
+            let mut row = serde_json::Map::new();
+            row.insert("id".into(), json!(i));
+            for f in 0..20 {
+                row.insert(format!("x{f}"), json!(rng.unit() * 4.0 - 2.0));
+            }
+            Value::Object(row)
+        })
+        .collect()
+}
+
+fn assert_close(what: &str, got: &[(u64, f64)], model: &Value, rows: &[Value]) {
+    assert_eq!(got.len(), rows.len(), "{what}: one score per row");
+    for (id, score) in got {
+        let want = forward(model, &rows[*id as usize]);
+        assert!((score - want).abs() <= 1e-4, "{what}: row {id}: {score} vs {want}");
+    }
+}
+
+/// Resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_75_kb_mlp_deployed_as_an_artifact_scores_and_a_200_mb_one_reaches_two_nodes() {
+    let replicas = Replicas::start(1, 1000);
+    replicas.wait_leader(Duration::from_secs(15)).await;
+    let urls = replicas.urls();
+    let dir = replicas.dir.path();
+    let model = mlp(3);
+    let model_path = dir.join("mlp.json");
+    std::fs::write(&model_path, model.to_string()).expect("model");
+    let size = std::fs::metadata(&model_path).expect("model").len();
+    assert!((70_000..80_000).contains(&size), "the MLP is {size} bytes as JSON");
+    let rows = feature_rows(500, 11);
+
+    // As config it is refused: over 64 KiB.
+    let e = common::fails(common::grid_cli(
+        &urls,
+        &["deploy", "mlp", guests::MLP_SCORE, "--config", &format!("model={model}")],
+    ));
+    assert!(e.contains("over the limit of 65536"), "{e}");
+
+    // `wasmgrid run` with the file as its artifact.
+    let input = dir.join("rows.jsonl");
+    common::write_jsonl(&input, &rows);
+    let out = dir.join("local");
+    let flag = format!("model={}", model_path.display());
+    let (input_s, out_s) = (input.display().to_string(), out.display().to_string());
+    common::ok(
+        common::wasmgrid()
+            .args(["run", guests::MLP_SCORE, "-i", &input_s, "-o", &out_s, "--artifact", &flag])
+            .output()
+            .expect("run"),
+    );
+    assert_close("wasmgrid run", &common::scores_in(&out), &model, &rows);
+
+    // Deployed with it, beside a 200 MB artifact, on two nodes.
+    let big = dir.join("big.bin");
+    std::fs::write(&big, noise(200 << 20, 4)).expect("big");
+    let big_sha = sha256_of(&big);
+    let nodes = [Node::start(&urls, &dir.join("node-a")), Node::start(&urls, &dir.join("node-b"))];
+    // Version 1 without it (the control plane compiles the module and runs
+    // its `init` once), then version 2 with it: what the 200 MB cost.
+    grid_ok(&urls, &["deploy", "mlp", guests::MLP_SCORE, "--artifact", &flag, "--replicas", "2"]);
+    let before = rss(replicas.pid(1));
+    let big_flag = format!("blob={}", big.display());
+    let deploy = ["deploy", "mlp", guests::MLP_SCORE, "--artifact", &flag, "--artifact", &big_flag, "--replicas", "2"];
+    let out = grid_ok(&urls, &deploy);
+    assert!(out.contains("deployed mlp version 2"), "{out}");
+    let grown = rss(replicas.pid(1)).saturating_sub(before);
+    eprintln!("control plane RSS {before} -> +{grown} bytes for a 200 MiB artifact");
+    assert!(grown < 32 << 20, "the control plane grew by {grown} bytes for a 200 MB artifact");
+
+    // Both nodes fetch both artifacts and serve the version: 500 rows in one request.
+    let http = common::http();
+    for node in &nodes {
+        let url = format!("{}/v1/fn/default/mlp", node.url);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let body: Value = loop {
+            let response = http.post(&url).json(&json!({ "rows": rows })).send().await.expect("answer");
+            if response.status() == 200 {
+                break response.json().await.expect("json");
+            }
+            assert!(Instant::now() < deadline, "{}: {}", node.url, response.text().await.unwrap_or_default());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let scores: Vec<(u64, f64)> = body["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| (r["id"].as_u64().expect("id"), r["score"].as_f64().expect("score")))
+            .collect();
+        assert_close(&node.url, &scores, &model, &rows);
+    }
+    for name in ["node-a", "node-b"] {
+        let kept = dir.join(name).join("modules").join(format!("{big_sha}.artifact"));
+        assert_eq!(std::fs::metadata(&kept).map(|m| m.len()).ok(), Some(200 << 20), "{name}");
+    }
 }

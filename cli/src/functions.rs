@@ -98,8 +98,9 @@ pub enum ArtifactsCommand {
     },
 }
 
-/// Bytes per chunk of an artifact upload.
-const CHUNK_BYTES: usize = 8 << 20;
+/// Bytes per chunk of an artifact upload: small enough that neither side
+/// holds much of a large artifact at once.
+const CHUNK_BYTES: usize = 2 << 20;
 
 /// Uploads the file at `path` as an artifact, in chunks (none if the
 /// tenant stored it before); returns what the control plane recorded.

@@ -129,6 +129,10 @@ struct RunArgs {
     /// Config value the function sees (repeatable).
     #[arg(long = "config", short = 'c', value_name = "KEY=VALUE", value_parser = units::parse_key_value)]
     config: Vec<(String, String)>,
+    /// A file the function reads by name (`artifacts` interface): a model,
+    /// a lookup table (repeatable).
+    #[arg(long = "artifact", value_name = "NAME=PATH", value_parser = units::parse_key_value)]
+    artifacts: Vec<(String, String)>,
     /// Output format.
     #[arg(long, short, default_value = "jsonl", value_parser = parse_output_format)]
     format: Format,
@@ -352,6 +356,7 @@ fn run(args: RunArgs) -> Result<()> {
     job.overwrite = args.overwrite;
     job.reduce = args.reduce.clone();
     job.config = args.config.into_iter().collect::<BTreeMap<_, _>>();
+    job.artifacts = args.artifacts.into_iter().map(|(name, path)| (name, PathBuf::from(path))).collect();
     if let Some(t) = args.threads {
         anyhow::ensure!(t > 0, "--threads must be at least 1");
         job.threads = t;

@@ -436,10 +436,17 @@ impl server::InitCheck for RuntimeInit {
         &self,
         module: &[u8],
         config: &BTreeMap<String, String>,
+        artifacts: &BTreeMap<String, (String, PathBuf)>,
         memory: u64,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let limits = wasmgrid_runtime::Limits { memory, ..Default::default() };
-        Ok(self.0.check_init(module, &Arc::new(config.clone()), &limits)?)
+        let artifacts = artifacts
+            .iter()
+            .map(|(name, (sha256, path))| {
+                (name.clone(), wasmgrid_runtime::Artifact { sha256: sha256.clone(), path: path.clone() })
+            })
+            .collect();
+        Ok(self.0.check_init(module, &Arc::new(config.clone()), &Arc::new(artifacts), &limits)?)
     }
 }
 

@@ -7,7 +7,7 @@
 //! through memory more than a chunk at a time.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 
 use std::path::{Path, PathBuf};
 
@@ -144,21 +144,9 @@ impl Blobs {
     }
 }
 
-/// The sha256 (hex) and length of a file, read a buffer at a time.
+/// The sha256 (hex) and length of a file.
 pub fn hash_file(path: &Path) -> Result<(String, u64), BlobError> {
-    let mut file = File::open(path).map_err(io("opening", path))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut len = 0u64;
-    loop {
-        let n = file.read(&mut buf).map_err(io("reading", path))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        len += n as u64;
-    }
-    Ok((hex::encode(hasher.finalize()), len))
+    wasmgrid_api::hash_file(path).map_err(io("reading", path))
 }
 
 #[cfg(test)]

@@ -169,6 +169,7 @@ pub trait InitCheck: Send + Sync + std::fmt::Debug {
         &self,
         module: &[u8],
         config: &BTreeMap<String, String>,
+        artifacts: &BTreeMap<String, (String, PathBuf)>,
         memory: u64,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
 }

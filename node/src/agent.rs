@@ -298,12 +298,16 @@ async fn install(gateway: &Gateway, client: &Client, modules_dir: &Path, id: &st
             next.insert(key, served);
             continue;
         }
-        let version = || Version { config: Arc::new(route.config.clone()), limits: wasmgrid_gateway::limits(&route) };
+        let version = || Version {
+            config: Arc::new(route.config.clone()),
+            artifacts: route.artifacts.clone(),
+            limits: wasmgrid_gateway::limits(&route),
+        };
         match modules::prepare(gateway.runtime(), client, modules_dir, &route.module, version()).await {
-            Ok(function) => {
+            Ok((function, artifacts)) => {
                 tracing::info!(function = %route.name, version = route.version, "ready to serve");
                 let reload = modules::reloader(gateway.runtime(), modules_dir, &route.module, version());
-                next.insert(key, Arc::new(gateway.serve(route, function, reload)));
+                next.insert(key, Arc::new(gateway.serve(route, function, artifacts, reload)));
             }
             Err(e) => {
                 tracing::error!(function = %route.name, version = route.version, "cannot serve this version: {e}");

@@ -137,8 +137,12 @@ fn stop_jobs(running: &Running, jobs: &[String]) {
 /// compiled here, else once it has been fetched and compiled.
 fn start(worker: &Arc<Worker>, pool: &Arc<Pool>, ticket: Ticket) {
     let task_function = &ticket.task.function;
-    if let Some(function) = worker.runtime.loaded_version(&task_function.module, &task_function.config) {
-        pool.run(attempt(ticket, function));
+    let local = crate::modules::local_artifacts(&worker.modules_dir, &task_function.artifacts);
+    if let Some(artifacts) = local
+        && let Some(function) =
+            worker.runtime.loaded_version_with(&task_function.module, &task_function.config, &artifacts)
+    {
+        pool.run(attempt(ticket, function, artifacts));
         return;
     }
     let (worker, pool) = (worker.clone(), pool.clone());
@@ -146,11 +150,12 @@ fn start(worker: &Arc<Worker>, pool: &Arc<Pool>, ticket: Ticket) {
         let module = &ticket.task.function.module;
         let version = Version {
             config: Arc::new(ticket.task.function.config.clone()),
+            artifacts: ticket.task.function.artifacts.clone(),
             limits: wasmgrid_jobs::task::limits(&ticket.task, None),
         };
         let (runtime, client, dir) = (&worker.runtime, &worker.client, &worker.modules_dir);
         match prepare(runtime, client, dir, module, version).await {
-            Ok(function) => pool.run(attempt(ticket, function)),
+            Ok((function, artifacts)) => pool.run(attempt(ticket, function, artifacts)),
             Err(error) => ticket.finish(Some(TaskOutcome::Failed { error: error.to_string() })),
         }
     });
@@ -265,7 +270,7 @@ impl Ticket {
 /// The batch-thread work of one attempt: run it, keep its logs, report it.
 /// Everything happens on the batch thread, so tiny attempts run back to
 /// back without a hand-off to the async runtime in between.
-fn attempt(ticket: Ticket, function: Arc<Function>) -> Job {
+fn attempt(ticket: Ticket, function: Arc<Function>, artifacts: wasmgrid_runtime::Artifacts) -> Job {
     Box::new(move |segments| {
         if ticket.stop.load(Ordering::Relaxed) {
             return ticket.finish(None);
@@ -287,8 +292,14 @@ fn attempt(ticket: Ticket, function: Arc<Function>) -> Job {
         let started = std::time::Instant::now();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut output = wasmgrid_runtime::Captured::default();
-            let result =
-                wasmgrid_jobs::task::run(&function, &ticket.task, Some(ticket.stop.clone()), &mut output, segments);
+            let result = wasmgrid_jobs::task::run(
+                &function,
+                &ticket.task,
+                &artifacts,
+                Some(ticket.stop.clone()),
+                &mut output,
+                segments,
+            );
             ticket.logs.keep(&ticket.task, output.kept(result.as_ref().err().map(|e| e as &dyn std::fmt::Display)));
             result
         }));

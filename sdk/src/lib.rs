@@ -76,6 +76,7 @@ pub mod bindings {
                 "wasmgrid:function/log@0.1.0": crate::bindings::scorer::wasmgrid::function::log,
                 "wasmgrid:function/config@0.1.0": crate::bindings::scorer::wasmgrid::function::config,
                 "wasmgrid:function/gpu@0.1.0": crate::bindings::scorer::wasmgrid::function::gpu,
+                "wasmgrid:function/artifacts@0.1.0": crate::bindings::scorer::wasmgrid::function::artifacts,
             },
             pub_export_macro: true,
             export_macro_name: "__export_scorer_calls_world",
@@ -92,6 +93,7 @@ pub mod bindings {
                 "wasmgrid:function/log@0.1.0": crate::bindings::scorer::wasmgrid::function::log,
                 "wasmgrid:function/config@0.1.0": crate::bindings::scorer::wasmgrid::function::config,
                 "wasmgrid:function/gpu@0.1.0": crate::bindings::scorer::wasmgrid::function::gpu,
+                "wasmgrid:function/artifacts@0.1.0": crate::bindings::scorer::wasmgrid::function::artifacts,
             },
             pub_export_macro: true,
             export_macro_name: "__export_mapper_world",
@@ -107,6 +109,7 @@ pub mod bindings {
                 "wasmgrid:function/types@0.1.0": crate::bindings::scorer::wasmgrid::function::types,
                 "wasmgrid:function/log@0.1.0": crate::bindings::scorer::wasmgrid::function::log,
                 "wasmgrid:function/config@0.1.0": crate::bindings::scorer::wasmgrid::function::config,
+                "wasmgrid:function/artifacts@0.1.0": crate::bindings::scorer::wasmgrid::function::artifacts,
             },
             pub_export_macro: true,
             export_macro_name: "__export_aggregator_world",
@@ -341,6 +344,49 @@ pub mod __init {
         init()?;
         DONE.store(true, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// Files the function's version was deployed with (`wasmgrid deploy ...
+/// --artifact NAME=PATH`, `wasmgrid run ... --artifact NAME=PATH`): models,
+/// lookup tables, up to 4 GiB each, read-only. Read them in `init`, so the
+/// parsed model is in the image every call starts from.
+pub mod artifacts {
+    use super::wit::artifacts;
+
+    /// Bytes per host call of [`read`].
+    const PART: u32 = 8 << 20;
+
+    /// The size in bytes of artifact `name`, if the version has one.
+    pub fn size(name: &str) -> Option<u64> {
+        artifacts::size(name)
+    }
+
+    /// Up to `len` bytes of artifact `name` from `offset` (at most 16 MiB).
+    pub fn read_at(name: &str, offset: u64, len: u32) -> Result<Vec<u8>, String> {
+        artifacts::read(name, offset, len)
+    }
+
+    /// The whole of artifact `name`.
+    pub fn read(name: &str) -> Result<Vec<u8>, String> {
+        let Some(size) = artifacts::size(name) else {
+            // The host's error names the artifacts the version has.
+            return artifacts::read(name, 0, 0);
+        };
+        let mut out = Vec::with_capacity(usize::try_from(size).map_err(|e| e.to_string())?);
+        while (out.len() as u64) < size {
+            let part = artifacts::read(name, out.len() as u64, PART)?;
+            if part.is_empty() {
+                break;
+            }
+            out.extend_from_slice(&part);
+        }
+        Ok(out)
+    }
+
+    /// Artifact `name` as UTF-8 text.
+    pub fn read_string(name: &str) -> Result<String, String> {
+        String::from_utf8(read(name)?).map_err(|e| format!("artifact `{name}` is not UTF-8: {e}"))
     }
 }
 

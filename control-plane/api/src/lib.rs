@@ -23,6 +23,24 @@ pub use failure::{Answer, Failure, FailureCode};
 pub use job_io::{DEFAULT_PARTITION_SIZE, JobIo, JobIoError};
 pub use types::*;
 
+/// The sha256 (hex) and length of a file, read a megabyte at a time.
+pub fn hash_file(path: &std::path::Path) -> std::io::Result<(String, u64)> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok((hex::encode(hasher.finalize()), len));
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+}
+
 /// A function kind's name after "a" or "an": "a scorer", "an aggregator".
 pub fn a(kind: &str) -> String {
     let vowel = kind.starts_with(['a', 'e', 'i', 'o', 'u']);

@@ -189,10 +189,20 @@ pub(super) async fn deploy(
             return Err(quota(&tenant, "functions", limit, format!("a new function besides its {count}")));
         }
     }
-    if let Some(check) = app.0.init_check.clone() {
+    // `init` reads the artifacts from this replica's store (the leader
+    // committed them; one elected since may still be copying them, and
+    // then the nodes are the first to run `init`).
+    let local: Option<BTreeMap<String, (String, PathBuf)>> = request
+        .artifacts
+        .iter()
+        .map(|(name, sha256)| {
+            app.0.blobs.size(sha256).map(|_| (name.clone(), (sha256.clone(), app.0.blobs.path(sha256))))
+        })
+        .collect();
+    if let (Some(check), Some(artifacts)) = (app.0.init_check.clone(), local) {
         let bytes = app.module(&request.module).await?;
         let config = request.config.clone();
-        let checked = tokio::task::spawn_blocking(move || check.check(&bytes, &config, memory)).await;
+        let checked = tokio::task::spawn_blocking(move || check.check(&bytes, &config, &artifacts, memory)).await;
         checked
             .map_err(|e| Failure::internal(format!("the init check stopped: {e}")))?
             .map_err(|e| Failure::new(StatusCode::UNPROCESSABLE_ENTITY, "init_failed", e.to_string()))?;

@@ -1,7 +1,8 @@
 //! A multi-layer perceptron scorer on the `gpu` interface: adds column
 //! `score`, the last layer's first output.
 //!
-//! The model comes from config key `model`, a JSON object
+//! The model comes from the artifact `model` (`--artifact model=PATH`), or
+//! else from config key `model` (at most 64 KiB): a JSON object
 //! `{"features": ["col", ...], "layers": [{"weights": [[...], ...],
 //! "bias": [...], "activation": "relu"}, ...]}`: weights row-major,
 //! `in x out`; activations none, relu, sigmoid, tanh and softmax. The model
@@ -18,7 +19,7 @@ use std::sync::OnceLock;
 
 use serde::Deserialize;
 use wasmgrid_sdk::gpu::{self, Activation, Layer, Mlp, MlpWeights, Tensor};
-use wasmgrid_sdk::{Batch, BatchBuilder, Scorer, config, log};
+use wasmgrid_sdk::{Batch, BatchBuilder, Scorer, artifacts, config, log};
 
 #[derive(Deserialize)]
 struct ModelSpec {
@@ -62,10 +63,14 @@ fn activation(name: &str) -> Result<Activation, String> {
 }
 
 impl Spec {
-    /// Parses config `model` and checks that its layers chain.
+    /// Parses artifact (or config) `model` and checks that its layers chain.
     fn parse() -> Result<Spec, String> {
-        let spec: ModelSpec = serde_json::from_str(&config::require("model")?)
-            .map_err(|e| format!("config `model` is not a valid model: {e}"))?;
+        let (text, from) = match artifacts::size("model") {
+            Some(_) => (artifacts::read_string("model")?, "artifact"),
+            None => (config::require("model")?, "config"),
+        };
+        let spec: ModelSpec =
+            serde_json::from_str(&text).map_err(|e| format!("{from} `model` is not a valid model: {e}"))?;
         let layers = spec
             .layers
             .into_iter()

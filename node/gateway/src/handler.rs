@@ -15,7 +15,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument as _;
 use wasmgrid_api::{Answer, Failure, GpuPlacement, InvokeResponse, VERSION_HEADER, trace};
 use wasmgrid_runtime::convert::{json_to_wit, merge_json_scores};
-use wasmgrid_runtime::{Error, Io, Kind, Result};
+use wasmgrid_runtime::{Error, Kind, Result};
 
 use crate::admission::{Admitted, InFlight, admit, read_body};
 use crate::codec::{ARROW_STREAM, Rows, batch_to_rows, read_arrow, read_json, rows_to_batch, write_arrow};
@@ -203,7 +203,7 @@ fn score(served: &Served, rows: Rows) -> Result<Rows> {
         // batch and back: no Arrow on the way.
         Rows::Json { rows } => match json_to_wit(&rows) {
             Some(batch) => {
-                let mut instance = served.function.instantiate(&served.limits, served.config.clone(), Io::default())?;
+                let mut instance = served.function.instantiate(&served.limits, served.config.clone(), served.io())?;
                 let scores = instance.score(&batch);
                 served.settle(instance, scores.as_ref().err());
                 return Ok(Rows::Json { rows: merge_json_scores(rows, scores?)? });
@@ -219,7 +219,7 @@ fn score(served: &Served, rows: Rows) -> Result<Rows> {
 }
 
 fn score_arrow(served: &Served, batch: &RecordBatch) -> Result<RecordBatch> {
-    let mut instance = served.function.instantiate(&served.limits, served.config.clone(), Io::default())?;
+    let mut instance = served.function.instantiate(&served.limits, served.config.clone(), served.io())?;
     let scores = instance.score_arrow(batch);
     served.settle(instance, scores.as_ref().err());
     scores

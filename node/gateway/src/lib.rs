@@ -222,7 +222,13 @@ impl Gateway {
 
     /// A loaded function made ready to serve `route`; `reload` loads it
     /// again when the code cache evicted it.
-    pub fn serve(&self, route: Route, function: Arc<Function>, reload: Reload) -> Served {
+    pub fn serve(
+        &self,
+        route: Route,
+        function: Arc<Function>,
+        artifacts: wasmgrid_runtime::Artifacts,
+        reload: Reload,
+    ) -> Served {
         let limits = limits(&route);
         let key = (route.tenant.clone(), route.name.clone());
         let slots = self.config.max_concurrency;
@@ -246,7 +252,7 @@ impl Gateway {
         let tenant = Arc::from(route.tenant.as_str());
         let cost = CallCost::new();
         let function = served::Held::new(&function, reload);
-        Served { route, function, limits, config, gate, cost, meter, series, tenant }
+        Served { route, function, limits, config, gate, cost, meter, series, tenant, artifacts }
     }
 
     /// The table being served.

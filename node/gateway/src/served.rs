@@ -105,6 +105,8 @@ pub struct Served {
     pub(crate) series: Series,
     /// Its tenant, as the node's call slots count it.
     pub(crate) tenant: Arc<str>,
+    /// The version's artifacts, on this node's disk.
+    pub(crate) artifacts: wasmgrid_runtime::Artifacts,
 }
 
 /// Calls that may run inline at once: all the async runtime's workers but
@@ -162,7 +164,13 @@ impl Served {
             meter: self.meter.clone(),
             series: self.series.clone(),
             tenant: self.tenant.clone(),
+            artifacts: self.artifacts.clone(),
         }
+    }
+
+    /// What a call reads besides its rows: the version's artifacts.
+    pub(crate) fn io(&self) -> wasmgrid_runtime::Io {
+        wasmgrid_runtime::Io { artifacts: self.artifacts.clone(), ..Default::default() }
     }
 
     /// Ends a call's instance: charges its GPU time and keeps what it

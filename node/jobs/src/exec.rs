@@ -13,7 +13,7 @@ use arrow_array::RecordBatch;
 use wasmgrid_data::aggregate::Groups;
 use wasmgrid_data::pairs::Pairs;
 use wasmgrid_data::{OutputWriter, PartitionReader};
-use wasmgrid_runtime::{Captured, Error, Function, Instance, Io, Kind, Limits, Result};
+use wasmgrid_runtime::{Artifacts, Captured, Error, Function, Instance, Io, Kind, Limits, Result};
 
 /// Rows per batch an aggregator folds when no `prepare` call is in the
 /// way: the host's loop, not the guest's.
@@ -29,6 +29,16 @@ pub struct Call<'a> {
     pub limits: &'a Limits,
     /// The config values.
     pub config: &'a Config,
+    /// The version's artifacts.
+    pub artifacts: &'a Artifacts,
+}
+
+impl Call<'_> {
+    /// What a call reads and writes besides its arguments: `input`,
+    /// `output` and the version's artifacts.
+    fn io(&self, input: Option<PartitionReader>, output: Option<OutputWriter>) -> Io {
+        Io { input, output, artifacts: self.artifacts.clone() }
+    }
 }
 
 /// What one map task made.
@@ -79,7 +89,7 @@ pub fn map_range(
         Kind::Scorer => {
             let mut writer = writer;
             let mut records_in = 0;
-            let instance = function.instantiate(call.limits, call.config.clone(), Io::default())?;
+            let instance = function.instantiate(call.limits, call.config.clone(), call.io(None, None))?;
             let gpu_time = observed(instance, captured, |instance| {
                 for input in inputs {
                     let (_, mut reader) = input?;
@@ -97,7 +107,7 @@ pub fn map_range(
         Kind::Aggregator => {
             let mut groups: Option<Groups> = None;
             let mut records_in = 0;
-            let instance = function.instantiate(call.limits, call.config.clone(), Io::default())?;
+            let instance = function.instantiate(call.limits, call.config.clone(), call.io(None, None))?;
             observed(instance, captured, |instance| {
                 let aggregation = instance.aggregation()?;
                 let rows = if aggregation.prepare.is_some() { batch_rows } else { batch_rows.max(AGGREGATE_ROWS) };
@@ -133,7 +143,7 @@ pub fn map_range(
             };
             for input in inputs {
                 let (index, reader) = input?;
-                let io = Io { input: Some(reader), output: mapped.output.take() };
+                let io = call.io(Some(reader), mapped.output.take());
                 let instance = function.instantiate(call.limits, call.config.clone(), io)?;
                 let ((), finished) = observed(instance, captured, |instance| instance.run(index))?;
                 mapped.output = finished.output;
@@ -170,7 +180,7 @@ pub fn reduce(
     if groups.is_empty() {
         return Ok(0);
     }
-    let instance = function.instantiate(call.limits, call.config.clone(), Io::default())?;
+    let instance = function.instantiate(call.limits, call.config.clone(), call.io(None, None))?;
     observed(instance, captured, |instance| {
         for (key, values) in &groups {
             writer.write_record(&instance.reduce(key, values)?)?;
@@ -217,7 +227,7 @@ pub fn merge(
         return Err(Error::WrongKind { expected: "aggregator", actual: function.kind().name() });
     }
     let Some(first) = partials.first() else { return Ok(0) };
-    let instance = function.instantiate(call.limits, call.config.clone(), Io::default())?;
+    let instance = function.instantiate(call.limits, call.config.clone(), call.io(None, None))?;
     let (spec, _) = observed(instance, captured, |instance| Ok(instance.aggregation()?.spec))?;
     let mut groups = Groups::for_partials(spec, &first.schema())?;
     for partial in partials {

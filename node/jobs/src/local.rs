@@ -20,7 +20,7 @@ use serde::Serialize;
 use arrow_array::RecordBatch;
 use wasmgrid_data::pairs::Pairs;
 use wasmgrid_data::{self as data, Format, OutputWriter, Partition, PartitionReader, Span};
-use wasmgrid_runtime::{Captured, Error, Function, Kind, Limits, Result, Runtime};
+use wasmgrid_runtime::{Artifact, Artifacts, Captured, Error, Function, Kind, Limits, Result, Runtime};
 
 use crate::exec::{self, Call, Config};
 use crate::plan::part_name;
@@ -51,6 +51,8 @@ pub struct LocalJob {
     pub reduce: Option<PathBuf>,
     /// Config values the functions see.
     pub config: BTreeMap<String, String>,
+    /// Files the function reads by name (`artifacts` interface).
+    pub artifacts: BTreeMap<String, PathBuf>,
     /// Worker threads.
     pub threads: usize,
     /// Reduce partitions (output files of the reduce stage).
@@ -77,6 +79,7 @@ impl LocalJob {
             overwrite: false,
             reduce: None,
             config: BTreeMap::new(),
+            artifacts: BTreeMap::new(),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             reduce_partitions: std::thread::available_parallelism().map_or(1, |n| n.get()),
             limits: Limits::default(),
@@ -163,7 +166,7 @@ pub fn run(runtime: &Runtime, job: &LocalJob, progress: &dyn Progress) -> Result
 
     progress.stage("partitions", loaded.partitions.len() as u64);
     let results = parallel(&loaded.partitions, job.threads, |p| {
-        let r = map_partition(&loaded.function, job, &loaded.config, p.clone()).map_err(|e| Error::Partition {
+        let r = map_partition(&loaded.function, job, &loaded.call(job), p.clone()).map_err(|e| Error::Partition {
             index: p.index,
             path: describe(p),
             source: Box::new(e),
@@ -192,7 +195,7 @@ pub fn run(runtime: &Runtime, job: &LocalJob, progress: &dyn Progress) -> Result
         progress.stage("merges", 1);
         let name = part_name("part-r", 0, job.output_format);
         let mut writer = OutputWriter::create(&job.output.join(&name), job.output_format)?;
-        let call = Call { limits: &job.limits, config: &loaded.config };
+        let call = loaded.call(job);
         summary.keys = exec::merge(&loaded.function, call, &partials, &mut writer, &mut Captured::default())?;
         // No rows read, no groups: no file, as a grid job.
         if !partials.is_empty() {
@@ -208,7 +211,7 @@ pub fn run(runtime: &Runtime, job: &LocalJob, progress: &dyn Progress) -> Result
         let tasks: Vec<(usize, Mutex<Vec<Pairs>>)> = buckets.into_iter().map(Mutex::new).enumerate().collect();
         let done = parallel(&tasks, job.threads, |(i, pairs)| {
             let pairs = pairs.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default();
-            let r = reduce_partition(reducer, job, &loaded.config, *i, pairs).map_err(|e| Error::Partition {
+            let r = reduce_partition(reducer, job, &loaded.call(job), *i, pairs).map_err(|e| Error::Partition {
                 index: *i as u32,
                 path: format!("reduce partition {i}"),
                 source: Box::new(e),
@@ -238,6 +241,14 @@ struct Loaded {
     reducer: Option<Arc<Function>>,
     partitions: Vec<Partition>,
     config: Config,
+    artifacts: Artifacts,
+}
+
+impl Loaded {
+    /// How `job`'s calls run.
+    fn call<'a>(&'a self, job: &'a LocalJob) -> Call<'a> {
+        Call { limits: &job.limits, config: &self.config, artifacts: &self.artifacts }
+    }
 }
 
 /// Reads, checks and loads the job's functions and plans its input, before
@@ -250,7 +261,8 @@ fn load(runtime: &Runtime, job: &LocalJob) -> Result<Loaded> {
     // `init` runs once here, with the job's config; every partition's
     // instance starts from what it left.
     let config = Arc::new(job.config.clone());
-    let function = runtime.load_version(&function_bytes, &config, &job.limits)?;
+    let artifacts = local_artifacts(&job.artifacts)?;
+    let function = runtime.load_version_with(&function_bytes, &config, &artifacts, &job.limits)?;
     let reducer = match (&job.reduce, reducer_bytes) {
         (Some(_), Some(_)) if function.kind() == Kind::Aggregator => {
             return Err(Error::Job(format!(
@@ -284,7 +296,18 @@ fn load(runtime: &Runtime, job: &LocalJob) -> Result<Loaded> {
             job.function.display()
         )));
     }
-    Ok(Loaded { function, reducer, partitions, config })
+    Ok(Loaded { function, reducer, partitions, config, artifacts })
+}
+
+/// Local files as a version's artifacts: each hashed (the hash is part of
+/// what makes the version), none read into memory.
+fn local_artifacts(files: &BTreeMap<String, PathBuf>) -> Result<Artifacts> {
+    let mut artifacts = BTreeMap::new();
+    for (name, path) in files {
+        let (sha256, _) = wasmgrid_api::hash_file(path).map_err(|e| Error::io("reading the artifact", path, e))?;
+        artifacts.insert(name.clone(), Artifact { sha256, path: path.clone() });
+    }
+    Ok(Arc::new(artifacts))
 }
 
 /// Adds the map tasks' files to `summary` and gathers their pairs by
@@ -353,7 +376,7 @@ fn parallel<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> Res
     results.into_iter().map(|r| r.ok_or_else(|| Error::Runtime("a task did not run".into()))).collect()
 }
 
-fn map_partition(function: &Function, job: &LocalJob, config: &Config, partition: Partition) -> Result<MapResult> {
+fn map_partition(function: &Function, job: &LocalJob, call: &Call<'_>, partition: Partition) -> Result<MapResult> {
     let index = partition.index;
     let name = part_name("part", index as usize, job.output_format);
     let writer = match function.kind() {
@@ -362,7 +385,7 @@ fn map_partition(function: &Function, job: &LocalJob, config: &Config, partition
         _ => OutputWriter::create(&job.output.join(&name), job.output_format)?,
     };
     let reader = PartitionReader::open(partition)?;
-    let call = Call { limits: &job.limits, config };
+    let call = *call;
     // `wasmgrid run` shows errors, not what the guest logged.
     let mapped = exec::map(function, call, index, reader, writer, job.batch_rows, &mut Captured::default())?;
     let file = match mapped.output {
@@ -383,7 +406,7 @@ fn map_partition(function: &Function, job: &LocalJob, config: &Config, partition
 fn reduce_partition(
     reducer: &Function,
     job: &LocalJob,
-    config: &Config,
+    call: &Call<'_>,
     index: usize,
     pairs: Vec<Pairs>,
 ) -> Result<(Option<OutputFile>, u64)> {
@@ -392,7 +415,7 @@ fn reduce_partition(
     }
     let name = part_name("part-r", index, job.output_format);
     let mut writer = OutputWriter::create(&job.output.join(&name), job.output_format)?;
-    let call = Call { limits: &job.limits, config };
+    let call = *call;
     let keys = exec::reduce(reducer, call, &pairs, &mut writer, &mut Captured::default())?;
     let rows = writer.finish()?;
     Ok((Some(OutputFile { name, rows }), keys))

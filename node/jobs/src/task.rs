@@ -13,7 +13,7 @@ use wasmgrid_data::aggregate::{self, Groups};
 use wasmgrid_data::pairs::Pairs;
 use wasmgrid_data::store::{self, Place};
 use wasmgrid_data::{self as data, ColumnTypes, Format, OutputWriter, PartitionReader, Span};
-use wasmgrid_runtime::{Captured, DataError, Error, Function, Kind, Limits, Result};
+use wasmgrid_runtime::{Artifacts, Captured, DataError, Error, Function, Kind, Limits, Result};
 
 use crate::exec::{self, Call};
 use crate::segments::{self, SMALL_OUTPUT, Segments};
@@ -61,6 +61,7 @@ pub fn limits(task: &TaskAssignment, cancel: Option<Arc<AtomicBool>>) -> Limits 
 pub fn run(
     function: &Function,
     task: &TaskAssignment,
+    artifacts: &Artifacts,
     cancel: Option<Arc<AtomicBool>>,
     captured: &mut Captured,
     segments: &mut Segments,
@@ -83,7 +84,7 @@ pub fn run(
     let limits = limits(task, cancel);
     let config = Arc::new(task.function.config.clone());
     let mut attempt = Attempt { task, work: work.clone(), suffix: suffix.clone(), segments };
-    let call = Call { limits: &limits, config: &config };
+    let call = Call { limits: &limits, config: &config, artifacts };
     let written = match task.stage {
         Stage::Map => attempt.map(function, call, captured),
         Stage::Reduce => attempt.reduce(function, call, &output, captured),

@@ -27,6 +27,7 @@ pub mod mapper {
             "wasmgrid:function/log": super::wasmgrid::function::log,
             "wasmgrid:function/config": super::wasmgrid::function::config,
             "wasmgrid:function/gpu": super::wasmgrid::function::gpu,
+            "wasmgrid:function/artifacts": super::wasmgrid::function::artifacts,
         },
     });
 }
@@ -54,6 +55,7 @@ pub mod aggregator {
             "wasmgrid:function/types": super::wasmgrid::function::types,
             "wasmgrid:function/log": super::wasmgrid::function::log,
             "wasmgrid:function/config": super::wasmgrid::function::config,
+            "wasmgrid:function/artifacts": super::wasmgrid::function::artifacts,
         },
     });
 }

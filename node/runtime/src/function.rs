@@ -58,6 +58,8 @@ pub struct Io {
     pub input: Option<PartitionReader>,
     /// Where a mapper's records and batches go.
     pub output: Option<OutputWriter>,
+    /// The version's artifacts.
+    pub artifacts: crate::Artifacts,
 }
 
 /// `reduce: func(key: list<u8>, values: list<list<u8>>) -> result<list<u8>, string>`.
@@ -184,6 +186,7 @@ pub(crate) fn new_store(
         stderr,
         input: io.input,
         output: io.output,
+        artifacts: io.artifacts,
         pairs: wasmgrid_data::pairs::Pairs::default(),
         output_bytes: 0,
         max_output_bytes: limits.max_output_bytes,

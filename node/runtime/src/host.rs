@@ -183,6 +183,8 @@ pub struct HostState {
     pub(crate) gpu_time: std::time::Duration,
     /// Why `gpu` calls are refused, if they are.
     pub(crate) gpu_refused: Option<Arc<str>>,
+    /// The version's artifacts, by name.
+    pub(crate) artifacts: crate::Artifacts,
 }
 
 /// `wasi:http` hooks for guests that get no network: every outgoing request
@@ -287,6 +289,32 @@ impl config::Host for HostState {
 
     fn keys(&mut self) -> WasmResult<Vec<String>> {
         Ok(self.config.keys().cloned().collect())
+    }
+}
+
+/// Most bytes one `artifacts.read` hands out.
+const MAX_ARTIFACT_READ: u32 = 16 << 20;
+
+impl crate::bindings::wasmgrid::function::artifacts::Host for HostState {
+    fn size(&mut self, name: String) -> WasmResult<Option<u64>> {
+        Ok(self.artifacts.get(&name).and_then(|a| std::fs::metadata(&a.path).ok()).map(|m| m.len()))
+    }
+
+    fn read(&mut self, name: String, offset: u64, len: u32) -> WasmResult<Result<Vec<u8>, String>> {
+        use std::os::unix::fs::FileExt;
+        let Some(artifact) = self.artifacts.get(&name) else {
+            let names: Vec<&str> = self.artifacts.keys().map(String::as_str).collect();
+            let has = if names.is_empty() { "none".to_string() } else { names.join(", ") };
+            return Ok(Err(format!("no artifact `{name}` (this version has: {has})")));
+        };
+        let read = std::fs::File::open(&artifact.path).and_then(|file| {
+            let size = file.metadata()?.len();
+            let n = u64::from(len.min(MAX_ARTIFACT_READ)).min(size.saturating_sub(offset)) as usize;
+            let mut bytes = vec![0; n];
+            file.read_exact_at(&mut bytes, offset)?;
+            Ok(bytes)
+        });
+        Ok(read.map_err(|e| format!("reading artifact `{name}`: {e}")))
     }
 }
 

@@ -58,6 +58,24 @@ pub(crate) fn exports_init(bytes: &[u8]) -> bool {
 
 /// The name of `module` initialised with `config`, in the runtime's maps and
 /// the compiled cache: the same module with another config is another image.
+/// [`version_key`] of a version that also reads `artifacts`: their names
+/// and sha256s are part of it (none: the same key).
+pub fn version_key_with(module: &str, config: &BTreeMap<String, String>, artifacts: &crate::Artifacts) -> String {
+    let key = version_key(module, config);
+    if artifacts.is_empty() {
+        return key;
+    }
+    let mut h = Sha256::new();
+    h.update(b"wasmgrid-artifacts-v1\0");
+    h.update(key.as_bytes());
+    for (name, a) in artifacts.iter() {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(a.sha256.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
 pub fn version_key(module: &str, config: &BTreeMap<String, String>) -> String {
     let mut h = Sha256::new();
     h.update(b"wasmgrid-init-v1\0");

@@ -49,9 +49,21 @@ pub use function::{Finished, Function, HttpResponder, Instance, Io};
 use function::{Pre, arm, new_store};
 use host::HostState;
 pub use host::{Capture, LogLine, Logs};
-pub use init::{INIT_TIMEOUT, version_key};
+pub use init::{INIT_TIMEOUT, version_key, version_key_with};
 pub use logs::Captured;
 use slots::Slots;
+
+/// A function version's artifacts, by name.
+pub type Artifacts = Arc<BTreeMap<String, Artifact>>;
+
+/// One artifact a function reads: a local file and its sha256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifact {
+    /// Its sha256, hex: versions with other bytes are other versions.
+    pub sha256: String,
+    /// The file.
+    pub path: PathBuf,
+}
 
 /// What an aggregator computes, as its `aggregation` export said.
 #[derive(Debug, Clone, PartialEq)]
@@ -309,6 +321,7 @@ impl Runtime {
         bindings::mapper::wasmgrid::function::output::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(link)?;
         bindings::wasmgrid::function::gpu::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link)?;
+        bindings::wasmgrid::function::artifacts::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link)?;
         bindings::aggregator::wasmgrid::function::aggregate::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(link)?;
 
@@ -421,16 +434,29 @@ impl Runtime {
         config: &Arc<BTreeMap<String, String>>,
         limits: &Limits,
     ) -> Result<Arc<Function>> {
+        self.load_version_with(bytes, config, &Artifacts::default(), limits)
+    }
+
+    /// [`Runtime::load_version`] of a version with `artifacts`, which its
+    /// `init` reads (and which are part of what makes the version: see
+    /// [`version_key_with`]). Its calls get them through [`Io::artifacts`].
+    pub fn load_version_with(
+        &self,
+        bytes: &[u8],
+        config: &Arc<BTreeMap<String, String>>,
+        artifacts: &Artifacts,
+        limits: &Limits,
+    ) -> Result<Arc<Function>> {
         let sha256 = self.check(bytes)?;
         if !init::exports_init(bytes) {
             return self.load(bytes);
         }
-        let key = version_key(&sha256, config);
+        let key = version_key_with(&sha256, config, artifacts);
         self.load_once(&key, || {
             let component = match self.cached(&key) {
                 Some(component) => component,
                 None => {
-                    let image = self.initialize(&sha256, bytes, config, limits)?;
+                    let image = self.initialize(&sha256, bytes, config, artifacts, limits)?;
                     self.compile(&key, &image)?
                 }
             };
@@ -441,8 +467,18 @@ impl Runtime {
     /// The function version `module` with `config`, if this runtime has it
     /// loaded: initialised, or a component without `init`.
     pub fn loaded_version(&self, module: &str, config: &BTreeMap<String, String>) -> Option<Arc<Function>> {
+        self.loaded_version_with(module, config, &Artifacts::default())
+    }
+
+    /// [`Runtime::loaded_version`] of a version with `artifacts`.
+    pub fn loaded_version_with(
+        &self,
+        module: &str,
+        config: &BTreeMap<String, String>,
+        artifacts: &Artifacts,
+    ) -> Option<Arc<Function>> {
         let loaded = self.loaded.lock().ok()?;
-        match loaded.get(&version_key(module, config)) {
+        match loaded.get(&version_key_with(module, config, artifacts)) {
             Some(f) => Some(f.clone()),
             None => loaded.get(module).filter(|f| !f.has_init).cloned(),
         }
@@ -547,12 +583,13 @@ impl Runtime {
         module: &str,
         bytes: &[u8],
         config: &Arc<BTreeMap<String, String>>,
+        artifacts: &Artifacts,
         limits: &Limits,
     ) -> Result<Vec<u8>> {
         let started = Instant::now();
         let (cx, instrumented) = init::instrument(bytes)?;
         let instrumented = self.instrumented(module, &instrumented)?;
-        let (mut store, limits) = self.init_store(config, limits)?;
+        let (mut store, limits) = self.init_store(config, artifacts, limits)?;
         self.inits.fetch_add(1, Ordering::Relaxed);
         let _slot = self.init_slots.take();
         let instance = init::run(&instrumented, &self.linker, &mut store, &limits)?;
@@ -574,10 +611,12 @@ impl Runtime {
     fn init_store(
         &self,
         config: &Arc<BTreeMap<String, String>>,
+        artifacts: &Artifacts,
         limits: &Limits,
     ) -> Result<(Store<HostState>, Limits)> {
         let limits = Limits { timeout: INIT_TIMEOUT.max(limits.timeout), cancel: None, ..limits.clone() };
-        let mut store = new_store(&self.engine, &self.config.gpu, &limits, config.clone(), Io::default());
+        let io = Io { artifacts: artifacts.clone(), ..Io::default() };
+        let mut store = new_store(&self.engine, &self.config.gpu, &limits, config.clone(), io);
         arm(&mut store, &limits, self.config.epoch_tick, self.config.engine.fuel)?;
         Ok((store, limits))
     }
@@ -586,14 +625,20 @@ impl Runtime {
     /// nothing but the compiled (instrumented) module, which
     /// [`Runtime::load_version`] reuses: what a control plane checks before it
     /// accepts a deploy. A component without `init` passes.
-    pub fn check_init(&self, bytes: &[u8], config: &Arc<BTreeMap<String, String>>, limits: &Limits) -> Result<()> {
+    pub fn check_init(
+        &self,
+        bytes: &[u8],
+        config: &Arc<BTreeMap<String, String>>,
+        artifacts: &Artifacts,
+        limits: &Limits,
+    ) -> Result<()> {
         let sha256 = self.check(bytes)?;
         if !init::exports_init(bytes) {
             return Ok(());
         }
         let (_, instrumented) = init::instrument(bytes)?;
         let component = self.instrumented(&sha256, &instrumented)?;
-        let (mut store, limits) = self.init_store(config, limits)?;
+        let (mut store, limits) = self.init_store(config, artifacts, limits)?;
         self.inits.fetch_add(1, Ordering::Relaxed);
         let _slot = self.init_slots.take();
         init::run(&component, &self.linker, &mut store, &limits).map(drop)

@@ -128,7 +128,7 @@ fn flood(mode: &str) -> Error {
     let dest = dir.path().join("part-00000.jsonl");
     let writer = OutputWriter::create(&dest, Format::Jsonl).expect("writer");
     let limits = Limits { max_output_bytes: 8 << 20, ..limits() };
-    let io = Io { input: None, output: Some(writer) };
+    let io = Io { output: Some(writer), ..Io::default() };
     let mut instance = f.instantiate(&limits, config(&[("mode", mode)]), io).expect("instantiates");
     let err = instance.run(0).expect_err("flooding cannot finish");
     drop(instance);

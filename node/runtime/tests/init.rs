@@ -139,10 +139,10 @@ fn a_failing_init_fails_the_load_with_its_message() {
         assert!(matches!(error, Error::Init { .. } | Error::InitKeptResources), "{error:?}");
         assert!(error.to_string().contains(expected), "{pairs:?}: {error}");
         // The control plane's check says the same, keeping nothing.
-        let checked = rt.check_init(&bytes(), &config(pairs), &limits()).expect_err("check fails");
+        let checked = rt.check_init(&bytes(), &config(pairs), &Default::default(), &limits()).expect_err("check fails");
         assert!(checked.to_string().contains(expected), "{pairs:?}: {checked}");
     }
-    assert!(rt.check_init(&bytes(), &config(&[("start", "3")]), &limits()).is_ok());
+    assert!(rt.check_init(&bytes(), &config(&[("start", "3")]), &Default::default(), &limits()).is_ok());
 }
 
 #[test]
@@ -152,5 +152,5 @@ fn a_component_without_init_loads_as_it_is() {
     let f = rt.load_version(&http, &config(&[]), &limits()).expect("loads");
     assert!(!f.initialized());
     assert_eq!(rt.stats().inits, 0);
-    assert!(rt.check_init(&http, &config(&[]), &limits()).is_ok());
+    assert!(rt.check_init(&http, &config(&[]), &Default::default(), &limits()).is_ok());
 }
