@@ -49,6 +49,10 @@ wasmgrid_test_setup() {
     if ! "$venv/bin/python" -c 'import pandas, pytest, tqdm, pyarrow' 2>/dev/null; then
         "$venv/bin/python" -m pip install --quiet 'pandas==2.2.3' 'pytest==8.3.4' 'tqdm==4.67.1' 'pyarrow==18.1.0' || return 1
     fi
+    # ONNX models exported from scikit-learn, for onnx-score's tests.
+    if ! "$venv/bin/python" -c 'import sklearn, skl2onnx, onnx' 2>/dev/null; then
+        "$venv/bin/python" -m pip install --quiet 'scikit-learn==1.9.1' 'skl2onnx==1.20.0' 'onnx==1.23.0' || return 1
+    fi
     export COMPONENTIZE_PY="$PWD/$venv/bin/componentize-py"
     "$COMPONENTIZE_PY" --version >/dev/null || return 1
     if [ ! -x "$venv/bin/kubernetes-validate" ]; then

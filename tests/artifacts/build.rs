@@ -14,6 +14,7 @@ const GUESTS: &[&str] = &[
     "fall-detect",
     "mlp-score",
     "flights",
+    "onnx-score",
     "hostile-scorer",
     "echo-scorer",
     "hostile-mapper",
