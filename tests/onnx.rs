@@ -54,8 +54,11 @@ pq.write_table(pa.table(columns), f"{out}/rows.parquet")
 json.dump({"want": want, "rows": [dict(id=i, **{f"x{j}": float(test[i, j]) for j in range(30)}) for i in range(len(test))]}, open(f"{out}/want.json", "w"))
 "#;
 
+/// Per model family: `predict_proba`'s class-1 column and `predict`.
+type Predictions = HashMap<String, (Vec<f64>, Vec<i64>)>;
+
 /// Trains and exports the models into `dir`; what they predict, and the rows.
-fn train(dir: &Path) -> Option<(HashMap<String, (Vec<f64>, Vec<i64>)>, Vec<Value>)> {
+fn train(dir: &Path) -> Option<(Predictions, Vec<Value>)> {
     let python = common::local_python()?;
     let has = std::process::Command::new(&python).args(["-c", "import sklearn, skl2onnx, onnx"]).output();
     if !has.is_ok_and(|o| o.status.success()) {
