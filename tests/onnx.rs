@@ -4,7 +4,7 @@
 //! artifact `model` of onnx-score, give `predict_proba`'s probabilities
 //! within 1e-5 (and `predict`'s labels) through `wasmgrid run` over
 //! Parquet, per request over HTTP, and as a batch job over Parquet on a
-//! grid.
+//! grid (one of them deployed with the `--onnx` shorthand).
 //!
 //! The models are trained and exported by the test, with the Python of the
 //! test setup (scikit-learn, skl2onnx, onnx); without it the test says so
@@ -133,9 +133,14 @@ async fn onnx_score_gives_predict_proba_for_three_model_families_locally_per_req
     // On a grid: deployed with the model as its artifact.
     let node = Node::start_with(&urls, &dir.join("node"), &["--cache-dir", cache.to_str().expect("utf-8")]);
     for family in FAMILIES {
-        let model = format!("model={}", dir.join(format!("{family}.onnx")).display());
-        let deploy = ["deploy", family, guests::ONNX_SCORE, "--artifact", &model, "-c", &features()];
-        common::grid_ok(&urls, &[&deploy[..], &["--memory", "512MiB", "--timeout", "30s"]].concat());
+        let path = dir.join(format!("{family}.onnx")).display().to_string();
+        let model = format!("model={path}");
+        let deploy: Vec<&str> = match family {
+            // The shorthand: the stock component found beside the binary.
+            "mlp" => vec!["deploy", family, "--onnx", &path],
+            _ => vec!["deploy", family, guests::ONNX_SCORE, "--artifact", &model],
+        };
+        common::grid_ok(&urls, &[&deploy[..], &["-c", &features(), "--memory", "512MiB", "--timeout", "30s"]].concat());
     }
     let http = common::http();
     for family in FAMILIES {

@@ -18,7 +18,13 @@ pub struct DeployArgs {
     /// The function's name (a-z, 0-9, '-', '_', '.').
     name: String,
     /// The component (.wasm).
-    function: PathBuf,
+    #[arg(required_unless_present = "onnx")]
+    function: Option<PathBuf>,
+    /// Serve this ONNX model with the stock `onnx-score` component (no code
+    /// to write): the model is its artifact `model`; name the columns of a
+    /// wide input with `-c features=a,b,...`.
+    #[arg(long, value_name = "MODEL.onnx", conflicts_with = "function")]
+    onnx: Option<PathBuf>,
     /// Memory limit per instance.
     #[arg(long, value_parser = units::parse_size)]
     memory: Option<u64>,
@@ -87,6 +93,25 @@ pub enum FunctionsCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// The stock `onnx-score` component: `$WASMGRID_ONNX_SCORE`, else
+/// `onnx_score.wasm` beside this binary, else where a build of this
+/// checkout puts it (`target/guests/wasm32-wasip2/guest`).
+fn onnx_score() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("WASMGRID_ONNX_SCORE") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().context("finding this binary")?;
+    let dir = exe.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    let candidates = [dir.join("onnx_score.wasm"), dir.join("../guests/wasm32-wasip2/guest/onnx_score.wasm")];
+    match candidates.iter().find(|p| p.exists()) {
+        Some(path) => Ok(path.clone()),
+        None => bail!(
+            "the onnx-score component is not beside this binary: build it (`cargo build --profile guest \
+             --target wasm32-wasip2 -p onnx-score`) or set WASMGRID_ONNX_SCORE to its path"
+        ),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -160,11 +185,19 @@ pub fn deploy(args: DeployArgs) -> Result<()> {
     if let Err(reason) = wasmgrid_api::check_name(&args.name) {
         bail!("invalid function name `{}`: {reason}", args.name);
     }
-    let bytes =
-        std::fs::read(&args.function).with_context(|| format!("reading the component {}", args.function.display()))?;
+    let mut args = args;
+    let function = match (&args.function, &args.onnx) {
+        (Some(function), _) => function.clone(),
+        (None, Some(model)) => {
+            args.artifacts.push(("model".into(), model.display().to_string()));
+            onnx_score()?
+        }
+        (None, None) => bail!("name the component to deploy (or --onnx MODEL.onnx)"),
+    };
+    let bytes = std::fs::read(&function).with_context(|| format!("reading the component {}", function.display()))?;
     let limit = wasmgrid_control_plane::state::MAX_MODULE_BYTES;
     if bytes.len() > limit {
-        bail!("{} is {} bytes, over the module limit of {limit} bytes", args.function.display(), bytes.len());
+        bail!("{} is {} bytes, over the module limit of {limit} bytes", function.display(), bytes.len());
     }
     let request = DeployRequest {
         module: String::new(),
