@@ -204,6 +204,33 @@ fn feature_rows(n: usize, seed: u64) -> Vec<Value> {
         .collect()
 }
 
+/// The model evaluated by numpy, when the test setup's Python has it.
+fn numpy_scores(model: &Value, rows: &[Value], dir: &Path) -> Option<Vec<f64>> {
+    let python = common::local_python()?;
+    let (model_file, rows_file) = (dir.join("numpy-model.json"), dir.join("numpy-rows.json"));
+    std::fs::write(&model_file, model.to_string()).expect("model");
+    std::fs::write(&rows_file, Value::Array(rows.to_vec()).to_string()).expect("rows");
+    let script = r#"
+import json, sys
+import numpy as np
+model, rows = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+x = np.array([[r[f] for f in model["features"]] for r in rows])
+act = {"relu": lambda v: np.maximum(v, 0), "sigmoid": lambda v: 1 / (1 + np.exp(-v)), "none": lambda v: v}
+for layer in model["layers"]:
+    x = act[layer.get("activation", "none")](x @ np.array(layer["weights"]) + np.array(layer["bias"]))
+print(json.dumps(x[:, 0].tolist()))
+"#;
+    let out = common::ok_stdout(
+        std::process::Command::new(python)
+            .args(["-c", script])
+            .arg(&model_file)
+            .arg(&rows_file)
+            .output()
+            .expect("numpy"),
+    );
+    Some(serde_json::from_str(out.trim()).expect("scores"))
+}
+
 fn assert_close(what: &str, got: &[(u64, f64)], model: &Value, rows: &[Value]) {
     assert_eq!(got.len(), rows.len(), "{what}: one score per row");
     for (id, score) in got {
@@ -235,6 +262,13 @@ async fn a_75_kb_mlp_deployed_as_an_artifact_scores_and_a_200_mb_one_reaches_two
     let size = std::fs::metadata(&model_path).expect("model").len();
     assert!((70_000..80_000).contains(&size), "the MLP is {size} bytes as JSON");
     let rows = feature_rows(500, 11);
+    // numpy agrees with the reference here (so the scores below are within
+    // 1e-4 of numpy's as well), where the test setup has it.
+    if let Some(numpy) = numpy_scores(&model, &rows, dir) {
+        for (row, n) in rows.iter().zip(&numpy) {
+            assert!((forward(&model, row) - n).abs() < 1e-12, "numpy {n} vs {}", forward(&model, row));
+        }
+    }
 
     // As config it is refused: over 64 KiB.
     let e = common::fails(common::grid_cli(
