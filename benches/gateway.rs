@@ -6,6 +6,15 @@
 //!   weights, features `f00`..`f29`),
 //! - `mlp`: a 3-layer perceptron, 30 -> 64 -> 32 -> 1 (`mlp-score`, on the
 //!   node's CPU fallback: `wasmgrid dev` runs with `--gpu-mode off`),
+//! - `sk-logreg`, `onnx-logreg`, `onnx-forest` (`MODELS=` to add them; they
+//!   need the test setup's Python with scikit-learn and skl2onnx): a
+//!   scikit-learn logistic regression on 30 features served by the
+//!   hand-written `logreg` guest with its coefficients, the same model
+//!   exported to ONNX and served by the stock `onnx-score` (`deploy
+//!   --onnx`), and a random forest (30 trees, depth 8) by `onnx-score`; the
+//!   native server scores the first two with the coefficients' arithmetic
+//!   and the forest with tract natively (the same ONNX runtime the guest
+//!   carries, compiled for the host),
 //!
 //! on 1 row and on 100 rows (`ROWS=1` for one size, `MODELS=logreg-30` for
 //! one model), each against
@@ -72,7 +81,10 @@ fn features30() -> Vec<String> {
 struct Case {
     name: &'static str,
     guest: &'static str,
+    /// Config `model`, or with `onnx`, config `features`.
     model: String,
+    /// An ONNX model served by `onnx-score` (its artifact `model`).
+    onnx: Option<PathBuf>,
     native: Native,
 }
 
@@ -80,12 +92,71 @@ struct Case {
 enum Native {
     LogReg(Arc<model::Model>),
     Mlp(Arc<Mlp>),
+    Onnx(Arc<tract_onnx::prelude::TypedRunnableModel>),
+}
+
+/// Trains the scikit-learn models into `dir` (the test setup's Python);
+/// `None` without scikit-learn and skl2onnx.
+fn sklearn_cases(dir: &Path) -> Option<Vec<Case>> {
+    const TRAIN: &str = r#"
+import json, sys, warnings
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.ensemble import RandomForestClassifier
+from skl2onnx import to_onnx
+warnings.filterwarnings("ignore")
+rng = np.random.default_rng(30)
+X = rng.normal(size=(5000, 30)).astype(np.float32) * 2
+y = (X @ rng.normal(size=30) + rng.normal(size=5000) > 0).astype(int)
+for name, m in [("logreg", LogisticRegression(max_iter=500)), ("forest", RandomForestClassifier(n_estimators=30, max_depth=8, random_state=0))]:
+    m.fit(X, y)
+    open(f"{sys.argv[1]}/{name}.onnx", "wb").write(to_onnx(m, X[:1], options={id(m): {"zipmap": False}}).SerializeToString())
+    if name == "logreg":
+        features = [f"f{i:02}" for i in range(30)]
+        json.dump({"features": features, "weights": m.coef_[0].tolist(), "bias": float(m.intercept_[0])}, open(f"{sys.argv[1]}/logreg.json", "w"))
+"#;
+    let python = common::local_python()?;
+    let out = Command::new(&python).args(["-c", TRAIN]).arg(dir).output().ok()?;
+    if !out.status.success() {
+        println!(
+            "scikit-learn models: not trained ({})\n",
+            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+        );
+        return None;
+    }
+    let logreg = std::fs::read_to_string(dir.join("logreg.json")).expect("coefficients");
+    let native = Native::LogReg(Arc::new(model::Model::parse(&logreg).expect("model")));
+    let features = features30().join(",");
+    let forest = {
+        use tract_onnx::prelude::*;
+        let mut model = onnx().model_for_path(dir.join("forest.onnx")).expect("forest");
+        let n = TDim::Sym(model.sym("N"));
+        model.set_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), tvec![n, 30.into()])).expect("input");
+        model.into_optimized().expect("optimised").into_runnable().expect("runnable")
+    };
+    Some(vec![
+        Case { name: "sk-logreg", guest: guests::LOGREG, model: logreg, onnx: None, native: native.clone() },
+        Case {
+            name: "onnx-logreg",
+            guest: guests::ONNX_SCORE,
+            model: features.clone(),
+            onnx: Some(dir.join("logreg.onnx")),
+            native,
+        },
+        Case {
+            name: "onnx-forest",
+            guest: guests::ONNX_SCORE,
+            model: features,
+            onnx: Some(dir.join("forest.onnx")),
+            native: Native::Onnx(forest),
+        },
+    ])
 }
 
 impl Case {
     fn logreg2() -> Case {
         let native = Native::LogReg(Arc::new(model::Model::parse(MODEL).expect("model")));
-        Case { name: "logreg-2", guest: guests::LOGREG, model: MODEL.to_string(), native }
+        Case { name: "logreg-2", guest: guests::LOGREG, model: MODEL.to_string(), onnx: None, native }
     }
 
     fn logreg30() -> Case {
@@ -93,7 +164,7 @@ impl Case {
         let weights: Vec<f64> = (0..30).map(|_| n.next() * 0.5).collect();
         let model = json!({"features": features30(), "weights": weights, "bias": -0.25}).to_string();
         let native = Native::LogReg(Arc::new(model::Model::parse(&model).expect("model")));
-        Case { name: "logreg-30", guest: guests::LOGREG, model, native }
+        Case { name: "logreg-30", guest: guests::LOGREG, model, onnx: None, native }
     }
 
     fn mlp() -> Case {
@@ -116,7 +187,7 @@ impl Case {
         let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
         let layers = spec.iter().map(|(w, b, a)| (w.iter().map(|r| f32s(r)).collect(), f32s(b), a.clone())).collect();
         let native = Native::Mlp(Arc::new(Mlp { features: features30(), layers }));
-        Case { name: "mlp", guest: guests::MLP_SCORE, model, native }
+        Case { name: "mlp", guest: guests::MLP_SCORE, model, onnx: None, native }
     }
 
     /// A request of `rows` rows of this model's features.
@@ -189,6 +260,25 @@ fn native_score(native: &Native, body: &[u8]) -> Result<Vec<u8>, String> {
                 Ok(f64::from(mlp.score(&x)))
             })
             .collect::<Result<_, String>>()?,
+        Native::Onnx(plan) => {
+            use tract_onnx::prelude::*;
+            let mut x = Vec::with_capacity(rows.len() * 30);
+            for r in &rows {
+                for f in features30() {
+                    x.push(r.get(&f).and_then(Value::as_f64).ok_or_else(|| format!("no {f}"))? as f32);
+                }
+            }
+            let input = Tensor::from_shape(&[rows.len(), 30], &x).map_err(|e| e.to_string())?;
+            let outputs = plan.run(tvec![input.into_tvalue()]).map_err(|e| e.to_string())?;
+            // The class probabilities: [N, 2]; class 1's is the score.
+            let p = outputs
+                .iter()
+                .find(|t| t.len() == rows.len() * 2 && !t.datum_type().is_integer())
+                .ok_or("no probabilities")?;
+            let p = p.cast_to::<f64>().map_err(|e| e.to_string())?;
+            let p = p.to_plain_array_view::<f64>().map_err(|e| e.to_string())?;
+            p.iter().skip(1).step_by(2).copied().collect()
+        }
     };
     for (row, s) in rows.iter_mut().zip(scores) {
         row.insert("score".into(), Value::from(s));
@@ -339,8 +429,13 @@ fn main() {
     println!("wasmgrid gateway benchmark ({cores} cores, loopback, servers and load generator share the machine)\n");
 
     let wanted = list("MODELS", &["logreg-2", "logreg-30", "mlp"]);
+    let sklearn = match wanted.iter().any(|w| w.starts_with("onnx-") || w == "sk-logreg") {
+        true => sklearn_cases(dir).unwrap_or_default(),
+        false => Vec::new(),
+    };
     let cases: Vec<Case> = [Case::logreg2(), Case::logreg30(), Case::mlp()]
         .into_iter()
+        .chain(sklearn)
         .filter(|c| wanted.iter().any(|w| w == c.name))
         .collect();
 
@@ -518,13 +613,24 @@ fn deploy_cases(cp: &str, cases: &[Case]) {
             .with_token(Some(common::TOKEN.into()));
         for case in cases {
             let module = client.upload_module(std::fs::read(case.guest).expect("guest")).await.expect("upload");
-            let request = wasmgrid_api::DeployRequest {
+            let mut request = wasmgrid_api::DeployRequest {
                 module: module.sha256,
                 timeout_ms: Some(1000),
                 config: [("model".to_string(), case.model.clone())].into_iter().collect(),
                 replicas: Some(wasmgrid_api::Replicas::Count(1)),
                 ..Default::default()
             };
+            if let Some(onnx) = &case.onnx {
+                // The model as the version's artifact, in one chunk.
+                let bytes = std::fs::read(onnx).expect("onnx");
+                let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+                let size = bytes.len() as u64;
+                client.upload_chunk(&sha256, 0, bytes.into()).await.expect("chunk");
+                client.commit_artifact(&sha256, size).await.expect("commit");
+                request.config = [("features".to_string(), case.model.clone())].into_iter().collect();
+                request.artifacts = [("model".to_string(), sha256)].into_iter().collect();
+                request.memory = Some(512 << 20);
+            }
             client.deploy(case.name, &request).await.expect("deploy");
         }
     });
