@@ -630,6 +630,8 @@ fn deploy_cases(cp: &str, cases: &[Case]) {
                 request.config = [("features".to_string(), case.model.clone())].into_iter().collect();
                 request.artifacts = [("model".to_string(), sha256)].into_iter().collect();
                 request.memory = Some(512 << 20);
+                // A forest of 100 rows takes tens of milliseconds in tract.
+                request.timeout_ms = Some(10_000);
             }
             client.deploy(case.name, &request).await.expect("deploy");
         }
