@@ -87,6 +87,19 @@ async fn an_artifact_is_uploaded_in_chunks_and_copied_to_every_replica_outside_t
     let body = response.bytes().await.expect("body");
     assert_eq!(hex::encode(Sha256::digest(&body)), sha256);
 
+    // A node's token reads it (nodes fetch what they run); one that may
+    // only invoke functions does not.
+    for (flags, status) in [(&["--node"][..], 200), (&["--invoke-only", "--tenant", "default"][..], 403)] {
+        let token = grid_ok(&urls, &[&["tokens", "create"][..], flags].concat()).trim().to_string();
+        let response = common::http()
+            .get(format!("{}/v1/artifacts/{sha256}", replicas.url(follower)))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("download");
+        assert_eq!(response.status(), status, "{flags:?}");
+    }
+
     // Deployed again: not uploaded again.
     let out = grid_ok(&urls, &["deploy", "echo", guests::ECHO_SCORER, "--artifact", &flag]);
     assert!(out.contains("20000123 bytes, already stored"), "{out}");

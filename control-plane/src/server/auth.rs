@@ -67,6 +67,8 @@ fn need(method: &Method, path: &str) -> Need {
         "/v1/health" | "/v1/ready" | "/ui" | "/ui/" | "/ui/{asset}" => Need::Open,
         "/v1/whoami" | "/v1/nodes" => Need::Any,
         "/v1/modules/{sha256}" => Need::Module,
+        // Nodes fetch the artifacts of the versions they run.
+        "/v1/artifacts/{sha256}" if !write => Need::Module,
         "/v1/nodes/{id}/heartbeat" | "/v1/routes" | "/v1/tasks/lease" | "/v1/tasks/report" | "/metrics" => Need::Node,
         "/v1/cluster" | "/v1/cluster/leader" | "/v1/cluster/replicas" | "/v1/cluster/replicas/{id}" | "/v1/raft" => {
             Need::Admin
