@@ -48,20 +48,7 @@ fn write_files() -> (PathBuf, PathBuf) {
     if pq.join("_done").exists() && csv.join("_done").exists() {
         return (pq, csv);
     }
-    std::fs::create_dir_all(&pq).expect("dir");
-    std::fs::create_dir_all(&csv).expect("dir");
-    let per = ROWS.div_ceil(FILES);
-    for f in 0..FILES {
-        let rows = per.min(ROWS - f * per);
-        let batch = common::flights::batch(f as u64 + 7, rows);
-        let file = std::fs::File::create(pq.join(format!("flights-{f:02}.parquet"))).expect("file");
-        let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).expect("writer");
-        w.write(&batch).expect("write");
-        w.close().expect("close");
-        let file = std::fs::File::create(csv.join(format!("flights-{f:02}.csv"))).expect("file");
-        let mut w = arrow_csv::WriterBuilder::new().with_header(true).build(file);
-        w.write(&batch).expect("write");
-    }
+    common::flights::write(&data_dir(), FILES, ROWS, 7);
     std::fs::write(pq.join("_done"), "").expect("mark");
     std::fs::write(csv.join("_done"), "").expect("mark");
     (pq, csv)

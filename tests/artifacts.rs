@@ -179,30 +179,6 @@ fn mlp(seed: u64) -> Value {
     json!({"features": features, "layers": layers})
 }
 
-/// The model evaluated here, in f64.
-fn forward(model: &Value, row: &Value) -> f64 {
-    let features = model["features"].as_array().expect("features");
-    let mut x: Vec<f64> = features.iter().map(|f| row[f.as_str().expect("name")].as_f64().expect("x")).collect();
-    for layer in model["layers"].as_array().expect("layers") {
-        let w: Vec<Vec<f64>> = serde_json::from_value(layer["weights"].clone()).expect("weights");
-        let mut y: Vec<f64> = serde_json::from_value(layer["bias"].clone()).expect("bias");
-        for (xi, wi) in x.iter().zip(&w) {
-            for (yj, wij) in y.iter_mut().zip(wi) {
-                *yj += xi * wij;
-            }
-        }
-        for v in &mut y {
-            *v = match layer["activation"].as_str() {
-                Some("relu") => v.max(0.0),
-                Some("sigmoid") => 1.0 / (1.0 + (-*v).exp()),
-                _ => *v,
-            };
-        }
-        x = y;
-    }
-    x[0]
-}
-
 fn feature_rows(n: usize, seed: u64) -> Vec<Value> {
     let mut rng = common::Rng::new(seed);
     (0..n)
@@ -247,20 +223,9 @@ print(json.dumps(x[:, 0].tolist()))
 fn assert_close(what: &str, got: &[(u64, f64)], model: &Value, rows: &[Value]) {
     assert_eq!(got.len(), rows.len(), "{what}: one score per row");
     for (id, score) in got {
-        let want = forward(model, &rows[*id as usize]);
+        let want = common::mlp_forward(model, &rows[*id as usize]);
         assert!((score - want).abs() <= 1e-4, "{what}: row {id}: {score} vs {want}");
     }
-}
-
-/// Resident memory of process `pid`, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kb * 1024
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,7 +244,11 @@ async fn a_75_kb_mlp_deployed_as_an_artifact_scores_and_a_200_mb_one_reaches_two
     // 1e-4 of numpy's as well), where the test setup has it.
     if let Some(numpy) = numpy_scores(&model, &rows, dir) {
         for (row, n) in rows.iter().zip(&numpy) {
-            assert!((forward(&model, row) - n).abs() < 1e-12, "numpy {n} vs {}", forward(&model, row));
+            assert!(
+                (common::mlp_forward(&model, row) - n).abs() < 1e-12,
+                "numpy {n} vs {}",
+                common::mlp_forward(&model, row)
+            );
         }
     }
 
@@ -312,34 +281,20 @@ async fn a_75_kb_mlp_deployed_as_an_artifact_scores_and_a_200_mb_one_reaches_two
     // Version 1 without it (the control plane compiles the module and runs
     // its `init` once), then version 2 with it: what the 200 MB cost.
     grid_ok(&urls, &["deploy", "mlp", guests::MLP_SCORE, "--artifact", &flag, "--replicas", "2"]);
-    let before = rss(replicas.pid(1));
+    let before = common::rss(replicas.pid(1));
     let big_flag = format!("blob={}", big.display());
     let deploy = ["deploy", "mlp", guests::MLP_SCORE, "--artifact", &flag, "--artifact", &big_flag, "--replicas", "2"];
     let out = grid_ok(&urls, &deploy);
     assert!(out.contains("deployed mlp version 2"), "{out}");
-    let grown = rss(replicas.pid(1)).saturating_sub(before);
+    let grown = common::rss(replicas.pid(1)).saturating_sub(before);
     eprintln!("control plane RSS {before} -> +{grown} bytes for a 200 MiB artifact");
     assert!(grown < 32 << 20, "the control plane grew by {grown} bytes for a 200 MB artifact");
 
     // Both nodes fetch both artifacts and serve the version: 500 rows in one request.
-    let http = common::http();
     for node in &nodes {
         let url = format!("{}/v1/fn/default/mlp", node.url);
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let body: Value = loop {
-            let response = http.post(&url).json(&json!({ "rows": rows })).send().await.expect("answer");
-            if response.status() == 200 {
-                break response.json().await.expect("json");
-            }
-            assert!(Instant::now() < deadline, "{}: {}", node.url, response.text().await.unwrap_or_default());
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
-        let scores: Vec<(u64, f64)> = body["rows"]
-            .as_array()
-            .expect("rows")
-            .iter()
-            .map(|r| (r["id"].as_u64().expect("id"), r["score"].as_f64().expect("score")))
-            .collect();
+        let answer = common::post_until_served(&url, &json!({ "rows": rows }), Duration::from_secs(120)).await;
+        let scores = common::id_scores(&answer);
         assert_close(&node.url, &scores, &model, &rows);
     }
     for name in ["node-a", "node-b"] {

@@ -114,13 +114,6 @@ fn submit(dev: &Dev, input: &str, out: &Path) -> std::process::Output {
     common::grid_cli(&dev.control_plane, &args)
 }
 
-/// Peak resident memory of a process, in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
-    line.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()).expect("kB") * 1024
-}
-
 #[test]
 fn job_inputs_reach_only_what_the_egress_policy_allows() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -175,7 +168,7 @@ fn job_inputs_reach_only_what_the_egress_policy_allows() {
         let stderr = common::fails(submit(&dev, &format!("http://127.0.0.2:{web}/{name}"), &dir.path().join(name)));
         assert!(stderr.contains("larger than the limit of 104857600 bytes for one input"), "{name}: {stderr}");
     }
-    let peak = peak_rss(dev.pid());
+    let peak = common::peak_rss(dev.pid());
     assert!(peak < 300 << 20, "wasmgrid dev peaked at {} MiB", peak >> 20);
 
     // An error about a fetched input names the URL, not where the node

@@ -27,31 +27,6 @@ fn model() -> Value {
     json!({"features": FEATURES, "layers": layers})
 }
 
-/// The model evaluated here, in f64.
-fn reference(model: &Value, row: &Value) -> f64 {
-    let mut x: Vec<f64> = FEATURES.iter().map(|f| row[f].as_f64().expect("feature")).collect();
-    for layer in model["layers"].as_array().expect("layers") {
-        let w: Vec<Vec<f64>> = serde_json::from_value(layer["weights"].clone()).expect("weights");
-        let b: Vec<f64> = serde_json::from_value(layer["bias"].clone()).expect("bias");
-        let mut y = b.clone();
-        for (xi, wi) in x.iter().zip(&w) {
-            for (yj, wij) in y.iter_mut().zip(wi) {
-                *yj += xi * wij;
-            }
-        }
-        for v in &mut y {
-            *v = match layer["activation"].as_str() {
-                Some("relu") => v.max(0.0),
-                Some("tanh") => v.tanh(),
-                Some("sigmoid") => 1.0 / (1.0 + (-*v).exp()),
-                _ => *v,
-            };
-        }
-        x = y;
-    }
-    x[0]
-}
-
 fn rows(n: usize, seed: u64) -> Vec<Value> {
     let mut rng = common::Rng::new(seed);
     (0..n)
@@ -64,7 +39,7 @@ fn rows(n: usize, seed: u64) -> Vec<Value> {
 fn assert_scores(what: &str, got: &[(u64, f64)], model: &Value, rows: &[Value]) {
     assert_eq!(got.len(), rows.len(), "{what}: one score per row");
     for (id, score) in got {
-        let want = reference(model, &rows[*id as usize]);
+        let want = common::mlp_forward(model, &rows[*id as usize]);
         assert!(
             (score - want).abs() <= TOLERANCE * want.abs().max(1.0),
             "{what}: row {id}: {score} vs reference {want}"

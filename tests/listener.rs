@@ -19,13 +19,6 @@ fn address(url: &str) -> String {
     url.trim_start_matches("http://").trim_end_matches('/').to_string()
 }
 
-/// Resident memory of a process now, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
-    line.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()).expect("kB") * 1024
-}
-
 /// Everything the server sends until it closes, or until `within` passes
 /// (then `None`: the connection is still open).
 fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Option<String> {
@@ -101,7 +94,7 @@ fn strangers_cannot_hold_memory_or_connections() {
     // 100 tokenless connections, each declaring a 16 MiB body: each is
     // answered 401 from its headers alone, and the node's memory does not
     // grow by the bodies.
-    let before = rss(dev.pid());
+    let before = common::rss(dev.pid());
     let body = vec![b'x'; 16 << 20];
     let senders: Vec<_> = (0..100)
         .map(|_| {
@@ -123,7 +116,7 @@ fn strangers_cannot_hold_memory_or_connections() {
         assert!(status.contains("401"), "{status} {body}");
         assert!(body.contains("\"code\""), "a JSON error body: {body}");
     }
-    let grown = rss(dev.pid()).saturating_sub(before);
+    let grown = common::rss(dev.pid()).saturating_sub(before);
     assert!(grown < 100 << 20, "tokenless bodies grew the node by {} MiB", grown >> 20);
 
     // A declared length over --max-body: 413 with a JSON body, from the

@@ -14,7 +14,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::grid::{Node, Replicas};
 use serde_json::{Value, json};
@@ -142,18 +142,9 @@ async fn onnx_score_gives_predict_proba_for_three_model_families_locally_per_req
         };
         common::grid_ok(&urls, &[&deploy[..], &["-c", &features(), "--memory", "512MiB", "--timeout", "30s"]].concat());
     }
-    let http = common::http();
     for family in FAMILIES {
         let url = format!("{}/v1/fn/default/{family}", node.url);
-        let deadline = Instant::now() + Duration::from_secs(180);
-        let body: Value = loop {
-            let response = http.post(&url).json(&json!({ "rows": rows })).send().await.expect("answer");
-            if response.status() == 200 {
-                break response.json().await.expect("json");
-            }
-            assert!(Instant::now() < deadline, "{family}: {}", response.text().await.unwrap_or_default());
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        };
+        let body = common::post_until_served(&url, &json!({ "rows": rows }), Duration::from_secs(180)).await;
         assert_like_sklearn(
             &format!("{family}, per request"),
             &scored(body["rows"].as_array().expect("rows")),

@@ -251,17 +251,6 @@ async fn a_thousand_functions_placed_once_answer_through_every_node_and_survive_
     assert!(failed.is_empty(), "after the move: {:?}", &failed[..failed.len().min(5)]);
 }
 
-/// Resident memory of a process, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kb * 1024
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_with_a_small_code_cache_serves_every_function_placed_on_it() {
     const VERSIONS: usize = 12;
@@ -304,7 +293,7 @@ async fn a_node_with_a_small_code_cache_serves_every_function_placed_on_it() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    let warm_rss = rss(node.pid());
+    let warm_rss = common::rss(node.pid());
     let compiled_before = common::node_metric(&node.url, "wasmgrid_components_compiled_total ").await;
 
     // Round after round over every version: each call is exact, and the
@@ -322,7 +311,7 @@ async fn a_node_with_a_small_code_cache_serves_every_function_placed_on_it() {
     let evictions = common::node_metric(&node.url, "wasmgrid_code_cache_evictions_total ").await;
     let loads = common::node_metric(&node.url, "wasmgrid_function_loads_total ").await;
     let compiled_after = common::node_metric(&node.url, "wasmgrid_components_compiled_total ").await;
-    let grown = rss(node.pid()) as i64 - warm_rss as i64;
+    let grown = common::rss(node.pid()) as i64 - warm_rss as i64;
     println!(
         "{VERSIONS} versions, code cache {BUDGET} bytes: {evictions} evictions, {loads} loads, largest {largest_cache} bytes, RSS {} MB then {:+} MB",
         warm_rss >> 20,

@@ -273,28 +273,11 @@ async fn python_guests_serve_requests_and_run_batch_jobs_like_rust_ones() {
 
     // Per request: the same rows through both.
     let sample = rows(50, 4);
-    let http = common::http();
     let mut answers = Vec::new();
     for name in ["py-logreg", "logreg"] {
         let url = format!("{}/v1/fn/default/{name}", node.url);
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        let body = loop {
-            let response = http.post(&url).json(&json!({ "rows": sample })).send().await.expect("answer");
-            let status = response.status();
-            let body: Value = response.json().await.expect("json");
-            if status == 200 {
-                break body;
-            }
-            assert!(std::time::Instant::now() < deadline, "{name} never served: {status} {body}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        let scores: Vec<(u64, f64)> = body["rows"]
-            .as_array()
-            .expect("rows")
-            .iter()
-            .map(|r| (r["id"].as_u64().expect("id"), r["score"].as_f64().expect("score")))
-            .collect();
-        answers.push(scores);
+        let body = common::post_until_served(&url, &json!({ "rows": sample }), Duration::from_secs(60)).await;
+        answers.push(common::id_scores(&body));
     }
     assert_same_scores("per request", &answers[0], &answers[1]);
 

@@ -412,6 +412,78 @@ pub fn normalize_hashes(s: &str) -> String {
     out.trim().to_string()
 }
 
+/// An MLP model (`{"features", "layers": [{"weights", "bias",
+/// "activation"}]}`, as `mlp-score` takes it) evaluated on `row` in f64:
+/// the reference its scores are checked against.
+pub fn mlp_forward(model: &serde_json::Value, row: &serde_json::Value) -> f64 {
+    let features = model["features"].as_array().expect("features");
+    let mut x: Vec<f64> = features.iter().map(|f| row[f.as_str().expect("name")].as_f64().expect("feature")).collect();
+    for layer in model["layers"].as_array().expect("layers") {
+        let w: Vec<Vec<f64>> = serde_json::from_value(layer["weights"].clone()).expect("weights");
+        let mut y: Vec<f64> = serde_json::from_value(layer["bias"].clone()).expect("bias");
+        for (xi, wi) in x.iter().zip(&w) {
+            for (yj, wij) in y.iter_mut().zip(wi) {
+                *yj += xi * wij;
+            }
+        }
+        for v in &mut y {
+            *v = match layer["activation"].as_str() {
+                Some("relu") => v.max(0.0),
+                Some("tanh") => v.tanh(),
+                Some("sigmoid") => 1.0 / (1.0 + (-*v).exp()),
+                _ => *v,
+            };
+        }
+        x = y;
+    }
+    x[0]
+}
+
+/// POSTs `body` to a gateway's `url` until it answers 200 (a node that has
+/// not made the function ready yet answers otherwise), for up to `within`;
+/// the answer.
+pub async fn post_until_served(url: &str, body: &serde_json::Value, within: std::time::Duration) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + within;
+    let http = http();
+    loop {
+        let response = http.post(url).json(body).send().await.expect("answer");
+        let status = response.status();
+        if status == 200 {
+            return response.json().await.expect("json");
+        }
+        let text = response.text().await.unwrap_or_default();
+        assert!(std::time::Instant::now() < deadline, "{url} never served: {status} {text}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// `(id, score)` of each row of a gateway's answer.
+pub fn id_scores(answer: &serde_json::Value) -> Vec<(u64, f64)> {
+    answer["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| (r["id"].as_u64().expect("id"), r["score"].as_f64().expect("score")))
+        .collect()
+}
+
+/// Field `field` (`VmRSS`, `VmHWM`) of `/proc/PID/status`, in bytes.
+fn status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let line = status.lines().find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':'))).expect(field);
+    line.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()).expect("kB") * 1024
+}
+
+/// Resident memory of process `pid` now, in bytes.
+pub fn rss(pid: u32) -> u64 {
+    status_bytes(pid, "VmRSS")
+}
+
+/// Peak resident memory of process `pid`, in bytes.
+pub fn peak_rss(pid: u32) -> u64 {
+    status_bytes(pid, "VmHWM")
+}
+
 /// CPU time (user + system) the process `pid` has used so far, in seconds.
 pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
