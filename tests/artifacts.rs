@@ -88,11 +88,12 @@ async fn an_artifact_is_uploaded_in_chunks_and_copied_to_every_replica_outside_t
     assert_eq!(hex::encode(Sha256::digest(&body)), sha256);
 
     // A node's token reads it (nodes fetch what they run); one that may
-    // only invoke functions does not.
+    // only invoke functions does not. Asked of the leader, which has
+    // applied the new token by the time it answers the create.
     for (flags, status) in [(&["--node"][..], 200), (&["--invoke-only", "--tenant", "default"][..], 403)] {
         let token = grid_ok(&urls, &[&["tokens", "create"][..], flags].concat()).trim().to_string();
         let response = common::http()
-            .get(format!("{}/v1/artifacts/{sha256}", replicas.url(follower)))
+            .get(format!("{}/v1/artifacts/{sha256}", replicas.url(leader)))
             .bearer_auth(&token)
             .send()
             .await
@@ -290,15 +291,21 @@ async fn a_75_kb_mlp_deployed_as_an_artifact_scores_and_a_200_mb_one_reaches_two
     eprintln!("control plane RSS {before} -> +{grown} bytes for a 200 MiB artifact");
     assert!(grown < 32 << 20, "the control plane grew by {grown} bytes for a 200 MB artifact");
 
+    // Both nodes fetch the 200 MB artifact (version 2 is made ready only
+    // once they have it: until then they serve version 1).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for name in ["node-a", "node-b"] {
+        let kept = dir.join(name).join("modules").join(format!("{big_sha}.artifact"));
+        while std::fs::metadata(&kept).map(|m| m.len()).ok() != Some(200 << 20) {
+            assert!(Instant::now() < deadline, "{name} never kept the 200 MB artifact");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     // Both nodes fetch both artifacts and serve the version: 500 rows in one request.
     for node in &nodes {
         let url = format!("{}/v1/fn/default/mlp", node.url);
         let answer = common::post_until_served(&url, &json!({ "rows": rows }), Duration::from_secs(120)).await;
         let scores = common::id_scores(&answer);
         assert_close(&node.url, &scores, &model, &rows);
-    }
-    for name in ["node-a", "node-b"] {
-        let kept = dir.join(name).join("modules").join(format!("{big_sha}.artifact"));
-        assert_eq!(std::fs::metadata(&kept).map(|m| m.len()).ok(), Some(200 << 20), "{name}");
     }
 }
