@@ -54,12 +54,18 @@ async fn score_request(client: &Client, weight: f64) -> DeployRequest {
     DeployRequest { module, config: BTreeMap::from([("model".into(), config)]), ..DeployRequest::default() }
 }
 
-/// What replica `id` holds: its tenants and `score`'s versions.
+fn shadow_trial() -> wasmgrid_api::TrialSpec {
+    wasmgrid_api::TrialSpec { mode: wasmgrid_api::TrialMode::Shadow, percent: 100.0, threshold: 0.5 }
+}
+
+/// What replica `id` holds: its tenants and `score`'s versions, active
+/// version and trial.
 async fn view(replicas: &Replicas, id: u64) -> (Vec<String>, String) {
     let client = replicas.client(id);
     let tenants = client.tenants().await.unwrap_or_else(|e| panic!("replica {id}: {e}"));
     let score = client.function("score").await.unwrap_or_else(|e| panic!("replica {id}: {e}"));
-    (tenants.tenants.into_iter().map(|t| t.name).collect(), format!("{:?}", score.versions))
+    let function = format!("{:?} active {} trial {:?}", score.versions, score.active, score.trial);
+    (tenants.tenants.into_iter().map(|t| t.name).collect(), function)
 }
 
 /// Waits until every running replica has applied the leader's commit,
@@ -125,6 +131,10 @@ async fn replicas_of_two_releases_run_one_cluster_through_a_rolling_upgrade() {
         DeployRequest { replicas: Some(wasmgrid_api::Replicas::Count(2)), ..score_request(&client, 2.5).await };
     let refused = client.deploy("score", &placed).await.expect_err("replicas while upgrading");
     assert!(refused.to_string().contains("upgrade_in_progress"), "{refused}");
+    // A shadow too: the previous release would apply it as the active version.
+    let shadow = DeployRequest { trial: Some(shadow_trial()), ..score_request(&client, 2.5).await };
+    let refused = client.deploy("score", &shadow).await.expect_err("a shadow while upgrading");
+    assert!(refused.to_string().contains("upgrade_in_progress"), "{refused}");
     write(&client, "new-leader", 20, &mut acknowledged).await;
     agree(&replicas, &acknowledged, "the upgraded replica leads").await;
 
@@ -152,7 +162,10 @@ async fn replicas_of_two_releases_run_one_cluster_through_a_rolling_upgrade() {
         DeployRequest { replicas: Some(wasmgrid_api::Replicas::Count(2)), ..score_request(&client, 3.5).await };
     let deployed = client.deploy("score", &placed).await.expect("replicas once all moved");
     assert_eq!(deployed.active, 3);
-    agree(&replicas, &acknowledged, "a placed version").await;
+    let shadow = DeployRequest { trial: Some(shadow_trial()), ..score_request(&client, 4.5).await };
+    let deployed = client.deploy("score", &shadow).await.expect("a shadow once all moved");
+    assert_eq!((deployed.active, deployed.trial.map(|t| t.version)), (3, Some(4)));
+    agree(&replicas, &acknowledged, "a placed version and a shadow").await;
     assert!(acknowledged.len() >= 300, "most writes were acknowledged: {}", acknowledged.len());
 }
 

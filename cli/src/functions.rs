@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use wasmgrid_api::{Client, DeployRequest, GpuPlacement, InvokeRequest, NodeState};
+use wasmgrid_api::{
+    Client, DeployRequest, FunctionSummary, GpuPlacement, InvokeRequest, NodeState, TrialMode, TrialReport,
+    TrialRequest, TrialSpec,
+};
 
 use crate::client::{
     ClientArgs, client, client_timed, log_sources, print_guest_output, print_json, short, table, tokio_runtime,
@@ -14,6 +17,7 @@ use crate::client::{
 use crate::units;
 
 #[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("trial").args(["shadow", "canary"]))]
 pub struct DeployArgs {
     /// The function's name (a-z, 0-9, '-', '_', '.').
     name: String,
@@ -50,8 +54,35 @@ pub struct DeployArgs {
     /// (repeatable).
     #[arg(long = "artifact", value_name = "NAME=PATH", value_parser = units::parse_key_value)]
     artifacts: Vec<(String, String)>,
+    /// Run the new version as a shadow: it scores a copy of the calls the
+    /// active version answers, its answers compared (`functions diff`),
+    /// never returned; promote it with `functions promote`.
+    #[arg(long, conflicts_with = "canary")]
+    shadow: bool,
+    /// Run the new version as a canary answering this share of calls
+    /// (`10%`), chosen by a stable hash of each call's `wasmgrid-key`
+    /// header.
+    #[arg(long, value_name = "PERCENT", value_parser = units::parse_percent)]
+    canary: Option<f64>,
+    /// A shadow's or canary's decision threshold: `functions diff` counts
+    /// a row's numeric outputs as a disagreement when one version scores
+    /// at or over it and the other under [default: 0.5].
+    #[arg(long, requires = "trial")]
+    threshold: Option<f64>,
     #[command(flatten)]
     client: ClientArgs,
+}
+
+impl DeployArgs {
+    /// The trial the new version runs as, if any.
+    fn trial(&self) -> Option<TrialSpec> {
+        let threshold = self.threshold.unwrap_or(wasmgrid_api::DEFAULT_THRESHOLD);
+        match (self.shadow, self.canary) {
+            (true, _) => Some(TrialSpec { mode: TrialMode::Shadow, percent: 100.0, threshold }),
+            (false, Some(percent)) => Some(TrialSpec { mode: TrialMode::Canary, percent, threshold }),
+            (false, None) => None,
+        }
+    }
 }
 
 fn parse_placement(s: &str) -> Result<GpuPlacement, String> {
@@ -83,6 +114,65 @@ pub enum FunctionsCommand {
         name: String,
         /// The version to serve.
         version: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Make a version active: the shadow or canary after its trial (which
+    /// ends), or any other.
+    Promote {
+        /// The function.
+        name: String,
+        /// The version to serve.
+        version: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// How the shadow or canary compares with the active version: per
+    /// output column the rows compared, mean and largest absolute
+    /// difference and the disagreement rate; both versions' calls and
+    /// p50/p99 call time.
+    Diff {
+        /// The function.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Run an existing version as the shadow (replacing any shadow or
+    /// canary).
+    Shadow {
+        /// The function.
+        name: String,
+        /// The candidate version.
+        version: u64,
+        /// The share of calls copied to it.
+        #[arg(long, value_name = "PERCENT", value_parser = units::parse_percent, default_value = "100")]
+        share: f64,
+        /// The decision threshold disagreements are counted at.
+        #[arg(long, default_value_t = wasmgrid_api::DEFAULT_THRESHOLD)]
+        threshold: f64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Run an existing version as a canary answering a share of calls, or
+    /// change the canary's share.
+    Canary {
+        /// The function.
+        name: String,
+        /// The candidate version.
+        version: u64,
+        /// The share of calls it answers (`10%`).
+        #[arg(value_parser = units::parse_percent)]
+        percent: f64,
+        /// The decision threshold disagreements are counted at.
+        #[arg(long, default_value_t = wasmgrid_api::DEFAULT_THRESHOLD)]
+        threshold: f64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop the shadow or canary without promoting it.
+    Abandon {
+        /// The function.
+        name: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -199,6 +289,7 @@ pub fn deploy(args: DeployArgs) -> Result<()> {
     if bytes.len() > limit {
         bail!("{} is {} bytes, over the module limit of {limit} bytes", function.display(), bytes.len());
     }
+    let trial = args.trial();
     let request = DeployRequest {
         module: String::new(),
         memory: args.memory,
@@ -208,6 +299,7 @@ pub fn deploy(args: DeployArgs) -> Result<()> {
         public: args.public,
         replicas: args.replicas,
         artifacts: Default::default(),
+        trial,
     };
     // The leader compiles the component and runs its `init` before it
     // answers: give the deploy longer than other requests.
@@ -230,14 +322,25 @@ pub fn deploy(args: DeployArgs) -> Result<()> {
         if args.client.json {
             return print_json(&deployed);
         }
-        println!(
-            "deployed {} version {} ({}, module {}{})",
-            deployed.name,
-            deployed.active,
-            deployed.kind,
-            short(&module.sha256),
-            if module.existed { ", already stored" } else { "" }
-        );
+        let stored = if module.existed { ", already stored" } else { "" };
+        match (&request.trial, &deployed.trial) {
+            (Some(_), Some(trial)) => println!(
+                "deployed {} version {} as {} beside version {} ({}, module {}{stored})",
+                deployed.name,
+                trial.version,
+                trial_words(trial),
+                deployed.active,
+                deployed.kind,
+                short(&module.sha256),
+            ),
+            _ => println!(
+                "deployed {} version {} ({}, module {}{stored})",
+                deployed.name,
+                deployed.active,
+                deployed.kind,
+                short(&module.sha256),
+            ),
+        }
         Ok(())
     })
 }
@@ -290,6 +393,39 @@ pub fn functions(command: FunctionsCommand) -> Result<()> {
             }
             println!("{} now serves version {} (module {})", f.name, f.active, short(&f.module));
         }
+        FunctionsCommand::Promote { name, version, client: args } => {
+            let f = rt.block_on(client(&args)?.promote(&name, version))?;
+            if args.json {
+                return print_json(&f);
+            }
+            println!("{} now serves version {} (module {})", f.name, f.active, short(&f.module));
+        }
+        FunctionsCommand::Diff { name, client: args } => {
+            let report = rt.block_on(client(&args)?.diff(&name))?;
+            if args.json {
+                return print_json(&report);
+            }
+            print_diff(&report);
+        }
+        FunctionsCommand::Shadow { name, version, share, threshold, client: args } => {
+            let request =
+                TrialRequest { version, mode: TrialMode::Shadow, percent: Some(share), threshold: Some(threshold) };
+            let f = rt.block_on(client(&args)?.set_trial(&name, &request))?;
+            print_trial(&f, args.json)?;
+        }
+        FunctionsCommand::Canary { name, version, percent, threshold, client: args } => {
+            let request =
+                TrialRequest { version, mode: TrialMode::Canary, percent: Some(percent), threshold: Some(threshold) };
+            let f = rt.block_on(client(&args)?.set_trial(&name, &request))?;
+            print_trial(&f, args.json)?;
+        }
+        FunctionsCommand::Abandon { name, client: args } => {
+            let f = rt.block_on(client(&args)?.end_trial(&name))?;
+            if args.json {
+                return print_json(&f);
+            }
+            println!("{} serves version {} alone", f.name, f.active);
+        }
         FunctionsCommand::Rm { name, client: args } => {
             let f = rt.block_on(client(&args)?.delete(&name))?;
             if args.json {
@@ -299,6 +435,65 @@ pub fn functions(command: FunctionsCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// "a shadow (100% of calls)", "a canary (10% of calls)".
+fn trial_words(trial: &wasmgrid_api::Trial) -> String {
+    let what = match trial.spec.mode {
+        TrialMode::Shadow => "a shadow",
+        TrialMode::Canary => "a canary",
+    };
+    format!("{what} ({}% of calls)", trial.spec.percent)
+}
+
+fn print_trial(f: &FunctionSummary, json: bool) -> Result<()> {
+    if json {
+        return print_json(f);
+    }
+    if let Some(trial) = &f.trial {
+        println!("{} version {} runs as {} beside version {}", f.name, trial.version, trial_words(trial), f.active);
+    }
+    Ok(())
+}
+
+/// `functions diff`, as a person reads it.
+fn print_diff(r: &TrialReport) {
+    let nodes = if r.nodes == 1 { "1 node".to_string() } else { format!("{} nodes", r.nodes) };
+    let mode = r.mode.name();
+    println!(
+        "{}: version {} as a {mode} of version {} ({}% of calls), reported by {nodes}",
+        r.name, r.candidate.version, r.active.version, r.percent
+    );
+    let side = |role: &str, v: &wasmgrid_api::VersionLatency| {
+        vec![
+            role.to_string(),
+            v.version.to_string(),
+            v.calls.to_string(),
+            v.errors.to_string(),
+            format!("{}us", v.p50_us),
+            format!("{}us", v.p99_us),
+        ]
+    };
+    table(&["", "VERSION", "CALLS", "ERRORS", "P50", "P99"], vec![side("active", &r.active), side(mode, &r.candidate)]);
+    if r.mode == TrialMode::Canary {
+        return;
+    }
+    println!("rows compared: {}; shadow calls skipped (node busy): {}", r.rows, r.skipped);
+    let rows = r
+        .columns
+        .iter()
+        .map(|c| {
+            vec![
+                c.column.clone(),
+                c.count.to_string(),
+                format!("{:.6}", c.mean_abs),
+                format!("{:.6}", c.max_abs),
+                format!("{} ({:.2}%)", c.disagree, 100.0 * c.disagree_rate),
+            ]
+        })
+        .collect();
+    let disagree = format!("DISAGREE@{}", r.threshold);
+    table(&["COLUMN", "ROWS", "MEAN|DIFF|", "MAX|DIFF|", &disagree], rows);
 }
 
 /// Reads `--data`: `{"rows": [...]}`, a list of rows, or one row.

@@ -15,6 +15,10 @@ use crate::units;
 pub struct SubmitArgs {
     /// The deployed scorer or mapper.
     name: String,
+    /// Run this version of it (a shadow or canary scored offline before it
+    /// is promoted, or an earlier one) [default: the active version].
+    #[arg(long)]
+    version: Option<u64>,
     /// Input: a file, directory or glob the nodes can read.
     #[arg(long)]
     input: String,
@@ -248,6 +252,7 @@ pub fn job(command: JobCommand) -> Result<()> {
 fn submit(rt: &tokio::runtime::Runtime, args: &SubmitArgs) -> Result<()> {
     let request = JobRequest {
         function: args.name.clone(),
+        version: args.version,
         input: absolute(&args.input)?,
         output: absolute(&args.output)?,
         input_format: args.input_format.clone(),
@@ -264,6 +269,11 @@ fn submit(rt: &tokio::runtime::Runtime, args: &SubmitArgs) -> Result<()> {
     let c = client(&args.client)?;
     rt.block_on(async {
         let job = c.submit_job(&request).await.context("submitting the job")?;
+        if let Some(version) = args.version.filter(|&v| v != job.version) {
+            // A control plane of a release before `version` runs the active one.
+            let _ = c.cancel_job(&job.id).await;
+            bail!("the control plane ran version {} instead of {version}; upgrade it to choose a version", job.version);
+        }
         if !args.wait {
             if args.client.json {
                 return print_json(&job);

@@ -45,6 +45,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Parses a percentage: `10%` or `10` (0 to 100).
+pub fn parse_percent(s: &str) -> Result<f64, String> {
+    let number = s.strip_suffix('%').unwrap_or(s).trim();
+    match number.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("`{s}` is not a percentage between 0% and 100%")),
+    }
+}
+
 /// Parses `key=value`.
 pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
@@ -56,6 +65,15 @@ pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percentages() {
+        assert_eq!(parse_percent("10%"), Ok(10.0));
+        assert_eq!(parse_percent("2.5"), Ok(2.5));
+        assert!(parse_percent("110%").is_err());
+        assert!(parse_percent("ten").is_err());
+        assert!(parse_percent("-1%").is_err());
+    }
 
     #[test]
     fn parses_sizes() {

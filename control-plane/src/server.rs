@@ -52,6 +52,7 @@ mod nodes;
 mod placement;
 mod tenants;
 mod traffic;
+mod trials;
 mod ui;
 use auth::Caller;
 pub use jobs::DEFAULT_MAX_ATTEMPTS;
@@ -403,6 +404,9 @@ fn router(app: App) -> Router {
         .route("/v1/functions/{name}", get(functions::show_function).delete(functions::delete_function))
         .route("/v1/functions/{name}/versions", post(functions::deploy))
         .route("/v1/functions/{name}/rollback", post(functions::rollback))
+        .route("/v1/functions/{name}/promote", post(functions::rollback))
+        .route("/v1/functions/{name}/trial", put(trials::set_trial).delete(trials::end_trial))
+        .route("/v1/functions/{name}/diff", get(trials::diff))
         .route("/v1/nodes", get(nodes::list_nodes))
         .route("/v1/nodes/{id}/heartbeat", post(nodes::heartbeat))
         .route("/v1/routes", get(nodes::routes))

@@ -42,7 +42,14 @@ fn spec(weight: &str) -> FunctionSpec {
 
 fn deploy(name: &str, weight: &str) -> Command {
     let module = sha256_hex(MODULE);
-    Command::Deploy { tenant: DEFAULT_TENANT.into(), name: name.into(), module, spec: spec(weight), placement: None }
+    Command::Deploy {
+        tenant: DEFAULT_TENANT.into(),
+        name: name.into(),
+        module,
+        spec: spec(weight),
+        placement: None,
+        trial: None,
+    }
 }
 
 /// What the fixture's log holds, in order, and how each entry is encoded.

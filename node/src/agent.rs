@@ -217,6 +217,7 @@ async fn heartbeats(gateway: Arc<Gateway>, client: Client, id: String, url: Stri
             // Aggregators' map tasks write partial states and their reduce
             // tasks merge them.
             aggregators: true,
+            trials: gateway.trial_usage(),
         };
         match client.heartbeat(&id, &beat).await {
             Ok(_) if failing => {
@@ -268,6 +269,32 @@ async fn watch(gateway: Arc<Gateway>, client: Client, modules_dir: PathBuf, id: 
     }
 }
 
+/// Version `route` made ready: shared with what serves it now (as the
+/// active version or as the candidate), else fetched and loaded.
+async fn ready(
+    gateway: &Gateway,
+    client: &Client,
+    modules_dir: &Path,
+    current: &Table,
+    route: &wasmgrid_api::Route,
+) -> Result<wasmgrid_gateway::Served, modules::PrepareError> {
+    let key = (route.tenant.clone(), route.name.clone());
+    let serving = current.get(&key).into_iter().flat_map(|s| [Some(s), s.candidate()]).flatten();
+    if let Some(served) = serving.into_iter().find(|s| s.serves(route)) {
+        return Ok(gateway.serve_again(served, route.clone()));
+    }
+    let version = || Version {
+        config: Arc::new(route.config.clone()),
+        artifacts: route.artifacts.clone(),
+        limits: wasmgrid_gateway::limits(route),
+    };
+    let (function, artifacts) =
+        modules::prepare(gateway.runtime(), client, modules_dir, &route.module, version()).await?;
+    tracing::info!(function = %route.name, version = route.version, "ready to serve");
+    let reload = modules::reloader(gateway.runtime(), modules_dir, &route.module, version());
+    Ok(gateway.serve(route.clone(), function, artifacts, reload))
+}
+
 /// How long a node waits before trying again to make ready a version whose
 /// module could not be fetched or kept.
 const RETRY_FAILED_ROUTES: Duration = Duration::from_secs(1);
@@ -290,25 +317,16 @@ async fn install(gateway: &Gateway, client: &Client, modules_dir: &Path, id: &st
             remotes.insert(key, Arc::new(Remote::new(route, targets)));
             continue;
         }
-        if let Some(served) = current.get(&key).filter(|s| s.route.same_version(&route)) {
-            let served = match served.route == route {
-                true => served.clone(),
-                false => Arc::new(served.placed_anew(route)),
-            };
-            next.insert(key, served);
+        // Nothing changed: the same versions serve on.
+        // (A candidate that could not be made ready is tried again.)
+        if let Some(served) =
+            current.get(&key).filter(|s| s.route == route && s.candidate().is_some() == route.candidate.is_some())
+        {
+            next.insert(key, served.clone());
             continue;
         }
-        let version = || Version {
-            config: Arc::new(route.config.clone()),
-            artifacts: route.artifacts.clone(),
-            limits: wasmgrid_gateway::limits(&route),
-        };
-        match modules::prepare(gateway.runtime(), client, modules_dir, &route.module, version()).await {
-            Ok((function, artifacts)) => {
-                tracing::info!(function = %route.name, version = route.version, "ready to serve");
-                let reload = modules::reloader(gateway.runtime(), modules_dir, &route.module, version());
-                next.insert(key, Arc::new(gateway.serve(route, function, artifacts, reload)));
-            }
+        let active = match ready(gateway, client, modules_dir, &current, &route).await {
+            Ok(served) => served,
             Err(e) => {
                 tracing::error!(function = %route.name, version = route.version, "cannot serve this version: {e}");
                 // Fetching and keeping a module can succeed on a later try; a
@@ -324,8 +342,24 @@ async fn install(gateway: &Gateway, client: &Client, modules_dir: &Path, id: &st
                         failed.insert(key, (route.version, e.to_string()));
                     }
                 }
+                continue;
             }
-        }
+        };
+        // A candidate that cannot be made ready leaves the active version
+        // serving alone (and the trial without counts from this node).
+        let served = match &route.candidate {
+            Some(c) => match ready(gateway, client, modules_dir, &current, &c.route).await {
+                Ok(candidate) => gateway.with_candidate(route.clone(), active, candidate, c.trial),
+                Err(e) => {
+                    let version = c.route.version;
+                    tracing::error!(function = %route.name, version, "cannot serve this candidate version: {e}");
+                    complete &= !e.may_pass();
+                    active.placed_anew(route)
+                }
+            },
+            None => active.placed_anew(route),
+        };
+        next.insert(key, Arc::new(served));
     }
     gateway.install(next, remotes, failed, table.revision);
     complete

@@ -252,6 +252,27 @@ impl Client {
         self.call(Method::POST, &format!("/v1/functions/{}/rollback", segment(name)), body).await
     }
 
+    /// Makes `version` active (the candidate's promotion ends its trial).
+    pub async fn promote(&self, name: &str, version: u64) -> Result<FunctionSummary, ApiError> {
+        let body = Self::json(&RollbackRequest { version });
+        self.call(Method::POST, &format!("/v1/functions/{}/promote", segment(name)), body).await
+    }
+
+    /// Runs a version as the function's candidate (shadow or canary).
+    pub async fn set_trial(&self, name: &str, request: &TrialRequest) -> Result<FunctionSummary, ApiError> {
+        self.call(Method::PUT, &format!("/v1/functions/{}/trial", segment(name)), Self::json(request)).await
+    }
+
+    /// Ends the function's trial without promoting its candidate.
+    pub async fn end_trial(&self, name: &str) -> Result<FunctionSummary, ApiError> {
+        self.call(Method::DELETE, &format!("/v1/functions/{}/trial", segment(name)), Body::None).await
+    }
+
+    /// How the function's candidate compares with its active version.
+    pub async fn diff(&self, name: &str) -> Result<TrialReport, ApiError> {
+        self.call(Method::GET, &format!("/v1/functions/{}/diff", segment(name)), Body::None).await
+    }
+
     /// Removes a function and its versions.
     pub async fn delete(&self, name: &str) -> Result<FunctionSummary, ApiError> {
         self.call(Method::DELETE, &format!("/v1/functions/{}", segment(name)), Body::None).await

@@ -117,6 +117,7 @@ fn deploy(name: &str, module: &[u8]) -> Command {
             artifacts: Default::default(),
         },
         placement: None,
+        trial: None,
     }
 }
 

@@ -37,7 +37,7 @@ pub(super) fn state_failure(e: StateError) -> Failure {
         | StateError::JobNotFound { .. }
         | StateError::TenantNotFound { .. }
         | StateError::TokenNotFound { .. } => Failure::not_found(message),
-        StateError::TenantExists { .. } | StateError::DefaultTenant => {
+        StateError::TenantExists { .. } | StateError::DefaultTenant | StateError::Conflict(_) => {
             Failure::new(StatusCode::CONFLICT, "conflict", message)
         }
         StateError::Storage(_) => Failure::internal(message),

@@ -28,8 +28,10 @@ pub(super) async fn health(Shared(app): Shared<App>) -> Answer<Response> {
     }
     // `placement`: this release reads `Place` entries and jobs submitted in
     // ranges; a leader proposes them only once every replica says so (a
-    // rolling upgrade).
-    Ok(json(StatusCode::OK, &serde_json::json!({ "status": "ok", "id": app.0.replica.id(), "placement": true })))
+    // rolling upgrade). `trials`: it applies a deploy with a trial as a
+    // candidate, not as a new active version.
+    let health = serde_json::json!({ "status": "ok", "id": app.0.replica.id(), "placement": true, "trials": true });
+    Ok(json(StatusCode::OK, &health))
 }
 
 /// `GET /v1/ready`: `200` while the replica works and knows a leader (it

@@ -142,10 +142,11 @@ pub(super) async fn to_leader(Shared(app): Shared<App>, request: Request, next: 
         return refused.into_response();
     }
     let path = request.uri().path();
-    // Node heartbeats (liveness, usage, traffic) live in the leader's memory only.
+    // Node heartbeats (liveness, usage, traffic, trials) live in the leader's memory only.
     let needs_leader = (request.method() != Method::GET && path != "/v1/raft")
         || matches!(path, "/v1/nodes" | "/v1/usage" | "/v1/traffic")
-        || (path.starts_with("/v1/jobs/") && path.ends_with("/attempts"));
+        || (path.starts_with("/v1/jobs/") && path.ends_with("/attempts"))
+        || (path.starts_with("/v1/functions/") && path.ends_with("/diff"));
     if !needs_leader {
         return next.run(request).await;
     }

@@ -1,5 +1,6 @@
 //! Modules and functions: upload and download, deploy, list, show, roll
-//! back and delete.
+//! back and delete. Trials (shadow, canary, promote, diff) are in
+//! [`super::trials`].
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection};
@@ -91,6 +92,7 @@ pub(super) fn summary(f: &Function) -> FunctionSummary {
         kind: active.map(|v| v.spec.kind.clone()).unwrap_or_default(),
         module: active.map(|v| v.module.clone()).unwrap_or_default(),
         nodes: f.placement.clone(),
+        trial: f.trial.clone(),
     }
 }
 
@@ -155,6 +157,20 @@ pub(super) async fn deploy(
                 "artifact `{name}`: no artifact with sha256 {sha256}; upload it first"
             )));
         }
+    }
+    if let Some(trial) = &request.trial {
+        trial.check().map_err(Failure::bad)?;
+        if app.0.replica.state().function(&tenant, &name)?.is_none() {
+            let mode = trial.mode.name();
+            return Err(Failure::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!(
+                    "function `{name}` has no active version for a {mode} to run beside; deploy it without --{mode} first"
+                ),
+            ));
+        }
+        app.require_trials().await?;
     }
     let kind = app.kind_of(&request.module).await?;
     if request.gpu == GpuPlacement::Required {
@@ -232,21 +248,25 @@ pub(super) async fn deploy(
         false => None,
     };
     let module = request.module.clone();
-    let command = Command::Deploy { tenant: tenant.clone(), name: name.clone(), module, spec, placement };
+    let trial = request.trial;
+    let command = Command::Deploy { tenant: tenant.clone(), name: name.clone(), module, spec, placement, trial };
     let applied = app.propose(command).await;
     app.placed(&tenant, &name);
     let Applied::Deployed { version } = applied? else {
         return Err(Failure::internal("the deploy applied as something else"));
     };
-    let function = state.function(&tenant, &name)?;
-    let summary = FunctionSummary {
-        versions: function.as_ref().map_or(version, |f| f.latest),
-        nodes: function.map(|f| f.placement).unwrap_or_default(),
-        tenant,
-        name,
-        active: version,
-        kind: kind.into(),
-        module: request.module,
+    let summary = match state.function(&tenant, &name)? {
+        Some(f) => summary(&f),
+        None => FunctionSummary {
+            tenant,
+            name,
+            active: version,
+            versions: version,
+            kind: kind.into(),
+            module: request.module,
+            nodes: Vec::new(),
+            trial: None,
+        },
     };
     Ok(json(StatusCode::CREATED, &summary))
 }
@@ -270,6 +290,7 @@ pub(super) async fn show_function(
         name: f.name.clone(),
         active: f.active,
         versions: app.0.replica.state().versions(&f.tenant, &f.name)?.iter().map(version_info).collect(),
+        trial: f.trial.clone(),
     };
     Ok(json(StatusCode::OK, &info))
 }
@@ -304,6 +325,7 @@ pub(super) async fn delete_function(
         kind: String::new(),
         module: String::new(),
         nodes: Vec::new(),
+        trial: None,
     });
     Ok(json(StatusCode::OK, &gone))
 }

@@ -151,22 +151,13 @@ fn route_table(app: &App, revision: u64) -> Answer<RouteTable> {
         .all_functions()?
         .iter()
         .filter_map(|f| {
-            let v = f.active_version()?;
-            Some(Route {
-                gpu_refused: refused.get(&f.tenant).cloned(),
-                tenant: f.tenant.clone(),
-                name: f.name.clone(),
-                version: v.version,
-                module: v.module.clone(),
-                kind: v.spec.kind.clone(),
-                memory: v.spec.memory,
-                timeout_ms: v.spec.timeout_ms,
-                config: v.spec.config.clone(),
-                gpu: v.spec.gpu,
-                public: v.spec.public,
-                artifacts: v.spec.artifacts.clone(),
-                nodes: f.placement.clone(),
-            })
+            let gpu_refused = refused.get(&f.tenant).cloned();
+            let mut route = version_route(f, f.active_version()?, gpu_refused.clone());
+            if let (Some(trial), Some(candidate)) = (&f.trial, &f.candidate) {
+                let candidate = version_route(f, candidate, gpu_refused);
+                route.candidate = Some(Box::new(Candidate { trial: trial.spec, route: candidate }));
+            }
+            Some(route)
         })
         .collect();
     let mut grants = vec![Grant { sha256: app.0.admin_hash.clone(), tenant: None, role: Role::Admin }];
@@ -174,6 +165,26 @@ fn route_table(app: &App, revision: u64) -> Answer<RouteTable> {
     let concurrency = tenants.into_iter().filter_map(|t| Some((t.name, t.quotas.concurrency?))).collect();
     let nodes = state.nodes()?.into_iter().map(|n| (n.id, n.address)).collect();
     Ok(RouteTable { revision, routes, grants, concurrency, nodes })
+}
+
+/// How nodes serve version `v` of `f`.
+fn version_route(f: &Function, v: &Version, gpu_refused: Option<String>) -> Route {
+    Route {
+        gpu_refused,
+        tenant: f.tenant.clone(),
+        name: f.name.clone(),
+        version: v.version,
+        module: v.module.clone(),
+        kind: v.spec.kind.clone(),
+        memory: v.spec.memory,
+        timeout_ms: v.spec.timeout_ms,
+        config: v.spec.config.clone(),
+        gpu: v.spec.gpu,
+        public: v.spec.public,
+        artifacts: v.spec.artifacts.clone(),
+        nodes: f.placement.clone(),
+        candidate: None,
+    }
 }
 
 /// Why each tenant that used its GPU quota has its `gpu` calls refused.

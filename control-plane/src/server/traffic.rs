@@ -113,7 +113,7 @@ fn difference(now: &FunctionUsage, before: &FunctionUsage) -> FunctionUsage {
 /// The `q` quantile of a latency histogram, in microseconds, interpolated
 /// linearly within its bucket (as Prometheus' `histogram_quantile`); calls
 /// over the last bound count as the last bound. 0 for no calls.
-fn quantile(latency: &[u64], q: f64) -> u64 {
+pub(super) fn quantile(latency: &[u64], q: f64) -> u64 {
     let total: u64 = latency.iter().sum();
     if total == 0 {
         return 0;

@@ -5,6 +5,7 @@ use sled::transaction::ConflictableTransactionResult;
 
 use super::model::*;
 use super::{Tx, abort};
+use wasmgrid_api::Trial;
 
 /// Applies a module, function or node command.
 pub(super) fn apply(tx: &Tx<'_>, command: &Command) -> ConflictableTransactionResult<Result<Applied>, StateError> {
@@ -29,7 +30,7 @@ pub(super) fn apply(tx: &Tx<'_>, command: &Command) -> ConflictableTransactionRe
             access.insert(artifact_key(sha256), encode(size).map_err(abort)?)?;
             Ok(Applied::ArtifactStored { sha256: sha256.clone(), existed })
         }
-        Command::Deploy { tenant, name, module, spec, placement } => {
+        Command::Deploy { tenant, name, module, spec, placement, trial } => {
             if modules.get(module.as_bytes())?.is_none() || access.get(owner_key(tenant, module))?.is_none() {
                 return Ok(Err(StateError::ModuleNotFound { sha256: module.clone() }));
             }
@@ -47,13 +48,24 @@ pub(super) fn apply(tx: &Tx<'_>, command: &Command) -> ConflictableTransactionRe
                     active: 0,
                     latest: 0,
                     placement: Vec::new(),
+                    trial: None,
                 },
             };
             let version = head.latest + 1;
             let record = Version { version, module: module.clone(), spec: spec.clone(), created_at: index };
             versions.insert(version_key(tenant, name, version), encode(&record).map_err(abort)?)?;
-            head.active = version;
             head.latest = version;
+            // A trial needs a version to stand beside: a function's first
+            // version is active whatever it was deployed as.
+            match trial {
+                Some(spec) if head.active != 0 => head.trial = Some(Trial { version, spec: *spec }),
+                // A new active version ends the trial: its candidate was
+                // compared with another.
+                _ => {
+                    head.active = version;
+                    head.trial = None;
+                }
+            }
             if let Some(nodes) = placement {
                 head.placement = nodes.clone();
             }
@@ -71,8 +83,31 @@ pub(super) fn apply(tx: &Tx<'_>, command: &Command) -> ConflictableTransactionRe
                 return Ok(Err(StateError::VersionNotFound { tenant, name, version }));
             }
             head.active = *version;
+            if head.trial.as_ref().is_some_and(|t| t.version == *version) {
+                head.trial = None;
+            }
             functions.insert(key, encode(&head).map_err(abort)?)?;
             Ok(Applied::RolledBack { version: *version })
+        }
+        Command::SetTrial { tenant, name, trial } => {
+            let key = function_key(tenant, name);
+            let Some(v) = functions.get(&key)? else {
+                return Ok(Err(StateError::FunctionNotFound { tenant: tenant.clone(), name: name.clone() }));
+            };
+            let mut head = decode::<FunctionRecord>(&v).map_err(abort)?;
+            if let Some(t) = trial {
+                if !(1..=head.latest).contains(&t.version) {
+                    let (tenant, name, version) = (tenant.clone(), name.clone(), t.version);
+                    return Ok(Err(StateError::VersionNotFound { tenant, name, version }));
+                }
+                if t.version == head.active {
+                    let message = format!("version {} is the active version; a candidate is another", t.version);
+                    return Ok(Err(StateError::Conflict(message)));
+                }
+            }
+            head.trial = trial.clone();
+            functions.insert(key, encode(&head).map_err(abort)?)?;
+            Ok(Applied::TrialSet)
         }
         Command::Delete { tenant, name } => {
             let Some(v) = functions.remove(function_key(tenant, name))? else {

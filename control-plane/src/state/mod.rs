@@ -202,6 +202,7 @@ impl State {
                 active: old.active,
                 latest,
                 placement: Vec::new(),
+                trial: None,
             };
             let head_bytes = encode(&head)?;
             let records = old
@@ -297,6 +298,7 @@ impl State {
                     | Command::PutArtifact { .. }
                     | Command::Deploy { .. }
                     | Command::Rollback { .. }
+                    | Command::SetTrial { .. }
                     | Command::Delete { .. }
                     | Command::Place { .. }
                     | Command::RegisterNode { .. } => functions::apply(&tx, command),
@@ -532,6 +534,14 @@ impl State {
             .collect()
     }
 
+    /// One version of a function.
+    pub fn version(&self, tenant: &str, name: &str, version: u64) -> Result<Option<Version>> {
+        match self.versions.get(version_key(tenant, name, version))? {
+            Some(v) => Ok(Some(decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Every version of a function, oldest first (none for an unknown one).
     pub fn versions(&self, tenant: &str, name: &str) -> Result<Vec<Version>> {
         let prefix = format!("{tenant}/{name}/");
@@ -540,12 +550,13 @@ impl State {
 
     /// A function's head record, with its active version.
     fn read_function(&self, head: &[u8]) -> Result<Function> {
-        let FunctionRecord { tenant, name, active, latest, placement } = decode(head)?;
-        let current = match self.versions.get(version_key(&tenant, &name, active))? {
-            Some(v) => Some(decode(&v)?),
+        let FunctionRecord { tenant, name, active, latest, placement, trial } = decode(head)?;
+        let current = self.version(&tenant, &name, active)?;
+        let candidate = match &trial {
+            Some(t) => self.version(&tenant, &name, t.version)?,
             None => None,
         };
-        Ok(Function { tenant, name, active, latest, current, placement })
+        Ok(Function { tenant, name, active, latest, current, placement, trial, candidate })
     }
 
     /// Every registered node, by id.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use wasmgrid_api::{Quotas, Role};
+use wasmgrid_api::{Quotas, Role, Trial, TrialSpec};
 
 use super::jobs::JobCommand;
 pub use super::outcome::*;
@@ -76,6 +76,10 @@ pub struct Function {
     pub current: Option<Version>,
     /// The nodes it is placed on (empty: not placed, every node loads it).
     pub placement: Vec<String>,
+    /// The candidate running beside the active version, if any.
+    pub trial: Option<Trial>,
+    /// The candidate version's record.
+    pub candidate: Option<Version>,
 }
 
 /// What the state stores for a function: its head. A deploy writes one
@@ -90,6 +94,9 @@ pub(crate) struct FunctionRecord {
     /// The nodes it is placed on, by id; kept across versions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) placement: Vec<String>,
+    /// The candidate running beside the active version, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) trial: Option<Trial>,
 }
 
 /// How a function was stored before versions had records of their own:
@@ -136,7 +143,8 @@ pub enum Command {
         /// Its size in bytes.
         size: u64,
     },
-    /// Adds a version to a function (creating it) and makes it active.
+    /// Adds a version to a function (creating it) and makes it active,
+    /// or its candidate when `trial` says how it runs.
     Deploy {
         /// The tenant.
         tenant: String,
@@ -149,8 +157,15 @@ pub enum Command {
         /// The nodes it is placed on from now on (none: as it was).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         placement: Option<Vec<String>>,
+        /// Runs the new version as the candidate (the active one stays)
+        /// instead of making it active. Replicas of releases before trials
+        /// would make it active: deploys with one are refused while such a
+        /// replica remains.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trial: Option<TrialSpec>,
     },
-    /// Makes an earlier version active again.
+    /// Makes an earlier version active again (promotes the candidate, when
+    /// it is that version: its trial ends).
     Rollback {
         /// The tenant.
         tenant: String,
@@ -231,6 +246,16 @@ pub enum Command {
     Place {
         /// The new placements.
         changes: Vec<Placement>,
+    },
+    /// Runs a version of a function as its candidate (`Some`), or ends the
+    /// trial without promoting it (`None`).
+    SetTrial {
+        /// The tenant.
+        tenant: String,
+        /// The function.
+        name: String,
+        /// The candidate and how it runs.
+        trial: Option<Trial>,
     },
 }
 
@@ -322,7 +347,7 @@ impl From<LegacyCommand> for Command {
                 let replicas = wasmgrid_api::Replicas::All;
                 let artifacts = BTreeMap::new();
                 let spec = FunctionSpec { kind, memory, timeout_ms, config, gpu, public, replicas, artifacts };
-                Command::Deploy { tenant, name, module, spec, placement: None }
+                Command::Deploy { tenant, name, module, spec, placement: None, trial: None }
             }
             LegacyCommand::Rollback { tenant, name, version } => Command::Rollback { tenant, name, version },
             LegacyCommand::Delete { tenant, name } => Command::Delete { tenant, name },
@@ -406,6 +431,7 @@ impl Command {
                 | Command::Place { .. }
                 | Command::RegisterNode { .. }
                 | Command::Rollback { .. }
+                | Command::SetTrial { .. }
                 | Command::Delete { .. }
                 | Command::DeleteTenant { .. }
                 | Command::CreateToken { .. }
@@ -501,6 +527,14 @@ pub(super) fn precheck(command: &Command) -> Result<()> {
         Command::Rollback { tenant, name, .. } | Command::Delete { tenant, name } => {
             validate_name(tenant)?;
             validate_name(name)
+        }
+        Command::SetTrial { tenant, name, trial } => {
+            validate_name(tenant)?;
+            validate_name(name)?;
+            match trial {
+                Some(t) => t.spec.check().map_err(StateError::Conflict),
+                None => Ok(()),
+            }
         }
         Command::RegisterNode { id, .. } => validate_name(id),
         Command::Place { changes } => changes.iter().flat_map(|c| &c.nodes).try_for_each(|id| validate_name(id)),

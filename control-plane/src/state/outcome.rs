@@ -91,6 +91,10 @@ pub enum StateError {
         /// The token's id.
         id: String,
     },
+    /// The command does not fit the state (a candidate that is the
+    /// active version, a bad trial).
+    #[error("{0}")]
+    Conflict(String),
     /// The storage failed.
     #[error("storage: {0}")]
     Storage(String),
@@ -129,6 +133,8 @@ pub enum Applied {
         /// The active version.
         version: u64,
     },
+    /// The function's trial was set or ended.
+    TrialSet,
     /// The function is gone.
     Deleted,
     /// The node is in the registry.

@@ -31,6 +31,7 @@ fn deploy(name: &str, bytes: &[u8]) -> Command {
         module: sha256_hex(bytes),
         spec: spec(),
         placement: None,
+        trial: None,
     }
 }
 
@@ -192,6 +193,7 @@ fn tenants_own_their_uploads_and_removing_one_removes_what_it_owned() -> Result<
         module: sha256_hex(bytes),
         spec: spec(),
         placement: None,
+        trial: None,
     };
     assert!(matches!(s.apply(1, &put_for("acme", b"m")), Err(StateError::TenantNotFound { .. })));
     s.apply(2, &Command::CreateTenant { name: "acme".into(), quotas: Quotas::default() })?;

@@ -35,7 +35,12 @@ pub(crate) async fn ready(State(gateway): State<Arc<Gateway>>) -> Answer<Json<se
 pub(crate) async fn served_routes(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Answer<Json<RouteTable>> {
     gateway.operator(&headers)?;
     // Those it holds and those it forwards: every function it answers.
-    let mut routes: Vec<Route> = gateway.table().values().map(|s| s.route.clone()).collect();
+    // A candidate shows once it is ready here.
+    let mut routes: Vec<Route> = gateway
+        .table()
+        .values()
+        .map(|s| Route { candidate: s.trial.as_ref().and(s.route.candidate.clone()), ..s.route.clone() })
+        .collect();
     routes.extend(gateway.remotes().values().map(|r| r.route.clone()));
     routes.sort_by(|a, b| (&a.tenant, &a.name).cmp(&(&b.tenant, &b.name)));
     let revision = gateway.revision();

@@ -2,7 +2,7 @@
 //! steps every call opens with (those of `wasi:http` components too).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 use axum::body::Bytes;
@@ -20,6 +20,7 @@ use wasmgrid_runtime::{Error, Kind, Result};
 use crate::admission::{Admitted, InFlight, admit, read_body};
 use crate::codec::{ARROW_STREAM, Rows, batch_to_rows, read_arrow, read_json, rows_to_batch, write_arrow};
 use crate::instrument::{metered, timed};
+use crate::trial::{Side, TrialRun};
 use crate::{Gateway, Served};
 
 /// A call that passed the checks every call opens with, in this order: the
@@ -105,6 +106,16 @@ pub(crate) async fn invoke(
     {
         return crate::forward::forward(&gateway, &remote, request).await;
     }
+    // A canary answers its share of calls.
+    let trial = served.as_ref().and_then(|s| s.trial.clone());
+    let side = match &trial {
+        Some(t) if t.answers(request.headers()) => Side::Candidate,
+        _ => Side::Active,
+    };
+    let served = match (&trial, side) {
+        (Some(t), Side::Candidate) => Some(t.candidate.clone()),
+        _ => served,
+    };
     // A span for traces (disabled, and free, without an exporter), in the
     // caller's trace when it sent a `traceparent`.
     let span = tracing::trace_span!(
@@ -117,7 +128,8 @@ pub(crate) async fn invoke(
         http.response.status_code = tracing::field::Empty,
     );
     let trace_id = trace::continue_from(&span, request.headers());
-    let mut response = call(&gateway, (&tenant, &name), served.as_ref(), request, &mut bytes_in)
+    let trial = trial.as_ref().map(|t| (t, side));
+    let mut response = call(&gateway, (&tenant, &name), served.as_ref(), trial, request, &mut bytes_in)
         .instrument(span.clone())
         .await
         .unwrap_or_else(IntoResponse::into_response);
@@ -133,6 +145,7 @@ async fn call(
     gateway: &Arc<Gateway>,
     (tenant, name): (&str, &str),
     served: Option<&Arc<Served>>,
+    trial: Option<(&Arc<TrialRun>, Side)>,
     request: axum::extract::Request,
     bytes_in: &mut u64,
 ) -> Answer<Response> {
@@ -146,7 +159,7 @@ async fn call(
     let rows = if arrow { read_arrow(&opened.body) } else { read_json(&opened.body) }
         .map_err(|e| Failure::bad(e.to_string()))?;
     let served = opened.served;
-    let (running, _, _) = opened.run(gateway, name).await?;
+    let (running, parts, input) = opened.run(gateway, name).await?;
 
     let job = served.clone();
     let guest = tracing::trace_span!(
@@ -159,44 +172,58 @@ async fn call(
     // A function whose recent calls were short runs on this thread,
     // sparing two thread handoffs; anything else goes to the blocking pool.
     // Inline calls never occupy every worker.
-    let result = match gateway.inline.clone().try_acquire_owned().ok().filter(|_| served.cost.runs_inline()) {
+    let (result, took) = match gateway.inline.clone().try_acquire_owned().ok().filter(|_| served.cost.runs_inline()) {
         Some(inline) => {
             let _held = (running, inline);
             let _guest = guest.entered();
             let (result, took) = timed(&served.meter, || score(&job, rows));
             served.cost.record(took);
-            Ok(result)
+            (Ok(result), took)
         }
         None => {
-            tokio::task::spawn_blocking(move || {
+            let ran = tokio::task::spawn_blocking(move || {
                 let _running = running;
                 let _guest = guest.entered();
                 let started = Instant::now();
                 let result = metered(&job.meter, || score(&job, rows));
-                job.cost.record(started.elapsed());
-                result
+                let took = started.elapsed();
+                job.cost.record(took);
+                (result, took)
             })
-            .await
+            .await;
+            match ran {
+                Ok((result, took)) => (Ok(result), took),
+                Err(e) => (Err(e), Duration::ZERO),
+            }
         }
     };
+    let failed = !matches!(result, Ok(Ok(_)));
+    served.version_series.observe(took, failed);
+    if let Some((run, side)) = trial {
+        run.meter.count(side, took, failed);
+    }
     let rows = result.map_err(|e| Failure::internal(format!("the call failed: {e}")))?.map_err(runtime_failure)?;
     let version = served.route.version;
-    let mut response = match rows {
+    let (answer, media) = match rows {
         Rows::Json { rows } => {
-            (StatusCode::OK, axum::Json(InvokeResponse { function: name.to_string(), version, rows })).into_response()
+            let answer = serde_json::to_vec(&InvokeResponse { function: name.to_string(), version, rows })
+                .map_err(|e| Failure::internal(format!("encoding the answer: {e}")))?;
+            (Bytes::from(answer), "application/json")
         }
-        Rows::Arrow { batch } => {
-            let mut r = write_arrow(&batch).map_err(runtime_failure)?.into_response();
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ARROW_STREAM));
-            r
-        }
+        Rows::Arrow { batch } => (Bytes::from(write_arrow(&batch).map_err(runtime_failure)?), ARROW_STREAM),
     };
+    // A shadow scores a copy once the answer is on its way.
+    if let Some((run, Side::Active)) = trial {
+        run.shadow(&parts.headers, input, arrow, answer.clone());
+    }
+    let mut response = answer.into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(media));
     response.headers_mut().insert(VERSION_HEADER, HeaderValue::from(version));
     Ok(response)
 }
 
 /// Scores rows in a fresh instance; answers in the format they came in.
-fn score(served: &Served, rows: Rows) -> Result<Rows> {
+pub(crate) fn score(served: &Served, rows: Rows) -> Result<Rows> {
     let batch = match rows {
         Rows::Json { rows } if rows.is_empty() => return Ok(Rows::Json { rows: Vec::new() }),
         // The common case, scalar JSON values, goes straight to the WIT

@@ -33,6 +33,34 @@ pub(crate) struct Series {
     pub(crate) gpu_seconds: GpuSeconds,
 }
 
+/// One version's series, by its role: `active`, or the candidate of a
+/// `canary` or a `shadow`.
+#[derive(Debug, Clone)]
+pub(crate) struct VersionSeries {
+    calls: Counter,
+    errors: Counter,
+    seconds: Histogram,
+}
+
+impl VersionSeries {
+    /// Counts one call of the version that took `took` in the guest.
+    pub(crate) fn observe(&self, took: Duration, failed: bool) {
+        self.calls.inc();
+        if failed {
+            self.errors.inc();
+        }
+        self.seconds.observe(took.as_secs_f64());
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct VersionLabels {
+    pub(crate) tenant: String,
+    pub(crate) function: String,
+    pub(crate) version: u64,
+    pub(crate) role: &'static str,
+}
+
 /// Calls whose logs a node keeps per function (the latest).
 pub(crate) const KEPT_CALL_LOGS: usize = 64;
 
@@ -133,6 +161,9 @@ pub(crate) struct Metrics {
     pub(crate) latency: Family<FunctionLabels, Histogram, fn() -> Histogram>,
     pub(crate) inflight: Family<FunctionLabels, Gauge>,
     pub(crate) gpu_seconds: Family<FunctionLabels, GpuSeconds>,
+    version_calls: Family<VersionLabels, Counter>,
+    version_errors: Family<VersionLabels, Counter>,
+    version_seconds: Family<VersionLabels, Histogram, fn() -> Histogram>,
     pub(crate) slots_running: Gauge,
     pub(crate) slots_waiting: Gauge,
     /// Calls sent on to the node holding their function.
@@ -161,6 +192,21 @@ impl Metrics {
         registry.register("request_duration_seconds", "Time from a call's arrival to its answer", latency.clone());
         registry.register("inflight", "Calls running or waiting for a slot", inflight.clone());
         registry.register("gpu_seconds", "Time per-request calls spent in gpu kernels", gpu_seconds.clone());
+        let version_calls = Family::<VersionLabels, Counter>::default();
+        let version_errors = Family::<VersionLabels, Counter>::default();
+        let version_seconds =
+            Family::<VersionLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        registry.register(
+            "version_calls",
+            "Calls each function version ran, by role: active, or the candidate of a canary or shadow",
+            version_calls.clone(),
+        );
+        registry.register("version_call_errors", "Calls of each function version that failed", version_errors.clone());
+        registry.register(
+            "version_call_duration_seconds",
+            "Time each function version's calls took in the guest",
+            version_seconds.clone(),
+        );
         let slots_running = Gauge::default();
         let slots_waiting = Gauge::default();
         registry.register("node_calls_running", "Calls holding one of the node's call slots", slots_running.clone());
@@ -208,6 +254,9 @@ impl Metrics {
             latency,
             inflight,
             gpu_seconds,
+            version_calls,
+            version_errors,
+            version_seconds,
             slots_running,
             slots_waiting,
             forwarded,
@@ -218,6 +267,17 @@ impl Metrics {
             evictions,
             code_cache_bytes,
             compiles,
+        }
+    }
+}
+
+impl Metrics {
+    /// The series of one version in one role.
+    pub(crate) fn version(&self, labels: &VersionLabels) -> VersionSeries {
+        VersionSeries {
+            calls: self.version_calls.get_or_create(labels).clone(),
+            errors: self.version_errors.get_or_create(labels).clone(),
+            seconds: self.version_seconds.get_or_create(labels).clone(),
         }
     }
 }

@@ -44,6 +44,7 @@ mod forward;
 mod handler;
 mod instrument;
 mod served;
+mod trial;
 mod wasi;
 
 use std::collections::{BTreeMap, HashMap};
@@ -56,16 +57,17 @@ use axum::routing::{any, get, post};
 use tokio::sync::Semaphore;
 use wasmgrid_api::serve::ServeLimits;
 use wasmgrid_api::tls::ServerTls;
-use wasmgrid_api::{Failure, Grant, Route};
+use wasmgrid_api::{Failure, Grant, Route, TrialSpec, TrialUsage};
 use wasmgrid_runtime::logs::JobLogs;
 use wasmgrid_runtime::{Function, Runtime};
 
 pub use codec::{ARROW_STREAM, decode_body};
 use fair::FairSlots;
 pub use forward::{FORWARDED_HEADER, Remote, Remotes};
-use instrument::{FunctionLabels, Meter, Metrics, Series, StatusLabels};
+use instrument::{FunctionLabels, Meter, Metrics, Series, StatusLabels, VersionLabels};
 use served::{CallCost, Gate, inline_slots};
 pub use served::{Reload, Served, limits};
+use trial::{TrialMeter, TrialRun};
 
 /// How the gateway admits calls.
 #[derive(Debug, Clone)]
@@ -142,6 +144,9 @@ pub struct Gateway {
     /// What each function served here used, by (tenant, name).
     meters: Mutex<HashMap<(String, String), Arc<Meter>>>,
     gates: Mutex<HashMap<(String, String), Arc<Gate>>>,
+    /// What each function's trial counted here, by (tenant, name): kept
+    /// across route tables while the same two versions are tried.
+    trials: Mutex<HashMap<(String, String), Arc<TrialMeter>>>,
     revision: AtomicU64,
     /// Whether a route table from the control plane was ever installed.
     routed: AtomicBool,
@@ -176,6 +181,7 @@ impl Gateway {
             shares: Mutex::new(HashMap::new()),
             meters: Mutex::new(HashMap::new()),
             gates: Mutex::new(HashMap::new()),
+            trials: Mutex::new(HashMap::new()),
             revision: AtomicU64::new(0),
             routed: AtomicBool::new(false),
             inflight: AtomicU64::new(0),
@@ -249,10 +255,82 @@ impl Gateway {
             inflight: self.metrics.inflight.get_or_create(&labels).clone(),
             gpu_seconds: self.metrics.gpu_seconds.get_or_create(&labels).clone(),
         };
+        let version = VersionLabels {
+            tenant: route.tenant.clone(),
+            function: route.name.clone(),
+            version: route.version,
+            role: "active",
+        };
+        let version_series = self.metrics.version(&version);
         let tenant = Arc::from(route.tenant.as_str());
         let cost = CallCost::new();
         let function = served::Held::new(&function, reload);
-        Served { route, function, limits, config, gate, cost, meter, series, tenant, artifacts }
+        Served {
+            route,
+            function,
+            limits,
+            config,
+            gate,
+            cost,
+            meter,
+            series,
+            tenant,
+            artifacts,
+            version_series,
+            trial: None,
+        }
+    }
+
+    /// The version `served` loaded, serving `route` as the active version
+    /// (placed elsewhere, or a candidate promoted): nothing is loaded again.
+    pub fn serve_again(&self, served: &Served, route: Route) -> Served {
+        let labels = VersionLabels {
+            tenant: route.tenant.clone(),
+            function: route.name.clone(),
+            version: route.version,
+            role: "active",
+        };
+        Served { version_series: self.metrics.version(&labels), ..served.placed_anew(route) }
+    }
+
+    /// `active` serving `route` with `candidate` beside it, as `spec`
+    /// says. The candidate's calls count on its own series (its role is
+    /// the trial's mode) and in the trial's meter, which carries on from
+    /// the last route table while the same two versions are tried the
+    /// same way (a shadow made a canary starts counting anew).
+    pub fn with_candidate(&self, route: Route, active: Served, candidate: Served, spec: TrialSpec) -> Served {
+        let key = (route.tenant.clone(), route.name.clone());
+        let (from, to) = (active.route.version, candidate.route.version);
+        let fresh = || Arc::new(TrialMeter::new(&route.tenant, &route.name, (from, to), spec.mode));
+        let meter = match self.trials.lock() {
+            Ok(mut trials) => trials
+                .entry(key)
+                .and_modify(|m| {
+                    if (m.active, m.candidate, m.mode) != (from, to, spec.mode) {
+                        *m = fresh();
+                    }
+                })
+                .or_insert_with(fresh)
+                .clone(),
+            Err(_) => fresh(),
+        };
+        let labels = VersionLabels {
+            tenant: route.tenant.clone(),
+            function: route.name.clone(),
+            version: to,
+            role: spec.mode.name(),
+        };
+        let candidate = Served { version_series: self.metrics.version(&labels), ..candidate };
+        let trial = TrialRun::new(spec, Arc::new(candidate), meter);
+        Served { route, trial: Some(Arc::new(trial)), ..active }
+    }
+
+    /// What each trial served here counted since it began on this node.
+    pub fn trial_usage(&self) -> Vec<TrialUsage> {
+        let mut usage: Vec<TrialUsage> =
+            self.table().values().filter_map(|s| s.trial.as_ref()).map(|t| t.meter.usage()).collect();
+        usage.sort_by(|a, b| (&a.tenant, &a.function).cmp(&(&b.tenant, &b.function)));
+        usage
     }
 
     /// The table being served.
@@ -286,6 +364,9 @@ impl Gateway {
     /// forwarding the calls of `remotes`; calls of a function in `failed`
     /// are told why it cannot run here.
     pub fn install(&self, table: Table, remotes: Remotes, failed: Failed, revision: u64) {
+        if let Ok(mut trials) = self.trials.lock() {
+            trials.retain(|key, _| table.get(key).is_some_and(|s| s.trial.is_some()));
+        }
         if let Ok(mut f) = self.failed.write() {
             *f = Arc::new(failed);
         }

@@ -12,7 +12,8 @@ use wasmgrid_api::{CallLog, Route};
 use wasmgrid_runtime::logs::now_ms;
 use wasmgrid_runtime::{Error, Function, Instance, Kind, Limits};
 
-use crate::instrument::{Meter, Series};
+use crate::instrument::{Meter, Series, VersionSeries};
+use crate::trial::TrialRun;
 
 /// One function's admission: a semaphore and a count of waiters. It is
 /// kept across versions, so the limit holds through a version switch.
@@ -107,6 +108,10 @@ pub struct Served {
     pub(crate) tenant: Arc<str>,
     /// The version's artifacts, on this node's disk.
     pub(crate) artifacts: wasmgrid_runtime::Artifacts,
+    /// This version's own series (a function's series span its versions).
+    pub(crate) version_series: VersionSeries,
+    /// The candidate served beside it, while a trial runs.
+    pub(crate) trial: Option<Arc<TrialRun>>,
 }
 
 /// Calls that may run inline at once: all the async runtime's workers but
@@ -165,7 +170,19 @@ impl Served {
             series: self.series.clone(),
             tenant: self.tenant.clone(),
             artifacts: self.artifacts.clone(),
+            version_series: self.version_series.clone(),
+            trial: None,
         }
+    }
+
+    /// Whether it is the version `route` names, run the same way.
+    pub fn serves(&self, route: &Route) -> bool {
+        self.route.same_version(route)
+    }
+
+    /// The candidate served beside it, if any.
+    pub fn candidate(&self) -> Option<&Arc<Served>> {
+        self.trial.as_ref().map(|t| &t.candidate)
     }
 
     /// What a call reads besides its rows: the version's artifacts.

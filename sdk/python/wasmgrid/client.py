@@ -122,14 +122,19 @@ class Grid:
         return self._api("GET", f"/v1/functions/{_segment(name)}")
 
     def deploy(self, name, module, config=None, memory=None, timeout_ms=None, replicas=None, public=None,
-               artifacts=None):
+               artifacts=None, shadow=False, canary=None, threshold=None):
         """Deploys ``module`` (a path to a ``.wasm`` component, or its
         bytes) as a new active version of ``name``, with ``config`` (a dict
         of strings; other values are sent as JSON) and ``artifacts`` (a dict
         of name to file path: files its calls read by name, such as a model;
-        each uploaded in chunks unless the tenant has it). Returns the
-        function's summary. Waits as the CLI does for the version's
-        ``init``."""
+        each uploaded in chunks unless the tenant has it). With
+        ``shadow=True`` the new version scores a copy of live calls instead
+        (compared by :meth:`diff`, never returned); with ``canary=10`` it
+        answers 10% of calls; ``threshold`` is where :meth:`diff` counts
+        disagreements (default 0.5). Returns the function's summary. Waits
+        as the CLI does for the version's ``init``."""
+        if shadow and canary is not None:
+            raise ValueError("a new version is a shadow or a canary, not both")
         if not isinstance(module, (bytes, bytearray)):
             with open(module, "rb") as f:
                 module = f.read()
@@ -142,6 +147,12 @@ class Grid:
         for key, value in (("memory", memory), ("timeout_ms", timeout_ms), ("replicas", replicas), ("public", public)):
             if value is not None:
                 spec[key] = value
+        if shadow or canary is not None:
+            spec["trial"] = {
+                "mode": "shadow" if shadow else "canary",
+                "percent": 100.0 if shadow else float(canary),
+                "threshold": 0.5 if threshold is None else float(threshold),
+            }
         return self._api("POST", f"/v1/functions/{_segment(name)}/versions", spec, timeout=180)
 
     def upload_artifact(self, path, chunk=2 << 20):
@@ -172,6 +183,23 @@ class Grid:
         """Makes ``version`` of ``name`` the active one."""
         return self._api("POST", f"/v1/functions/{_segment(name)}/rollback", {"version": version})
 
+    def promote(self, name, version):
+        """Makes ``version`` of ``name`` active: its shadow or canary after
+        the trial, which ends."""
+        return self._api("POST", f"/v1/functions/{_segment(name)}/promote", {"version": version})
+
+    def diff(self, name):
+        """How ``name``'s shadow or canary compares with its active version,
+        as every node reported it: ``rows`` compared, per output column in
+        ``columns`` the ``count``, ``mean_abs``, ``max_abs``, ``disagree``
+        and ``disagree_rate``; ``active`` and ``candidate`` with their
+        ``calls``, ``errors``, ``p50_us`` and ``p99_us``."""
+        return self._api("GET", f"/v1/functions/{_segment(name)}/diff")
+
+    def abandon(self, name):
+        """Ends ``name``'s shadow or canary without promoting it."""
+        return self._api("DELETE", f"/v1/functions/{_segment(name)}/trial")
+
     def remove(self, name):
         """Removes ``name`` and all its versions."""
         return self._api("DELETE", f"/v1/functions/{_segment(name)}")
@@ -188,8 +216,9 @@ class Grid:
     def invoke(self, name, data):
         """Scores ``data`` with function ``name`` on a node's gateway and
         returns the rows with the function's columns added, in the kind
-        given: a pandas DataFrame, a list of row dicts, or one row dict. NaN
-        and ``None`` are sent as nulls. Waits (up to a minute) for a node to
+        given: a pandas DataFrame (the version that answered in
+        ``attrs["version"]``), a list of row dicts, or one row dict. NaN and
+        ``None`` are sent as nulls. Waits (up to a minute) for a node to
         serve a function just deployed."""
         rows, kind = _rows_of(data)
         tenant = self.tenant or self.whoami()["tenant"]
@@ -208,7 +237,10 @@ class Grid:
                     time.sleep(0.1)
                     continue
                 raise
-        return _as_kind(answer["rows"], kind, data)
+        scored = _as_kind(answer["rows"], kind, data)
+        if kind == "frame":
+            scored.attrs["version"] = answer["version"]
+        return scored
 
     def _known(self, name):
         try:
@@ -234,12 +266,15 @@ class Grid:
         timeout_ms=None,
         reduce_partitions=None,
         overwrite=False,
+        version=None,
     ):
         """Submits a batch job: ``function`` (a scorer or a mapper) over
         ``input`` (a file, directory or glob; absolute, or relative to this
         process's directory for local paths), writing ``output``. ``schema``
         fixes input column types: ``"col:type,..."`` or a dict
-        ``{"col": "float"}``. Returns the :class:`Job`."""
+        ``{"col": "float"}``. ``version`` runs that version of the function
+        (a candidate scored offline) instead of the active one. Returns the
+        :class:`Job`."""
         if isinstance(schema, dict):
             schema = ",".join(f"{k}:{v}" for k, v in schema.items())
         request = {
@@ -258,6 +293,7 @@ class Grid:
             "range": range,
             "timeout_ms": timeout_ms,
             "reduce_partitions": reduce_partitions if reduce else None,
+            "version": version,
         }
         request.update({k: v for k, v in optional.items() if v is not None})
         return Job(self, self._api("POST", "/v1/jobs", request, timeout=180))

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::{Trial, TrialSpec};
+
 /// A stored module.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModuleInfo {
@@ -186,9 +188,13 @@ pub struct DeployRequest {
     /// sha256 of an uploaded artifact. Left out when empty.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub artifacts: BTreeMap<String, String>,
+    /// Runs the new version as a candidate beside the active one (shadow
+    /// or canary) instead of making it active. Left out when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial: Option<TrialSpec>,
 }
 
-/// `POST /v1/functions/{name}/rollback`.
+/// `POST /v1/functions/{name}/rollback` and `.../promote`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
@@ -238,6 +244,9 @@ pub struct FunctionInfo {
     pub active: u64,
     /// Every version, oldest first.
     pub versions: Vec<VersionInfo>,
+    /// The candidate running beside the active version, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial: Option<Trial>,
 }
 
 /// A function in a listing, and the answer to a deploy or rollback.
@@ -259,6 +268,9 @@ pub struct FunctionSummary {
     /// node loads it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<String>,
+    /// The candidate running beside the active version, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial: Option<Trial>,
 }
 
 /// `GET /v1/functions`.

@@ -9,8 +9,13 @@ use super::*;
 /// `POST /v1/jobs`: run a function over partitioned data.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRequest {
-    /// The scorer or mapper (a deployed function; its active version runs).
+    /// The scorer or mapper (a deployed function; its active version runs
+    /// unless `version` says which).
     pub function: String,
+    /// The version of `function` to run: a candidate scored offline
+    /// before it is promoted, or an earlier one. Default: the active one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
     /// Input: a file, directory or glob the grid can read.
     pub input: String,
     /// Output directory.

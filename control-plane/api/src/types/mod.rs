@@ -4,6 +4,7 @@ mod access;
 mod functions;
 mod jobs;
 mod nodes;
+mod trials;
 
 use serde::{Deserialize, Serialize};
 
@@ -11,6 +12,7 @@ pub use access::*;
 pub use functions::*;
 pub use jobs::*;
 pub use nodes::*;
+pub use trials::*;
 
 /// Header a replica sets on a request it forwards to the leader, so a
 /// request is forwarded at most once.

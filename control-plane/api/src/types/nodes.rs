@@ -61,7 +61,7 @@ pub struct NodeList {
 }
 
 /// `POST /v1/nodes/{id}/heartbeat`: a node says it is alive.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
     /// Its gateway URL.
     pub address: String,
@@ -97,6 +97,9 @@ pub struct Heartbeat {
     /// them): a job of one is refused while a node does not.
     #[serde(default)]
     pub aggregators: bool,
+    /// Each trial (shadow or canary) it serves, since it began here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trials: Vec<TrialUsage>,
 }
 
 /// What one function's per-request calls used.
@@ -379,6 +382,19 @@ pub struct Route {
     /// before placement).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<String>,
+    /// Its candidate version, while one runs beside it (nodes of releases
+    /// before trials ignore it and serve the active version alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<Box<Candidate>>,
+}
+
+/// A route's candidate version and how it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// How it takes traffic.
+    pub trial: TrialSpec,
+    /// The version, as a route of its own (placed where the active one is).
+    pub route: Route,
 }
 
 impl Route {
@@ -388,10 +404,10 @@ impl Route {
     }
 
     /// Whether `other` is the same version run the same way (where it is
-    /// placed aside).
+    /// placed and its candidate aside).
     pub fn same_version(&self, other: &Route) -> bool {
-        let unplaced = |r: &Route| Route { nodes: Vec::new(), ..r.clone() };
-        unplaced(self) == unplaced(other)
+        let bare = |r: &Route| Route { nodes: Vec::new(), candidate: None, ..r.clone() };
+        bare(self) == bare(other)
     }
 }
 

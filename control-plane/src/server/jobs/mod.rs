@@ -219,10 +219,27 @@ fn check_request(request: &JobRequest) -> Answer<()> {
     Ok(())
 }
 
-/// The active version of a function as a task runs it.
-fn task_function(app: &App, tenant: &str, name: &str, timeout_ms: Option<u64>) -> Answer<(u64, String, TaskFunction)> {
+/// A version of a function (its active one for `None`) as a task runs it.
+fn task_function(
+    app: &App,
+    tenant: &str,
+    (name, version): (&str, Option<u64>),
+    timeout_ms: Option<u64>,
+) -> Answer<(u64, String, TaskFunction)> {
     let f = app.function(tenant, name.to_string())?;
-    let v = f.active_version().ok_or_else(|| Failure::not_found(format!("function `{name}` has no active version")))?;
+    let chosen;
+    let v = match version {
+        None => f.active_version(),
+        Some(n) if n == f.active => f.active_version(),
+        Some(n) => {
+            chosen = app.0.replica.state().version(tenant, name, n)?;
+            chosen.as_ref()
+        }
+    };
+    let v = v.ok_or_else(|| match version {
+        Some(n) => Failure::not_found(format!("function `{name}` has no version {n} (it has 1 to {})", f.latest)),
+        None => Failure::not_found(format!("function `{name}` has no active version")),
+    })?;
     let function = TaskFunction {
         module: v.module.clone(),
         memory: v.spec.memory,
@@ -329,7 +346,7 @@ fn check_remote(request: &JobRequest) -> Answer<()> {
 /// its reduce stage runs, checked against each other; the map function's
 /// version.
 fn functions(app: &App, tenant: &str, request: &JobRequest) -> Answer<(u64, TaskFunction, Reduce)> {
-    let (version, kind, map) = task_function(app, tenant, &request.function, request.timeout_ms)?;
+    let (version, kind, map) = task_function(app, tenant, (&request.function, request.version), request.timeout_ms)?;
     let reduce = match &request.reduce {
         Some(_) if kind == "aggregator" => {
             return Err(Failure::bad(format!(
@@ -339,7 +356,7 @@ fn functions(app: &App, tenant: &str, request: &JobRequest) -> Answer<(u64, Task
         }
         None if kind == "aggregator" => Reduce::Aggregator,
         Some(name) => {
-            let (version, rkind, f) = task_function(app, tenant, name, request.timeout_ms)?;
+            let (version, rkind, f) = task_function(app, tenant, (name, None), request.timeout_ms)?;
             if rkind != "reducer" {
                 return Err(Failure::bad(format!("--reduce `{name}` is {}, not a reducer", a(&rkind))));
             }
