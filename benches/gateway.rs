@@ -390,8 +390,30 @@ fn saturation(url: &str, pid: u32, connections: u32, body_file: &Path, dir: &Pat
     let cpu_before = common::cpu_seconds(pid);
     let run = common::load::wrk(url, body_file, common::TOKEN, connections, 5, 0, dir);
     let cpu = common::cpu_seconds(pid) - cpu_before;
-    assert_eq!(run.non_2xx, 0, "{url} answered errors under load:\n{}", run.text);
-    (run.rate, cpu * 1e6 / run.requests.max(1.0))
+    // Calls the gateway sheds past a function's queue (429/503 with
+    // `Retry-After`, its overload answer) are not throughput: reported
+    // here, and any other failure is caught by `no_failed_calls`.
+    let answered = run.requests - run.non_2xx as f64;
+    if run.non_2xx > 0 {
+        let shed = 100.0 * run.non_2xx as f64 / run.requests.max(1.0);
+        println!("  ({url} at {connections} connections: {shed:.1}% of calls shed, not counted)");
+    }
+    (run.rate * answered / run.requests.max(1.0), cpu * 1e6 / answered.max(1.0))
+}
+
+/// Asserts the gateway answered every call it took with 200, or shed it
+/// (429 or 503): its `/metrics` counts answers by status.
+fn no_failed_calls(gateway: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
+    let text = rt.block_on(async {
+        common::http().get(format!("{gateway}/metrics")).send().await.expect("metrics").text().await.expect("text")
+    });
+    let failed: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("wasmgrid_requests_total{") && !l.starts_with("wasmgrid_requests_total{tenant=\"-\""))
+        .filter(|l| !["status=\"200\"", "status=\"429\"", "status=\"503\""].iter().any(|s| l.contains(s)))
+        .collect();
+    assert!(failed.is_empty(), "the gateway failed calls under load: {failed:?}");
 }
 
 /// (p50, p99) latency in microseconds at `rate` requests per second (hey, 5 s).
@@ -503,6 +525,7 @@ fn main() {
             summary.push(format!("{:<10} {rows:>4} row(s): {line}", case.name));
         }
     }
+    no_failed_calls(&gateway);
     println!("summary (wasmgrid / native at saturation; wasmgrid p99 - native p99 at half load):");
     for line in summary {
         println!("  {line}");

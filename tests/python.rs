@@ -119,6 +119,25 @@ fn python_logreg_gives_the_rust_logregs_scores_through_wasmgrid_run() {
     let rust = run_scorer(Path::new(guests::LOGREG), &input, &dir.path().join("rust"));
     assert_same_scores("wasmgrid run", &python, &rust);
 
+    // The same model as an artifact instead of config.
+    let model = dir.path().join("model.json");
+    std::fs::write(&model, MODEL).expect("model");
+    let artifact = format!("model={}", model.display());
+    let out = dir.path().join("artifact");
+    let args = ["--memory", PY_MEMORY, "--artifact", &artifact, "--output", out.to_str().expect("path")];
+    common::ok(
+        common::wasmgrid()
+            .env("WASMGRID_CACHE_DIR", shared().join("cache"))
+            .arg("run")
+            .arg(&py)
+            .arg("--input")
+            .arg(&input)
+            .args(args)
+            .output()
+            .expect("runs"),
+    );
+    assert_same_scores("an artifact model", &common::scores_in(&out), &rust);
+
     // A bad model is the guest's error, as in Rust.
     let bad = r#"{"features": ["x1"], "weights": [1, 2], "bias": 0}"#;
     let stderr = common::fails(run_with_model(&py, bad, &input, &dir.path().join("bad")));

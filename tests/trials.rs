@@ -179,6 +179,12 @@ async fn a_shadow_sees_live_traffic_unseen_a_canary_takes_its_share_and_promote_
     assert!(first.contains("no active version for a shadow to run beside"), "{first}");
     deploy(&V1, &[]);
     serving(&node.url, 1, None).await;
+    // Only scorers take per-request calls to copy or share.
+    common::grid_ok(&urls, &["deploy", "wc", guests::WORDCOUNT_MAP]);
+    let mapper = common::fails(common::grid_cli(&urls, &["deploy", "wc", guests::WORDCOUNT_MAP, "--canary", "5%"]));
+    assert!(mapper.contains("only scorers run as a shadow or a canary"), "{mapper}");
+    let bad = common::grid_cli(&urls, &["deploy", "fraud", guests::LOGREG, "--canary", "150%"]);
+    assert!(common::text(&bad).1.contains("not a percentage between 0% and 100%"), "{:?}", common::text(&bad));
     let diffless = common::fails(common::grid_cli(&urls, &["functions", "diff", "fraud"]));
     assert!(diffless.contains("has no shadow or canary version"), "{diffless}");
 

@@ -357,10 +357,15 @@ pub fn functions(command: FunctionsCommand) -> Result<()> {
                 .functions
                 .iter()
                 .map(|f| {
-                    vec![f.name.clone(), f.active.to_string(), f.versions.to_string(), f.kind.clone(), short(&f.module)]
+                    let trial = f.trial.as_ref().map_or(String::new(), |t| match t.spec.mode {
+                        TrialMode::Shadow => format!("{} shadow", t.version),
+                        TrialMode::Canary => format!("{} canary {}%", t.version, t.spec.percent),
+                    });
+                    let (active, versions) = (f.active.to_string(), f.versions.to_string());
+                    vec![f.name.clone(), active, versions, f.kind.clone(), short(&f.module), trial]
                 })
                 .collect();
-            table(&["NAME", "ACTIVE", "VERSIONS", "KIND", "MODULE"], rows);
+            table(&["NAME", "ACTIVE", "VERSIONS", "KIND", "MODULE", "CANDIDATE"], rows);
         }
         FunctionsCommand::Versions { name, client: args } => {
             let f = rt.block_on(client(&args)?.function(&name))?;

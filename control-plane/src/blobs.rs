@@ -115,24 +115,35 @@ impl Blobs {
     }
 
     /// Where a copy of artifact `sha256` from a peer is written before
-    /// [`Blobs::adopt`] checks it.
+    /// [`Blobs::adopt`] takes it.
     pub fn incoming(&self, sha256: &str) -> PathBuf {
         self.staging(sha256, "peer")
     }
 
-    /// Checks the copy at [`Blobs::incoming`] (its hash and `size`) and
-    /// moves it into place.
-    pub fn adopt(&self, sha256: &str, size: u64) -> Result<(), BlobError> {
-        self.verify_into_place(&self.incoming(sha256), sha256, size)
+    /// Moves the copy at [`Blobs::incoming`] into place, if it was
+    /// `hashed` (its sha256 and length, as written: [`wasmgrid_api::download`])
+    /// to `sha256` and `size`; drops it otherwise.
+    pub fn adopt(&self, sha256: &str, size: u64, hashed: (String, u64)) -> Result<(), BlobError> {
+        self.into_place(&self.incoming(sha256), sha256, size, hashed)
     }
 
     fn verify_into_place(&self, staged: &Path, sha256: &str, size: u64) -> Result<(), BlobError> {
-        let (actual, len) = hash_file(staged)?;
+        let hashed = hash_file(staged)?;
+        File::open(staged).and_then(|f| f.sync_all()).map_err(io("syncing", staged))?;
+        self.into_place(staged, sha256, size, hashed)
+    }
+
+    fn into_place(
+        &self,
+        staged: &Path,
+        sha256: &str,
+        size: u64,
+        (actual, len): (String, u64),
+    ) -> Result<(), BlobError> {
         if actual != sha256 || len != size {
             let _ = std::fs::remove_file(staged);
             return Err(BlobError::Mismatch { sha256: sha256.into(), actual, size: len, expected: size });
         }
-        File::open(staged).and_then(|f| f.sync_all()).map_err(io("syncing", staged))?;
         let dest = self.path(sha256);
         std::fs::rename(staged, &dest).map_err(io("moving", staged))?;
         Ok(())
@@ -191,10 +202,15 @@ mod tests {
             matches!(blobs.commit(&name, "t", 11, false), Err(BlobError::NoUpload(_))),
             "the staged bytes are gone"
         );
-        std::fs::write(blobs.incoming(&name), b"the real bytes, and more").expect("copy");
-        assert!(blobs.adopt(&name, 14).is_err(), "a peer's copy longer than its size");
-        std::fs::write(blobs.incoming(&name), b"the real bytes").expect("copy");
-        blobs.adopt(&name, 14).expect("a peer's copy");
+        let copy = |bytes: &[u8]| {
+            std::fs::write(blobs.incoming(&name), bytes).expect("copy");
+            hash_file(&blobs.incoming(&name)).expect("hash")
+        };
+        let longer = copy(b"the real bytes, and more");
+        assert!(blobs.adopt(&name, 14, longer).is_err(), "a peer's copy longer than its size");
+        assert!(!blobs.incoming(&name).exists(), "dropped");
+        let real = copy(b"the real bytes");
+        blobs.adopt(&name, 14, real).expect("a peer's copy");
         assert_eq!(std::fs::read(blobs.path(&name)).expect("stored"), b"the real bytes");
     }
 }

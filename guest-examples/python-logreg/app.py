@@ -1,8 +1,10 @@
 """Logistic regression in Python: adds column `score` = sigmoid(w . x + b).
 
-The model comes from config key `model`, the same JSON object as the Rust
-`logreg` example's: {"features": ["col", ...], "weights": [..], "bias": b}.
-It is parsed once per function version, in `init`.
+The model is the same JSON object as the Rust `logreg` example's:
+{"features": ["col", ...], "weights": [..], "bias": b}, from the version's
+artifact `model` (`--artifact model=model.json`: any size) or else config
+key `model` (up to 64 KiB). It is parsed once per function version, in
+`init`.
 Build: wasmgrid build guest-examples/python-logreg/app.py -o python_logreg.wasm
 """
 
@@ -29,7 +31,10 @@ MODEL = None
 @wasmgrid.init
 def init():
     global MODEL
-    MODEL = load(wasmgrid.require("model"))
+    if wasmgrid.artifact_size("model") is not None:
+        MODEL = load(wasmgrid.artifact("model").decode())
+    else:
+        MODEL = load(wasmgrid.require("model"))
 
 
 @wasmgrid.scorer

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use wasmgrid_api::Client;
 use wasmgrid_runtime::{Artifact, Artifacts, Function, Limits, Runtime};
@@ -59,21 +58,18 @@ pub async fn fetch_artifacts(
         let keep = |source| PrepareError::Keep { path: path.clone(), source };
         let response = client.artifact(sha256).await.map_err(PrepareError::Fetch)?;
         let tmp = path.with_extension(format!("{}.{}.tmp", std::process::id(), fetch_number()));
-        let mut file = tokio::fs::File::create(&tmp).await.map_err(keep)?;
-        let mut hasher = Sha256::new();
-        let mut stream = response.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk =
-                chunk.map_err(|e| PrepareError::Keep { path: path.clone(), source: std::io::Error::other(e) })?;
-            hasher.update(&chunk);
-            tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await.map_err(keep)?;
-        }
-        tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(keep)?;
-        drop(file);
-        let actual = hex::encode(hasher.finalize());
-        if actual != *sha256 {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(PrepareError::Mismatch { module: format!("artifact {sha256}"), actual });
+        let limit = wasmgrid_api::MAX_ARTIFACT_BYTES;
+        let downloaded = wasmgrid_api::download(response, &tmp, limit).await;
+        match downloaded {
+            Ok((actual, _)) if actual == *sha256 => {}
+            Ok((actual, _)) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(PrepareError::Mismatch { module: format!("artifact {sha256}"), actual });
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(keep(e));
+            }
         }
         std::fs::rename(&tmp, &path).map_err(keep)?;
         tracing::info!(artifact = %sha256, "artifact fetched");

@@ -37,6 +37,19 @@ def test_a_scorer_scores_a_dataframe_and_keeps_its_columns():
         assert row.score == pytest.approx(1 / (1 + math.exp(-z)), abs=1e-15)
 
 
+def test_a_model_read_from_an_artifact_scores_as_from_config(tmp_path):
+    df = pd.DataFrame({"id": [1, 2], "x1": [0.5, -1.0], "x2": [1.0, 0.0]})
+    path = tmp_path / "model.json"
+    path.write_text(MODEL)
+    assert wasmgrid.artifact_size("model") is None
+    out = local.score(logreg.score, df, artifacts={"model": str(path)})
+    assert wasmgrid.artifact_size("model") == len(MODEL)
+    assert wasmgrid.artifact("model") == MODEL.encode()
+    assert list(out["score"]) == list(local.score(logreg.score, df, {"model": MODEL})["score"])
+    with pytest.raises(ValueError, match="artifact `other` is not set"):
+        wasmgrid.artifact("other")
+
+
 def test_rows_in_rows_out():
     out = local.score(logreg.score, [{"x1": 0.0, "x2": 0.0}], {"model": MODEL})
     assert out == [{"x1": 0.0, "x2": 0.0, "score": pytest.approx(1 / (1 + math.exp(-0.3)))}]

@@ -23,6 +23,35 @@ pub use failure::{Answer, Failure, FailureCode};
 pub use job_io::{DEFAULT_PARTITION_SIZE, JobIo, JobIoError};
 pub use types::*;
 
+/// Largest artifact, in bytes.
+pub const MAX_ARTIFACT_BYTES: u64 = 4 << 30;
+
+/// Streams `response`'s body into a new file at `path`, hashing it on the
+/// way and syncing it to disk; more than `limit` bytes is an error (what
+/// was written stays for the caller to remove). Returns the body's sha256
+/// (hex) and length: the caller checks them against what it asked for.
+pub async fn download(
+    mut response: reqwest::Response,
+    path: &std::path::Path,
+    limit: u64,
+) -> std::io::Result<(String, u64)> {
+    use sha2::{Digest, Sha256};
+    use tokio::io::AsyncWriteExt;
+    let mut file = tokio::fs::File::create(path).await?;
+    let mut hasher = Sha256::new();
+    let mut len = 0u64;
+    while let Some(chunk) = response.chunk().await.map_err(std::io::Error::other)? {
+        len += chunk.len() as u64;
+        if len > limit {
+            return Err(std::io::Error::other(format!("the body is longer than {limit} bytes")));
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk).await?;
+    }
+    file.sync_all().await?;
+    Ok((hex::encode(hasher.finalize()), len))
+}
+
 /// The sha256 (hex) and length of a file, read a megabyte at a time.
 pub fn hash_file(path: &std::path::Path) -> std::io::Result<(String, u64)> {
     use sha2::{Digest, Sha256};

@@ -16,7 +16,6 @@ use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, Que
 use axum::extract::{Extension, Path, Query, State as Shared};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
-use futures_util::StreamExt;
 use wasmgrid_api::*;
 
 use super::answer::*;
@@ -227,20 +226,12 @@ async fn copy_from(app: &App, peer: &str, admin_token: &str, sha256: &str, size:
         return Err(format!("{}", response.status()));
     }
     let staged = app.0.blobs.incoming(sha256);
-    let mut file = tokio::fs::File::create(&staged).await.map_err(|e| e.to_string())?;
-    let mut stream = response.bytes_stream();
-    let mut written = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| e.to_string())?;
-        written += chunk.len() as u64;
-        if written > size {
-            return Err(format!("the peer sent more than {size} bytes"));
-        }
-        tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await.map_err(|e| e.to_string())?;
-    }
-    drop(file);
+    let hashed = wasmgrid_api::download(response, &staged, size).await.map_err(|e| {
+        let _ = std::fs::remove_file(&staged);
+        e.to_string()
+    })?;
     let (blobs, sha256) = (app.0.blobs.clone(), sha256.to_string());
-    tokio::task::spawn_blocking(move || blobs.adopt(&sha256, size))
+    tokio::task::spawn_blocking(move || blobs.adopt(&sha256, size, hashed))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())

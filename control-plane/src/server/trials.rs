@@ -63,6 +63,15 @@ pub(super) async fn set_trial(
     let name = path_name(name)?;
     let request = json_body(body)?;
     let spec = request.spec().map_err(Failure::bad)?;
+    app.barrier().await?;
+    let version = app.0.replica.state().version(&caller.tenant, &name, request.version)?;
+    if let Some(v) = version.filter(|v| v.spec.kind != "scorer") {
+        return Err(Failure::bad(format!(
+            "only scorers run as a shadow or a canary (they take per-request calls); version {} is {}",
+            v.version,
+            a(&v.spec.kind)
+        )));
+    }
     app.require_trials().await?;
     let trial = Some(Trial { version: request.version, spec });
     let tenant = caller.tenant;

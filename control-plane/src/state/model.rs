@@ -17,8 +17,7 @@ pub const DEFAULT_TENANT: &str = "default";
 /// Largest module the state accepts, in bytes.
 pub const MAX_MODULE_BYTES: usize = 64 << 20;
 
-/// Largest artifact, in bytes.
-pub const MAX_ARTIFACT_BYTES: u64 = 4 << 30;
+pub use wasmgrid_api::MAX_ARTIFACT_BYTES;
 
 /// How one version of a function runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -61,6 +61,62 @@ fn a_deploy_writes_one_version_record_and_a_head_that_does_not_grow() -> Result<
 }
 
 #[test]
+fn a_candidate_stands_beside_the_active_version_until_promoted_replaced_or_abandoned() -> Result<()> {
+    use wasmgrid_api::{Trial, TrialMode, TrialSpec};
+    let s = State::temporary()?;
+    let shadow = TrialSpec { mode: TrialMode::Shadow, percent: 100.0, threshold: 0.5 };
+    let tried = |trial| Command::Deploy {
+        tenant: DEFAULT_TENANT.into(),
+        name: "f".into(),
+        module: sha256_hex(b"m"),
+        spec: spec(),
+        placement: None,
+        trial,
+    };
+    let read = |s: &State| -> Result<(u64, Option<Trial>, Option<u64>)> {
+        let f = s.function(DEFAULT_TENANT, "f")?.expect("deployed");
+        Ok((f.active, f.trial, f.candidate.map(|v| v.version)))
+    };
+    s.apply(1, &put(b"m"))?;
+    // A first version has nothing to stand beside: it is active.
+    s.apply(2, &tried(Some(shadow)))?;
+    assert_eq!(read(&s)?, (1, None, None));
+    // The next one with a trial is the candidate; the active one stays.
+    assert_eq!(s.apply(3, &tried(Some(shadow)))?, Applied::Deployed { version: 2 });
+    assert_eq!(read(&s)?, (1, Some(Trial { version: 2, spec: shadow }), Some(2)));
+    // A plain deploy makes its version active and ends the trial.
+    s.apply(4, &tried(None))?;
+    assert_eq!(read(&s)?, (3, None, None));
+    // An existing version as a canary; not the active one, nor one missing.
+    let canary = TrialSpec { mode: TrialMode::Canary, percent: 10.0, threshold: 0.5 };
+    let set = |version| Command::SetTrial {
+        tenant: DEFAULT_TENANT.into(),
+        name: "f".into(),
+        trial: Some(Trial { version, spec: canary }),
+    };
+    assert_eq!(s.apply(5, &set(2))?, Applied::TrialSet);
+    assert_eq!(read(&s)?, (3, Some(Trial { version: 2, spec: canary }), Some(2)));
+    assert!(matches!(s.apply(6, &set(3)), Err(StateError::Conflict(m)) if m.contains("active version")));
+    assert!(matches!(s.apply(7, &set(9)), Err(StateError::VersionNotFound { version: 9, .. })));
+    // Rolling back elsewhere keeps it; promoting it ends it.
+    let activate = |version| Command::Rollback { tenant: DEFAULT_TENANT.into(), name: "f".into(), version };
+    s.apply(8, &activate(1))?;
+    assert_eq!(read(&s)?, (1, Some(Trial { version: 2, spec: canary }), Some(2)));
+    s.apply(9, &activate(2))?;
+    assert_eq!(read(&s)?, (2, None, None));
+    // Abandoned: the active version alone.
+    s.apply(10, &set(1))?;
+    s.apply(11, &Command::SetTrial { tenant: DEFAULT_TENANT.into(), name: "f".into(), trial: None })?;
+    assert_eq!(read(&s)?, (2, None, None));
+    // A command from the log survives encoding (what replicas apply).
+    let bytes = crate::codec::encode(&set(1)).map_err(|e| StateError::Storage(e.to_string()))?;
+    let back: Command = crate::codec::decode(&bytes, |_| Err(crate::codec::CodecError::Decode("untagged".into())))
+        .map_err(|e| StateError::Storage(e.to_string()))?;
+    assert_eq!(back, set(1));
+    Ok(())
+}
+
+#[test]
 fn functions_stored_with_inline_versions_are_moved_at_start() -> Result<()> {
     let dir = tempfile::tempdir().map_err(|e| StateError::Storage(e.to_string()))?;
     {

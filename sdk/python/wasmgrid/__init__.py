@@ -24,6 +24,7 @@ with its message, as a Rust guest's ``Err`` does.
 """
 
 import builtins as _builtins
+import os as _os
 import json
 import math
 import re
@@ -63,14 +64,21 @@ try:
     from wit_world.imports import aggregate as _wit_aggregate
 except ImportError:
     _wit_aggregate = None
+try:
+    from wit_world.imports import artifacts as _wit_artifacts
+except ImportError:
+    _wit_artifacts = None
 
 # Outside a component: the config `wasmgrid.local` runs a function with,
 # and what it logged.
 _local_config = {}
 _local_logs = []
+# ... and the files it names as artifacts.
+_local_artifacts = {}
 
 __all__ = [
     "Rows", "scorer", "mapper", "reducer", "aggregator", "prepare", "init", "config", "require", "log",
+    "artifact", "artifact_size",
     "chunks", "batches", "emit", "emit_batch", "emit_pairs", "words",
     "group_by", "GroupBy", "Measure", "Condition", "col", "count", "count_true", "mean",
 ]
@@ -281,6 +289,36 @@ def config(key, default=None):
     """The function's config value for ``key`` (``--config key=value``)."""
     value = _wit_config.get(key) if IN_COMPONENT else _local_config.get(key)
     return default if value is None else value
+
+
+def artifact_size(name):
+    """The size in bytes of the version's artifact ``name``
+    (``--artifact name=PATH``), or ``None`` when it has none."""
+    if not IN_COMPONENT:
+        path = _local_artifacts.get(name)
+        return None if path is None else _os.path.getsize(path)
+    if _wit_artifacts is None:
+        raise RuntimeError("this component's world has no artifacts (rebuild it with `wasmgrid build`)")
+    return _wit_artifacts.size(name)
+
+
+def artifact(name):
+    """The bytes of the version's artifact ``name`` (a model, a lookup
+    table): read in 16 MiB parts, best once, in ``@wasmgrid.init``."""
+    size = artifact_size(name)
+    if size is None:
+        raise ValueError(f"artifact `{name}` is not set (deploy with --artifact {name}=PATH)")
+    if not IN_COMPONENT:
+        with open(_local_artifacts[name], "rb") as f:
+            return f.read()
+    parts, offset = [], 0
+    while offset < size:
+        part = _wit_artifacts.read(name, offset, _builtins.min(size - offset, 16 << 20))
+        if not part:
+            break
+        parts.append(bytes(part))
+        offset += len(part)
+    return b"".join(parts)
 
 
 def require(key):

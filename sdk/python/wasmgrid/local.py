@@ -34,10 +34,12 @@ import wasmgrid as _w
 __all__ = ["score", "map", "aggregate", "Mapped", "logs"]
 
 
-def score(fn, data, config=None):
-    """Runs scorer ``fn`` over ``data``; returns ``data`` with its columns."""
+def score(fn, data, config=None, artifacts=None):
+    """Runs scorer ``fn`` over ``data``; returns ``data`` with its columns.
+    ``artifacts`` names the files ``wasmgrid.artifact(name)`` reads, as
+    ``--artifact name=PATH`` does on the grid."""
     n, columns, shape = _columns(data)
-    _configure(fn, config)
+    _configure(fn, config, artifacts)
     out = _call(fn, _w.Rows(n, {k: list(v) for k, v in columns.items()}))
     merged = dict(columns)
     merged.update(_call(lambda out: _checked(n, out), out))
@@ -52,9 +54,9 @@ class Mapped:
     pairs: list = field(default_factory=list)
 
 
-def map(fn, data, config=None, partition=0):  # noqa: A001 - wasmgrid's word for it
+def map(fn, data, config=None, partition=0, artifacts=None):  # noqa: A001 - wasmgrid's word for it
     """Runs mapper ``fn`` as partition ``partition`` over ``data``."""
-    _configure(fn, config)
+    _configure(fn, config, artifacts)
     out = _Output()
     previous = _w._wit_input, _w._wit_output
     _w._wit_input, _w._wit_output = _Input(data), out
@@ -150,17 +152,20 @@ def logs():
 _ran = [None]
 
 
-def _configure(fn, config):
-    """Sets the config a run of ``fn`` sees; runs its module's
-    ``@wasmgrid.init`` when the module or the config changed (the grid runs
-    it once per version)."""
+def _configure(fn, config, artifacts=None):
+    """Sets the config and artifacts a run of ``fn`` sees; runs its module's
+    ``@wasmgrid.init`` when the module, the config or the artifacts changed
+    (the grid runs it once per version)."""
     config = {str(k): str(v) for k, v in (config or {}).items()}
+    artifacts = {str(k): str(v) for k, v in (artifacts or {}).items()}
     _w._local_logs.clear()
-    key = (getattr(fn, "__module__", None), sorted(config.items()))
+    key = (getattr(fn, "__module__", None), sorted(config.items()), sorted(artifacts.items()))
     if _ran[0] == key:
         return
     _w._local_config.clear()
     _w._local_config.update(config)
+    _w._local_artifacts.clear()
+    _w._local_artifacts.update(artifacts)
     init = _w._functions.get("init")
     if init is not None and init.__module__ == key[0]:
         _call(lambda _: init(), None)
