@@ -124,22 +124,16 @@ impl Blobs {
     /// `hashed` (its sha256 and length, as written: [`wasmgrid_api::download`])
     /// to `sha256` and `size`; drops it otherwise.
     pub fn adopt(&self, sha256: &str, size: u64, hashed: (String, u64)) -> Result<(), BlobError> {
-        self.into_place(&self.incoming(sha256), sha256, size, hashed)
+        self.place(&self.incoming(sha256), sha256, size, hashed)
     }
 
     fn verify_into_place(&self, staged: &Path, sha256: &str, size: u64) -> Result<(), BlobError> {
         let hashed = hash_file(staged)?;
         File::open(staged).and_then(|f| f.sync_all()).map_err(io("syncing", staged))?;
-        self.into_place(staged, sha256, size, hashed)
+        self.place(staged, sha256, size, hashed)
     }
 
-    fn into_place(
-        &self,
-        staged: &Path,
-        sha256: &str,
-        size: u64,
-        (actual, len): (String, u64),
-    ) -> Result<(), BlobError> {
+    fn place(&self, staged: &Path, sha256: &str, size: u64, (actual, len): (String, u64)) -> Result<(), BlobError> {
         if actual != sha256 || len != size {
             let _ = std::fs::remove_file(staged);
             return Err(BlobError::Mismatch { sha256: sha256.into(), actual, size: len, expected: size });
