@@ -164,7 +164,7 @@ fn python_functions_run_in_plain_python_under_pytest_and_score_like_their_compon
         .output()
         .expect("pytest runs");
     let (stdout, stderr) = common::text(&out);
-    assert!(out.status.success() && stdout.contains("11 passed"), "{stdout}\n{stderr}");
+    assert!(out.status.success() && stdout.contains("12 passed"), "{stdout}\n{stderr}");
 
     // The same rows scored by the module in plain Python and by its
     // component through `wasmgrid run`.
