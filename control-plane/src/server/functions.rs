@@ -173,11 +173,8 @@ pub(super) async fn deploy(
         app.require_trials().await?;
     }
     let kind = app.kind_of(&request.module).await?;
-    if request.trial.is_some() && kind != "scorer" {
-        return Err(Failure::bad(format!(
-            "only scorers run as a shadow or a canary (they take per-request calls); this module is {}",
-            a(kind)
-        )));
+    if request.trial.is_some() {
+        trials::trialled(kind, "this module")?;
     }
     if request.gpu == GpuPlacement::Required {
         app.require_gpu_node(&name)?;

@@ -199,10 +199,9 @@ impl App {
                 answered += usize::from(id != status.id);
                 continue;
             }
-            let answer = self.0.http.get(format!("{url}/v1/health")).timeout(Duration::from_secs(1)).send().await;
-            let Ok(answer) = answer else { continue };
+            let Some(says) = self.health_says(url, "placement").await else { continue };
             answered += 1;
-            if !answer.json::<serde_json::Value>().await.is_ok_and(|v| v["placement"] == true) {
+            if !says {
                 return false;
             }
             confirmed.insert(url.clone());
@@ -216,6 +215,13 @@ impl App {
             return false;
         }
         true
+    }
+
+    /// Whether the replica at `url` says `flag` in its `/v1/health` (what
+    /// its release does), or `None` when it does not answer within a second.
+    pub(super) async fn health_says(&self, url: &str, flag: &str) -> Option<bool> {
+        let answer = self.0.http.get(format!("{url}/v1/health")).timeout(Duration::from_secs(1)).send().await.ok()?;
+        Some(answer.json::<serde_json::Value>().await.is_ok_and(|v| v[flag] == true))
     }
 
     /// Every function in the state as placement sees it.

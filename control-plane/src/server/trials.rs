@@ -29,10 +29,9 @@ impl App {
             if id == status.id {
                 continue;
             }
-            let answer = self.0.http.get(format!("{url}/v1/health")).timeout(Duration::from_secs(1)).send().await;
-            let Ok(answer) = answer else { continue };
+            let Some(says) = self.health_says(url, "trials").await else { continue };
             answered += 1;
-            if !answer.json::<serde_json::Value>().await.is_ok_and(|v| v["trials"] == true) {
+            if !says {
                 return Err(upgrading());
             }
         }
@@ -41,6 +40,17 @@ impl App {
         }
         Ok(())
     }
+}
+
+/// Refuses a trial of `what`, of world `kind`, unless it is a scorer: the
+/// only kind with per-request calls to copy or share.
+pub(super) fn trialled(kind: &str, what: &str) -> Answer<()> {
+    if kind != "scorer" {
+        let message =
+            format!("only scorers run as a shadow or a canary (they take per-request calls); {what} is {}", a(kind));
+        return Err(Failure::bad(message));
+    }
+    Ok(())
 }
 
 fn upgrading() -> Failure {
@@ -65,12 +75,8 @@ pub(super) async fn set_trial(
     let spec = request.spec().map_err(Failure::bad)?;
     app.barrier().await?;
     let version = app.0.replica.state().version(&caller.tenant, &name, request.version)?;
-    if let Some(v) = version.filter(|v| v.spec.kind != "scorer") {
-        return Err(Failure::bad(format!(
-            "only scorers run as a shadow or a canary (they take per-request calls); version {} is {}",
-            v.version,
-            a(&v.spec.kind)
-        )));
+    if let Some(v) = version {
+        trialled(&v.spec.kind, &format!("version {}", v.version))?;
     }
     app.require_trials().await?;
     let trial = Some(Trial { version: request.version, spec });

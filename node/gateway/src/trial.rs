@@ -101,16 +101,18 @@ impl TrialRun {
     /// Scores `input` with the candidate and compares its answer with the
     /// active version's.
     fn compare(&self, input: &[u8], arrow: bool, answer: &[u8]) {
-        let read = |body: &[u8]| if arrow { read_arrow(body) } else { read_json(body) };
-        let (Ok(rows), Ok(copy)) = (read(input), read(input)) else { return };
+        let Ok(rows) = (if arrow { read_arrow(input) } else { read_json(input) }) else { return };
+        // The columns the versions add are those the input lacks.
+        let inputs: HashSet<String> = match &rows {
+            Rows::Json { rows } => rows.iter().flat_map(|r| r.keys().cloned()).collect(),
+            Rows::Arrow { batch } => batch.schema().fields().iter().map(|f| f.name().clone()).collect(),
+        };
         let started = Instant::now();
         let scored = crate::handler::score(&self.candidate, rows);
         let took = started.elapsed();
         self.meter.count(Side::Candidate, took, scored.is_err());
         self.candidate.version_series.observe(took, scored.is_err());
-        let (Ok(candidate), Some(active), Some(input)) = (scored, answered(answer, arrow), json_rows(copy)) else {
-            return;
-        };
+        let (Ok(candidate), Some(active)) = (scored, answered(answer, arrow)) else { return };
         let Some(candidate) = json_rows(candidate) else { return };
         if candidate.len() != active.len() {
             // A scorer answers a row per row; count the call as failed.
@@ -119,10 +121,10 @@ impl TrialRun {
         }
         let Ok(mut compared) = self.meter.compared.lock() else { return };
         let (rows, columns) = &mut *compared;
-        for ((input, active), candidate) in input.iter().zip(&active).zip(&candidate) {
+        for (active, candidate) in active.iter().zip(&candidate) {
             *rows += 1;
             let outputs: HashSet<&String> =
-                active.keys().chain(candidate.keys()).filter(|k| !input.contains_key(*k)).collect();
+                active.keys().chain(candidate.keys()).filter(|k| !inputs.contains(*k)).collect();
             for column in outputs {
                 let diff = match columns.iter().position(|c| &c.column == column) {
                     Some(i) => &mut columns[i],
