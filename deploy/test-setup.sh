@@ -3,7 +3,8 @@
 # lavapipe (a software Vulkan device, so the wgpu kernels run without a
 # GPU), iproute2 and nftables (the chaos suite's network namespaces),
 # Chromium and its WebDriver (the dashboard test), moto
-# (an S3-compatible server), componentize-py and kubernetes-validate (in
+# (an S3-compatible server), tansu and kcat (a Kafka-API broker and
+# client, for the triggers), componentize-py and kubernetes-validate (in
 # target/ci-venv, for the Python guests and the Kubernetes manifests), and,
 # where Docker runs, docker-compose and the base image the container test
 # builds on (deploy/docker/debian-base.sh). Source it from the repository
@@ -13,7 +14,7 @@
 #
 # It also sets what makes those tests fail rather than skip when their
 # tools are missing (WASMGRID_REQUIRE_GPU, _PYTHON, _BROWSER; _CHAOS as root;
-# _DOCKER where Docker runs; _KUBERNETES where kubectl is; _PREVIOUS where
+# _KAFKA; _DOCKER where Docker runs; _KUBERNETES where kubectl is; _PREVIOUS where
 # the previous release could be built, deploy/build-previous.sh).
 # Each step is skipped when its tool is already there.
 
@@ -67,6 +68,14 @@ wasmgrid_test_setup() {
     else
         echo "test-setup: no kubectl; the Kubernetes manifests test will skip" >&2
     fi
+    # The trigger tests: a Kafka-API broker (tansu, from the crate
+    # registry: about 8 minutes to build, once per machine) and kcat (the
+    # Kafka guide's producer and reader).
+    command -v kcat >/dev/null || wasmgrid_apt_install kcat || return 1
+    if ! command -v tansu >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" ]; then
+        cargo install --quiet --locked tansu --version 0.6.0 --features dynostore || return 1
+    fi
+    export WASMGRID_REQUIRE_KAFKA=1
     # The mixed-version test: the previous release, built from this
     # clone's history (skipped, with a notice, in a shallow clone).
     local previous=0

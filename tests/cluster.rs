@@ -483,8 +483,10 @@ async fn bad_input_gets_a_clear_json_error() {
 #[test]
 fn the_cluster_script_starts_three_replicas_and_two_nodes_and_stops_them() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // Twelve consecutive ports, well away from the fixed defaults.
-    let base = 20_000 + (std::process::id() % 2000) * 12;
+    // Twelve consecutive ports, well away from the fixed defaults and below
+    // the kernel's ephemeral range (32768 and up), where an outgoing
+    // connection of another test may hold one of them.
+    let base = 20_000 + (std::process::id() % 1000) * 12;
     let script = |action: &str| {
         std::process::Command::new("bash")
             .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/cluster.sh"))
@@ -513,7 +515,13 @@ fn the_cluster_script_starts_three_replicas_and_two_nodes_and_stops_them() {
         if alive == Some(2) {
             break;
         }
-        assert!(Instant::now() < deadline, "two nodes never came alive: {:?}", text(&out));
+        if Instant::now() >= deadline {
+            let logs: Vec<String> = ["node-1.log", "node-2.log"]
+                .iter()
+                .map(|l| format!("{l}: {}", std::fs::read_to_string(dir.path().join(l)).unwrap_or_default()))
+                .collect();
+            panic!("two nodes never came alive: {:?}\n{}", text(&out), logs.join("\n"));
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     let pids: Vec<String> = std::fs::read_dir(dir.path())

@@ -16,6 +16,7 @@ mod new;
 mod otel;
 mod serve;
 mod tokens;
+mod triggers;
 mod units;
 
 use std::collections::BTreeMap;
@@ -82,6 +83,9 @@ enum Command {
     /// The control plane's replicas.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Feed scorers from Kafka topics: create, list, inspect, pause, resume, remove.
+    #[command(subcommand)]
+    Trigger(triggers::TriggerCommand),
     /// Call a scorer on a node with rows of JSON.
     Invoke(functions::InvokeArgs),
     /// Batch jobs: fan a function out over partitioned data on the grid.
@@ -333,6 +337,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Nodes(c) => cluster::nodes(c),
         Command::Cluster(c) => cluster::cluster(c),
         Command::Invoke(args) => functions::invoke(args),
+        Command::Trigger(c) => triggers::trigger(c),
         Command::Job(c) => jobs::job(c),
         Command::Tenants(c) => access::tenants(c),
         Command::Tokens(c) => access::tokens(c),

@@ -53,6 +53,7 @@ mod placement;
 mod tenants;
 mod traffic;
 mod trials;
+mod triggers;
 mod ui;
 use auth::Caller;
 pub use jobs::DEFAULT_MAX_ATTEMPTS;
@@ -407,6 +408,10 @@ fn router(app: App) -> Router {
         .route("/v1/functions/{name}/promote", post(functions::rollback))
         .route("/v1/functions/{name}/trial", put(trials::set_trial).delete(trials::end_trial))
         .route("/v1/functions/{name}/diff", get(trials::diff))
+        .route("/v1/triggers", get(triggers::list).post(triggers::create))
+        .route("/v1/triggers/{name}", get(triggers::status).delete(triggers::delete))
+        .route("/v1/triggers/{name}/pause", post(triggers::pause))
+        .route("/v1/triggers/{name}/resume", post(triggers::resume))
         .route("/v1/nodes", get(nodes::list_nodes))
         .route("/v1/nodes/{id}/heartbeat", post(nodes::heartbeat))
         .route("/v1/routes", get(nodes::routes))

@@ -30,6 +30,7 @@ use wasmgrid_gateway::{Failed, Gateway, GatewayConfig, Remote, Remotes, Table};
 use wasmgrid_runtime::Runtime;
 
 use crate::modules::{self, Version};
+use crate::triggers::Triggers;
 
 /// How long one route-table long-poll waits for a change.
 const POLL_WAIT: Duration = Duration::from_secs(20);
@@ -161,9 +162,10 @@ pub async fn start(config: AgentConfig, runtime: Arc<Runtime>) -> Result<Agent, 
         priority: config.task_priority,
         logs: gateway.job_logs().clone(),
     };
+    let triggers = Triggers::new(gateway.clone(), id.clone());
     let background = vec![
-        tokio::spawn(watch(gateway.clone(), poll_client, modules_dir, id.clone())),
-        tokio::spawn(heartbeats(gateway.clone(), heartbeat_client, id.clone(), url.clone())),
+        tokio::spawn(watch(gateway.clone(), triggers.clone(), poll_client, modules_dir, id.clone())),
+        tokio::spawn(heartbeats(gateway.clone(), triggers, heartbeat_client, id.clone(), url.clone())),
         tokio::spawn(crate::worker::run(worker)),
     ];
     let router = gateway.router();
@@ -191,7 +193,7 @@ fn node_id(data: &Path) -> Result<String, AgentError> {
     }
 }
 
-async fn heartbeats(gateway: Arc<Gateway>, client: Client, id: String, url: String) {
+async fn heartbeats(gateway: Arc<Gateway>, triggers: Arc<Triggers>, client: Client, id: String, url: String) {
     let mut failing = false;
     let info = gateway.runtime().config().gpu.open().info();
     let gpu = info.gpu.then(|| info.adapter.clone());
@@ -218,6 +220,7 @@ async fn heartbeats(gateway: Arc<Gateway>, client: Client, id: String, url: Stri
             // tasks merge them.
             aggregators: true,
             trials: gateway.trial_usage(),
+            triggers: triggers.usage(),
         };
         match client.heartbeat(&id, &beat).await {
             Ok(_) if failing => {
@@ -234,7 +237,7 @@ async fn heartbeats(gateway: Arc<Gateway>, client: Client, id: String, url: Stri
     }
 }
 
-async fn watch(gateway: Arc<Gateway>, client: Client, modules_dir: PathBuf, id: String) {
+async fn watch(gateway: Arc<Gateway>, triggers: Arc<Triggers>, client: Client, modules_dir: PathBuf, id: String) {
     let mut since = 0;
     let mut failing = false;
     loop {
@@ -249,7 +252,13 @@ async fn watch(gateway: Arc<Gateway>, client: Client, modules_dir: PathBuf, id: 
                 }
                 if table.revision != since || since == 0 {
                     let revision = table.revision;
-                    if install(&gateway, &client, &modules_dir, &id, table).await {
+                    let (wanted, placed) = (table.triggers.clone(), placements(&table));
+                    let complete = install(&gateway, &client, &modules_dir, &id, table).await;
+                    // A trigger's consumers run where its function is placed.
+                    triggers.set(&wanted, |tenant, function| {
+                        placed.get(&(tenant.to_string(), function.to_string())).cloned().unwrap_or_default()
+                    });
+                    if complete {
                         since = revision;
                     } else {
                         // A version could not be made ready (its module could
@@ -267,6 +276,18 @@ async fn watch(gateway: Arc<Gateway>, client: Client, modules_dir: PathBuf, id: 
             }
         }
     }
+}
+
+/// The nodes each function of `table` is placed on, by (tenant, name),
+/// sorted by id (a function of a release before placement: every node).
+fn placements(table: &RouteTable) -> std::collections::HashMap<(String, String), Vec<String>> {
+    let every: Vec<String> = table.nodes.keys().cloned().collect();
+    let nodes = |r: &wasmgrid_api::Route| {
+        let mut nodes = if r.nodes.is_empty() { every.clone() } else { r.nodes.clone() };
+        nodes.sort();
+        nodes
+    };
+    table.routes.iter().map(|r| ((r.tenant.clone(), r.name.clone()), nodes(r))).collect()
 }
 
 /// Version `route` made ready: shared with what serves it now (as the

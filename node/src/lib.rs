@@ -13,4 +13,5 @@
 
 pub mod agent;
 pub mod modules;
+mod triggers;
 pub mod worker;

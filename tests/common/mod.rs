@@ -5,6 +5,7 @@
 
 pub mod flights;
 pub mod grid;
+pub mod kafka;
 pub mod load;
 
 use std::path::{Path, PathBuf};
@@ -96,6 +97,17 @@ pub async fn node_metric(node_url: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
         .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+/// The sum of a metric's series over all their labels on a node's
+/// `/metrics` (0 when it has none yet).
+pub async fn node_metric_sum(node_url: &str, name: &str) -> f64 {
+    let text = http().get(format!("{node_url}/metrics")).send().await.expect("metrics").text().await.expect("text");
+    let labelled = format!("{name}{{");
+    text.lines()
+        .filter(|l| l.starts_with(&labelled))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
 }
 
 /// The text of every `part-*` file in an output directory, in listing order.

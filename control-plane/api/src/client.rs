@@ -278,6 +278,32 @@ impl Client {
         self.call(Method::DELETE, &format!("/v1/functions/{}", segment(name)), Body::None).await
     }
 
+    /// Creates a trigger.
+    pub async fn create_trigger(&self, spec: &TriggerSpec) -> Result<Trigger, ApiError> {
+        self.call(Method::POST, "/v1/triggers", Self::json(spec)).await
+    }
+
+    /// The tenant's triggers.
+    pub async fn triggers(&self) -> Result<TriggerList, ApiError> {
+        self.call(Method::GET, "/v1/triggers", Body::None).await
+    }
+
+    /// A trigger and what each node running it reported.
+    pub async fn trigger(&self, name: &str) -> Result<TriggerStatus, ApiError> {
+        self.call(Method::GET, &format!("/v1/triggers/{}", segment(name)), Body::None).await
+    }
+
+    /// Pauses (`true`) or resumes a trigger.
+    pub async fn pause_trigger(&self, name: &str, paused: bool) -> Result<Trigger, ApiError> {
+        let action = if paused { "pause" } else { "resume" };
+        self.call(Method::POST, &format!("/v1/triggers/{}/{action}", segment(name)), Body::None).await
+    }
+
+    /// Removes a trigger.
+    pub async fn delete_trigger(&self, name: &str) -> Result<Trigger, ApiError> {
+        self.call(Method::DELETE, &format!("/v1/triggers/{}", segment(name)), Body::None).await
+    }
+
     /// Every registered node.
     pub async fn nodes(&self) -> Result<NodeList, ApiError> {
         self.call(Method::GET, "/v1/nodes", Body::None).await

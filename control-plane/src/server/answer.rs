@@ -36,7 +36,8 @@ pub(super) fn state_failure(e: StateError) -> Failure {
         | StateError::VersionNotFound { .. }
         | StateError::JobNotFound { .. }
         | StateError::TenantNotFound { .. }
-        | StateError::TokenNotFound { .. } => Failure::not_found(message),
+        | StateError::TokenNotFound { .. }
+        | StateError::TriggerNotFound { .. } => Failure::not_found(message),
         StateError::TenantExists { .. } | StateError::DefaultTenant | StateError::Conflict(_) => {
             Failure::new(StatusCode::CONFLICT, "conflict", message)
         }

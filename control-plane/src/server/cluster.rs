@@ -29,8 +29,9 @@ pub(super) async fn health(Shared(app): Shared<App>) -> Answer<Response> {
     // `placement`: this release reads `Place` entries and jobs submitted in
     // ranges; a leader proposes them only once every replica says so (a
     // rolling upgrade). `trials`: it applies a deploy with a trial as a
-    // candidate, not as a new active version.
-    let health = serde_json::json!({ "status": "ok", "id": app.0.replica.id(), "placement": true, "trials": true });
+    // candidate, not as a new active version. `triggers`: it reads the
+    // trigger commands.
+    let health = serde_json::json!({ "status": "ok", "id": app.0.replica.id(), "placement": true, "trials": true, "triggers": true });
     Ok(json(StatusCode::OK, &health))
 }
 

@@ -164,7 +164,8 @@ fn route_table(app: &App, revision: u64) -> Answer<RouteTable> {
     grants.extend(state.tokens()?.into_iter().map(|t| Grant { sha256: t.sha256, tenant: t.tenant, role: t.role }));
     let concurrency = tenants.into_iter().filter_map(|t| Some((t.name, t.quotas.concurrency?))).collect();
     let nodes = state.nodes()?.into_iter().map(|n| (n.id, n.address)).collect();
-    Ok(RouteTable { revision, routes, grants, concurrency, nodes })
+    let triggers = state.triggers(None)?;
+    Ok(RouteTable { revision, routes, grants, concurrency, nodes, triggers })
 }
 
 /// How nodes serve version `v` of `f`.

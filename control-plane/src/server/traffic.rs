@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use wasmgrid_api::{FunctionTraffic, FunctionUsage, LATENCY_BOUNDS_US, TrafficPoint, TrafficReport};
+use wasmgrid_api::{FunctionTraffic, FunctionUsage, TrafficPoint, TrafficReport};
 
 /// The length of a window.
 pub(super) const WINDOW_MS: u64 = 5_000;
@@ -110,31 +110,12 @@ fn difference(now: &FunctionUsage, before: &FunctionUsage) -> FunctionUsage {
     }
 }
 
-/// The `q` quantile of a latency histogram, in microseconds, interpolated
-/// linearly within its bucket (as Prometheus' `histogram_quantile`); calls
-/// over the last bound count as the last bound. 0 for no calls.
-pub(super) fn quantile(latency: &[u64], q: f64) -> u64 {
-    let total: u64 = latency.iter().sum();
-    if total == 0 {
-        return 0;
-    }
-    let rank = q * total as f64;
-    let mut below = 0u64;
-    for (i, &count) in latency.iter().enumerate() {
-        if count > 0 && (below + count) as f64 >= rank {
-            let Some(&upper) = LATENCY_BOUNDS_US.get(i) else { break };
-            let lower = if i == 0 { 0 } else { LATENCY_BOUNDS_US[i - 1] };
-            let within = ((rank - below as f64) / count as f64).clamp(0.0, 1.0);
-            return lower + ((upper - lower) as f64 * within).round() as u64;
-        }
-        below += count;
-    }
-    LATENCY_BOUNDS_US[LATENCY_BOUNDS_US.len() - 1]
-}
+pub(super) use wasmgrid_api::latency_quantile as quantile;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wasmgrid_api::LATENCY_BOUNDS_US;
 
     fn usage(function: &str, calls: u64, errors: u64, latency: &[(u64, u64)]) -> FunctionUsage {
         let mut buckets = vec![0; LATENCY_BOUNDS_US.len() + 1];

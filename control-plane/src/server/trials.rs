@@ -23,22 +23,30 @@ impl App {
     /// trials may remain: it would apply the candidate's deploy as a new
     /// active version.
     pub(super) async fn require_trials(&self) -> Answer<()> {
+        if !self.every_replica_says("trials").await {
+            return Err(upgrading());
+        }
+        Ok(())
+    }
+
+    /// Whether every other replica that answers says `flag` in its
+    /// `/v1/health` (its release does what `flag` names), and a majority
+    /// answered (this one included): a replica of an earlier release
+    /// cannot read the commands of what `flag` names.
+    pub(super) async fn every_replica_says(&self, flag: &str) -> bool {
         let status = self.status();
         let mut answered = 1; // this replica
         for (&id, url) in &status.members {
             if id == status.id {
                 continue;
             }
-            let Some(says) = self.health_says(url, "trials").await else { continue };
+            let Some(says) = self.health_says(url, flag).await else { continue };
             answered += 1;
             if !says {
-                return Err(upgrading());
+                return false;
             }
         }
-        if answered <= status.members.len() / 2 {
-            return Err(upgrading());
-        }
-        Ok(())
+        answered > status.members.len() / 2
     }
 }
 

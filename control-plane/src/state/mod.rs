@@ -19,6 +19,7 @@ mod outcome;
 
 mod functions;
 mod tenants;
+mod triggers;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -28,7 +29,7 @@ use serde_bytes::ByteBuf;
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, Transactional, TransactionalTree, UnabortableTransactionError,
 };
-use wasmgrid_api::{PartitionSpec, Partitions, Stage};
+use wasmgrid_api::{PartitionSpec, Partitions, Stage, Trigger};
 
 use jobs::{JobRecord, TaskRecord};
 pub use model::*;
@@ -309,6 +310,9 @@ impl State {
                     | Command::DeleteTenant { .. }
                     | Command::CreateToken { .. }
                     | Command::RevokeToken { .. } => tenants::apply(&tx, command, &doomed),
+                    Command::PutTrigger { .. } | Command::PauseTrigger { .. } | Command::DeleteTrigger { .. } => {
+                        triggers::apply(&tx, command)
+                    }
                     Command::Once { .. } => Ok(Err(StateError::Storage("a request inside a request".into()))),
                 }?;
                 if let (Some(id), Ok(applied)) = (request, &outcome) {
@@ -491,6 +495,7 @@ impl State {
             tree.scan_prefix(prefix.as_bytes()).keys().map(|k| Ok(k?.to_vec())).collect()
         };
         let mut access = keys(&self.access, format!("owner/{tenant}/"))?;
+        access.extend(keys(&self.access, format!("trigger/{tenant}/"))?);
         for token in self.tokens()? {
             if token.tenant.as_deref() == Some(tenant) {
                 access.push(token_key(&token.sha256));
@@ -501,6 +506,24 @@ impl State {
             versions: keys(&self.versions, format!("{tenant}/"))?,
             access,
         })
+    }
+
+    /// A tenant's trigger.
+    pub fn trigger(&self, tenant: &str, name: &str) -> Result<Option<Trigger>> {
+        match self.access.get(trigger_key(tenant, name))? {
+            Some(v) => Ok(Some(decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every trigger of `tenant` (of every tenant for `None`), by tenant
+    /// and name.
+    pub fn triggers(&self, tenant: Option<&str>) -> Result<Vec<Trigger>> {
+        let prefix = match tenant {
+            Some(t) => format!("trigger/{t}/"),
+            None => "trigger/".to_string(),
+        };
+        self.access.scan_prefix(prefix.as_bytes()).map(|kv| decode(&kv?.1)).collect()
     }
 
     /// A function.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use wasmgrid_api::{Quotas, Role, Trial, TrialSpec};
+use wasmgrid_api::{Quotas, Role, Trial, TrialSpec, TriggerSpec};
 
 use super::jobs::JobCommand;
 pub use super::outcome::*;
@@ -256,6 +256,30 @@ pub enum Command {
         /// The candidate and how it runs.
         trial: Option<Trial>,
     },
+    /// Creates a trigger (a scorer fed from a stream). Replicas of releases
+    /// before triggers cannot read it: it is refused while one remains.
+    PutTrigger {
+        /// The tenant.
+        tenant: String,
+        /// What it runs.
+        spec: TriggerSpec,
+    },
+    /// Stops a trigger's consumers, or starts them again.
+    PauseTrigger {
+        /// The tenant.
+        tenant: String,
+        /// The trigger.
+        name: String,
+        /// Whether it is paused from now on.
+        paused: bool,
+    },
+    /// Removes a trigger (its consumer group's offsets stay in the broker).
+    DeleteTrigger {
+        /// The tenant.
+        tenant: String,
+        /// The trigger.
+        name: String,
+    },
 }
 
 /// [`FunctionSpec`] as entries written before the encoding tag hold it.
@@ -437,6 +461,9 @@ impl Command {
                 | Command::RevokeToken { .. }
                 | Command::SetQuotas { .. }
                 | Command::GpuExhausted { .. }
+                | Command::PutTrigger { .. }
+                | Command::PauseTrigger { .. }
+                | Command::DeleteTrigger { .. }
         ) || matches!(self, Command::Once { command, .. } if command.changes_routes())
     }
 }
@@ -451,6 +478,11 @@ pub fn validate_name(name: &str) -> Result<()> {
 /// The sha256 of `bytes`, hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
+}
+
+/// A trigger's record in the `access` tree.
+pub(super) fn trigger_key(tenant: &str, name: &str) -> Vec<u8> {
+    format!("trigger/{tenant}/{name}").into_bytes()
 }
 
 pub(super) fn tenant_key(name: &str) -> Vec<u8> {
@@ -534,6 +566,14 @@ pub(super) fn precheck(command: &Command) -> Result<()> {
                 Some(t) => t.spec.check().map_err(StateError::Conflict),
                 None => Ok(()),
             }
+        }
+        Command::PutTrigger { tenant, spec } => {
+            validate_name(tenant)?;
+            spec.check().map_err(StateError::Conflict)
+        }
+        Command::PauseTrigger { tenant, name, .. } | Command::DeleteTrigger { tenant, name } => {
+            validate_name(tenant)?;
+            validate_name(name)
         }
         Command::RegisterNode { id, .. } => validate_name(id),
         Command::Place { changes } => changes.iter().flat_map(|c| &c.nodes).try_for_each(|id| validate_name(id)),

@@ -91,6 +91,12 @@ pub enum StateError {
         /// The token's id.
         id: String,
     },
+    /// No such trigger.
+    #[error("trigger `{name}` not found")]
+    TriggerNotFound {
+        /// The name.
+        name: String,
+    },
     /// The command does not fit the state (a candidate that is the
     /// active version, a bad trial).
     #[error("{0}")]
@@ -135,6 +141,8 @@ pub enum Applied {
     },
     /// The function's trial was set or ended.
     TrialSet,
+    /// A trigger was created, paused or resumed.
+    TriggerSet,
     /// The function is gone.
     Deleted,
     /// The node is in the registry.

@@ -44,7 +44,14 @@ pub(crate) async fn served_routes(State(gateway): State<Arc<Gateway>>, headers: 
     routes.extend(gateway.remotes().values().map(|r| r.route.clone()));
     routes.sort_by(|a, b| (&a.tenant, &a.name).cmp(&(&b.tenant, &b.name)));
     let revision = gateway.revision();
-    Ok(Json(RouteTable { revision, routes, grants: Vec::new(), concurrency: BTreeMap::new(), nodes: BTreeMap::new() }))
+    Ok(Json(RouteTable {
+        revision,
+        routes,
+        grants: Vec::new(),
+        concurrency: BTreeMap::new(),
+        nodes: BTreeMap::new(),
+        triggers: Vec::new(),
+    }))
 }
 
 /// The latest calls' logs of `tenant/name` on this node: for the admin,

@@ -177,6 +177,8 @@ pub(crate) struct Metrics {
     pub(crate) evictions: Counter,
     pub(crate) code_cache_bytes: Gauge,
     pub(crate) compiles: Counter,
+    /// The triggers' series.
+    pub(crate) streams: crate::stream::StreamMetrics,
 }
 
 impl Metrics {
@@ -247,7 +249,9 @@ impl Metrics {
         let (inits, compiles) = (Counter::default(), Counter::default());
         registry.register("function_inits", "Function versions whose `init` this node ran", inits.clone());
         registry.register("components_compiled", "Components this node compiled (cache misses)", compiles.clone());
+        let streams = crate::stream::StreamMetrics::register(&mut registry);
         Metrics {
+            streams,
             registry,
             requests,
             errors,

@@ -44,6 +44,7 @@ mod forward;
 mod handler;
 mod instrument;
 mod served;
+mod stream;
 mod trial;
 mod wasi;
 
@@ -67,6 +68,7 @@ pub use forward::{FORWARDED_HEADER, Remote, Remotes};
 use instrument::{FunctionLabels, Meter, Metrics, Series, StatusLabels, VersionLabels};
 use served::{CallCost, Gate, inline_slots};
 pub use served::{Reload, Served, limits};
+pub use stream::{BatchError, TriggerSeries};
 use trial::{TrialMeter, TrialRun};
 
 /// How the gateway admits calls.

@@ -5,6 +5,7 @@ mod functions;
 mod jobs;
 mod nodes;
 mod trials;
+mod triggers;
 
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +14,7 @@ pub use functions::*;
 pub use jobs::*;
 pub use nodes::*;
 pub use trials::*;
+pub use triggers::*;
 
 /// Header a replica sets on a request it forwards to the leader, so a
 /// request is forwarded at most once.

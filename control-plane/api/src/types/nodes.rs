@@ -100,6 +100,9 @@ pub struct Heartbeat {
     /// Each trial (shadow or canary) it serves, since it began here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trials: Vec<TrialUsage>,
+    /// Each trigger it runs a consumer of.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<TriggerUsage>,
 }
 
 /// What one function's per-request calls used.
@@ -142,6 +145,28 @@ pub const LATENCY_BOUNDS_US: [u64; 18] = [
 /// counts in.
 pub fn latency_bucket(us: u64) -> usize {
     LATENCY_BOUNDS_US.partition_point(|&bound| bound < us)
+}
+
+/// The `q` quantile of a latency histogram, in microseconds, interpolated
+/// linearly within its bucket (as Prometheus' `histogram_quantile`); calls
+/// over the last bound count as the last bound. 0 for no calls.
+pub fn latency_quantile(latency: &[u64], q: f64) -> u64 {
+    let total: u64 = latency.iter().sum();
+    if total == 0 {
+        return 0;
+    }
+    let rank = q * total as f64;
+    let mut below = 0u64;
+    for (i, &count) in latency.iter().enumerate() {
+        if count > 0 && (below + count) as f64 >= rank {
+            let Some(&upper) = LATENCY_BOUNDS_US.get(i) else { break };
+            let lower = if i == 0 { 0 } else { LATENCY_BOUNDS_US[i - 1] };
+            let within = ((rank - below as f64) / count as f64).clamp(0.0, 1.0);
+            return lower + ((upper - lower) as f64 * within).round() as u64;
+        }
+        below += count;
+    }
+    LATENCY_BOUNDS_US[LATENCY_BOUNDS_US.len() - 1]
 }
 
 impl FunctionUsage {
@@ -429,4 +454,7 @@ pub struct RouteTable {
     /// function placed elsewhere are forwarded.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub nodes: BTreeMap<String, String>,
+    /// Every trigger: a node runs those whose function is placed on it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<Trigger>,
 }

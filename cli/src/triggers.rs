@@ -1,0 +1,218 @@
+//! The `trigger` commands: scorers fed from a Kafka topic.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Subcommand;
+use wasmgrid_api::{Trigger, TriggerSource, TriggerSpec, latency_quantile};
+
+use crate::client::{ClientArgs, client, print_json, table, tokio_runtime};
+use crate::units;
+
+#[derive(Subcommand, Debug)]
+pub enum TriggerCommand {
+    /// Feed a scorer from a Kafka topic: every node serving the function
+    /// joins the consumer group, batches records (one JSON object each)
+    /// into calls and writes the scored rows to the output topic, keyed as
+    /// their input. Offsets are committed once the outputs are acknowledged.
+    Create {
+        /// The trigger's name.
+        name: String,
+        /// Bootstrap brokers, host:port[,host:port...].
+        #[arg(long, value_name = "BROKERS")]
+        kafka: String,
+        /// The topic to read.
+        #[arg(long)]
+        topic: String,
+        /// The consumer group (where the trigger resumes); default: wasmgrid-NAME.
+        #[arg(long)]
+        group: Option<String>,
+        /// The scorer to call.
+        #[arg(long)]
+        function: String,
+        /// The topic the scored rows go to.
+        #[arg(long)]
+        output_topic: String,
+        /// Most records per call.
+        #[arg(long, default_value_t = 512)]
+        batch: u32,
+        /// Longest a partial batch waits for more records.
+        #[arg(long, default_value = "5ms", value_parser = units::parse_duration)]
+        linger: Duration,
+        /// Where a record goes once every attempt failed (with the error).
+        #[arg(long, value_name = "TOPIC")]
+        dead_letter: Option<String>,
+        /// Calls a record gets before it is a dead letter.
+        #[arg(long, default_value_t = 3)]
+        max_attempts: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the tenant's triggers.
+    Ls {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A trigger's consumers: per node and partition, records read and
+    /// written, dead letters, errors, committed offset and lag.
+    Status {
+        /// The trigger.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop a trigger's consumers (its offsets stay committed).
+    Pause {
+        /// The trigger.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Start a paused trigger's consumers again, where they left off.
+    Resume {
+        /// The trigger.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a trigger.
+    Rm {
+        /// The trigger.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+pub fn trigger(command: TriggerCommand) -> Result<()> {
+    let rt = tokio_runtime()?;
+    match command {
+        TriggerCommand::Create {
+            name,
+            kafka,
+            topic,
+            group,
+            function,
+            output_topic,
+            batch,
+            linger,
+            dead_letter,
+            max_attempts,
+            client: args,
+        } => {
+            let group = group.unwrap_or_else(|| format!("wasmgrid-{name}"));
+            let spec = TriggerSpec {
+                name,
+                function,
+                source: TriggerSource::Kafka { brokers: kafka, topic, group, output_topic, dead_letter },
+                batch,
+                linger_ms: u64::try_from(linger.as_millis()).unwrap_or(u64::MAX),
+                max_attempts,
+            };
+            let t = rt.block_on(client(&args)?.create_trigger(&spec))?;
+            if args.json {
+                return print_json(&t);
+            }
+            println!(
+                "trigger {}: {} -> {} -> {}",
+                t.spec.name,
+                t.spec.source.input(),
+                t.spec.function,
+                t.spec.source.output()
+            );
+            Ok(())
+        }
+        TriggerCommand::Ls { client: args } => {
+            let list = rt.block_on(client(&args)?.triggers())?;
+            if args.json {
+                return print_json(&list);
+            }
+            let rows = list.triggers.iter().map(row).collect();
+            table(&["NAME", "STATE", "INPUT", "FUNCTION", "OUTPUT", "BATCH", "DEAD LETTERS"], rows);
+            Ok(())
+        }
+        TriggerCommand::Status { name, client: args } => {
+            let status = rt.block_on(client(&args)?.trigger(&name))?;
+            if args.json {
+                return print_json(&status);
+            }
+            let t = &status.trigger;
+            println!(
+                "trigger {}: {} -> {} -> {}",
+                t.spec.name,
+                t.spec.source.input(),
+                t.spec.function,
+                t.spec.source.output()
+            );
+            println!("state:   {}", if t.paused { "paused" } else { "running" });
+            if status.nodes.is_empty() {
+                println!("no node runs it yet (it runs where `{}` is placed)", t.spec.function);
+                return Ok(());
+            }
+            for (node, u) in &status.nodes {
+                let (p50, p99) = (latency_quantile(&u.latency, 0.5), latency_quantile(&u.latency, 0.99));
+                let error = u.error.as_deref().map(|e| format!(", last error: {e}")).unwrap_or_default();
+                println!("{node}: {}, {} calls, batch p50 {p50} µs, p99 {p99} µs{error}", u.state, u.calls);
+            }
+            let rows = status
+                .nodes
+                .iter()
+                .flat_map(|(node, u)| {
+                    u.partitions.iter().map(move |p| {
+                        vec![
+                            p.partition.to_string(),
+                            node.clone(),
+                            if p.assigned { "yes" } else { "no" }.into(),
+                            p.records.to_string(),
+                            p.produced.to_string(),
+                            p.dead_letters.to_string(),
+                            p.errors.to_string(),
+                            if p.committed < 0 { "-".into() } else { p.committed.to_string() },
+                            if p.lag < 0 { "-".into() } else { p.lag.to_string() },
+                        ]
+                    })
+                })
+                .collect();
+            println!();
+            table(
+                &["PARTITION", "NODE", "ASSIGNED", "RECORDS", "PRODUCED", "DEAD", "ERRORS", "COMMITTED", "LAG"],
+                rows,
+            );
+            Ok(())
+        }
+        TriggerCommand::Pause { name, client: args } => pause(&rt, &name, &args, true),
+        TriggerCommand::Resume { name, client: args } => pause(&rt, &name, &args, false),
+        TriggerCommand::Rm { name, client: args } => {
+            let t = rt.block_on(client(&args)?.delete_trigger(&name))?;
+            if args.json {
+                return print_json(&t);
+            }
+            println!("removed trigger {} (group offsets stay in the brokers)", t.spec.name);
+            Ok(())
+        }
+    }
+}
+
+fn pause(rt: &tokio::runtime::Runtime, name: &str, args: &ClientArgs, paused: bool) -> Result<()> {
+    let t = rt.block_on(client(args)?.pause_trigger(name, paused))?;
+    if args.json {
+        return print_json(&t);
+    }
+    println!("trigger {} {}", t.spec.name, if paused { "paused" } else { "resumed" });
+    Ok(())
+}
+
+fn row(t: &Trigger) -> Vec<String> {
+    let dead = match &t.spec.source {
+        TriggerSource::Kafka { dead_letter, .. } => dead_letter.clone().unwrap_or_else(|| "-".into()),
+    };
+    vec![
+        t.spec.name.clone(),
+        if t.paused { "paused" } else { "running" }.into(),
+        t.spec.source.input(),
+        t.spec.function.clone(),
+        t.spec.source.output(),
+        t.spec.batch.to_string(),
+        dead,
+    ]
+}
