@@ -18,5 +18,5 @@ fn kafka_guide_works_as_written() {
         return;
     }
     let env = [("BROKER", broker.address.as_str()), ("WASMGRID_EGRESS_ALLOW", "127.0.0.1")];
-    common::follow_guide("kafka.md", &env, 7);
+    common::follow_guide("kafka.md", &env, 6);
 }
