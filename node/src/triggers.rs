@@ -47,17 +47,26 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// A record's prefetch bound, per consumer (KiB).
 const PREFETCH_KIB: &str = "16384";
 
+/// A trigger's (tenant, name).
+type Key = (String, String);
+
+/// A node's place among a trigger's nodes: (index, count).
+type Share = (usize, usize);
+
+/// An output waiting to be produced: its topic, key and value.
+type Output<'a> = (&'a str, Option<&'a [u8]>, Vec<u8>);
+
 /// The triggers this node runs, by (tenant, name).
 pub(crate) struct Triggers {
     gateway: Arc<Gateway>,
     node: String,
-    running: Mutex<HashMap<(String, String), Running>>,
+    running: Mutex<HashMap<Key, Running>>,
 }
 
 struct Running {
     trigger: Trigger,
     /// This node's place among the trigger's nodes: (index, count).
-    share: (usize, usize),
+    share: Share,
     stats: Arc<Stats>,
     /// Tells the consumer to stop after its batch; none while paused.
     stop: Option<watch::Sender<bool>>,
@@ -83,7 +92,7 @@ impl Triggers {
     /// stops every other consumer. A trigger whose spec, pause or nodes
     /// changed is started again once its consumer has stopped.
     pub(crate) fn set(&self, triggers: &[Trigger], nodes: impl Fn(&str, &str) -> Vec<String>) {
-        let wanted: HashMap<(String, String), (&Trigger, (usize, usize))> = triggers
+        let wanted: HashMap<Key, (&Trigger, Share)> = triggers
             .iter()
             .filter_map(|t| {
                 let nodes = nodes(&t.tenant, &t.spec.function);
@@ -92,7 +101,7 @@ impl Triggers {
             })
             .collect();
         let Ok(mut running) = self.running.lock() else { return };
-        let mut stopping: HashMap<(String, String), tokio::task::JoinHandle<()>> = HashMap::new();
+        let mut stopping: HashMap<Key, tokio::task::JoinHandle<()>> = HashMap::new();
         running.retain(|key, r| {
             let keep = wanted.get(key).is_some_and(|(t, share)| **t == r.trigger && *share == r.share);
             if !keep && let Some(task) = r.task.take() {
@@ -251,7 +260,7 @@ struct Run {
     series: TriggerSeries,
     stop: watch::Receiver<bool>,
     /// This node's place among the trigger's nodes: (index, count).
-    share: (usize, usize),
+    share: Share,
 }
 
 impl Run {
@@ -610,7 +619,7 @@ impl Outputs {
     /// the dead-letter topic, keyed as its input, and waits until the
     /// brokers acknowledged all of them.
     async fn write(&self, batch: &[Record], outcomes: &[Outcome]) -> Result<(), String> {
-        let mut payloads: Vec<(&str, Option<&[u8]>, Vec<u8>)> = Vec::with_capacity(batch.len());
+        let mut payloads: Vec<Output<'_>> = Vec::with_capacity(batch.len());
         for (r, o) in batch.iter().zip(outcomes) {
             let key = r.key.as_deref();
             match o {

@@ -410,3 +410,79 @@ fn a_job_in_ranges_records_one_winner_per_range_and_counts_its_tasks() -> Result
     assert_eq!(job.error.as_deref(), Some("map tasks 4-7 failed 2 time(s); last error: bad row"));
     Ok(())
 }
+
+fn trigger(name: &str, function: &str) -> wasmgrid_api::TriggerSpec {
+    wasmgrid_api::TriggerSpec {
+        name: name.into(),
+        function: function.into(),
+        source: wasmgrid_api::TriggerSource::Kafka {
+            brokers: "kafka:9092".into(),
+            topic: "accel".into(),
+            group: "g".into(),
+            output_topic: "falls".into(),
+            dead_letter: None,
+        },
+        batch: 512,
+        linger_ms: 5,
+        max_attempts: 3,
+    }
+}
+
+#[test]
+fn a_trigger_calls_a_scorer_and_goes_with_its_tenant() -> Result<()> {
+    let s = State::temporary()?;
+    let create = |tenant: &str, spec| Command::PutTrigger { tenant: tenant.into(), spec };
+    // No such function, then one that is not a scorer.
+    assert!(matches!(s.apply(1, &create(DEFAULT_TENANT, trigger("t", "f"))), Err(StateError::FunctionNotFound { .. })));
+    s.apply(2, &put(b"m"))?;
+    let mapper = FunctionSpec { kind: "mapper".into(), ..spec() };
+    let deploy_mapper = Command::Deploy {
+        tenant: DEFAULT_TENANT.into(),
+        name: "wc".into(),
+        module: sha256_hex(b"m"),
+        spec: mapper,
+        placement: None,
+        trial: None,
+    };
+    s.apply(3, &deploy_mapper)?;
+    let refused = s.apply(4, &create(DEFAULT_TENANT, trigger("t", "wc")));
+    assert!(matches!(&refused, Err(StateError::Conflict(m)) if m.contains("a trigger calls a scorer")), "{refused:?}");
+    s.apply(5, &deploy("f", b"m"))?;
+    assert_eq!(s.apply(6, &create(DEFAULT_TENANT, trigger("t", "f")))?, Applied::TriggerSet);
+    let again = s.apply(7, &create(DEFAULT_TENANT, trigger("t", "f")));
+    assert!(matches!(&again, Err(StateError::Conflict(m)) if m.contains("already exists")), "{again:?}");
+    // A bad spec never reaches storage.
+    let bad = wasmgrid_api::TriggerSpec { batch: 0, ..trigger("u", "f") };
+    assert!(matches!(s.apply(8, &create(DEFAULT_TENANT, bad)), Err(StateError::Conflict(_))));
+    let t = s.trigger(DEFAULT_TENANT, "t")?.expect("stored");
+    assert_eq!((t.paused, t.created_at, t.spec.function.as_str()), (false, 6, "f"));
+    let pause = Command::PauseTrigger { tenant: DEFAULT_TENANT.into(), name: "t".into(), paused: true };
+    s.apply(9, &pause)?;
+    assert!(s.trigger(DEFAULT_TENANT, "t")?.expect("stored").paused);
+    assert!(pause.changes_routes(), "nodes learn of it with the route table");
+    // A snapshot carries it.
+    let (image, _) = s.snapshot_data()?;
+    let other = State::temporary()?;
+    other.restore(&image)?;
+    assert_eq!(other.triggers(None)?, vec![s.trigger(DEFAULT_TENANT, "t")?.expect("stored")]);
+    // Another tenant's trigger goes with its tenant; ours stays.
+    s.apply(10, &Command::CreateTenant { name: "acme".into(), quotas: Quotas::default() })?;
+    s.apply(11, &put_for("acme", b"m"))?;
+    let acme_f = Command::Deploy {
+        tenant: "acme".into(),
+        name: "f".into(),
+        module: sha256_hex(b"m"),
+        spec: spec(),
+        placement: None,
+        trial: None,
+    };
+    s.apply(12, &acme_f)?;
+    s.apply(13, &create("acme", trigger("t", "f")))?;
+    assert_eq!(s.triggers(None)?.len(), 2);
+    s.apply(14, &Command::DeleteTenant { name: "acme".into() })?;
+    assert_eq!(s.triggers(None)?.iter().map(|t| t.tenant.as_str()).collect::<Vec<_>>(), vec![DEFAULT_TENANT]);
+    let rm = Command::DeleteTrigger { tenant: DEFAULT_TENANT.into(), name: "t".into() };
+    assert_eq!(s.apply(15, &rm)?, Applied::Deleted);
+    assert!(matches!(s.apply(16, &rm), Err(StateError::TriggerNotFound { .. })));
+    Ok(())
+}
