@@ -21,9 +21,9 @@
 //! A batch whose call fails is scored again record by record; a record
 //! that fails `max_attempts` times in a row (or is not a JSON object) goes
 //! to the dead-letter topic with the error, and the partition moves on.
-//! When the node or the tenant is at its limit the consumer pauses its
-//! partitions until a call is admitted: records wait in the broker, not in
-//! memory (the prefetch is bounded by `queued.max.messages.kbytes`).
+//! When the node or the tenant is at its limit the consumer stops reading
+//! until a call is admitted: records wait in the broker, not in memory (the
+//! prefetch is bounded by `queued.max.messages.kbytes`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -385,7 +385,7 @@ impl Run {
                     Err(_) => break,
                 }
             }
-            let outcomes = match self.score(&consumer, &batch).await {
+            let outcomes = match self.score(&batch).await {
                 Some(o) => o,
                 None => return Stopped::Asked,
             };
@@ -425,7 +425,7 @@ impl Run {
 
     /// Scores a batch: in one call, or record by record when that fails.
     /// `None` when told to stop while waiting for the function.
-    async fn score(&mut self, consumer: &StreamConsumer, batch: &[Record]) -> Option<Vec<Outcome>> {
+    async fn score(&mut self, batch: &[Record]) -> Option<Vec<Outcome>> {
         let attempts = self.trigger.spec.max_attempts;
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
         let mut rows = Vec::with_capacity(batch.len());
@@ -438,7 +438,7 @@ impl Run {
                 Err(error) => outcomes.push(Some(Outcome::Dead { error, attempts: 0 })),
             }
         }
-        let mut scored = match self.call(consumer, rows.clone()).await? {
+        let mut scored = match self.call(rows.clone()).await? {
             Ok(scored) => scored.into_iter().map(Ok).collect::<Vec<_>>(),
             Err(e) if rows.len() == 1 && attempts == 1 => {
                 self.count_errors(batch, 1);
@@ -451,7 +451,7 @@ impl Run {
                 let lone = u32::from(rows.len() == 1);
                 let mut each = Vec::with_capacity(rows.len());
                 for row in rows {
-                    let result = self.attempts(consumer, batch, row, attempts - lone).await?;
+                    let result = self.attempts(batch, row, attempts - lone).await?;
                     each.push(result.map_err(|(e, n)| (e, n + lone)));
                 }
                 each
@@ -477,14 +477,13 @@ impl Run {
     /// error and the attempts made.
     async fn attempts(
         &mut self,
-        consumer: &StreamConsumer,
         batch: &[Record],
         row: Map<String, Value>,
         attempts: u32,
     ) -> Option<Result<Map<String, Value>, (String, u32)>> {
         let mut last = String::new();
         for n in 1..=attempts {
-            match self.call(consumer, vec![row.clone()]).await? {
+            match self.call(vec![row.clone()]).await? {
                 Ok(mut scored) if scored.len() == 1 => return Some(Ok(scored.remove(0))),
                 Ok(scored) => last = format!("the function answered {} rows to 1", scored.len()),
                 Err(e) => last = e,
@@ -497,17 +496,18 @@ impl Run {
         Some(Err((last, attempts)))
     }
 
-    /// One call of the function: its rows, or why it failed. Waits (with
-    /// the partitions paused) while the node or tenant is busy or the
-    /// function is not ready here; `None` when told to stop meanwhile.
-    async fn call(
-        &mut self,
-        consumer: &StreamConsumer,
-        rows: Vec<Map<String, Value>>,
-    ) -> Option<Result<Vec<Map<String, Value>>, String>> {
+    /// One call of the function: its rows, or why it failed. Waits while
+    /// the node or tenant is busy or the function is not ready here, reading
+    /// nothing meanwhile (records wait in the bounded prefetch, then in the
+    /// broker); `None` when told to stop meanwhile.
+    ///
+    /// (The partitions are not paused: librdkafka purges a paused
+    /// partition's fetched records, and a consumer that resumed was seen to
+    /// go on past them.)
+    async fn call(&mut self, rows: Vec<Map<String, Value>>) -> Option<Result<Vec<Map<String, Value>>, String>> {
         let (tenant, function) = (self.trigger.tenant.clone(), self.trigger.spec.function.clone());
         let expected = rows.len();
-        let mut paused: Option<TopicPartitionList> = None;
+        let mut waited = false;
         let mut wait = Duration::from_millis(10);
         let answer = loop {
             let started = Instant::now();
@@ -519,13 +519,7 @@ impl Run {
                 Ok((_, scored)) => break Err(format!("the function answered {} rows to {expected}", scored.len())),
                 Err(BatchError::Failed(e)) => break Err(e),
                 Err(e @ (BatchError::Busy(_) | BatchError::NotHere(_))) => {
-                    if paused.is_none() {
-                        // Records wait in the broker while the calls do.
-                        paused = consumer.assignment().ok();
-                        if let Some(tpl) = &paused {
-                            let _ = consumer.pause(tpl);
-                        }
-                    }
+                    waited = true;
                     let state = if matches!(e, BatchError::NotHere(_)) { "waiting" } else { "running" };
                     self.stats.state(state, Some(e.to_string()));
                     if self.wait(wait).await {
@@ -535,8 +529,7 @@ impl Run {
                 }
             }
         };
-        if let Some(tpl) = paused {
-            let _ = consumer.resume(&tpl);
+        if waited {
             self.stats.state("running", None);
         }
         Some(answer)

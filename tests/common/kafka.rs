@@ -81,6 +81,11 @@ impl Broker {
             .set("bootstrap.servers", &self.address)
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
+            // One produce request at a time per partition: tansu 0.6 (memory
+            // engine) raises a partition's high watermark before it stores the
+            // batch, so a fetch running between two concurrent requests can
+            // be answered with the later batch and never see the earlier one.
+            .set("max.in.flight.requests.per.connection", "1")
             .set("queue.buffering.max.messages", "1000000")
             .create()
             .expect("producer")
