@@ -223,6 +223,18 @@ struct Figures {
 }
 
 /// One side's two phases. `start`/`stop` resume and pause it.
+/// The generator's producer: batched (5 ms linger), one request in flight.
+fn producer(broker: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("max.in.flight.requests.per.connection", "1")
+        .create()
+        .expect("producer")
+}
+
 async fn measure(
     broker: &common::kafka::Broker,
     input: &str,
@@ -231,7 +243,7 @@ async fn measure(
     stop: &dyn Fn(),
     (phones, period, seconds, backlog): (u64, f64, f64, u64),
 ) -> Figures {
-    let producer = broker.producer();
+    let producer = producer(&broker.address);
     let rate = phones as f64 / period;
     // Phase 1: the phones at their pace, the side running.
     start();

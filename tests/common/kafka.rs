@@ -81,11 +81,12 @@ impl Broker {
             .set("bootstrap.servers", &self.address)
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
-            // One produce request at a time per partition: tansu 0.6 (memory
-            // engine) raises a partition's high watermark before it stores the
-            // batch, so a fetch running between two concurrent requests can
-            // be answered with the later batch and never see the earlier one.
-            .set("max.in.flight.requests.per.connection", "1")
+            // One record per stored batch: tansu 0.6 answers a fetch from
+            // an offset inside a stored batch with the next batch, so a
+            // consumer that starts mid-batch (after a node is killed) would
+            // never see the batch's remaining records. Kafka returns the
+            // batch that holds the offset.
+            .set("batch.num.messages", "1")
             .set("queue.buffering.max.messages", "1000000")
             .create()
             .expect("producer")
