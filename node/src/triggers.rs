@@ -501,9 +501,8 @@ impl Run {
     /// nothing meanwhile (records wait in the bounded prefetch, then in the
     /// broker); `None` when told to stop meanwhile.
     ///
-    /// (The partitions are not paused: librdkafka purges a paused
-    /// partition's fetched records, and a consumer that resumed was seen to
-    /// go on past them.)
+    /// (The partitions are not paused: not reading is enough, the prefetch
+    /// being bounded.)
     async fn call(&mut self, rows: Vec<Map<String, Value>>) -> Option<Result<Vec<Map<String, Value>>, String>> {
         let (tenant, function) = (self.trigger.tenant.clone(), self.trigger.spec.function.clone());
         let expected = rows.len();
