@@ -113,13 +113,7 @@ pub fn trigger(command: TriggerCommand) -> Result<()> {
             if args.json {
                 return print_json(&t);
             }
-            println!(
-                "trigger {}: {} -> {} -> {}",
-                t.spec.name,
-                t.spec.source.input(),
-                t.spec.function,
-                t.spec.source.output()
-            );
+            println!("{}", describe(&t));
             Ok(())
         }
         TriggerCommand::Ls { client: args } => {
@@ -137,14 +131,8 @@ pub fn trigger(command: TriggerCommand) -> Result<()> {
                 return print_json(&status);
             }
             let t = &status.trigger;
-            println!(
-                "trigger {}: {} -> {} -> {}",
-                t.spec.name,
-                t.spec.source.input(),
-                t.spec.function,
-                t.spec.source.output()
-            );
-            println!("state:   {}", if t.paused { "paused" } else { "running" });
+            println!("{}", describe(t));
+            println!("state:   {}", state(t));
             if status.nodes.is_empty() {
                 println!("no node runs it yet (it runs where `{}` is placed)", t.spec.function);
                 return Ok(());
@@ -202,13 +190,22 @@ fn pause(rt: &tokio::runtime::Runtime, name: &str, args: &ClientArgs, paused: bo
     Ok(())
 }
 
+/// `trigger NAME: kafka IN -> FUNCTION -> kafka OUT`.
+fn describe(t: &Trigger) -> String {
+    format!("trigger {}: {} -> {} -> {}", t.spec.name, t.spec.source.input(), t.spec.function, t.spec.source.output())
+}
+
+fn state(t: &Trigger) -> &'static str {
+    if t.paused { "paused" } else { "running" }
+}
+
 fn row(t: &Trigger) -> Vec<String> {
     let dead = match &t.spec.source {
         TriggerSource::Kafka { dead_letter, .. } => dead_letter.clone().unwrap_or_else(|| "-".into()),
     };
     vec![
         t.spec.name.clone(),
-        if t.paused { "paused" } else { "running" }.into(),
+        state(t).into(),
         t.spec.source.input(),
         t.spec.function.clone(),
         t.spec.source.output(),

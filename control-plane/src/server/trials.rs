@@ -23,8 +23,17 @@ impl App {
     /// trials may remain: it would apply the candidate's deploy as a new
     /// active version.
     pub(super) async fn require_trials(&self) -> Answer<()> {
-        if !self.every_replica_says("trials").await {
-            return Err(upgrading());
+        self.require_release("trials", "shadow and canary versions").await
+    }
+
+    /// Refuses (`409 upgrade_in_progress`) what `what` names unless
+    /// [`every_replica_says`](Self::every_replica_says) `flag`.
+    pub(super) async fn require_release(&self, flag: &str, what: &str) -> Answer<()> {
+        if !self.every_replica_says(flag).await {
+            let message = format!(
+                "{what} need every control-plane replica on a release that runs them; finish the upgrade first"
+            );
+            return Err(Failure::new(StatusCode::CONFLICT, "upgrade_in_progress", message));
         }
         Ok(())
     }
@@ -59,14 +68,6 @@ pub(super) fn trialled(kind: &str, what: &str) -> Answer<()> {
         return Err(Failure::bad(message));
     }
     Ok(())
-}
-
-fn upgrading() -> Failure {
-    Failure::new(
-        StatusCode::CONFLICT,
-        "upgrade_in_progress",
-        "shadow and canary versions need every control-plane replica on a release that runs them; finish the upgrade first",
-    )
 }
 
 /// `PUT /v1/functions/{name}/trial`: runs an existing version as the

@@ -13,14 +13,6 @@ use wasmgrid_api::*;
 use super::answer::*;
 use super::*;
 
-fn upgrading() -> Failure {
-    Failure::new(
-        StatusCode::CONFLICT,
-        "upgrade_in_progress",
-        "triggers need every control-plane replica on a release that runs them; finish the upgrade first",
-    )
-}
-
 /// `POST /v1/triggers`: creates a trigger; its consumers start on the
 /// nodes that serve the function.
 pub(super) async fn create(
@@ -30,9 +22,7 @@ pub(super) async fn create(
 ) -> Answer<Response> {
     let spec = json_body(body)?;
     spec.check().map_err(Failure::bad)?;
-    if !app.every_replica_says("triggers").await {
-        return Err(upgrading());
-    }
+    app.require_release("triggers", "triggers").await?;
     let tenant = caller.tenant;
     let name = spec.name.clone();
     app.propose(Command::PutTrigger { tenant: tenant.clone(), spec }).await?;
