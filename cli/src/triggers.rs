@@ -1,4 +1,5 @@
-//! The `trigger` commands: scorers fed from a Kafka topic.
+//! The `trigger` commands: scorers fed from a Kafka topic or a NATS
+//! JetStream stream.
 
 use std::time::Duration;
 
@@ -11,43 +12,12 @@ use crate::units;
 
 #[derive(Subcommand, Debug)]
 pub enum TriggerCommand {
-    /// Feed a scorer from a Kafka topic: every node serving the function
-    /// joins the consumer group, batches records (one JSON object each)
-    /// into calls and writes the scored rows to the output topic, keyed as
-    /// their input. Offsets are committed once the outputs are acknowledged.
-    Create {
-        /// The trigger's name.
-        name: String,
-        /// Bootstrap brokers, host:port[,host:port...].
-        #[arg(long, value_name = "BROKERS")]
-        kafka: String,
-        /// The topic to read.
-        #[arg(long)]
-        topic: String,
-        /// The consumer group (where the trigger resumes); default: wasmgrid-NAME.
-        #[arg(long)]
-        group: Option<String>,
-        /// The scorer to call.
-        #[arg(long)]
-        function: String,
-        /// The topic the scored rows go to.
-        #[arg(long)]
-        output_topic: String,
-        /// Most records per call.
-        #[arg(long, default_value_t = 512)]
-        batch: u32,
-        /// Longest a partial batch waits for more records.
-        #[arg(long, default_value = "5ms", value_parser = units::parse_duration)]
-        linger: Duration,
-        /// Where a record goes once every attempt failed (with the error).
-        #[arg(long, value_name = "TOPIC")]
-        dead_letter: Option<String>,
-        /// Calls a record gets before it is a dead letter.
-        #[arg(long, default_value_t = 3)]
-        max_attempts: u32,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    /// Feed a scorer from a Kafka topic (`--kafka`) or a NATS JetStream
+    /// stream (`--nats`): every node serving the function reads its share,
+    /// batches records (one JSON object each) into calls and writes the
+    /// scored rows to the output topic or subject. A record is committed
+    /// (Kafka) or acknowledged (JetStream) once its output is acknowledged.
+    Create(Box<CreateArgs>),
     /// List the tenant's triggers.
     Ls {
         #[command(flatten)]
@@ -84,27 +54,110 @@ pub enum TriggerCommand {
     },
 }
 
+/// `trigger create`: the source (one of `--kafka` and `--nats`, with their
+/// own flags), the scorer and how records are batched.
+#[derive(clap::Args, Debug)]
+#[command(group = clap::ArgGroup::new("source").required(true).args(["kafka", "nats"]))]
+pub struct CreateArgs {
+    /// The trigger's name.
+    pub name: String,
+    /// Kafka: bootstrap brokers, host:port[,host:port...].
+    #[arg(long, value_name = "BROKERS", requires_all = ["topic", "output_topic"])]
+    pub kafka: Option<String>,
+    /// Kafka: the topic to read.
+    #[arg(long, requires = "kafka")]
+    pub topic: Option<String>,
+    /// Kafka: the consumer group (where the trigger resumes); default: wasmgrid-NAME.
+    #[arg(long, requires = "kafka")]
+    pub group: Option<String>,
+    /// Kafka: the topic the scored rows go to.
+    #[arg(long, requires = "kafka")]
+    pub output_topic: Option<String>,
+    /// NATS: servers, [nats://]host:port[,...].
+    #[arg(long, value_name = "SERVERS", requires_all = ["stream", "output_subject"])]
+    pub nats: Option<String>,
+    /// NATS: the JetStream stream to read.
+    #[arg(long, requires = "nats")]
+    pub stream: Option<String>,
+    /// NATS: only the stream's messages on this subject (wildcards allowed).
+    #[arg(long, requires = "nats")]
+    pub subject: Option<String>,
+    /// NATS: the durable consumer (where the trigger resumes); default: wasmgrid-NAME.
+    #[arg(long, requires = "nats")]
+    pub consumer: Option<String>,
+    /// NATS: the subject the scored rows are published to (a stream must capture it).
+    #[arg(long, requires = "nats")]
+    pub output_subject: Option<String>,
+    /// NATS: how long a record may go unacknowledged before JetStream
+    /// hands it to another node.
+    #[arg(long, default_value = "30s", value_parser = units::parse_duration, requires = "nats")]
+    pub ack_wait: Duration,
+    /// The scorer to call.
+    #[arg(long)]
+    pub function: String,
+    /// Most records per call.
+    #[arg(long, default_value_t = 512)]
+    pub batch: u32,
+    /// Longest a partial batch waits for more records.
+    #[arg(long, default_value = "5ms", value_parser = units::parse_duration)]
+    pub linger: Duration,
+    /// Where a record goes once every attempt failed, with the error
+    /// (a topic, or a subject for NATS).
+    #[arg(long, value_name = "TOPIC|SUBJECT")]
+    pub dead_letter: Option<String>,
+    /// Calls a record gets before it is a dead letter.
+    #[arg(long, default_value_t = 3)]
+    pub max_attempts: u32,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
 pub fn trigger(command: TriggerCommand) -> Result<()> {
     let rt = tokio_runtime()?;
     match command {
-        TriggerCommand::Create {
-            name,
-            kafka,
-            topic,
-            group,
-            function,
-            output_topic,
-            batch,
-            linger,
-            dead_letter,
-            max_attempts,
-            client: args,
-        } => {
-            let group = group.unwrap_or_else(|| format!("wasmgrid-{name}"));
+        TriggerCommand::Create(args) => {
+            let CreateArgs {
+                name,
+                kafka,
+                topic,
+                group,
+                output_topic,
+                nats,
+                stream,
+                subject,
+                consumer,
+                output_subject,
+                ack_wait,
+                function,
+                batch,
+                linger,
+                dead_letter,
+                max_attempts,
+                client: args,
+            } = *args;
+            let source = match (kafka, nats) {
+                (Some(brokers), _) => TriggerSource::Kafka {
+                    brokers,
+                    topic: topic.unwrap_or_default(),
+                    group: group.unwrap_or_else(|| format!("wasmgrid-{name}")),
+                    output_topic: output_topic.unwrap_or_default(),
+                    dead_letter,
+                },
+                (None, Some(servers)) => TriggerSource::Nats {
+                    servers,
+                    stream: stream.unwrap_or_default(),
+                    consumer: consumer.unwrap_or_else(|| format!("wasmgrid-{name}")),
+                    subject,
+                    output_subject: output_subject.unwrap_or_default(),
+                    dead_letter,
+                    ack_wait_ms: u64::try_from(ack_wait.as_millis()).unwrap_or(u64::MAX),
+                },
+                (None, None) => anyhow::bail!("a trigger reads --kafka BROKERS or --nats SERVERS"),
+            };
             let spec = TriggerSpec {
                 name,
                 function,
-                source: TriggerSource::Kafka { brokers: kafka, topic, group, output_topic, dead_letter },
+                source,
                 batch,
                 linger_ms: u64::try_from(linger.as_millis()).unwrap_or(u64::MAX),
                 max_attempts,
@@ -175,7 +228,11 @@ pub fn trigger(command: TriggerCommand) -> Result<()> {
             if args.json {
                 return print_json(&t);
             }
-            println!("removed trigger {} (group offsets stay in the brokers)", t.spec.name);
+            let kept = match t.spec.source {
+                TriggerSource::Kafka { .. } => "its group's offsets stay in the brokers",
+                TriggerSource::Nats { .. } => "its durable consumer stays in the stream",
+            };
+            println!("removed trigger {} ({kept})", t.spec.name);
             Ok(())
         }
     }
@@ -200,9 +257,7 @@ fn state(t: &Trigger) -> &'static str {
 }
 
 fn row(t: &Trigger) -> Vec<String> {
-    let dead = match &t.spec.source {
-        TriggerSource::Kafka { dead_letter, .. } => dead_letter.clone().unwrap_or_else(|| "-".into()),
-    };
+    let dead = t.spec.source.dead_letter().unwrap_or("-").to_string();
     vec![
         t.spec.name.clone(),
         state(t).into(),

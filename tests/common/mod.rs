@@ -7,6 +7,7 @@ pub mod flights;
 pub mod grid;
 pub mod kafka;
 pub mod load;
+pub mod nats;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -97,6 +98,32 @@ pub async fn node_metric(node_url: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
         .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+/// `wasmgrid trigger status NAME --json`.
+pub fn trigger_status(urls: &str, name: &str) -> wasmgrid_api::TriggerStatus {
+    serde_json::from_str(&grid_ok(urls, &["trigger", "status", name, "--json"])).expect("status json")
+}
+
+/// Sums (records, produced, dead letters) over every node's partitions.
+pub fn trigger_totals(s: &wasmgrid_api::TriggerStatus) -> (u64, u64, u64) {
+    s.nodes
+        .iter()
+        .flat_map(|(_, u)| &u.partitions)
+        .fold((0, 0, 0), |t, p| (t.0 + p.records, t.1 + p.produced, t.2 + p.dead_letters))
+}
+
+/// Waits until every node running trigger `name` says `state`.
+pub async fn wait_trigger_state(urls: &str, name: &str, state: &str) -> wasmgrid_api::TriggerStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let s = trigger_status(urls, name);
+        if !s.nodes.is_empty() && s.nodes.iter().all(|(_, u)| u.state == state) {
+            return s;
+        }
+        assert!(std::time::Instant::now() < deadline, "trigger {name} never got to {state}: {s:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// The sum of a metric's series over all their labels on a node's

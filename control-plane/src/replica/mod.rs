@@ -200,7 +200,7 @@ pub struct Status {
 }
 
 enum Request {
-    Propose { command: Command, reply: oneshot::Sender<Result<Applied, ProposeError>> },
+    Propose { command: Box<Command>, reply: oneshot::Sender<Result<Applied, ProposeError>> },
     Step(Box<Message>),
     ReadIndex { reply: oneshot::Sender<Result<(), ProposeError>> },
     TransferLeader { to: u64, reply: oneshot::Sender<Result<(), ProposeError>> },
@@ -504,7 +504,7 @@ impl Replica {
     pub async fn propose(&self, command: Command) -> Result<Applied, ProposeError> {
         let started = std::time::Instant::now();
         let (reply, rx) = oneshot::channel();
-        self.requests.send(Request::Propose { command, reply }).map_err(stopped)?;
+        self.requests.send(Request::Propose { command: Box::new(command), reply }).map_err(stopped)?;
         let result = self.answer(rx).await;
         match &result {
             Ok(_) => self.metrics.proposals.observe(started.elapsed().as_secs_f64()),

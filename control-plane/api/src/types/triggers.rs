@@ -1,6 +1,6 @@
-//! Triggers: a scorer fed from a stream (a Kafka topic), its answers
-//! written to another, run by the nodes that serve the function as members
-//! of one consumer group.
+//! Triggers: a scorer fed from a stream (a Kafka topic or a NATS JetStream
+//! stream), its answers written to another, run by the nodes that serve the
+//! function.
 
 use serde::{Deserialize, Serialize};
 
@@ -24,13 +24,45 @@ pub enum TriggerSource {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         dead_letter: Option<String>,
     },
+    /// A NATS JetStream stream, read through a durable pull consumer that
+    /// every node running the trigger pulls from.
+    Nats {
+        /// Servers, `[nats://]host:port[,...]`.
+        servers: String,
+        /// The JetStream stream read.
+        stream: String,
+        /// The durable consumer (created if missing): its acknowledgements
+        /// are where the trigger resumes.
+        consumer: String,
+        /// Only the stream's messages on this subject (wildcards allowed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject: Option<String>,
+        /// The subject the scored rows are published to (a stream must
+        /// capture it: each output waits for the stream's acknowledgement).
+        output_subject: String,
+        /// The subject a record goes to when every attempt failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dead_letter: Option<String>,
+        /// How long a delivered record may go unacknowledged before
+        /// JetStream hands it to another node, in milliseconds.
+        #[serde(default = "default_ack_wait_ms")]
+        ack_wait_ms: u64,
+    },
 }
+
+fn default_ack_wait_ms() -> u64 {
+    30_000
+}
+
+/// Shortest and longest ack wait of a NATS trigger, in milliseconds.
+pub const NATS_ACK_WAIT_MS: std::ops::RangeInclusive<u64> = 1_000..=3_600_000;
 
 impl TriggerSource {
     /// `kafka`.
     pub fn kind(&self) -> &'static str {
         match self {
             TriggerSource::Kafka { .. } => "kafka",
+            TriggerSource::Nats { .. } => "nats",
         }
     }
 
@@ -38,6 +70,8 @@ impl TriggerSource {
     pub fn input(&self) -> String {
         match self {
             TriggerSource::Kafka { topic, .. } => format!("kafka {topic}"),
+            TriggerSource::Nats { stream, subject: Some(s), .. } => format!("nats {stream} ({s})"),
+            TriggerSource::Nats { stream, .. } => format!("nats {stream}"),
         }
     }
 
@@ -45,6 +79,16 @@ impl TriggerSource {
     pub fn output(&self) -> String {
         match self {
             TriggerSource::Kafka { output_topic, .. } => format!("kafka {output_topic}"),
+            TriggerSource::Nats { output_subject, .. } => format!("nats {output_subject}"),
+        }
+    }
+
+    /// Where dead letters go, if anywhere.
+    pub fn dead_letter(&self) -> Option<&str> {
+        match self {
+            TriggerSource::Kafka { dead_letter, .. } | TriggerSource::Nats { dead_letter, .. } => {
+                dead_letter.as_deref()
+            }
         }
     }
 }
@@ -121,6 +165,82 @@ impl TriggerSpec {
                 }
                 Ok(())
             }
+            TriggerSource::Nats { servers, stream, consumer, subject, output_subject, dead_letter, ack_wait_ms } => {
+                if servers.split(',').any(|s| !valid_broker(s.trim().trim_start_matches("nats://"))) {
+                    return Err(format!("--nats wants [nats://]host:port[,...], not `{servers}`"));
+                }
+                check_jetstream_name(stream).map_err(|r| format!("--stream `{stream}`: {r}"))?;
+                check_jetstream_name(consumer).map_err(|r| format!("--consumer `{consumer}`: {r}"))?;
+                if let Some(s) = subject {
+                    check_subject(s, true).map_err(|r| format!("--subject `{s}`: {r}"))?;
+                }
+                for (flag, s) in [("--output-subject", output_subject)]
+                    .into_iter()
+                    .chain(dead_letter.iter().map(|s| ("--dead-letter", s)))
+                {
+                    check_subject(s, false).map_err(|r| format!("{flag} `{s}`: {r}"))?;
+                    if subject.as_deref().is_some_and(|filter| subject_matches(filter, s)) {
+                        return Err(format!("the trigger would read its own output: `{s}` is on its input subject"));
+                    }
+                }
+                if !NATS_ACK_WAIT_MS.contains(ack_wait_ms) {
+                    return Err(format!("--ack-wait must be 1 s to 1 h, not {ack_wait_ms} ms"));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// JetStream's rule for stream and consumer names: 1 to 255 characters,
+/// no whitespace, `.`, `*`, `>`, `/` or `\`.
+pub fn check_jetstream_name(n: &str) -> Result<(), &'static str> {
+    if n.is_empty() || n.len() > 255 {
+        return Err("a name is 1 to 255 characters");
+    }
+    if n.chars().any(|c| c.is_whitespace() || c.is_control() || ".*>/\\".contains(c)) {
+        return Err("a name has no whitespace, `.`, `*`, `>`, `/` or `\\`");
+    }
+    Ok(())
+}
+
+/// NATS's rule for subjects: tokens separated by `.`, none empty, no
+/// whitespace; `*` (one token) and a last `>` (the rest) where wildcards
+/// are allowed.
+pub fn check_subject(s: &str, wildcards: bool) -> Result<(), &'static str> {
+    if s.is_empty() || s.len() > 4096 {
+        return Err("a subject is 1 to 4,096 characters");
+    }
+    let tokens: Vec<&str> = s.split('.').collect();
+    for (i, t) in tokens.iter().enumerate() {
+        if t.is_empty() || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("a subject is non-empty tokens separated by `.`, without whitespace");
+        }
+        let wild = *t == "*" || *t == ">";
+        if (t.contains('*') || t.contains('>')) && !wild {
+            return Err("`*` and `>` are whole tokens");
+        }
+        if wild && !wildcards {
+            return Err("a subject published to has no wildcards");
+        }
+        if *t == ">" && i + 1 != tokens.len() {
+            return Err("`>` is the last token");
+        }
+    }
+    Ok(())
+}
+
+/// Whether the subject filter `filter` (with wildcards) matches `subject`.
+pub fn subject_matches(filter: &str, subject: &str) -> bool {
+    let mut f = filter.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (f.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
         }
     }
 }
@@ -261,8 +381,9 @@ mod tests {
         assert!(bad(|s| s.name = "../x".into()).contains("trigger name"));
         let kafka = |f: fn(&mut String, &mut String, &mut String)| {
             let mut s = spec();
-            let TriggerSource::Kafka { brokers, topic, output_topic, .. } = &mut s.source;
-            f(brokers, topic, output_topic);
+            if let TriggerSource::Kafka { brokers, topic, output_topic, .. } = &mut s.source {
+                f(brokers, topic, output_topic);
+            }
             s.check().expect_err("refused")
         };
         assert!(kafka(|b, _, _| *b = "localhost".into()).contains("host:port"));
@@ -271,8 +392,57 @@ mod tests {
         assert!(kafka(|_, t, o| *o = t.clone()).contains("its own output"));
     }
 
+    fn nats() -> TriggerSpec {
+        TriggerSpec {
+            source: TriggerSource::Nats {
+                servers: "nats://127.0.0.1:4222,nats-2:4222".into(),
+                stream: "ACCEL".into(),
+                consumer: "wasmgrid-falls".into(),
+                subject: Some("accel.>".into()),
+                output_subject: "falls".into(),
+                dead_letter: Some("accel-dead".into()),
+                ack_wait_ms: 30_000,
+            },
+            ..spec()
+        }
+    }
+
+    #[test]
+    fn nats_specs_are_checked() {
+        assert_eq!(nats().check(), Ok(()));
+        let bad = |f: fn(&mut String, &mut String, &mut Option<String>, &mut String, &mut u64)| {
+            let mut s = nats();
+            if let TriggerSource::Nats { servers, stream, subject, output_subject, ack_wait_ms, .. } = &mut s.source {
+                f(servers, stream, subject, output_subject, ack_wait_ms);
+            }
+            s.check().expect_err("refused")
+        };
+        assert!(bad(|n, _, _, _, _| *n = "nats://nowhere".into()).contains("--nats"));
+        assert!(bad(|_, s, _, _, _| *s = "a.b".into()).contains("--stream"));
+        assert!(bad(|_, _, f, _, _| *f = Some("accel.>.x".into())).contains("last token"));
+        assert!(bad(|_, _, f, _, _| *f = Some("accel..x".into())).contains("--subject"));
+        assert!(bad(|_, _, _, o, _| *o = "falls.*".into()).contains("no wildcards"));
+        assert!(bad(|_, _, _, o, _| *o = "accel.out".into()).contains("its own output"));
+        assert!(bad(|_, _, _, _, w| *w = 10).contains("--ack-wait"));
+    }
+
+    #[test]
+    fn subjects_match_filters() {
+        assert!(subject_matches("accel.>", "accel.phone-1"));
+        assert!(subject_matches("accel.>", "accel.a.b"));
+        assert!(!subject_matches("accel.>", "accel"));
+        assert!(subject_matches("accel.*", "accel.x"));
+        assert!(!subject_matches("accel.*", "accel.x.y"));
+        assert!(subject_matches("accel", "accel"));
+        assert!(!subject_matches("accel", "falls"));
+    }
+
     #[test]
     fn a_trigger_reads_as_written() {
+        let t = Trigger { tenant: "default".into(), spec: nats(), paused: false, created_at: 9 };
+        let json = serde_json::to_string(&t).expect("json");
+        assert!(json.contains(r#""kind":"nats""#), "{json}");
+        assert_eq!(serde_json::from_str::<Trigger>(&json).expect("back"), t);
         let t = Trigger { tenant: "default".into(), spec: spec(), paused: true, created_at: 7 };
         let json = serde_json::to_string(&t).expect("json");
         assert!(json.contains(r#""kind":"kafka""#), "{json}");

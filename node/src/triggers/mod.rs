@@ -1,60 +1,55 @@
 //! Triggers on this node: for each trigger whose function is placed here, a
-//! Kafka consumer that batches records into calls of the function and
-//! writes the scored rows to the output topic.
+//! consumer of its stream (a Kafka topic, [`kafka`], or a NATS JetStream
+//! stream, [`nats`]) that batches records into calls of the function and
+//! writes the scored rows to the output topic or subject.
 //!
-//! The grid, not the broker, decides who reads which partition: a trigger
-//! runs on the nodes its function is placed on, and the `i`th of those `n`
-//! nodes (by id) reads the partitions `p` with `p % n == i`. When a node
-//! dies the control plane moves the function off it within seconds, the
-//! route table changes, and the nodes left take its partitions over from
-//! their committed offsets. The consumer group holds the committed offsets
-//! (it is not joined, so a dead member never holds partitions hostage
-//! until a broker notices it).
+//! Kafka: the grid, not the broker, decides who reads which partition: a
+//! trigger runs on the nodes its function is placed on, and the `i`th of
+//! those `n` nodes (by id) reads the partitions `p` with `p % n == i`. When a
+//! node dies the control plane moves the function off it within seconds,
+//! the route table changes, and the nodes left take its partitions over
+//! from their committed offsets. The consumer group holds the committed
+//! offsets (it is not joined, so a dead member never holds partitions
+//! hostage until a broker notices it). JetStream: every node pulls from one
+//! durable consumer, and the server hands a record a node took but did not
+//! acknowledge within the ack wait to another.
 //!
-//! Delivery is at least once: a batch's offsets are committed only after
-//! every output of the batch is acknowledged by the brokers (the producer
-//! is idempotent, `acks=all`), so a node that dies mid-batch leaves its
-//! records to the member that gets the partition next, which scores them
-//! again. Within a partition records are scored and written in order (one
-//! batch at a time, outputs keyed as their input).
+//! Delivery is at least once: a batch's offsets are committed (its records
+//! acknowledged) only after every output of the batch is acknowledged, so a
+//! node that dies mid-batch leaves its records to the member that reads
+//! them next, which scores them again. (JetStream outputs carry a message
+//! id, so the output stream drops those copies within its duplicate
+//! window.) Within a Kafka partition records are scored and written in
+//! order (one batch at a time, outputs keyed as their input).
 //!
 //! A batch whose call fails is scored again record by record; a record
 //! that fails `max_attempts` times in a row (or is not a JSON object) goes
-//! to the dead-letter topic with the error, and the partition moves on.
-//! When the node or the tenant is at its limit the consumer stops reading
-//! until a call is admitted: records wait in the broker, not in memory (the
-//! prefetch is bounded by `queued.max.messages.kbytes`).
+//! to the dead letters with the error, and the stream moves on. When the
+//! node or the tenant is at its limit the consumer stops reading until a
+//! call is admitted: records wait in the broker, not in memory.
+
+mod kafka;
+mod nats;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 use wasmgrid_api::{PartitionUsage, Trigger, TriggerSource, TriggerUsage, latency_bucket};
 use wasmgrid_gateway::{BatchError, Gateway, TriggerSeries};
 
-/// How often the lag of the assigned partitions is looked up.
+/// How often the lag is looked up.
 const LAG_EVERY: Duration = Duration::from_secs(2);
 /// Longest wait between two tries of a consumer that failed.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
-/// A record's prefetch bound, per consumer (KiB).
-const PREFETCH_KIB: &str = "16384";
 
 /// A trigger's (tenant, name).
 type Key = (String, String);
 
 /// A node's place among a trigger's nodes: (index, count).
 type Share = (usize, usize);
-
-/// An output waiting to be produced: its topic, key and value.
-type Output<'a> = (&'a str, Option<&'a [u8]>, Vec<u8>);
 
 /// The triggers this node runs, by (tenant, name).
 pub(crate) struct Triggers {
@@ -97,7 +92,13 @@ impl Triggers {
             .filter_map(|t| {
                 let nodes = nodes(&t.tenant, &t.spec.function);
                 let index = nodes.iter().position(|n| *n == self.node)?;
-                Some(((t.tenant.clone(), t.spec.name.clone()), (t, (index, nodes.len()))))
+                // JetStream shares one consumer's records among the nodes:
+                // a node's place does not change what it reads.
+                let share = match t.spec.source {
+                    TriggerSource::Kafka { .. } => (index, nodes.len()),
+                    TriggerSource::Nats { .. } => (0, 1),
+                };
+                Some(((t.tenant.clone(), t.spec.name.clone()), (t, share)))
             })
             .collect();
         let Ok(mut running) = self.running.lock() else { return };
@@ -245,12 +246,6 @@ enum Stopped {
     Failed(String),
 }
 
-impl From<KafkaError> for Stopped {
-    fn from(e: KafkaError) -> Stopped {
-        Stopped::Failed(e.to_string())
-    }
-}
-
 /// One trigger's consumer.
 struct Run {
     gateway: Arc<Gateway>,
@@ -268,7 +263,11 @@ impl Run {
         let mut backoff = Duration::from_millis(500);
         loop {
             self.stats.state("running", None);
-            match self.consume().await {
+            let stopped = match self.trigger.spec.source {
+                TriggerSource::Kafka { .. } => self.consume_kafka().await,
+                TriggerSource::Nats { .. } => self.consume_nats().await,
+            };
+            match stopped {
                 Stopped::Asked => return,
                 Stopped::Failed(e) => {
                     tracing::warn!(trigger = %self.trigger.spec.name, "the trigger's consumer failed (starting it again): {e}");
@@ -291,136 +290,6 @@ impl Run {
             _ = self.stop.changed() => true,
             _ = tokio::time::sleep(d) => *self.stop.borrow(),
         }
-    }
-
-    async fn consume(&mut self) -> Stopped {
-        let TriggerSource::Kafka { brokers, topic, group, output_topic, dead_letter } =
-            self.trigger.spec.source.clone();
-        if let Err(e) = permitted(&brokers).await {
-            return Stopped::Failed(e);
-        }
-        let client_id = format!("wasmgrid-{}-{}", self.node, self.trigger.spec.name);
-        let consumer: StreamConsumer = match ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", &group)
-            .set("client.id", &client_id)
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
-            .set("queued.max.messages.kbytes", PREFETCH_KIB)
-            .set("log_level", "3")
-            .create()
-        {
-            Ok(c) => c,
-            Err(e) => return Stopped::Failed(format!("cannot make a consumer for {brokers}: {e}")),
-        };
-        let producer: FutureProducer = match ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("client.id", &client_id)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "1")
-            .set("message.timeout.ms", "30000")
-            .set("log_level", "3")
-            .create()
-        {
-            Ok(p) => p,
-            Err(e) => return Stopped::Failed(format!("cannot make a producer for {brokers}: {e}")),
-        };
-        let consumer = Arc::new(consumer);
-        // The brokers the cluster advertises are held to the egress policy
-        // as the bootstrap list is.
-        let partitions = match advertised_permitted(&consumer, &topic).await {
-            Ok(n) => n,
-            Err(e) => return Stopped::Failed(e),
-        };
-        // This node's partitions, from the group's committed offsets.
-        let (index, count) = self.share;
-        let mine: Vec<i32> = (0..partitions).filter(|p| *p as usize % count == index).collect();
-        let mut tpl = TopicPartitionList::new();
-        for &p in &mine {
-            if let Err(e) = tpl.add_partition_offset(&topic, p, Offset::Stored) {
-                return Stopped::Failed(e.to_string());
-            }
-        }
-        if let Err(e) = consumer.assign(&tpl) {
-            return Stopped::Failed(format!("cannot read `{topic}`: {e}"));
-        }
-        self.stats.assigned(&mine);
-        let out = Outputs { producer, topic: output_topic, dead_letter };
-        let spec = &self.trigger.spec;
-        let (size, linger) = (spec.batch as usize, Duration::from_millis(spec.linger_ms));
-        let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
-        let mut lag_at = Instant::now();
-        loop {
-            // The first record of a batch, or a look at the lag while idle.
-            let first = tokio::select! {
-                biased;
-                _ = self.stop.changed() => return Stopped::Asked,
-                m = tokio::time::timeout(LAG_EVERY, consumer.recv()) => m,
-            };
-            let first = match first {
-                Ok(Ok(m)) => record(&m),
-                Ok(Err(e)) => {
-                    self.transient(e).await;
-                    continue;
-                }
-                Err(_) => {
-                    self.lag(&consumer, &topic, &offsets).await;
-                    lag_at = Instant::now();
-                    continue;
-                }
-            };
-            let started = Instant::now();
-            let deadline = tokio::time::Instant::from_std(started + linger);
-            let mut batch = vec![first];
-            while batch.len() < size {
-                match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                    Ok(Ok(m)) => batch.push(record(&m)),
-                    Ok(Err(e)) => {
-                        self.transient(e).await;
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
-            let outcomes = match self.score(&batch).await {
-                Some(o) => o,
-                None => return Stopped::Asked,
-            };
-            if let Err(e) = out.write(&batch, &outcomes).await {
-                return Stopped::Failed(e);
-            }
-            // Every output of the batch is acknowledged: its offsets go.
-            let mut tpl = TopicPartitionList::new();
-            let mut last: BTreeMap<i32, i64> = BTreeMap::new();
-            for r in &batch {
-                last.insert(r.partition, r.offset);
-            }
-            for (&p, &o) in &last {
-                if let Err(e) = tpl.add_partition_offset(&topic, p, Offset::Offset(o + 1)) {
-                    return Stopped::Failed(e.to_string());
-                }
-                offsets.insert(p, o + 1);
-            }
-            if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-                return Stopped::Failed(format!("committing offsets: {e}"));
-            }
-            self.account(&batch, &outcomes, &last, started.elapsed());
-            if lag_at.elapsed() >= LAG_EVERY {
-                self.lag(&consumer, &topic, &offsets).await;
-                lag_at = Instant::now();
-            }
-        }
-    }
-
-    /// A consumer error that does not stop it (a broker down for a while:
-    /// the client reconnects): noted, and a short pause.
-    async fn transient(&mut self, e: KafkaError) {
-        tracing::debug!(trigger = %self.trigger.spec.name, "consumer: {e}");
-        self.stats.state("running", Some(e.to_string()));
-        self.wait(Duration::from_millis(100)).await;
     }
 
     /// Scores a batch: in one call, or record by record when that fails.
@@ -564,112 +433,6 @@ impl Run {
             });
         }
     }
-
-    /// Looks up how far behind each assigned partition's end the consumer is.
-    async fn lag(&self, consumer: &Arc<StreamConsumer>, topic: &str, offsets: &BTreeMap<i32, i64>) {
-        let assigned: Vec<i32> = match consumer.assignment() {
-            Ok(tpl) => tpl.elements().iter().map(|e| e.partition()).collect(),
-            Err(_) => return,
-        };
-        self.stats.assigned(&assigned);
-        let (c, t, offsets) = (consumer.clone(), topic.to_string(), offsets.clone());
-        let looked = tokio::task::spawn_blocking(move || {
-            let committed = c.committed(Duration::from_secs(1)).ok();
-            assigned
-                .into_iter()
-                .filter_map(|p| {
-                    let (_, high) = c.fetch_watermarks(&t, p, Duration::from_secs(1)).ok()?;
-                    let at = offsets.get(&p).copied().or_else(|| {
-                        let e = committed.as_ref()?.find_partition(&t, p)?;
-                        match e.offset() {
-                            Offset::Offset(o) => Some(o),
-                            _ => None,
-                        }
-                    });
-                    Some((p, at.map_or(high, |o| (high - o).max(0))))
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
-        for (p, lag) in looked {
-            self.stats.with_partition(p, |u| u.lag = lag);
-            self.series.lag(p, lag);
-        }
-    }
-}
-
-/// Where a trigger writes.
-struct Outputs {
-    producer: FutureProducer,
-    topic: String,
-    dead_letter: Option<String>,
-}
-
-impl Outputs {
-    /// Writes each scored row to the output topic and each dead record to
-    /// the dead-letter topic, keyed as its input, and waits until the
-    /// brokers acknowledged all of them.
-    async fn write(&self, batch: &[Record], outcomes: &[Outcome]) -> Result<(), String> {
-        let mut payloads: Vec<Output<'_>> = Vec::with_capacity(batch.len());
-        for (r, o) in batch.iter().zip(outcomes) {
-            let key = r.key.as_deref();
-            match o {
-                Outcome::Scored(row) => {
-                    let json = serde_json::to_vec(row).map_err(|e| format!("encoding a row: {e}"))?;
-                    payloads.push((&self.topic, key, json));
-                }
-                Outcome::Dead { error, attempts } => {
-                    tracing::warn!(
-                        partition = r.partition,
-                        offset = r.offset,
-                        attempts,
-                        "a record went to the dead letters: {error}"
-                    );
-                    if let Some(dlq) = &self.dead_letter {
-                        payloads.push((dlq, key, dead_letter(r, error, *attempts)));
-                    }
-                }
-            }
-        }
-        let mut deliveries = Vec::with_capacity(payloads.len());
-        for (topic, key, payload) in &payloads {
-            let mut record = FutureRecord::<[u8], Vec<u8>>::to(topic).payload(payload);
-            if let Some(k) = key {
-                record = record.key(*k);
-            }
-            loop {
-                match self.producer.send_result(record) {
-                    Ok(delivery) => {
-                        deliveries.push(delivery);
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), again)) => {
-                        record = again;
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                    Err((e, _)) => return Err(format!("producing to `{topic}`: {e}")),
-                }
-            }
-        }
-        for delivery in deliveries {
-            match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(format!("an output was not acknowledged: {e}")),
-                Err(_) => return Err("the producer stopped before acknowledging an output".into()),
-            }
-        }
-        Ok(())
-    }
-}
-
-fn record<M: Message>(m: &M) -> Record {
-    Record {
-        partition: m.partition(),
-        offset: m.offset(),
-        key: m.key().map(<[u8]>::to_vec),
-        value: m.payload().map(<[u8]>::to_vec),
-    }
 }
 
 /// A record's row: a JSON object.
@@ -682,21 +445,21 @@ fn parse(value: Option<&[u8]>) -> Result<Map<String, Value>, String> {
     }
 }
 
-/// What the dead-letter topic gets: where the record was, why it failed,
-/// and the record's value (as text when it is UTF-8, else base64-free hex).
-fn dead_letter(r: &Record, error: &str, attempts: u32) -> Vec<u8> {
-    let value = match r.value.as_deref().map(std::str::from_utf8) {
+/// What the dead letters get: why the record failed, after how many
+/// attempts, where it was (`place`: partition and offset, or stream,
+/// sequence and subject) and its value (as text when it is UTF-8, else
+/// hex).
+fn dead_letter(error: &str, attempts: u32, place: Map<String, Value>, value: Option<&[u8]>) -> Vec<u8> {
+    let value = match value.map(std::str::from_utf8) {
         Some(Ok(s)) => Value::String(s.to_string()),
-        Some(Err(_)) => Value::String(format!("hex:{}", hex::encode(r.value.as_deref().unwrap_or_default()))),
+        Some(Err(_)) => Value::String(format!("hex:{}", hex::encode(value.unwrap_or_default()))),
         None => Value::Null,
     };
-    let body = serde_json::json!({
-        "error": error,
-        "attempts": attempts,
-        "partition": r.partition,
-        "offset": r.offset,
-        "value": value,
-    });
+    let mut body = Map::new();
+    body.insert("error".into(), error.into());
+    body.insert("attempts".into(), attempts.into());
+    body.extend(place);
+    body.insert("value".into(), value);
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
@@ -724,28 +487,6 @@ async fn permitted(brokers: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks the brokers the cluster advertises for `topic`, and that it
-/// exists: its partition count.
-async fn advertised_permitted(consumer: &Arc<StreamConsumer>, topic: &str) -> Result<i32, String> {
-    let (c, t) = (consumer.clone(), topic.to_string());
-    let metadata = tokio::task::spawn_blocking(move || {
-        let m = c
-            .fetch_metadata(Some(&t), Duration::from_secs(10))
-            .map_err(|e| format!("reading `{t}`'s metadata: {e}"))?;
-        let brokers: Vec<String> = m.brokers().iter().map(|b| format!("{}:{}", b.host(), b.port())).collect();
-        let partitions =
-            m.topics().iter().find(|x| x.name() == t && x.error().is_none()).map_or(0, |x| x.partitions().len() as i32);
-        Ok::<_, String>((brokers, partitions))
-    })
-    .await
-    .map_err(|e| e.to_string())??;
-    if metadata.1 == 0 {
-        return Err(format!("topic `{topic}` does not exist"));
-    }
-    permitted(&metadata.0.join(",")).await?;
-    Ok(metadata.1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -760,14 +501,16 @@ mod tests {
 
     #[test]
     fn a_dead_letter_says_where_and_why() {
-        let r = Record { partition: 2, offset: 41, key: None, value: Some(b"{\"ax\": \"boom\"}".to_vec()) };
-        let v: Value = serde_json::from_slice(&dead_letter(&r, "row 0: `boom` is not a number", 3)).expect("json");
+        let place = |p: i32, o: i64| Map::from_iter([("partition".into(), p.into()), ("offset".into(), o.into())]);
+        let value = b"{\"ax\": \"boom\"}";
+        let v: Value =
+            serde_json::from_slice(&dead_letter("row 0: `boom` is not a number", 3, place(2, 41), Some(value)))
+                .expect("json");
         assert_eq!(v["partition"], 2);
         assert_eq!(v["offset"], 41);
         assert_eq!(v["attempts"], 3);
         assert_eq!(v["value"], "{\"ax\": \"boom\"}");
-        let bin = Record { value: Some(vec![0xff, 0x00]), ..r };
-        let v: Value = serde_json::from_slice(&dead_letter(&bin, "x", 0)).expect("json");
+        let v: Value = serde_json::from_slice(&dead_letter("x", 0, place(0, 0), Some(&[0xff, 0x00]))).expect("json");
         assert_eq!(v["value"], "hex:ff00");
     }
 }
