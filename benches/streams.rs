@@ -222,7 +222,6 @@ struct Figures {
     max_rate: f64,
 }
 
-/// One side's two phases. `start`/`stop` resume and pause it.
 /// The generator's producer: batched (5 ms linger), one request in flight.
 fn producer(broker: &str) -> FutureProducer {
     ClientConfig::new()
@@ -235,6 +234,7 @@ fn producer(broker: &str) -> FutureProducer {
         .expect("producer")
 }
 
+/// One side's two phases. `start`/`stop` resume and pause it.
 async fn measure(
     broker: &common::kafka::Broker,
     input: &str,

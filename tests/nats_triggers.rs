@@ -53,41 +53,18 @@ async fn every_window_of_ten_thousand_phones_is_scored_once_from_jetstream() {
     let bad = create(&urls, &server, "t", &["--topic", "accel", "--output-subject", "falls"]);
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success() && stderr.contains("--kafka <BROKERS>"), "{stderr}");
-    common::grid_ok(
-        &urls,
-        &["trigger", "create", "loop"]
-            .into_iter()
-            .chain(["--nats", &server.url])
-            .chain(["--stream", "ACCEL", "--function", "fall-detect", "--output-subject", "accel.scored"])
-            .collect::<Vec<_>>(),
-    );
+    common::ok_stdout(create(&urls, &server, "loop", &["--output-subject", "accel.scored"]));
     let s = common::wait_trigger_state(&urls, "loop", "failing").await;
     let error = s.nodes[0].1.error.clone().unwrap_or_default();
     assert!(error.contains("stream `ACCEL` captures `accel.scored`"), "{error}");
     common::grid_ok(&urls, &["trigger", "rm", "loop"]);
 
-    let created = common::grid_ok(
+    let created = common::ok_stdout(create(
         &urls,
-        &[
-            "trigger",
-            "create",
-            "falls",
-            "--nats",
-            &server.url,
-            "--stream",
-            "ACCEL",
-            "--subject",
-            "accel.>",
-            "--consumer",
-            "fall-detectors",
-            "--function",
-            "fall-detect",
-            "--output-subject",
-            "falls",
-            "--batch",
-            "500",
-        ],
-    );
+        &server,
+        "falls",
+        &["--subject", "accel.>", "--consumer", "fall-detectors", "--output-subject", "falls", "--batch", "500"],
+    ));
     assert!(created.contains("trigger falls: nats ACCEL (accel.>) -> fall-detect -> nats falls"), "{created}");
 
     // 100,000 windows: 10,000 phones, 10 windows each, about 2% falls.
@@ -187,13 +164,10 @@ async fn stream_on_two_nodes(kill: bool) {
     let mut first = node(&urls, &dir.path().join("node-a"));
     let _second = node(&urls, &dir.path().join("node-b"));
     common::grid_ok(&urls, &["deploy", "fall-detect", guests::FALL_DETECT]);
-    common::grid_ok(
-        &urls,
-        &create_args(&server.url, &["--output-subject", "falls", "--batch", "200", "--ack-wait", "3s"])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    // Dead letters to `accel-dead`, at most 2 attempts.
+    let dead = ["--dead-letter", "accel-dead", "--max-attempts", "2"];
+    let more = ["--output-subject", "falls", "--batch", "200", "--ack-wait", "3s"];
+    common::ok_stdout(create(&urls, &server, "falls", &[&dead[..], &more].concat()));
     let deadline = Instant::now() + Duration::from_secs(30);
     while common::trigger_status(&urls, "falls").nodes.len() < 2 {
         assert!(Instant::now() < deadline, "both nodes run the trigger");
@@ -274,12 +248,4 @@ async fn stream_on_two_nodes(kill: bool) {
         assert!(Instant::now() < deadline, "the trigger never settled: {s:?} {info:?}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-}
-
-/// `trigger create falls` reading ACCEL with the dead letters on
-/// `accel-dead`, at most 2 attempts, and `more`.
-fn create_args(url: &str, more: &[&str]) -> Vec<String> {
-    let base = ["trigger", "create", "falls", "--nats", url, "--stream", "ACCEL", "--function", "fall-detect"];
-    let dead = ["--dead-letter", "accel-dead", "--max-attempts", "2"];
-    base.iter().chain(&dead).chain(more).map(|s| s.to_string()).collect()
 }

@@ -20,10 +20,7 @@ static READERS: AtomicU64 = AtomicU64::new(0);
 /// The `tansu` binary: on PATH or in cargo's bin directory.
 pub fn tansu() -> Option<PathBuf> {
     let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/tansu"));
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("tansu"));
+    let on_path = super::on_path("tansu");
     on_path.chain(home).find(|p| p.is_file())
 }
 

@@ -100,6 +100,14 @@ pub async fn node_metric(node_url: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
 
+/// Where `name` would be in each directory of PATH, in order.
+pub fn on_path(name: &str) -> impl Iterator<Item = PathBuf> + '_ {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(move |d| d.join(name))
+}
+
 /// `wasmgrid trigger status NAME --json`.
 pub fn trigger_status(urls: &str, name: &str) -> wasmgrid_api::TriggerStatus {
     serde_json::from_str(&grid_ok(urls, &["trigger", "status", name, "--json"])).expect("status json")

@@ -14,10 +14,7 @@ use futures_util::StreamExt;
 pub fn nats_server() -> Option<PathBuf> {
     let from_env = std::env::var_os("WASMGRID_NATS_SERVER").map(PathBuf::from);
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ci-venv/bin/nats-server");
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("nats-server"));
+    let on_path = super::on_path("nats-server");
     from_env.into_iter().chain([venv]).chain(on_path).find(|p| p.is_file())
 }
 
